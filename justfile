@@ -1,0 +1,36 @@
+# clusterchat: `just up` runs the stack, `just test` runs the tests.
+# Everything here delegates to deploy/dev/stack.sh, which installs what is
+# missing and keeps its state under .stack/ (git-ignored).
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# list the recipes
+default:
+    @just --list
+
+# build, install what is missing, start the whole stack and wait until it is healthy
+up:
+    deploy/dev/stack.sh up
+
+# stop everything `just up` started
+down:
+    deploy/dev/stack.sh down
+
+# show what is running
+ps:
+    deploy/dev/stack.sh ps
+
+# show logs: all, or one process (e.g. `just logs user-service`)
+[positional-arguments]
+logs *service:
+    deploy/dev/stack.sh logs "$@"
+
+# fresh private MariaDB and Redis, the whole test suite, then stop everything
+[positional-arguments]
+test *args:
+    deploy/dev/stack.sh test "$@"
+
+# formatting and lints
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -- -D warnings

@@ -1,0 +1,94 @@
+//! Typed settings from environment variables.
+//!
+//! Every service reads its configuration the same way: a typed struct whose
+//! fields come from `CLUSTERCHAT_*` variables, each with a default that works
+//! for `just up`. A value that is present but does not parse is an error that
+//! names the variable, never a silent fallback to the default.
+
+use std::{fmt::Display, str::FromStr, time::Duration};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("environment variable {name}={value:?} is invalid: {reason}")]
+    Invalid {
+        name: String,
+        value: String,
+        reason: String,
+    },
+    #[error("environment variable {name} is not valid unicode")]
+    NotUnicode { name: String },
+}
+
+/// Reads `name` and parses it, or returns `default` when it is unset or empty.
+pub fn var_or<T>(name: &str, default: T) -> Result<T, ConfigError>
+where
+    T: FromStr,
+    T::Err: Display,
+{
+    match std::env::var(name) {
+        Ok(value) if value.trim().is_empty() => Ok(default),
+        Ok(value) => value
+            .trim()
+            .parse()
+            .map_err(|e: T::Err| ConfigError::Invalid {
+                name: name.to_owned(),
+                value,
+                reason: e.to_string(),
+            }),
+        Err(std::env::VarError::NotPresent) => Ok(default),
+        Err(std::env::VarError::NotUnicode(_)) => Err(ConfigError::NotUnicode {
+            name: name.to_owned(),
+        }),
+    }
+}
+
+/// Reads a duration given in milliseconds.
+pub fn millis_or(name: &str, default: Duration) -> Result<Duration, ConfigError> {
+    let millis = var_or(name, u64::try_from(default.as_millis()).unwrap_or(u64::MAX))?;
+    Ok(Duration::from_millis(millis))
+}
+
+/// A string that must not appear in logs or `Debug` output (passwords, URLs
+/// with credentials).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_is_not_printed() {
+        let secret = Secret::new("mysql://u:hunter2@h/db");
+        assert!(!format!("{secret:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn unset_variable_gives_default() {
+        let got: u32 = var_or("CLUSTERCHAT_SURELY_UNSET_VARIABLE", 7).expect("default");
+        assert_eq!(got, 7);
+    }
+}

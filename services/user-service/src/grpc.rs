@@ -1,0 +1,181 @@
+//! gRPC handlers: protobuf in, domain call, protobuf out. No decisions here.
+
+use clusterchat_proto::user::v1 as pb;
+use tonic::{Request, Response, Status};
+
+use crate::{
+    domain::{self, GroupDescription, GroupId, GroupName, Password, UserId, UserName},
+    service::Users,
+};
+
+pub struct UserGrpc {
+    users: Users,
+}
+
+impl UserGrpc {
+    pub fn new(users: Users) -> pb::user_service_server::UserServiceServer<Self> {
+        pb::user_service_server::UserServiceServer::new(Self { users })
+    }
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+fn user_to_pb(user: domain::User) -> pb::User {
+    pb::User {
+        id: user.id.get(),
+        name: user.name,
+    }
+}
+
+fn role_to_pb(role: domain::GroupRole) -> pb::GroupRole {
+    match role {
+        domain::GroupRole::Creator => pb::GroupRole::Creator,
+        domain::GroupRole::Normal => pb::GroupRole::Normal,
+    }
+}
+
+fn group_to_pb(group: domain::Group) -> pb::Group {
+    pb::Group {
+        id: group.id.get(),
+        name: group.name,
+        description: group.description,
+        members: group
+            .members
+            .into_iter()
+            .map(|m| pb::GroupMember {
+                user: Some(user_to_pb(m.user)),
+                role: role_to_pb(m.role).into(),
+            })
+            .collect(),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::user_service_server::UserService for UserGrpc {
+    async fn register(&self, request: Request<pb::RegisterRequest>) -> Reply<pb::RegisterResponse> {
+        let req = request.into_inner();
+        let name = UserName::parse(&req.name)?;
+        let password = Password::parse(req.password)?;
+        let id = self.users.register(name, password).await?;
+        Ok(Response::new(pb::RegisterResponse { id: id.get() }))
+    }
+
+    async fn login(&self, request: Request<pb::LoginRequest>) -> Reply<pb::LoginResponse> {
+        let req = request.into_inner();
+        // An empty or oversized password cannot match anything: same answer
+        // as a wrong one.
+        let password =
+            Password::parse(req.password).map_err(|_| crate::UserError::BadCredentials)?;
+        let user = self.users.login(req.id, password).await?;
+        Ok(Response::new(pb::LoginResponse {
+            user: Some(user_to_pb(user)),
+        }))
+    }
+
+    async fn get_user_by_name(
+        &self,
+        request: Request<pb::GetUserByNameRequest>,
+    ) -> Reply<pb::GetUserByNameResponse> {
+        let name = UserName::parse(&request.into_inner().name)?;
+        let user = self.users.user_by_name(name).await?;
+        Ok(Response::new(pb::GetUserByNameResponse {
+            user: Some(user_to_pb(user)),
+        }))
+    }
+
+    async fn get_users(
+        &self,
+        request: Request<pb::GetUsersRequest>,
+    ) -> Reply<pb::GetUsersResponse> {
+        let ids = request
+            .into_inner()
+            .ids
+            .into_iter()
+            .map(|id| UserId::parse(id, "ids"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let users = self.users.users_by_ids(ids).await?;
+        Ok(Response::new(pb::GetUsersResponse {
+            users: users.into_iter().map(user_to_pb).collect(),
+        }))
+    }
+
+    async fn add_friend(
+        &self,
+        request: Request<pb::AddFriendRequest>,
+    ) -> Reply<pb::AddFriendResponse> {
+        let req = request.into_inner();
+        let user = UserId::parse(req.user_id, "user_id")?;
+        let friend = UserId::parse(req.friend_id, "friend_id")?;
+        let created = self.users.add_friend(user, friend).await?;
+        Ok(Response::new(pb::AddFriendResponse { created }))
+    }
+
+    async fn list_friends(
+        &self,
+        request: Request<pb::ListFriendsRequest>,
+    ) -> Reply<pb::ListFriendsResponse> {
+        let user = UserId::parse(request.into_inner().user_id, "user_id")?;
+        let friends = self.users.friends(user).await?;
+        Ok(Response::new(pb::ListFriendsResponse {
+            friends: friends.into_iter().map(user_to_pb).collect(),
+        }))
+    }
+
+    async fn create_group(
+        &self,
+        request: Request<pb::CreateGroupRequest>,
+    ) -> Reply<pb::CreateGroupResponse> {
+        let req = request.into_inner();
+        let creator = UserId::parse(req.creator_id, "creator_id")?;
+        let name = GroupName::parse(&req.name)?;
+        let description = GroupDescription::parse(&req.description)?;
+        let group = self.users.create_group(creator, name, description).await?;
+        Ok(Response::new(pb::CreateGroupResponse {
+            group_id: group.get(),
+        }))
+    }
+
+    async fn join_group(
+        &self,
+        request: Request<pb::JoinGroupRequest>,
+    ) -> Reply<pb::JoinGroupResponse> {
+        let req = request.into_inner();
+        let user = UserId::parse(req.user_id, "user_id")?;
+        let group = GroupId::parse(req.group_id)?;
+        let joined = self.users.join_group(user, group).await?;
+        Ok(Response::new(pb::JoinGroupResponse { joined }))
+    }
+
+    async fn leave_group(
+        &self,
+        request: Request<pb::LeaveGroupRequest>,
+    ) -> Reply<pb::LeaveGroupResponse> {
+        let req = request.into_inner();
+        let user = UserId::parse(req.user_id, "user_id")?;
+        let group = GroupId::parse(req.group_id)?;
+        let left = self.users.leave_group(user, group).await?;
+        Ok(Response::new(pb::LeaveGroupResponse { left }))
+    }
+
+    async fn list_user_groups(
+        &self,
+        request: Request<pb::ListUserGroupsRequest>,
+    ) -> Reply<pb::ListUserGroupsResponse> {
+        let user = UserId::parse(request.into_inner().user_id, "user_id")?;
+        let groups = self.users.groups_of_user(user).await?;
+        Ok(Response::new(pb::ListUserGroupsResponse {
+            groups: groups.into_iter().map(group_to_pb).collect(),
+        }))
+    }
+
+    async fn list_group_members(
+        &self,
+        request: Request<pb::ListGroupMembersRequest>,
+    ) -> Reply<pb::ListGroupMembersResponse> {
+        let group = GroupId::parse(request.into_inner().group_id)?;
+        let members = self.users.group_member_ids(group).await?;
+        Ok(Response::new(pb::ListGroupMembersResponse {
+            member_ids: members.into_iter().map(UserId::get).collect(),
+        }))
+    }
+}

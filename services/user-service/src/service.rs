@@ -1,0 +1,152 @@
+//! The use cases of the user service, in domain types. The gRPC layer calls
+//! these after parsing its input; they decide what is allowed.
+
+use crate::{
+    domain::{
+        Group, GroupDescription, GroupId, GroupName, GroupRole, Password, User, UserId, UserName,
+    },
+    error::UserError,
+    password::PasswordHasher,
+    store::UserStore,
+};
+
+#[derive(Clone)]
+pub struct Users {
+    store: UserStore,
+    hasher: PasswordHasher,
+}
+
+impl Users {
+    pub fn new(store: UserStore, hasher: PasswordHasher) -> Self {
+        Self { store, hasher }
+    }
+
+    #[tracing::instrument(skip_all, fields(name_len = name.as_str().len()))]
+    pub async fn register(&self, name: UserName, password: Password) -> Result<UserId, UserError> {
+        // Cheap check first so a taken name does not cost a hash; the unique
+        // key still decides races.
+        if self.store.user_by_name(&name).await?.is_some() {
+            return Err(UserError::AlreadyExists(format!(
+                "the name {:?} is already taken",
+                name.as_str()
+            )));
+        }
+        let hash = self.hasher.hash(password).await?;
+        self.store.insert_user(&name, &hash).await
+    }
+
+    /// Wrong id and wrong password are indistinguishable, in answer and in time.
+    #[tracing::instrument(skip_all, fields(user_id = id))]
+    pub async fn login(&self, id: i64, password: Password) -> Result<User, UserError> {
+        let found = match UserId::parse(id, "id") {
+            Ok(id) => self.store.credentials(id).await?,
+            Err(_) => None,
+        };
+        let (user, hash) = match found {
+            Some((user, hash)) => (Some(user), Some(hash)),
+            None => (None, None),
+        };
+        if self.hasher.verify(password, hash).await? {
+            user.ok_or(UserError::BadCredentials)
+        } else {
+            Err(UserError::BadCredentials)
+        }
+    }
+
+    pub async fn user_by_name(&self, name: UserName) -> Result<User, UserError> {
+        self.store
+            .user_by_name(&name)
+            .await?
+            .ok_or_else(|| UserError::NotFound(format!("no user is named {:?}", name.as_str())))
+    }
+
+    pub async fn users_by_ids(&self, ids: Vec<UserId>) -> Result<Vec<User>, UserError> {
+        const MAX_BATCH: usize = 1000;
+        if ids.len() > MAX_BATCH {
+            return Err(UserError::InvalidArgument(format!(
+                "at most {MAX_BATCH} ids per request, got {}",
+                ids.len()
+            )));
+        }
+        self.store.users_by_ids(&ids).await
+    }
+
+    #[tracing::instrument(skip(self))]
+    pub async fn add_friend(&self, user: UserId, friend: UserId) -> Result<bool, UserError> {
+        if user == friend {
+            return Err(UserError::InvalidArgument(
+                "a user cannot befriend themselves".into(),
+            ));
+        }
+        self.require_user(user).await?;
+        self.require_user(friend).await?;
+        self.store.add_friendship(user, friend).await
+    }
+
+    pub async fn friends(&self, user: UserId) -> Result<Vec<User>, UserError> {
+        self.require_user(user).await?;
+        self.store.friends(user).await
+    }
+
+    #[tracing::instrument(skip(self, name, description))]
+    pub async fn create_group(
+        &self,
+        creator: UserId,
+        name: GroupName,
+        description: GroupDescription,
+    ) -> Result<GroupId, UserError> {
+        self.require_user(creator).await?;
+        self.store.create_group(creator, &name, &description).await
+    }
+
+    #[tracing::instrument(skip(self))]
+    pub async fn join_group(&self, user: UserId, group: GroupId) -> Result<bool, UserError> {
+        self.require_user(user).await?;
+        self.require_group(group).await?;
+        self.store.add_member(group, user).await
+    }
+
+    #[tracing::instrument(skip(self))]
+    pub async fn leave_group(&self, user: UserId, group: GroupId) -> Result<bool, UserError> {
+        self.require_group(group).await?;
+        match self.store.member_role(group, user).await? {
+            None => Ok(false),
+            Some(GroupRole::Creator) => Err(UserError::FailedPrecondition(
+                "the creator of a group cannot leave it".into(),
+            )),
+            Some(GroupRole::Normal) => self.store.remove_member(group, user).await,
+        }
+    }
+
+    pub async fn groups_of_user(&self, user: UserId) -> Result<Vec<Group>, UserError> {
+        self.require_user(user).await?;
+        self.store.groups_of_user(user).await
+    }
+
+    pub async fn group_member_ids(&self, group: GroupId) -> Result<Vec<UserId>, UserError> {
+        self.require_group(group).await?;
+        self.store.member_ids(group).await
+    }
+
+    async fn require_user(&self, id: UserId) -> Result<(), UserError> {
+        if self.store.user_exists(id).await? {
+            Ok(())
+        } else {
+            Err(UserError::NotFound(format!(
+                "user {} does not exist",
+                id.get()
+            )))
+        }
+    }
+
+    async fn require_group(&self, id: GroupId) -> Result<(), UserError> {
+        if self.store.group_exists(id).await? {
+            Ok(())
+        } else {
+            Err(UserError::NotFound(format!(
+                "group {} does not exist",
+                id.get()
+            )))
+        }
+    }
+}

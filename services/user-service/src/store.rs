@@ -1,0 +1,247 @@
+//! The only module of the user service that speaks SQL.
+//!
+//! **Architecture Invariant:** only this module touches the user tables, and
+//! no other service reads them.
+
+use sqlx::{MySqlPool, QueryBuilder, Row as _};
+
+use crate::{
+    domain::{
+        Group, GroupDescription, GroupId, GroupMember, GroupName, GroupRole, User, UserId, UserName,
+    },
+    error::UserError,
+};
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Clone)]
+pub struct UserStore {
+    pool: MySqlPool,
+}
+
+impl UserStore {
+    pub fn new(pool: MySqlPool) -> Self {
+        Self { pool }
+    }
+
+    pub async fn insert_user(
+        &self,
+        name: &UserName,
+        password_hash: &str,
+    ) -> Result<UserId, UserError> {
+        let result =
+            sqlx::query("INSERT INTO users (name, name_key, password_hash) VALUES (?, ?, ?)")
+                .bind(name.as_str())
+                .bind(name.key())
+                .bind(password_hash)
+                .execute(&self.pool)
+                .await;
+        match result {
+            Ok(done) => Ok(UserId::from_db(last_id(done.last_insert_id())?)),
+            Err(e) if mysql_pool::is_unique_violation(&e) => Err(UserError::AlreadyExists(
+                format!("the name {:?} is already taken", name.as_str()),
+            )),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The user and their password hash, if the id exists.
+    pub async fn credentials(&self, id: UserId) -> Result<Option<(User, String)>, UserError> {
+        let row = sqlx::query("SELECT id, name, password_hash FROM users WHERE id = ?")
+            .bind(id.get())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| (user_from_row(&r, 0, 1), r.get::<String, _>(2))))
+    }
+
+    pub async fn user_by_name(&self, name: &UserName) -> Result<Option<User>, UserError> {
+        let row = sqlx::query("SELECT id, name FROM users WHERE name_key = ?")
+            .bind(name.key())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| user_from_row(&r, 0, 1)))
+    }
+
+    pub async fn users_by_ids(&self, ids: &[UserId]) -> Result<Vec<User>, UserError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut query = QueryBuilder::new("SELECT id, name FROM users WHERE id IN (");
+        let mut list = query.separated(", ");
+        for id in ids {
+            list.push_bind(id.get());
+        }
+        query.push(") ORDER BY id");
+        let rows = query.build().fetch_all(&self.pool).await?;
+        Ok(rows.iter().map(|r| user_from_row(r, 0, 1)).collect())
+    }
+
+    pub async fn user_exists(&self, id: UserId) -> Result<bool, UserError> {
+        let row = sqlx::query("SELECT 1 FROM users WHERE id = ?")
+            .bind(id.get())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
+    }
+
+    /// Writes both directions in one transaction. Returns false when the two
+    /// were already friends.
+    pub async fn add_friendship(&self, user: UserId, friend: UserId) -> Result<bool, UserError> {
+        let mut tx = self.pool.begin().await?;
+        let mut created = 0;
+        for (a, b) in [(user, friend), (friend, user)] {
+            created +=
+                sqlx::query("INSERT IGNORE INTO friendships (user_id, friend_id) VALUES (?, ?)")
+                    .bind(a.get())
+                    .bind(b.get())
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(created > 0)
+    }
+
+    pub async fn friends(&self, user: UserId) -> Result<Vec<User>, UserError> {
+        let rows = sqlx::query(
+            "SELECT u.id, u.name FROM friendships f JOIN users u ON u.id = f.friend_id \
+             WHERE f.user_id = ? ORDER BY u.id",
+        )
+        .bind(user.get())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(|r| user_from_row(r, 0, 1)).collect())
+    }
+
+    pub async fn create_group(
+        &self,
+        creator: UserId,
+        name: &GroupName,
+        description: &GroupDescription,
+    ) -> Result<GroupId, UserError> {
+        let mut tx = self.pool.begin().await?;
+        let inserted =
+            sqlx::query("INSERT INTO chat_groups (name, name_key, description) VALUES (?, ?, ?)")
+                .bind(name.as_str())
+                .bind(name.key())
+                .bind(description.as_str())
+                .execute(&mut *tx)
+                .await;
+        let group = match inserted {
+            Ok(done) => GroupId::from_db(last_id(done.last_insert_id())?),
+            Err(e) if mysql_pool::is_unique_violation(&e) => {
+                return Err(UserError::AlreadyExists(format!(
+                    "a group named {:?} already exists",
+                    name.as_str()
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        sqlx::query("INSERT INTO group_members (group_id, user_id, role) VALUES (?, ?, ?)")
+            .bind(group.get())
+            .bind(creator.get())
+            .bind(GroupRole::Creator.as_db())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(group)
+    }
+
+    pub async fn group_exists(&self, group: GroupId) -> Result<bool, UserError> {
+        let row = sqlx::query("SELECT 1 FROM chat_groups WHERE id = ?")
+            .bind(group.get())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
+    }
+
+    /// Returns false when the user was already a member (whatever their role).
+    pub async fn add_member(&self, group: GroupId, user: UserId) -> Result<bool, UserError> {
+        let done = sqlx::query(
+            "INSERT IGNORE INTO group_members (group_id, user_id, role) VALUES (?, ?, ?)",
+        )
+        .bind(group.get())
+        .bind(user.get())
+        .bind(GroupRole::Normal.as_db())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    pub async fn member_role(
+        &self,
+        group: GroupId,
+        user: UserId,
+    ) -> Result<Option<GroupRole>, UserError> {
+        let row = sqlx::query("SELECT role FROM group_members WHERE group_id = ? AND user_id = ?")
+            .bind(group.get())
+            .bind(user.get())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| GroupRole::from_db(&r.get::<String, _>(0))))
+    }
+
+    pub async fn remove_member(&self, group: GroupId, user: UserId) -> Result<bool, UserError> {
+        let done = sqlx::query("DELETE FROM group_members WHERE group_id = ? AND user_id = ?")
+            .bind(group.get())
+            .bind(user.get())
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Every group `user` belongs to, each with all its members, in one query.
+    pub async fn groups_of_user(&self, user: UserId) -> Result<Vec<Group>, UserError> {
+        let rows = sqlx::query(
+            "SELECT g.id, g.name, g.description, m.user_id, u.name, m.role \
+             FROM group_members me \
+             JOIN chat_groups g ON g.id = me.group_id \
+             JOIN group_members m ON m.group_id = g.id \
+             JOIN users u ON u.id = m.user_id \
+             WHERE me.user_id = ? \
+             ORDER BY g.id, m.joined_at, m.user_id",
+        )
+        .bind(user.get())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut groups: Vec<Group> = Vec::new();
+        for row in &rows {
+            let id = GroupId::from_db(row.get(0));
+            if groups.last().is_none_or(|g| g.id != id) {
+                groups.push(Group {
+                    id,
+                    name: row.get(1),
+                    description: row.get(2),
+                    members: Vec::new(),
+                });
+            }
+            if let Some(group) = groups.last_mut() {
+                group.members.push(GroupMember {
+                    user: user_from_row(row, 3, 4),
+                    role: GroupRole::from_db(&row.get::<String, _>(5)),
+                });
+            }
+        }
+        Ok(groups)
+    }
+
+    pub async fn member_ids(&self, group: GroupId) -> Result<Vec<UserId>, UserError> {
+        let rows =
+            sqlx::query("SELECT user_id FROM group_members WHERE group_id = ? ORDER BY user_id")
+                .bind(group.get())
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.iter().map(|r| UserId::from_db(r.get(0))).collect())
+    }
+}
+
+fn user_from_row(row: &sqlx::mysql::MySqlRow, id: usize, name: usize) -> User {
+    User {
+        id: UserId::from_db(row.get(id)),
+        name: row.get(name),
+    }
+}
+
+fn last_id(raw: u64) -> Result<i64, UserError> {
+    i64::try_from(raw).map_err(|e| UserError::Internal(e.into()))
+}

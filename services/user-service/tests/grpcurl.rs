@@ -1,0 +1,63 @@
+//! The real grpcurl binary against the running service, through server
+//! reflection only: no .proto files are given to it.
+
+use std::process::Command;
+
+use shutdown::Shutdown;
+use user_service::{Application, Config};
+
+fn grpcurl(args: &[&str]) -> String {
+    let output = Command::new(test_support::grpcurl())
+        .args(args)
+        .output()
+        .expect("run grpcurl (set GRPCURL or put it on the PATH; `just test` does)");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "grpcurl {args:?} failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+#[tokio::test]
+async fn grpcurl_lists_describes_and_calls_through_reflection() {
+    let app = Application::build(Config::for_tests(&test_support::fresh_database_url("user")))
+        .await
+        .expect("build");
+    let addr = app.local_addr().to_string();
+    let shutdown = Shutdown::new();
+    tokio::spawn(app.run_until_stopped(shutdown.clone()));
+
+    let addr2 = addr.clone();
+    let (list, describe, register, health) = tokio::task::spawn_blocking(move || {
+        let addr = addr2.as_str();
+        (
+            grpcurl(&["-plaintext", addr, "list"]),
+            grpcurl(&[
+                "-plaintext",
+                addr,
+                "describe",
+                "clusterchat.user.v1.UserService",
+            ]),
+            grpcurl(&[
+                "-plaintext",
+                "-d",
+                r#"{"name":"grpcurl-user","password":"secret"}"#,
+                addr,
+                "clusterchat.user.v1.UserService/Register",
+            ]),
+            grpcurl(&["-plaintext", addr, "grpc.health.v1.Health/Check"]),
+        )
+    })
+    .await
+    .expect("grpcurl task");
+
+    assert!(list.contains("clusterchat.user.v1.UserService"), "{list}");
+    assert!(list.contains("grpc.health.v1.Health"), "{list}");
+    assert!(describe.contains("rpc Register"), "{describe}");
+    assert!(describe.contains("rpc ListGroupMembers"), "{describe}");
+    assert!(register.contains("\"id\""), "{register}");
+    assert!(health.contains("SERVING"), "{health}");
+    shutdown.trigger();
+}
