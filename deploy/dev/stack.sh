@@ -147,6 +147,7 @@ start_redis() {
 services() {
     cat <<EOF
 user-service|user-service|127.0.0.1:50051|CLUSTERCHAT_USER_LISTEN=127.0.0.1:50051 CLUSTERCHAT_USER_DATABASE_URL=$MYSQL_URL/clusterchat_user
+offline-service|offline-service|127.0.0.1:50052|CLUSTERCHAT_OFFLINE_LISTEN=127.0.0.1:50052 CLUSTERCHAT_OFFLINE_DATABASE_URL=$MYSQL_URL/clusterchat_offline
 EOF
 }
 
@@ -184,6 +185,7 @@ up() {
 
 clusterchat is up (state and logs in .stack/dev/):
   user service     grpc://127.0.0.1:50051   (grpcurl -plaintext 127.0.0.1:50051 list)
+  offline service  grpc://127.0.0.1:50052   (grpcurl -plaintext 127.0.0.1:50052 list)
   MariaDB          127.0.0.1:$MYSQL_PORT    (user $DB_USER, password $DB_PASSWORD)
   Redis            127.0.0.1:$REDIS_PORT
   grpcurl          $GRPCURL

@@ -1,0 +1,76 @@
+//! Settings of the offline service, from `CLUSTERCHAT_OFFLINE_*` variables.
+
+use std::{net::SocketAddr, time::Duration};
+
+use env_config::{ConfigError, Secret, millis_or, var_or};
+use mysql_pool::MySqlSettings;
+
+use crate::domain::Limits;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `CLUSTERCHAT_OFFLINE_LISTEN`, default `127.0.0.1:50052`; port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// `CLUSTERCHAT_OFFLINE_DATABASE_URL`, `..._DB_MAX_CONNECTIONS`, `..._DB_ACQUIRE_TIMEOUT_MS`.
+    pub mysql: MySqlSettings,
+    /// `CLUSTERCHAT_OFFLINE_MAX_MESSAGE_BYTES` (default 128 KiB) and
+    /// `CLUSTERCHAT_OFFLINE_MAX_BACKLOG` (default 10,000 per receiver).
+    pub limits: Limits,
+    /// `CLUSTERCHAT_OFFLINE_REQUEST_TIMEOUT_MS`.
+    pub request_timeout: Duration,
+    /// `CLUSTERCHAT_OFFLINE_STARTUP_PATIENCE_MS`: how long start-up waits for the database.
+    pub startup_patience: Duration,
+}
+
+pub const DEFAULT_DATABASE_URL: &str =
+    "mysql://clusterchat:clusterchat@127.0.0.1:3307/clusterchat_offline";
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let defaults = Limits::default();
+        Ok(Self {
+            listen: var_or("CLUSTERCHAT_OFFLINE_LISTEN", ([127, 0, 0, 1], 50052).into())?,
+            mysql: MySqlSettings {
+                url: var_or(
+                    "CLUSTERCHAT_OFFLINE_DATABASE_URL",
+                    Secret::new(DEFAULT_DATABASE_URL),
+                )?,
+                max_connections: var_or("CLUSTERCHAT_OFFLINE_DB_MAX_CONNECTIONS", 16)?,
+                acquire_timeout: millis_or(
+                    "CLUSTERCHAT_OFFLINE_DB_ACQUIRE_TIMEOUT_MS",
+                    Duration::from_secs(2),
+                )?,
+            },
+            limits: Limits {
+                max_message_bytes: var_or(
+                    "CLUSTERCHAT_OFFLINE_MAX_MESSAGE_BYTES",
+                    defaults.max_message_bytes,
+                )?,
+                max_backlog: var_or("CLUSTERCHAT_OFFLINE_MAX_BACKLOG", defaults.max_backlog)?,
+            },
+            request_timeout: millis_or(
+                "CLUSTERCHAT_OFFLINE_REQUEST_TIMEOUT_MS",
+                Duration::from_secs(10),
+            )?,
+            startup_patience: millis_or(
+                "CLUSTERCHAT_OFFLINE_STARTUP_PATIENCE_MS",
+                Duration::from_secs(60),
+            )?,
+        })
+    }
+
+    /// Defaults for a test: any free port, the given database, short waits.
+    pub fn for_tests(database_url: &str) -> Self {
+        Self {
+            listen: ([127, 0, 0, 1], 0).into(),
+            mysql: MySqlSettings {
+                url: Secret::new(database_url),
+                max_connections: 8,
+                acquire_timeout: Duration::from_secs(1),
+            },
+            limits: Limits::default(),
+            request_timeout: Duration::from_secs(10),
+            startup_patience: Duration::from_secs(30),
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! gRPC handlers: protobuf in, store call, protobuf out. No decisions here.
+
+use clusterchat_proto::offline::v1 as pb;
+use tonic::{Request, Response, Status};
+
+use crate::{
+    domain::{NewMessage, ReceiverId, page_size},
+    store::OfflineStore,
+};
+
+pub struct OfflineGrpc {
+    store: OfflineStore,
+}
+
+impl OfflineGrpc {
+    pub fn new(store: OfflineStore) -> pb::offline_service_server::OfflineServiceServer<Self> {
+        pb::offline_service_server::OfflineServiceServer::new(Self { store })
+    }
+}
+
+#[tonic::async_trait]
+impl pb::offline_service_server::OfflineService for OfflineGrpc {
+    #[tracing::instrument(skip_all, fields(receiver_id = request.get_ref().receiver_id, bytes = request.get_ref().payload.len()))]
+    async fn store(
+        &self,
+        request: Request<pb::StoreRequest>,
+    ) -> Result<Response<pb::StoreResponse>, Status> {
+        let req = request.into_inner();
+        let message = NewMessage::parse(
+            req.receiver_id,
+            req.sender_id,
+            req.client_msg_id,
+            req.payload,
+            self.store.limits(),
+        )?;
+        let stored = self.store.store(&message).await?;
+        Ok(Response::new(pb::StoreResponse {
+            position: stored.position,
+            duplicate: stored.duplicate,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(receiver_id = request.get_ref().receiver_id, after = request.get_ref().after))]
+    async fn fetch(
+        &self,
+        request: Request<pb::FetchRequest>,
+    ) -> Result<Response<pb::FetchResponse>, Status> {
+        let req = request.into_inner();
+        let receiver = ReceiverId::parse(req.receiver_id)?;
+        let limit = page_size(req.limit)?;
+        let (messages, more) = self.store.fetch(receiver, req.after, limit).await?;
+        Ok(Response::new(pb::FetchResponse {
+            messages: messages
+                .into_iter()
+                .map(|m| pb::OfflineMessage {
+                    position: m.position,
+                    sender_id: m.sender_id,
+                    payload: m.payload,
+                    stored_at_unix_ms: m.stored_at_unix_ms,
+                })
+                .collect(),
+            more,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(receiver_id = request.get_ref().receiver_id, up_to = request.get_ref().up_to))]
+    async fn ack(
+        &self,
+        request: Request<pb::AckRequest>,
+    ) -> Result<Response<pb::AckResponse>, Status> {
+        let req = request.into_inner();
+        let receiver = ReceiverId::parse(req.receiver_id)?;
+        let removed = self.store.ack(receiver, req.up_to).await?;
+        Ok(Response::new(pb::AckResponse { removed }))
+    }
+}

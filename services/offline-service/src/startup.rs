@@ -1,0 +1,71 @@
+//! Builds the offline service from its config and runs it until shutdown.
+
+use std::net::SocketAddr;
+
+use grpc_server::{GrpcServer, ServeError};
+use shutdown::Shutdown;
+use tokio::net::TcpListener;
+use tonic::service::Routes;
+
+use crate::{
+    config::Config,
+    grpc::OfflineGrpc,
+    store::{MIGRATOR, OfflineStore},
+};
+
+pub const SERVICE_NAME: &str = "clusterchat.offline.v1.OfflineService";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot listen on {0}")]
+    Bind(SocketAddr, #[source] std::io::Error),
+    #[error("cannot prepare the offline database")]
+    Database(#[from] mysql_pool::PoolError),
+}
+
+pub struct Application {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    store: OfflineStore,
+    config: Config,
+}
+
+impl Application {
+    /// Binds the port, waits for the database and applies migrations.
+    pub async fn build(config: Config) -> Result<Self, StartupError> {
+        let pool = mysql_pool::connect_lazy(&config.mysql)?;
+        mysql_pool::prepare(&config.mysql, &pool, &MIGRATOR, config.startup_patience).await?;
+        let store = OfflineStore::new(pool, config.limits);
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| StartupError::Bind(config.listen, e))?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|e| StartupError::Bind(config.listen, e))?;
+        Ok(Self {
+            listener,
+            local_addr,
+            store,
+            config,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub async fn run_until_stopped(self, shutdown: Shutdown) -> Result<(), ServeError> {
+        let server = GrpcServer {
+            service_names: vec![SERVICE_NAME],
+            file_descriptor_sets: vec![clusterchat_proto::FILE_DESCRIPTOR_SET],
+            request_timeout: self.config.request_timeout,
+        };
+        server
+            .serve(
+                self.listener,
+                Routes::new(OfflineGrpc::new(self.store)),
+                shutdown,
+            )
+            .await
+    }
+}

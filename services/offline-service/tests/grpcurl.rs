@@ -1,0 +1,63 @@
+//! The real grpcurl binary against the running service, through reflection.
+
+use std::process::Command;
+
+use offline_service::{Application, Config};
+use shutdown::Shutdown;
+
+fn grpcurl(args: &[&str]) -> String {
+    let output = Command::new(test_support::grpcurl())
+        .args(args)
+        .output()
+        .expect("run grpcurl (set GRPCURL or put it on the PATH; `just test` does)");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "grpcurl {args:?} failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+#[tokio::test]
+async fn grpcurl_lists_stores_and_fetches_through_reflection() {
+    let app = Application::build(Config::for_tests(&test_support::fresh_database_url(
+        "offline",
+    )))
+    .await
+    .expect("build");
+    let addr = app.local_addr().to_string();
+    let shutdown = Shutdown::new();
+    tokio::spawn(app.run_until_stopped(shutdown.clone()));
+
+    let (list, stored, fetched) = tokio::task::spawn_blocking(move || {
+        let addr = addr.as_str();
+        (
+            grpcurl(&["-plaintext", addr, "list"]),
+            grpcurl(&[
+                "-plaintext",
+                "-d",
+                r#"{"receiver_id":7,"sender_id":3,"payload":"{\"msg\":\"hi 🙂\"}"}"#,
+                addr,
+                "clusterchat.offline.v1.OfflineService/Store",
+            ]),
+            grpcurl(&[
+                "-plaintext",
+                "-d",
+                r#"{"receiver_id":7}"#,
+                addr,
+                "clusterchat.offline.v1.OfflineService/Fetch",
+            ]),
+        )
+    })
+    .await
+    .expect("grpcurl task");
+
+    assert!(
+        list.contains("clusterchat.offline.v1.OfflineService"),
+        "{list}"
+    );
+    assert!(stored.contains("\"position\": \"1\""), "{stored}");
+    assert!(fetched.contains("hi 🙂"), "{fetched}");
+    shutdown.trigger();
+}
