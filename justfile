@@ -10,25 +10,25 @@ default:
 
 # build, install what is missing, start the whole stack and wait until it is healthy
 up:
-    deploy/dev/stack.sh up
+    @deploy/dev/stack.sh up
 
 # stop everything `just up` started
 down:
-    deploy/dev/stack.sh down
+    @deploy/dev/stack.sh down
 
 # show what is running
 ps:
-    deploy/dev/stack.sh ps
+    @deploy/dev/stack.sh ps
 
 # show logs: all, or one process (e.g. `just logs user-service`)
 [positional-arguments]
 logs *service:
-    deploy/dev/stack.sh logs "$@"
+    @deploy/dev/stack.sh logs "$@"
 
 # fresh private MariaDB and Redis, the whole test suite, then stop everything
 [positional-arguments]
 test *args:
-    deploy/dev/stack.sh test "$@"
+    @deploy/dev/stack.sh test "$@"
 
 # formatting and lints
 lint:
