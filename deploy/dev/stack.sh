@@ -11,7 +11,9 @@
 #   stack.sh test [args...]     fresh test instances, the whole test suite, then stop
 #
 # Ports (dev / test): MariaDB 3307 / 3308, Redis 6479 / 6480,
-# user service 50051, offline service 50052.
+# user service 50051, offline service 50052, gateway node 1 TCP 6000 / HTTP 6080,
+# node 2 TCP 6002 / HTTP 6082, nginx 8000 (TCP) / 8080 (WebSocket).
+# The tests start their own services, gateways and nginx on free ports.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -54,6 +56,7 @@ install() {
         missing+=(nginx-light libnginx-mod-stream)
     fi
     command -v python3 >/dev/null || missing+=(python3 python3-venv)
+    command -v curl >/dev/null || missing+=(curl)
     if [ ${#missing[@]} -gt 0 ]; then
         command -v apt-get >/dev/null || die "missing ${missing[*]} and no apt-get to install them"
         log "installing ${missing[*]}"
@@ -143,15 +146,35 @@ start_redis() {
 }
 
 # ---------------------------------------------------------------- services
-# name|binary|health address|environment
+# name|binary|health check (grpc:ADDR or http:URL)|environment
 services() {
+    local gw="CLUSTERCHAT_GATEWAY_REDIS_URL=$REDIS_URL"
     cat <<EOF
-user-service|user-service|127.0.0.1:50051|CLUSTERCHAT_USER_LISTEN=127.0.0.1:50051 CLUSTERCHAT_USER_DATABASE_URL=$MYSQL_URL/clusterchat_user
-offline-service|offline-service|127.0.0.1:50052|CLUSTERCHAT_OFFLINE_LISTEN=127.0.0.1:50052 CLUSTERCHAT_OFFLINE_DATABASE_URL=$MYSQL_URL/clusterchat_offline
+user-service|user-service|grpc:127.0.0.1:50051|CLUSTERCHAT_USER_LISTEN=127.0.0.1:50051 CLUSTERCHAT_USER_DATABASE_URL=$MYSQL_URL/clusterchat_user
+offline-service|offline-service|grpc:127.0.0.1:50052|CLUSTERCHAT_OFFLINE_LISTEN=127.0.0.1:50052 CLUSTERCHAT_OFFLINE_DATABASE_URL=$MYSQL_URL/clusterchat_offline
+gateway-1|gateway|http:http://127.0.0.1:6080/healthz|$gw CLUSTERCHAT_GATEWAY_NODE_ID=gw-1 CLUSTERCHAT_GATEWAY_TCP_LISTEN=127.0.0.1:6000 CLUSTERCHAT_GATEWAY_HTTP_LISTEN=127.0.0.1:6080
+gateway-2|gateway|http:http://127.0.0.1:6082/healthz|$gw CLUSTERCHAT_GATEWAY_NODE_ID=gw-2 CLUSTERCHAT_GATEWAY_TCP_LISTEN=127.0.0.1:6002 CLUSTERCHAT_GATEWAY_HTTP_LISTEN=127.0.0.1:6082
 EOF
 }
 
-grpc_healthy() { "$GRPCURL" -plaintext -max-time 2 "$1" grpc.health.v1.Health/Check | grep -q SERVING; }
+healthy() {
+    case "$1" in
+        grpc:*) "$GRPCURL" -plaintext -max-time 2 "${1#grpc:}" grpc.health.v1.Health/Check | grep -q SERVING ;;
+        http:*) curl -fsS --max-time 2 "${1#http:}" ;;
+    esac
+}
+
+# ---------------------------------------------------------------- nginx
+start_nginx() {
+    local dir="$STATE/nginx" pidfile="$PIDS/nginx.pid"
+    if pid_alive "$pidfile"; then log "nginx already running on 127.0.0.1:8000 / 8080"; return; fi
+    mkdir -p "$dir" "$LOGS" "$PIDS"
+    sed "s|__STATE__|$dir|g; s|__LOGS__|$LOGS|g" "$ROOT/deploy/nginx/nginx.conf" >"$dir/nginx.conf"
+    setsid /usr/sbin/nginx -p "$dir" -e "$LOGS/nginx.log" -c "$dir/nginx.conf" </dev/null >>"$LOGS/nginx.log" 2>&1 &
+    echo $! >"$pidfile"
+    wait_for "nginx" 30 bash -c 'exec 3<>/dev/tcp/127.0.0.1/8000'
+    log "nginx up on 127.0.0.1:8000 (TCP) and 127.0.0.1:8080 (WebSocket)"
+}
 
 start_service() { # name binary addr env
     local name="$1" bin="$ROOT/target/release/$2" addr="$3" env="$4" pidfile="$PIDS/$1.pid"
@@ -160,14 +183,14 @@ start_service() { # name binary addr env
             log "$name was rebuilt; restarting it"
             stop_pidfile "$name" "$pidfile"
         else
-            log "$name already running on $addr"; return
+            log "$name already running (${addr#*:})"; return
         fi
     fi
     # shellcheck disable=SC2086
     setsid env $env RUST_LOG="${RUST_LOG:-info}" "$bin" </dev/null >>"$LOGS/$name.log" 2>&1 &
     echo $! >"$pidfile"
-    wait_for "$name" 90 grpc_healthy "$addr"
-    log "$name up on $addr"
+    wait_for "$name" 90 healthy "$addr"
+    log "$name up (${addr#*:})"
 }
 
 # ---------------------------------------------------------------- commands
@@ -181,11 +204,15 @@ up() {
     while IFS='|' read -r name bin addr env; do
         start_service "$name" "$bin" "$addr" "$env"
     done < <(services)
+    start_nginx
     cat <<EOF
 
 clusterchat is up (state and logs in .stack/dev/):
   user service     grpc://127.0.0.1:50051   (grpcurl -plaintext 127.0.0.1:50051 list)
   offline service  grpc://127.0.0.1:50052   (grpcurl -plaintext 127.0.0.1:50052 list)
+  gateway node 1   tcp://127.0.0.1:6000     ws://127.0.0.1:6080/ws   http://127.0.0.1:6080/healthz
+  gateway node 2   tcp://127.0.0.1:6002     ws://127.0.0.1:6082/ws   http://127.0.0.1:6082/healthz
+  nginx (balancer) tcp://127.0.0.1:8000     ws://127.0.0.1:8080/ws
   MariaDB          127.0.0.1:$MYSQL_PORT    (user $DB_USER, password $DB_PASSWORD)
   Redis            127.0.0.1:$REDIS_PORT
   grpcurl          $GRPCURL
@@ -196,6 +223,7 @@ EOF
 down() {
     profile "${1:-dev}"
     [ -d "$PIDS" ] || { log "nothing is running"; return 0; }
+    stop_pidfile nginx "$PIDS/nginx.pid"
     while IFS='|' read -r name _; do
         stop_pidfile "$name" "$PIDS/$name.pid"
     done < <(services | tac)

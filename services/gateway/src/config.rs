@@ -1,0 +1,127 @@
+//! Settings of a gateway node, from `CLUSTERCHAT_GATEWAY_*` variables.
+
+use std::{net::SocketAddr, time::Duration};
+
+use env_config::{ConfigError, millis_or, var_or};
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// `..._MAX_CONNECTIONS`: client connections this node holds at once.
+    pub max_connections: usize,
+    /// `..._MAX_FRAME_BYTES`: the largest request (one JSON value) accepted.
+    pub max_frame_bytes: usize,
+    /// `..._RATE_PER_SEC` and `..._RATE_BURST`: requests per connection.
+    pub rate_per_sec: u32,
+    pub rate_burst: u32,
+    /// `..._OUTBOUND_QUEUE`: messages waiting for one slow client before
+    /// further ones go to the offline service instead.
+    pub outbound_queue: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 100_000,
+            max_frame_bytes: 64 * 1024,
+            rate_per_sec: 200,
+            rate_burst: 400,
+            outbound_queue: 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `CLUSTERCHAT_GATEWAY_NODE_ID`: names this node in presence records and logs.
+    pub node_id: String,
+    /// `CLUSTERCHAT_GATEWAY_TCP_LISTEN`, default `127.0.0.1:6000`.
+    pub tcp_listen: SocketAddr,
+    /// `CLUSTERCHAT_GATEWAY_HTTP_LISTEN` (WebSocket `/ws`, `/healthz`), default `127.0.0.1:6080`.
+    pub http_listen: SocketAddr,
+    /// `CLUSTERCHAT_GATEWAY_REDIS_URL`.
+    pub redis_url: String,
+    /// `CLUSTERCHAT_GATEWAY_REDIS_PREFIX`: namespaces every key and channel, so
+    /// several clusters (or test runs) can share one Redis.
+    pub redis_prefix: String,
+    /// `CLUSTERCHAT_GATEWAY_USER_SERVICE` and `..._OFFLINE_SERVICE`: gRPC URLs.
+    pub user_service: String,
+    pub offline_service: String,
+    /// `CLUSTERCHAT_GATEWAY_RPC_TIMEOUT_MS`.
+    pub rpc_timeout: Duration,
+    /// `CLUSTERCHAT_GATEWAY_PRESENCE_TTL_MS`: how long a node that died keeps
+    /// its users "online". Refreshed every third of it.
+    pub presence_ttl: Duration,
+    /// `CLUSTERCHAT_GATEWAY_GROUP_CACHE_TTL_MS`: the longest a group's member
+    /// list is trusted without asking the user service again (changes made
+    /// through any gateway invalidate it at once).
+    pub group_cache_ttl: Duration,
+    /// `CLUSTERCHAT_GATEWAY_OFFLINE_BATCH`: offline messages per page handed over.
+    pub offline_batch: u32,
+    /// `CLUSTERCHAT_GATEWAY_DRAIN_TIMEOUT_MS`: how long SIGTERM waits for sessions to close.
+    pub drain_timeout: Duration,
+    pub limits: Limits,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let tcp_listen: SocketAddr = var_or(
+            "CLUSTERCHAT_GATEWAY_TCP_LISTEN",
+            ([127, 0, 0, 1], 6000).into(),
+        )?;
+        let defaults = Limits::default();
+        Ok(Self {
+            node_id: var_or(
+                "CLUSTERCHAT_GATEWAY_NODE_ID",
+                format!("gw-{}", tcp_listen.port()),
+            )?,
+            tcp_listen,
+            http_listen: var_or(
+                "CLUSTERCHAT_GATEWAY_HTTP_LISTEN",
+                ([127, 0, 0, 1], 6080).into(),
+            )?,
+            redis_url: var_or(
+                "CLUSTERCHAT_GATEWAY_REDIS_URL",
+                "redis://127.0.0.1:6479".to_owned(),
+            )?,
+            redis_prefix: var_or("CLUSTERCHAT_GATEWAY_REDIS_PREFIX", "cc:".to_owned())?,
+            user_service: var_or(
+                "CLUSTERCHAT_GATEWAY_USER_SERVICE",
+                "http://127.0.0.1:50051".to_owned(),
+            )?,
+            offline_service: var_or(
+                "CLUSTERCHAT_GATEWAY_OFFLINE_SERVICE",
+                "http://127.0.0.1:50052".to_owned(),
+            )?,
+            rpc_timeout: millis_or("CLUSTERCHAT_GATEWAY_RPC_TIMEOUT_MS", Duration::from_secs(5))?,
+            presence_ttl: millis_or(
+                "CLUSTERCHAT_GATEWAY_PRESENCE_TTL_MS",
+                Duration::from_secs(10),
+            )?,
+            group_cache_ttl: millis_or(
+                "CLUSTERCHAT_GATEWAY_GROUP_CACHE_TTL_MS",
+                Duration::from_secs(30),
+            )?,
+            offline_batch: var_or("CLUSTERCHAT_GATEWAY_OFFLINE_BATCH", 500)?,
+            drain_timeout: millis_or(
+                "CLUSTERCHAT_GATEWAY_DRAIN_TIMEOUT_MS",
+                Duration::from_secs(10),
+            )?,
+            limits: Limits {
+                max_connections: var_or(
+                    "CLUSTERCHAT_GATEWAY_MAX_CONNECTIONS",
+                    defaults.max_connections,
+                )?,
+                max_frame_bytes: var_or(
+                    "CLUSTERCHAT_GATEWAY_MAX_FRAME_BYTES",
+                    defaults.max_frame_bytes,
+                )?,
+                rate_per_sec: var_or("CLUSTERCHAT_GATEWAY_RATE_PER_SEC", defaults.rate_per_sec)?,
+                rate_burst: var_or("CLUSTERCHAT_GATEWAY_RATE_BURST", defaults.rate_burst)?,
+                outbound_queue: var_or(
+                    "CLUSTERCHAT_GATEWAY_OUTBOUND_QUEUE",
+                    defaults.outbound_queue,
+                )?,
+            },
+        })
+    }
+}

@@ -1,0 +1,540 @@
+//! The classic chat protocol: requests parsed from JSON, replies encoded
+//! byte for byte as the classic server does (compact JSON, keys sorted).
+//!
+//! Our additions, all optional for a classic client:
+//! - a request may carry an integer `seq`; then the gateway answers it
+//!   (login and register acks carry it, every other request gets a msgid 11
+//!   reply with `errno` 0 or an `errmsg`);
+//! - every failure is answered with msgid 11 and an `errmsg`, with `seq`
+//!   when the request had one. A successful request without `seq` gets
+//!   exactly the classic behaviour (for most messages: no reply at all).
+
+use serde_json::{Map, Value, json};
+
+pub const LOGIN_MSG: i64 = 1;
+pub const LOGIN_MSG_ACK: i64 = 2;
+pub const LOGINOUT_MSG: i64 = 3;
+pub const REG_MSG: i64 = 4;
+pub const REG_MSG_ACK: i64 = 5;
+pub const ONE_CHAT_MSG: i64 = 6;
+pub const ADD_FRIEND_MSG: i64 = 7;
+pub const CREATE_GROUP_MSG: i64 = 8;
+pub const ADD_GROUP_MSG: i64 = 9;
+pub const GROUP_CHAT_MSG: i64 = 10;
+/// Our reply to a request: `errno` 0 on success, else `errmsg` says why.
+pub const REPLY_MSG: i64 = 11;
+
+/// Error numbers in msgid 11 replies (and login acks beyond the classic 1 and 2).
+pub mod errno {
+    /// The request is malformed or a field is invalid.
+    pub const BAD_REQUEST: i64 = 1;
+    /// Login: the account is online elsewhere (classic).
+    pub const ACCOUNT_IN_USE: i64 = 2;
+    /// The request needs a logged-in connection.
+    pub const NOT_LOGGED_IN: i64 = 3;
+    /// The request is not allowed for this user (id mismatch, not a member ...).
+    pub const FORBIDDEN: i64 = 4;
+    /// The user or group does not exist.
+    pub const NOT_FOUND: i64 = 5;
+    /// The request or message is larger than allowed.
+    pub const TOO_LARGE: i64 = 6;
+    /// Too many requests on this connection; slow down.
+    pub const RATE_LIMITED: i64 = 7;
+    /// A service behind the gateway is unavailable; nothing was done, retry.
+    pub const UNAVAILABLE: i64 = 8;
+    /// The name is taken.
+    pub const ALREADY_EXISTS: i64 = 9;
+    /// The gateway itself failed.
+    pub const INTERNAL: i64 = 10;
+    /// The server is full or shutting down.
+    pub const OVERLOADED: i64 = 12;
+}
+
+pub const CLASSIC_BAD_LOGIN: &str = "id or password is invalid!";
+pub const CLASSIC_IN_USE: &str = "this account is using, input another!";
+
+/// Why a request failed: the number and the words sent to the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub errno: i64,
+    pub errmsg: String,
+}
+
+impl Failure {
+    pub fn new(errno: i64, errmsg: impl Into<String>) -> Self {
+        Self {
+            errno,
+            errmsg: errmsg.into(),
+        }
+    }
+
+    pub fn bad_request(errmsg: impl Into<String>) -> Self {
+        Self::new(errno::BAD_REQUEST, errmsg)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    Login {
+        id: i64,
+        password: String,
+    },
+    Logout {
+        id: Option<i64>,
+    },
+    Register {
+        name: String,
+        password: String,
+    },
+    OneChat {
+        id: Option<i64>,
+        to: i64,
+        body: Map<String, Value>,
+    },
+    AddFriend {
+        id: Option<i64>,
+        friend: i64,
+    },
+    CreateGroup {
+        id: Option<i64>,
+        name: String,
+        description: String,
+    },
+    AddGroup {
+        id: Option<i64>,
+        group: i64,
+    },
+    GroupChat {
+        id: Option<i64>,
+        group: i64,
+        body: Map<String, Value>,
+    },
+}
+
+/// A parsed frame: its `seq` (if any could be read) and the request or why
+/// it is not one.
+#[derive(Debug)]
+pub struct Parsed {
+    pub seq: Option<i64>,
+    pub msgid: Option<i64>,
+    pub request: Result<Request, Failure>,
+}
+
+pub fn parse(frame: &[u8]) -> Parsed {
+    let object = match serde_json::from_slice::<Value>(frame) {
+        Ok(Value::Object(object)) => object,
+        Ok(_) => {
+            return Parsed {
+                seq: None,
+                msgid: None,
+                request: Err(Failure::bad_request("a request must be a JSON object")),
+            };
+        }
+        Err(e) => {
+            return Parsed {
+                seq: None,
+                msgid: None,
+                request: Err(Failure::bad_request(format!("malformed JSON: {e}"))),
+            };
+        }
+    };
+    let seq = object.get("seq").and_then(Value::as_i64);
+    let msgid = object.get("msgid").and_then(Value::as_i64);
+    let request = if object.get("seq").is_some_and(|s| !s.is_i64()) {
+        Err(Failure::bad_request("seq must be an integer"))
+    } else {
+        parse_request(object)
+    };
+    Parsed {
+        seq,
+        msgid,
+        request,
+    }
+}
+
+fn parse_request(mut object: Map<String, Value>) -> Result<Request, Failure> {
+    let msgid = match object.get("msgid") {
+        None => return Err(Failure::bad_request("msgid is missing")),
+        Some(v) => v
+            .as_i64()
+            .ok_or_else(|| Failure::bad_request("msgid must be an integer"))?,
+    };
+    let request = match msgid {
+        LOGIN_MSG => Request::Login {
+            id: required_int(&object, "id")?,
+            password: required_str(&object, "password")?,
+        },
+        LOGINOUT_MSG => Request::Logout {
+            id: optional_int(&object, "id")?,
+        },
+        REG_MSG => Request::Register {
+            name: required_str(&object, "name")?,
+            password: required_str(&object, "password")?,
+        },
+        ONE_CHAT_MSG => {
+            let id = optional_int(&object, "id")?;
+            let to = required_int(&object, "toid")?;
+            require_msg(&object)?;
+            object.remove("seq");
+            Request::OneChat {
+                id,
+                to,
+                body: object,
+            }
+        }
+        ADD_FRIEND_MSG => Request::AddFriend {
+            id: optional_int(&object, "id")?,
+            friend: required_int(&object, "friendid")?,
+        },
+        CREATE_GROUP_MSG => Request::CreateGroup {
+            id: optional_int(&object, "id")?,
+            name: required_str(&object, "groupname")?,
+            description: optional_str(&object, "groupdesc")?.unwrap_or_default(),
+        },
+        ADD_GROUP_MSG => Request::AddGroup {
+            id: optional_int(&object, "id")?,
+            group: required_int(&object, "groupid")?,
+        },
+        GROUP_CHAT_MSG => {
+            let id = optional_int(&object, "id")?;
+            let group = required_int(&object, "groupid")?;
+            require_msg(&object)?;
+            object.remove("seq");
+            Request::GroupChat {
+                id,
+                group,
+                body: object,
+            }
+        }
+        LOGIN_MSG_ACK | REG_MSG_ACK | REPLY_MSG => {
+            return Err(Failure::bad_request(format!(
+                "msgid {msgid} is sent by the server, not to it"
+            )));
+        }
+        other => return Err(Failure::bad_request(format!("unknown msgid {other}"))),
+    };
+    Ok(request)
+}
+
+fn required_int(object: &Map<String, Value>, field: &str) -> Result<i64, Failure> {
+    optional_int(object, field)?.ok_or_else(|| Failure::bad_request(format!("{field} is missing")))
+}
+
+fn optional_int(object: &Map<String, Value>, field: &str) -> Result<Option<i64>, Failure> {
+    match object.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_i64()
+            .map(Some)
+            .ok_or_else(|| Failure::bad_request(format!("{field} must be an integer"))),
+    }
+}
+
+fn required_str(object: &Map<String, Value>, field: &str) -> Result<String, Failure> {
+    optional_str(object, field)?.ok_or_else(|| Failure::bad_request(format!("{field} is missing")))
+}
+
+fn optional_str(object: &Map<String, Value>, field: &str) -> Result<Option<String>, Failure> {
+    match object.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(Failure::bad_request(format!("{field} must be a string"))),
+    }
+}
+
+fn require_msg(object: &Map<String, Value>) -> Result<(), Failure> {
+    match object.get("msg") {
+        Some(Value::String(_)) => Ok(()),
+        None => Err(Failure::bad_request("msg is missing")),
+        Some(_) => Err(Failure::bad_request("msg must be a string")),
+    }
+}
+
+// ------------------------------------------------------------------ replies
+
+fn encode(value: Map<String, Value>) -> Vec<u8> {
+    // serde_json's Map is a BTreeMap here (no `preserve_order`), so keys come
+    // out sorted, as the classic server's nlohmann::json writes them.
+    Value::Object(value).to_string().into_bytes()
+}
+
+fn with_seq(mut object: Map<String, Value>, seq: Option<i64>) -> Map<String, Value> {
+    if let Some(seq) = seq {
+        object.insert("seq".into(), seq.into());
+    }
+    object
+}
+
+fn object(value: Value) -> Map<String, Value> {
+    match value {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    }
+}
+
+pub fn register_ok(id: i64, seq: Option<i64>) -> Vec<u8> {
+    encode(with_seq(
+        object(json!({"errno": 0, "id": id, "msgid": REG_MSG_ACK})),
+        seq,
+    ))
+}
+
+/// Without `seq`, exactly the classic `{"errno":1,"msgid":5}`; with it, also why.
+pub fn register_failed(failure: &Failure, seq: Option<i64>) -> Vec<u8> {
+    let mut reply = object(json!({"errno": 1, "msgid": REG_MSG_ACK}));
+    if seq.is_some() {
+        reply.insert("errmsg".into(), failure.errmsg.clone().into());
+    }
+    encode(with_seq(reply, seq))
+}
+
+pub fn login_failed(failure: &Failure, seq: Option<i64>) -> Vec<u8> {
+    encode(with_seq(
+        object(json!({"errmsg": failure.errmsg, "errno": failure.errno, "msgid": LOGIN_MSG_ACK})),
+        seq,
+    ))
+}
+
+pub struct FriendEntry {
+    pub id: i64,
+    pub name: String,
+    pub online: bool,
+}
+
+pub struct GroupMemberEntry {
+    pub id: i64,
+    pub name: String,
+    pub online: bool,
+    pub creator: bool,
+}
+
+pub struct GroupEntry {
+    pub id: i64,
+    pub name: String,
+    pub description: String,
+    pub members: Vec<GroupMemberEntry>,
+}
+
+fn state(online: bool) -> &'static str {
+    if online { "online" } else { "offline" }
+}
+
+/// The classic login ack: `friends`, `groups` and `offlinemsg` appear only
+/// when non-empty, each entry a JSON text inside a string.
+pub fn login_ok(
+    id: i64,
+    name: &str,
+    friends: &[FriendEntry],
+    groups: &[GroupEntry],
+    offline: &[String],
+    seq: Option<i64>,
+) -> Vec<u8> {
+    let mut reply = object(json!({"errno": 0, "id": id, "msgid": LOGIN_MSG_ACK, "name": name}));
+    if !friends.is_empty() {
+        let list: Vec<Value> = friends
+            .iter()
+            .map(|f| {
+                json!({"id": f.id, "name": f.name, "state": state(f.online)})
+                    .to_string()
+                    .into()
+            })
+            .collect();
+        reply.insert("friends".into(), list.into());
+    }
+    if !groups.is_empty() {
+        let list: Vec<Value> = groups
+            .iter()
+            .map(|g| {
+                let users: Vec<Value> = g
+                    .members
+                    .iter()
+                    .map(|m| {
+                        let role = if m.creator { "creator" } else { "normal" };
+                        json!({"id": m.id, "name": m.name, "role": role, "state": state(m.online)})
+                            .to_string()
+                            .into()
+                    })
+                    .collect();
+                json!({"groupdesc": g.description, "groupname": g.name, "id": g.id, "users": users})
+                    .to_string()
+                    .into()
+            })
+            .collect();
+        reply.insert("groups".into(), list.into());
+    }
+    if !offline.is_empty() {
+        let list: Vec<Value> = offline.iter().map(|m| Value::String(m.clone())).collect();
+        reply.insert("offlinemsg".into(), list.into());
+    }
+    encode(with_seq(reply, seq))
+}
+
+/// `{"errno":0,"msgid":11,"seq":n}` plus any results (e.g. `groupid`).
+pub fn reply_ok(seq: i64, results: Map<String, Value>) -> Vec<u8> {
+    let mut reply = results;
+    reply.insert("errno".into(), 0.into());
+    reply.insert("msgid".into(), REPLY_MSG.into());
+    encode(with_seq(reply, Some(seq)))
+}
+
+pub fn reply_error(failure: &Failure, seq: Option<i64>) -> Vec<u8> {
+    encode(with_seq(
+        object(json!({"errmsg": failure.errmsg, "errno": failure.errno, "msgid": REPLY_MSG})),
+        seq,
+    ))
+}
+
+/// A chat as its receivers see it: the sender's object with `id` and `name`
+/// set by the server, and `time` added when the client gave none.
+pub fn forward_chat(
+    mut body: Map<String, Value>,
+    sender_id: i64,
+    sender_name: &str,
+    now: &str,
+) -> Vec<u8> {
+    body.insert("id".into(), sender_id.into());
+    body.insert("name".into(), sender_name.into());
+    if !body.get("time").is_some_and(Value::is_string) {
+        body.insert("time".into(), now.into());
+    }
+    encode(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(bytes: Vec<u8>) -> String {
+        String::from_utf8(bytes).expect("utf8")
+    }
+
+    #[test]
+    fn classic_register_and_login_acks_byte_for_byte() {
+        assert_eq!(
+            text(register_ok(22, None)),
+            r#"{"errno":0,"id":22,"msgid":5}"#
+        );
+        assert_eq!(
+            text(register_failed(&Failure::bad_request("taken"), None)),
+            r#"{"errno":1,"msgid":5}"#
+        );
+        assert_eq!(
+            text(login_failed(&Failure::new(1, CLASSIC_BAD_LOGIN), None)),
+            r#"{"errmsg":"id or password is invalid!","errno":1,"msgid":2}"#
+        );
+        assert_eq!(
+            text(login_failed(&Failure::new(2, CLASSIC_IN_USE), None)),
+            r#"{"errmsg":"this account is using, input another!","errno":2,"msgid":2}"#
+        );
+        assert_eq!(
+            text(login_ok(22, "alice", &[], &[], &[], None)),
+            r#"{"errno":0,"id":22,"msgid":2,"name":"alice"}"#
+        );
+    }
+
+    #[test]
+    fn login_ack_nests_json_texts_in_strings() {
+        let friends = [FriendEntry {
+            id: 2,
+            name: "bob".into(),
+            online: true,
+        }];
+        let groups = [GroupEntry {
+            id: 5,
+            name: "g".into(),
+            description: "d".into(),
+            members: vec![GroupMemberEntry {
+                id: 1,
+                name: "a".into(),
+                online: false,
+                creator: true,
+            }],
+        }];
+        let offline = [r#"{"msg":"hi","msgid":6}"#.to_owned()];
+        let got = text(login_ok(1, "a", &friends, &groups, &offline, Some(9)));
+        let expected = concat!(
+            r#"{"errno":0,"friends":["{\"id\":2,\"name\":\"bob\",\"state\":\"online\"}"],"#,
+            r#""groups":["{\"groupdesc\":\"d\",\"groupname\":\"g\",\"id\":5,\"users\":[\"{\\\"id\\\":1,\\\"name\\\":\\\"a\\\",\\\"role\\\":\\\"creator\\\",\\\"state\\\":\\\"offline\\\"}\"]}"],"#,
+            r#""id":1,"msgid":2,"name":"a","offlinemsg":["{\"msg\":\"hi\",\"msgid\":6}"],"seq":9}"#
+        );
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn seq_is_echoed_and_errors_say_why() {
+        assert_eq!(
+            text(register_ok(3, Some(7))),
+            r#"{"errno":0,"id":3,"msgid":5,"seq":7}"#
+        );
+        assert_eq!(
+            text(register_failed(
+                &Failure::new(9, "the name is taken"),
+                Some(7)
+            )),
+            r#"{"errmsg":"the name is taken","errno":1,"msgid":5,"seq":7}"#
+        );
+        let mut results = Map::new();
+        results.insert("groupid".into(), 4.into());
+        assert_eq!(
+            text(reply_ok(8, results)),
+            r#"{"errno":0,"groupid":4,"msgid":11,"seq":8}"#
+        );
+        assert_eq!(
+            text(reply_error(
+                &Failure::new(errno::NOT_FOUND, "user 9 does not exist"),
+                None
+            )),
+            r#"{"errmsg":"user 9 does not exist","errno":5,"msgid":11}"#
+        );
+    }
+
+    #[test]
+    fn requests_parse_with_clear_errors() {
+        let p = parse(br#"{"msgid":1,"id":3,"password":"x","seq":4}"#);
+        assert_eq!(p.seq, Some(4));
+        assert_eq!(
+            p.request,
+            Ok(Request::Login {
+                id: 3,
+                password: "x".into()
+            })
+        );
+
+        let p = parse(br#"{"msgid":1,"id":"3","password":"x"}"#);
+        assert_eq!(
+            p.request,
+            Err(Failure::bad_request("id must be an integer"))
+        );
+        let p = parse(br#"{"msgid":6,"toid":2}"#);
+        assert_eq!(p.request, Err(Failure::bad_request("msg is missing")));
+        let p = parse(br#"{"msgid":99}"#);
+        assert_eq!(p.request, Err(Failure::bad_request("unknown msgid 99")));
+        let p = parse(br#"{"id":1}"#);
+        assert_eq!(p.request, Err(Failure::bad_request("msgid is missing")));
+        let p = parse(br#"{"msgid":1,"#);
+        assert!(
+            p.request
+                .expect_err("malformed")
+                .errmsg
+                .starts_with("malformed JSON")
+        );
+        let p = parse(br#"{"msgid":3,"seq":"x"}"#);
+        assert_eq!(
+            p.request,
+            Err(Failure::bad_request("seq must be an integer"))
+        );
+    }
+
+    #[test]
+    fn forwarded_chat_carries_the_servers_identity() {
+        let p = parse(br#"{"msgid":6,"id":666,"name":"mallory","toid":2,"msg":"hi","time":"t","seq":1,"extra":true}"#);
+        let Ok(Request::OneChat { body, .. }) = p.request else {
+            panic!("not a chat")
+        };
+        let out = text(forward_chat(body, 1, "alice", "now"));
+        assert_eq!(
+            out,
+            r#"{"extra":true,"id":1,"msg":"hi","msgid":6,"name":"alice","time":"t","toid":2}"#
+        );
+    }
+}

@@ -1,0 +1,5 @@
+//! The client-facing protocol: framing of the byte stream and the classic
+//! messages. Pure code, no I/O.
+
+pub mod classic;
+pub mod framing;

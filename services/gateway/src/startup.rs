@@ -1,0 +1,119 @@
+//! Builds a gateway node and runs it until shutdown, then drains.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use shutdown::Shutdown;
+use tokio::{
+    net::TcpListener,
+    sync::{Semaphore, mpsc},
+};
+
+use crate::{
+    cluster::{Cluster, ClusterError},
+    config::Config,
+    node::Node,
+    transport,
+    upstream::{UpstreamUrlError, Upstreams},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot listen on {0}")]
+    Bind(SocketAddr, #[source] std::io::Error),
+    #[error("cannot reach redis")]
+    Redis(#[from] ClusterError),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamUrlError),
+}
+
+pub struct Application {
+    node: Arc<Node>,
+    tcp: TcpListener,
+    http: TcpListener,
+    tcp_addr: SocketAddr,
+    http_addr: SocketAddr,
+    bus_events: mpsc::Receiver<crate::cluster::BusEvent>,
+}
+
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartupError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| StartupError::Bind(addr, e))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| StartupError::Bind(addr, e))?;
+    Ok((listener, local))
+}
+
+impl Application {
+    pub async fn build(config: Config, shutdown: Shutdown) -> Result<Self, StartupError> {
+        let (events_tx, bus_events) = mpsc::channel(65_536);
+        let cluster = Cluster::connect(
+            &config.redis_url,
+            &config.redis_prefix,
+            events_tx,
+            shutdown.clone(),
+        )
+        .await?;
+        let upstreams = Upstreams::new(
+            &config.user_service,
+            &config.offline_service,
+            config.rpc_timeout,
+        )?;
+        let (tcp, tcp_addr) = bind(config.tcp_listen).await?;
+        let (http, http_addr) = bind(config.http_listen).await?;
+        let node = Arc::new(Node::new(config, cluster, upstreams, shutdown));
+        Ok(Self {
+            node,
+            tcp,
+            http,
+            tcp_addr,
+            http_addr,
+            bus_events,
+        })
+    }
+
+    pub fn tcp_addr(&self) -> SocketAddr {
+        self.tcp_addr
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Serves until shutdown is requested, then stops accepting, ends every
+    /// session (their undelivered messages go offline, their presence is
+    /// released) and waits for that, at most the drain timeout.
+    pub async fn run_until_stopped(self) {
+        let node = self.node;
+        let permits = Arc::new(Semaphore::new(node.config.limits.max_connections));
+        tokio::spawn(node.clone().dispatch_bus(self.bus_events));
+        tokio::spawn(node.clone().keep_presence());
+        let tcp = tokio::spawn(transport::serve_tcp(
+            node.clone(),
+            self.tcp,
+            permits.clone(),
+        ));
+        let router = transport::http_router(node.clone(), permits);
+        let stopping = node.shutdown.clone();
+        let http = tokio::spawn(async move {
+            let serve = axum::serve(self.http, router)
+                .with_graceful_shutdown(async move { stopping.requested().await });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "http server failed");
+            }
+        });
+
+        node.shutdown.requested().await;
+        tracing::info!(sessions = node.registry.len(), "draining");
+        let _ = tcp.await;
+        node.tasks.close();
+        if tokio::time::timeout(node.config.drain_timeout, node.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(left = node.tasks.len(), "drain timed out");
+        }
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), http).await;
+    }
+}

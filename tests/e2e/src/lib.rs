@@ -1,0 +1,598 @@
+//! Fixtures for end-to-end tests: a whole clusterchat stack of real
+//! processes (user and offline services, gateway nodes, optionally nginx and
+//! a private Redis) on free loopback ports, and clients that speak the
+//! classic protocol over TCP or WebSocket.
+//!
+//! Every stack gets fresh databases and its own Redis key prefix, so tests
+//! run side by side against the shared test MariaDB and Redis that
+//! `just test` starts. Processes are killed when the stack is dropped.
+
+use std::{net::SocketAddr, path::PathBuf, process::Stdio, time::Duration};
+
+use futures::{SinkExt as _, StreamExt as _};
+use serde_json::{Value, json};
+use test_support::{TcpProxy, unique_name};
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{
+        TcpListener, TcpStream,
+        tcp::{OwnedReadHalf, OwnedWriteHalf},
+    },
+    process::{Child, Command},
+};
+
+pub use test_support::{PATIENCE, assert_eventually};
+
+/// How long a test waits for one expected message before failing.
+pub const RECV_TIMEOUT: Duration = Duration::from_secs(15);
+
+fn bin(name: &str) -> PathBuf {
+    let dir = std::env::var("CLUSTERCHAT_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/debug"));
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace first (`just test` does)",
+        path.display()
+    );
+    path
+}
+
+/// A free port on 127.0.0.1 (bound and released; fine for tests).
+pub async fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+async fn wait_for_port(port: u16, what: &str) {
+    assert_eventually!(
+        TcpStream::connect(addr(port)).await.is_ok(),
+        Duration::from_secs(60),
+        "{what} did not open port {port}"
+    );
+}
+
+fn log_dir() -> PathBuf {
+    let dir = std::env::temp_dir()
+        .join("clusterchat-e2e")
+        .join(unique_name("stack"));
+    std::fs::create_dir_all(&dir).expect("log dir");
+    dir
+}
+
+fn spawn(binary: &str, env: &[(String, String)], log: PathBuf) -> Child {
+    let out = std::fs::File::create(&log).expect("log file");
+    let err = out.try_clone().expect("log file");
+    Command::new(bin(binary))
+        .envs(env.iter().cloned())
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {binary}: {e}"))
+}
+
+/// A Redis of the test's own, for tests that restart it.
+pub struct PrivateRedis {
+    port: u16,
+    child: Option<Child>,
+    dir: PathBuf,
+}
+
+impl PrivateRedis {
+    pub async fn start(dir: PathBuf) -> Self {
+        let mut redis = Self {
+            port: free_port().await,
+            child: None,
+            dir,
+        };
+        redis.spawn().await;
+        redis
+    }
+
+    async fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server (installed by `just test`)");
+        self.child = Some(child);
+        wait_for_port(self.port, "redis").await;
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills Redis and starts it again on the same port, empty.
+    pub async fn restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+        self.spawn().await;
+    }
+}
+
+pub struct Gateway {
+    pub tcp: SocketAddr,
+    pub http: SocketAddr,
+    child: Option<Child>,
+    env: Vec<(String, String)>,
+    log: PathBuf,
+}
+
+impl Gateway {
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+}
+
+#[derive(Default)]
+pub struct StackBuilder {
+    gateways: usize,
+    nginx: bool,
+    private_redis: bool,
+    database_proxy: bool,
+    gateway_env: Vec<(String, String)>,
+}
+
+impl StackBuilder {
+    pub fn gateways(mut self, n: usize) -> Self {
+        self.gateways = n;
+        self
+    }
+
+    pub fn with_nginx(mut self) -> Self {
+        self.nginx = true;
+        self
+    }
+
+    pub fn with_private_redis(mut self) -> Self {
+        self.private_redis = true;
+        self
+    }
+
+    /// Puts a cuttable proxy between the services and MariaDB.
+    pub fn with_database_proxy(mut self) -> Self {
+        self.database_proxy = true;
+        self
+    }
+
+    pub fn gateway_env(mut self, key: &str, value: &str) -> Self {
+        self.gateway_env.push((key.into(), value.into()));
+        self
+    }
+
+    pub async fn start(self) -> Stack {
+        let dir = log_dir();
+        let redis = if self.private_redis {
+            Some(PrivateRedis::start(dir.clone()).await)
+        } else {
+            None
+        };
+        let redis_url = redis.as_ref().map_or_else(
+            || {
+                std::env::var("CLUSTERCHAT_TEST_REDIS_URL")
+                    .expect("CLUSTERCHAT_TEST_REDIS_URL: run with `just test`")
+            },
+            PrivateRedis::url,
+        );
+        let database_proxy = if self.database_proxy {
+            Some(TcpProxy::start(test_support::mysql_server_addr()).await)
+        } else {
+            None
+        };
+        let db_url = |name: &str| {
+            let url = test_support::fresh_database_url(name);
+            match &database_proxy {
+                Some(proxy) => url.replace(
+                    &test_support::mysql_server_addr().to_string(),
+                    &proxy.addr().to_string(),
+                ),
+                None => url,
+            }
+        };
+
+        let user_port = free_port().await;
+        let offline_port = free_port().await;
+        let user = spawn(
+            "user-service",
+            &[
+                (
+                    "CLUSTERCHAT_USER_LISTEN".into(),
+                    addr(user_port).to_string(),
+                ),
+                ("CLUSTERCHAT_USER_DATABASE_URL".into(), db_url("e2e_user")),
+                (
+                    "CLUSTERCHAT_USER_DB_ACQUIRE_TIMEOUT_MS".into(),
+                    "1000".into(),
+                ),
+            ],
+            dir.join("user-service.log"),
+        );
+        let offline = spawn(
+            "offline-service",
+            &[
+                (
+                    "CLUSTERCHAT_OFFLINE_LISTEN".into(),
+                    addr(offline_port).to_string(),
+                ),
+                (
+                    "CLUSTERCHAT_OFFLINE_DATABASE_URL".into(),
+                    db_url("e2e_offline"),
+                ),
+                (
+                    "CLUSTERCHAT_OFFLINE_DB_ACQUIRE_TIMEOUT_MS".into(),
+                    "1000".into(),
+                ),
+            ],
+            dir.join("offline-service.log"),
+        );
+        wait_for_port(user_port, "user service").await;
+        wait_for_port(offline_port, "offline service").await;
+
+        let prefix = format!("{}:", unique_name("e2e"));
+        let mut gateways = Vec::new();
+        for i in 0..self.gateways {
+            let tcp = addr(free_port().await);
+            let http = addr(free_port().await);
+            let mut env = vec![
+                (
+                    "CLUSTERCHAT_GATEWAY_NODE_ID".into(),
+                    format!("gw-{}", i + 1),
+                ),
+                ("CLUSTERCHAT_GATEWAY_TCP_LISTEN".into(), tcp.to_string()),
+                ("CLUSTERCHAT_GATEWAY_HTTP_LISTEN".into(), http.to_string()),
+                ("CLUSTERCHAT_GATEWAY_REDIS_URL".into(), redis_url.clone()),
+                ("CLUSTERCHAT_GATEWAY_REDIS_PREFIX".into(), prefix.clone()),
+                (
+                    "CLUSTERCHAT_GATEWAY_USER_SERVICE".into(),
+                    format!("http://{}", addr(user_port)),
+                ),
+                (
+                    "CLUSTERCHAT_GATEWAY_OFFLINE_SERVICE".into(),
+                    format!("http://{}", addr(offline_port)),
+                ),
+            ];
+            env.extend(self.gateway_env.iter().cloned());
+            let log = dir.join(format!("gateway-{}.log", i + 1));
+            gateways.push(Gateway {
+                tcp,
+                http,
+                child: None,
+                env,
+                log,
+            });
+        }
+        let mut stack = Stack {
+            gateways,
+            nginx: None,
+            redis,
+            database_proxy,
+            _user: user,
+            _offline: offline,
+            dir,
+        };
+        for i in 0..stack.gateways.len() {
+            stack.start_gateway(i).await;
+        }
+        if self.nginx {
+            stack.start_nginx().await;
+        }
+        stack
+    }
+}
+
+pub struct Nginx {
+    pub tcp: SocketAddr,
+    pub ws: SocketAddr,
+    _child: Child,
+}
+
+pub struct Stack {
+    pub gateways: Vec<Gateway>,
+    pub nginx: Option<Nginx>,
+    redis: Option<PrivateRedis>,
+    database_proxy: Option<TcpProxy>,
+    _user: Child,
+    _offline: Child,
+    dir: PathBuf,
+}
+
+impl Stack {
+    pub fn builder() -> StackBuilder {
+        StackBuilder::default()
+    }
+
+    /// Where the processes' logs are, for a failing test's message.
+    pub fn logs(&self) -> String {
+        self.dir.display().to_string()
+    }
+
+    pub async fn start_gateway(&mut self, i: usize) {
+        let gateway = &mut self.gateways[i];
+        gateway.child = Some(spawn("gateway", &gateway.env, gateway.log.clone()));
+        let health = format!("http://{}/healthz", gateway.http);
+        let http = gateway.http;
+        assert_eventually!(
+            http_get(http, "/healthz")
+                .await
+                .is_some_and(|(status, _)| status == 200),
+            Duration::from_secs(60),
+            "gateway {} not healthy at {health}",
+            i + 1
+        );
+    }
+
+    /// SIGKILL: no chance to clean up, like a crashed machine.
+    pub async fn kill_gateway(&mut self, i: usize) {
+        if let Some(mut child) = self.gateways[i].child.take() {
+            child.kill().await.expect("kill -9 gateway");
+        }
+    }
+
+    /// SIGTERM, then waits for the process to exit.
+    pub async fn terminate_gateway(&mut self, i: usize) -> std::process::ExitStatus {
+        let mut child = self.gateways[i].child.take().expect("gateway running");
+        let pid = child.id().expect("pid");
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        tokio::time::timeout(Duration::from_secs(30), child.wait())
+            .await
+            .expect("gateway exits after SIGTERM")
+            .expect("wait")
+    }
+
+    pub async fn restart_redis(&mut self) {
+        self.redis
+            .as_mut()
+            .expect("stack built with_private_redis")
+            .restart()
+            .await;
+    }
+
+    pub fn cut_database(&self) {
+        self.database_proxy
+            .as_ref()
+            .expect("stack built with_database_proxy")
+            .cut();
+    }
+
+    pub fn restore_database(&self) {
+        self.database_proxy
+            .as_ref()
+            .expect("stack built with_database_proxy")
+            .restore();
+    }
+
+    async fn start_nginx(&mut self) {
+        let tcp = addr(free_port().await);
+        let ws = addr(free_port().await);
+        let servers = |f: fn(&Gateway) -> SocketAddr| {
+            self.gateways
+                .iter()
+                .map(|g| format!("        server {} max_fails=3 fail_timeout=30s;\n", f(g)))
+                .collect::<String>()
+        };
+        let dir = self.dir.join("nginx");
+        std::fs::create_dir_all(&dir).expect("nginx dir");
+        let conf = format!(
+            "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\n\
+             worker_processes 1;\ndaemon off;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log warn;\n\
+             events {{ worker_connections 1024; }}\n\
+             stream {{\n    upstream chat_tcp {{\n{tcp_servers}    }}\n    upstream chat_ws {{\n{ws_servers}    }}\n\
+             \x20   server {{ listen {tcp}; proxy_pass chat_tcp; tcp_nodelay on; proxy_connect_timeout 2s; }}\n\
+             \x20   server {{ listen {ws}; proxy_pass chat_ws; tcp_nodelay on; proxy_connect_timeout 2s; }}\n}}\n",
+            dir = dir.display(),
+            tcp_servers = servers(|g| g.tcp),
+            ws_servers = servers(|g| g.http),
+        );
+        let conf_path = dir.join("nginx.conf");
+        std::fs::write(&conf_path, conf).expect("nginx.conf");
+        let child = Command::new("/usr/sbin/nginx")
+            .arg("-p")
+            .arg(&dir)
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .arg("-c")
+            .arg(&conf_path)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("nginx (installed by `just test`)");
+        wait_for_port(tcp.port(), "nginx").await;
+        self.nginx = Some(Nginx {
+            tcp,
+            ws,
+            _child: child,
+        });
+    }
+}
+
+/// A minimal HTTP/1.1 GET: (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut response)
+        .await
+        .ok()?;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+/// A classic client over TCP: requests end with NUL, replies with a newline.
+pub struct Client {
+    reader: BufReader<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        let (read, writer) = stream.into_split();
+        Self {
+            reader: BufReader::new(read),
+            writer,
+        }
+    }
+
+    pub async fn send(&mut self, request: &Value) {
+        let mut bytes = request.to_string().into_bytes();
+        bytes.push(0);
+        self.send_raw(&bytes).await;
+    }
+
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).await.expect("send");
+    }
+
+    /// The next line from the server, exactly as sent (without the newline).
+    pub async fn recv_line(&mut self) -> String {
+        self.try_recv_line(RECV_TIMEOUT)
+            .await
+            .expect("a message from the server in time")
+    }
+
+    pub async fn try_recv_line(&mut self, timeout: Duration) -> Option<String> {
+        let mut line = String::new();
+        match tokio::time::timeout(timeout, self.reader.read_line(&mut line)).await {
+            Ok(Ok(0)) => None,
+            Ok(Ok(_)) => Some(line.trim_end_matches('\n').to_owned()),
+            Ok(Err(_)) | Err(_) => None,
+        }
+    }
+
+    pub async fn recv(&mut self) -> Value {
+        let line = self.recv_line().await;
+        serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("server sent invalid JSON {line:?}: {e}"))
+    }
+
+    /// Asserts nothing arrives for `quiet`.
+    pub async fn expect_silence(&mut self, quiet: Duration) {
+        if let Some(line) = self.try_recv_line(quiet).await {
+            panic!("expected nothing, got {line}");
+        }
+    }
+
+    /// True once the server closed the connection.
+    pub async fn is_closed(&mut self, timeout: Duration) -> bool {
+        let mut line = String::new();
+        matches!(
+            tokio::time::timeout(timeout, self.reader.read_line(&mut line)).await,
+            Ok(Ok(0) | Err(_))
+        )
+    }
+
+    pub async fn register(&mut self, name: &str, password: &str) -> i64 {
+        self.send(&json!({"msgid": 4, "name": name, "password": password}))
+            .await;
+        let ack = self.recv().await;
+        assert_eq!(ack["errno"], 0, "register {name}: {ack}");
+        ack["id"].as_i64().expect("id")
+    }
+
+    pub async fn login(&mut self, id: i64, password: &str) -> Value {
+        self.send(&json!({"msgid": 1, "id": id, "password": password}))
+            .await;
+        self.recv().await
+    }
+
+    pub async fn login_ok(&mut self, id: i64, password: &str) -> Value {
+        let ack = self.login(id, password).await;
+        assert_eq!(ack["errno"], 0, "login {id}: {ack}");
+        ack
+    }
+
+    /// Sends a request with a `seq` and returns the reply carrying it.
+    pub async fn call(&mut self, mut request: Value, seq: i64) -> Value {
+        request["seq"] = seq.into();
+        self.send(&request).await;
+        loop {
+            let reply = self.recv().await;
+            if reply["seq"] == seq {
+                return reply;
+            }
+        }
+    }
+}
+
+/// A chat object as a classic client sends it.
+pub fn chat(from: i64, to: i64, text: &str) -> Value {
+    json!({"msgid": 6, "id": from, "name": "whoever", "toid": to, "msg": text, "time": "2026-11-25 10:00:00"})
+}
+
+pub fn group_chat(from: i64, group: i64, text: &str) -> Value {
+    json!({"msgid": 10, "id": from, "name": "whoever", "groupid": group, "msg": text, "time": "2026-11-25 10:00:00"})
+}
+
+/// A client over WebSocket: one JSON message per text frame.
+pub struct WsClient {
+    socket: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
+}
+
+impl WsClient {
+    pub async fn connect(addr: SocketAddr) -> Self {
+        let (socket, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+            .await
+            .expect("ws connect");
+        Self { socket }
+    }
+
+    pub async fn send(&mut self, request: &Value) {
+        self.socket
+            .send(tokio_tungstenite::tungstenite::Message::text(
+                request.to_string(),
+            ))
+            .await
+            .expect("ws send");
+    }
+
+    pub async fn recv(&mut self) -> Value {
+        loop {
+            let message = tokio::time::timeout(RECV_TIMEOUT, self.socket.next())
+                .await
+                .expect("a ws message in time")
+                .expect("ws open")
+                .expect("ws message");
+            if let tokio_tungstenite::tungstenite::Message::Text(text) = message {
+                return serde_json::from_str(text.as_str()).expect("json");
+            }
+        }
+    }
+}
