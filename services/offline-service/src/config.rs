@@ -14,7 +14,8 @@ pub struct Config {
     /// `CLUSTERCHAT_OFFLINE_DATABASE_URL`, `..._DB_MAX_CONNECTIONS`, `..._DB_ACQUIRE_TIMEOUT_MS`.
     pub mysql: MySqlSettings,
     /// `CLUSTERCHAT_OFFLINE_MAX_MESSAGE_BYTES` (default 128 KiB) and
-    /// `CLUSTERCHAT_OFFLINE_MAX_BACKLOG` (default 10,000 per receiver).
+    /// `CLUSTERCHAT_OFFLINE_MAX_BACKLOG` (default 10,000 per receiver) and
+    /// `CLUSTERCHAT_OFFLINE_MAX_PAGE_BYTES` (default 1 MiB per Fetch).
     pub limits: Limits,
     /// `CLUSTERCHAT_OFFLINE_REQUEST_TIMEOUT_MS`.
     pub request_timeout: Duration,
@@ -47,6 +48,10 @@ impl Config {
                     defaults.max_message_bytes,
                 )?,
                 max_backlog: var_or("CLUSTERCHAT_OFFLINE_MAX_BACKLOG", defaults.max_backlog)?,
+                max_page_bytes: var_or(
+                    "CLUSTERCHAT_OFFLINE_MAX_PAGE_BYTES",
+                    defaults.max_page_bytes,
+                )?,
             },
             request_timeout: millis_or(
                 "CLUSTERCHAT_OFFLINE_REQUEST_TIMEOUT_MS",

@@ -12,6 +12,9 @@ pub struct Limits {
     pub max_message_bytes: usize,
     /// Most pending messages one receiver may have.
     pub max_backlog: u32,
+    /// Most payload bytes one Fetch returns (at least one message is always
+    /// returned), so a page stays far below gRPC's 4 MiB message limit.
+    pub max_page_bytes: usize,
 }
 
 impl Default for Limits {
@@ -19,6 +22,7 @@ impl Default for Limits {
         Self {
             max_message_bytes: 128 * 1024,
             max_backlog: 10_000,
+            max_page_bytes: 1024 * 1024,
         }
     }
 }
@@ -127,6 +131,7 @@ mod tests {
         Limits {
             max_message_bytes: 10,
             max_backlog: 5,
+            max_page_bytes: 100,
         }
     }
 

@@ -133,17 +133,22 @@ impl OfflineStore {
         .bind(limit + 1)
         .fetch_all(&self.pool)
         .await?;
-        let more = rows.len() > limit as usize;
-        let messages = rows
-            .iter()
-            .take(limit as usize)
-            .map(|r| StoredMessage {
-                position: r.get(0),
-                sender_id: r.get(1),
-                payload: r.get(2),
-                stored_at_unix_ms: r.get(3),
-            })
-            .collect();
+        let mut messages = Vec::new();
+        let mut bytes = 0;
+        for row in rows.iter().take(limit as usize) {
+            let message = StoredMessage {
+                position: row.get(0),
+                sender_id: row.get(1),
+                payload: row.get(2),
+                stored_at_unix_ms: row.get(3),
+            };
+            bytes += message.payload.len();
+            if bytes > self.limits.max_page_bytes && !messages.is_empty() {
+                break;
+            }
+            messages.push(message);
+        }
+        let more = rows.len() > messages.len();
         Ok((messages, more))
     }
 

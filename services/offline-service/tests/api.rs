@@ -414,3 +414,43 @@ async fn database_outage_is_unavailable_and_the_service_recovers() {
     );
     assert_eq!(payloads(&fetch(c, 4, 0, 0).await), ["before", "after"]);
 }
+
+#[tokio::test]
+async fn pages_are_bounded_in_bytes_too() {
+    let mut config = Config::for_tests(&fresh_database_url("offline"));
+    config.limits.max_page_bytes = 2500;
+    let mut app = spawn_app_with(config).await;
+    let c = &mut app.client;
+    let sent: Vec<String> = (0..5).map(|i| format!("{i}{}", "x".repeat(999))).collect();
+    for text in &sent {
+        store(c, 6, text).await;
+    }
+    let page = fetch(c, 6, 0, 0).await;
+    assert_eq!(
+        page.messages.len(),
+        2,
+        "two 1000-byte messages fit in 2500 bytes"
+    );
+    assert!(page.more);
+    let mut got: Vec<String> = page.messages.iter().map(|m| m.payload.clone()).collect();
+    let mut after = page.messages.last().expect("last").position;
+    loop {
+        let page = fetch(c, 6, after, 0).await;
+        got.extend(page.messages.iter().map(|m| m.payload.clone()));
+        after = page.messages.last().map_or(after, |m| m.position);
+        if !page.more {
+            break;
+        }
+    }
+    assert_eq!(got, sent);
+
+    // A single message larger than the page bound still comes out, alone.
+    let mut config = Config::for_tests(&fresh_database_url("offline"));
+    config.limits.max_page_bytes = 10;
+    let mut app = spawn_app_with(config).await;
+    store(&mut app.client, 1, "longer than ten bytes").await;
+    store(&mut app.client, 1, "and another").await;
+    let page = fetch(&mut app.client, 1, 0, 0).await;
+    assert_eq!(payloads(&page), ["longer than ten bytes"]);
+    assert!(page.more);
+}

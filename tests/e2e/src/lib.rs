@@ -404,7 +404,7 @@ impl Stack {
         std::fs::create_dir_all(&dir).expect("nginx dir");
         let conf = format!(
             "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\n\
-             worker_processes 1;\ndaemon off;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log warn;\n\
+             master_process off;\ndaemon off;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log warn;\n\
              events {{ worker_connections 1024; }}\n\
              stream {{\n    upstream chat_tcp {{\n{tcp_servers}    }}\n    upstream chat_ws {{\n{ws_servers}    }}\n\
              \x20   server {{ listen {tcp}; proxy_pass chat_tcp; tcp_nodelay on; proxy_connect_timeout 2s; }}\n\
@@ -423,6 +423,8 @@ impl Stack {
             .arg("-c")
             .arg(&conf_path)
             .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
             .expect("nginx (installed by `just test`)");
