@@ -365,9 +365,12 @@ fn open_envelope(payload: &[u8]) -> Option<(i64, &[u8])> {
     Some((sender, &payload[newline + 1..]))
 }
 
+/// When a group's member list was fetched, and the list.
+type CachedMembers = (Instant, Arc<[i64]>);
+
 struct GroupCache {
     ttl: Duration,
-    entries: Mutex<HashMap<i64, (Instant, Arc<[i64]>)>>,
+    entries: Mutex<HashMap<i64, CachedMembers>>,
 }
 
 impl GroupCache {

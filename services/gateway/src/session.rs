@@ -680,7 +680,7 @@ async fn acknowledge_offline(node: &Node, user: i64, up_to: u64) {
         up_to,
     };
     for attempt in 1..=3u64 {
-        match node.upstreams.offline.clone().ack(request.clone()).await {
+        match node.upstreams.offline.clone().ack(request).await {
             Ok(_) => return,
             Err(status) => {
                 tracing::warn!(user, attempt, code = ?status.code(), "offline ack failed");
