@@ -48,6 +48,33 @@ pub fn millis_or(name: &str, default: Duration) -> Result<Duration, ConfigError>
     Ok(Duration::from_millis(millis))
 }
 
+/// Reads an optional value: unset means `default`, an empty string or `off`
+/// means `None`.
+pub fn optional_or<T>(name: &str, default: Option<T>) -> Result<Option<T>, ConfigError>
+where
+    T: FromStr,
+    T::Err: Display,
+{
+    match std::env::var(name) {
+        Err(std::env::VarError::NotPresent) => Ok(default),
+        Err(std::env::VarError::NotUnicode(_)) => Err(ConfigError::NotUnicode {
+            name: name.to_owned(),
+        }),
+        Ok(value) if value.trim().is_empty() || value.trim().eq_ignore_ascii_case("off") => {
+            Ok(None)
+        }
+        Ok(value) => value
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|e: T::Err| ConfigError::Invalid {
+                name: name.to_owned(),
+                value,
+                reason: e.to_string(),
+            }),
+    }
+}
+
 /// A string that must not appear in logs or `Debug` output (passwords, URLs
 /// with credentials).
 #[derive(Clone, PartialEq, Eq)]

@@ -7,7 +7,11 @@
 //! - server reflection, both `v1` and `v1alpha` (grpcurl 1.8 asks for the
 //!   latter), so `grpcurl -plaintext ADDR list` works with no .proto at hand;
 //! - a per-request timeout;
-//! - graceful shutdown: in-flight requests finish, new connections are refused.
+//! - graceful shutdown: in-flight requests finish, new connections are refused;
+//! - tracing and metrics per request ([`observe`]), and `/metrics` (Prometheus
+//!   text) on a separate HTTP listener when one is given.
+
+pub mod observe;
 
 use std::time::Duration;
 
@@ -34,13 +38,18 @@ pub struct GrpcServer {
 }
 
 impl GrpcServer {
-    /// Serves `routes` on `listener` until `shutdown` is requested.
+    /// Serves `routes` on `listener` (and `/metrics` on `metrics`) until
+    /// `shutdown` is requested.
     pub async fn serve(
         self,
         listener: TcpListener,
+        metrics: Option<TcpListener>,
         routes: Routes,
         shutdown: Shutdown,
     ) -> Result<(), ServeError> {
+        if let Some(metrics) = metrics {
+            tokio::spawn(serve_metrics(metrics, shutdown.clone()));
+        }
         let (health, health_service) = tonic_health::server::health_reporter();
         for name in &self.service_names {
             health
@@ -77,9 +86,28 @@ impl GrpcServer {
 
         tonic::transport::Server::builder()
             .timeout(self.request_timeout)
+            .layer(observe::ObserveLayer)
             .add_routes(routes)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopping)
             .await?;
         Ok(())
+    }
+}
+
+/// `GET /metrics`: this process's Prometheus registry.
+pub async fn serve_metrics(listener: TcpListener, shutdown: Shutdown) {
+    let router = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(|| async {
+            (
+                [(http::header::CONTENT_TYPE, telemetry::metrics::CONTENT_TYPE)],
+                telemetry::metrics::encode(),
+            )
+        }),
+    );
+    let serve = axum::serve(listener, router)
+        .with_graceful_shutdown(async move { shutdown.requested().await });
+    if let Err(e) = serve.await {
+        tracing::warn!(error = %e, "metrics server stopped");
     }
 }

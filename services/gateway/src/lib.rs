@@ -14,6 +14,7 @@
 
 pub mod cluster;
 pub mod config;
+pub mod metrics;
 pub mod node;
 pub mod protocol;
 pub mod registry;

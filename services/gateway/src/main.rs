@@ -3,7 +3,7 @@ use shutdown::Shutdown;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    telemetry::init("gateway");
+    let telemetry = telemetry::init("gateway");
     let config = Config::from_env()?;
     let node_id = config.node_id.clone();
     let shutdown = Shutdown::on_signals();
@@ -11,5 +11,6 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(node = node_id, tcp = %app.tcp_addr(), http = %app.http_addr(), "gateway listening");
     app.run_until_stopped().await;
     tracing::info!("gateway stopped");
+    telemetry.shutdown().await;
     Ok(())
 }

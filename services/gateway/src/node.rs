@@ -25,10 +25,12 @@ use clusterchat_proto::{offline::v1 as offline_pb, user::v1 as user_pb};
 use shutdown::Shutdown;
 use tokio::{sync::mpsc, time::Instant};
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 
 use crate::{
     cluster::{BusEvent, Cluster},
     config::Config,
+    metrics::{label, metrics},
     protocol::classic::{Failure, errno},
     registry::{Delivery, Handoff, Registry},
     upstream::{Upstreams, failure_from_status},
@@ -159,6 +161,7 @@ impl Node {
         sender_id: i64,
         frame: &[u8],
     ) -> Result<Vec<Route>, Failure> {
+        let started = std::time::Instant::now();
         let mut routes = vec![Route::Local; receivers.len()];
         let mut elsewhere = Vec::new();
         for (i, &to) in receivers.iter().enumerate() {
@@ -166,23 +169,36 @@ impl Node {
                 sender_id,
                 frame: frame.to_vec(),
             };
-            if let Handoff::Refused(_) = self.registry.hand_off(to, delivery) {
-                if self.registry.contains(to) {
+            match self.registry.hand_off(to, delivery) {
+                Handoff::Queued => metrics()
+                    .delivery_latency
+                    .get_or_create(&label("path", "local"))
+                    .observe(started.elapsed().as_secs_f64()),
+                Handoff::Refused(_) if self.registry.contains(to) => {
                     // Here, but its queue is full: a slow client must not
                     // grow our memory; it gets this at its next login.
                     routes[i] = Route::Offline;
-                } else {
-                    elsewhere.push(i);
                 }
+                Handoff::Refused(_) => elsewhere.push(i),
             }
         }
         if !elsewhere.is_empty() {
-            let envelope = envelope(sender_id, frame);
+            let span = tracing::info_span!(
+                "redis.publish",
+                otel.kind = "producer",
+                db.system = "redis",
+                messaging.batch.message_count = elsewhere.len(),
+            );
+            let envelope = envelope(
+                sender_id,
+                frame,
+                &telemetry::propagation::traceparent(&span),
+            );
             let batch: Vec<(i64, &[u8])> = elsewhere
                 .iter()
                 .map(|&i| (receivers[i], envelope.as_slice()))
                 .collect();
-            match self.cluster.publish(&batch).await {
+            match self.cluster.publish(&batch).instrument(span).await {
                 Ok(received) => {
                     for (&i, got) in elsewhere.iter().zip(received) {
                         routes[i] = if got { Route::Remote } else { Route::Offline };
@@ -197,6 +213,15 @@ impl Node {
             }
         }
         for (i, route) in routes.iter().enumerate() {
+            let name = match route {
+                Route::Local => "local",
+                Route::Remote => "remote",
+                Route::Offline => "offline",
+            };
+            metrics()
+                .deliveries
+                .get_or_create(&label("route", name))
+                .inc();
             if *route == Route::Offline {
                 self.store_offline(receivers[i], sender_id, frame).await?;
             }
@@ -246,19 +271,39 @@ impl Node {
     pub fn on_bus_event(self: &Arc<Self>, event: BusEvent) {
         match event {
             BusEvent::ForUser { user, payload } => {
-                let Some((sender_id, frame)) = open_envelope(&payload) else {
+                let Some(message) = open_envelope(&payload) else {
                     tracing::warn!(user, "dropping a malformed bus message");
                     return;
                 };
+                let span =
+                    tracing::info_span!("chat.deliver", otel.kind = "consumer", receiver = user);
+                telemetry::propagation::set_parent_from_traceparent(&span, message.traceparent);
+                let _entered = span.enter();
                 let delivery = Delivery {
-                    sender_id,
-                    frame: frame.to_vec(),
+                    sender_id: message.sender_id,
+                    frame: message.frame.to_vec(),
                 };
-                if let Handoff::Refused(delivery) = self.registry.hand_off(user, delivery) {
-                    let node = self.clone();
-                    self.tasks.spawn(async move {
-                        node.store_offline_until_done(user, delivery).await;
-                    });
+                match self.registry.hand_off(user, delivery) {
+                    Handoff::Queued => {
+                        let waited = now_micros().saturating_sub(message.sent_micros);
+                        metrics()
+                            .delivery_latency
+                            .get_or_create(&label("path", "remote"))
+                            .observe(waited as f64 / 1e6);
+                    }
+                    Handoff::Refused(delivery) => {
+                        metrics()
+                            .deliveries
+                            .get_or_create(&label("route", "offline"))
+                            .inc();
+                        let node = self.clone();
+                        self.tasks.spawn(
+                            async move {
+                                node.store_offline_until_done(user, delivery).await;
+                            }
+                            .instrument(span.clone()),
+                        );
+                    }
                 }
             }
             BusEvent::Control(payload) => {
@@ -348,21 +393,39 @@ impl Node {
     }
 }
 
-/// Bus payload: a header line with the sender id, then the frame. The sender
-/// id travels so that the receiving node can store the message offline with it.
-fn envelope(sender_id: i64, frame: &[u8]) -> Vec<u8> {
-    let mut out = format!("{sender_id}\n").into_bytes();
+/// Bus payload: a header line `sender_id sent_at_micros traceparent`, then
+/// the frame. The sender id lets the receiving node store the message
+/// offline; the time measures publish-to-delivery latency; the traceparent
+/// makes the delivering node's span part of the sender's trace.
+fn envelope(sender_id: i64, frame: &[u8], traceparent: &str) -> Vec<u8> {
+    let mut out = format!("{sender_id} {} {traceparent}\n", now_micros()).into_bytes();
     out.extend_from_slice(frame);
     out
 }
 
-fn open_envelope(payload: &[u8]) -> Option<(i64, &[u8])> {
+struct BusMessage<'a> {
+    sender_id: i64,
+    sent_micros: u64,
+    traceparent: &'a str,
+    frame: &'a [u8],
+}
+
+fn open_envelope(payload: &[u8]) -> Option<BusMessage<'_>> {
     let newline = payload.iter().position(|b| *b == b'\n')?;
-    let sender = std::str::from_utf8(&payload[..newline])
-        .ok()?
-        .parse()
-        .ok()?;
-    Some((sender, &payload[newline + 1..]))
+    let header = std::str::from_utf8(&payload[..newline]).ok()?;
+    let mut fields = header.split(' ');
+    Some(BusMessage {
+        sender_id: fields.next()?.parse().ok()?,
+        sent_micros: fields.next()?.parse().ok()?,
+        traceparent: fields.next().unwrap_or(""),
+        frame: &payload[newline + 1..],
+    })
+}
+
+fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 /// When a group's member list was fetched, and the list.
@@ -408,9 +471,16 @@ mod tests {
 
     #[test]
     fn envelope_round_trips() {
-        let e = envelope(42, b"{\"msg\":\"a\nb\"}");
-        assert_eq!(open_envelope(&e), Some((42, &b"{\"msg\":\"a\nb\"}"[..])));
-        assert_eq!(open_envelope(b"no header"), None);
+        let e = envelope(42, b"{\"msg\":\"a\nb\"}", "00-abc-def-01");
+        let m = open_envelope(&e).expect("valid");
+        assert_eq!(
+            (m.sender_id, m.traceparent, m.frame),
+            (42, "00-abc-def-01", &b"{\"msg\":\"a\nb\"}"[..])
+        );
+        assert!(m.sent_micros > 0);
+        let untraced = envelope(7, b"{}", "");
+        assert_eq!(open_envelope(&untraced).expect("valid").traceparent, "");
+        assert!(open_envelope(b"no header").is_none());
     }
 
     #[tokio::test(start_paused = true)]

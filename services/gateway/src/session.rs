@@ -20,8 +20,10 @@ use tokio::{
     time::Instant,
 };
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::{
+    metrics::{label, metrics},
     node::Node,
     protocol::{
         classic::{self, Failure, Request, errno},
@@ -194,6 +196,15 @@ pub async fn run<R: FrameSource, W: FrameSink>(node: Arc<Node>, mut source: R, s
 }
 
 impl Session {
+    /// Sends an error reply and counts it.
+    async fn send_failure(&self, failure: &Failure, reply: Vec<u8>) {
+        metrics()
+            .errors
+            .get_or_create(&vec![("errno", failure.errno.to_string())])
+            .inc();
+        self.send(reply).await;
+    }
+
     async fn send(&self, frame: Vec<u8>) {
         let _ = self.writer.send(WriterCommand::Frame(frame)).await;
     }
@@ -219,13 +230,17 @@ impl Session {
                     errno::TOO_LARGE,
                     format!("request larger than {max} bytes; it was discarded"),
                 );
-                return self.send(classic::reply_error(&failure, None)).await;
+                return self
+                    .send_failure(&failure, classic::reply_error(&failure, None))
+                    .await;
             }
             Frame::Invalid(FrameError::NotAnObject) => {
                 let failure = Failure::bad_request(
                     "expected a JSON object; the bytes before the next request were skipped",
                 );
-                return self.send(classic::reply_error(&failure, None)).await;
+                return self
+                    .send_failure(&failure, classic::reply_error(&failure, None))
+                    .await;
             }
         };
         let parsed = classic::parse(&bytes);
@@ -234,7 +249,9 @@ impl Session {
                 errno::RATE_LIMITED,
                 "too many requests; this one was not processed, slow down",
             );
-            return self.send(classic::reply_error(&failure, parsed.seq)).await;
+            return self
+                .send_failure(&failure, classic::reply_error(&failure, parsed.seq))
+                .await;
         }
         let seq = parsed.seq;
         let request = match parsed.request {
@@ -245,9 +262,23 @@ impl Session {
                     Some(classic::REG_MSG) => classic::register_failed(&failure, seq),
                     _ => classic::reply_error(&failure, seq),
                 };
-                return self.send(reply).await;
+                return self.send_failure(&failure, reply).await;
             }
         };
+        let kind = request_kind(&request);
+        metrics().requests.get_or_create(&label("kind", kind)).inc();
+        // One span per request: the root of a chat's trace. Never the text.
+        let span = tracing::info_span!(
+            "chat.request",
+            otel.name = kind,
+            otel.kind = "server",
+            user = self.active.as_ref().map(|a| a.id),
+            connection = self.connection,
+        );
+        self.dispatch(request, seq).instrument(span).await;
+    }
+
+    async fn dispatch(&mut self, request: Request, seq: Option<i64>) {
         match request {
             Request::Login { id, password } => self.login(id, password, seq).await,
             Request::Register { name, password } => self.register(name, password, seq).await,
@@ -259,7 +290,10 @@ impl Session {
                 match (result, seq) {
                     (Ok(results), Some(seq)) => self.send(classic::reply_ok(seq, results)).await,
                     (Ok(_), None) => {}
-                    (Err(failure), seq) => self.send(classic::reply_error(&failure, seq)).await,
+                    (Err(failure), seq) => {
+                        self.send_failure(&failure, classic::reply_error(&failure, seq))
+                            .await
+                    }
                 }
             }
         }
@@ -387,7 +421,10 @@ impl Session {
                 classic::register_ok(id, seq)
             }
             Err(status) => {
-                classic::register_failed(&failure_from_status(&status, "the user service"), seq)
+                let failure = failure_from_status(&status, "the user service");
+                return self
+                    .send_failure(&failure, classic::register_failed(&failure, seq))
+                    .await;
             }
         };
         self.send(frame).await;
@@ -402,11 +439,16 @@ impl Session {
                     active.id
                 ),
             );
-            return self.send(classic::login_failed(&failure, seq)).await;
+            return self
+                .send_failure(&failure, classic::login_failed(&failure, seq))
+                .await;
         }
         match self.try_login(id, password).await {
             Ok(ack) => self.finish_login(ack, seq).await,
-            Err(failure) => self.send(classic::login_failed(&failure, seq)).await,
+            Err(failure) => {
+                self.send_failure(&failure, classic::login_failed(&failure, seq))
+                    .await
+            }
         }
     }
 
@@ -452,6 +494,7 @@ impl Session {
             let _ = node.cluster.release_presence(user.id, &owner).await;
             return Err(Failure::new(errno::ACCOUNT_IN_USE, classic::CLASSIC_IN_USE));
         }
+        metrics().online_users.inc();
         self.active = Some(ActiveUser {
             id: user.id,
             name: user.name.clone(),
@@ -585,6 +628,7 @@ impl Session {
             frame,
             user_id: user.id,
             up_to: offline.last().map(|m| m.position),
+            offline_count: offline.len() as u64,
             backlog,
             queue,
         })
@@ -606,6 +650,7 @@ impl Session {
             connection = self.connection,
             "logged in"
         );
+        metrics().offline_delivered.inc_by(ack.offline_count);
         if let Some(up_to) = ack.up_to {
             acknowledge_offline(&self.node, ack.user_id, up_to).await;
         }
@@ -630,6 +675,7 @@ impl Session {
         };
         let node = &self.node;
         node.registry.remove(active.id, self.connection);
+        metrics().online_users.dec();
         node.cluster.unsubscribe_user(active.id);
         active.kick.cancel();
         let (done, rest) = oneshot::channel();
@@ -660,8 +706,22 @@ struct LoginAck {
     frame: Vec<u8>,
     user_id: i64,
     up_to: Option<u64>,
+    offline_count: u64,
     backlog: bool,
     queue: mpsc::Receiver<Delivery>,
+}
+
+fn request_kind(request: &Request) -> &'static str {
+    match request {
+        Request::Login { .. } => "login",
+        Request::Logout { .. } => "logout",
+        Request::Register { .. } => "register",
+        Request::OneChat { .. } => "chat",
+        Request::AddFriend { .. } => "add_friend",
+        Request::CreateGroup { .. } => "create_group",
+        Request::AddGroup { .. } => "join_group",
+        Request::GroupChat { .. } => "group_chat",
+    }
 }
 
 fn add_seq(frame: Vec<u8>, seq: i64) -> Vec<u8> {
@@ -751,6 +811,7 @@ async fn hand_over_backlog(
                 }
             }
         }
+        metrics().offline_delivered.inc_by(count as u64);
         acknowledge_offline(&node, user, last).await;
         after = last;
         if !page.more {

@@ -28,6 +28,7 @@ use tokio::{
 };
 
 use crate::{
+    metrics::{label, metrics},
     node::Node,
     protocol::{
         classic::{self, Failure, errno},
@@ -112,7 +113,13 @@ pub async fn serve_tcp(node: Arc<Node>, listener: TcpListener, permits: Arc<Sema
             };
             let sink = TcpSink(BufWriter::with_capacity(4096, write));
             tracing::debug!(%peer, "tcp connection");
+            let open = metrics()
+                .connections
+                .get_or_create(&label("transport", "tcp"))
+                .clone();
+            open.inc();
             session::run(node2, source, sink).await;
+            open.dec();
             drop(permit);
         });
     }
@@ -178,6 +185,15 @@ pub fn http_router(node: Arc<Node>, permits: Arc<Semaphore>) -> Router {
     Router::new()
         .route("/ws", get(websocket))
         .route("/healthz", get(healthz))
+        .route(
+            "/metrics",
+            get(|| async {
+                (
+                    [("content-type", telemetry::metrics::CONTENT_TYPE)],
+                    telemetry::metrics::encode(),
+                )
+            }),
+        )
         .with_state(HttpState { node, permits })
 }
 
@@ -201,7 +217,13 @@ async fn websocket(State(state): State<HttpState>, upgrade: WebSocketUpgrade) ->
             let tasks = node.tasks.clone();
             tasks
                 .spawn(async move {
+                    let open = metrics()
+                        .connections
+                        .get_or_create(&label("transport", "ws"))
+                        .clone();
+                    open.inc();
                     session::run(node, WsSource { stream, max }, WsSink(sink)).await;
+                    open.dec();
                     drop(permit);
                 })
                 .await

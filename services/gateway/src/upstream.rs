@@ -1,20 +1,56 @@
 //! gRPC clients of the user and offline services, and what their failures
 //! mean to a chat client.
 
-use std::time::Duration;
+use std::{
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use clusterchat_proto::{
     offline::v1::offline_service_client::OfflineServiceClient,
     user::v1::user_service_client::UserServiceClient,
 };
 use tonic::{Code, Status, transport::Channel};
+use tracing::Instrument as _;
 
 use crate::protocol::classic::{Failure, errno};
 
 #[derive(Clone)]
 pub struct Upstreams {
-    pub users: UserServiceClient<Channel>,
-    pub offline: OfflineServiceClient<Channel>,
+    pub users: UserServiceClient<Traced>,
+    pub offline: OfflineServiceClient<Traced>,
+}
+
+/// A channel whose every call runs in a client span and carries its trace
+/// context (`traceparent`) in the request metadata.
+#[derive(Clone)]
+pub struct Traced {
+    inner: Channel,
+}
+
+impl tower::Service<http::Request<tonic::body::Body>> for Traced {
+    type Response = <Channel as tower::Service<http::Request<tonic::body::Body>>>::Response;
+    type Error = <Channel as tower::Service<http::Request<tonic::body::Body>>>::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
+        let method = request.uri().path().trim_start_matches('/').to_owned();
+        let span = tracing::info_span!(
+            "grpc.client",
+            otel.name = %method,
+            otel.kind = "client",
+            rpc.system = "grpc",
+            rpc.method = %method,
+        );
+        telemetry::propagation::inject_headers(&span, request.headers_mut());
+        Box::pin(self.inner.call(request).instrument(span))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,8 +81,12 @@ impl Upstreams {
         timeout: Duration,
     ) -> Result<Self, UpstreamUrlError> {
         Ok(Self {
-            users: UserServiceClient::new(channel(user_service, timeout)?),
-            offline: OfflineServiceClient::new(channel(offline_service, timeout)?),
+            users: UserServiceClient::new(Traced {
+                inner: channel(user_service, timeout)?,
+            }),
+            offline: OfflineServiceClient::new(Traced {
+                inner: channel(offline_service, timeout)?,
+            }),
         })
     }
 }

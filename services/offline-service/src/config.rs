@@ -2,13 +2,16 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use env_config::{ConfigError, Secret, millis_or, var_or};
+use env_config::{ConfigError, Secret, millis_or, optional_or, var_or};
 use mysql_pool::MySqlSettings;
 
 use crate::domain::Limits;
 
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// `CLUSTERCHAT_OFFLINE_METRICS_LISTEN`, default `127.0.0.1:9102`
+    /// (`off` disables): `GET /metrics` in the Prometheus text format.
+    pub metrics_listen: Option<SocketAddr>,
     /// `CLUSTERCHAT_OFFLINE_LISTEN`, default `127.0.0.1:50052`; port 0 picks a free one.
     pub listen: SocketAddr,
     /// `CLUSTERCHAT_OFFLINE_DATABASE_URL`, `..._DB_MAX_CONNECTIONS`, `..._DB_ACQUIRE_TIMEOUT_MS`.
@@ -30,6 +33,10 @@ impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
         let defaults = Limits::default();
         Ok(Self {
+            metrics_listen: optional_or(
+                "CLUSTERCHAT_OFFLINE_METRICS_LISTEN",
+                Some(([127, 0, 0, 1], 9102).into()),
+            )?,
             listen: var_or("CLUSTERCHAT_OFFLINE_LISTEN", ([127, 0, 0, 1], 50052).into())?,
             mysql: MySqlSettings {
                 url: var_or(
@@ -68,6 +75,7 @@ impl Config {
     pub fn for_tests(database_url: &str) -> Self {
         Self {
             listen: ([127, 0, 0, 1], 0).into(),
+            metrics_listen: Some(([127, 0, 0, 1], 0).into()),
             mysql: MySqlSettings {
                 url: Secret::new(database_url),
                 max_connections: 8,

@@ -26,6 +26,7 @@ pub enum StartupError {
 pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
+    metrics: Option<(TcpListener, SocketAddr)>,
     store: OfflineStore,
     config: Config,
 }
@@ -42,9 +43,22 @@ impl Application {
         let local_addr = listener
             .local_addr()
             .map_err(|e| StartupError::Bind(config.listen, e))?;
+        let metrics = match config.metrics_listen {
+            Some(addr) => {
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| StartupError::Bind(addr, e))?;
+                let local = listener
+                    .local_addr()
+                    .map_err(|e| StartupError::Bind(addr, e))?;
+                Some((listener, local))
+            }
+            None => None,
+        };
         Ok(Self {
             listener,
             local_addr,
+            metrics,
             store,
             config,
         })
@@ -52,6 +66,11 @@ impl Application {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where `/metrics` is served, if anywhere.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|(_, addr)| *addr)
     }
 
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> Result<(), ServeError> {
@@ -63,6 +82,7 @@ impl Application {
         server
             .serve(
                 self.listener,
+                self.metrics.map(|(listener, _)| listener),
                 Routes::new(OfflineGrpc::new(self.store)),
                 shutdown,
             )

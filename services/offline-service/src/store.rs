@@ -43,6 +43,7 @@ impl OfflineStore {
         &self.limits
     }
 
+    #[tracing::instrument(name = "sql.store", skip_all, fields(otel.kind = "client", db.system = "mysql"))]
     pub async fn store(&self, message: &NewMessage) -> Result<Stored, OfflineError> {
         let mut attempt = 0;
         loop {
@@ -118,6 +119,7 @@ impl OfflineStore {
 
     /// Up to `limit` pending messages after `after`, oldest first, and whether
     /// more follow.
+    #[tracing::instrument(name = "sql.fetch", skip_all, fields(otel.kind = "client", db.system = "mysql"))]
     pub async fn fetch(
         &self,
         receiver: ReceiverId,
@@ -155,6 +157,7 @@ impl OfflineStore {
     /// Removes the receiver's messages at or below `up_to`. Acknowledging a
     /// position that was never handed out is refused: it could only come
     /// from a reader that has not seen those messages.
+    #[tracing::instrument(name = "sql.ack", skip_all, fields(otel.kind = "client", db.system = "mysql"))]
     pub async fn ack(&self, receiver: ReceiverId, up_to: u64) -> Result<u64, OfflineError> {
         let mut tx = self.pool.begin().await?;
         let state = lock_receiver(&mut tx, receiver, false).await?;

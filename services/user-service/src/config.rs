@@ -2,11 +2,14 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use env_config::{ConfigError, Secret, millis_or, var_or};
+use env_config::{ConfigError, Secret, millis_or, optional_or, var_or};
 use mysql_pool::MySqlSettings;
 
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// `CLUSTERCHAT_USER_METRICS_LISTEN`, default `127.0.0.1:9101`
+    /// (`off` disables): `GET /metrics` in the Prometheus text format.
+    pub metrics_listen: Option<SocketAddr>,
     /// `CLUSTERCHAT_USER_LISTEN`, default `127.0.0.1:50051`; port 0 picks a free one.
     pub listen: SocketAddr,
     /// `CLUSTERCHAT_USER_DATABASE_URL`, `..._DB_MAX_CONNECTIONS`, `..._DB_ACQUIRE_TIMEOUT_MS`.
@@ -27,6 +30,10 @@ impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Ok(Self {
+            metrics_listen: optional_or(
+                "CLUSTERCHAT_USER_METRICS_LISTEN",
+                Some(([127, 0, 0, 1], 9101).into()),
+            )?,
             listen: var_or("CLUSTERCHAT_USER_LISTEN", ([127, 0, 0, 1], 50051).into())?,
             mysql: MySqlSettings {
                 url: var_or(
@@ -55,6 +62,7 @@ impl Config {
     pub fn for_tests(database_url: &str) -> Self {
         Self {
             listen: ([127, 0, 0, 1], 0).into(),
+            metrics_listen: Some(([127, 0, 0, 1], 0).into()),
             mysql: MySqlSettings {
                 url: Secret::new(database_url),
                 max_connections: 4,

@@ -24,6 +24,7 @@ impl UserStore {
         Self { pool }
     }
 
+    #[tracing::instrument(name = "sql.insert_user", skip_all, fields(otel.kind = "client", db.system = "mysql"))]
     pub async fn insert_user(
         &self,
         name: &UserName,
@@ -46,6 +47,7 @@ impl UserStore {
     }
 
     /// The user and their password hash, if the id exists.
+    #[tracing::instrument(name = "sql.credentials", skip_all, fields(otel.kind = "client", db.system = "mysql"))]
     pub async fn credentials(&self, id: UserId) -> Result<Option<(User, String)>, UserError> {
         let row = sqlx::query("SELECT id, name, password_hash FROM users WHERE id = ?")
             .bind(id.get())
@@ -54,6 +56,7 @@ impl UserStore {
         Ok(row.map(|r| (user_from_row(&r, 0, 1), r.get::<String, _>(2))))
     }
 
+    #[tracing::instrument(name = "sql.user_by_name", skip_all, fields(otel.kind = "client", db.system = "mysql"))]
     pub async fn user_by_name(&self, name: &UserName) -> Result<Option<User>, UserError> {
         let row = sqlx::query("SELECT id, name FROM users WHERE name_key = ?")
             .bind(name.key())
@@ -62,6 +65,7 @@ impl UserStore {
         Ok(row.map(|r| user_from_row(&r, 0, 1)))
     }
 
+    #[tracing::instrument(name = "sql.users_by_ids", skip_all, fields(otel.kind = "client", db.system = "mysql"))]
     pub async fn users_by_ids(&self, ids: &[UserId]) -> Result<Vec<User>, UserError> {
         if ids.is_empty() {
             return Ok(Vec::new());
@@ -76,6 +80,7 @@ impl UserStore {
         Ok(rows.iter().map(|r| user_from_row(r, 0, 1)).collect())
     }
 
+    #[tracing::instrument(name = "sql.user_exists", skip_all, fields(otel.kind = "client", db.system = "mysql"))]
     pub async fn user_exists(&self, id: UserId) -> Result<bool, UserError> {
         let row = sqlx::query("SELECT 1 FROM users WHERE id = ?")
             .bind(id.get())
@@ -86,6 +91,7 @@ impl UserStore {
 
     /// Writes both directions in one transaction. Returns false when the two
     /// were already friends.
+    #[tracing::instrument(name = "sql.add_friendship", skip_all, fields(otel.kind = "client", db.system = "mysql"))]
     pub async fn add_friendship(&self, user: UserId, friend: UserId) -> Result<bool, UserError> {
         let mut tx = self.pool.begin().await?;
         let mut created = 0;
@@ -102,6 +108,7 @@ impl UserStore {
         Ok(created > 0)
     }
 
+    #[tracing::instrument(name = "sql.friends", skip_all, fields(otel.kind = "client", db.system = "mysql"))]
     pub async fn friends(&self, user: UserId) -> Result<Vec<User>, UserError> {
         let rows = sqlx::query(
             "SELECT u.id, u.name FROM friendships f JOIN users u ON u.id = f.friend_id \
@@ -113,6 +120,7 @@ impl UserStore {
         Ok(rows.iter().map(|r| user_from_row(r, 0, 1)).collect())
     }
 
+    #[tracing::instrument(name = "sql.create_group", skip_all, fields(otel.kind = "client", db.system = "mysql"))]
     pub async fn create_group(
         &self,
         creator: UserId,
@@ -147,6 +155,7 @@ impl UserStore {
         Ok(group)
     }
 
+    #[tracing::instrument(name = "sql.group_exists", skip_all, fields(otel.kind = "client", db.system = "mysql"))]
     pub async fn group_exists(&self, group: GroupId) -> Result<bool, UserError> {
         let row = sqlx::query("SELECT 1 FROM chat_groups WHERE id = ?")
             .bind(group.get())
@@ -156,6 +165,7 @@ impl UserStore {
     }
 
     /// Returns false when the user was already a member (whatever their role).
+    #[tracing::instrument(name = "sql.add_member", skip_all, fields(otel.kind = "client", db.system = "mysql"))]
     pub async fn add_member(&self, group: GroupId, user: UserId) -> Result<bool, UserError> {
         let done = sqlx::query(
             "INSERT IGNORE INTO group_members (group_id, user_id, role) VALUES (?, ?, ?)",
@@ -168,6 +178,7 @@ impl UserStore {
         Ok(done.rows_affected() > 0)
     }
 
+    #[tracing::instrument(name = "sql.member_role", skip_all, fields(otel.kind = "client", db.system = "mysql"))]
     pub async fn member_role(
         &self,
         group: GroupId,
@@ -181,6 +192,7 @@ impl UserStore {
         Ok(row.map(|r| GroupRole::from_db(&r.get::<String, _>(0))))
     }
 
+    #[tracing::instrument(name = "sql.remove_member", skip_all, fields(otel.kind = "client", db.system = "mysql"))]
     pub async fn remove_member(&self, group: GroupId, user: UserId) -> Result<bool, UserError> {
         let done = sqlx::query("DELETE FROM group_members WHERE group_id = ? AND user_id = ?")
             .bind(group.get())
@@ -191,6 +203,7 @@ impl UserStore {
     }
 
     /// Every group `user` belongs to, each with all its members, in one query.
+    #[tracing::instrument(name = "sql.groups_of_user", skip_all, fields(otel.kind = "client", db.system = "mysql"))]
     pub async fn groups_of_user(&self, user: UserId) -> Result<Vec<Group>, UserError> {
         let rows = sqlx::query(
             "SELECT g.id, g.name, g.description, m.user_id, u.name, m.role \
@@ -225,6 +238,7 @@ impl UserStore {
         Ok(groups)
     }
 
+    #[tracing::instrument(name = "sql.member_ids", skip_all, fields(otel.kind = "client", db.system = "mysql"))]
     pub async fn member_ids(&self, group: GroupId) -> Result<Vec<UserId>, UserError> {
         let rows =
             sqlx::query("SELECT user_id FROM group_members WHERE group_id = ? ORDER BY user_id")

@@ -23,6 +23,8 @@ use tokio::{
 
 pub use test_support::{PATIENCE, assert_eventually};
 
+pub mod otlp;
+
 /// How long a test waits for one expected message before failing.
 pub const RECV_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -157,6 +159,7 @@ pub struct StackBuilder {
     private_redis: bool,
     database_proxy: bool,
     gateway_env: Vec<(String, String)>,
+    otlp_endpoint: Option<String>,
 }
 
 impl StackBuilder {
@@ -178,6 +181,12 @@ impl StackBuilder {
     /// Puts a cuttable proxy between the services and MariaDB.
     pub fn with_database_proxy(mut self) -> Self {
         self.database_proxy = true;
+        self
+    }
+
+    /// Every process exports its spans to `endpoint`, quickly.
+    pub fn otlp(mut self, endpoint: String) -> Self {
+        self.otlp_endpoint = Some(endpoint);
         self
     }
 
@@ -216,39 +225,59 @@ impl StackBuilder {
             }
         };
 
+        let otel = |service: &str| -> Vec<(String, String)> {
+            match &self.otlp_endpoint {
+                Some(endpoint) => vec![
+                    ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), endpoint.clone()),
+                    ("OTEL_SERVICE_NAME".into(), service.into()),
+                    ("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into()),
+                ],
+                None => Vec::new(),
+            }
+        };
         let user_port = free_port().await;
         let offline_port = free_port().await;
-        let user = spawn(
-            "user-service",
-            &[
-                (
-                    "CLUSTERCHAT_USER_LISTEN".into(),
-                    addr(user_port).to_string(),
-                ),
-                ("CLUSTERCHAT_USER_DATABASE_URL".into(), db_url("e2e_user")),
-                (
-                    "CLUSTERCHAT_USER_DB_ACQUIRE_TIMEOUT_MS".into(),
-                    "1000".into(),
-                ),
-            ],
-            dir.join("user-service.log"),
-        );
+        let user_metrics = addr(free_port().await);
+        let offline_metrics = addr(free_port().await);
+        let mut user_env = vec![
+            (
+                "CLUSTERCHAT_USER_LISTEN".into(),
+                addr(user_port).to_string(),
+            ),
+            (
+                "CLUSTERCHAT_USER_METRICS_LISTEN".into(),
+                user_metrics.to_string(),
+            ),
+            ("CLUSTERCHAT_USER_DATABASE_URL".into(), db_url("e2e_user")),
+            (
+                "CLUSTERCHAT_USER_DB_ACQUIRE_TIMEOUT_MS".into(),
+                "1000".into(),
+            ),
+        ];
+        user_env.extend(otel("user-service"));
+        let user = spawn("user-service", &user_env, dir.join("user-service.log"));
+        let mut offline_env = vec![
+            (
+                "CLUSTERCHAT_OFFLINE_LISTEN".into(),
+                addr(offline_port).to_string(),
+            ),
+            (
+                "CLUSTERCHAT_OFFLINE_METRICS_LISTEN".into(),
+                offline_metrics.to_string(),
+            ),
+            (
+                "CLUSTERCHAT_OFFLINE_DATABASE_URL".into(),
+                db_url("e2e_offline"),
+            ),
+            (
+                "CLUSTERCHAT_OFFLINE_DB_ACQUIRE_TIMEOUT_MS".into(),
+                "1000".into(),
+            ),
+        ];
+        offline_env.extend(otel("offline-service"));
         let offline = spawn(
             "offline-service",
-            &[
-                (
-                    "CLUSTERCHAT_OFFLINE_LISTEN".into(),
-                    addr(offline_port).to_string(),
-                ),
-                (
-                    "CLUSTERCHAT_OFFLINE_DATABASE_URL".into(),
-                    db_url("e2e_offline"),
-                ),
-                (
-                    "CLUSTERCHAT_OFFLINE_DB_ACQUIRE_TIMEOUT_MS".into(),
-                    "1000".into(),
-                ),
-            ],
+            &offline_env,
             dir.join("offline-service.log"),
         );
         wait_for_port(user_port, "user service").await;
@@ -278,6 +307,7 @@ impl StackBuilder {
                 ),
             ];
             env.extend(self.gateway_env.iter().cloned());
+            env.extend(otel(&format!("gateway-{}", i + 1)));
             let log = dir.join(format!("gateway-{}.log", i + 1));
             gateways.push(Gateway {
                 tcp,
@@ -288,6 +318,8 @@ impl StackBuilder {
             });
         }
         let mut stack = Stack {
+            user_metrics,
+            offline_metrics,
             gateways,
             nginx: None,
             redis,
@@ -313,6 +345,9 @@ pub struct Nginx {
 }
 
 pub struct Stack {
+    /// `/metrics` of the user and offline services.
+    pub user_metrics: SocketAddr,
+    pub offline_metrics: SocketAddr,
     pub gateways: Vec<Gateway>,
     pub nginx: Option<Nginx>,
     redis: Option<PrivateRedis>,

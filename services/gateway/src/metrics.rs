@@ -1,0 +1,80 @@
+//! The gateway's Prometheus metrics (served on `/metrics` of the HTTP port).
+
+use std::sync::OnceLock;
+
+use telemetry::metrics::{Counter, Family, Gauge, Histogram, latency_histogram, register};
+
+type Labels = Vec<(&'static str, &'static str)>;
+
+pub struct GatewayMetrics {
+    /// Open client connections, by transport (`tcp`, `ws`).
+    pub connections: Family<Labels, Gauge>,
+    /// Users logged in on this node.
+    pub online_users: Gauge,
+    /// Requests received, by kind (`login`, `chat`, `group_chat` ...).
+    pub requests: Family<Labels, Counter>,
+    /// Messages handed on, by route (`local`, `remote`, `offline`).
+    pub deliveries: Family<Labels, Counter>,
+    /// From the sending node's publish to this node's hand-off to the
+    /// receiver's queue, by path (`local`, `remote`).
+    pub delivery_latency: Family<Labels, Histogram>,
+    /// Offline messages handed over at or after login.
+    pub offline_delivered: Counter,
+    /// Errors answered to clients, by errno.
+    pub errors: Family<Vec<(&'static str, String)>, Counter>,
+}
+
+pub fn metrics() -> &'static GatewayMetrics {
+    static METRICS: OnceLock<GatewayMetrics> = OnceLock::new();
+    METRICS.get_or_init(|| {
+        let m = GatewayMetrics {
+            connections: Family::default(),
+            online_users: Gauge::default(),
+            requests: Family::default(),
+            deliveries: Family::default(),
+            delivery_latency: Family::new_with_constructor(latency_histogram),
+            offline_delivered: Counter::default(),
+            errors: Family::default(),
+        };
+        register(
+            "gateway_connections",
+            "Open client connections by transport",
+            m.connections.clone(),
+        );
+        register(
+            "gateway_online_users",
+            "Users logged in on this node",
+            m.online_users.clone(),
+        );
+        register(
+            "gateway_requests",
+            "Client requests by kind",
+            m.requests.clone(),
+        );
+        register(
+            "gateway_deliveries",
+            "Chat messages handed on, by route",
+            m.deliveries.clone(),
+        );
+        register(
+            "gateway_delivery_latency_seconds",
+            "Publish to hand-off to the receiver's queue, by path",
+            m.delivery_latency.clone(),
+        );
+        register(
+            "gateway_offline_delivered",
+            "Offline messages handed over",
+            m.offline_delivered.clone(),
+        );
+        register(
+            "gateway_errors",
+            "Errors answered to clients, by errno",
+            m.errors.clone(),
+        );
+        m
+    })
+}
+
+pub fn label(key: &'static str, value: &'static str) -> Labels {
+    vec![(key, value)]
+}
