@@ -30,6 +30,15 @@ logs *service:
 test *args:
     @deploy/dev/stack.sh test "$@"
 
+# start the collector, Tempo, Prometheus and Grafana (needs Docker); Grafana on http://127.0.0.1:3000
+observe:
+    docker compose -f deploy/observability/docker-compose.yml up -d
+    @echo "Grafana: http://127.0.0.1:3000  (dashboard 'clusterchat'; traces in Explore → Tempo)"
+
+# stop the observability stack
+observe-down:
+    docker compose -f deploy/observability/docker-compose.yml down
+
 # formatting and lints
 lint:
     cargo fmt --all -- --check

@@ -186,8 +186,11 @@ start_service() { # name binary addr env
             log "$name already running (${addr#*:})"; return
         fi
     fi
+    # Traces go to the collector of `just observe` when it runs; when it does
+    # not, a batch is dropped now and then and nothing else happens.
     # shellcheck disable=SC2086
-    setsid env $env RUST_LOG="${RUST_LOG:-info}" "$bin" </dev/null >>"$LOGS/$name.log" 2>&1 &
+    setsid env $env RUST_LOG="${RUST_LOG:-info}" OTEL_SERVICE_NAME="${name}" \
+        OTEL_EXPORTER_OTLP_ENDPOINT="${OTEL_EXPORTER_OTLP_ENDPOINT:-http://127.0.0.1:4317}" "$bin" </dev/null >>"$LOGS/$name.log" 2>&1 &
     echo $! >"$pidfile"
     wait_for "$name" 90 healthy "$addr"
     log "$name up (${addr#*:})"
@@ -213,6 +216,8 @@ clusterchat is up (state and logs in .stack/dev/):
   gateway node 1   tcp://127.0.0.1:6000     ws://127.0.0.1:6080/ws   http://127.0.0.1:6080/healthz
   gateway node 2   tcp://127.0.0.1:6002     ws://127.0.0.1:6082/ws   http://127.0.0.1:6082/healthz
   nginx (balancer) tcp://127.0.0.1:8000     ws://127.0.0.1:8080/ws
+  metrics          http://127.0.0.1:6080/metrics  :6082/metrics  :9101/metrics (user)  :9102/metrics (offline)
+  traces           OTLP to ${OTEL_EXPORTER_OTLP_ENDPOINT:-http://127.0.0.1:4317} (start a collector with: just observe)
   MariaDB          127.0.0.1:$MYSQL_PORT    (user $DB_USER, password $DB_PASSWORD)
   Redis            127.0.0.1:$REDIS_PORT
   grpcurl          $GRPCURL
