@@ -39,6 +39,16 @@ observe:
 observe-down:
     docker compose -f deploy/observability/docker-compose.yml down
 
+# measure throughput, latency, loss, memory per connection and logins/s on a fresh release stack
+[positional-arguments]
+bench *args:
+    @deploy/dev/stack.sh bench "$@"
+
+# the terminal client (e.g. `just chat`, `just chat --ws ws://127.0.0.1:8080/ws`)
+[positional-arguments]
+chat *args:
+    @cargo run -q --release -p chat -- "$@"
+
 # formatting and lints
 lint:
     cargo fmt --all -- --check

@@ -9,6 +9,7 @@
 #   stack.sh ps                 what is running
 #   stack.sh logs [name]        show logs (all, or one process)
 #   stack.sh test [args...]     fresh test instances, the whole test suite, then stop
+#   stack.sh bench [args...]    fresh bench stack (release), chat-bench against it, then stop
 #
 # Ports (dev / test): MariaDB 3307 / 3308, Redis 6479 / 6480,
 # user service 50051, offline service 50052, gateway node 1 TCP 6000 / HTTP 6080,
@@ -32,9 +33,11 @@ profile() {
     STATE="$ROOT/.stack/$PROFILE"
     LOGS="$STATE/logs"
     PIDS="$STATE/pids"
+    # Service ports: user, offline, their /metrics, gateway 1 tcp/http, gateway 2 tcp/http.
     case "$PROFILE" in
-        dev)  MYSQL_PORT=3307; REDIS_PORT=6479 ;;
-        test) MYSQL_PORT=3308; REDIS_PORT=6480 ;;
+        dev)   MYSQL_PORT=3307; REDIS_PORT=6479; P=(50051 50052 9101 9102 6000 6080 6002 6082) ;;
+        test)  MYSQL_PORT=3308; REDIS_PORT=6480; P=(0 0 0 0 0 0 0 0) ;;  # tests start their own
+        bench) MYSQL_PORT=3309; REDIS_PORT=6481; P=(50151 50152 9111 9112 6100 6180 6102 6182) ;;
     esac
     MYSQL_URL="mysql://$DB_USER:$DB_PASSWORD@127.0.0.1:$MYSQL_PORT"
     REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
@@ -148,12 +151,16 @@ start_redis() {
 # ---------------------------------------------------------------- services
 # name|binary|health check (grpc:ADDR or http:URL)|environment
 services() {
-    local gw="CLUSTERCHAT_GATEWAY_REDIS_URL=$REDIS_URL"
+    local h=127.0.0.1
+    local up="CLUSTERCHAT_GATEWAY_USER_SERVICE=http://$h:${P[0]} CLUSTERCHAT_GATEWAY_OFFLINE_SERVICE=http://$h:${P[1]}"
+    local gw="CLUSTERCHAT_GATEWAY_REDIS_URL=$REDIS_URL $up"
+    # The bench measures the cluster, not the per-connection rate limit.
+    [ "$PROFILE" = bench ] && gw="$gw CLUSTERCHAT_GATEWAY_RATE_PER_SEC=10000000 CLUSTERCHAT_GATEWAY_RATE_BURST=10000000 CLUSTERCHAT_GATEWAY_OUTBOUND_QUEUE=8192"
     cat <<EOF
-user-service|user-service|grpc:127.0.0.1:50051|CLUSTERCHAT_USER_LISTEN=127.0.0.1:50051 CLUSTERCHAT_USER_DATABASE_URL=$MYSQL_URL/clusterchat_user
-offline-service|offline-service|grpc:127.0.0.1:50052|CLUSTERCHAT_OFFLINE_LISTEN=127.0.0.1:50052 CLUSTERCHAT_OFFLINE_DATABASE_URL=$MYSQL_URL/clusterchat_offline
-gateway-1|gateway|http:http://127.0.0.1:6080/healthz|$gw CLUSTERCHAT_GATEWAY_NODE_ID=gw-1 CLUSTERCHAT_GATEWAY_TCP_LISTEN=127.0.0.1:6000 CLUSTERCHAT_GATEWAY_HTTP_LISTEN=127.0.0.1:6080
-gateway-2|gateway|http:http://127.0.0.1:6082/healthz|$gw CLUSTERCHAT_GATEWAY_NODE_ID=gw-2 CLUSTERCHAT_GATEWAY_TCP_LISTEN=127.0.0.1:6002 CLUSTERCHAT_GATEWAY_HTTP_LISTEN=127.0.0.1:6082
+user-service|user-service|grpc:$h:${P[0]}|CLUSTERCHAT_USER_LISTEN=$h:${P[0]} CLUSTERCHAT_USER_METRICS_LISTEN=$h:${P[2]} CLUSTERCHAT_USER_DATABASE_URL=$MYSQL_URL/clusterchat_user
+offline-service|offline-service|grpc:$h:${P[1]}|CLUSTERCHAT_OFFLINE_LISTEN=$h:${P[1]} CLUSTERCHAT_OFFLINE_METRICS_LISTEN=$h:${P[3]} CLUSTERCHAT_OFFLINE_DATABASE_URL=$MYSQL_URL/clusterchat_offline
+gateway-1|gateway|http:http://$h:${P[5]}/healthz|$gw CLUSTERCHAT_GATEWAY_NODE_ID=gw-1 CLUSTERCHAT_GATEWAY_TCP_LISTEN=$h:${P[4]} CLUSTERCHAT_GATEWAY_HTTP_LISTEN=$h:${P[5]}
+gateway-2|gateway|http:http://$h:${P[7]}/healthz|$gw CLUSTERCHAT_GATEWAY_NODE_ID=gw-2 CLUSTERCHAT_GATEWAY_TCP_LISTEN=$h:${P[6]} CLUSTERCHAT_GATEWAY_HTTP_LISTEN=$h:${P[7]}
 EOF
 }
 
@@ -189,8 +196,10 @@ start_service() { # name binary addr env
     # Traces go to the collector of `just observe` when it runs; when it does
     # not, a batch is dropped now and then and nothing else happens.
     # shellcheck disable=SC2086
+    local otlp="${OTEL_EXPORTER_OTLP_ENDPOINT-http://127.0.0.1:4317}"
+    [ "$PROFILE" = bench ] && otlp="${OTEL_EXPORTER_OTLP_ENDPOINT-}"
     setsid env $env RUST_LOG="${RUST_LOG:-info}" OTEL_SERVICE_NAME="${name}" \
-        OTEL_EXPORTER_OTLP_ENDPOINT="${OTEL_EXPORTER_OTLP_ENDPOINT:-http://127.0.0.1:4317}" "$bin" </dev/null >>"$LOGS/$name.log" 2>&1 &
+        OTEL_EXPORTER_OTLP_ENDPOINT="$otlp" "$bin" </dev/null >>"$LOGS/$name.log" 2>&1 &
     echo $! >"$pidfile"
     wait_for "$name" 90 healthy "$addr"
     log "$name up (${addr#*:})"
@@ -284,6 +293,25 @@ test_() {
     fi
 }
 
+bench_() {
+    profile bench
+    install
+    log "building (release)"
+    cargo build --release --workspace --bins
+    down bench >/dev/null 2>&1 || true
+    rm -rf "$STATE"
+    trap 'down bench' EXIT
+    # Room for tens of thousands of sockets in the gateway and the bench.
+    ulimit -n 200000 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+    start_mariadb
+    start_redis
+    while IFS='|' read -r name bin addr env; do
+        start_service "$name" "$bin" "$addr" "$env"
+    done < <(services)
+    "$ROOT/target/release/chat-bench" --nodes "127.0.0.1:${P[4]},127.0.0.1:${P[6]}" --redis "$REDIS_URL" \
+        --gateway-pid "$(cat "$PIDS/gateway-1.pid")" "$@"
+}
+
 cmd="${1:-}"; shift || true
 case "$cmd" in
     install) install ;;
@@ -292,5 +320,6 @@ case "$cmd" in
     ps) ps_ "$@" ;;
     logs) logs "$@" ;;
     test) test_ "$@" ;;
-    *) sed -n '2,14p' "$0"; exit 2 ;;
+    bench) bench_ "$@" ;;
+    *) sed -n '2,15p' "$0"; exit 2 ;;
 esac

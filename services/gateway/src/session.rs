@@ -183,7 +183,10 @@ pub async fn run<R: FrameSource, W: FrameSink>(node: Arc<Node>, mut source: R, s
         };
         tokio::select! {
             frame = source.next_frame() => match frame {
-                Some(frame) => session.handle_frame(frame).await,
+                // Boxed: the request path (login's gRPC calls ...) is a large
+                // future; inline it would make every idle connection's task
+                // that large.
+                Some(frame) => Box::pin(session.handle_frame(frame)).await,
                 None => break,
             },
             _ = kicked => break,

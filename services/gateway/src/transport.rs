@@ -19,7 +19,7 @@ use axum::{
 };
 use futures::{SinkExt as _, StreamExt as _, stream::SplitSink, stream::SplitStream};
 use tokio::{
-    io::{AsyncWriteExt as _, BufWriter},
+    io::AsyncWriteExt as _,
     net::{
         TcpListener, TcpStream,
         tcp::{OwnedReadHalf, OwnedWriteHalf},
@@ -69,16 +69,34 @@ impl FrameSource for TcpSource {
     }
 }
 
-struct TcpSink(BufWriter<OwnedWriteHalf>);
+/// Frames are gathered in a buffer that exists only while there is
+/// something to write: written and released at every flush (the writer
+/// flushes whenever its queues are empty), so an idle connection holds no
+/// write buffer.
+struct TcpSink {
+    write: OwnedWriteHalf,
+    pending: Vec<u8>,
+}
+
+/// Past this, frames are written without waiting for the flush.
+const WRITE_BATCH: usize = 64 * 1024;
 
 impl FrameSink for TcpSink {
     async fn send(&mut self, frame: Vec<u8>) -> io::Result<()> {
-        self.0.write_all(&frame).await?;
-        self.0.write_all(b"\n").await
+        self.pending.extend_from_slice(&frame);
+        self.pending.push(b'\n');
+        if self.pending.len() >= WRITE_BATCH {
+            self.flush().await?;
+        }
+        Ok(())
     }
 
     async fn flush(&mut self) -> io::Result<()> {
-        self.0.flush().await
+        if !self.pending.is_empty() {
+            self.write.write_all(&self.pending).await?;
+            self.pending = Vec::new();
+        }
+        Ok(())
     }
 }
 
@@ -111,7 +129,10 @@ pub async fn serve_tcp(node: Arc<Node>, listener: TcpListener, permits: Arc<Sema
                 splitter: JsonSplitter::new(node2.config.limits.max_frame_bytes),
                 ready: VecDeque::new(),
             };
-            let sink = TcpSink(BufWriter::with_capacity(4096, write));
+            let sink = TcpSink {
+                write,
+                pending: Vec::new(),
+            };
             tracing::debug!(%peer, "tcp connection");
             let open = metrics()
                 .connections

@@ -59,6 +59,59 @@ async fn wait_for_port(port: u16, what: &str) {
     );
 }
 
+/// Waits until `ready` holds; false if the child exited first (typically:
+/// its port was taken by a parallel test between choosing and binding it).
+async fn started<F, Fut>(child: &mut Child, what: &str, mut ready: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if ready().await {
+            return true;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            eprintln!("{what} exited during start-up ({status}); retrying on fresh ports");
+            return false;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} did not start within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Starts a gRPC service on a fresh port, retrying on fresh ports if it
+/// exits during start-up. Returns the process and its (port, metrics address).
+async fn start_service(
+    binary: &str,
+    prefix: &str,
+    mut env: Vec<(String, String)>,
+    log: PathBuf,
+) -> (Child, u16, SocketAddr) {
+    for _ in 0..5 {
+        let port = free_port().await;
+        let metrics = addr(free_port().await);
+        let mut full = vec![
+            (format!("{prefix}_LISTEN"), addr(port).to_string()),
+            (format!("{prefix}_METRICS_LISTEN"), metrics.to_string()),
+        ];
+        full.append(&mut env.clone());
+        let mut child = spawn(binary, &full, log.clone());
+        if started(&mut child, binary, || async move {
+            TcpStream::connect(addr(port)).await.is_ok()
+        })
+        .await
+        {
+            return (child, port, metrics);
+        }
+        env = full.split_off(2);
+    }
+    panic!("{binary} would not start; see {}", log.display());
+}
+
 fn log_dir() -> PathBuf {
     let dir = std::env::temp_dir()
         .join("clusterchat-e2e")
@@ -235,19 +288,7 @@ impl StackBuilder {
                 None => Vec::new(),
             }
         };
-        let user_port = free_port().await;
-        let offline_port = free_port().await;
-        let user_metrics = addr(free_port().await);
-        let offline_metrics = addr(free_port().await);
         let mut user_env = vec![
-            (
-                "CLUSTERCHAT_USER_LISTEN".into(),
-                addr(user_port).to_string(),
-            ),
-            (
-                "CLUSTERCHAT_USER_METRICS_LISTEN".into(),
-                user_metrics.to_string(),
-            ),
             ("CLUSTERCHAT_USER_DATABASE_URL".into(), db_url("e2e_user")),
             (
                 "CLUSTERCHAT_USER_DB_ACQUIRE_TIMEOUT_MS".into(),
@@ -255,16 +296,7 @@ impl StackBuilder {
             ),
         ];
         user_env.extend(otel("user-service"));
-        let user = spawn("user-service", &user_env, dir.join("user-service.log"));
         let mut offline_env = vec![
-            (
-                "CLUSTERCHAT_OFFLINE_LISTEN".into(),
-                addr(offline_port).to_string(),
-            ),
-            (
-                "CLUSTERCHAT_OFFLINE_METRICS_LISTEN".into(),
-                offline_metrics.to_string(),
-            ),
             (
                 "CLUSTERCHAT_OFFLINE_DATABASE_URL".into(),
                 db_url("e2e_offline"),
@@ -275,13 +307,20 @@ impl StackBuilder {
             ),
         ];
         offline_env.extend(otel("offline-service"));
-        let offline = spawn(
+        let (user, user_port, user_metrics) = start_service(
+            "user-service",
+            "CLUSTERCHAT_USER",
+            user_env,
+            dir.join("user-service.log"),
+        )
+        .await;
+        let (offline, offline_port, offline_metrics) = start_service(
             "offline-service",
-            &offline_env,
+            "CLUSTERCHAT_OFFLINE",
+            offline_env,
             dir.join("offline-service.log"),
-        );
-        wait_for_port(user_port, "user service").await;
-        wait_for_port(offline_port, "offline service").await;
+        )
+        .await;
 
         let prefix = format!("{}:", unique_name("e2e"));
         let mut gateways = Vec::new();
@@ -369,16 +408,32 @@ impl Stack {
 
     pub async fn start_gateway(&mut self, i: usize) {
         let gateway = &mut self.gateways[i];
-        gateway.child = Some(spawn("gateway", &gateway.env, gateway.log.clone()));
-        let health = format!("http://{}/healthz", gateway.http);
-        let http = gateway.http;
-        assert_eventually!(
-            http_get(http, "/healthz")
-                .await
-                .is_some_and(|(status, _)| status == 200),
-            Duration::from_secs(60),
-            "gateway {} not healthy at {health}",
-            i + 1
+        for _ in 0..5 {
+            let mut child = spawn("gateway", &gateway.env, gateway.log.clone());
+            let http = gateway.http;
+            let healthy = || async move {
+                http_get(http, "/healthz")
+                    .await
+                    .is_some_and(|(status, _)| status == 200)
+            };
+            if started(&mut child, &format!("gateway {}", i + 1), healthy).await {
+                gateway.child = Some(child);
+                return;
+            }
+            gateway.tcp = addr(free_port().await);
+            gateway.http = addr(free_port().await);
+            for (key, value) in &mut gateway.env {
+                match key.as_str() {
+                    "CLUSTERCHAT_GATEWAY_TCP_LISTEN" => *value = gateway.tcp.to_string(),
+                    "CLUSTERCHAT_GATEWAY_HTTP_LISTEN" => *value = gateway.http.to_string(),
+                    _ => {}
+                }
+            }
+        }
+        panic!(
+            "gateway {} would not start; see {}",
+            i + 1,
+            gateway.log.display()
         );
     }
 

@@ -1,0 +1,276 @@
+//! The `chat` client against a real stack: its scripted mode, and its
+//! interactive mode driven line by line like a person would.
+
+use std::{process::Stdio, time::Duration};
+
+use e2e::{Client, PATIENCE, Stack};
+use serde_json::Value;
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    process::Command,
+};
+
+fn chat_bin() -> std::path::PathBuf {
+    let dir = std::env::var("CLUSTERCHAT_BIN_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/debug")
+        });
+    dir.join("chat")
+}
+
+async fn run(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(chat_bin())
+        .args(args)
+        .output()
+        .await
+        .expect("run chat");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn scripted_register_send_and_listen() {
+    let stack = Stack::builder().gateways(2).start().await;
+    let node1 = stack.gateways[0].tcp.to_string();
+    let node2 = stack.gateways[1].tcp.to_string();
+
+    let (ok, out, err) = run(&[
+        "--addr",
+        &node1,
+        "register",
+        "--name",
+        "alice",
+        "--password",
+        "pa",
+    ])
+    .await;
+    assert!(ok, "{err}");
+    let alice: i64 = serde_json::from_str::<Value>(&out).expect("json")["id"]
+        .as_i64()
+        .expect("id");
+    let (_, out, _) = run(&[
+        "--addr",
+        &node2,
+        "register",
+        "--name",
+        "bob",
+        "--password",
+        "pb",
+    ])
+    .await;
+    let bob: i64 = serde_json::from_str::<Value>(&out).expect("json")["id"]
+        .as_i64()
+        .expect("id");
+
+    let (ok, _, err) = run(&[
+        "--addr",
+        &node1,
+        "register",
+        "--name",
+        "alice",
+        "--password",
+        "x",
+    ])
+    .await;
+    assert!(!ok, "a taken name fails the command");
+    assert!(err.contains("already taken"), "{err}");
+
+    let mut listener = Command::new(chat_bin())
+        .args([
+            "--addr",
+            &node2,
+            "listen",
+            "--id",
+            &bob.to_string(),
+            "--password",
+            "pb",
+            "--count",
+            "1",
+            "--idle-timeout",
+            "30",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("listen");
+    let mut status = BufReader::new(listener.stderr.take().expect("stderr")).lines();
+    let ready = tokio::time::timeout(PATIENCE, status.next_line())
+        .await
+        .expect("listen starts")
+        .expect("read");
+    assert_eq!(
+        ready.as_deref(),
+        Some(format!("listening as user {bob}").as_str())
+    );
+
+    let (ok, out, err) = run(&[
+        "--addr",
+        &node1,
+        "send",
+        "--id",
+        &alice.to_string(),
+        "--password",
+        "pa",
+        "--to",
+        &bob.to_string(),
+        "--msg",
+        "hello: with a colon 🙂",
+    ])
+    .await;
+    assert!(ok, "{out}{err}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).expect("json")["errno"],
+        0
+    );
+
+    let heard = tokio::time::timeout(Duration::from_secs(30), listener.wait_with_output())
+        .await
+        .expect("listen ends")
+        .expect("output");
+    let line: Value = serde_json::from_str(
+        String::from_utf8_lossy(&heard.stdout)
+            .lines()
+            .next()
+            .expect("a line"),
+    )
+    .expect("json");
+    assert_eq!(
+        (
+            line["msg"].as_str(),
+            line["id"].as_i64(),
+            line["name"].as_str()
+        ),
+        (Some("hello: with a colon 🙂"), Some(alice), Some("alice"))
+    );
+
+    let (ok, out, _) = run(&[
+        "--addr",
+        &node1,
+        "send",
+        "--id",
+        &alice.to_string(),
+        "--password",
+        "pa",
+        "--to",
+        "999999",
+        "--msg",
+        "x",
+    ])
+    .await;
+    assert!(!ok, "a refused send fails the command");
+    assert!(out.contains("does not exist"), "{out}");
+}
+
+struct Interactive {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    stdout: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Interactive {
+    async fn start(addr: &str) -> Self {
+        let mut child = Command::new(chat_bin())
+            .args(["--addr", addr])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("chat");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        Self {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    async fn type_line(&mut self, line: &str) {
+        self.stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .expect("type");
+        self.stdin.flush().await.expect("flush");
+    }
+
+    /// Reads output until a line contains `needle`; returns everything read.
+    async fn expect(&mut self, needle: &str) -> String {
+        let mut seen = String::new();
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.stdout.next_line())
+                .await
+                .unwrap_or_else(|_| panic!("never printed {needle:?}; printed:\n{seen}"))
+                .expect("read")
+                .unwrap_or_else(|| panic!("exited before printing {needle:?}; printed:\n{seen}"));
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.contains(needle) {
+                return seen;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn interactive_session_like_a_person() {
+    let stack = Stack::builder().gateways(2).start().await;
+    let mut bob = Client::connect(stack.gateways[1].tcp).await;
+    let bob_id = bob.register("bob", "pb").await;
+    let alice_id = bob.register("alice", "pa").await;
+    bob.login_ok(bob_id, "pb").await;
+    assert_eq!(
+        bob.call(serde_json::json!({"msgid": 7, "friendid": alice_id}), 1)
+            .await["errno"],
+        0
+    );
+
+    let mut cli = Interactive::start(&stack.gateways[0].tcp.to_string()).await;
+    cli.expect("1. login").await;
+    cli.type_line("1").await;
+    cli.expect("user id").await;
+    cli.type_line(&alice_id.to_string()).await;
+    cli.expect("password").await;
+    cli.type_line("pa").await;
+    let login = cli.expect("type help").await;
+    assert!(login.contains("logged in as alice"), "{login}");
+    assert!(
+        login.contains("bob (online)"),
+        "friends with their state: {login}"
+    );
+
+    cli.type_line(&format!("chat:{bob_id}:hi bob: from the terminal"))
+        .await;
+    cli.expect("message to bob").await;
+    assert_eq!(bob.recv().await["msg"], "hi bob: from the terminal");
+
+    cli.type_line("creategroup:terminal people:we type").await;
+    let created = cli.expect("group id").await;
+    assert!(created.contains("ok, group id"), "{created}");
+
+    cli.type_line("chat:999999:nobody").await;
+    let refused = cli.expect("error").await;
+    assert!(refused.contains("does not exist"), "{refused}");
+
+    bob.send(&serde_json::json!({"msgid": 6, "toid": alice_id, "msg": "hello alice"}))
+        .await;
+    let incoming = cli.expect("hello alice").await;
+    assert!(
+        incoming.contains(&format!("[{bob_id}]bob said: hello alice")),
+        "{incoming}"
+    );
+
+    cli.type_line("loginout").await;
+    cli.expect("logged out").await;
+    cli.type_line("3").await;
+    let status = tokio::time::timeout(Duration::from_secs(10), cli.child.wait())
+        .await
+        .expect("exits")
+        .expect("status");
+    assert!(status.success());
+}

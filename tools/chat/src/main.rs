@@ -1,0 +1,191 @@
+//! `chat`: the clusterchat terminal client.
+//!
+//! Interactive by default (the classic client's menu and commands, with line
+//! editing and history; incoming messages print above the line being typed).
+//! The subcommands are for scripts: each prints JSON lines and exits with a
+//! non-zero status when the server refuses. Chats are sent without `time`:
+//! the server stamps them.
+
+mod conn;
+mod interactive;
+
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use conn::{Connection, Endpoint};
+use serde_json::{Value, json};
+
+#[derive(Parser)]
+#[command(name = "chat", about = "clusterchat terminal client", version)]
+struct Cli {
+    /// Classic TCP address of a gateway or of nginx in front of them.
+    #[arg(long, default_value = "127.0.0.1:8000", global = true)]
+    addr: String,
+    /// Use WebSocket instead, e.g. ws://127.0.0.1:8080/ws.
+    #[arg(long, global = true)]
+    ws: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create an account; prints {"id":N}.
+    Register {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        password: String,
+    },
+    /// Log in, send one message to a user (--to) or group (--group), print the reply.
+    Send {
+        #[arg(long)]
+        id: i64,
+        #[arg(long)]
+        password: String,
+        #[arg(long, conflicts_with = "group", required_unless_present = "group")]
+        to: Option<i64>,
+        #[arg(long)]
+        group: Option<i64>,
+        #[arg(long)]
+        msg: String,
+    },
+    /// Log in and print every message received as a JSON line (offline ones first).
+    Listen {
+        #[arg(long)]
+        id: i64,
+        #[arg(long)]
+        password: String,
+        /// Exit after this many messages.
+        #[arg(long)]
+        count: Option<usize>,
+        /// Exit after this many seconds without a message.
+        #[arg(long)]
+        idle_timeout: Option<u64>,
+    },
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let endpoint = match cli.ws {
+        Some(url) => Endpoint::Ws(url),
+        None => Endpoint::Tcp(cli.addr),
+    };
+    match cli.command {
+        None => interactive::run(endpoint).await,
+        Some(command) => scripted(endpoint, command).await,
+    }
+}
+
+fn print_json(value: &Value) {
+    println!("{value}");
+}
+
+/// Parses the JSON-text strings of a login ack's `offlinemsg`.
+pub fn offline_messages(ack: &Value) -> Vec<Value> {
+    ack["offlinemsg"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .filter_map(|s| serde_json::from_str(s.as_str()?).ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn login(
+    conn: &mut Connection,
+    id: i64,
+    password: &str,
+    mut other: impl FnMut(Value),
+) -> anyhow::Result<Value> {
+    let ack = conn
+        .call(
+            json!({"msgid": 1, "id": id, "password": password}),
+            1,
+            &mut other,
+        )
+        .await?;
+    if ack["errno"] != 0 {
+        anyhow::bail!(
+            "login failed: {}",
+            ack["errmsg"].as_str().unwrap_or("refused")
+        );
+    }
+    Ok(ack)
+}
+
+async fn scripted(endpoint: Endpoint, command: Command) -> anyhow::Result<()> {
+    let mut conn = Connection::open(&endpoint).await?;
+    match command {
+        Command::Register { name, password } => {
+            let ack = conn
+                .call(
+                    json!({"msgid": 4, "name": name, "password": password}),
+                    1,
+                    |_| {},
+                )
+                .await?;
+            if ack["errno"] != 0 {
+                anyhow::bail!(
+                    "register failed: {}",
+                    ack["errmsg"].as_str().unwrap_or("refused")
+                );
+            }
+            print_json(&json!({"id": ack["id"]}));
+        }
+        Command::Send {
+            id,
+            password,
+            to,
+            group,
+            msg,
+        } => {
+            login(&mut conn, id, &password, |_| {}).await?;
+            let request = match (to, group) {
+                (_, Some(group)) => json!({"msgid": 10, "id": id, "groupid": group, "msg": msg}),
+                (Some(to), None) => json!({"msgid": 6, "id": id, "toid": to, "msg": msg}),
+                (None, None) => anyhow::bail!("give --to or --group"),
+            };
+            let reply = conn.call(request, 2, |_| {}).await?;
+            print_json(&reply);
+            if reply["errno"] != 0 {
+                std::process::exit(1);
+            }
+        }
+        Command::Listen {
+            id,
+            password,
+            count,
+            idle_timeout,
+        } => {
+            let mut seen = 0usize;
+            let done = |seen: usize| count.is_some_and(|c| seen >= c);
+            let ack = login(&mut conn, id, &password, |_| {}).await?;
+            // For scripts: from here on, messages to this user arrive.
+            eprintln!("listening as user {id}");
+            for message in offline_messages(&ack) {
+                print_json(&message);
+                seen += 1;
+            }
+            while !done(seen) {
+                let next = conn.incoming.recv();
+                let message = match idle_timeout {
+                    Some(secs) => match tokio::time::timeout(Duration::from_secs(secs), next).await
+                    {
+                        Ok(m) => m,
+                        Err(_) => break,
+                    },
+                    None => next.await,
+                };
+                let Some(message) = message else {
+                    anyhow::bail!("the server closed the connection");
+                };
+                print_json(&message);
+                seen += 1;
+            }
+        }
+    }
+    Ok(())
+}
