@@ -271,13 +271,27 @@ logs() {
     fi
 }
 
+# Processes the end-to-end tests start die with their test; a test process
+# that was itself killed (a timeout) cannot clean up, so sweep after the run.
+reap_test_processes() {
+    pkill -f "^$ROOT/target/debug/(gateway|user-service|offline-service|chat)( |$)" 2>/dev/null || true
+    pkill -f "^/usr/sbin/nginx -p /tmp/clusterchat-e2e/" 2>/dev/null || true
+    # Private Redis instances of tests run with their --dir under the e2e folder.
+    local pid
+    for pid in $(pgrep -x redis-server || true); do
+        case "$(readlink "/proc/$pid/cwd" 2>/dev/null)" in
+            /tmp/clusterchat-e2e/*) kill "$pid" 2>/dev/null || true ;;
+        esac
+    done
+}
+
 test_() {
     profile test
     install
     # A clean slate every run: nothing left from an earlier one can make a test pass.
     down test >/dev/null 2>&1 || true
-    rm -rf "$STATE"
-    trap 'down test' EXIT
+    rm -rf "$STATE" /tmp/clusterchat-e2e   # test logs of the last run stay until the next
+    trap 'down test; reap_test_processes' EXIT
     start_mariadb
     start_redis
     export CLUSTERCHAT_TEST_MYSQL_URL="$MYSQL_URL"

@@ -59,57 +59,77 @@ async fn wait_for_port(port: u16, what: &str) {
     );
 }
 
-/// Waits until `ready` holds; false if the child exited first (typically:
-/// its port was taken by a parallel test between choosing and binding it).
-async fn started<F, Fut>(child: &mut Child, what: &str, mut ready: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
+/// Waits until the process logs a line containing `needle` and returns it
+/// (colours stripped). Processes bind port 0 and log the addresses they got,
+/// so parallel tests never race for ports.
+async fn wait_for_log_line(
+    child: &mut Child,
+    log: &std::path::Path,
+    needle: &str,
+    what: &str,
+) -> String {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        if ready().await {
-            return true;
+        let text = strip_ansi(&std::fs::read_to_string(log).unwrap_or_default());
+        if let Some(line) = text.lines().find(|l| l.contains(needle)) {
+            return line.to_owned();
         }
         if let Ok(Some(status)) = child.try_wait() {
-            eprintln!("{what} exited during start-up ({status}); retrying on fresh ports");
-            return false;
+            panic!("{what} exited during start-up ({status}):\n{text}");
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "{what} did not start within 60 s"
+            "{what} did not start within 60 s:\n{text}"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 
-/// Starts a gRPC service on a fresh port, retrying on fresh ports if it
-/// exits during start-up. Returns the process and its (port, metrics address).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The address after `key=` in a log line (`Some(...)` unwrapped).
+fn logged_addr(line: &str, key: &str) -> SocketAddr {
+    let value = line
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key}= in {line:?}"));
+    let value = value.trim_start_matches("Some(").trim_end_matches(')');
+    value
+        .parse()
+        .unwrap_or_else(|e| panic!("{key}={value}: {e}"))
+}
+
+/// Starts a gRPC service on port 0; returns it with its gRPC and metrics addresses.
 async fn start_service(
     binary: &str,
     prefix: &str,
     mut env: Vec<(String, String)>,
     log: PathBuf,
-) -> (Child, u16, SocketAddr) {
-    for _ in 0..5 {
-        let port = free_port().await;
-        let metrics = addr(free_port().await);
-        let mut full = vec![
-            (format!("{prefix}_LISTEN"), addr(port).to_string()),
-            (format!("{prefix}_METRICS_LISTEN"), metrics.to_string()),
-        ];
-        full.append(&mut env.clone());
-        let mut child = spawn(binary, &full, log.clone());
-        if started(&mut child, binary, || async move {
-            TcpStream::connect(addr(port)).await.is_ok()
-        })
-        .await
-        {
-            return (child, port, metrics);
-        }
-        env = full.split_off(2);
-    }
-    panic!("{binary} would not start; see {}", log.display());
+) -> (Child, SocketAddr, SocketAddr) {
+    env.push((format!("{prefix}_LISTEN"), "127.0.0.1:0".into()));
+    env.push((format!("{prefix}_METRICS_LISTEN"), "127.0.0.1:0".into()));
+    let mut child = spawn(binary, &env, log.clone());
+    let line = wait_for_log_line(&mut child, &log, "service listening", binary).await;
+    (
+        child,
+        logged_addr(&line, "addr"),
+        logged_addr(&line, "metrics"),
+    )
 }
 
 fn log_dir() -> PathBuf {
@@ -307,14 +327,14 @@ impl StackBuilder {
             ),
         ];
         offline_env.extend(otel("offline-service"));
-        let (user, user_port, user_metrics) = start_service(
+        let (user, user_addr, user_metrics) = start_service(
             "user-service",
             "CLUSTERCHAT_USER",
             user_env,
             dir.join("user-service.log"),
         )
         .await;
-        let (offline, offline_port, offline_metrics) = start_service(
+        let (offline, offline_addr, offline_metrics) = start_service(
             "offline-service",
             "CLUSTERCHAT_OFFLINE",
             offline_env,
@@ -325,8 +345,7 @@ impl StackBuilder {
         let prefix = format!("{}:", unique_name("e2e"));
         let mut gateways = Vec::new();
         for i in 0..self.gateways {
-            let tcp = addr(free_port().await);
-            let http = addr(free_port().await);
+            let (tcp, http) = (addr(0), addr(0));
             let mut env = vec![
                 (
                     "CLUSTERCHAT_GATEWAY_NODE_ID".into(),
@@ -338,11 +357,11 @@ impl StackBuilder {
                 ("CLUSTERCHAT_GATEWAY_REDIS_PREFIX".into(), prefix.clone()),
                 (
                     "CLUSTERCHAT_GATEWAY_USER_SERVICE".into(),
-                    format!("http://{}", addr(user_port)),
+                    format!("http://{user_addr}"),
                 ),
                 (
                     "CLUSTERCHAT_GATEWAY_OFFLINE_SERVICE".into(),
-                    format!("http://{}", addr(offline_port)),
+                    format!("http://{offline_addr}"),
                 ),
             ];
             env.extend(self.gateway_env.iter().cloned());
@@ -406,35 +425,42 @@ impl Stack {
         self.dir.display().to_string()
     }
 
-    pub async fn start_gateway(&mut self, i: usize) {
-        let gateway = &mut self.gateways[i];
-        for _ in 0..5 {
-            let mut child = spawn("gateway", &gateway.env, gateway.log.clone());
-            let http = gateway.http;
-            let healthy = || async move {
-                http_get(http, "/healthz")
-                    .await
-                    .is_some_and(|(status, _)| status == 200)
-            };
-            if started(&mut child, &format!("gateway {}", i + 1), healthy).await {
-                gateway.child = Some(child);
-                return;
-            }
-            gateway.tcp = addr(free_port().await);
-            gateway.http = addr(free_port().await);
-            for (key, value) in &mut gateway.env {
-                match key.as_str() {
-                    "CLUSTERCHAT_GATEWAY_TCP_LISTEN" => *value = gateway.tcp.to_string(),
-                    "CLUSTERCHAT_GATEWAY_HTTP_LISTEN" => *value = gateway.http.to_string(),
-                    _ => {}
+    /// Everything the processes of this stack logged so far.
+    pub fn all_logs(&self) -> String {
+        let mut out = String::new();
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for entry in entries.flatten() {
+                if entry.path().extension().is_some_and(|e| e == "log") {
+                    out.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
                 }
             }
         }
-        panic!(
-            "gateway {} would not start; see {}",
-            i + 1,
-            gateway.log.display()
+        out
+    }
+
+    /// Starts (or restarts) gateway `i` on fresh ports and waits until healthy.
+    pub async fn start_gateway(&mut self, i: usize) {
+        let gateway = &mut self.gateways[i];
+        let mut child = spawn("gateway", &gateway.env, gateway.log.clone());
+        let line = wait_for_log_line(
+            &mut child,
+            &gateway.log,
+            "gateway listening",
+            &format!("gateway {}", i + 1),
+        )
+        .await;
+        gateway.tcp = logged_addr(&line, "tcp");
+        gateway.http = logged_addr(&line, "http");
+        let http = gateway.http;
+        assert_eventually!(
+            http_get(http, "/healthz")
+                .await
+                .is_some_and(|(status, _)| status == 200),
+            Duration::from_secs(60),
+            "gateway {} not healthy at {http}",
+            i + 1
         );
+        gateway.child = Some(child);
     }
 
     /// SIGKILL: no chance to clean up, like a crashed machine.
@@ -529,6 +555,13 @@ impl Stack {
 
 /// A minimal HTTP/1.1 GET: (status, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    tokio::time::timeout(Duration::from_secs(5), http_get_inner(addr, path))
+        .await
+        .ok()
+        .flatten()
+}
+
+async fn http_get_inner(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect(addr).await.ok()?;
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.ok()?;

@@ -282,3 +282,33 @@ async fn metrics_counters_move() {
         "{offline}"
     );
 }
+
+#[tokio::test]
+async fn with_no_collector_running_everything_works_and_logs_stay_quiet() {
+    // A port nothing listens on: every export attempt fails.
+    let nowhere = format!("http://127.0.0.1:{}", e2e::free_port().await);
+    let stack = Stack::builder().gateways(2).otlp(nowhere).start().await;
+    let mut alice = Client::connect(stack.gateways[0].tcp).await;
+    let mut bob = Client::connect(stack.gateways[1].tcp).await;
+    let a = alice.register("alice", "pa").await;
+    let b = bob.register("bob", "pb").await;
+    alice.login_ok(a, "pa").await;
+    bob.login_ok(b, "pb").await;
+    for i in 0..200 {
+        alice.send(&chat(a, b, &format!("m{i}"))).await;
+    }
+    for i in 0..200 {
+        assert_eq!(bob.recv().await["msg"], format!("m{i}"));
+    }
+    // Several export intervals (100 ms each) have passed and failed.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let logs = stack.all_logs();
+    let noisy: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("ERROR") || l.contains("WARN"))
+        .collect();
+    assert!(
+        noisy.is_empty(),
+        "export failures must not fill the logs: {noisy:#?}"
+    );
+}

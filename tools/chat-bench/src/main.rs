@@ -492,6 +492,18 @@ async fn group_fanout(args: &Args, prefix: &str) -> anyhow::Result<Value> {
     Ok(json!({"members": members, "messages_per_sec_offered": rate, "result": result.json()}))
 }
 
+/// The soft RLIMIT_NOFILE of this process, as /proc reports it.
+fn open_file_limit() -> String {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|l| {
+            l.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .map(|l| l.split_whitespace().nth(3).unwrap_or("?").to_owned())
+        })
+        .unwrap_or_else(|| "?".into())
+}
+
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
@@ -504,12 +516,27 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
 async fn idle_memory(node: SocketAddr, pid: u32, count: usize) -> anyhow::Result<Value> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = rss_kib(pid)?;
+    // Keep some descriptors for everything else this process does.
+    let limit = open_file_limit();
+    let requested = count;
+    let count = limit
+        .parse::<usize>()
+        .map_or(count, |l| count.min(l.saturating_sub(512)));
     let mut open = Vec::with_capacity(count);
-    let mut failed = None;
+    let mut failed = (count < requested).then(|| format!("the open-file limit ({limit})"));
     for i in 0..count {
         // Spread over 127.0.0.x so more than one port range is available.
         let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (i / 20_000) as u8));
-        let socket = TcpSocket::new_v4()?;
+        let socket = match TcpSocket::new_v4() {
+            Ok(socket) => socket,
+            Err(e) => {
+                failed = Some(format!(
+                    "{e} (this process's open-file limit: {})",
+                    open_file_limit()
+                ));
+                break;
+            }
+        };
         if let Err(e) = socket.bind(SocketAddr::new(source, 0)) {
             failed = Some(e.to_string());
             break;
@@ -517,7 +544,10 @@ async fn idle_memory(node: SocketAddr, pid: u32, count: usize) -> anyhow::Result
         match socket.connect(node).await {
             Ok(stream) => open.push(stream),
             Err(e) => {
-                failed = Some(e.to_string());
+                failed = Some(format!(
+                    "{e} (this process's open-file limit: {})",
+                    open_file_limit()
+                ));
                 break;
             }
         }
@@ -528,7 +558,7 @@ async fn idle_memory(node: SocketAddr, pid: u32, count: usize) -> anyhow::Result
     drop(open);
     let per_connection = (after.saturating_sub(before)) as f64 * 1024.0 / opened.max(1) as f64;
     Ok(json!({
-        "requested": count,
+        "requested": requested,
         "opened": opened,
         "stopped_by": failed,
         "rss_before_kib": before,
@@ -682,8 +712,13 @@ fn markdown(report: &Value, args: &Args) -> String {
     out.push('\n');
     if let Some(idle) = report.get("idle_connections") {
         out.push_str(&format!(
-            "- idle connections on one node: {} opened, {} bytes resident each\n",
+            "- idle connections on one node: {} of {} opened{}, {} bytes resident each\n",
             idle["opened"],
+            idle["requested"],
+            idle["stopped_by"]
+                .as_str()
+                .map(|s| format!(" (stopped by: {s})"))
+                .unwrap_or_default(),
             n(&idle["bytes_per_connection"])
         ));
     }
