@@ -29,6 +29,39 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
+/// A listener bound at start-up, with the address it got (port 0 → a real port).
+pub struct Bound {
+    pub listener: TcpListener,
+    pub addr: std::net::SocketAddr,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}")]
+pub struct BindError {
+    pub addr: std::net::SocketAddr,
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl Bound {
+    pub async fn bind(addr: std::net::SocketAddr) -> Result<Self, BindError> {
+        let error = |source| BindError { addr, source };
+        let listener = TcpListener::bind(addr).await.map_err(error)?;
+        let addr = listener.local_addr().map_err(error)?;
+        Ok(Self { listener, addr })
+    }
+
+    /// Binds `addr` if there is one.
+    pub async fn bind_optional(
+        addr: Option<std::net::SocketAddr>,
+    ) -> Result<Option<Self>, BindError> {
+        match addr {
+            Some(addr) => Self::bind(addr).await.map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
 pub struct GrpcServer {
     /// Fully-qualified gRPC service names, e.g. `clusterchat.user.v1.UserService`.
     pub service_names: Vec<&'static str>,

@@ -24,6 +24,30 @@ pub struct MySqlSettings {
     pub acquire_timeout: Duration,
 }
 
+impl MySqlSettings {
+    /// `{prefix}_DATABASE_URL`, `{prefix}_DB_MAX_CONNECTIONS` (16) and
+    /// `{prefix}_DB_ACQUIRE_TIMEOUT_MS` (2000).
+    pub fn from_env(prefix: &str, default_url: &str) -> Result<Self, env_config::ConfigError> {
+        Ok(Self {
+            url: env_config::var_or(&format!("{prefix}_DATABASE_URL"), Secret::new(default_url))?,
+            max_connections: env_config::var_or(&format!("{prefix}_DB_MAX_CONNECTIONS"), 16)?,
+            acquire_timeout: env_config::millis_or(
+                &format!("{prefix}_DB_ACQUIRE_TIMEOUT_MS"),
+                Duration::from_secs(2),
+            )?,
+        })
+    }
+
+    /// For tests: a small pool that gives up on the database after a second.
+    pub fn for_tests(url: &str) -> Self {
+        Self {
+            url: Secret::new(url),
+            max_connections: 8,
+            acquire_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
     #[error("the database URL is not valid")]

@@ -54,6 +54,21 @@ pub fn grpcurl() -> String {
     std::env::var("GRPCURL").unwrap_or_else(|_| "grpcurl".to_owned())
 }
 
+/// Runs grpcurl with `args` and returns its output; fails the test if it fails.
+pub fn run_grpcurl(args: &[&str]) -> String {
+    let output = std::process::Command::new(grpcurl())
+        .args(args)
+        .output()
+        .expect("run grpcurl (set GRPCURL or put it on the PATH; `just test` does)");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "grpcurl {args:?} failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
 /// Polls `$cond` until it holds, failing the test after `$timeout`.
 #[macro_export]
 macro_rules! assert_eventually {

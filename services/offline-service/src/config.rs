@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use env_config::{ConfigError, Secret, millis_or, optional_or, var_or};
+use env_config::{ConfigError, millis_or, optional_or, var_or};
 use mysql_pool::MySqlSettings;
 
 use crate::domain::Limits;
@@ -38,17 +38,7 @@ impl Config {
                 Some(([127, 0, 0, 1], 9102).into()),
             )?,
             listen: var_or("CLUSTERCHAT_OFFLINE_LISTEN", ([127, 0, 0, 1], 50052).into())?,
-            mysql: MySqlSettings {
-                url: var_or(
-                    "CLUSTERCHAT_OFFLINE_DATABASE_URL",
-                    Secret::new(DEFAULT_DATABASE_URL),
-                )?,
-                max_connections: var_or("CLUSTERCHAT_OFFLINE_DB_MAX_CONNECTIONS", 16)?,
-                acquire_timeout: millis_or(
-                    "CLUSTERCHAT_OFFLINE_DB_ACQUIRE_TIMEOUT_MS",
-                    Duration::from_secs(2),
-                )?,
-            },
+            mysql: MySqlSettings::from_env("CLUSTERCHAT_OFFLINE", DEFAULT_DATABASE_URL)?,
             limits: Limits {
                 max_message_bytes: var_or(
                     "CLUSTERCHAT_OFFLINE_MAX_MESSAGE_BYTES",
@@ -76,11 +66,7 @@ impl Config {
         Self {
             listen: ([127, 0, 0, 1], 0).into(),
             metrics_listen: Some(([127, 0, 0, 1], 0).into()),
-            mysql: MySqlSettings {
-                url: Secret::new(database_url),
-                max_connections: 8,
-                acquire_timeout: Duration::from_secs(1),
-            },
+            mysql: MySqlSettings::for_tests(database_url),
             limits: Limits::default(),
             request_timeout: Duration::from_secs(10),
             startup_patience: Duration::from_secs(30),

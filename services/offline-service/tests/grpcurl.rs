@@ -1,23 +1,8 @@
 //! The real grpcurl binary against the running service, through reflection.
 
-use std::process::Command;
-
 use offline_service::{Application, Config};
 use shutdown::Shutdown;
-
-fn grpcurl(args: &[&str]) -> String {
-    let output = Command::new(test_support::grpcurl())
-        .args(args)
-        .output()
-        .expect("run grpcurl (set GRPCURL or put it on the PATH; `just test` does)");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "grpcurl {args:?} failed: {stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
-}
+use test_support::run_grpcurl;
 
 #[tokio::test]
 async fn grpcurl_lists_stores_and_fetches_through_reflection() {
@@ -33,15 +18,15 @@ async fn grpcurl_lists_stores_and_fetches_through_reflection() {
     let (list, stored, fetched) = tokio::task::spawn_blocking(move || {
         let addr = addr.as_str();
         (
-            grpcurl(&["-plaintext", addr, "list"]),
-            grpcurl(&[
+            run_grpcurl(&["-plaintext", addr, "list"]),
+            run_grpcurl(&[
                 "-plaintext",
                 "-d",
                 r#"{"receiver_id":7,"sender_id":3,"payload":"{\"msg\":\"hi 🙂\"}"}"#,
                 addr,
                 "clusterchat.offline.v1.OfflineService/Store",
             ]),
-            grpcurl(&[
+            run_grpcurl(&[
                 "-plaintext",
                 "-d",
                 r#"{"receiver_id":7}"#,

@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use env_config::{ConfigError, Secret, millis_or, optional_or, var_or};
+use env_config::{ConfigError, millis_or, optional_or, var_or};
 use mysql_pool::MySqlSettings;
 
 #[derive(Debug, Clone)]
@@ -35,17 +35,7 @@ impl Config {
                 Some(([127, 0, 0, 1], 9101).into()),
             )?,
             listen: var_or("CLUSTERCHAT_USER_LISTEN", ([127, 0, 0, 1], 50051).into())?,
-            mysql: MySqlSettings {
-                url: var_or(
-                    "CLUSTERCHAT_USER_DATABASE_URL",
-                    Secret::new(DEFAULT_DATABASE_URL),
-                )?,
-                max_connections: var_or("CLUSTERCHAT_USER_DB_MAX_CONNECTIONS", 16)?,
-                acquire_timeout: millis_or(
-                    "CLUSTERCHAT_USER_DB_ACQUIRE_TIMEOUT_MS",
-                    Duration::from_secs(2),
-                )?,
-            },
+            mysql: MySqlSettings::from_env("CLUSTERCHAT_USER", DEFAULT_DATABASE_URL)?,
             request_timeout: millis_or(
                 "CLUSTERCHAT_USER_REQUEST_TIMEOUT_MS",
                 Duration::from_secs(10),
@@ -63,11 +53,7 @@ impl Config {
         Self {
             listen: ([127, 0, 0, 1], 0).into(),
             metrics_listen: Some(([127, 0, 0, 1], 0).into()),
-            mysql: MySqlSettings {
-                url: Secret::new(database_url),
-                max_connections: 4,
-                acquire_timeout: Duration::from_secs(1),
-            },
+            mysql: MySqlSettings::for_tests(database_url),
             request_timeout: Duration::from_secs(10),
             startup_patience: Duration::from_secs(30),
             hash_concurrency: 4,

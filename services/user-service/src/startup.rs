@@ -2,9 +2,8 @@
 
 use std::net::SocketAddr;
 
-use grpc_server::{GrpcServer, ServeError};
+use grpc_server::{BindError, Bound, GrpcServer, ServeError};
 use shutdown::Shutdown;
-use tokio::net::TcpListener;
 use tonic::service::Routes;
 
 use crate::{
@@ -19,8 +18,8 @@ pub const SERVICE_NAME: &str = "clusterchat.user.v1.UserService";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    #[error("cannot listen on {0}")]
-    Bind(SocketAddr, #[source] std::io::Error),
+    #[error(transparent)]
+    Bind(#[from] BindError),
     #[error("cannot prepare the user database")]
     Database(#[from] mysql_pool::PoolError),
     #[error("cannot set up password hashing")]
@@ -28,9 +27,8 @@ pub enum StartupError {
 }
 
 pub struct Application {
-    listener: TcpListener,
-    local_addr: SocketAddr,
-    metrics: Option<(TcpListener, SocketAddr)>,
+    grpc: Bound,
+    metrics: Option<Bound>,
     users: Users,
     config: Config,
 }
@@ -43,27 +41,10 @@ impl Application {
         let hasher = PasswordHasher::new(config.hash_concurrency).map_err(StartupError::Hasher)?;
         let users = Users::new(UserStore::new(pool), hasher);
 
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|e| StartupError::Bind(config.listen, e))?;
-        let local_addr = listener
-            .local_addr()
-            .map_err(|e| StartupError::Bind(config.listen, e))?;
-        let metrics = match config.metrics_listen {
-            Some(addr) => {
-                let listener = TcpListener::bind(addr)
-                    .await
-                    .map_err(|e| StartupError::Bind(addr, e))?;
-                let local = listener
-                    .local_addr()
-                    .map_err(|e| StartupError::Bind(addr, e))?;
-                Some((listener, local))
-            }
-            None => None,
-        };
+        let grpc = Bound::bind(config.listen).await?;
+        let metrics = Bound::bind_optional(config.metrics_listen).await?;
         Ok(Self {
-            listener,
-            local_addr,
+            grpc,
             metrics,
             users,
             config,
@@ -71,12 +52,12 @@ impl Application {
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.grpc.addr
     }
 
     /// Where `/metrics` is served, if anywhere.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.metrics.as_ref().map(|(_, addr)| *addr)
+        self.metrics.as_ref().map(|m| m.addr)
     }
 
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> Result<(), ServeError> {
@@ -87,8 +68,8 @@ impl Application {
         };
         server
             .serve(
-                self.listener,
-                self.metrics.map(|(listener, _)| listener),
+                self.grpc.listener,
+                self.metrics.map(|m| m.listener),
                 Routes::new(UserGrpc::new(self.users)),
                 shutdown,
             )

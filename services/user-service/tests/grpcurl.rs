@@ -1,24 +1,9 @@
 //! The real grpcurl binary against the running service, through server
 //! reflection only: no .proto files are given to it.
 
-use std::process::Command;
-
 use shutdown::Shutdown;
+use test_support::run_grpcurl;
 use user_service::{Application, Config};
-
-fn grpcurl(args: &[&str]) -> String {
-    let output = Command::new(test_support::grpcurl())
-        .args(args)
-        .output()
-        .expect("run grpcurl (set GRPCURL or put it on the PATH; `just test` does)");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "grpcurl {args:?} failed: {stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
-}
 
 #[tokio::test]
 async fn grpcurl_lists_describes_and_calls_through_reflection() {
@@ -33,21 +18,21 @@ async fn grpcurl_lists_describes_and_calls_through_reflection() {
     let (list, describe, register, health) = tokio::task::spawn_blocking(move || {
         let addr = addr2.as_str();
         (
-            grpcurl(&["-plaintext", addr, "list"]),
-            grpcurl(&[
+            run_grpcurl(&["-plaintext", addr, "list"]),
+            run_grpcurl(&[
                 "-plaintext",
                 addr,
                 "describe",
                 "clusterchat.user.v1.UserService",
             ]),
-            grpcurl(&[
+            run_grpcurl(&[
                 "-plaintext",
                 "-d",
                 r#"{"name":"grpcurl-user","password":"secret"}"#,
                 addr,
                 "clusterchat.user.v1.UserService/Register",
             ]),
-            grpcurl(&["-plaintext", addr, "grpc.health.v1.Health/Check"]),
+            run_grpcurl(&["-plaintext", addr, "grpc.health.v1.Health/Check"]),
         )
     })
     .await

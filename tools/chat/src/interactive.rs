@@ -290,22 +290,11 @@ fn format_chat(message: &Value) -> String {
     }
 }
 
-fn parse_strings(ack: &Value, key: &str) -> Vec<Value> {
-    ack[key]
-        .as_array()
-        .map(|list| {
-            list.iter()
-                .filter_map(|s| serde_json::from_str(s.as_str()?).ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 fn show_login(ack: &Value, id: i64, password: String, print: &mut Printer) -> Session {
     let name = ack["name"].as_str().unwrap_or_default().to_owned();
     let mut names = HashMap::new();
     let mut out = format!("logged in as {name} ({id})");
-    let friends = parse_strings(ack, "friends");
+    let friends = crate::json_strings(&ack["friends"]);
     out.push_str(&format!("\nfriends ({}):", friends.len()));
     for f in &friends {
         let fid = f["id"].as_i64().unwrap_or_default();
@@ -316,7 +305,7 @@ fn show_login(ack: &Value, id: i64, password: String, print: &mut Printer) -> Se
             f["state"].as_str().unwrap_or("?")
         ));
     }
-    let groups = parse_strings(ack, "groups");
+    let groups = crate::json_strings(&ack["groups"]);
     out.push_str(&format!("\ngroups ({}):", groups.len()));
     for g in &groups {
         out.push_str(&format!(
@@ -325,11 +314,8 @@ fn show_login(ack: &Value, id: i64, password: String, print: &mut Printer) -> Se
             g["groupname"].as_str().unwrap_or_default(),
             g["groupdesc"].as_str().unwrap_or_default()
         ));
-        let members: Vec<String> = g["users"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|u| serde_json::from_str::<Value>(u.as_str()?).ok())
+        let members: Vec<String> = crate::json_strings(&g["users"])
+            .iter()
             .map(|u| {
                 format!(
                     "{} {} [{}, {}]",

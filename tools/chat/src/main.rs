@@ -82,16 +82,22 @@ fn print_json(value: &Value) {
     println!("{value}");
 }
 
-/// Parses the JSON-text strings of a login ack's `offlinemsg`.
-pub fn offline_messages(ack: &Value) -> Vec<Value> {
-    ack["offlinemsg"]
-        .as_array()
-        .map(|list| {
-            list.iter()
+/// Parses a classic list of JSON texts in strings (`friends`, `groups`,
+/// `users`, `offlinemsg`).
+pub fn json_strings(list: &Value) -> Vec<Value> {
+    list.as_array()
+        .map(|items| {
+            items
+                .iter()
                 .filter_map(|s| serde_json::from_str(s.as_str()?).ok())
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// The messages that waited for the user, from a login ack.
+pub fn offline_messages(ack: &Value) -> Vec<Value> {
+    json_strings(&ack["offlinemsg"])
 }
 
 async fn login(
