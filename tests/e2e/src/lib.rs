@@ -382,8 +382,8 @@ impl StackBuilder {
             nginx: None,
             redis,
             database_proxy,
-            _user: user,
-            _offline: offline,
+            user: Some(user),
+            offline: Some(offline),
             dir,
         };
         for i in 0..stack.gateways.len() {
@@ -410,8 +410,8 @@ pub struct Stack {
     pub nginx: Option<Nginx>,
     redis: Option<PrivateRedis>,
     database_proxy: Option<TcpProxy>,
-    _user: Child,
-    _offline: Child,
+    user: Option<Child>,
+    offline: Option<Child>,
     dir: PathBuf,
 }
 
@@ -470,19 +470,19 @@ impl Stack {
         }
     }
 
-    /// SIGTERM, then waits for the process to exit.
+    /// SIGTERM to gateway `i`, then waits for it to exit.
     pub async fn terminate_gateway(&mut self, i: usize) -> std::process::ExitStatus {
-        let mut child = self.gateways[i].child.take().expect("gateway running");
-        let pid = child.id().expect("pid");
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
-        tokio::time::timeout(Duration::from_secs(30), child.wait())
-            .await
-            .expect("gateway exits after SIGTERM")
-            .expect("wait")
+        terminate(self.gateways[i].child.take().expect("gateway running")).await
+    }
+
+    /// SIGTERM to the user service (`"user"`) or the offline service (`"offline"`).
+    pub async fn terminate_service(&mut self, which: &str) -> std::process::ExitStatus {
+        let child = match which {
+            "user" => self.user.take(),
+            "offline" => self.offline.take(),
+            other => panic!("no service {other}"),
+        };
+        terminate(child.expect("service running")).await
     }
 
     pub async fn restart_redis(&mut self) {
@@ -551,6 +551,20 @@ impl Stack {
             _child: child,
         });
     }
+}
+
+/// Sends SIGTERM and waits (at most 30 s) for the process to exit.
+async fn terminate(mut child: Child) -> std::process::ExitStatus {
+    let pid = child.id().expect("pid");
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .expect("wait")
 }
 
 /// A minimal HTTP/1.1 GET: (status, body).

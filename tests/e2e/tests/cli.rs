@@ -274,3 +274,51 @@ async fn interactive_session_like_a_person() {
         .expect("status");
     assert!(status.success());
 }
+
+#[tokio::test]
+async fn interactive_client_reconnects_when_its_node_goes_away() {
+    let mut stack = Stack::builder()
+        .gateways(2)
+        .with_nginx()
+        .gateway_env("CLUSTERCHAT_GATEWAY_PRESENCE_TTL_MS", "3000")
+        .start()
+        .await;
+    let nginx = stack.nginx.as_ref().expect("nginx").tcp.to_string();
+    let mut bob = Client::connect(stack.gateways[0].tcp).await;
+    let bob_id = bob.register("bob", "pb").await;
+    let alice_id = bob.register("alice", "pa").await;
+
+    let mut cli = Interactive::start(&nginx).await;
+    cli.expect("1. login").await;
+    cli.type_line("1").await;
+    cli.expect("user id").await;
+    cli.type_line(&alice_id.to_string()).await;
+    cli.expect("password").await;
+    cli.type_line("pa").await;
+    cli.expect("type help").await;
+
+    // Which node holds alice? Kill it.
+    let mut holder = None;
+    for (i, gateway) in stack.gateways.iter().enumerate() {
+        let (_, body) = e2e::http_get(gateway.http, "/healthz")
+            .await
+            .expect("healthz");
+        if body.contains("\"sessions\":1") {
+            holder = Some(i);
+        }
+    }
+    let holder = holder.expect("one node holds alice");
+    stack.kill_gateway(holder).await;
+
+    cli.expect("connection lost").await;
+    let back = cli.expect("logged in again as alice").await;
+    assert!(back.contains("connected to"), "{back}");
+
+    // And she can chat from her new node.
+    let survivor = stack.gateways[1 - holder].tcp;
+    let mut bob = Client::connect(survivor).await;
+    bob.login_ok(bob_id, "pb").await;
+    cli.type_line(&format!("chat:{bob_id}:I am back")).await;
+    cli.expect("message to user").await;
+    assert_eq!(bob.recv().await["msg"], "I am back");
+}

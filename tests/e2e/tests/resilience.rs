@@ -248,3 +248,27 @@ async fn a_client_that_stops_reading_loses_nothing() {
     assert_eq!(unique.len(), got.len(), "a message arrived twice");
     assert_eq!(unique.len(), total as usize, "a message was lost");
 }
+
+#[tokio::test]
+async fn the_grpc_services_stop_cleanly_on_sigterm() {
+    let mut stack = Stack::builder().gateways(1).start().await;
+    let mut alice = Client::connect(stack.gateways[0].tcp).await;
+    alice.register("alice", "pa").await;
+    for service in ["user", "offline"] {
+        let status = stack.terminate_service(service).await;
+        assert!(status.success(), "{service} service: {status:?}");
+    }
+    // The gateway says why a request cannot be served now.
+    alice
+        .send(&json!({"msgid": 4, "name": "bob", "password": "pb", "seq": 1}))
+        .await;
+    let reply = alice.recv().await;
+    assert_eq!(reply["errno"], 1, "{reply}");
+    assert!(
+        reply["errmsg"]
+            .as_str()
+            .expect("errmsg")
+            .contains("unavailable"),
+        "{reply}"
+    );
+}

@@ -48,7 +48,15 @@ enum State {
 }
 
 enum Pending {
-    Login { id: i64, password: String },
+    Login {
+        id: i64,
+        password: String,
+    },
+    /// Logging in again after a reconnect; the old session may still look
+    /// online until its node's presence expires, so errno 2 is retried.
+    Relogin {
+        attempt: u32,
+    },
     Register,
     Command(String),
 }
@@ -144,7 +152,7 @@ pub async fn run(endpoint: Endpoint) -> anyhow::Result<()> {
                     if let Some(me) = &session {
                         seq += 1;
                         conn.send(&json!({"msgid": 1, "id": me.id, "password": me.password, "seq": seq}))?;
-                        pending.insert(seq, Pending::Login { id: me.id, password: me.password.clone() });
+                        pending.insert(seq, Pending::Relogin { attempt: 1 });
                     } else {
                         state = State::Menu;
                         print(MENU.into());
@@ -160,6 +168,24 @@ pub async fn run(endpoint: Endpoint) -> anyhow::Result<()> {
                             state = State::Chatting;
                         } else {
                             print(format!("login failed: {}\n{MENU}", message["errmsg"].as_str().unwrap_or("refused")));
+                            state = State::Menu;
+                        }
+                    }
+                    (Some(Pending::Relogin { attempt }), _) => {
+                        let Some(me) = &session else { continue };
+                        if message["errno"] == 0 {
+                            print(format!("logged in again as {} ({})", message["name"].as_str().unwrap_or_default(), me.id));
+                        } else if message["errno"] == 2 && attempt < 60 {
+                            if attempt == 1 {
+                                print("waiting for the old session to expire ...".into());
+                            }
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            seq += 1;
+                            conn.send(&json!({"msgid": 1, "id": me.id, "password": me.password, "seq": seq}))?;
+                            pending.insert(seq, Pending::Relogin { attempt: attempt + 1 });
+                        } else {
+                            print(format!("could not log in again: {}\n{MENU}", message["errmsg"].as_str().unwrap_or("refused")));
+                            session = None;
                             state = State::Menu;
                         }
                     }
