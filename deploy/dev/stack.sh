@@ -56,7 +56,7 @@ install() {
     command -v mariadbd >/dev/null || [ -x /usr/sbin/mariadbd ] || missing+=(mariadb-server mariadb-client)
     command -v redis-server >/dev/null || missing+=(redis-server)
     if ! { command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; } || ! ls /usr/lib/nginx/modules/ngx_stream_module.so >/dev/null 2>&1; then
-        missing+=(nginx-light libnginx-mod-stream)
+        missing+=(nginx libnginx-mod-stream)
     fi
     command -v python3 >/dev/null || missing+=(python3 python3-venv)
     command -v curl >/dev/null || missing+=(curl)
@@ -64,6 +64,10 @@ install() {
         command -v apt-get >/dev/null || die "missing ${missing[*]} and no apt-get to install them"
         log "installing ${missing[*]}"
         as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        # Debian has a small nginx-light; Ubuntu only nginx (-core).
+        if [[ " ${missing[*]} " == *" nginx "* ]] && apt-cache show nginx-light >/dev/null 2>&1; then
+            missing=("${missing[@]/#nginx/nginx-light}")
+        fi
         as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     fi
     if [ ! -x "$GRPCURL" ]; then

@@ -446,8 +446,8 @@ impl Session {
                 .send_failure(&failure, classic::login_failed(&failure, seq))
                 .await;
         }
-        match self.try_login(id, password).await {
-            Ok(ack) => self.finish_login(ack, seq).await,
+        match self.try_login(id, password, seq).await {
+            Ok(ack) => self.finish_login(ack).await,
             Err(failure) => {
                 self.send_failure(&failure, classic::login_failed(&failure, seq))
                     .await
@@ -455,7 +455,12 @@ impl Session {
         }
     }
 
-    async fn try_login(&mut self, id: i64, password: String) -> Result<LoginAck, Failure> {
+    async fn try_login(
+        &mut self,
+        id: i64,
+        password: String,
+        seq: Option<i64>,
+    ) -> Result<LoginAck, Failure> {
         let node = self.node.clone();
         let user = match node
             .upstreams
@@ -509,7 +514,7 @@ impl Session {
                 .subscribe_user(user.id)
                 .await
                 .map_err(unavailable)?;
-            self.login_ack(&user, queue).await
+            self.login_ack(&user, queue, seq).await
         };
         match prepared.await {
             Ok(ack) => Ok(ack),
@@ -525,6 +530,7 @@ impl Session {
         &self,
         user: &user_pb::User,
         queue: mpsc::Receiver<Delivery>,
+        seq: Option<i64>,
     ) -> Result<LoginAck, Failure> {
         let mut for_friends = self.node.upstreams.users.clone();
         let mut for_groups = self.node.upstreams.users.clone();
@@ -625,7 +631,7 @@ impl Session {
                 .iter()
                 .map(|m| m.payload.clone())
                 .collect::<Vec<_>>(),
-            None,
+            seq,
         );
         Ok(LoginAck {
             frame,
@@ -637,13 +643,8 @@ impl Session {
         })
     }
 
-    async fn finish_login(&mut self, ack: LoginAck, seq: Option<i64>) {
-        let frame = match seq {
-            // The seq goes in the same object; re-encode rather than patch bytes.
-            Some(seq) => add_seq(ack.frame, seq),
-            None => ack.frame,
-        };
-        let written = self.send_confirmed(frame).await;
+    async fn finish_login(&mut self, ack: LoginAck) {
+        let written = self.send_confirmed(ack.frame).await;
         let _ = self.writer.send(WriterCommand::Attach(ack.queue)).await;
         if !written {
             return;
@@ -724,16 +725,6 @@ fn request_kind(request: &Request) -> &'static str {
         Request::CreateGroup { .. } => "create_group",
         Request::AddGroup { .. } => "join_group",
         Request::GroupChat { .. } => "group_chat",
-    }
-}
-
-fn add_seq(frame: Vec<u8>, seq: i64) -> Vec<u8> {
-    match serde_json::from_slice::<Value>(&frame) {
-        Ok(Value::Object(mut object)) => {
-            object.insert("seq".into(), seq.into());
-            Value::Object(object).to_string().into_bytes()
-        }
-        _ => frame,
     }
 }
 
