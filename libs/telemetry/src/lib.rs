@@ -20,7 +20,12 @@ pub mod propagation;
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::{Resource, runtime, trace::SdkTracerProvider};
-use tracing_subscriber::{EnvFilter, Layer as _, fmt, prelude::*};
+use tracing_subscriber::{
+    EnvFilter, Layer as _,
+    filter::{FilterExt as _, filter_fn},
+    fmt,
+    prelude::*,
+};
 
 /// Flushes and stops trace export when the process ends.
 pub struct TelemetryGuard {
@@ -53,7 +58,12 @@ fn otlp_configured() -> bool {
 /// Call once, first thing in `main`, inside the Tokio runtime.
 pub fn init(service: &'static str) -> TelemetryGuard {
     let log_filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let logs = fmt::layer().with_target(true).with_filter(log_filter);
+    // The log layer records events only. Spans exist for traces; letting the
+    // log layer record them too would format every span's fields on the chat
+    // path (it showed in profiles) for log lines that never mention them.
+    let logs = fmt::layer()
+        .with_target(true)
+        .with_filter(log_filter.and(filter_fn(|metadata| metadata.is_event())));
     opentelemetry::global::set_text_map_propagator(
         opentelemetry_sdk::propagation::TraceContextPropagator::new(),
     );
