@@ -70,21 +70,48 @@ pub struct GrpcServer {
     pub request_timeout: Duration,
 }
 
+/// A [`GrpcServer`] with its ports bound, ready to serve.
+pub struct BoundServer {
+    server: GrpcServer,
+    grpc: Bound,
+    metrics: Option<Bound>,
+}
+
 impl GrpcServer {
-    /// Serves `routes` on `listener` (and `/metrics` on `metrics`) until
-    /// `shutdown` is requested.
-    pub async fn serve(
+    /// Binds the gRPC port and, if given, the `/metrics` port (port 0 picks
+    /// a free one; the addresses tell which).
+    pub async fn bind(
         self,
-        listener: TcpListener,
-        metrics: Option<TcpListener>,
-        routes: Routes,
-        shutdown: Shutdown,
-    ) -> Result<(), ServeError> {
-        if let Some(metrics) = metrics {
-            tokio::spawn(serve_metrics(metrics, shutdown.clone()));
+        listen: std::net::SocketAddr,
+        metrics_listen: Option<std::net::SocketAddr>,
+    ) -> Result<BoundServer, BindError> {
+        Ok(BoundServer {
+            server: self,
+            grpc: Bound::bind(listen).await?,
+            metrics: Bound::bind_optional(metrics_listen).await?,
+        })
+    }
+}
+
+impl BoundServer {
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.grpc.addr
+    }
+
+    /// Where `/metrics` is served, if anywhere.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics.as_ref().map(|m| m.addr)
+    }
+
+    /// Serves `routes` (and `/metrics`) until `shutdown` is requested.
+    pub async fn serve(self, routes: Routes, shutdown: Shutdown) -> Result<(), ServeError> {
+        if let Some(metrics) = self.metrics {
+            tokio::spawn(serve_metrics(metrics.listener, shutdown.clone()));
         }
+        let listener = self.grpc.listener;
+        let this = self.server;
         let (health, health_service) = tonic_health::server::health_reporter();
-        for name in &self.service_names {
+        for name in &this.service_names {
             health
                 .set_service_status(*name, ServingStatus::Serving)
                 .await;
@@ -93,7 +120,7 @@ impl GrpcServer {
         let reflection = || {
             let mut builder = tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
-            for fds in &self.file_descriptor_sets {
+            for fds in &this.file_descriptor_sets {
                 builder = builder.register_encoded_file_descriptor_set(fds);
             }
             builder
@@ -106,7 +133,7 @@ impl GrpcServer {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha);
 
-        let names = self.service_names.clone();
+        let names = this.service_names.clone();
         let stopping = async move {
             shutdown.requested().await;
             for name in names {
@@ -118,7 +145,7 @@ impl GrpcServer {
         };
 
         tonic::transport::Server::builder()
-            .timeout(self.request_timeout)
+            .timeout(this.request_timeout)
             .layer(observe::ObserveLayer)
             .add_routes(routes)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopping)

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use grpc_server::{BindError, Bound, GrpcServer, ServeError};
+use grpc_server::{BindError, BoundServer, GrpcServer, ServeError};
 use shutdown::Shutdown;
 use tonic::service::Routes;
 
@@ -23,10 +23,8 @@ pub enum StartupError {
 }
 
 pub struct Application {
-    grpc: Bound,
-    metrics: Option<Bound>,
+    server: BoundServer,
     store: OfflineStore,
-    config: Config,
 }
 
 impl Application {
@@ -35,38 +33,28 @@ impl Application {
         let pool = mysql_pool::connect_lazy(&config.mysql)?;
         mysql_pool::prepare(&config.mysql, &pool, &MIGRATOR, config.startup_patience).await?;
         let store = OfflineStore::new(pool, config.limits);
-        let grpc = Bound::bind(config.listen).await?;
-        let metrics = Bound::bind_optional(config.metrics_listen).await?;
-        Ok(Self {
-            grpc,
-            metrics,
-            store,
-            config,
-        })
+        let server = GrpcServer {
+            service_names: vec![SERVICE_NAME],
+            file_descriptor_sets: vec![clusterchat_proto::FILE_DESCRIPTOR_SET],
+            request_timeout: config.request_timeout,
+        }
+        .bind(config.listen, config.metrics_listen)
+        .await?;
+        Ok(Self { server, store })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.grpc.addr
+        self.server.local_addr()
     }
 
     /// Where `/metrics` is served, if anywhere.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.metrics.as_ref().map(|m| m.addr)
+        self.server.metrics_addr()
     }
 
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> Result<(), ServeError> {
-        let server = GrpcServer {
-            service_names: vec![SERVICE_NAME],
-            file_descriptor_sets: vec![clusterchat_proto::FILE_DESCRIPTOR_SET],
-            request_timeout: self.config.request_timeout,
-        };
-        server
-            .serve(
-                self.grpc.listener,
-                self.metrics.map(|m| m.listener),
-                Routes::new(OfflineGrpc::new(self.store)),
-                shutdown,
-            )
+        self.server
+            .serve(Routes::new(OfflineGrpc::new(self.store)), shutdown)
             .await
     }
 }

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use grpc_server::{BindError, Bound, GrpcServer, ServeError};
+use grpc_server::{BindError, BoundServer, GrpcServer, ServeError};
 use shutdown::Shutdown;
 use tonic::service::Routes;
 
@@ -27,10 +27,8 @@ pub enum StartupError {
 }
 
 pub struct Application {
-    grpc: Bound,
-    metrics: Option<Bound>,
+    server: BoundServer,
     users: Users,
-    config: Config,
 }
 
 impl Application {
@@ -41,38 +39,28 @@ impl Application {
         let hasher = PasswordHasher::new(config.hash_concurrency).map_err(StartupError::Hasher)?;
         let users = Users::new(UserStore::new(pool), hasher);
 
-        let grpc = Bound::bind(config.listen).await?;
-        let metrics = Bound::bind_optional(config.metrics_listen).await?;
-        Ok(Self {
-            grpc,
-            metrics,
-            users,
-            config,
-        })
+        let server = GrpcServer {
+            service_names: vec![SERVICE_NAME],
+            file_descriptor_sets: vec![clusterchat_proto::FILE_DESCRIPTOR_SET],
+            request_timeout: config.request_timeout,
+        }
+        .bind(config.listen, config.metrics_listen)
+        .await?;
+        Ok(Self { server, users })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.grpc.addr
+        self.server.local_addr()
     }
 
     /// Where `/metrics` is served, if anywhere.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.metrics.as_ref().map(|m| m.addr)
+        self.server.metrics_addr()
     }
 
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> Result<(), ServeError> {
-        let server = GrpcServer {
-            service_names: vec![SERVICE_NAME],
-            file_descriptor_sets: vec![clusterchat_proto::FILE_DESCRIPTOR_SET],
-            request_timeout: self.config.request_timeout,
-        };
-        server
-            .serve(
-                self.grpc.listener,
-                self.metrics.map(|m| m.listener),
-                Routes::new(UserGrpc::new(self.users)),
-                shutdown,
-            )
+        self.server
+            .serve(Routes::new(UserGrpc::new(self.users)), shutdown)
             .await
     }
 }

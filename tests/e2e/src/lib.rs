@@ -463,6 +463,22 @@ impl Stack {
         gateway.child = Some(child);
     }
 
+    /// The usual cast: "alice" (password "pa") logged in on node `alice_node`
+    /// and "bob" ("pb") on node `bob_node`, with their ids.
+    pub async fn alice_and_bob(
+        &self,
+        alice_node: usize,
+        bob_node: usize,
+    ) -> (Client, i64, Client, i64) {
+        let mut alice = Client::connect(self.gateways[alice_node].tcp).await;
+        let mut bob = Client::connect(self.gateways[bob_node].tcp).await;
+        let a = alice.register("alice", "pa").await;
+        let b = bob.register("bob", "pb").await;
+        alice.login_ok(a, "pa").await;
+        bob.login_ok(b, "pb").await;
+        (alice, a, bob, b)
+    }
+
     /// SIGKILL: no chance to clean up, like a crashed machine.
     pub async fn kill_gateway(&mut self, i: usize) {
         if let Some(mut child) = self.gateways[i].child.take() {

@@ -24,12 +24,7 @@ fn parse_list(ack: &Value, field: &str) -> Vec<Value> {
 #[tokio::test]
 async fn users_on_different_nodes_chat_both_ways_as_themselves() {
     let stack = Stack::builder().gateways(2).start().await;
-    let mut alice = Client::connect(stack.gateways[0].tcp).await;
-    let mut bob = Client::connect(stack.gateways[1].tcp).await;
-    let a = alice.register("alice", "pa").await;
-    let b = bob.register("bob", "pb").await;
-    alice.login_ok(a, "pa").await;
-    bob.login_ok(b, "pb").await;
+    let (mut alice, a, mut bob, b) = stack.alice_and_bob(0, 1).await;
 
     alice.send(&chat(a, b, "hi bob, from node 1")).await;
     let got = bob.recv().await;

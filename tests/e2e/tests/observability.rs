@@ -72,12 +72,7 @@ async fn a_cross_node_chat_is_one_trace_from_gateway_to_gateway() {
         .otlp(collector.endpoint())
         .start()
         .await;
-    let mut alice = Client::connect(stack.gateways[0].tcp).await;
-    let mut bob = Client::connect(stack.gateways[1].tcp).await;
-    let a = alice.register("alice", "pa").await;
-    let b = bob.register("bob", "pb").await;
-    alice.login_ok(a, "pa").await;
-    bob.login_ok(b, "pb").await;
+    let (mut alice, a, mut bob, b) = stack.alice_and_bob(0, 1).await;
     let secret = "the secret text of a cross-node chat";
     alice.send(&chat(a, b, secret)).await;
     assert_eq!(bob.recv().await["msg"], secret);
@@ -202,12 +197,7 @@ async fn metrics_counters_move() {
         body
     };
     let before = scrape(stack.gateways[0].http).await;
-    let mut alice = Client::connect(stack.gateways[0].tcp).await;
-    let mut bob = Client::connect(stack.gateways[1].tcp).await;
-    let a = alice.register("alice", "pa").await;
-    let b = bob.register("bob", "pb").await;
-    alice.login_ok(a, "pa").await;
-    bob.login_ok(b, "pb").await;
+    let (mut alice, a, mut bob, b) = stack.alice_and_bob(0, 1).await;
     for i in 0..3 {
         alice.send(&chat(a, b, &format!("m{i}"))).await;
         bob.recv().await;
@@ -288,12 +278,7 @@ async fn with_no_collector_running_everything_works_and_logs_stay_quiet() {
     // A port nothing listens on: every export attempt fails.
     let nowhere = format!("http://127.0.0.1:{}", e2e::free_port().await);
     let stack = Stack::builder().gateways(2).otlp(nowhere).start().await;
-    let mut alice = Client::connect(stack.gateways[0].tcp).await;
-    let mut bob = Client::connect(stack.gateways[1].tcp).await;
-    let a = alice.register("alice", "pa").await;
-    let b = bob.register("bob", "pb").await;
-    alice.login_ok(a, "pa").await;
-    bob.login_ok(b, "pb").await;
+    let (mut alice, a, mut bob, b) = stack.alice_and_bob(0, 1).await;
     for i in 0..200 {
         alice.send(&chat(a, b, &format!("m{i}"))).await;
     }

@@ -25,12 +25,7 @@ fn offline_texts(ack: &Value) -> Vec<String> {
 #[tokio::test]
 async fn a_node_killed_with_minus_9_frees_its_users_and_loses_nothing() {
     let mut stack = Stack::builder().gateways(2).start().await;
-    let mut alice = Client::connect(stack.gateways[0].tcp).await;
-    let mut bob = Client::connect(stack.gateways[1].tcp).await;
-    let a = alice.register("alice", "pa").await;
-    let b = bob.register("bob", "pb").await;
-    alice.login_ok(a, "pa").await;
-    bob.login_ok(b, "pb").await;
+    let (mut alice, a, mut bob, b) = stack.alice_and_bob(0, 1).await;
     alice.send(&chat(a, b, "before the crash")).await;
     assert_eq!(bob.recv().await["msg"], "before the crash");
 
@@ -90,12 +85,7 @@ async fn chats_flow_again_after_redis_restarts() {
         .with_private_redis()
         .start()
         .await;
-    let mut alice = Client::connect(stack.gateways[0].tcp).await;
-    let mut bob = Client::connect(stack.gateways[1].tcp).await;
-    let a = alice.register("alice", "pa").await;
-    let b = bob.register("bob", "pb").await;
-    alice.login_ok(a, "pa").await;
-    bob.login_ok(b, "pb").await;
+    let (mut alice, a, mut bob, b) = stack.alice_and_bob(0, 1).await;
 
     stack.restart_redis().await;
 
