@@ -165,21 +165,15 @@ impl Node {
         let mut routes = vec![Route::Local; receivers.len()];
         let mut elsewhere = Vec::new();
         for (i, &to) in receivers.iter().enumerate() {
-            let delivery = Delivery {
-                sender_id,
-                frame: frame.to_vec(),
-            };
-            match self.registry.hand_off(to, delivery) {
+            match self.registry.hand_off(to, sender_id, frame) {
                 Handoff::Queued => metrics()
                     .delivery_latency
                     .get_or_create(&label("path", "local"))
                     .observe(started.elapsed().as_secs_f64()),
-                Handoff::Refused(_) if self.registry.contains(to) => {
-                    // Here, but its queue is full: a slow client must not
-                    // grow our memory; it gets this at its next login.
-                    routes[i] = Route::Offline;
-                }
-                Handoff::Refused(_) => elsewhere.push(i),
+                // Here, but its queue is full: a slow client must not grow
+                // our memory; it gets this at its next login.
+                Handoff::Busy => routes[i] = Route::Offline,
+                Handoff::Absent => elsewhere.push(i),
             }
         }
         if !elsewhere.is_empty() {
@@ -279,11 +273,10 @@ impl Node {
                     tracing::info_span!("chat.deliver", otel.kind = "consumer", receiver = user);
                 telemetry::propagation::set_parent_from_traceparent(&span, message.traceparent);
                 let _entered = span.enter();
-                let delivery = Delivery {
-                    sender_id: message.sender_id,
-                    frame: message.frame.to_vec(),
-                };
-                match self.registry.hand_off(user, delivery) {
+                match self
+                    .registry
+                    .hand_off(user, message.sender_id, message.frame)
+                {
                     Handoff::Queued => {
                         let waited = now_micros().saturating_sub(message.sent_micros);
                         metrics()
@@ -291,7 +284,11 @@ impl Node {
                             .get_or_create(&label("path", "remote"))
                             .observe(waited as f64 / 1e6);
                     }
-                    Handoff::Refused(delivery) => {
+                    Handoff::Busy | Handoff::Absent => {
+                        let delivery = Delivery {
+                            sender_id: message.sender_id,
+                            frame: message.frame.to_vec(),
+                        };
                         metrics()
                             .deliveries
                             .get_or_create(&label("route", "offline"))

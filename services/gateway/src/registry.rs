@@ -21,11 +21,13 @@ pub struct LocalSession {
     pub kick: CancellationToken,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Handoff {
     Queued,
-    /// Not connected here, or its queue is full or closing: the delivery
-    /// comes back for the caller to route elsewhere.
-    Refused(Delivery),
+    /// Connected here, but its queue is full (a slow client) or closing.
+    Busy,
+    /// Not connected to this node.
+    Absent,
 }
 
 #[derive(Default)]
@@ -62,22 +64,25 @@ impl Registry {
             .contains_key(&user)
     }
 
-    /// Queues `delivery` for the user's session without waiting.
-    pub fn hand_off(&self, user: i64, delivery: Delivery) -> Handoff {
+    /// Queues a copy of `frame` for the user's session without waiting; the
+    /// copy is made only when there is a session to take it.
+    pub fn hand_off(&self, user: i64, sender_id: i64, frame: &[u8]) -> Handoff {
         let target = self
             .sessions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&user)
             .map(|s| s.deliveries.clone());
-        match target {
-            None => Handoff::Refused(delivery),
-            Some(tx) => match tx.try_send(delivery) {
-                Ok(()) => Handoff::Queued,
-                Err(mpsc::error::TrySendError::Full(d) | mpsc::error::TrySendError::Closed(d)) => {
-                    Handoff::Refused(d)
-                }
-            },
+        let Some(tx) = target else {
+            return Handoff::Absent;
+        };
+        let delivery = Delivery {
+            sender_id,
+            frame: frame.to_vec(),
+        };
+        match tx.try_send(delivery) {
+            Ok(()) => Handoff::Queued,
+            Err(_) => Handoff::Busy,
         }
     }
 
@@ -100,5 +105,46 @@ impl Registry {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hand_off_tells_queued_busy_and_absent_apart() {
+        let registry = Registry::default();
+        assert_eq!(registry.hand_off(1, 9, b"x"), Handoff::Absent);
+
+        let (deliveries, mut queue) = mpsc::channel(1);
+        let session = LocalSession {
+            connection: 7,
+            deliveries,
+            kick: CancellationToken::new(),
+        };
+        assert!(registry.insert(1, session));
+        assert_eq!(registry.hand_off(1, 9, b"first"), Handoff::Queued);
+        assert_eq!(
+            registry.hand_off(1, 9, b"second"),
+            Handoff::Busy,
+            "queue of one is full"
+        );
+        let got = queue.try_recv().expect("queued");
+        assert_eq!((got.sender_id, got.frame.as_slice()), (9, &b"first"[..]));
+
+        queue.close();
+        assert_eq!(
+            registry.hand_off(1, 9, b"third"),
+            Handoff::Busy,
+            "closing counts as busy"
+        );
+        registry.remove(1, 8);
+        assert!(
+            registry.contains(1),
+            "another connection's remove leaves it"
+        );
+        registry.remove(1, 7);
+        assert_eq!(registry.hand_off(1, 9, b"x"), Handoff::Absent);
     }
 }
