@@ -198,6 +198,17 @@ impl Interactive {
         self.stdin.flush().await.expect("flush");
     }
 
+    /// Goes through the menu as a person would; returns what login printed.
+    async fn log_in(&mut self, id: i64, password: &str) -> String {
+        self.expect("1. login").await;
+        self.type_line("1").await;
+        self.expect("user id").await;
+        self.type_line(&id.to_string()).await;
+        self.expect("password").await;
+        self.type_line(password).await;
+        self.expect("type help").await
+    }
+
     /// Reads output until a line contains `needle`; returns everything read.
     async fn expect(&mut self, needle: &str) -> String {
         let mut seen = String::new();
@@ -231,13 +242,7 @@ async fn interactive_session_like_a_person() {
     );
 
     let mut cli = Interactive::start(&stack.gateways[0].tcp.to_string()).await;
-    cli.expect("1. login").await;
-    cli.type_line("1").await;
-    cli.expect("user id").await;
-    cli.type_line(&alice_id.to_string()).await;
-    cli.expect("password").await;
-    cli.type_line("pa").await;
-    let login = cli.expect("type help").await;
+    let login = cli.log_in(alice_id, "pa").await;
     assert!(login.contains("logged in as alice"), "{login}");
     assert!(
         login.contains("bob (online)"),
@@ -289,13 +294,7 @@ async fn interactive_client_reconnects_when_its_node_goes_away() {
     let alice_id = bob.register("alice", "pa").await;
 
     let mut cli = Interactive::start(&nginx).await;
-    cli.expect("1. login").await;
-    cli.type_line("1").await;
-    cli.expect("user id").await;
-    cli.type_line(&alice_id.to_string()).await;
-    cli.expect("password").await;
-    cli.type_line("pa").await;
-    cli.expect("type help").await;
+    cli.log_in(alice_id, "pa").await;
 
     // Which node holds alice? Kill it.
     let mut holder = None;

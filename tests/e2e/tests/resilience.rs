@@ -174,6 +174,15 @@ async fn mysql_briefly_down_keeps_online_chat_and_refuses_the_rest_clearly() {
     assert_eq!(carol.recv().await["msg"], "welcome back");
 }
 
+/// Reads chats until 2 s pass without one, keeping the number each text starts with.
+async fn read_numbers_until_quiet(client: &mut Client, got: &mut Vec<String>) {
+    while let Some(line) = client.try_recv_line(Duration::from_secs(2)).await {
+        let m: Value = serde_json::from_str(&line).expect("json");
+        let text = m["msg"].as_str().expect("msg");
+        got.push(text.split(' ').next().expect("n").to_owned());
+    }
+}
+
 #[tokio::test]
 async fn a_client_that_stops_reading_loses_nothing() {
     let stack = Stack::builder()
@@ -198,18 +207,7 @@ async fn a_client_that_stops_reading_loses_nothing() {
     }
 
     let mut got = Vec::new();
-    while let Some(line) = slow.try_recv_line(Duration::from_secs(2)).await {
-        let m: Value = serde_json::from_str(&line).expect("json");
-        got.push(
-            m["msg"]
-                .as_str()
-                .expect("msg")
-                .split(' ')
-                .next()
-                .expect("n")
-                .to_owned(),
-        );
-    }
+    read_numbers_until_quiet(&mut slow, &mut got).await;
     assert!(
         got.len() < total as usize,
         "the test must overflow the queue to mean anything"
@@ -222,18 +220,7 @@ async fn a_client_that_stops_reading_loses_nothing() {
             .map(|m| m.split(' ').next().expect("n").to_owned()),
     );
     // The first page rides in the login ack; the rest follow as chats.
-    while let Some(line) = slow.try_recv_line(Duration::from_secs(2)).await {
-        let m: Value = serde_json::from_str(&line).expect("json");
-        got.push(
-            m["msg"]
-                .as_str()
-                .expect("msg")
-                .split(' ')
-                .next()
-                .expect("n")
-                .to_owned(),
-        );
-    }
+    read_numbers_until_quiet(&mut slow, &mut got).await;
     let unique: BTreeSet<&String> = got.iter().collect();
     assert_eq!(unique.len(), got.len(), "a message arrived twice");
     assert_eq!(unique.len(), total as usize, "a message was lost");
