@@ -145,8 +145,12 @@ start_redis() {
     local dir="$STATE/redis" pidfile="$PIDS/redis.pid"
     if pid_alive "$pidfile"; then log "redis already running on 127.0.0.1:$REDIS_PORT"; return; fi
     mkdir -p "$dir" "$LOGS" "$PIDS"
+    # Inboxes live here until delivered: append-only file, fsync every second
+    # (a write Redis acknowledged survives a crash of the Redis process; a
+    # power loss may take the last second). Never evict.
     setsid redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$dir" --save '' \
-        --appendonly no --daemonize no --logfile "$LOGS/redis.log" </dev/null >/dev/null 2>&1 &
+        --appendonly yes --appendfsync everysec --maxmemory-policy noeviction \
+        --daemonize no --logfile "$LOGS/redis.log" </dev/null >/dev/null 2>&1 &
     echo $! >"$pidfile"
     wait_for "redis" 30 redis-cli -p "$REDIS_PORT" ping
     log "redis up on 127.0.0.1:$REDIS_PORT"

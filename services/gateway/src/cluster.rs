@@ -1,22 +1,30 @@
 //! Everything the gateway asks of Redis, behind one small interface.
 //!
-//! - **Routing**: each user connected to a node has a channel
-//!   `{prefix}u:{id}` that this node subscribes to. Sending to a user who is
-//!   on another node is a PUBLISH to that channel; Redis answers how many
-//!   subscribers got it, and 0 means "nobody holds this user" (the caller
-//!   then stores the message offline).
-//! - **Presence**: `{prefix}p:{id}` holds `node/connection` of the session
-//!   that owns the user, with a TTL the owning node keeps refreshing. A node
-//!   that dies stops refreshing and its users are free again within the TTL.
-//! - **Control**: `{prefix}ctl` carries cache invalidations between nodes.
+//! Every key and the channel of one user share the hash tag `{u:ID}`, so a
+//! user's state lives in one Redis Cluster slot and each script below touches
+//! one slot only (`{prefix}` namespaces clusters and test runs):
 //!
-//! The node keeps ONE subscriber connection (reconnected and resubscribed
-//! after Redis restarts) and one multiplexed command connection that
-//! pipelines concurrent commands.
+//! - **Inbox** `{prefix}{u:ID}:in`: a list of the user's accepted messages
+//!   not yet known to be delivered, oldest first, each entry
+//!   `SEQ MID SENDER MICROS TRACEPARENT\nFRAME`. `:n` is the user's sequence
+//!   counter (it starts at Redis's clock in microseconds, so a counter lost
+//!   with Redis's data restarts above every number it gave before). `:d` is
+//!   the highest sequence written to one of the user's connections.
+//! - **Routing**: the channel `{prefix}{u:ID}`, which the node holding the
+//!   user subscribes to. [`Cluster::append`] records a message in the inbox
+//!   and publishes the same entry in one script: a message is never published
+//!   without being recorded.
+//! - **Presence** `{prefix}{u:ID}:p`: `node/connection` of the session that
+//!   owns the user, with a TTL the owning node keeps refreshing.
+//! - **Control** `{prefix}ctl`: cache invalidations between nodes.
+//!
+//! The node keeps ONE subscriber connection (pinged, reconnected and
+//! resubscribed after any failure; every (un)subscribe goes through one
+//! ordered worker) and one multiplexed command connection that pipelines
+//! concurrent commands.
 //!
 //! **API Boundary:** session code sees only [`Cluster`]'s methods. Moving to
-//! Redis Cluster means SPUBLISH/SSUBSCRIBE here (channels are per user, so
-//! they shard well) and nothing else.
+//! Redis Cluster means SPUBLISH/SSUBSCRIBE here and nothing else.
 
 use std::{
     collections::HashSet,
@@ -31,6 +39,7 @@ use futures::StreamExt as _;
 use redis::{AsyncCommands as _, Script, aio::ConnectionManager};
 use shutdown::Shutdown;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
 #[error("redis is unavailable: {0}")]
@@ -45,12 +54,84 @@ impl From<redis::RedisError> for ClusterError {
 /// What the subscriber hands to the node.
 #[derive(Debug)]
 pub enum BusEvent {
-    /// A message for a user this node subscribed to.
-    ForUser { user: i64, payload: Vec<u8> },
+    /// An inbox entry published for a user this node subscribed to.
+    ForUser { user: i64, entry: Vec<u8> },
     /// A cache invalidation from some node (maybe this one).
     Control(Vec<u8>),
-    /// The subscriber (re)connected: everything local was resubscribed.
+    /// The subscriber (re)connected: everything local was resubscribed, and
+    /// whatever was published meanwhile must be read from the inboxes.
     Resubscribed,
+}
+
+/// One inbox entry, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxEntry {
+    pub seq: u64,
+    pub mid: String,
+    pub sender_id: i64,
+    pub sent_micros: u64,
+    pub traceparent: String,
+    pub frame: Vec<u8>,
+}
+
+impl InboxEntry {
+    /// `SEQ MID SENDER MICROS TRACEPARENT\nFRAME`; `None` when malformed.
+    pub fn parse(entry: &[u8]) -> Option<Self> {
+        let newline = entry.iter().position(|&b| b == b'\n')?;
+        let header = std::str::from_utf8(&entry[..newline]).ok()?;
+        let mut fields = header.splitn(5, ' ');
+        Some(Self {
+            seq: fields.next()?.parse().ok()?,
+            mid: fields.next()?.to_owned(),
+            sender_id: fields.next()?.parse().ok()?,
+            sent_micros: fields.next()?.parse().ok()?,
+            traceparent: fields.next().unwrap_or("").to_owned(),
+            frame: entry[newline + 1..].to_vec(),
+        })
+    }
+}
+
+/// The part of an entry that is the same for every receiver (all but `SEQ `).
+pub fn entry_tail(
+    mid: &str,
+    sender_id: i64,
+    sent_micros: u64,
+    traceparent: &str,
+    frame: &[u8],
+) -> Vec<u8> {
+    let mut out = format!("{mid} {sender_id} {sent_micros} {traceparent}\n").into_bytes();
+    out.extend_from_slice(frame);
+    out
+}
+
+/// What [`Cluster::append`] did for one receiver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// Recorded with this sequence; published to that many subscribers
+    /// (`None`: not published, the caller hands it over itself).
+    Recorded { seq: u64, subscribers: Option<u64> },
+    /// A retry of a message already recorded (same message id).
+    Duplicate { seq: u64 },
+    /// The receiver's inbox is at its limit; nothing was recorded.
+    InboxFull,
+}
+
+/// One receiver of [`Cluster::append`].
+pub struct AppendTo {
+    pub user: i64,
+    /// Publish to the user's channel (false: the caller delivers locally).
+    pub publish: bool,
+}
+
+/// What [`Cluster::read_inbox`] found.
+#[derive(Debug, Default)]
+pub struct InboxPage {
+    /// The user's counter: the sequence of the newest message ever recorded.
+    pub last_seq: u64,
+    /// The highest sequence known to have been written to a connection.
+    pub delivered: u64,
+    /// Entries with a sequence above the one asked for, oldest first.
+    pub entries: Vec<InboxEntry>,
 }
 
 enum SubCommand {
@@ -64,7 +145,75 @@ pub struct Cluster {
     commands: ConnectionManager,
     subscriber: mpsc::UnboundedSender<SubCommand>,
     subscriber_up: Arc<AtomicBool>,
+    scripts: Arc<Scripts>,
 }
+
+struct Scripts {
+    append: Script,
+    read: Script,
+    trim: Script,
+}
+
+/// KEYS: counter, inbox, dedup key. ARGV: entry tail, channel ('' = do not
+/// publish), inbox limit, dedup TTL in seconds ('0' = no dedup key).
+/// Returns {seq, subscribers}; subscribers -1: inbox full, -2: duplicate,
+/// -3: not published.
+const APPEND_SCRIPT: &str = r"
+if ARGV[4] ~= '0' then
+  local prev = redis.call('GET', KEYS[3])
+  if prev then return {tonumber(prev), -2} end
+end
+if redis.call('LLEN', KEYS[2]) >= tonumber(ARGV[3]) then return {0, -1} end
+local seq = redis.call('INCR', KEYS[1])
+if seq == 1 then
+  local t = redis.call('TIME')
+  seq = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  redis.call('SET', KEYS[1], string.format('%d', seq))
+end
+local s = string.format('%d', seq)
+local entry = s .. ' ' .. ARGV[1]
+redis.call('RPUSH', KEYS[2], entry)
+if ARGV[4] ~= '0' then redis.call('SET', KEYS[3], s, 'EX', ARGV[4]) end
+local subscribers = -3
+if ARGV[2] ~= '' then subscribers = redis.call('PUBLISH', ARGV[2], entry) end
+return {seq, subscribers}";
+
+/// KEYS: counter, inbox, delivered. ARGV: after, count.
+/// Returns {last_seq, delivered, entries...} with entries after `after`.
+const READ_SCRIPT: &str = r"
+local last = tonumber(redis.call('GET', KEYS[1]) or '0')
+local delivered = tonumber(redis.call('GET', KEYS[3]) or '0')
+local out = {last, delivered}
+local first = redis.call('LINDEX', KEYS[2], 0)
+if not first then return out end
+local head = tonumber(string.match(first, '^%d+'))
+local start = tonumber(ARGV[1]) - head + 1
+if start < 0 then start = 0 end
+local entries = redis.call('LRANGE', KEYS[2], start, start + tonumber(ARGV[2]) - 1)
+for i = 1, #entries do out[#out + 1] = entries[i] end
+return out";
+
+/// KEYS: inbox, delivered, presence. ARGV: up_to, mode. Removes the entries
+/// with a sequence <= up_to. Mode 'd' (delivered): also raises the delivered
+/// mark. Mode 's' (moved to the offline store): only while nobody holds the
+/// user's presence, else returns -1 and removes nothing (a session that
+/// logged in meanwhile reads the inbox itself).
+const TRIM_SCRIPT: &str = r"
+if ARGV[2] == 's' then
+  if redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
+else
+  local d = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if tonumber(ARGV[1]) > d then redis.call('SET', KEYS[2], ARGV[1]) end
+end
+local first = redis.call('LINDEX', KEYS[1], 0)
+if not first then return 0 end
+local head = tonumber(string.match(first, '^%d+'))
+local n = tonumber(ARGV[1]) - head + 1
+if n <= 0 then return 0 end
+local len = redis.call('LLEN', KEYS[1])
+if n >= len then redis.call('DEL', KEYS[1]) return len end
+redis.call('LTRIM', KEYS[1], n, -1)
+return n";
 
 const RELEASE_SCRIPT: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
@@ -76,6 +225,9 @@ if v == false or v == ARGV[1] then
   return 1
 end
 return 0";
+
+/// How often the subscriber connection is pinged, and how long an answer may take.
+const SUBSCRIBER_PING: Duration = Duration::from_secs(2);
 
 impl Cluster {
     /// Connects the command connection and starts the subscriber task, which
@@ -95,11 +247,9 @@ impl Cluster {
         let commands = ConnectionManager::new_with_config(client.clone(), config).await?;
         let (tx, rx) = mpsc::unbounded_channel();
         let subscriber_up = Arc::new(AtomicBool::new(false));
-        let control = format!("{prefix}ctl");
         tokio::spawn(run_subscriber(
             client,
             prefix.to_owned(),
-            control,
             rx,
             events,
             subscriber_up.clone(),
@@ -110,15 +260,24 @@ impl Cluster {
             commands,
             subscriber: tx,
             subscriber_up,
+            scripts: Arc::new(Scripts {
+                append: Script::new(APPEND_SCRIPT),
+                read: Script::new(READ_SCRIPT),
+                trim: Script::new(TRIM_SCRIPT),
+            }),
         })
     }
 
     fn user_channel(&self, user: i64) -> String {
-        format!("{}u:{user}", self.prefix)
+        format!("{}{{u:{user}}}", self.prefix)
+    }
+
+    fn user_key(&self, user: i64, suffix: &str) -> String {
+        format!("{}{{u:{user}}}:{suffix}", self.prefix)
     }
 
     fn presence_key(&self, user: i64) -> String {
-        format!("{}p:{user}", self.prefix)
+        self.user_key(user, "p")
     }
 
     /// True while the subscriber connection is up.
@@ -126,15 +285,163 @@ impl Cluster {
         self.subscriber_up.load(Ordering::Relaxed)
     }
 
-    /// Publishes each payload to its user's channel in one pipeline. For each,
-    /// whether some node received it.
-    pub async fn publish(&self, messages: &[(i64, &[u8])]) -> Result<Vec<bool>, ClusterError> {
+    /// Runs a pipeline of EVALSHAs; after a Redis restart (NOSCRIPT) loads
+    /// the scripts and runs it once more, which is safe: a NOSCRIPT
+    /// invocation did nothing.
+    async fn run_scripts<T: redis::FromRedisValue>(
+        &self,
+        build: impl Fn(&mut redis::Pipeline),
+    ) -> Result<Vec<T>, ClusterError> {
         let mut pipe = redis::pipe();
-        for (user, payload) in messages {
-            pipe.publish(self.user_channel(*user), *payload);
+        build(&mut pipe);
+        match pipe.query_async(&mut self.commands.clone()).await {
+            Ok(values) => Ok(values),
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                let mut load = redis::pipe();
+                for script in [&self.scripts.append, &self.scripts.read, &self.scripts.trim] {
+                    load.load_script(script).ignore();
+                }
+                let () = load.query_async(&mut self.commands.clone()).await?;
+                Ok(pipe.query_async(&mut self.commands.clone()).await?)
+            }
+            Err(e) => Err(e.into()),
         }
-        let receivers: Vec<i64> = pipe.query_async(&mut self.commands.clone()).await?;
-        Ok(receivers.into_iter().map(|n| n > 0).collect())
+    }
+
+    /// Records a message in each receiver's inbox and publishes it to those
+    /// marked `publish`, one script per receiver, all in one pipeline.
+    /// `dedup_ttl`: when set, the message id is remembered per receiver for
+    /// that long and a retry with the same id records nothing new.
+    pub async fn append(
+        &self,
+        receivers: &[AppendTo],
+        mid: &str,
+        tail: &[u8],
+        max_inbox: usize,
+        dedup_ttl: Option<Duration>,
+    ) -> Result<Vec<Appended>, ClusterError> {
+        let ttl = dedup_ttl.map_or(0, |t| t.as_secs().max(1));
+        let replies: Vec<(i64, i64)> = self
+            .run_scripts(|pipe| {
+                for to in receivers {
+                    let channel = if to.publish {
+                        self.user_channel(to.user)
+                    } else {
+                        String::new()
+                    };
+                    pipe.cmd("EVALSHA")
+                        .arg(self.scripts.append.get_hash())
+                        .arg(3)
+                        .arg(self.user_key(to.user, "n"))
+                        .arg(self.user_key(to.user, "in"))
+                        .arg(self.user_key(to.user, &format!("m:{mid}")))
+                        .arg(tail)
+                        .arg(channel)
+                        .arg(max_inbox)
+                        .arg(ttl);
+                }
+            })
+            .await?;
+        Ok(replies
+            .into_iter()
+            .map(|(seq, subscribers)| {
+                let seq = u64::try_from(seq).unwrap_or(0);
+                match subscribers {
+                    -1 => Appended::InboxFull,
+                    -2 => Appended::Duplicate { seq },
+                    -3 => Appended::Recorded {
+                        seq,
+                        subscribers: None,
+                    },
+                    n => Appended::Recorded {
+                        seq,
+                        subscribers: Some(u64::try_from(n).unwrap_or(0)),
+                    },
+                }
+            })
+            .collect())
+    }
+
+    /// Up to `count` inbox entries with a sequence above `after`, with the
+    /// user's counter and delivered mark, read atomically.
+    pub async fn read_inbox(
+        &self,
+        user: i64,
+        after: u64,
+        count: usize,
+    ) -> Result<InboxPage, ClusterError> {
+        let mut replies: Vec<Vec<redis::Value>> = self
+            .run_scripts(|pipe| {
+                pipe.cmd("EVALSHA")
+                    .arg(self.scripts.read.get_hash())
+                    .arg(3)
+                    .arg(self.user_key(user, "n"))
+                    .arg(self.user_key(user, "in"))
+                    .arg(self.user_key(user, "d"))
+                    .arg(after)
+                    .arg(count.max(1));
+            })
+            .await?;
+        let values = replies.pop().unwrap_or_default();
+        let mut values = values.into_iter();
+        let number = |v: Option<redis::Value>| match v {
+            Some(redis::Value::Int(n)) => u64::try_from(n).unwrap_or(0),
+            _ => 0,
+        };
+        let last_seq = number(values.next());
+        let delivered = number(values.next());
+        let mut entries = Vec::new();
+        for value in values {
+            if let redis::Value::BulkString(bytes) = value {
+                match InboxEntry::parse(&bytes) {
+                    Some(entry) if entry.seq > after => entries.push(entry),
+                    Some(_) => {}
+                    None => tracing::warn!(user, "skipping a malformed inbox entry"),
+                }
+            }
+        }
+        Ok(InboxPage {
+            last_seq,
+            delivered,
+            entries,
+        })
+    }
+
+    /// Removes inbox entries that were written to their user's connection
+    /// (or acknowledged by it), one script per user, in one pipeline.
+    pub async fn trim_delivered(&self, marks: &[(i64, u64)]) -> Result<(), ClusterError> {
+        if marks.is_empty() {
+            return Ok(());
+        }
+        let _: Vec<i64> = self
+            .run_scripts(|pipe| {
+                for (user, up_to) in marks {
+                    self.trim_invocation(pipe, *user, *up_to, "d");
+                }
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Removes entries up to `up_to` that were copied to the offline store,
+    /// unless the user is online meanwhile. False when the user is online
+    /// and nothing was removed.
+    pub async fn trim_moved(&self, user: i64, up_to: u64) -> Result<bool, ClusterError> {
+        let removed: Vec<i64> = self
+            .run_scripts(|pipe| self.trim_invocation(pipe, user, up_to, "s"))
+            .await?;
+        Ok(removed.first().is_some_and(|n| *n >= 0))
+    }
+
+    fn trim_invocation(&self, pipe: &mut redis::Pipeline, user: i64, up_to: u64, mode: &str) {
+        pipe.cmd("EVALSHA")
+            .arg(self.scripts.trim.get_hash())
+            .arg(3)
+            .arg(self.user_key(user, "in"))
+            .arg(self.user_key(user, "d"))
+            .arg(self.presence_key(user))
+            .arg(up_to)
+            .arg(mode);
     }
 
     pub async fn publish_control(&self, payload: &[u8]) -> Result<(), ClusterError> {
@@ -218,12 +525,11 @@ impl Cluster {
         if users.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<String> = users.iter().map(|u| self.presence_key(*u)).collect();
-        let owners: Vec<Option<String>> = redis::cmd("MGET")
-            .arg(keys)
-            .query_async(&mut self.commands.clone())
-            .await?;
-        Ok(owners.into_iter().map(|o| o.is_some()).collect())
+        let mut pipe = redis::pipe();
+        for user in users {
+            pipe.exists(self.presence_key(*user));
+        }
+        Ok(pipe.query_async(&mut self.commands.clone()).await?)
     }
 }
 
@@ -231,29 +537,35 @@ fn ttl_millis(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
-/// Holds the node's one subscriber connection: applies (un)subscribe
-/// commands, forwards messages, and after any disconnect reconnects and
-/// subscribes again to every channel it should hold.
+/// Holds the node's one subscriber connection: forwards messages, applies
+/// (un)subscribe commands in the order they were given, pings the
+/// connection, and after any failure reconnects and subscribes again to
+/// every channel it should hold.
 async fn run_subscriber(
     client: redis::Client,
     prefix: String,
-    control: String,
     mut commands: mpsc::UnboundedReceiver<SubCommand>,
     events: mpsc::Sender<BusEvent>,
     up: Arc<AtomicBool>,
     shutdown: Shutdown,
 ) {
     let wanted: Arc<Mutex<HashSet<String>>> = Arc::default();
-    let user_prefix = format!("{prefix}u:");
+    let control = format!("{prefix}ctl");
+    let user_prefix = format!("{prefix}{{u:");
     let mut delay = Duration::from_millis(100);
     loop {
         if shutdown.is_requested() {
             return;
         }
-        let pubsub = match client.get_async_pubsub().await {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?delay, "redis subscriber cannot connect");
+        let connected = tokio::time::timeout(SUBSCRIBER_PING * 2, client.get_async_pubsub()).await;
+        let pubsub = match connected {
+            Ok(Ok(p)) => p,
+            failed => {
+                let error = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "connect timed out".to_owned(),
+                };
+                tracing::warn!(error, retry_in = ?delay, "redis subscriber cannot connect");
                 // Commands that arrive while down fail at once: the caller
                 // (a login) reports "unavailable" instead of hanging.
                 let deadline = tokio::time::sleep(delay);
@@ -275,63 +587,119 @@ async fn run_subscriber(
             .map(|w| w.iter().cloned().collect())
             .unwrap_or_default();
         channels.push(control.clone());
-        if let Err(e) = sink.subscribe(&channels).await {
-            tracing::warn!(error = %e, "redis resubscribe failed");
-            continue;
+        match tokio::time::timeout(SUBSCRIBER_PING * 2, sink.subscribe(&channels)).await {
+            Ok(Ok(())) => {}
+            failed => {
+                tracing::warn!(?failed, "redis resubscribe failed");
+                continue;
+            }
         }
         delay = Duration::from_millis(100);
         up.store(true, Ordering::Relaxed);
         tracing::info!(channels = channels.len(), "redis subscriber connected");
-        let _ = events.send(BusEvent::Resubscribed).await;
+        if events.send(BusEvent::Resubscribed).await.is_err() {
+            return;
+        }
 
+        // The worker owns the sending half: commands in order, and pings.
+        // It cancels `broken` when the connection stops answering.
+        let broken = CancellationToken::new();
+        let (work_tx, work_rx) = mpsc::unbounded_channel();
+        let worker = tokio::spawn(subscriber_worker(sink, work_rx, broken.clone()));
         loop {
             tokio::select! {
                 message = stream.next() => {
                     let Some(message) = message else { break };
                     let channel = message.get_channel_name();
                     let payload = message.get_payload_bytes().to_vec();
-                    let event = match channel.strip_prefix(&user_prefix).and_then(|id| id.parse().ok()) {
-                        Some(user) => BusEvent::ForUser { user, payload },
+                    let user = channel
+                        .strip_prefix(&user_prefix)
+                        .and_then(|rest| rest.strip_suffix('}'))
+                        .and_then(|id| id.parse().ok());
+                    let event = match user {
+                        Some(user) => BusEvent::ForUser { user, entry: payload },
                         None if channel == control => BusEvent::Control(payload),
                         None => continue,
                     };
                     if events.send(event).await.is_err() {
+                        worker.abort();
                         return;
                     }
                 }
-                Some(command) = commands.recv() => match command {
-                    SubCommand::Subscribe(channel, done) => {
-                        if let Ok(mut w) = wanted.lock() {
-                            w.insert(channel.clone());
-                        }
-                        // Subscribe from a task of its own, so that the
-                        // stream keeps being read while Redis confirms.
-                        let mut sink = sink.clone();
-                        tokio::spawn(async move {
-                            let _ = done.send(sink.subscribe(&channel).await.map_err(ClusterError::from));
-                        });
+                Some(command) = commands.recv() => {
+                    if let Ok(mut w) = wanted.lock() {
+                        match &command {
+                            SubCommand::Subscribe(channel, _) => w.insert(channel.clone()),
+                            SubCommand::Unsubscribe(channel) => w.remove(channel),
+                        };
                     }
-                    SubCommand::Unsubscribe(channel) => {
-                        if let Ok(mut w) = wanted.lock() {
-                            w.remove(&channel);
-                        }
-                        let mut sink = sink.clone();
-                        tokio::spawn(async move {
-                            let _ = sink.unsubscribe(&channel).await;
-                        });
+                    if let Err(mpsc::error::SendError(command)) = work_tx.send(command) {
+                        apply_while_down(command, &wanted);
                     }
-                },
-                _ = shutdown.requested() => return,
+                }
+                _ = broken.cancelled() => break,
+                _ = shutdown.requested() => {
+                    worker.abort();
+                    return;
+                }
             }
         }
+        worker.abort();
         up.store(false, Ordering::Relaxed);
         tracing::warn!("redis subscriber disconnected; reconnecting");
+    }
+}
+
+async fn subscriber_worker(
+    mut sink: redis::aio::PubSubSink,
+    mut work: mpsc::UnboundedReceiver<SubCommand>,
+    broken: CancellationToken,
+) {
+    let mut ping = tokio::time::interval(SUBSCRIBER_PING);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            command = work.recv() => {
+                let Some(command) = command else { return };
+                let result = match command {
+                    SubCommand::Subscribe(channel, done) => {
+                        let result = tokio::time::timeout(SUBSCRIBER_PING * 2, sink.subscribe(&channel)).await;
+                        let ok = matches!(result, Ok(Ok(())));
+                        let _ = done.send(match result {
+                            Ok(Ok(())) => Ok(()),
+                            Ok(Err(e)) => Err(e.into()),
+                            Err(_) => Err(ClusterError("subscribe timed out".into())),
+                        });
+                        ok
+                    }
+                    SubCommand::Unsubscribe(channel) => matches!(
+                        tokio::time::timeout(SUBSCRIBER_PING * 2, sink.unsubscribe(&channel)).await,
+                        Ok(Ok(()))
+                    ),
+                };
+                if !result {
+                    broken.cancel();
+                    return;
+                }
+            }
+            _ = ping.tick() => {
+                let answered = tokio::time::timeout(SUBSCRIBER_PING * 2, sink.ping::<redis::Value>()).await;
+                if !matches!(answered, Ok(Ok(_))) {
+                    tracing::warn!("redis subscriber connection does not answer PING");
+                    broken.cancel();
+                    return;
+                }
+            }
+        }
     }
 }
 
 fn apply_while_down(command: SubCommand, wanted: &Mutex<HashSet<String>>) {
     match command {
         SubCommand::Subscribe(channel, done) => {
+            if let Ok(mut w) = wanted.lock() {
+                w.remove(&channel);
+            }
             let _ = done.send(Err(ClusterError(format!(
                 "cannot subscribe to {channel}: not connected"
             ))));
@@ -341,5 +709,39 @@ fn apply_while_down(command: SubCommand, wanted: &Mutex<HashSet<String>>) {
                 w.remove(&channel);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inbox_entries_round_trip() {
+        let mut entry = b"1795600000000042 ".to_vec();
+        entry.extend(entry_tail(
+            "abc",
+            42,
+            7,
+            "00-abc-def-01",
+            b"{\"msg\":\"a\nb\"}",
+        ));
+        let parsed = InboxEntry::parse(&entry).expect("valid");
+        assert_eq!(
+            parsed,
+            InboxEntry {
+                seq: 1_795_600_000_000_042,
+                mid: "abc".into(),
+                sender_id: 42,
+                sent_micros: 7,
+                traceparent: "00-abc-def-01".into(),
+                frame: b"{\"msg\":\"a\nb\"}".to_vec(),
+            }
+        );
+        let mut untraced = b"5 ".to_vec();
+        untraced.extend(entry_tail("m", 7, 1, "", b"{}"));
+        assert_eq!(InboxEntry::parse(&untraced).expect("valid").traceparent, "");
+        assert!(InboxEntry::parse(b"no header").is_none());
+        assert!(InboxEntry::parse(b"x m 1 2 \n{}").is_none());
     }
 }

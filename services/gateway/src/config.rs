@@ -10,12 +10,16 @@ pub struct Limits {
     pub max_connections: usize,
     /// `..._MAX_FRAME_BYTES`: the largest request (one JSON value) accepted.
     pub max_frame_bytes: usize,
-    /// `..._RATE_PER_SEC` and `..._RATE_BURST`: requests per connection.
+    /// `..._RATE_PER_SEC` and `..._RATE_BURST`: requests per connection; a
+    /// connection that sends faster is paced (not read until its turn).
     pub rate_per_sec: u32,
     pub rate_burst: u32,
-    /// `..._OUTBOUND_QUEUE`: messages waiting for one slow client before
-    /// further ones go to the offline service instead.
+    /// `..._OUTBOUND_QUEUE`: live messages queued for one client; beyond
+    /// it the writer reads them from the inbox when it catches up.
     pub outbound_queue: usize,
+    /// `..._MAX_INBOX`: undelivered messages one user may have in Redis;
+    /// beyond it a send to that user is refused (errno 13).
+    pub max_inbox: usize,
 }
 
 impl Default for Limits {
@@ -26,6 +30,7 @@ impl Default for Limits {
             rate_per_sec: 200,
             rate_burst: 400,
             outbound_queue: 1024,
+            max_inbox: 10_000,
         }
     }
 }
@@ -59,6 +64,16 @@ pub struct Config {
     pub offline_batch: u32,
     /// `CLUSTERCHAT_GATEWAY_DRAIN_TIMEOUT_MS`: how long SIGTERM waits for sessions to close.
     pub drain_timeout: Duration,
+    /// `CLUSTERCHAT_GATEWAY_IDLE_TIMEOUT_MS`: a WebSocket, or a client that
+    /// acknowledges, silent this long is closed (they are pinged, or ping,
+    /// every third of it). Classic TCP clients rely on TCP keepalive.
+    pub idle_timeout: Duration,
+    /// `CLUSTERCHAT_GATEWAY_TCP_KEEPALIVE_MS`: idle time before TCP keepalive
+    /// probes (then 3 probes a third of it apart).
+    pub tcp_keepalive: Duration,
+    /// `CLUSTERCHAT_GATEWAY_DEDUP_TTL_MS`: how long a client message id
+    /// (`cmid`) is remembered per receiver, so a retried send is recorded once.
+    pub dedup_ttl: Duration,
     pub limits: Limits,
 }
 
@@ -106,6 +121,20 @@ impl Config {
                 "CLUSTERCHAT_GATEWAY_DRAIN_TIMEOUT_MS",
                 Duration::from_secs(10),
             )?,
+            idle_timeout: millis_or(
+                "CLUSTERCHAT_GATEWAY_IDLE_TIMEOUT_MS",
+                Duration::from_secs(12),
+            )?
+            .max(Duration::from_millis(300)),
+            tcp_keepalive: millis_or(
+                "CLUSTERCHAT_GATEWAY_TCP_KEEPALIVE_MS",
+                Duration::from_secs(6),
+            )?
+            .max(Duration::from_secs(1)),
+            dedup_ttl: millis_or(
+                "CLUSTERCHAT_GATEWAY_DEDUP_TTL_MS",
+                Duration::from_secs(3600),
+            )?,
             limits: Limits {
                 max_connections: var_or(
                     "CLUSTERCHAT_GATEWAY_MAX_CONNECTIONS",
@@ -121,6 +150,7 @@ impl Config {
                     "CLUSTERCHAT_GATEWAY_OUTBOUND_QUEUE",
                     defaults.outbound_queue,
                 )?,
+                max_inbox: var_or("CLUSTERCHAT_GATEWAY_MAX_INBOX", defaults.max_inbox)?,
             },
         })
     }

@@ -2,10 +2,12 @@
 //! the Redis subscriptions of the users connected to it.
 //!
 //! - [`protocol`]: framing and the classic messages (pure);
-//! - [`session`]: one connection's request loop and writer;
+//! - [`session`]: one connection's request loop;
+//! - [`writer`]: one connection's writer: replies, and deliveries from the
+//!   live queue, the offline store and the inbox, in order;
 //! - [`transport`]: TCP, WebSocket and `/healthz`;
 //! - [`node`]: what sessions share, and how a message finds its receiver;
-//! - [`cluster`]: everything asked of Redis (routing, presence, control);
+//! - [`cluster`]: everything asked of Redis (inboxes, routing, presence, control);
 //! - [`registry`]: this node's sessions by user;
 //! - [`upstream`]: gRPC clients of the user and offline services.
 //!
@@ -22,6 +24,7 @@ pub mod session;
 pub mod startup;
 pub mod transport;
 pub mod upstream;
+pub mod writer;
 
 pub use config::Config;
 pub use startup::Application;

@@ -20,6 +20,8 @@ pub struct GatewayMetrics {
     pub delivery_latency: Family<Labels, Histogram>,
     /// Offline messages handed over at or after login.
     pub offline_delivered: Counter,
+    /// Requests that waited for the connection's rate (paced, not refused).
+    pub paced: Counter,
     /// Errors answered to clients, by errno.
     pub errors: Family<Vec<(&'static str, String)>, Counter>,
 }
@@ -34,6 +36,7 @@ pub fn metrics() -> &'static GatewayMetrics {
             deliveries: Family::default(),
             delivery_latency: Family::new_with_constructor(latency_histogram),
             offline_delivered: Counter::default(),
+            paced: Counter::default(),
             errors: Family::default(),
         };
         register(
@@ -65,6 +68,11 @@ pub fn metrics() -> &'static GatewayMetrics {
             "gateway_offline_delivered",
             "Offline messages handed over",
             m.offline_delivered.clone(),
+        );
+        register(
+            "gateway_paced_requests",
+            "Requests that waited for their connection's rate",
+            m.paced.clone(),
         );
         register(
             "gateway_errors",

@@ -1,11 +1,15 @@
 //! One gateway node: the state every session shares, and how a chat message
 //! finds its receiver.
 //!
-//! A message for user U goes, in this order, to:
-//! 1. U's session on this node, if U is here (a `try_send` into its queue);
-//! 2. else Redis: PUBLISH on U's channel; the node holding U delivers it;
-//! 3. else (nobody subscribed, Redis down, or U's queue is full) the offline
-//!    service, which hands it over at U's next login.
+//! A message for user U is first **recorded** in U's inbox in Redis (see
+//! `cluster.rs`): only then is the sender told it was accepted. The same
+//! script publishes it on U's channel; the node holding U hands it to U's
+//! session, whose writer writes it and later trims the inbox. What nobody
+//! holds (0 subscribers) is moved from the inbox to the offline service
+//! (MySQL) by [`Node::move_to_offline_store`]; when Redis itself is down the
+//! message goes straight to the offline service. A receiver's session reads
+//! the offline store and its inbox at login, after a gap in the sequence, a
+//! full queue, or a subscriber reconnect (`writer.rs`).
 //!
 //! **Architecture Invariant:** no database or gRPC call on the path of a chat
 //! between online users. Whether a user or group exists and who is in a
@@ -13,7 +17,7 @@
 //! by invalidations over Redis.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, hash_map::Entry},
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -23,12 +27,15 @@ use std::{
 
 use clusterchat_proto::{offline::v1 as offline_pb, user::v1 as user_pb};
 use shutdown::Shutdown;
-use tokio::{sync::mpsc, time::Instant};
+use tokio::{
+    sync::{Notify, Semaphore, mpsc},
+    time::Instant,
+};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
 use crate::{
-    cluster::{BusEvent, Cluster},
+    cluster::{AppendTo, Appended, BusEvent, Cluster, InboxEntry, entry_tail},
     config::Config,
     metrics::{label, metrics},
     protocol::classic::{Failure, errno},
@@ -47,14 +54,33 @@ pub struct Node {
     groups: GroupCache,
     known_users: Mutex<HashSet<i64>>,
     next_id: AtomicU64,
+    /// Per user, the highest inbox sequence delivered and not yet trimmed.
+    trims: Mutex<HashMap<i64, u64>>,
+    trims_waiting: Notify,
+    /// Users whose inbox is being moved to the offline store; true when
+    /// another move was asked for meanwhile.
+    moving: Mutex<HashMap<i64, bool>>,
+    move_permits: Semaphore,
+    /// When this node's presence claims were last confirmed (micros after
+    /// `epoch`), measured from the moment the refresh was sent.
+    presence_confirmed: AtomicU64,
+    epoch: Instant,
 }
 
-/// Where a message went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
-    Local,
-    Remote,
-    Offline,
+/// A chat on its way: the frame receivers see and the message's identity.
+pub struct Outgoing<'a> {
+    pub sender_id: i64,
+    pub frame: &'a [u8],
+    /// Unique per message, made once and reused by every retry of it.
+    pub mid: String,
+    /// The client gave a message id: remember `mid` per receiver, so that a
+    /// retried send is recorded once.
+    pub dedup: bool,
+}
+
+/// A fresh random 128-bit message id.
+pub fn new_message_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
 }
 
 impl Node {
@@ -70,10 +96,16 @@ impl Node {
             groups,
             known_users: Mutex::default(),
             next_id: AtomicU64::new(1),
+            trims: Mutex::default(),
+            trims_waiting: Notify::new(),
+            moving: Mutex::default(),
+            move_permits: Semaphore::new(32),
+            presence_confirmed: AtomicU64::new(0),
+            epoch: Instant::now(),
         }
     }
 
-    /// A number unique within this node's life (connections, message ids).
+    /// A number unique within this node's life (connections).
     pub fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
@@ -152,91 +184,152 @@ impl Node {
         }
     }
 
-    /// Sends one message to each of `receivers`, local first, the rest in
-    /// one Redis pipeline, and what nobody took to the offline service.
-    /// Fails only when a message could be neither delivered nor stored.
+    /// Records one message for each receiver (one script each, one pipeline
+    /// for all), hands it to receivers on this node, and moves it to the
+    /// offline store for receivers nobody holds. When Redis is down, stores
+    /// it with the offline service instead. One result per receiver, in
+    /// order: a failure means that receiver will not get this message.
     pub async fn deliver(
-        &self,
+        self: &Arc<Self>,
         receivers: &[i64],
-        sender_id: i64,
-        frame: &[u8],
-    ) -> Result<Vec<Route>, Failure> {
+        message: &Outgoing<'_>,
+    ) -> Vec<Result<(), Failure>> {
         let started = std::time::Instant::now();
-        let mut routes = vec![Route::Local; receivers.len()];
-        let mut elsewhere = Vec::new();
-        for (i, &to) in receivers.iter().enumerate() {
-            match self.registry.hand_off(to, sender_id, frame) {
-                Handoff::Queued => metrics()
-                    .delivery_latency
-                    .get_or_create(&label("path", "local"))
-                    .observe(started.elapsed().as_secs_f64()),
-                // Here, but its queue is full: a slow client must not grow
-                // our memory; it gets this at its next login.
-                Handoff::Busy => routes[i] = Route::Offline,
-                Handoff::Absent => elsewhere.push(i),
+        let span = tracing::info_span!(
+            "redis.append",
+            otel.kind = "producer",
+            db.system = "redis",
+            messaging.batch.message_count = receivers.len(),
+        );
+        let tail = entry_tail(
+            &message.mid,
+            message.sender_id,
+            now_micros(),
+            &telemetry::propagation::traceparent(&span),
+            message.frame,
+        );
+        let targets: Vec<AppendTo> = receivers
+            .iter()
+            .map(|&user| AppendTo {
+                user,
+                publish: !self.registry.contains(user),
+            })
+            .collect();
+        let dedup = message.dedup.then_some(self.config.dedup_ttl);
+        let appended = self
+            .cluster
+            .append(
+                &targets,
+                &message.mid,
+                &tail,
+                self.config.limits.max_inbox,
+                dedup,
+            )
+            .instrument(span)
+            .await;
+        let appended = match appended {
+            Ok(appended) => appended,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot record in redis; storing with the offline service");
+                return self.store_all_offline(receivers, message).await;
             }
-        }
-        if !elsewhere.is_empty() {
-            let span = tracing::info_span!(
-                "redis.publish",
-                otel.kind = "producer",
-                db.system = "redis",
-                messaging.batch.message_count = elsewhere.len(),
-            );
-            let envelope = envelope(
-                sender_id,
-                frame,
-                &telemetry::propagation::traceparent(&span),
-            );
-            let batch: Vec<(i64, &[u8])> = elsewhere
-                .iter()
-                .map(|&i| (receivers[i], envelope.as_slice()))
-                .collect();
-            match self.cluster.publish(&batch).instrument(span).await {
-                Ok(received) => {
-                    for (&i, got) in elsewhere.iter().zip(received) {
-                        routes[i] = if got { Route::Remote } else { Route::Offline };
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "publish failed; storing offline");
-                    for &i in &elsewhere {
-                        routes[i] = Route::Offline;
-                    }
-                }
-            }
-        }
-        for (i, route) in routes.iter().enumerate() {
-            let name = match route {
-                Route::Local => "local",
-                Route::Remote => "remote",
-                Route::Offline => "offline",
-            };
+        };
+        let count = |route: &'static str| {
             metrics()
                 .deliveries
-                .get_or_create(&label("route", name))
+                .get_or_create(&label("route", route))
                 .inc();
-            if *route == Route::Offline {
-                self.store_offline(receivers[i], sender_id, frame).await?;
-            }
-        }
-        Ok(routes)
+        };
+        targets
+            .iter()
+            .zip(appended)
+            .map(|(to, appended)| match appended {
+                Appended::Recorded {
+                    seq,
+                    subscribers: None,
+                } => {
+                    let handoff = self.registry.hand_off(to.user, || Delivery {
+                        seq,
+                        mid: message.mid.clone(),
+                        frame: message.frame.to_vec(),
+                    });
+                    if handoff == Handoff::Absent {
+                        // Left this node meanwhile: maybe logged in elsewhere
+                        // (that session reads its inbox), maybe gone.
+                        self.move_to_offline_store(to.user);
+                    }
+                    count("local");
+                    metrics()
+                        .delivery_latency
+                        .get_or_create(&label("path", "local"))
+                        .observe(started.elapsed().as_secs_f64());
+                    Ok(())
+                }
+                Appended::Recorded {
+                    subscribers: Some(0),
+                    ..
+                } => {
+                    count("offline");
+                    self.move_to_offline_store(to.user);
+                    Ok(())
+                }
+                Appended::Recorded { .. } => {
+                    count("remote");
+                    Ok(())
+                }
+                Appended::Duplicate { .. } => Ok(()),
+                Appended::InboxFull => Err(Failure::new(
+                    errno::BACKLOG_FULL,
+                    format!(
+                        "user {} has {} undelivered messages; this one was not accepted",
+                        to.user, self.config.limits.max_inbox
+                    ),
+                )),
+            })
+            .collect()
     }
 
-    /// Stores a message with the offline service, retrying briefly with the
-    /// same idempotency key so a retry cannot duplicate it.
-    pub async fn store_offline(
+    /// Redis is down: each receiver's copy goes to the offline service, a few
+    /// at a time, each with the message id as its idempotency key.
+    async fn store_all_offline(
         &self,
-        receiver: i64,
-        sender_id: i64,
-        frame: &[u8],
-    ) -> Result<(), Failure> {
-        let request = offline_pb::StoreRequest {
-            receiver_id: receiver,
-            sender_id,
-            client_msg_id: format!("{}-{}", self.config.node_id, self.next_id()),
-            payload: String::from_utf8_lossy(frame).into_owned(),
-        };
+        receivers: &[i64],
+        message: &Outgoing<'_>,
+    ) -> Vec<Result<(), Failure>> {
+        let mut results = Vec::with_capacity(receivers.len());
+        for chunk in receivers.chunks(16) {
+            let stores: Vec<_> = chunk
+                .iter()
+                .map(|&receiver| {
+                    self.store_offline(offline_pb::StoreRequest {
+                        receiver_id: receiver,
+                        sender_id: message.sender_id,
+                        client_msg_id: message.mid.clone(),
+                        payload: String::from_utf8_lossy(message.frame).into_owned(),
+                        inbox_seq: 0,
+                    })
+                })
+                .collect();
+            results.extend(futures::future::join_all(stores).await);
+        }
+        // Receivers on this node read it from there now; those elsewhere
+        // when their node's subscriber reconnects to Redis.
+        for (&receiver, stored) in receivers.iter().zip(&results) {
+            if stored.is_ok() {
+                self.registry.sync_offline(receiver);
+            }
+        }
+        metrics()
+            .deliveries
+            .get_or_create(&label("route", "offline"))
+            .inc_by(results.iter().filter(|r| r.is_ok()).count() as u64);
+        results
+    }
+
+    /// Stores a message with the offline service, retrying briefly; the
+    /// request's idempotency key makes a retry store nothing twice.
+    async fn store_offline(&self, request: offline_pb::StoreRequest) -> Result<(), Failure> {
+        let receiver = request.receiver_id;
         let mut attempt = 0;
         loop {
             match self.upstreams.offline.clone().store(request.clone()).await {
@@ -249,7 +342,7 @@ impl Node {
                         return Err(Failure::new(
                             failure.errno,
                             format!(
-                                "user {receiver} is offline and the message could not be stored: {}",
+                                "the message for user {receiver} could not be recorded: {}",
                                 failure.errmsg
                             ),
                         ));
@@ -260,47 +353,162 @@ impl Node {
         }
     }
 
-    /// What the subscriber received: deliver to the local session or, if the
-    /// user has gone meanwhile, store it offline.
+    /// Moves the user's inbox to the offline store in the background (one
+    /// move per user at a time; a request during a move makes it run again).
+    /// Entries stay in the inbox until stored, and are removed only while
+    /// the user has no presence, so a session that logs in meanwhile finds
+    /// every message in one place or the other.
+    pub fn move_to_offline_store(self: &Arc<Self>, user: i64) {
+        {
+            let mut moving = self.moving.lock().unwrap_or_else(|p| p.into_inner());
+            match moving.entry(user) {
+                Entry::Occupied(mut again) => {
+                    again.insert(true);
+                    return;
+                }
+                Entry::Vacant(slot) => {
+                    slot.insert(false);
+                }
+            }
+        }
+        let node = self.clone();
+        // Part of the trace of the message that asked for the move.
+        let span = tracing::info_span!("inbox.move", user);
+        self.tasks.spawn(
+            async move {
+                let _permit = node.move_permits.acquire().await;
+                loop {
+                    if let Err(failure) = node.move_inbox(user).await {
+                        // Still in the inbox: handed over at the next login.
+                        tracing::warn!(
+                            user,
+                            errmsg = failure.errmsg,
+                            "inbox not moved to the offline store"
+                        );
+                    }
+                    let mut moving = node.moving.lock().unwrap_or_else(|p| p.into_inner());
+                    if moving.get(&user) == Some(&true) {
+                        moving.insert(user, false);
+                    } else {
+                        moving.remove(&user);
+                        return;
+                    }
+                }
+            }
+            .instrument(span),
+        );
+    }
+
+    async fn move_inbox(&self, user: i64) -> Result<(), Failure> {
+        const PAGE: usize = 100;
+        let unavailable =
+            |e: crate::cluster::ClusterError| Failure::new(errno::UNAVAILABLE, e.to_string());
+        loop {
+            let page = self
+                .cluster
+                .read_inbox(user, 0, PAGE)
+                .await
+                .map_err(unavailable)?;
+            let Some(last) = page.entries.last().map(|e| e.seq) else {
+                return Ok(());
+            };
+            let full_page = page.entries.len() >= PAGE;
+            for entry in page.entries {
+                self.store_offline(offline_pb::StoreRequest {
+                    receiver_id: user,
+                    sender_id: entry.sender_id,
+                    client_msg_id: entry.mid,
+                    payload: String::from_utf8_lossy(&entry.frame).into_owned(),
+                    inbox_seq: entry.seq,
+                })
+                .await?;
+            }
+            if !self
+                .cluster
+                .trim_moved(user, last)
+                .await
+                .map_err(unavailable)?
+                || !full_page
+            {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Notes that the user's inbox entries up to `seq` were delivered; the
+    /// trimmer removes them from Redis in batches.
+    pub fn note_delivered(&self, user: i64, seq: u64) {
+        if seq == 0 {
+            return;
+        }
+        let mut trims = self.trims.lock().unwrap_or_else(|p| p.into_inner());
+        let mark = trims.entry(user).or_insert(0);
+        *mark = (*mark).max(seq);
+        drop(trims);
+        self.trims_waiting.notify_one();
+    }
+
+    /// Trims delivered inbox entries as soon as they are noted: what is
+    /// noted while one batch is on its way goes in the next one.
+    pub async fn run_trimmer(self: Arc<Self>) {
+        loop {
+            self.trims_waiting.notified().await;
+            if self.flush_trims().await.is_err() {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                self.trims_waiting.notify_one();
+            }
+        }
+    }
+
+    /// Trims what is waiting now; on failure keeps it for the next try (an
+    /// untrimmed entry is at worst delivered again, never lost).
+    pub async fn flush_trims(&self) -> Result<(), ()> {
+        let batch: Vec<(i64, u64)> =
+            std::mem::take(&mut *self.trims.lock().unwrap_or_else(|p| p.into_inner()))
+                .into_iter()
+                .collect();
+        if let Err(e) = self.cluster.trim_delivered(&batch).await {
+            tracing::warn!(error = %e, users = batch.len(), "cannot trim inboxes; will retry");
+            let mut trims = self.trims.lock().unwrap_or_else(|p| p.into_inner());
+            for (user, seq) in batch {
+                let mark = trims.entry(user).or_insert(0);
+                *mark = (*mark).max(seq);
+            }
+            return Err(());
+        }
+        Ok(())
+    }
+
+    /// What the subscriber received: hand it to the local session. A user
+    /// who has left has the message in their inbox; it is moved to the
+    /// offline store unless they are online elsewhere.
     pub fn on_bus_event(self: &Arc<Self>, event: BusEvent) {
         match event {
-            BusEvent::ForUser { user, payload } => {
-                let Some(message) = open_envelope(&payload) else {
+            BusEvent::ForUser { user, entry } => {
+                let Some(entry) = InboxEntry::parse(&entry) else {
                     tracing::warn!(user, "dropping a malformed bus message");
                     return;
                 };
                 let span =
                     tracing::info_span!("chat.deliver", otel.kind = "consumer", receiver = user);
-                telemetry::propagation::set_parent_from_traceparent(&span, message.traceparent);
+                telemetry::propagation::set_parent_from_traceparent(&span, &entry.traceparent);
                 let _entered = span.enter();
-                match self
-                    .registry
-                    .hand_off(user, message.sender_id, message.frame)
-                {
+                let sent_micros = entry.sent_micros;
+                let handoff = self.registry.hand_off(user, || Delivery {
+                    seq: entry.seq,
+                    mid: entry.mid,
+                    frame: entry.frame,
+                });
+                match handoff {
                     Handoff::Queued => {
-                        let waited = now_micros().saturating_sub(message.sent_micros);
+                        let waited = now_micros().saturating_sub(sent_micros);
                         metrics()
                             .delivery_latency
                             .get_or_create(&label("path", "remote"))
                             .observe(waited as f64 / 1e6);
                     }
-                    Handoff::Busy | Handoff::Absent => {
-                        let delivery = Delivery {
-                            sender_id: message.sender_id,
-                            frame: message.frame.to_vec(),
-                        };
-                        metrics()
-                            .deliveries
-                            .get_or_create(&label("route", "offline"))
-                            .inc();
-                        let node = self.clone();
-                        self.tasks.spawn(
-                            async move {
-                                node.store_offline_until_done(user, delivery).await;
-                            }
-                            .instrument(span.clone()),
-                        );
-                    }
+                    Handoff::Busy => {}
+                    Handoff::Absent => self.move_to_offline_store(user),
                 }
             }
             BusEvent::Control(payload) => {
@@ -312,47 +520,36 @@ impl Node {
                     self.groups.forget(group);
                 }
             }
-            BusEvent::Resubscribed => {}
+            // Whatever was published while the subscriber was away is in
+            // the inboxes (or, if Redis was down, the offline store).
+            BusEvent::Resubscribed => self.registry.sync_all(),
         }
     }
 
-    /// For messages this node accepted responsibility for (nobody else will
-    /// retry them): keep trying until stored or the node stops.
-    pub async fn store_offline_until_done(&self, receiver: i64, delivery: Delivery) {
-        let mut delay = Duration::from_millis(500);
-        loop {
-            match self
-                .store_offline(receiver, delivery.sender_id, &delivery.frame)
-                .await
-            {
-                Ok(()) => return,
-                Err(f) if f.errno == errno::UNAVAILABLE && !self.shutdown.is_requested() => {
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(10));
-                }
-                Err(f) => {
-                    tracing::error!(
-                        receiver,
-                        errmsg = f.errmsg,
-                        "a message could not be stored offline"
-                    );
-                    return;
-                }
-            }
-        }
+    /// Whether this node may still write to a session that claimed its user
+    /// at `claimed_at`: its presence claim cannot have expired in Redis. A
+    /// node frozen (SIGSTOP, VM pause) past its TTL must not write what it
+    /// received before it was frozen: the user may be online elsewhere.
+    pub fn presence_lease_holds(&self, claimed_at: Instant) -> bool {
+        let confirmed =
+            self.epoch + Duration::from_micros(self.presence_confirmed.load(Ordering::Acquire));
+        let since = confirmed.max(claimed_at);
+        since.elapsed() < self.config.presence_ttl * 4 / 5
     }
 
     /// Keeps this node's presence claims alive; ends sessions whose user was
-    /// taken over meanwhile (possible only after Redis lost its data).
+    /// taken over meanwhile (after a freeze, or after Redis lost its data).
     pub async fn keep_presence(self: Arc<Self>) {
-        let period = self.config.presence_ttl / 3;
+        let period = self.config.presence_ttl / 4;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(period) => {}
                 _ = self.shutdown.requested() => return,
             }
+            let sent_at = Instant::now();
             let sessions = self.registry.snapshot();
             if sessions.is_empty() {
+                self.confirm_presence(sent_at);
                 continue;
             }
             let claims: Vec<(i64, String)> = sessions
@@ -371,10 +568,16 @@ impl Node {
                             kick.cancel();
                         }
                     }
+                    self.confirm_presence(sent_at);
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot refresh presence"),
             }
         }
+    }
+
+    fn confirm_presence(&self, sent_at: Instant) {
+        let micros = u64::try_from(sent_at.duration_since(self.epoch).as_micros()).unwrap_or(0);
+        self.presence_confirmed.fetch_max(micros, Ordering::AcqRel);
     }
 
     /// The presence value of one of this node's connections.
@@ -388,35 +591,6 @@ impl Node {
             self.on_bus_event(event);
         }
     }
-}
-
-/// Bus payload: a header line `sender_id sent_at_micros traceparent`, then
-/// the frame. The sender id lets the receiving node store the message
-/// offline; the time measures publish-to-delivery latency; the traceparent
-/// makes the delivering node's span part of the sender's trace.
-fn envelope(sender_id: i64, frame: &[u8], traceparent: &str) -> Vec<u8> {
-    let mut out = format!("{sender_id} {} {traceparent}\n", now_micros()).into_bytes();
-    out.extend_from_slice(frame);
-    out
-}
-
-struct BusMessage<'a> {
-    sender_id: i64,
-    sent_micros: u64,
-    traceparent: &'a str,
-    frame: &'a [u8],
-}
-
-fn open_envelope(payload: &[u8]) -> Option<BusMessage<'_>> {
-    let newline = payload.iter().position(|b| *b == b'\n')?;
-    let header = std::str::from_utf8(&payload[..newline]).ok()?;
-    let mut fields = header.split(' ');
-    Some(BusMessage {
-        sender_id: fields.next()?.parse().ok()?,
-        sent_micros: fields.next()?.parse().ok()?,
-        traceparent: fields.next().unwrap_or(""),
-        frame: &payload[newline + 1..],
-    })
 }
 
 fn now_micros() -> u64 {
@@ -465,20 +639,6 @@ impl GroupCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn envelope_round_trips() {
-        let e = envelope(42, b"{\"msg\":\"a\nb\"}", "00-abc-def-01");
-        let m = open_envelope(&e).expect("valid");
-        assert_eq!(
-            (m.sender_id, m.traceparent, m.frame),
-            (42, "00-abc-def-01", &b"{\"msg\":\"a\nb\"}"[..])
-        );
-        assert!(m.sent_micros > 0);
-        let untraced = envelope(7, b"{}", "");
-        assert_eq!(open_envelope(&untraced).expect("valid").traceparent, "");
-        assert!(open_envelope(b"no header").is_none());
-    }
 
     #[tokio::test(start_paused = true)]
     async fn group_cache_expires() {

@@ -1,22 +1,70 @@
 //! The sessions of this node, by user: who is here, and where to put a
 //! message for them.
 
-use std::{collections::HashMap, sync::Mutex};
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+};
 
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
-/// A message on its way to a local session's writer.
-#[derive(Debug)]
+/// A message on its way to a local session's writer: one inbox entry.
+#[derive(Debug, Clone)]
 pub struct Delivery {
-    pub sender_id: i64,
+    /// The receiver's inbox sequence number.
+    pub seq: u64,
+    /// The server message id.
+    pub mid: String,
     pub frame: Vec<u8>,
+}
+
+/// Tells a session's writer that its live queue is not the whole story
+/// (a message was dropped because the queue was full, or the subscriber
+/// reconnected): it must read its inbox before writing anything live.
+#[derive(Default)]
+pub struct SyncSignal {
+    needed: AtomicBool,
+    /// The offline store may hold messages for the user too (stored while
+    /// Redis was unreachable): read it before the inbox.
+    offline: AtomicBool,
+    notify: Notify,
+}
+
+impl SyncSignal {
+    pub fn raise(&self) {
+        self.needed.store(true, Ordering::Release);
+        self.notify.notify_one();
+    }
+
+    pub fn raise_with_offline(&self) {
+        self.offline.store(true, Ordering::Release);
+        self.raise();
+    }
+
+    /// Whether the offline store must be read; clears it.
+    pub fn take_offline(&self) -> bool {
+        self.offline.swap(false, Ordering::AcqRel)
+    }
+
+    /// Whether a sync was asked for since the last call; clears it.
+    pub fn take(&self) -> bool {
+        self.needed.swap(false, Ordering::AcqRel)
+    }
+
+    pub async fn raised(&self) {
+        self.notify.notified().await;
+    }
 }
 
 #[derive(Clone)]
 pub struct LocalSession {
     pub connection: u64,
     pub deliveries: mpsc::Sender<Delivery>,
+    pub sync: Arc<SyncSignal>,
     /// Cancelled to end the session from outside (presence lost, shutdown).
     pub kick: CancellationToken,
 }
@@ -64,25 +112,52 @@ impl Registry {
             .contains_key(&user)
     }
 
-    /// Queues a copy of `frame` for the user's session without waiting; the
-    /// copy is made only when there is a session to take it.
-    pub fn hand_off(&self, user: i64, sender_id: i64, frame: &[u8]) -> Handoff {
+    /// Queues a delivery for the user's session without waiting; `make` runs
+    /// only when there is a session to take it. A full queue raises the
+    /// session's sync signal: the message is in the inbox, the writer reads
+    /// it from there.
+    pub fn hand_off(&self, user: i64, make: impl FnOnce() -> Delivery) -> Handoff {
         let target = self
             .sessions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&user)
-            .map(|s| s.deliveries.clone());
-        let Some(tx) = target else {
+            .map(|s| (s.deliveries.clone(), s.sync.clone()));
+        let Some((tx, sync)) = target else {
             return Handoff::Absent;
         };
-        let delivery = Delivery {
-            sender_id,
-            frame: frame.to_vec(),
-        };
-        match tx.try_send(delivery) {
+        match tx.try_send(make()) {
             Ok(()) => Handoff::Queued,
-            Err(_) => Handoff::Busy,
+            Err(_) => {
+                sync.raise();
+                Handoff::Busy
+            }
+        }
+    }
+
+    /// Asks every session to read its offline store and inbox (after the
+    /// subscriber reconnected: Redis may have been down, and messages
+    /// stored offline meanwhile).
+    pub fn sync_all(&self) {
+        for session in self
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
+            session.sync.raise_with_offline();
+        }
+    }
+
+    /// Asks the user's session, if here, to read its offline store.
+    pub fn sync_offline(&self, user: i64) {
+        if let Some(session) = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&user)
+        {
+            session.sync.raise_with_offline();
         }
     }
 
@@ -114,37 +189,55 @@ mod tests {
 
     #[test]
     fn hand_off_tells_queued_busy_and_absent_apart() {
+        let delivery = |seq: u64| {
+            move || Delivery {
+                seq,
+                mid: format!("m{seq}"),
+                frame: b"{}".to_vec(),
+            }
+        };
         let registry = Registry::default();
-        assert_eq!(registry.hand_off(1, 9, b"x"), Handoff::Absent);
+        assert_eq!(registry.hand_off(1, delivery(1)), Handoff::Absent);
 
         let (deliveries, mut queue) = mpsc::channel(1);
+        let sync = Arc::new(SyncSignal::default());
         let session = LocalSession {
             connection: 7,
             deliveries,
+            sync: sync.clone(),
             kick: CancellationToken::new(),
         };
         assert!(registry.insert(1, session));
-        assert_eq!(registry.hand_off(1, 9, b"first"), Handoff::Queued);
+        assert_eq!(registry.hand_off(1, delivery(1)), Handoff::Queued);
+        assert!(!sync.take());
         assert_eq!(
-            registry.hand_off(1, 9, b"second"),
+            registry.hand_off(1, delivery(2)),
             Handoff::Busy,
             "queue of one is full"
         );
-        let got = queue.try_recv().expect("queued");
-        assert_eq!((got.sender_id, got.frame.as_slice()), (9, &b"first"[..]));
+        assert!(sync.take(), "a dropped delivery asks for a sync");
+        assert!(!sync.take(), "taking clears it");
+        assert_eq!(queue.try_recv().expect("queued").seq, 1);
 
         queue.close();
         assert_eq!(
-            registry.hand_off(1, 9, b"third"),
+            registry.hand_off(1, delivery(3)),
             Handoff::Busy,
             "closing counts as busy"
         );
+        registry.sync_all();
+        assert!(sync.take());
+        assert!(
+            sync.take_offline(),
+            "after a resubscribe, the offline store too"
+        );
+        assert!(!sync.take_offline());
         registry.remove(1, 8);
         assert!(
             registry.contains(1),
             "another connection's remove leaves it"
         );
         registry.remove(1, 7);
-        assert_eq!(registry.hand_off(1, 9, b"x"), Handoff::Absent);
+        assert_eq!(registry.hand_off(1, delivery(4)), Handoff::Absent);
     }
 }

@@ -1,17 +1,17 @@
-//! One client connection, whatever its transport: the request loop (reader)
-//! and the writer task that owns the socket's sending half.
+//! One client connection, whatever its transport: the request loop. The
+//! writer task (`writer.rs`) owns the socket's sending half.
 //!
 //! A connection acts only as the user who logged in on it: before login only
 //! register and login are accepted, an `id` in a request must be that user's,
 //! and the identity receivers see is the server's.
 //!
-//! The writer serves two queues: replies to this client's own requests, and
-//! deliveries (chats from others). Deliveries start flowing only after the
-//! login ack was written, so the ack is always the first thing a client sees
-//! after login; offline messages are acknowledged to the offline service only
-//! after the frame carrying them reached the socket.
+//! A connection that sends faster than its rate is paced, not refused: the
+//! loop stops reading it until a token is free, so TCP pushes back on the
+//! client. WebSocket connections and clients that acknowledge are closed
+//! when they have been silent for the idle timeout (they are pinged, or
+//! ping, more often than that); classic TCP relies on TCP keepalive.
 
-use std::{future::Future, io, sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use clusterchat_proto::{offline::v1 as offline_pb, user::v1 as user_pb};
 use serde_json::{Map, Value};
@@ -24,13 +24,14 @@ use tracing::Instrument as _;
 
 use crate::{
     metrics::{label, metrics},
-    node::Node,
+    node::{Node, Outgoing, new_message_id},
     protocol::{
         classic::{self, Failure, Request, errno},
         framing::{Frame, FrameError},
     },
-    registry::{Delivery, LocalSession},
+    registry::{LocalSession, SyncSignal},
     upstream::failure_from_status,
+    writer::{FrameSink, Inbound, WriterCommand, acknowledge_offline, run_writer},
 };
 
 /// The receiving half of a transport: complete frames, `None` at the end.
@@ -38,81 +39,11 @@ pub trait FrameSource: Send {
     fn next_frame(&mut self) -> impl Future<Output = Option<Frame>> + Send;
 }
 
-/// The sending half of a transport.
-pub trait FrameSink: Send + 'static {
-    fn send(&mut self, frame: Vec<u8>) -> impl Future<Output = io::Result<()>> + Send;
-    fn flush(&mut self) -> impl Future<Output = io::Result<()>> + Send;
-}
-
-enum WriterCommand {
-    Frame(Vec<u8>),
-    /// Write and flush, then say whether it reached the socket.
-    Confirmed(Vec<u8>, oneshot::Sender<bool>),
-    /// Start writing deliveries from this queue.
-    Attach(mpsc::Receiver<Delivery>),
-    /// Stop taking deliveries; hand back every one not written.
-    Detach(oneshot::Sender<Vec<Delivery>>),
-}
-
-/// Writes until every command sender is gone. After a write error it keeps
-/// running in "broken" mode so that undelivered deliveries can still be
-/// collected with `Detach` and stored offline.
-async fn run_writer<W: FrameSink>(mut sink: W, mut commands: mpsc::Receiver<WriterCommand>) {
-    let mut deliveries: Option<mpsc::Receiver<Delivery>> = None;
-    let mut failed: Vec<Delivery> = Vec::new();
-    let mut broken = false;
-    loop {
-        let next_delivery = async {
-            match deliveries.as_mut() {
-                Some(rx) if !broken => rx.recv().await,
-                _ => std::future::pending().await,
-            }
-        };
-        enum Event {
-            Command(Option<WriterCommand>),
-            Delivery(Option<Delivery>),
-        }
-        let event = tokio::select! {
-            biased;
-            command = commands.recv() => Event::Command(command),
-            delivery = next_delivery => Event::Delivery(delivery),
-        };
-        match event {
-            Event::Command(None) => break,
-            Event::Command(Some(WriterCommand::Frame(frame))) => {
-                if !broken && sink.send(frame).await.is_err() {
-                    broken = true;
-                }
-            }
-            Event::Command(Some(WriterCommand::Confirmed(frame, done))) => {
-                let ok = !broken && sink.send(frame).await.is_ok() && sink.flush().await.is_ok();
-                broken |= !ok;
-                let _ = done.send(ok);
-            }
-            Event::Command(Some(WriterCommand::Attach(rx))) => deliveries = Some(rx),
-            Event::Command(Some(WriterCommand::Detach(done))) => {
-                let mut rest = std::mem::take(&mut failed);
-                if let Some(mut rx) = deliveries.take() {
-                    rx.close();
-                    while let Ok(d) = rx.try_recv() {
-                        rest.push(d);
-                    }
-                }
-                let _ = done.send(rest);
-            }
-            Event::Delivery(None) => deliveries = None,
-            Event::Delivery(Some(delivery)) => {
-                if sink.send(delivery.frame.clone()).await.is_err() {
-                    broken = true;
-                    failed.push(delivery);
-                }
-            }
-        }
-        let idle = commands.is_empty() && deliveries.as_ref().is_none_or(|rx| rx.is_empty());
-        if idle && !broken && sink.flush().await.is_err() {
-            broken = true;
-        }
-    }
+/// Which transport a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Tcp,
+    WebSocket,
 }
 
 struct ActiveUser {
@@ -121,6 +52,7 @@ struct ActiveUser {
     kick: CancellationToken,
 }
 
+/// A token bucket. `wait` says how long until the next request may run.
 struct RateLimiter {
     tokens: f64,
     per_sec: f64,
@@ -132,22 +64,24 @@ impl RateLimiter {
     fn new(per_sec: u32, burst: u32) -> Self {
         Self {
             tokens: f64::from(burst),
-            per_sec: f64::from(per_sec),
-            burst: f64::from(burst),
+            per_sec: f64::from(per_sec.max(1)),
+            burst: f64::from(burst.max(1)),
             last: Instant::now(),
         }
     }
 
-    fn allow(&mut self) -> bool {
+    /// Takes a token, possibly one that refills only in the future: the
+    /// returned time is how long the caller must wait before running.
+    fn take(&mut self) -> Duration {
         let now = Instant::now();
         self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.per_sec)
             .min(self.burst);
         self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
+        self.tokens -= 1.0;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
         } else {
-            false
+            Duration::from_secs_f64(-self.tokens / self.per_sec)
         }
     }
 }
@@ -158,11 +92,22 @@ pub struct Session {
     writer: mpsc::Sender<WriterCommand>,
     active: Option<ActiveUser>,
     limiter: RateLimiter,
+    /// The client has used an addition (seq, acks ...): frames may share a
+    /// write. Classic clients get one frame per write.
+    uses_additions: bool,
+    /// Idle timeout applies (WebSocket, or a client that acknowledges).
+    heartbeats: bool,
 }
 
 /// Runs a connection to its end: requests until the client leaves, its
-/// session is taken over, or the node shuts down; then cleans up.
-pub async fn run<R: FrameSource, W: FrameSink>(node: Arc<Node>, mut source: R, sink: W) {
+/// session is taken over, it falls silent, or the node shuts down; then
+/// cleans up.
+pub async fn run<R: FrameSource, W: FrameSink>(
+    node: Arc<Node>,
+    mut source: R,
+    sink: W,
+    transport: Transport,
+) {
     let (writer, commands) = mpsc::channel(64);
     let writer_task = tokio::spawn(run_writer(sink, commands));
     let limits = &node.config.limits;
@@ -172,7 +117,13 @@ pub async fn run<R: FrameSource, W: FrameSink>(node: Arc<Node>, mut source: R, s
         node: node.clone(),
         writer,
         active: None,
+        uses_additions: transport == Transport::WebSocket,
+        heartbeats: transport == Transport::WebSocket,
     };
+    let idle_timeout = node.config.idle_timeout;
+    let mut heard = Instant::now();
+    let mut beat = tokio::time::interval(idle_timeout / 3);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let kicked = session.active.as_ref().map(|a| a.kick.clone());
         let kicked = async {
@@ -183,19 +134,37 @@ pub async fn run<R: FrameSource, W: FrameSink>(node: Arc<Node>, mut source: R, s
         };
         tokio::select! {
             frame = source.next_frame() => match frame {
-                // Boxed: the request path (login's gRPC calls ...) is a large
-                // future; inline it would make every idle connection's task
-                // that large.
-                Some(frame) => Box::pin(session.handle_frame(frame)).await,
+                Some(frame) => {
+                    heard = Instant::now();
+                    // Boxed: the request path (login's gRPC calls ...) is a
+                    // large future; inline it would make every idle
+                    // connection's task that large.
+                    Box::pin(session.handle_frame(frame)).await;
+                }
                 None => break,
             },
+            _ = beat.tick(), if session.heartbeats => {
+                if heard.elapsed() >= idle_timeout {
+                    tracing::info!(connection = session.connection, "closing a connection silent for the idle timeout");
+                    break;
+                }
+                let _ = session.writer.send(WriterCommand::Heartbeat).await;
+            }
             _ = kicked => break,
             _ = node.shutdown.requested() => break,
         }
     }
     session.end_active().await;
     drop(session);
-    let _ = writer_task.await;
+    // A writer stuck on a client that stopped reading holds nothing that is
+    // not also in the user's inbox: give it a moment, then drop it.
+    let abort = writer_task.abort_handle();
+    if tokio::time::timeout(Duration::from_secs(2), writer_task)
+        .await
+        .is_err()
+    {
+        abort.abort();
+    }
 }
 
 impl Session {
@@ -225,9 +194,17 @@ impl Session {
         written.await.unwrap_or(false)
     }
 
+    async fn uses_additions(&mut self) {
+        if !self.uses_additions {
+            self.uses_additions = true;
+            let _ = self.writer.send(WriterCommand::AllowBatching).await;
+        }
+    }
+
     async fn handle_frame(&mut self, frame: Frame) {
         let bytes = match frame {
             Frame::Value(bytes) => bytes,
+            Frame::Heartbeat => return,
             Frame::Invalid(FrameError::TooLarge { max }) => {
                 let failure = Failure::new(
                     errno::TOO_LARGE,
@@ -246,17 +223,18 @@ impl Session {
                     .await;
             }
         };
-        let parsed = classic::parse(&bytes);
-        if !self.limiter.allow() {
-            let failure = Failure::new(
-                errno::RATE_LIMITED,
-                "too many requests; this one was not processed, slow down",
-            );
-            return self
-                .send_failure(&failure, classic::reply_error(&failure, parsed.seq))
-                .await;
+        // Paced, not refused: while we wait, this connection is not read and
+        // TCP pushes back on the client.
+        let wait = self.limiter.take();
+        if !wait.is_zero() {
+            metrics().paced.inc();
+            tokio::time::sleep(wait).await;
         }
+        let parsed = classic::parse(&bytes);
         let seq = parsed.seq;
+        if seq.is_some() {
+            self.uses_additions().await;
+        }
         let request = match parsed.request {
             Ok(request) => request,
             Err(failure) => {
@@ -270,6 +248,9 @@ impl Session {
         };
         let kind = request_kind(&request);
         metrics().requests.get_or_create(&label("kind", kind)).inc();
+        if matches!(request, Request::Ack { .. } | Request::Ping) {
+            return self.dispatch(request, seq).await;
+        }
         // One span per request: the root of a chat's trace. Never the text.
         let span = tracing::info_span!(
             "chat.request",
@@ -283,8 +264,17 @@ impl Session {
 
     async fn dispatch(&mut self, request: Request, seq: Option<i64>) {
         match request {
-            Request::Login { id, password } => self.login(id, password, seq).await,
+            Request::Login {
+                id,
+                password,
+                acks,
+                since,
+            } => self.login(id, password, acks, since, seq).await,
             Request::Register { name, password } => self.register(name, password, seq).await,
+            Request::Ping => {
+                self.uses_additions().await;
+                self.send(classic::pong(seq)).await;
+            }
             other => {
                 let result = match self.authorize(&other) {
                     Ok(user) => self.handle_as(user, other).await,
@@ -314,7 +304,10 @@ impl Session {
             | Request::CreateGroup { id, .. }
             | Request::AddGroup { id, .. }
             | Request::GroupChat { id, .. } => *id,
-            Request::Login { .. } | Request::Register { .. } => None,
+            Request::Login { .. }
+            | Request::Register { .. }
+            | Request::Ack { .. }
+            | Request::Ping => None,
         };
         match claimed {
             Some(id) if id != active.id => Err(Failure::new(
@@ -328,6 +321,47 @@ impl Session {
         }
     }
 
+    /// Records a chat for its receivers. Fails when nobody got it; when only
+    /// some did, the reply says who did not and why.
+    async fn chat(
+        &self,
+        sender: (i64, &str),
+        receivers: &[i64],
+        body: Map<String, Value>,
+        cmid: Option<String>,
+    ) -> Result<Map<String, Value>, Failure> {
+        let frame = classic::forward_chat(body, sender.0, sender.1, &classic_now());
+        let message = Outgoing {
+            sender_id: sender.0,
+            frame: &frame,
+            dedup: cmid.is_some(),
+            mid: match cmid {
+                Some(cmid) => format!("{}-{cmid}", sender.0),
+                None => new_message_id(),
+            },
+        };
+        let results = self.node.deliver(receivers, &message).await;
+        let failed: Vec<(i64, Failure)> = receivers
+            .iter()
+            .zip(results)
+            .filter_map(|(&to, r)| r.err().map(|f| (to, f)))
+            .collect();
+        let mut reply = Map::new();
+        reply.insert("mid".into(), message.mid.clone().into());
+        match failed.first() {
+            None => Ok(reply),
+            Some((_, first)) if failed.len() == receivers.len() => Err(first.clone()),
+            Some(_) => {
+                let list: Vec<Value> = failed
+                    .iter()
+                    .map(|(id, f)| serde_json::json!({"id": id, "errno": f.errno, "errmsg": f.errmsg}))
+                    .collect();
+                reply.insert("failed".into(), list.into());
+                Ok(reply)
+            }
+        }
+    }
+
     async fn handle_as(
         &mut self,
         (user, name): (i64, String),
@@ -336,17 +370,18 @@ impl Session {
         let mut results = Map::new();
         match request {
             Request::Logout { .. } => self.end_active().await,
-            Request::OneChat { to, body, .. } => {
+            Request::OneChat { to, body, cmid, .. } => {
                 if !self.node.user_exists(to).await? {
                     return Err(Failure::new(
                         errno::NOT_FOUND,
                         format!("user {to} does not exist"),
                     ));
                 }
-                let frame = classic::forward_chat(body, user, &name, &classic_now());
-                self.node.deliver(&[to], user, &frame).await?;
+                return self.chat((user, &name), &[to], body, cmid).await;
             }
-            Request::GroupChat { group, body, .. } => {
+            Request::GroupChat {
+                group, body, cmid, ..
+            } => {
                 let members = self.node.group_members(group).await?;
                 if !members.contains(&user) {
                     return Err(Failure::new(
@@ -355,8 +390,35 @@ impl Session {
                     ));
                 }
                 let receivers: Vec<i64> = members.iter().copied().filter(|m| *m != user).collect();
-                let frame = classic::forward_chat(body, user, &name, &classic_now());
-                self.node.deliver(&receivers, user, &frame).await?;
+                if receivers.is_empty() {
+                    return Ok(results);
+                }
+                let reply = self.chat((user, &name), &receivers, body, cmid).await?;
+                if let Some(failed) = reply.get("failed").filter(|_| self.uses_additions).cloned() {
+                    results.insert("failed".into(), failed);
+                } else if let Some(failed) = reply.get("failed") {
+                    // A classic client sent no seq: it hears of failures only.
+                    let ids: Vec<String> = failed
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|f| f["id"].as_i64().map(|i| i.to_string()))
+                        .collect();
+                    return Err(Failure::new(
+                        failed[0]["errno"].as_i64().unwrap_or(errno::BACKLOG_FULL),
+                        format!(
+                            "delivered to the group except members {}: {}",
+                            ids.join(", "),
+                            failed[0]["errmsg"].as_str().unwrap_or("not accepted")
+                        ),
+                    ));
+                }
+                if let Some(mid) = reply.get("mid") {
+                    results.insert("mid".into(), mid.clone());
+                }
+            }
+            Request::Ack { up_to } => {
+                let _ = self.writer.send(WriterCommand::ClientAck(up_to)).await;
             }
             Request::AddFriend { friend, .. } => {
                 self.node
@@ -404,7 +466,7 @@ impl Session {
                     .map_err(|s| failure_from_status(&s, "the user service"))?;
                 self.node.invalidate_group(group).await;
             }
-            Request::Login { .. } | Request::Register { .. } => {}
+            Request::Login { .. } | Request::Register { .. } | Request::Ping => {}
         }
         Ok(results)
     }
@@ -433,7 +495,7 @@ impl Session {
         self.send(frame).await;
     }
 
-    async fn login(&mut self, id: i64, password: String, seq: Option<i64>) {
+    async fn login(&mut self, id: i64, password: String, acks: bool, since: u64, seq: Option<i64>) {
         if let Some(active) = &self.active {
             let failure = Failure::new(
                 errno::FORBIDDEN,
@@ -446,7 +508,11 @@ impl Session {
                 .send_failure(&failure, classic::login_failed(&failure, seq))
                 .await;
         }
-        match self.try_login(id, password, seq).await {
+        if acks {
+            self.uses_additions().await;
+            self.heartbeats = true;
+        }
+        match self.try_login(id, password, acks, since, seq).await {
             Ok(ack) => self.finish_login(ack).await,
             Err(failure) => {
                 self.send_failure(&failure, classic::login_failed(&failure, seq))
@@ -459,6 +525,8 @@ impl Session {
         &mut self,
         id: i64,
         password: String,
+        acks: bool,
+        since: u64,
         seq: Option<i64>,
     ) -> Result<LoginAck, Failure> {
         let node = self.node.clone();
@@ -476,26 +544,22 @@ impl Session {
             Err(status) => return Err(failure_from_status(&status, "the user service")),
         };
         let owner = node.owner(self.connection);
-        let unavailable = |e: crate::cluster::ClusterError| {
-            tracing::warn!(error = %e, "login cannot reach redis");
-            Failure::new(
-                errno::UNAVAILABLE,
-                "the chat cluster is temporarily unavailable; try again",
-            )
-        };
+        let claimed_at = Instant::now();
         if !node
             .cluster
             .claim_presence(user.id, &owner, node.config.presence_ttl)
             .await
-            .map_err(unavailable)?
+            .map_err(redis_unavailable)?
         {
             return Err(Failure::new(errno::ACCOUNT_IN_USE, classic::CLASSIC_IN_USE));
         }
         let kick = CancellationToken::new();
         let (deliveries, queue) = mpsc::channel(node.config.limits.outbound_queue.max(1));
+        let sync = Arc::new(SyncSignal::default());
         let local = LocalSession {
             connection: self.connection,
             deliveries,
+            sync: sync.clone(),
             kick: kick.clone(),
         };
         if !node.registry.insert(user.id, local) {
@@ -509,15 +573,31 @@ impl Session {
             kick,
         });
         // From here on, failures must undo the login: end_active does.
+        // Nothing queued for the user is lost by that: it is in the inbox.
         let prepared = async {
             node.cluster
                 .subscribe_user(user.id)
                 .await
-                .map_err(unavailable)?;
-            self.login_ack(&user, queue, seq).await
+                .map_err(redis_unavailable)?;
+            let pending = self.pending_at_login(user.id, acks, since).await?;
+            self.login_ack(&user, pending, seq).await
         };
         match prepared.await {
-            Ok(ack) => Ok(ack),
+            Ok(mut ack) => {
+                ack.inbound = Some(Box::new(Inbound {
+                    node: node.clone(),
+                    user: user.id,
+                    acks,
+                    cursor: ack.pending.cursor,
+                    offline_after: ack.pending.offline_after,
+                    delivered_floor: ack.pending.delivered_floor,
+                    claimed_at,
+                    queue,
+                    sync,
+                    needs_sync: ack.pending.needs_sync,
+                }));
+                Ok(ack)
+            }
             Err(failure) => {
                 self.end_active().await;
                 Err(failure)
@@ -525,11 +605,116 @@ impl Session {
         }
     }
 
-    /// Friends and groups with presence, and the first page of offline messages.
+    /// What waits for the user, for the login ack: the first page of the
+    /// offline store, then (if that was all of it) the inbox, within a byte
+    /// budget. The offline store is read first: a move from the inbox
+    /// stores before it trims, and trims only while the user has no
+    /// presence, so every message is in one of the two reads.
+    async fn pending_at_login(
+        &self,
+        user: i64,
+        acks: bool,
+        since: u64,
+    ) -> Result<Pending, Failure> {
+        const BUDGET_BYTES: usize = 256 * 1024;
+        let node = &self.node;
+        let offline = node
+            .upstreams
+            .offline
+            .clone()
+            .fetch(offline_pb::FetchRequest {
+                receiver_id: user,
+                after: 0,
+                limit: node.config.offline_batch,
+            })
+            .await
+            .map(tonic::Response::into_inner);
+        let inbox = node
+            .cluster
+            .read_inbox(user, since, node.config.offline_batch as usize)
+            .await
+            .map_err(redis_unavailable)?;
+        // A client cannot have what was never sent.
+        let mut cursor = since.min(inbox.last_seq);
+        let resumed_at = cursor;
+        let mut pending = Pending {
+            frames: Vec::new(),
+            offline_up_to: None,
+            offline_after: None,
+            delivered_floor: inbox.delivered,
+            cursor,
+            resumed_at,
+            needs_sync: false,
+        };
+        let frame_for = |frame: Vec<u8>, mid: &str, seq: u64| {
+            if acks {
+                classic::with_delivery_fields(&frame, mid, seq)
+            } else {
+                frame
+            }
+        };
+        match offline {
+            Ok(page) => {
+                let floor = inbox.delivered.max(cursor);
+                for m in &page.messages {
+                    if m.inbox_seq != 0 && m.inbox_seq <= floor {
+                        continue;
+                    }
+                    pending.frames.push(frame_for(
+                        m.payload.clone().into_bytes(),
+                        &m.client_msg_id,
+                        m.inbox_seq,
+                    ));
+                    cursor = cursor.max(m.inbox_seq);
+                }
+                pending.offline_up_to = page.messages.last().map(|m| m.position);
+                if page.more {
+                    pending.offline_after = pending.offline_up_to;
+                }
+            }
+            Err(status) => {
+                // Login still succeeds; the messages stay stored and are
+                // handed over as soon as the offline service answers.
+                tracing::warn!(code = ?status.code(), "offline fetch failed at login; will retry");
+                pending.offline_after = Some(0);
+            }
+        }
+        if pending.offline_after.is_some() {
+            // The inbox comes after the rest of the offline store.
+            pending.needs_sync = true;
+            pending.cursor = cursor;
+            return Ok(pending);
+        }
+        let mut bytes: usize = pending.frames.iter().map(Vec::len).sum();
+        let complete = inbox.entries.len() < node.config.offline_batch as usize;
+        let mut all_fit = true;
+        for entry in inbox.entries {
+            if entry.seq <= cursor {
+                continue;
+            }
+            if bytes + entry.frame.len() > BUDGET_BYTES && !pending.frames.is_empty() {
+                all_fit = false;
+                break;
+            }
+            bytes += entry.frame.len();
+            let seq = entry.seq;
+            pending.frames.push(frame_for(entry.frame, &entry.mid, seq));
+            cursor = seq;
+        }
+        if complete && all_fit {
+            cursor = cursor.max(inbox.last_seq);
+        } else {
+            pending.needs_sync = true;
+        }
+        pending.cursor = cursor;
+        Ok(pending)
+    }
+
+    /// Friends and groups with presence, and what waits for the user.
     async fn login_ack(
         &self,
         user: &user_pb::User,
-        queue: mpsc::Receiver<Delivery>,
+        pending: Pending,
         seq: Option<i64>,
     ) -> Result<LoginAck, Failure> {
         let mut for_friends = self.node.upstreams.users.clone();
@@ -562,13 +747,12 @@ impl Session {
         ids.sort_unstable();
         ids.dedup();
         self.node.remember_users(ids.iter().copied());
-        let online = self.node.cluster.online(&ids).await.map_err(|e| {
-            tracing::warn!(error = %e, "login cannot read presence");
-            Failure::new(
-                errno::UNAVAILABLE,
-                "the chat cluster is temporarily unavailable; try again",
-            )
-        })?;
+        let online = self
+            .node
+            .cluster
+            .online(&ids)
+            .await
+            .map_err(redis_unavailable)?;
         let is_online = |id: i64| ids.binary_search(&id).ok().is_some_and(|i| online[i]);
 
         let friends: Vec<classic::FriendEntry> = friends
@@ -600,52 +784,22 @@ impl Session {
                     .collect(),
             })
             .collect();
-
-        let offline = self
-            .node
-            .upstreams
-            .offline
-            .clone()
-            .fetch(offline_pb::FetchRequest {
-                receiver_id: user.id,
-                after: 0,
-                limit: self.node.config.offline_batch,
-            })
-            .await
-            .map(|r| r.into_inner());
-        let (offline, backlog) = match offline {
-            Ok(page) => (page.messages, page.more),
-            Err(status) => {
-                // Login still succeeds; the messages stay stored and are
-                // handed over as soon as the offline service answers.
-                tracing::warn!(code = ?status.code(), "offline fetch failed at login; will retry");
-                (Vec::new(), true)
-            }
-        };
-        let frame = classic::login_ok(
-            user.id,
-            &user.name,
-            &friends,
-            &groups,
-            &offline
-                .iter()
-                .map(|m| m.payload.clone())
-                .collect::<Vec<_>>(),
-            seq,
-        );
+        let offline: Vec<String> = pending
+            .frames
+            .iter()
+            .map(|f| String::from_utf8_lossy(f).into_owned())
+            .collect();
+        let frame = classic::login_ok(user.id, &user.name, &friends, &groups, &offline, seq);
         Ok(LoginAck {
             frame,
             user_id: user.id,
-            up_to: offline.last().map(|m| m.position),
-            offline_count: offline.len() as u64,
-            backlog,
-            queue,
+            pending,
+            inbound: None,
         })
     }
 
     async fn finish_login(&mut self, ack: LoginAck) {
         let written = self.send_confirmed(ack.frame).await;
-        let _ = self.writer.send(WriterCommand::Attach(ack.queue)).await;
         if !written {
             return;
         }
@@ -654,25 +808,28 @@ impl Session {
             connection = self.connection,
             "logged in"
         );
-        metrics().offline_delivered.inc_by(ack.offline_count);
-        if let Some(up_to) = ack.up_to {
+        let pending = &ack.pending;
+        metrics()
+            .offline_delivered
+            .inc_by(pending.frames.len() as u64);
+        if let Some(up_to) = pending.offline_up_to {
             acknowledge_offline(&self.node, ack.user_id, up_to).await;
         }
-        if ack.backlog {
-            let Some(active) = &self.active else { return };
-            let node = self.node.clone();
-            let writer = self.writer.clone();
-            let kick = active.kick.clone();
-            let after = ack.up_to.unwrap_or(0);
-            self.node
-                .tasks
-                .spawn(hand_over_backlog(node, writer, kick, ack.user_id, after));
-        }
+        let Some(inbound) = ack.inbound else { return };
+        // Classic clients: what the ack carried was delivered. Clients that
+        // acknowledge: what they said they have (`since`).
+        let delivered = if inbound.acks {
+            pending.resumed_at
+        } else {
+            pending.cursor
+        };
+        self.node.note_delivered(ack.user_id, delivered);
+        let _ = self.writer.send(WriterCommand::Attach(inbound)).await;
     }
 
-    /// Ends the logged-in session (logout, disconnect, kick, shutdown):
-    /// no new deliveries, what was queued but not written goes offline, and
-    /// the user is free to log in anywhere.
+    /// Ends the logged-in session (logout, disconnect, kick, shutdown): no
+    /// new deliveries and the user is free to log in anywhere. What was
+    /// queued but not written is still in the user's inbox.
     async fn end_active(&mut self) {
         let Some(active) = self.active.take() else {
             return;
@@ -682,14 +839,11 @@ impl Session {
         metrics().online_users.dec();
         node.cluster.unsubscribe_user(active.id);
         active.kick.cancel();
-        let (done, rest) = oneshot::channel();
-        let undelivered = if self.writer.send(WriterCommand::Detach(done)).await.is_ok() {
-            rest.await.unwrap_or_default()
-        } else {
-            Vec::new()
-        };
-        for delivery in undelivered {
-            node.store_offline_until_done(active.id, delivery).await;
+        let (done, stopped) = oneshot::channel();
+        if self.writer.send(WriterCommand::Detach(done)).await.is_ok() {
+            // A writer stuck on a client that stopped reading must not keep
+            // the user locked: stop waiting after a moment.
+            let _ = tokio::time::timeout(Duration::from_secs(2), stopped).await;
         }
         if let Err(e) = node
             .cluster
@@ -706,13 +860,36 @@ impl Session {
     }
 }
 
+fn redis_unavailable(e: crate::cluster::ClusterError) -> Failure {
+    tracing::warn!(error = %e, "cannot reach redis");
+    Failure::new(
+        errno::UNAVAILABLE,
+        "the chat cluster is temporarily unavailable; try again",
+    )
+}
+
+/// What waits for a user at login.
+struct Pending {
+    /// Frames for the login ack's `offlinemsg`, oldest first.
+    frames: Vec<Vec<u8>>,
+    /// The last offline-store position among them (acknowledged once written).
+    offline_up_to: Option<u64>,
+    /// Where the writer continues in the offline store; `None`: drained.
+    offline_after: Option<u64>,
+    delivered_floor: u64,
+    /// The highest inbox sequence the client has after the ack.
+    cursor: u64,
+    /// What a resuming client said it has (clamped).
+    resumed_at: u64,
+    /// More waits than the ack carries.
+    needs_sync: bool,
+}
+
 struct LoginAck {
     frame: Vec<u8>,
     user_id: i64,
-    up_to: Option<u64>,
-    offline_count: u64,
-    backlog: bool,
-    queue: mpsc::Receiver<Delivery>,
+    pending: Pending,
+    inbound: Option<Box<Inbound>>,
 }
 
 fn request_kind(request: &Request) -> &'static str {
@@ -725,92 +902,8 @@ fn request_kind(request: &Request) -> &'static str {
         Request::CreateGroup { .. } => "create_group",
         Request::AddGroup { .. } => "join_group",
         Request::GroupChat { .. } => "group_chat",
-    }
-}
-
-async fn acknowledge_offline(node: &Node, user: i64, up_to: u64) {
-    let request = offline_pb::AckRequest {
-        receiver_id: user,
-        up_to,
-    };
-    for attempt in 1..=3u64 {
-        match node.upstreams.offline.clone().ack(request).await {
-            Ok(_) => return,
-            Err(status) => {
-                tracing::warn!(user, attempt, code = ?status.code(), "offline ack failed");
-                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
-            }
-        }
-    }
-    // Not acknowledged: the messages stay stored and come again at the next
-    // login. A duplicate is better than a loss.
-}
-
-/// Offline messages beyond the first page (or all of them, when the offline
-/// service did not answer at login), written as ordinary chat frames, each
-/// page acknowledged once it reached the socket.
-async fn hand_over_backlog(
-    node: Arc<Node>,
-    writer: mpsc::Sender<WriterCommand>,
-    kick: CancellationToken,
-    user: i64,
-    mut after: u64,
-) {
-    let mut delay = Duration::from_millis(500);
-    loop {
-        if kick.is_cancelled() || node.shutdown.is_requested() {
-            return;
-        }
-        let page = node
-            .upstreams
-            .offline
-            .clone()
-            .fetch(offline_pb::FetchRequest {
-                receiver_id: user,
-                after,
-                limit: node.config.offline_batch,
-            })
-            .await;
-        let page = match page {
-            Ok(page) => page.into_inner(),
-            Err(status) => {
-                tracing::warn!(user, code = ?status.code(), "offline fetch failed; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = kick.cancelled() => return,
-                }
-                delay = (delay * 2).min(Duration::from_secs(10));
-                continue;
-            }
-        };
-        let Some(last) = page.messages.last().map(|m| m.position) else {
-            return;
-        };
-        let count = page.messages.len();
-        for (i, message) in page.messages.into_iter().enumerate() {
-            let frame = message.payload.into_bytes();
-            if i + 1 < count {
-                if writer.send(WriterCommand::Frame(frame)).await.is_err() {
-                    return;
-                }
-            } else {
-                let (done, written) = oneshot::channel();
-                if writer
-                    .send(WriterCommand::Confirmed(frame, done))
-                    .await
-                    .is_err()
-                    || !written.await.unwrap_or(false)
-                {
-                    return;
-                }
-            }
-        }
-        metrics().offline_delivered.inc_by(count as u64);
-        acknowledge_offline(&node, user, last).await;
-        after = last;
-        if !page.more {
-            return;
-        }
+        Request::Ack { .. } => "ack",
+        Request::Ping => "ping",
     }
 }
 
@@ -855,13 +948,14 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn rate_limiter_refills_over_time() {
+    async fn rate_limiter_paces_instead_of_refusing() {
         let mut limiter = RateLimiter::new(10, 2);
-        assert!(limiter.allow());
-        assert!(limiter.allow());
-        assert!(!limiter.allow());
-        tokio::time::advance(Duration::from_millis(100)).await;
-        assert!(limiter.allow());
-        assert!(!limiter.allow());
+        assert_eq!(limiter.take(), Duration::ZERO);
+        assert_eq!(limiter.take(), Duration::ZERO);
+        // The third waits for one refill, the fourth for two.
+        assert_eq!(limiter.take(), Duration::from_millis(100));
+        assert_eq!(limiter.take(), Duration::from_millis(200));
+        tokio::time::advance(Duration::from_millis(200)).await;
+        assert_eq!(limiter.take(), Duration::from_millis(100));
     }
 }

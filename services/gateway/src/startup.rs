@@ -82,13 +82,14 @@ impl Application {
     }
 
     /// Serves until shutdown is requested, then stops accepting, ends every
-    /// session (their undelivered messages go offline, their presence is
-    /// released) and waits for that, at most the drain timeout.
+    /// session (their presence is released; what they had not written stays
+    /// in the inboxes) and waits for that, at most the drain timeout.
     pub async fn run_until_stopped(self) {
         let node = self.node;
         let permits = Arc::new(Semaphore::new(node.config.limits.max_connections));
         tokio::spawn(node.clone().dispatch_bus(self.bus_events));
         tokio::spawn(node.clone().keep_presence());
+        tokio::spawn(node.clone().run_trimmer());
         let tcp = tokio::spawn(transport::serve_tcp(
             node.clone(),
             self.tcp,
@@ -115,5 +116,8 @@ impl Application {
             tracing::warn!(left = node.tasks.len(), "drain timed out");
         }
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), http).await;
+        // Entries written but not yet trimmed would only be delivered again;
+        // trim them now so a restart does not repeat them.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), node.flush_trims()).await;
     }
 }

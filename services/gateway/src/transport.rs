@@ -4,6 +4,10 @@
 //!
 //! Both hold a permit of the node's connection limit for as long as the
 //! connection lives; a client over the limit is told so and closed.
+//!
+//! Classic TCP clients parse each `read()` as one JSON value, so until a
+//! connection uses the additions every frame is its own write. TCP sockets
+//! get keepalive probes, so a peer that vanished without closing is noticed.
 
 use std::{collections::VecDeque, io, sync::Arc};
 
@@ -34,7 +38,8 @@ use crate::{
         classic::{self, Failure, errno},
         framing::{Frame, FrameError, JsonSplitter},
     },
-    session::{self, FrameSink, FrameSource},
+    session::{self, FrameSource, Transport},
+    writer::FrameSink,
 };
 
 struct TcpSource {
@@ -69,26 +74,36 @@ impl FrameSource for TcpSource {
     }
 }
 
-/// Frames are gathered in a buffer that exists only while there is
-/// something to write: written and released at every flush (the writer
-/// flushes whenever its queues are empty), so an idle connection holds no
-/// write buffer.
+/// For a client that parses a stream (it used the additions), frames are
+/// gathered in a buffer that exists only while there is something to write:
+/// written and released at every flush (the writer flushes whenever its
+/// queues are empty), so an idle connection holds no write buffer. For a
+/// classic client, each frame is one write.
 struct TcpSink {
     write: OwnedWriteHalf,
     pending: Vec<u8>,
+    batching: bool,
 }
 
 /// Past this, frames are written without waiting for the flush.
 const WRITE_BATCH: usize = 64 * 1024;
 
 impl FrameSink for TcpSink {
-    async fn send(&mut self, frame: Vec<u8>) -> io::Result<()> {
+    async fn send(&mut self, mut frame: Vec<u8>) -> io::Result<()> {
+        if !self.batching {
+            frame.push(b'\n');
+            return self.write.write_all(&frame).await;
+        }
         self.pending.extend_from_slice(&frame);
         self.pending.push(b'\n');
         if self.pending.len() >= WRITE_BATCH {
             self.flush().await?;
         }
         Ok(())
+    }
+
+    fn allow_batching(&mut self) {
+        self.batching = true;
     }
 
     async fn flush(&mut self) -> io::Result<()> {
@@ -121,6 +136,7 @@ pub async fn serve_tcp(node: Arc<Node>, listener: TcpListener, permits: Arc<Sema
             continue;
         };
         let _ = stream.set_nodelay(true);
+        set_keepalive(&stream, node.config.tcp_keepalive);
         let node2 = node.clone();
         node.tasks.spawn(async move {
             let (read, write) = stream.into_split();
@@ -132,6 +148,7 @@ pub async fn serve_tcp(node: Arc<Node>, listener: TcpListener, permits: Arc<Sema
             let sink = TcpSink {
                 write,
                 pending: Vec::new(),
+                batching: false,
             };
             tracing::debug!(%peer, "tcp connection");
             let open = metrics()
@@ -139,10 +156,22 @@ pub async fn serve_tcp(node: Arc<Node>, listener: TcpListener, permits: Arc<Sema
                 .get_or_create(&label("transport", "tcp"))
                 .clone();
             open.inc();
-            session::run(node2, source, sink).await;
+            session::run(node2, source, sink, Transport::Tcp).await;
             open.dec();
             drop(permit);
         });
+    }
+}
+
+/// Keepalive probes after `idle`, then 3 probes `idle / 3` apart: a peer
+/// gone without closing is noticed after about twice `idle`.
+fn set_keepalive(stream: &TcpStream, idle: std::time::Duration) {
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(idle)
+        .with_interval(idle / 3)
+        .with_retries(3);
+    if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive) {
+        tracing::debug!(error = %e, "cannot set tcp keepalive");
     }
 }
 
@@ -164,16 +193,14 @@ struct WsSource {
 
 impl FrameSource for WsSource {
     async fn next_frame(&mut self) -> Option<Frame> {
-        loop {
-            match self.stream.next().await? {
-                Ok(Message::Text(text)) if text.len() > self.max => {
-                    return Some(Frame::Invalid(FrameError::TooLarge { max: self.max }));
-                }
-                Ok(Message::Text(text)) => return Some(Frame::Value(text.as_bytes().to_vec())),
-                Ok(Message::Binary(_)) => return Some(Frame::Invalid(FrameError::NotAnObject)),
-                Ok(Message::Close(_)) | Err(_) => return None,
-                Ok(Message::Ping(_) | Message::Pong(_)) => {}
+        match self.stream.next().await? {
+            Ok(Message::Text(text)) if text.len() > self.max => {
+                Some(Frame::Invalid(FrameError::TooLarge { max: self.max }))
             }
+            Ok(Message::Text(text)) => Some(Frame::Value(text.as_bytes().to_vec())),
+            Ok(Message::Binary(_)) => Some(Frame::Invalid(FrameError::NotAnObject)),
+            Ok(Message::Close(_)) | Err(_) => None,
+            Ok(Message::Ping(_) | Message::Pong(_)) => Some(Frame::Heartbeat),
         }
     }
 }
@@ -192,6 +219,13 @@ impl FrameSink for WsSink {
 
     async fn flush(&mut self) -> io::Result<()> {
         self.0.flush().await.map_err(io::Error::other)
+    }
+
+    async fn heartbeat(&mut self) -> io::Result<()> {
+        self.0
+            .send(Message::Ping(Vec::new().into()))
+            .await
+            .map_err(io::Error::other)
     }
 }
 
@@ -243,7 +277,13 @@ async fn websocket(State(state): State<HttpState>, upgrade: WebSocketUpgrade) ->
                         .get_or_create(&label("transport", "ws"))
                         .clone();
                     open.inc();
-                    session::run(node, WsSource { stream, max }, WsSink(sink)).await;
+                    session::run(
+                        node,
+                        WsSource { stream, max },
+                        WsSink(sink),
+                        Transport::WebSocket,
+                    )
+                    .await;
                     open.dec();
                     drop(permit);
                 })

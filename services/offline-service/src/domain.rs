@@ -57,6 +57,8 @@ pub struct NewMessage {
     pub sender_id: i64,
     pub client_msg_id: Option<String>,
     pub payload: String,
+    /// Its sequence in the receiver's gateway inbox (0: none).
+    pub inbox_seq: u64,
 }
 
 impl NewMessage {
@@ -94,7 +96,12 @@ impl NewMessage {
             sender_id,
             client_msg_id,
             payload,
+            inbox_seq: 0,
         })
+    }
+
+    pub fn with_inbox_seq(self, inbox_seq: u64) -> Self {
+        Self { inbox_seq, ..self }
     }
 }
 
@@ -115,6 +122,8 @@ pub struct StoredMessage {
     pub sender_id: i64,
     pub payload: String,
     pub stored_at_unix_ms: i64,
+    pub client_msg_id: Option<String>,
+    pub inbox_seq: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

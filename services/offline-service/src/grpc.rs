@@ -32,7 +32,8 @@ impl pb::offline_service_server::OfflineService for OfflineGrpc {
             req.client_msg_id,
             req.payload,
             self.store.limits(),
-        )?;
+        )?
+        .with_inbox_seq(req.inbox_seq);
         let stored = self.store.store(&message).await?;
         Ok(Response::new(pb::StoreResponse {
             position: stored.position,
@@ -57,6 +58,8 @@ impl pb::offline_service_server::OfflineService for OfflineGrpc {
                     sender_id: m.sender_id,
                     payload: m.payload,
                     stored_at_unix_ms: m.stored_at_unix_ms,
+                    client_msg_id: m.client_msg_id.unwrap_or_default(),
+                    inbox_seq: m.inbox_seq,
                 })
                 .collect(),
             more,

@@ -92,8 +92,8 @@ impl OfflineStore {
         let position = receiver.last_position + 1;
         sqlx::query(
             "INSERT INTO offline_messages \
-             (receiver_id, position, sender_id, client_msg_id, payload, stored_at_ms) \
-             VALUES (?, ?, ?, ?, ?, ?)",
+             (receiver_id, position, sender_id, client_msg_id, payload, stored_at_ms, inbox_seq) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(message.receiver.get())
         .bind(position)
@@ -101,6 +101,7 @@ impl OfflineStore {
         .bind(message.client_msg_id.as_deref())
         .bind(&message.payload)
         .bind(now_unix_ms())
+        .bind(message.inbox_seq)
         .execute(&mut *tx)
         .await?;
         sqlx::query(
@@ -127,7 +128,7 @@ impl OfflineStore {
         limit: u32,
     ) -> Result<(Vec<StoredMessage>, bool), OfflineError> {
         let rows = sqlx::query(
-            "SELECT position, sender_id, payload, stored_at_ms FROM offline_messages \
+            "SELECT position, sender_id, payload, stored_at_ms, client_msg_id, inbox_seq FROM offline_messages \
              WHERE receiver_id = ? AND position > ? ORDER BY position LIMIT ?",
         )
         .bind(receiver.get())
@@ -143,6 +144,8 @@ impl OfflineStore {
                 sender_id: row.get(1),
                 payload: row.get(2),
                 stored_at_unix_ms: row.get(3),
+                client_msg_id: row.get(4),
+                inbox_seq: row.get(5),
             };
             bytes += message.payload.len();
             if bytes > self.limits.max_page_bytes && !messages.is_empty() {

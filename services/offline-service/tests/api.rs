@@ -46,6 +46,7 @@ fn store_req(receiver_id: i64, sender_id: i64, payload: &str) -> pb::StoreReques
         sender_id,
         client_msg_id: String::new(),
         payload: payload.into(),
+        inbox_seq: 0,
     }
 }
 
@@ -149,6 +150,7 @@ async fn a_retried_store_with_a_client_id_does_not_duplicate() {
         sender_id,
         client_msg_id: id.into(),
         payload: payload.into(),
+        inbox_seq: 0,
     };
     let first = c
         .store(with_id(1, "m-1", "hello"))
@@ -453,4 +455,41 @@ async fn pages_are_bounded_in_bytes_too() {
     let page = fetch(&mut app.client, 1, 0, 0).await;
     assert_eq!(payloads(&page), ["longer than ten bytes"]);
     assert!(page.more);
+}
+
+#[tokio::test]
+async fn inbox_sequence_and_client_id_come_back_with_the_message() {
+    let mut app = spawn_app().await;
+    let c = &mut app.client;
+    c.store(pb::StoreRequest {
+        client_msg_id: "m-7".into(),
+        inbox_seq: 1_795_600_000_000_042,
+        ..store_req(9, 2, "moved from an inbox")
+    })
+    .await
+    .expect("stored");
+    c.store(store_req(9, 2, "never in an inbox"))
+        .await
+        .expect("stored");
+    let page = c
+        .fetch(pb::FetchRequest {
+            receiver_id: 9,
+            after: 0,
+            limit: 10,
+        })
+        .await
+        .expect("fetch")
+        .into_inner();
+    let got: Vec<(&str, &str, u64)> = page
+        .messages
+        .iter()
+        .map(|m| (m.payload.as_str(), m.client_msg_id.as_str(), m.inbox_seq))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("moved from an inbox", "m-7", 1_795_600_000_000_042),
+            ("never in an inbox", "", 0)
+        ]
+    );
 }

@@ -185,7 +185,11 @@ impl PrivateRedis {
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes",
+                "--appendfsync",
+                "everysec",
+                "--maxmemory-policy",
+                "noeviction",
             ])
             .arg("--dir")
             .arg(&self.dir)
@@ -202,7 +206,8 @@ impl PrivateRedis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    /// Kills Redis and starts it again on the same port, empty.
+    /// Kills Redis (-9) and starts it again on the same port, from its
+    /// append-only file.
     pub async fn restart(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill().await;
@@ -539,8 +544,8 @@ impl Stack {
              master_process off;\ndaemon off;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log warn;\n\
              events {{ worker_connections 1024; }}\n\
              stream {{\n    upstream chat_tcp {{\n{tcp_servers}    }}\n    upstream chat_ws {{\n{ws_servers}    }}\n\
-             \x20   server {{ listen {tcp}; proxy_pass chat_tcp; tcp_nodelay on; proxy_connect_timeout 2s; }}\n\
-             \x20   server {{ listen {ws}; proxy_pass chat_ws; tcp_nodelay on; proxy_connect_timeout 2s; }}\n}}\n",
+             \x20   server {{ listen {tcp} so_keepalive=6s:2s:3; proxy_pass chat_tcp; tcp_nodelay on; proxy_connect_timeout 2s; proxy_socket_keepalive on; proxy_timeout 1h; }}\n\
+             \x20   server {{ listen {ws} so_keepalive=6s:2s:3; proxy_pass chat_ws; tcp_nodelay on; proxy_connect_timeout 2s; proxy_socket_keepalive on; proxy_timeout 30s; }}\n}}\n",
             dir = dir.display(),
             tcp_servers = servers(|g| g.tcp),
             ws_servers = servers(|g| g.http),

@@ -170,7 +170,7 @@ async fn malformed_split_merged_and_oversized_frames_are_handled() {
 }
 
 #[tokio::test]
-async fn connection_and_rate_limits_answer_with_clear_errors() {
+async fn the_connection_limit_answers_clearly_and_the_rate_limit_paces() {
     let stack = Stack::builder()
         .gateways(1)
         .gateway_env("CLUSTERCHAT_GATEWAY_MAX_CONNECTIONS", "2")
@@ -187,17 +187,21 @@ async fn connection_and_rate_limits_answer_with_clear_errors() {
     assert!(refused["errmsg"].as_str().expect("errmsg").contains("full"));
     assert!(third.is_closed(Duration::from_secs(5)).await);
 
-    for seq in 1..=3 {
-        let reply = first.call(json!({"msgid": 42}), seq).await;
-        assert_eq!(reply["errno"], 1, "within the burst: processed");
+    // Over the rate (burst 3, then 1/s), requests wait their turn: every
+    // one is answered, none refused, the fifth about 2 s after the first.
+    let started = tokio::time::Instant::now();
+    for seq in 1..=5 {
+        first.send(&json!({"msgid": 42, "seq": seq})).await;
     }
-    let reply = first.call(json!({"msgid": 42}), 4).await;
-    assert_eq!(reply["errno"], 7, "{reply}");
+    for seq in 1..=5 {
+        let reply = first.recv().await;
+        assert_eq!(reply["seq"], seq, "in order: {reply}");
+        assert_eq!(reply["errno"], 1, "processed, not refused: {reply}");
+    }
     assert!(
-        reply["errmsg"]
-            .as_str()
-            .expect("errmsg")
-            .contains("slow down")
+        started.elapsed() >= Duration::from_millis(1800),
+        "paced: {:?}",
+        started.elapsed()
     );
 }
 

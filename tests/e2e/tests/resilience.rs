@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeSet, time::Duration};
 
-use e2e::{Client, PATIENCE, Stack, assert_eventually, chat};
+use e2e::{Client, PATIENCE, Stack, chat};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -28,7 +28,6 @@ async fn a_node_killed_with_minus_9_frees_its_users_and_loses_nothing() {
     let (mut alice, a, mut bob, b) = stack.alice_and_bob(0, 1).await;
     alice.send(&chat(a, b, "before the crash")).await;
     assert_eq!(bob.recv().await["msg"], "before the crash");
-
     stack.kill_gateway(1).await;
     let killed_at = Instant::now();
     let mut sent = Vec::new();
@@ -53,10 +52,15 @@ async fn a_node_killed_with_minus_9_frees_its_users_and_loses_nothing() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     assert!(killed_at.elapsed() < Duration::from_secs(15));
+    let mut got = offline_texts(&ack);
+    // The documented duplicate window: a frame written just before its node
+    // died may not have been trimmed from the inbox yet.
+    if got.first().is_some_and(|m| m == "before the crash") {
+        got.remove(0);
+    }
     assert_eq!(
-        offline_texts(&ack),
-        sent,
-        "every message sent after the crash is handed over"
+        got, sent,
+        "every message sent after the crash is handed over, in order"
     );
 }
 
@@ -120,7 +124,7 @@ async fn chats_flow_again_after_redis_restarts() {
 }
 
 #[tokio::test]
-async fn mysql_briefly_down_keeps_online_chat_and_refuses_the_rest_clearly() {
+async fn mysql_briefly_down_keeps_chat_going_and_refuses_logins_clearly() {
     let stack = Stack::builder()
         .gateways(2)
         .with_database_proxy()
@@ -155,21 +159,21 @@ async fn mysql_briefly_down_keeps_online_chat_and_refuses_the_rest_clearly() {
             .expect("errmsg")
             .contains("unavailable")
     );
+    // A message for offline carol needs no database to be accepted: it is
+    // recorded in her inbox in Redis and reaches her when she comes.
     let reply = alice.call(chat(a, c, "to offline carol"), 1).await;
-    assert_eq!(reply["errno"], 8, "{reply}");
-    assert!(
-        reply["errmsg"]
-            .as_str()
-            .expect("errmsg")
-            .contains("could not be stored")
-    );
+    assert_eq!(reply["errno"], 0, "{reply}");
 
     stack.restore_database();
-    assert_eventually!(
-        carol.login(c, "pc").await["errno"] == 0,
-        PATIENCE,
-        "carol cannot log in after recovery"
-    );
+    let ack = loop {
+        let ack = carol.login(c, "pc").await;
+        if ack["errno"] == 0 {
+            break ack;
+        }
+        assert_eq!(ack["errno"], 8, "{ack}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(offline_texts(&ack), ["to offline carol"]);
     alice.send(&chat(a, c, "welcome back")).await;
     assert_eq!(carol.recv().await["msg"], "welcome back");
 }
@@ -184,7 +188,7 @@ async fn read_numbers_until_quiet(client: &mut Client, got: &mut Vec<String>) {
 }
 
 #[tokio::test]
-async fn a_client_that_stops_reading_loses_nothing() {
+async fn a_client_that_stops_reading_gets_everything_in_order_once_it_reads_again() {
     let stack = Stack::builder()
         .gateways(1)
         .gateway_env("CLUSTERCHAT_GATEWAY_OUTBOUND_QUEUE", "4")
@@ -198,7 +202,8 @@ async fn a_client_that_stops_reading_loses_nothing() {
     fast.login_ok(f, "pf").await;
     slow.login_ok(s, "ps").await;
 
-    // ~15 MB: more than the socket buffers and the 4-message queue hold.
+    // ~15 MB: far more than the socket buffers and the 4-message queue hold,
+    // so most of it waits in the inbox while the writer is stuck.
     let padding = "x".repeat(50_000);
     let total = 300;
     for i in 0..total {
@@ -206,24 +211,11 @@ async fn a_client_that_stops_reading_loses_nothing() {
         assert_eq!(reply["errno"], 0, "accepted: {reply}");
     }
 
+    // The same connection, no new login: every message, in order, once.
     let mut got = Vec::new();
     read_numbers_until_quiet(&mut slow, &mut got).await;
-    assert!(
-        got.len() < total as usize,
-        "the test must overflow the queue to mean anything"
-    );
-    slow.send(&json!({"msgid": 3, "id": s})).await;
-    let ack = slow.login_ok(s, "ps").await;
-    got.extend(
-        offline_texts(&ack)
-            .iter()
-            .map(|m| m.split(' ').next().expect("n").to_owned()),
-    );
-    // The first page rides in the login ack; the rest follow as chats.
-    read_numbers_until_quiet(&mut slow, &mut got).await;
-    let unique: BTreeSet<&String> = got.iter().collect();
-    assert_eq!(unique.len(), got.len(), "a message arrived twice");
-    assert_eq!(unique.len(), total as usize, "a message was lost");
+    let expected: Vec<String> = (0..total).map(|i| i.to_string()).collect();
+    assert_eq!(got, expected);
 }
 
 #[tokio::test]

@@ -1,8 +1,22 @@
 //! A connection to a gateway (or nginx in front of them) over classic TCP or
 //! WebSocket: JSON values out, JSON values in, and `None` when it closes.
+//!
+//! The client uses the delivery additions: it logs in with `acks` (and
+//! `since`, when it resumes), drops a chat it has already shown (by `rseq`,
+//! or by `mid` for one without a sequence), acknowledges what it has shown
+//! (at most every 100 ms), and pings every 4 s so the server knows it is alive.
+
+use std::{
+    collections::{HashSet, VecDeque},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use futures::{SinkExt as _, StreamExt as _};
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpStream,
@@ -27,13 +41,66 @@ impl std::fmt::Display for Endpoint {
     }
 }
 
+/// What this client has shown, across reconnects: the basis of `since`,
+/// of acknowledgements and of dropping duplicates.
+#[derive(Default)]
+pub struct Deliveries {
+    /// The highest receiver sequence shown.
+    shown: AtomicU64,
+    /// Ids of recently shown chats that carried no sequence.
+    recent: Mutex<(HashSet<String>, VecDeque<String>)>,
+}
+
+impl Deliveries {
+    /// True the first time a chat is seen (show it); false for a repeat.
+    pub fn first_time(&self, message: &Value) -> bool {
+        if let Some(rseq) = message["rseq"].as_u64() {
+            return self.shown.fetch_max(rseq, Ordering::AcqRel) < rseq;
+        }
+        let Some(mid) = message["mid"].as_str() else {
+            return true;
+        };
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let (set, order) = &mut *recent;
+        if !set.insert(mid.to_owned()) {
+            return false;
+        }
+        order.push_back(mid.to_owned());
+        if order.len() > 10_000
+            && let Some(old) = order.pop_front()
+        {
+            set.remove(&old);
+        }
+        true
+    }
+
+    pub fn shown(&self) -> u64 {
+        self.shown.load(Ordering::Acquire)
+    }
+
+    /// The login request: with `acks`, and `since` once something was shown.
+    pub fn login_request(&self, id: i64, password: &str) -> Value {
+        let mut request = json!({"msgid": 1, "id": id, "password": password, "acks": true});
+        if self.shown() > 0 {
+            request["since"] = self.shown().into();
+        }
+        request
+    }
+}
+
 pub struct Connection {
     outgoing: mpsc::UnboundedSender<String>,
     pub incoming: mpsc::UnboundedReceiver<Value>,
+    pub deliveries: Arc<Deliveries>,
 }
 
 impl Connection {
     pub async fn open(endpoint: &Endpoint) -> anyhow::Result<Self> {
+        Self::resume(endpoint, Arc::default()).await
+    }
+
+    /// Opens a connection that continues what `deliveries` has shown.
+    pub async fn resume(endpoint: &Endpoint, deliveries: Arc<Deliveries>) -> anyhow::Result<Self> {
         let (outgoing, mut to_send) = mpsc::unbounded_channel::<String>();
         let (received, incoming) = mpsc::unbounded_channel();
         match endpoint {
@@ -92,7 +159,34 @@ impl Connection {
                 });
             }
         }
-        Ok(Self { outgoing, incoming })
+        // Heartbeat and acknowledgements; ends when the connection does.
+        let beat = outgoing.clone();
+        let shown = deliveries.clone();
+        tokio::spawn(async move {
+            let mut acked = 0;
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            for n in 0u64.. {
+                tick.tick().await;
+                let now = shown.shown();
+                if now > acked {
+                    acked = now;
+                    if beat
+                        .send(json!({"msgid": 12, "ack": now}).to_string())
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                if n % 40 == 39 && beat.send(json!({"msgid": 13}).to_string()).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Self {
+            outgoing,
+            incoming,
+            deliveries,
+        })
     }
 
     pub fn send(&self, request: &Value) -> anyhow::Result<()> {

@@ -7,13 +7,13 @@
 //! messages print through rustyline's external printer, above the line being
 //! typed, so they never garble it.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use rustyline::{DefaultEditor, ExternalPrinter as _};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use crate::conn::{Connection, Endpoint};
+use crate::conn::{Connection, Deliveries, Endpoint};
 
 const HELP: &str = "commands:
   help                          this list
@@ -80,7 +80,7 @@ pub async fn run(endpoint: Endpoint) -> anyhow::Result<()> {
         }
     });
 
-    let mut conn = connect(&endpoint, &mut print).await?;
+    let mut conn = connect(&endpoint, Arc::default(), &mut print).await?;
     let mut state = State::Menu;
     let mut session: Option<Session> = None;
     let mut pending: HashMap<i64, Pending> = HashMap::new();
@@ -106,7 +106,9 @@ pub async fn run(endpoint: Endpoint) -> anyhow::Result<()> {
                     },
                     State::LoginPassword(id) => {
                         let s = next_seq();
-                        conn.send(&json!({"msgid": 1, "id": id, "password": line, "seq": s}))?;
+                        let mut request = conn.deliveries.login_request(id, &line);
+                        request["seq"] = s.into();
+                        conn.send(&request)?;
                         pending.insert(s, Pending::Login { id, password: line });
                         state = State::Menu;
                     }
@@ -124,6 +126,9 @@ pub async fn run(endpoint: Endpoint) -> anyhow::Result<()> {
                                 let s = next_seq();
                                 let mut request = request;
                                 request["seq"] = s.into();
+                                if matches!(request["msgid"].as_i64(), Some(6 | 10)) {
+                                    request["cmid"] = format!("{:032x}", rand::random::<u128>()).into();
+                                }
                                 conn.send(&request)?;
                                 if request["msgid"] == 3 {
                                     session = None;
@@ -148,10 +153,14 @@ pub async fn run(endpoint: Endpoint) -> anyhow::Result<()> {
                 let Some(message) = message else {
                     print("connection lost; reconnecting ...".into());
                     pending.clear();
-                    conn = connect(&endpoint, &mut print).await?;
+                    // The new connection resumes after what was shown.
+                    let shown = conn.deliveries.clone();
+                    conn = connect(&endpoint, shown, &mut print).await?;
                     if let Some(me) = &session {
                         seq += 1;
-                        conn.send(&json!({"msgid": 1, "id": me.id, "password": me.password, "seq": seq}))?;
+                        let mut request = conn.deliveries.login_request(me.id, &me.password);
+                        request["seq"] = seq.into();
+                        conn.send(&request)?;
                         pending.insert(seq, Pending::Relogin { attempt: 1 });
                     } else {
                         state = State::Menu;
@@ -163,7 +172,7 @@ pub async fn run(endpoint: Endpoint) -> anyhow::Result<()> {
                 match (reply_to, message["msgid"].as_i64()) {
                     (Some(Pending::Login { id, password }), _) => {
                         if message["errno"] == 0 {
-                            let me = show_login(&message, id, password, &mut print);
+                            let me = show_login(&message, id, password, &conn.deliveries, &mut print);
                             session = Some(me);
                             state = State::Chatting;
                         } else {
@@ -175,13 +184,20 @@ pub async fn run(endpoint: Endpoint) -> anyhow::Result<()> {
                         let Some(me) = &session else { continue };
                         if message["errno"] == 0 {
                             print(format!("logged in again as {} ({})", message["name"].as_str().unwrap_or_default(), me.id));
+                            for m in crate::offline_messages(&message) {
+                                if conn.deliveries.first_time(&m) {
+                                    print(format_chat(&m));
+                                }
+                            }
                         } else if message["errno"] == 2 && attempt < 60 {
                             if attempt == 1 {
                                 print("waiting for the old session to expire ...".into());
                             }
                             tokio::time::sleep(Duration::from_millis(500)).await;
                             seq += 1;
-                            conn.send(&json!({"msgid": 1, "id": me.id, "password": me.password, "seq": seq}))?;
+                            let mut request = conn.deliveries.login_request(me.id, &me.password);
+                            request["seq"] = seq.into();
+                            conn.send(&request)?;
                             pending.insert(seq, Pending::Relogin { attempt: attempt + 1 });
                         } else {
                             print(format!("could not log in again: {}\n{MENU}", message["errmsg"].as_str().unwrap_or("refused")));
@@ -206,7 +222,11 @@ pub async fn run(endpoint: Endpoint) -> anyhow::Result<()> {
                             print(format!("{what}: error: {}", message["errmsg"].as_str().unwrap_or("failed")));
                         }
                     }
-                    (None, Some(6 | 10)) => print(format_chat(&message)),
+                    (None, Some(6 | 10)) => {
+                        if conn.deliveries.first_time(&message) {
+                            print(format_chat(&message));
+                        }
+                    }
                     (None, Some(11)) => print(format!("error: {}", message["errmsg"].as_str().unwrap_or("?"))),
                     (None, _) => {}
                 }
@@ -215,10 +235,14 @@ pub async fn run(endpoint: Endpoint) -> anyhow::Result<()> {
     }
 }
 
-async fn connect(endpoint: &Endpoint, print: &mut Printer) -> anyhow::Result<Connection> {
+async fn connect(
+    endpoint: &Endpoint,
+    shown: Arc<Deliveries>,
+    print: &mut Printer,
+) -> anyhow::Result<Connection> {
     let mut delay = Duration::from_millis(200);
     for attempt in 1..=30 {
-        match Connection::open(endpoint).await {
+        match Connection::resume(endpoint, shown.clone()).await {
             Ok(conn) => {
                 print(format!("connected to {endpoint}"));
                 return Ok(conn);
@@ -316,7 +340,13 @@ fn format_chat(message: &Value) -> String {
     }
 }
 
-fn show_login(ack: &Value, id: i64, password: String, print: &mut Printer) -> Session {
+fn show_login(
+    ack: &Value,
+    id: i64,
+    password: String,
+    shown: &Deliveries,
+    print: &mut Printer,
+) -> Session {
     let name = ack["name"].as_str().unwrap_or_default().to_owned();
     let mut names = HashMap::new();
     let mut out = format!("logged in as {name} ({id})");
@@ -356,7 +386,10 @@ fn show_login(ack: &Value, id: i64, password: String, print: &mut Printer) -> Se
             out.push_str(&format!("\n      {m}"));
         }
     }
-    let offline = crate::offline_messages(ack);
+    let offline: Vec<Value> = crate::offline_messages(ack)
+        .into_iter()
+        .filter(|m| shown.first_time(m))
+        .collect();
     if !offline.is_empty() {
         out.push_str(&format!("\noffline messages ({}):", offline.len()));
         for m in &offline {

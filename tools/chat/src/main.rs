@@ -106,13 +106,8 @@ async fn login(
     password: &str,
     mut other: impl FnMut(Value),
 ) -> anyhow::Result<Value> {
-    let ack = conn
-        .call(
-            json!({"msgid": 1, "id": id, "password": password}),
-            1,
-            &mut other,
-        )
-        .await?;
+    let request = conn.deliveries.login_request(id, password);
+    let ack = conn.call(request, 1, &mut other).await?;
     if ack["errno"] != 0 {
         anyhow::bail!(
             "login failed: {}",
@@ -149,9 +144,15 @@ async fn scripted(endpoint: Endpoint, command: Command) -> anyhow::Result<()> {
             msg,
         } => {
             login(&mut conn, id, &password, |_| {}).await?;
+            // One client message id for this message and every retry of it.
+            let cmid = format!("{:032x}", rand::random::<u128>());
             let request = match (to, group) {
-                (_, Some(group)) => json!({"msgid": 10, "id": id, "groupid": group, "msg": msg}),
-                (Some(to), None) => json!({"msgid": 6, "id": id, "toid": to, "msg": msg}),
+                (_, Some(group)) => {
+                    json!({"msgid": 10, "id": id, "groupid": group, "msg": msg, "cmid": cmid})
+                }
+                (Some(to), None) => {
+                    json!({"msgid": 6, "id": id, "toid": to, "msg": msg, "cmid": cmid})
+                }
                 (None, None) => anyhow::bail!("give --to or --group"),
             };
             let reply = conn.call(request, 2, |_| {}).await?;
@@ -172,8 +173,10 @@ async fn scripted(endpoint: Endpoint, command: Command) -> anyhow::Result<()> {
             // For scripts: from here on, messages to this user arrive.
             eprintln!("listening as user {id}");
             for message in offline_messages(&ack) {
-                print_json(&message);
-                seen += 1;
+                if conn.deliveries.first_time(&message) {
+                    print_json(&message);
+                    seen += 1;
+                }
             }
             while !done(seen) {
                 let next = conn.incoming.recv();
@@ -188,6 +191,13 @@ async fn scripted(endpoint: Endpoint, command: Command) -> anyhow::Result<()> {
                 let Some(message) = message else {
                     anyhow::bail!("the server closed the connection");
                 };
+                let is_chat = matches!(message["msgid"].as_i64(), Some(6 | 10));
+                if is_chat && !conn.deliveries.first_time(&message) {
+                    continue;
+                }
+                if message["msgid"] == 14 {
+                    continue;
+                }
                 print_json(&message);
                 seen += 1;
             }

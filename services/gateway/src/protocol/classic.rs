@@ -7,7 +7,14 @@
 //!   reply with `errno` 0 or an `errmsg`);
 //! - every failure is answered with msgid 11 and an `errmsg`, with `seq`
 //!   when the request had one. A successful request without `seq` gets
-//!   exactly the classic behaviour (for most messages: no reply at all).
+//!   exactly the classic behaviour (for most messages: no reply at all);
+//! - delivery acknowledgements: a login with `"acks":true` (and optionally
+//!   `"since":RSEQ` to resume) gets every chat frame with `mid` (server
+//!   message id) and `rseq` (the receiver's sequence), and acknowledges with
+//!   `{"msgid":12,"ack":RSEQ}`; such a client also pings (`{"msgid":13}`,
+//!   answered `{"msgid":14}`);
+//! - a chat may carry `cmid`, the client's id for it: a retry with the same
+//!   `cmid` is recorded once.
 
 use serde_json::{Map, Value, json};
 
@@ -23,6 +30,11 @@ pub const ADD_GROUP_MSG: i64 = 9;
 pub const GROUP_CHAT_MSG: i64 = 10;
 /// Our reply to a request: `errno` 0 on success, else `errmsg` says why.
 pub const REPLY_MSG: i64 = 11;
+/// The client acknowledges deliveries up to `ack` (its `rseq`).
+pub const ACK_MSG: i64 = 12;
+/// A heartbeat from the client, answered with [`PONG_MSG`].
+pub const PING_MSG: i64 = 13;
+pub const PONG_MSG: i64 = 14;
 
 /// Error numbers in msgid 11 replies (and login acks beyond the classic 1 and 2).
 pub mod errno {
@@ -48,6 +60,8 @@ pub mod errno {
     pub const INTERNAL: i64 = 10;
     /// The server is full or shutting down.
     pub const OVERLOADED: i64 = 12;
+    /// The receiver has too many undelivered messages; this one was not accepted.
+    pub const BACKLOG_FULL: i64 = 13;
 }
 
 pub const CLASSIC_BAD_LOGIN: &str = "id or password is invalid!";
@@ -78,6 +92,10 @@ pub enum Request {
     Login {
         id: i64,
         password: String,
+        /// The client acknowledges deliveries (`acks` or `since` given).
+        acks: bool,
+        /// Resume after this receiver sequence (what the client has).
+        since: u64,
     },
     Logout {
         id: Option<i64>,
@@ -90,6 +108,7 @@ pub enum Request {
         id: Option<i64>,
         to: i64,
         body: Map<String, Value>,
+        cmid: Option<String>,
     },
     AddFriend {
         id: Option<i64>,
@@ -108,7 +127,12 @@ pub enum Request {
         id: Option<i64>,
         group: i64,
         body: Map<String, Value>,
+        cmid: Option<String>,
     },
+    Ack {
+        up_to: u64,
+    },
+    Ping,
 }
 
 /// A parsed frame: its `seq` (if any could be read) and the request or why
@@ -160,10 +184,20 @@ fn parse_request(mut object: Map<String, Value>) -> Result<Request, Failure> {
             .ok_or_else(|| Failure::bad_request("msgid must be an integer"))?,
     };
     let request = match msgid {
-        LOGIN_MSG => Request::Login {
-            id: required_int(&object, "id")?,
-            password: required_str(&object, "password")?,
-        },
+        LOGIN_MSG => {
+            let since = optional_int(&object, "since")?;
+            let acks = match object.get("acks") {
+                None | Some(Value::Null) => false,
+                Some(Value::Bool(b)) => *b,
+                Some(_) => return Err(Failure::bad_request("acks must be true or false")),
+            };
+            Request::Login {
+                id: required_int(&object, "id")?,
+                password: required_str(&object, "password")?,
+                acks: acks || since.is_some(),
+                since: non_negative(since.unwrap_or(0), "since")?,
+            }
+        }
         LOGINOUT_MSG => Request::Logout {
             id: optional_int(&object, "id")?,
         },
@@ -176,10 +210,12 @@ fn parse_request(mut object: Map<String, Value>) -> Result<Request, Failure> {
             let to = required_int(&object, "toid")?;
             require_msg(&object)?;
             object.remove("seq");
+            let cmid = take_cmid(&mut object)?;
             Request::OneChat {
                 id,
                 to,
                 body: object,
+                cmid,
             }
         }
         ADD_FRIEND_MSG => Request::AddFriend {
@@ -200,13 +236,19 @@ fn parse_request(mut object: Map<String, Value>) -> Result<Request, Failure> {
             let group = required_int(&object, "groupid")?;
             require_msg(&object)?;
             object.remove("seq");
+            let cmid = take_cmid(&mut object)?;
             Request::GroupChat {
                 id,
                 group,
                 body: object,
+                cmid,
             }
         }
-        LOGIN_MSG_ACK | REG_MSG_ACK | REPLY_MSG => {
+        ACK_MSG => Request::Ack {
+            up_to: non_negative(required_int(&object, "ack")?, "ack")?,
+        },
+        PING_MSG => Request::Ping,
+        LOGIN_MSG_ACK | REG_MSG_ACK | REPLY_MSG | PONG_MSG => {
             return Err(Failure::bad_request(format!(
                 "msgid {msgid} is sent by the server, not to it"
             )));
@@ -214,6 +256,29 @@ fn parse_request(mut object: Map<String, Value>) -> Result<Request, Failure> {
         other => return Err(Failure::bad_request(format!("unknown msgid {other}"))),
     };
     Ok(request)
+}
+
+fn non_negative(value: i64, field: &str) -> Result<u64, Failure> {
+    u64::try_from(value).map_err(|_| Failure::bad_request(format!("{field} must not be negative")))
+}
+
+/// The client's id for a chat: 1 to 64 characters of `A-Z a-z 0-9 - _`.
+fn take_cmid(object: &mut Map<String, Value>) -> Result<Option<String>, Failure> {
+    let Some(cmid) = optional_str(object, "cmid")? else {
+        return Ok(None);
+    };
+    object.remove("cmid");
+    let valid = (1..=64).contains(&cmid.len())
+        && cmid
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if valid {
+        Ok(Some(cmid))
+    } else {
+        Err(Failure::bad_request(
+            "cmid must be 1 to 64 characters of A-Z, a-z, 0-9, - and _",
+        ))
+    }
 }
 
 fn required_int(object: &Map<String, Value>, field: &str) -> Result<i64, Failure> {
@@ -384,6 +449,41 @@ pub fn reply_error(failure: &Failure, seq: Option<i64>) -> Vec<u8> {
     ))
 }
 
+/// `{"msgid":14}` (with `seq` when the ping had one).
+pub fn pong(seq: Option<i64>) -> Vec<u8> {
+    encode(with_seq(object(json!({"msgid": PONG_MSG})), seq))
+}
+
+/// A chat frame for a client that acknowledges: the frame with the server
+/// message id and the receiver's sequence appended (`rseq` 0: none known).
+pub fn with_delivery_fields(frame: &[u8], mid: &str, rseq: u64) -> Vec<u8> {
+    let Some(end) = frame.iter().rposition(|&b| b == b'}') else {
+        return frame.to_vec();
+    };
+    let mut extra = String::new();
+    if !mid.is_empty() {
+        extra.push_str(&format!("\"mid\":{}", Value::String(mid.to_owned())));
+    }
+    if rseq != 0 {
+        if !extra.is_empty() {
+            extra.push(',');
+        }
+        extra.push_str(&format!("\"rseq\":{rseq}"));
+    }
+    if extra.is_empty() {
+        return frame.to_vec();
+    }
+    let empty_object = frame[..end].iter().rev().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    let mut out = Vec::with_capacity(frame.len() + extra.len() + 1);
+    out.extend_from_slice(&frame[..end]);
+    if !empty_object {
+        out.push(b',');
+    }
+    out.extend_from_slice(extra.as_bytes());
+    out.extend_from_slice(&frame[end..]);
+    out
+}
+
 /// A chat as its receivers see it: the sender's object with `id` and `name`
 /// set by the server, and `time` added when the client gave none.
 pub fn forward_chat(
@@ -496,9 +596,32 @@ mod tests {
             p.request,
             Ok(Request::Login {
                 id: 3,
-                password: "x".into()
+                password: "x".into(),
+                acks: false,
+                since: 0,
             })
         );
+        let p = parse(br#"{"msgid":1,"id":3,"password":"x","since":17}"#);
+        assert!(matches!(
+            p.request,
+            Ok(Request::Login {
+                acks: true,
+                since: 17,
+                ..
+            })
+        ));
+        let p = parse(br#"{"msgid":12,"ack":-1}"#);
+        assert_eq!(
+            p.request,
+            Err(Failure::bad_request("ack must not be negative"))
+        );
+        assert_eq!(
+            parse(br#"{"msgid":12,"ack":5}"#).request,
+            Ok(Request::Ack { up_to: 5 })
+        );
+        assert_eq!(parse(br#"{"msgid":13}"#).request, Ok(Request::Ping));
+        let p = parse(br#"{"msgid":6,"toid":2,"msg":"m","cmid":"a b"}"#);
+        assert!(p.request.is_err(), "a cmid with a space is refused");
 
         let p = parse(br#"{"msgid":1,"id":"3","password":"x"}"#);
         assert_eq!(
@@ -528,13 +651,34 @@ mod tests {
     #[test]
     fn forwarded_chat_carries_the_servers_identity() {
         let p = parse(br#"{"msgid":6,"id":666,"name":"mallory","toid":2,"msg":"hi","time":"t","seq":1,"extra":true}"#);
-        let Ok(Request::OneChat { body, .. }) = p.request else {
+        let Ok(Request::OneChat { body, cmid, .. }) = p.request else {
             panic!("not a chat")
         };
+        assert_eq!(cmid, None);
         let out = text(forward_chat(body, 1, "alice", "now"));
         assert_eq!(
             out,
             r#"{"extra":true,"id":1,"msg":"hi","msgid":6,"name":"alice","time":"t","toid":2}"#
         );
+    }
+
+    #[test]
+    fn delivery_fields_are_appended_to_the_object() {
+        assert_eq!(
+            text(with_delivery_fields(br#"{"msg":"}","msgid":6}"#, "ab", 7)),
+            r#"{"msg":"}","msgid":6,"mid":"ab","rseq":7}"#
+        );
+        assert_eq!(
+            text(with_delivery_fields(br#"{"msgid":6}"#, "ab", 0)),
+            r#"{"msgid":6,"mid":"ab"}"#
+        );
+        assert_eq!(text(with_delivery_fields(b"{}", "", 3)), r#"{"rseq":3}"#);
+        assert_eq!(text(with_delivery_fields(b"{}", "", 0)), "{}");
+        let cmid = parse(br#"{"msgid":10,"groupid":2,"msg":"m","cmid":"c-1_x"}"#);
+        let Ok(Request::GroupChat { body, cmid, .. }) = cmid.request else {
+            panic!("not a group chat")
+        };
+        assert_eq!(cmid.as_deref(), Some("c-1_x"));
+        assert!(!body.contains_key("cmid"), "receivers do not see it");
     }
 }

@@ -28,6 +28,9 @@ pub enum FrameError {
 pub enum Frame {
     Value(Vec<u8>),
     Invalid(FrameError),
+    /// The transport heard from the client without a request (a WebSocket
+    /// pong): proof of life for the idle timeout.
+    Heartbeat,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

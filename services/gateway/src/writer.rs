@@ -1,0 +1,346 @@
+//! The writer task of one connection: it owns the socket's sending half and
+//! writes replies and deliveries.
+//!
+//! Deliveries of a logged-in user come from two places: the live queue (what
+//! the subscriber or a local sender handed over) and, when the live queue is
+//! not the whole story, the user's stores: the offline service first (older
+//! messages), then the Redis inbox. The writer keeps `cursor`, the highest
+//! inbox sequence it wrote. A live delivery is written only when it is the
+//! next one (`cursor + 1`); anything else (a gap, a full queue, a subscriber
+//! reconnect, a presence lease that may have lapsed) makes the writer read
+//! its stores instead ("sync"), so the order is the inbox's order and nothing
+//! is skipped or written twice by one session.
+//!
+//! Inbox entries are trimmed only after they reached the socket (classic
+//! clients) or after the client acknowledged them (clients that use the
+//! additions). Nothing the writer holds is the only copy of a message: a
+//! writer that dies, blocks or is aborted loses nothing.
+
+use std::{io, sync::Arc, time::Duration};
+
+use clusterchat_proto::offline::v1 as offline_pb;
+use tokio::{
+    sync::{mpsc, oneshot},
+    time::Instant,
+};
+
+use crate::{
+    metrics::metrics,
+    node::Node,
+    protocol::classic,
+    registry::{Delivery, SyncSignal},
+};
+
+/// The sending half of a transport.
+pub trait FrameSink: Send + 'static {
+    fn send(&mut self, frame: Vec<u8>) -> impl Future<Output = io::Result<()>> + Send;
+    fn flush(&mut self) -> impl Future<Output = io::Result<()>> + Send;
+    /// From now on frames may share one write (the client parses a stream).
+    fn allow_batching(&mut self) {}
+    /// Proves the connection alive (a WebSocket ping); TCP does nothing.
+    fn heartbeat(&mut self) -> impl Future<Output = io::Result<()>> + Send {
+        async { Ok(()) }
+    }
+}
+
+pub enum WriterCommand {
+    Frame(Vec<u8>),
+    /// Write and flush, then say whether it reached the socket.
+    Confirmed(Vec<u8>, oneshot::Sender<bool>),
+    /// Start writing deliveries for a logged-in user.
+    Attach(Box<Inbound>),
+    /// Stop writing deliveries (the session ends); answered once stopped.
+    Detach(oneshot::Sender<()>),
+    /// The client acknowledged its deliveries up to this sequence.
+    ClientAck(u64),
+    /// The client uses the additions: frames may share a write.
+    AllowBatching,
+    /// Send a transport-level heartbeat.
+    Heartbeat,
+}
+
+/// The delivery state of a logged-in session.
+pub struct Inbound {
+    pub node: Arc<Node>,
+    pub user: i64,
+    /// The client acknowledges (`msgid` 12): frames carry `mid` and `rseq`,
+    /// and the inbox is trimmed on its acks rather than on writes.
+    pub acks: bool,
+    /// The highest inbox sequence written to this connection.
+    pub cursor: u64,
+    /// Where to continue reading the offline store; `None` when drained.
+    pub offline_after: Option<u64>,
+    /// Offline-store entries moved from the inbox at or below this sequence
+    /// were delivered from the inbox already.
+    pub delivered_floor: u64,
+    pub claimed_at: Instant,
+    pub queue: mpsc::Receiver<Delivery>,
+    pub sync: Arc<SyncSignal>,
+    pub needs_sync: bool,
+}
+
+/// Inbox entries read per step of a sync.
+const INBOX_PAGE: usize = 200;
+
+enum Step {
+    /// Caught up: live deliveries may flow.
+    Done,
+    /// Wrote a page; more to read.
+    More,
+    /// Could not read or may not write now; try again after this long.
+    Retry(Duration),
+    /// The socket failed.
+    Broken,
+}
+
+impl Inbound {
+    fn frame_for(&self, frame: Vec<u8>, mid: &str, seq: u64) -> Vec<u8> {
+        if self.acks {
+            classic::with_delivery_fields(&frame, mid, seq)
+        } else {
+            frame
+        }
+    }
+
+    /// One step of a sync: a page of the offline store, else a page of the inbox.
+    async fn sync_step<W: FrameSink>(&mut self, sink: &mut W) -> Step {
+        let node = self.node.clone();
+        if !node.presence_lease_holds(self.claimed_at) {
+            return Step::Retry(Duration::from_millis(100));
+        }
+        if let Some(after) = self.offline_after {
+            let page = node
+                .upstreams
+                .offline
+                .clone()
+                .fetch(offline_pb::FetchRequest {
+                    receiver_id: self.user,
+                    after,
+                    limit: node.config.offline_batch,
+                })
+                .await;
+            let page = match page {
+                Ok(page) => page.into_inner(),
+                Err(status) => {
+                    tracing::warn!(user = self.user, code = ?status.code(), "offline fetch failed; retrying");
+                    return Step::Retry(Duration::from_millis(500));
+                }
+            };
+            let floor = self.delivered_floor.max(self.cursor);
+            let mut written = 0u64;
+            for message in &page.messages {
+                if message.inbox_seq != 0 && message.inbox_seq <= floor {
+                    continue;
+                }
+                let frame = self.frame_for(
+                    message.payload.clone().into_bytes(),
+                    &message.client_msg_id,
+                    message.inbox_seq,
+                );
+                if sink.send(frame).await.is_err() {
+                    return Step::Broken;
+                }
+                written += 1;
+                self.cursor = self.cursor.max(message.inbox_seq);
+            }
+            if sink.flush().await.is_err() {
+                return Step::Broken;
+            }
+            metrics().offline_delivered.inc_by(written);
+            if let Some(last) = page.messages.last() {
+                acknowledge_offline(&node, self.user, last.position).await;
+                self.offline_after = Some(last.position);
+            }
+            if !page.more {
+                self.offline_after = None;
+            }
+            if !self.acks {
+                node.note_delivered(self.user, self.cursor);
+            }
+            return Step::More;
+        }
+        let page = match node
+            .cluster
+            .read_inbox(self.user, self.cursor, INBOX_PAGE)
+            .await
+        {
+            Ok(page) => page,
+            Err(e) => {
+                tracing::warn!(user = self.user, error = %e, "inbox read failed; retrying");
+                return Step::Retry(Duration::from_millis(500));
+            }
+        };
+        let complete = page.entries.len() < INBOX_PAGE;
+        for entry in page.entries {
+            let seq = entry.seq;
+            let frame = self.frame_for(entry.frame, &entry.mid, seq);
+            if sink.send(frame).await.is_err() {
+                return Step::Broken;
+            }
+            self.cursor = seq;
+        }
+        if sink.flush().await.is_err() {
+            return Step::Broken;
+        }
+        if complete {
+            // Nothing between the cursor and the newest sequence is left to
+            // read: what is not in the inbox was delivered or moved to the
+            // offline store before this session claimed the user.
+            self.cursor = self.cursor.max(page.last_seq);
+        }
+        if !self.acks {
+            node.note_delivered(self.user, self.cursor);
+        }
+        if complete { Step::Done } else { Step::More }
+    }
+
+    /// A live delivery: written if it is the next one and the lease holds,
+    /// else the writer syncs. Returns false when the socket failed.
+    async fn live<W: FrameSink>(&mut self, delivery: Delivery, sink: &mut W) -> bool {
+        if delivery.seq <= self.cursor {
+            return true;
+        }
+        if delivery.seq != self.cursor + 1 || !self.node.presence_lease_holds(self.claimed_at) {
+            self.needs_sync = true;
+            return true;
+        }
+        let frame = self.frame_for(delivery.frame, &delivery.mid, delivery.seq);
+        if sink.send(frame).await.is_err() {
+            return false;
+        }
+        self.cursor = delivery.seq;
+        true
+    }
+}
+
+/// Writes until every command sender is gone.
+pub async fn run_writer<W: FrameSink>(mut sink: W, mut commands: mpsc::Receiver<WriterCommand>) {
+    let mut inbound: Option<Inbound> = None;
+    let mut broken = false;
+    let mut retry_at: Option<Instant> = None;
+    let mut retry_delay = Duration::from_millis(100);
+    // The cursor last trimmed for (classic clients: after a flush).
+    let mut trimmed = 0u64;
+    loop {
+        if let Some(ib) = inbound.as_mut().filter(|_| !broken) {
+            if ib.sync.take() {
+                ib.needs_sync = true;
+            }
+            if ib.sync.take_offline() {
+                ib.offline_after.get_or_insert(0);
+            }
+            let due = retry_at.is_none_or(|at| at <= Instant::now());
+            if ib.needs_sync && due {
+                match ib.sync_step(&mut sink).await {
+                    Step::Done => {
+                        ib.needs_sync = false;
+                        retry_at = None;
+                        retry_delay = Duration::from_millis(100);
+                    }
+                    Step::More => retry_at = None,
+                    Step::Retry(after) => {
+                        retry_delay = after.max(retry_delay * 2).min(Duration::from_secs(5));
+                        retry_at = Some(Instant::now() + retry_delay);
+                    }
+                    Step::Broken => broken = true,
+                }
+                trimmed = ib.cursor;
+                // Serve commands between pages.
+                if ib.needs_sync && retry_at.is_none() && commands.is_empty() {
+                    continue;
+                }
+            }
+        }
+        enum Event {
+            Command(Option<WriterCommand>),
+            Delivery(Option<Delivery>),
+            Wake,
+        }
+        let signal = inbound.as_ref().map(|ib| ib.sync.clone());
+        let live = inbound
+            .as_mut()
+            .filter(|ib| !ib.needs_sync && !broken)
+            .map(|ib| &mut ib.queue);
+        let event = tokio::select! {
+            biased;
+            command = commands.recv() => Event::Command(command),
+            () = async { match &signal { Some(s) => s.raised().await, None => std::future::pending().await } } => Event::Wake,
+            () = async { match retry_at { Some(at) => tokio::time::sleep_until(at).await, None => std::future::pending().await } } => Event::Wake,
+            delivery = async { match live { Some(q) => q.recv().await, None => std::future::pending().await } } => Event::Delivery(delivery),
+        };
+        match event {
+            Event::Wake => {}
+            Event::Command(None) => break,
+            Event::Command(Some(WriterCommand::Frame(frame))) => {
+                if !broken && sink.send(frame).await.is_err() {
+                    broken = true;
+                }
+            }
+            Event::Command(Some(WriterCommand::Confirmed(frame, done))) => {
+                let ok = !broken && sink.send(frame).await.is_ok() && sink.flush().await.is_ok();
+                broken |= !ok;
+                let _ = done.send(ok);
+            }
+            Event::Command(Some(WriterCommand::Attach(ib))) => {
+                trimmed = ib.cursor;
+                inbound = Some(*ib);
+            }
+            Event::Command(Some(WriterCommand::Detach(done))) => {
+                inbound = None;
+                let _ = done.send(());
+            }
+            Event::Command(Some(WriterCommand::ClientAck(up_to))) => {
+                if let Some(ib) = inbound.as_ref().filter(|ib| ib.acks) {
+                    ib.node.note_delivered(ib.user, up_to.min(ib.cursor));
+                }
+            }
+            Event::Command(Some(WriterCommand::AllowBatching)) => sink.allow_batching(),
+            Event::Command(Some(WriterCommand::Heartbeat)) => {
+                if !broken && sink.heartbeat().await.is_err() {
+                    broken = true;
+                }
+            }
+            Event::Delivery(None) => inbound = None,
+            Event::Delivery(Some(delivery)) => {
+                if let Some(ib) = inbound.as_mut()
+                    && !ib.live(delivery, &mut sink).await
+                {
+                    broken = true;
+                }
+            }
+        }
+        let idle = commands.is_empty()
+            && inbound
+                .as_ref()
+                .is_none_or(|ib| ib.needs_sync || ib.queue.is_empty());
+        if idle && !broken {
+            if sink.flush().await.is_err() {
+                broken = true;
+            } else if let Some(ib) = inbound
+                .as_ref()
+                .filter(|ib| !ib.acks && ib.cursor > trimmed)
+            {
+                ib.node.note_delivered(ib.user, ib.cursor);
+                trimmed = ib.cursor;
+            }
+        }
+    }
+}
+
+pub async fn acknowledge_offline(node: &Node, user: i64, up_to: u64) {
+    let request = offline_pb::AckRequest {
+        receiver_id: user,
+        up_to,
+    };
+    for attempt in 1..=3u64 {
+        match node.upstreams.offline.clone().ack(request).await {
+            Ok(_) => return,
+            Err(status) => {
+                tracing::warn!(user, attempt, code = ?status.code(), "offline ack failed");
+                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+            }
+        }
+    }
+    // Not acknowledged: the messages stay stored and come again at the next
+    // login. A duplicate is better than a loss.
+}
