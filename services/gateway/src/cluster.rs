@@ -45,6 +45,12 @@ use tokio_util::sync::CancellationToken;
 #[error("redis is unavailable: {0}")]
 pub struct ClusterError(String);
 
+impl ClusterError {
+    pub fn new(why: impl Into<String>) -> Self {
+        Self(why.into())
+    }
+}
+
 impl From<redis::RedisError> for ClusterError {
     fn from(e: redis::RedisError) -> Self {
         Self(e.to_string())
@@ -90,6 +96,9 @@ impl InboxEntry {
         })
     }
 }
+
+/// Published on a user's channel (never recorded): "read your offline store".
+pub const OFFLINE_NUDGE: &[u8] = b"0 sync\n";
 
 /// The part of an entry that is the same for every receiver (all but `SEQ `).
 pub fn entry_tail(
@@ -444,6 +453,19 @@ impl Cluster {
             .arg(mode);
     }
 
+    /// Tells the nodes holding these users that their offline store has
+    /// messages they may not know of (stored while this node could not reach
+    /// Redis). The entry `0 sync` is never in an inbox.
+    pub async fn nudge_offline(&self, users: &[i64]) -> Result<(), ClusterError> {
+        let mut pipe = redis::pipe();
+        for user in users {
+            pipe.publish(self.user_channel(*user), OFFLINE_NUDGE)
+                .ignore();
+        }
+        let () = pipe.query_async(&mut self.commands.clone()).await?;
+        Ok(())
+    }
+
     pub async fn publish_control(&self, payload: &[u8]) -> Result<(), ClusterError> {
         let _: i64 = self
             .commands
@@ -488,14 +510,27 @@ impl Cluster {
         Ok(reply.is_some())
     }
 
-    /// Releases the claim if `owner` still holds it.
+    /// Releases the claim if `owner` still holds it. Retried a few times
+    /// (it is idempotent): a command right after Redis restarted can fail
+    /// while the connection is re-established, and an unreleased claim
+    /// locks the user out until it expires.
     pub async fn release_presence(&self, user: i64, owner: &str) -> Result<(), ClusterError> {
-        let _: i64 = Script::new(RELEASE_SCRIPT)
-            .key(self.presence_key(user))
-            .arg(owner)
-            .invoke_async(&mut self.commands.clone())
-            .await?;
-        Ok(())
+        let mut attempt = 0;
+        loop {
+            let released: Result<i64, _> = Script::new(RELEASE_SCRIPT)
+                .key(self.presence_key(user))
+                .arg(owner)
+                .invoke_async(&mut self.commands.clone())
+                .await;
+            match released {
+                Ok(_) => return Ok(()),
+                Err(e) if attempt >= 3 => return Err(e.into()),
+                Err(_) => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+                }
+            }
+        }
     }
 
     /// Extends each claim (re-creating it after a Redis restart). For each,

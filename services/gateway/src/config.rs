@@ -65,8 +65,9 @@ pub struct Config {
     /// `CLUSTERCHAT_GATEWAY_DRAIN_TIMEOUT_MS`: how long SIGTERM waits for sessions to close.
     pub drain_timeout: Duration,
     /// `CLUSTERCHAT_GATEWAY_IDLE_TIMEOUT_MS`: a WebSocket, or a client that
-    /// acknowledges, silent this long is closed (they are pinged, or ping,
-    /// every third of it). Classic TCP clients rely on TCP keepalive.
+    /// acknowledges, silent this long is closed (WebSockets are pinged every
+    /// quarter of it; such clients ping on their own). Classic TCP clients
+    /// rely on TCP keepalive.
     pub idle_timeout: Duration,
     /// `CLUSTERCHAT_GATEWAY_TCP_KEEPALIVE_MS`: idle time before TCP keepalive
     /// probes (then 3 probes a third of it apart).
@@ -123,7 +124,7 @@ impl Config {
             )?,
             idle_timeout: millis_or(
                 "CLUSTERCHAT_GATEWAY_IDLE_TIMEOUT_MS",
-                Duration::from_secs(12),
+                Duration::from_secs(10),
             )?
             .max(Duration::from_millis(300)),
             tcp_keepalive: millis_or(

@@ -35,7 +35,9 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
 use crate::{
-    cluster::{AppendTo, Appended, BusEvent, Cluster, InboxEntry, entry_tail},
+    cluster::{
+        AppendTo, Appended, BusEvent, Cluster, ClusterError, InboxEntry, OFFLINE_NUDGE, entry_tail,
+    },
     config::Config,
     metrics::{label, metrics},
     protocol::classic::{Failure, errno},
@@ -61,6 +63,9 @@ pub struct Node {
     /// another move was asked for meanwhile.
     moving: Mutex<HashMap<i64, bool>>,
     move_permits: Semaphore,
+    /// Remote receivers of messages stored offline because Redis was
+    /// unreachable: their nodes are told once Redis answers again.
+    nudges: Mutex<HashSet<i64>>,
     /// When this node's presence claims were last confirmed (micros after
     /// `epoch`), measured from the moment the refresh was sent.
     presence_confirmed: AtomicU64,
@@ -99,6 +104,7 @@ impl Node {
             trims: Mutex::default(),
             trims_waiting: Notify::new(),
             moving: Mutex::default(),
+            nudges: Mutex::default(),
             move_permits: Semaphore::new(32),
             presence_confirmed: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -312,13 +318,17 @@ impl Node {
                 .collect();
             results.extend(futures::future::join_all(stores).await);
         }
-        // Receivers on this node read it from there now; those elsewhere
-        // when their node's subscriber reconnects to Redis.
+        // Receivers on this node read it from there now; the nodes of
+        // those elsewhere are told as soon as Redis answers again.
+        let mut nudges = self.nudges.lock().unwrap_or_else(|p| p.into_inner());
         for (&receiver, stored) in receivers.iter().zip(&results) {
-            if stored.is_ok() {
+            if stored.is_ok() && !self.registry.contains(receiver) {
+                nudges.insert(receiver);
+            } else if stored.is_ok() {
                 self.registry.sync_offline(receiver);
             }
         }
+        drop(nudges);
         metrics()
             .deliveries
             .get_or_create(&label("route", "offline"))
@@ -435,6 +445,46 @@ impl Node {
         }
     }
 
+    /// Appends a message from the user's offline store to their inbox, once
+    /// (the message id is the idempotency key), without publishing it.
+    pub async fn append_to_own_inbox(
+        &self,
+        user: i64,
+        message: &offline_pb::OfflineMessage,
+    ) -> Result<(), ClusterError> {
+        let mid = if message.client_msg_id.is_empty() {
+            format!("offline-{}", message.position)
+        } else {
+            message.client_msg_id.clone()
+        };
+        let tail = entry_tail(
+            &mid,
+            message.sender_id,
+            now_micros(),
+            "",
+            message.payload.as_bytes(),
+        );
+        let appended = self
+            .cluster
+            .append(
+                &[AppendTo {
+                    user,
+                    publish: false,
+                }],
+                &mid,
+                &tail,
+                self.config.limits.max_inbox,
+                Some(self.config.dedup_ttl),
+            )
+            .await?;
+        match appended.first() {
+            Some(Appended::InboxFull) => Err(ClusterError::new(format!(
+                "the inbox of user {user} is full"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     /// Notes that the user's inbox entries up to `seq` were delivered; the
     /// trimmer removes them from Redis in batches.
     pub fn note_delivered(&self, user: i64, seq: u64) {
@@ -479,11 +529,38 @@ impl Node {
         Ok(())
     }
 
+    /// Tells the nodes of remote receivers of offline-stored messages, every
+    /// 200 ms until Redis takes it.
+    pub async fn send_offline_nudges(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let users: Vec<i64> = self
+                .nudges
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .copied()
+                .collect();
+            if users.is_empty() {
+                continue;
+            }
+            if self.cluster.nudge_offline(&users).await.is_ok() {
+                let mut nudges = self.nudges.lock().unwrap_or_else(|p| p.into_inner());
+                for user in users {
+                    nudges.remove(&user);
+                }
+            }
+        }
+    }
+
     /// What the subscriber received: hand it to the local session. A user
     /// who has left has the message in their inbox; it is moved to the
     /// offline store unless they are online elsewhere.
     pub fn on_bus_event(self: &Arc<Self>, event: BusEvent) {
         match event {
+            BusEvent::ForUser { user, entry } if entry == OFFLINE_NUDGE => {
+                self.registry.sync_offline(user);
+            }
             BusEvent::ForUser { user, entry } => {
                 let Some(entry) = InboxEntry::parse(&entry) else {
                     tracing::warn!(user, "dropping a malformed bus message");

@@ -31,7 +31,7 @@ use crate::{
     },
     registry::{LocalSession, SyncSignal},
     upstream::failure_from_status,
-    writer::{FrameSink, Inbound, WriterCommand, acknowledge_offline, run_writer},
+    writer::{FrameSink, Inbound, OfflinePage, WriterCommand, acknowledge_offline, run_writer},
 };
 
 /// The receiving half of a transport: complete frames, `None` at the end.
@@ -122,7 +122,7 @@ pub async fn run<R: FrameSource, W: FrameSink>(
     };
     let idle_timeout = node.config.idle_timeout;
     let mut heard = Instant::now();
-    let mut beat = tokio::time::interval(idle_timeout / 3);
+    let mut beat = tokio::time::interval(idle_timeout / 4);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let kicked = session.active.as_ref().map(|a| a.kick.clone());
@@ -144,11 +144,11 @@ pub async fn run<R: FrameSource, W: FrameSink>(
                 None => break,
             },
             _ = beat.tick(), if session.heartbeats => {
-                if heard.elapsed() >= idle_timeout {
-                    tracing::info!(connection = session.connection, "closing a connection silent for the idle timeout");
-                    break;
-                }
                 let _ = session.writer.send(WriterCommand::Heartbeat).await;
+            }
+            () = tokio::time::sleep_until(heard + idle_timeout), if session.heartbeats => {
+                tracing::info!(connection = session.connection, "closing a connection silent for the idle timeout");
+                break;
             }
             _ = kicked => break,
             _ = node.shutdown.requested() => break,
@@ -282,7 +282,14 @@ impl Session {
                 };
                 match (result, seq) {
                     (Ok(results), Some(seq)) => self.send(classic::reply_ok(seq, results)).await,
-                    (Ok(_), None) => {}
+                    (Ok(results), None) => {
+                        // Without seq there is no reply to carry the members
+                        // a group chat did not reach: say it as an error.
+                        if let Some(failure) = partial_failure(&results) {
+                            self.send_failure(&failure, classic::reply_error(&failure, None))
+                                .await;
+                        }
+                    }
                     (Err(failure), seq) => {
                         self.send_failure(&failure, classic::reply_error(&failure, seq))
                             .await
@@ -393,29 +400,7 @@ impl Session {
                 if receivers.is_empty() {
                     return Ok(results);
                 }
-                let reply = self.chat((user, &name), &receivers, body, cmid).await?;
-                if let Some(failed) = reply.get("failed").filter(|_| self.uses_additions).cloned() {
-                    results.insert("failed".into(), failed);
-                } else if let Some(failed) = reply.get("failed") {
-                    // A classic client sent no seq: it hears of failures only.
-                    let ids: Vec<String> = failed
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|f| f["id"].as_i64().map(|i| i.to_string()))
-                        .collect();
-                    return Err(Failure::new(
-                        failed[0]["errno"].as_i64().unwrap_or(errno::BACKLOG_FULL),
-                        format!(
-                            "delivered to the group except members {}: {}",
-                            ids.join(", "),
-                            failed[0]["errmsg"].as_str().unwrap_or("not accepted")
-                        ),
-                    ));
-                }
-                if let Some(mid) = reply.get("mid") {
-                    results.insert("mid".into(), mid.clone());
-                }
+                return self.chat((user, &name), &receivers, body, cmid).await;
             }
             Request::Ack { up_to } => {
                 let _ = self.writer.send(WriterCommand::ClientAck(up_to)).await;
@@ -592,6 +577,7 @@ impl Session {
                     offline_after: ack.pending.offline_after,
                     delivered_floor: ack.pending.delivered_floor,
                     claimed_at,
+                    offline_acks: std::collections::VecDeque::new(),
                     queue,
                     sync,
                     needs_sync: ack.pending.needs_sync,
@@ -640,36 +626,32 @@ impl Session {
         let mut pending = Pending {
             frames: Vec::new(),
             offline_up_to: None,
+            offline_gate: 0,
             offline_after: None,
             delivered_floor: inbox.delivered,
             cursor,
             resumed_at,
             needs_sync: false,
         };
-        let frame_for = |frame: Vec<u8>, mid: &str, seq: u64| {
-            if acks {
-                classic::with_delivery_fields(&frame, mid, seq)
-            } else {
-                frame
-            }
-        };
         match offline {
             Ok(page) => {
                 let floor = inbox.delivered.max(cursor);
-                for m in &page.messages {
-                    if m.inbox_seq != 0 && m.inbox_seq <= floor {
-                        continue;
-                    }
-                    pending.frames.push(frame_for(
-                        m.payload.clone().into_bytes(),
-                        &m.client_msg_id,
-                        m.inbox_seq,
-                    ));
-                    cursor = cursor.max(m.inbox_seq);
-                }
+                let prepared = OfflinePage::prepare(node, user, acks, floor, &page.messages)
+                    .await
+                    .map_err(redis_unavailable)?;
+                pending.frames = prepared.frames;
+                pending.offline_gate = prepared.gate;
+                cursor = cursor.max(prepared.gate);
                 pending.offline_up_to = page.messages.last().map(|m| m.position);
                 if page.more {
                     pending.offline_after = pending.offline_up_to;
+                }
+                if prepared.appended > 0 {
+                    // Moved to the inbox after it was read: the writer
+                    // reads it again once the ack is written.
+                    pending.needs_sync = true;
+                    pending.cursor = cursor;
+                    return Ok(pending);
                 }
             }
             Err(status) => {
@@ -698,7 +680,11 @@ impl Session {
             }
             bytes += entry.frame.len();
             let seq = entry.seq;
-            pending.frames.push(frame_for(entry.frame, &entry.mid, seq));
+            pending.frames.push(if acks {
+                classic::with_delivery_fields(&entry.frame, &entry.mid, seq)
+            } else {
+                entry.frame
+            });
             cursor = seq;
         }
         if complete && all_fit {
@@ -812,10 +798,18 @@ impl Session {
         metrics()
             .offline_delivered
             .inc_by(pending.frames.len() as u64);
+        let Some(mut inbound) = ack.inbound else {
+            return;
+        };
         if let Some(up_to) = pending.offline_up_to {
-            acknowledge_offline(&self.node, ack.user_id, up_to).await;
+            if inbound.acks && pending.offline_gate > 0 {
+                inbound
+                    .offline_acks
+                    .push_back((pending.offline_gate, up_to));
+            } else {
+                acknowledge_offline(&self.node, ack.user_id, up_to).await;
+            }
         }
-        let Some(inbound) = ack.inbound else { return };
         // Classic clients: what the ack carried was delivered. Clients that
         // acknowledge: what they said they have (`since`).
         let delivered = if inbound.acks {
@@ -860,6 +854,21 @@ impl Session {
     }
 }
 
+/// `failed` of a group chat's results, as one failure naming the members.
+fn partial_failure(results: &Map<String, Value>) -> Option<Failure> {
+    let failed = results.get("failed")?.as_array()?;
+    let first = failed.first()?;
+    let ids: Vec<String> = failed.iter().map(|f| f["id"].to_string()).collect();
+    Some(Failure::new(
+        first["errno"].as_i64().unwrap_or(errno::INTERNAL),
+        format!(
+            "delivered to the group except members {}: {}",
+            ids.join(", "),
+            first["errmsg"].as_str().unwrap_or("not accepted")
+        ),
+    ))
+}
+
 fn redis_unavailable(e: crate::cluster::ClusterError) -> Failure {
     tracing::warn!(error = %e, "cannot reach redis");
     Failure::new(
@@ -872,8 +881,11 @@ fn redis_unavailable(e: crate::cluster::ClusterError) -> Failure {
 struct Pending {
     /// Frames for the login ack's `offlinemsg`, oldest first.
     frames: Vec<Vec<u8>>,
-    /// The last offline-store position among them (acknowledged once written).
+    /// The last offline-store position among them (acknowledged once
+    /// written, or for a client that acknowledges, once it acknowledged
+    /// `offline_gate`).
     offline_up_to: Option<u64>,
+    offline_gate: u64,
     /// Where the writer continues in the offline store; `None`: drained.
     offline_after: Option<u64>,
     delivered_floor: u64,

@@ -90,6 +90,7 @@ impl Application {
         tokio::spawn(node.clone().dispatch_bus(self.bus_events));
         tokio::spawn(node.clone().keep_presence());
         tokio::spawn(node.clone().run_trimmer());
+        tokio::spawn(node.clone().send_offline_nudges());
         let tcp = tokio::spawn(transport::serve_tcp(
             node.clone(),
             self.tcp,

@@ -16,7 +16,7 @@
 //! additions). Nothing the writer holds is the only copy of a message: a
 //! writer that dies, blocks or is aborted loses nothing.
 
-use std::{io, sync::Arc, time::Duration};
+use std::{collections::VecDeque, io, sync::Arc, time::Duration};
 
 use clusterchat_proto::offline::v1 as offline_pb;
 use tokio::{
@@ -74,6 +74,9 @@ pub struct Inbound {
     /// were delivered from the inbox already.
     pub delivered_floor: u64,
     pub claimed_at: Instant,
+    /// Clients that acknowledge: offline-store positions to acknowledge once
+    /// the client acknowledged the sequence (gate) of the last one written.
+    pub offline_acks: VecDeque<(u64, u64)>,
     pub queue: mpsc::Receiver<Delivery>,
     pub sync: Arc<SyncSignal>,
     pub needs_sync: bool,
@@ -127,29 +130,35 @@ impl Inbound {
                 }
             };
             let floor = self.delivered_floor.max(self.cursor);
-            let mut written = 0u64;
-            for message in &page.messages {
-                if message.inbox_seq != 0 && message.inbox_seq <= floor {
-                    continue;
+            let prepared = match OfflinePage::prepare(
+                &node,
+                self.user,
+                self.acks,
+                floor,
+                &page.messages,
+            )
+            .await
+            {
+                Ok(prepared) => prepared,
+                Err(e) => {
+                    tracing::warn!(user = self.user, error = %e, "cannot move offline messages to the inbox; retrying");
+                    return Step::Retry(Duration::from_millis(500));
                 }
-                let frame = self.frame_for(
-                    message.payload.clone().into_bytes(),
-                    &message.client_msg_id,
-                    message.inbox_seq,
-                );
+            };
+            for frame in prepared.frames {
                 if sink.send(frame).await.is_err() {
                     return Step::Broken;
                 }
-                written += 1;
-                self.cursor = self.cursor.max(message.inbox_seq);
             }
             if sink.flush().await.is_err() {
                 return Step::Broken;
             }
-            metrics().offline_delivered.inc_by(written);
+            metrics().offline_delivered.inc_by(prepared.written);
+            self.cursor = self.cursor.max(prepared.gate);
             if let Some(last) = page.messages.last() {
-                acknowledge_offline(&node, self.user, last.position).await;
                 self.offline_after = Some(last.position);
+                self.acknowledge_offline_page(prepared.gate, last.position)
+                    .await;
             }
             if !page.more {
                 self.offline_after = None;
@@ -192,6 +201,35 @@ impl Inbound {
             node.note_delivered(self.user, self.cursor);
         }
         if complete { Step::Done } else { Step::More }
+    }
+
+    /// Acknowledges offline-store messages up to `position` now (classic
+    /// clients: they were written; or nothing in the page waits for the
+    /// client), or once the client acknowledged `gate`.
+    async fn acknowledge_offline_page(&mut self, gate: u64, position: u64) {
+        if self.acks && gate > 0 {
+            self.offline_acks.push_back((gate, position));
+        } else {
+            acknowledge_offline(&self.node, self.user, position).await;
+        }
+    }
+
+    /// The client acknowledged up to `up_to`: trim its inbox, and release
+    /// the offline-store pages it has now confirmed.
+    async fn client_acknowledged(&mut self, up_to: u64) {
+        let up_to = up_to.min(self.cursor);
+        self.node.note_delivered(self.user, up_to);
+        let mut release = None;
+        while let Some(&(gate, position)) = self.offline_acks.front() {
+            if gate > up_to {
+                break;
+            }
+            release = Some(position);
+            self.offline_acks.pop_front();
+        }
+        if let Some(position) = release {
+            acknowledge_offline(&self.node, self.user, position).await;
+        }
     }
 
     /// A live delivery: written if it is the next one and the lease holds,
@@ -290,8 +328,8 @@ pub async fn run_writer<W: FrameSink>(mut sink: W, mut commands: mpsc::Receiver<
                 let _ = done.send(());
             }
             Event::Command(Some(WriterCommand::ClientAck(up_to))) => {
-                if let Some(ib) = inbound.as_ref().filter(|ib| ib.acks) {
-                    ib.node.note_delivered(ib.user, up_to.min(ib.cursor));
+                if let Some(ib) = inbound.as_mut().filter(|ib| ib.acks) {
+                    ib.client_acknowledged(up_to).await;
                 }
             }
             Event::Command(Some(WriterCommand::AllowBatching)) => sink.allow_batching(),
@@ -324,6 +362,58 @@ pub async fn run_writer<W: FrameSink>(mut sink: W, mut commands: mpsc::Receiver<
                 trimmed = ib.cursor;
             }
         }
+    }
+}
+
+/// A page of the offline store, ready for one session.
+pub struct OfflinePage {
+    /// The frames to write, oldest first.
+    pub frames: Vec<Vec<u8>>,
+    pub written: u64,
+    /// The highest inbox sequence among them (0: none had one).
+    pub gate: u64,
+    /// How many were appended to the inbox instead.
+    pub appended: u64,
+}
+
+impl OfflinePage {
+    /// Leaves out what was delivered from the inbox already (sequence at or
+    /// below `floor`). For a client that acknowledges, a message without an
+    /// inbox sequence (stored while Redis was unreachable) is appended to
+    /// the inbox instead, once (its id is the idempotency key), and reaches
+    /// the client from there with a sequence it can acknowledge.
+    pub async fn prepare(
+        node: &Node,
+        user: i64,
+        acks: bool,
+        floor: u64,
+        messages: &[offline_pb::OfflineMessage],
+    ) -> Result<Self, crate::cluster::ClusterError> {
+        let mut page = Self {
+            frames: Vec::new(),
+            written: 0,
+            gate: 0,
+            appended: 0,
+        };
+        for m in messages {
+            if m.inbox_seq != 0 && m.inbox_seq <= floor {
+                continue;
+            }
+            if acks && m.inbox_seq == 0 {
+                node.append_to_own_inbox(user, m).await?;
+                page.appended += 1;
+                continue;
+            }
+            let frame = m.payload.clone().into_bytes();
+            page.frames.push(if acks {
+                classic::with_delivery_fields(&frame, &m.client_msg_id, m.inbox_seq)
+            } else {
+                frame
+            });
+            page.written += 1;
+            page.gate = page.gate.max(m.inbox_seq);
+        }
+        Ok(page)
     }
 }
 

@@ -209,10 +209,31 @@ impl PrivateRedis {
     /// Kills Redis (-9) and starts it again on the same port, from its
     /// append-only file.
     pub async fn restart(&mut self) {
+        self.kill().await;
+        self.spawn().await;
+    }
+
+    /// kill -9, like a crash.
+    pub async fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill().await;
         }
-        self.spawn().await;
+    }
+
+    /// Sends one command (RESP) and returns the first line of the reply.
+    pub async fn command(&self, args: &[&str]) -> String {
+        let mut request = format!("*{}\r\n", args.len());
+        for arg in args {
+            request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        }
+        let mut stream = TcpStream::connect(addr(self.port)).await.expect("redis");
+        stream.write_all(request.as_bytes()).await.expect("send");
+        let mut line = String::new();
+        BufReader::new(stream)
+            .read_line(&mut line)
+            .await
+            .expect("reply");
+        line.trim_end().to_owned()
     }
 }
 
@@ -507,11 +528,36 @@ impl Stack {
     }
 
     pub async fn restart_redis(&mut self) {
-        self.redis
-            .as_mut()
-            .expect("stack built with_private_redis")
-            .restart()
-            .await;
+        self.private_redis().restart().await;
+    }
+
+    /// kill -9 the private Redis; [`Stack::start_redis`] brings it back
+    /// from its append-only file.
+    pub async fn kill_redis(&mut self) {
+        self.private_redis().kill().await;
+    }
+
+    pub async fn start_redis(&mut self) {
+        self.private_redis().spawn().await;
+    }
+
+    /// One command to the private Redis (e.g. `CLIENT KILL TYPE pubsub`).
+    pub async fn redis_command(&mut self, args: &[&str]) -> String {
+        self.private_redis().command(args).await
+    }
+
+    fn private_redis(&mut self) -> &mut PrivateRedis {
+        self.redis.as_mut().expect("stack built with_private_redis")
+    }
+
+    /// Sends a signal (`STOP`, `CONT` ...) to gateway `i`.
+    pub fn signal_gateway(&self, i: usize, signal: &str) {
+        let pid = self.gateways[i].pid().expect("gateway running");
+        let status = std::process::Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal} {pid}");
     }
 
     pub fn cut_database(&self) {
@@ -699,6 +745,58 @@ impl Client {
         ack
     }
 
+    /// Logs in as a client that acknowledges (`acks`, and `since` when given).
+    pub async fn login_acking(&mut self, id: i64, password: &str, since: Option<u64>) -> Value {
+        let mut request = json!({"msgid": 1, "id": id, "password": password, "acks": true});
+        if let Some(since) = since {
+            request["since"] = since.into();
+        }
+        self.send(&request).await;
+        self.recv().await
+    }
+
+    /// Logs in, retrying while the account is still held elsewhere (errno
+    /// 2) for at most `within`; panics after that.
+    pub async fn login_within(&mut self, id: i64, password: &str, within: Duration) -> Value {
+        let started = tokio::time::Instant::now();
+        loop {
+            let ack = self.login(id, password).await;
+            if ack["errno"] == 0 {
+                return ack;
+            }
+            assert_eq!(ack["errno"], 2, "{ack}");
+            assert!(
+                started.elapsed() < within,
+                "user {id} still locked out after {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Chat frames (msgid 6 or 10) until nothing arrives for `quiet`.
+    pub async fn chats_until_quiet(&mut self, quiet: Duration) -> Vec<Value> {
+        let mut got = Vec::new();
+        while let Some(line) = self.try_recv_line(quiet).await {
+            let value: Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("server sent invalid JSON {line:?}: {e}"));
+            if matches!(value["msgid"].as_i64(), Some(6 | 10)) {
+                got.push(value);
+            }
+        }
+        got
+    }
+
+    /// Closes the connection with a reset, as a crashed or vanished client
+    /// does: nothing more is read or written.
+    pub fn reset(self) {
+        let stream = self
+            .reader
+            .into_inner()
+            .reunite(self.writer)
+            .expect("halves of one stream");
+        let _ = socket_linger_zero(&stream);
+    }
+
     /// Sends a request with a `seq` and returns the reply carrying it.
     pub async fn call(&mut self, mut request: Value, seq: i64) -> Value {
         request["seq"] = seq.into();
@@ -710,6 +808,41 @@ impl Client {
             }
         }
     }
+}
+
+fn socket_linger_zero(stream: &TcpStream) -> std::io::Result<()> {
+    #[allow(deprecated)]
+    stream.set_linger(Some(Duration::ZERO))
+}
+
+/// The `msg` of each chat.
+pub fn texts(chats: &[Value]) -> Vec<String> {
+    chats
+        .iter()
+        .map(|m| m["msg"].as_str().expect("msg").to_owned())
+        .collect()
+}
+
+/// The messages a login ack carried (`offlinemsg`), parsed.
+pub fn offline_messages(ack: &Value) -> Vec<Value> {
+    ack["offlinemsg"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .map(|s| serde_json::from_str(s.as_str().expect("string")).expect("json"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `first` then `then`, where `then` may repeat the end of `first`: at-least-once
+/// delivery to a classic client whose node died right after writing.
+pub fn joined_at_least_once(first: &[String], then: &[String]) -> Vec<String> {
+    let overlap = (0..=first.len().min(then.len()))
+        .rev()
+        .find(|&k| first[first.len() - k..] == then[..k])
+        .unwrap_or(0);
+    first.iter().chain(&then[overlap..]).cloned().collect()
 }
 
 /// A chat object as a classic client sends it.
@@ -741,6 +874,19 @@ impl WsClient {
             ))
             .await
             .expect("ws send");
+    }
+
+    /// True once the server closed the connection (reading what remains).
+    pub async fn is_closed(&mut self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.socket.next()).await {
+                Err(_) => return false,
+                Ok(None | Some(Err(_))) => return true,
+                Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Close(_)))) => return true,
+                Ok(Some(Ok(_))) => {}
+            }
+        }
     }
 
     pub async fn recv(&mut self) -> Value {
