@@ -149,7 +149,7 @@ start_redis() {
     # (a write Redis acknowledged survives a crash of the Redis process; a
     # power loss may take the last second). Never evict.
     setsid redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$dir" --save '' \
-        --appendonly yes --appendfsync everysec --maxmemory-policy noeviction \
+        --appendonly yes --appendfsync everysec --auto-aof-rewrite-min-size 1gb --maxmemory-policy noeviction \
         --daemonize no --logfile "$LOGS/redis.log" </dev/null >/dev/null 2>&1 &
     echo $! >"$pidfile"
     wait_for "redis" 30 redis-cli -p "$REDIS_PORT" ping
@@ -163,7 +163,7 @@ services() {
     local up="CLUSTERCHAT_GATEWAY_USER_SERVICE=http://$h:${P[0]} CLUSTERCHAT_GATEWAY_OFFLINE_SERVICE=http://$h:${P[1]}"
     local gw="CLUSTERCHAT_GATEWAY_REDIS_URL=$REDIS_URL $up"
     # The bench measures the cluster, not the per-connection rate limit.
-    [ "$PROFILE" = bench ] && gw="$gw CLUSTERCHAT_GATEWAY_RATE_PER_SEC=10000000 CLUSTERCHAT_GATEWAY_RATE_BURST=10000000 CLUSTERCHAT_GATEWAY_OUTBOUND_QUEUE=8192"
+    [ "$PROFILE" = bench ] && gw="$gw CLUSTERCHAT_GATEWAY_RATE_PER_SEC=10000000 CLUSTERCHAT_GATEWAY_RATE_BURST=10000000 CLUSTERCHAT_GATEWAY_OUTBOUND_QUEUE=8192 CLUSTERCHAT_GATEWAY_MAX_INBOX=10000000"
     cat <<EOF
 user-service|user-service|grpc:$h:${P[0]}|CLUSTERCHAT_USER_LISTEN=$h:${P[0]} CLUSTERCHAT_USER_METRICS_LISTEN=$h:${P[2]} CLUSTERCHAT_USER_DATABASE_URL=$MYSQL_URL/clusterchat_user
 offline-service|offline-service|grpc:$h:${P[1]}|CLUSTERCHAT_OFFLINE_LISTEN=$h:${P[1]} CLUSTERCHAT_OFFLINE_METRICS_LISTEN=$h:${P[3]} CLUSTERCHAT_OFFLINE_DATABASE_URL=$MYSQL_URL/clusterchat_offline

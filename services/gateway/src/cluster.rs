@@ -143,6 +143,32 @@ pub struct InboxPage {
     pub entries: Vec<InboxEntry>,
 }
 
+struct AppendJob {
+    /// (user, channel to publish on or '').
+    receivers: Vec<(i64, String)>,
+    mid: String,
+    tail: Vec<u8>,
+    max_inbox: usize,
+    ttl: u64,
+    reply: oneshot::Sender<Result<Vec<Appended>, ClusterError>>,
+}
+
+fn appended(seq: i64, subscribers: i64) -> Appended {
+    let seq = u64::try_from(seq).unwrap_or(0);
+    match subscribers {
+        -1 => Appended::InboxFull,
+        -2 => Appended::Duplicate { seq },
+        -3 => Appended::Recorded {
+            seq,
+            subscribers: None,
+        },
+        n => Appended::Recorded {
+            seq,
+            subscribers: Some(u64::try_from(n).unwrap_or(0)),
+        },
+    }
+}
+
 enum SubCommand {
     Subscribe(String, oneshot::Sender<Result<(), ClusterError>>),
     Unsubscribe(String),
@@ -155,6 +181,7 @@ pub struct Cluster {
     subscriber: mpsc::UnboundedSender<SubCommand>,
     subscriber_up: Arc<AtomicBool>,
     scripts: Arc<Scripts>,
+    appender: mpsc::UnboundedSender<AppendJob>,
 }
 
 struct Scripts {
@@ -163,29 +190,52 @@ struct Scripts {
     trim: Script,
 }
 
-/// KEYS: counter, inbox, dedup key. ARGV: entry tail, channel ('' = do not
-/// publish), inbox limit, dedup TTL in seconds ('0' = no dedup key).
-/// Returns {seq, subscribers}; subscribers -1: inbox full, -2: duplicate,
-/// -3: not published.
+/// Records messages in inboxes, for many receivers in one call (a node
+/// batches what its sessions send at the same moment: one script call costs
+/// Redis far more than the few commands in it).
+/// KEYS: per receiver, counter, inbox, dedup key. ARGV[1]: inbox limit;
+/// then per receiver, channel ('' = do not publish), dedup TTL in seconds
+/// ('0' = no dedup key) and the index (from 0) of its entry tail; then the tails.
+/// Returns {seq, subscribers} per receiver; subscribers -1: inbox full,
+/// -2: duplicate, -3: not published.
 const APPEND_SCRIPT: &str = r"
-if ARGV[4] ~= '0' then
-  local prev = redis.call('GET', KEYS[3])
-  if prev then return {tonumber(prev), -2} end
+local n = #KEYS / 3
+local max = tonumber(ARGV[1])
+local tails = 2 + 3 * n
+local out = {}
+for i = 0, n - 1 do
+  local k, a = 3 * i, 1 + 3 * i
+  local channel, ttl = ARGV[a + 1], ARGV[a + 2]
+  local prev = false
+  if ttl ~= '0' then prev = redis.call('GET', KEYS[k + 3]) end
+  local seq, subscribers
+  if prev then
+    seq, subscribers = tonumber(prev), -2
+  else
+    seq = redis.call('INCR', KEYS[k + 1])
+    if seq == 1 then
+      local t = redis.call('TIME')
+      seq = tonumber(t[1]) * 1000000 + tonumber(t[2])
+      redis.call('SET', KEYS[k + 1], string.format('%d', seq))
+    end
+    local s = string.format('%d', seq)
+    local entry = s .. ' ' .. ARGV[tails + tonumber(ARGV[a + 3])]
+    if redis.call('RPUSH', KEYS[k + 2], entry) > max then
+      -- Over the limit: take it back, and the number (entries must stay
+      -- numbered without gaps: READ and TRIM find them by position).
+      redis.call('RPOP', KEYS[k + 2])
+      redis.call('DECR', KEYS[k + 1])
+      seq, subscribers = 0, -1
+    else
+      if ttl ~= '0' then redis.call('SET', KEYS[k + 3], s, 'EX', ttl) end
+      subscribers = -3
+      if channel ~= '' then subscribers = redis.call('PUBLISH', channel, entry) end
+    end
+  end
+  out[#out + 1] = seq
+  out[#out + 1] = subscribers
 end
-if redis.call('LLEN', KEYS[2]) >= tonumber(ARGV[3]) then return {0, -1} end
-local seq = redis.call('INCR', KEYS[1])
-if seq == 1 then
-  local t = redis.call('TIME')
-  seq = tonumber(t[1]) * 1000000 + tonumber(t[2])
-  redis.call('SET', KEYS[1], string.format('%d', seq))
-end
-local s = string.format('%d', seq)
-local entry = s .. ' ' .. ARGV[1]
-redis.call('RPUSH', KEYS[2], entry)
-if ARGV[4] ~= '0' then redis.call('SET', KEYS[3], s, 'EX', ARGV[4]) end
-local subscribers = -3
-if ARGV[2] ~= '' then subscribers = redis.call('PUBLISH', ARGV[2], entry) end
-return {seq, subscribers}";
+return out";
 
 /// KEYS: counter, inbox, delivered. ARGV: after, count.
 /// Returns {last_seq, delivered, entries...} with entries after `after`.
@@ -264,7 +314,8 @@ impl Cluster {
             subscriber_up.clone(),
             shutdown,
         ));
-        Ok(Self {
+        let (appender, jobs) = mpsc::unbounded_channel();
+        let cluster = Self {
             prefix: prefix.into(),
             commands,
             subscriber: tx,
@@ -274,7 +325,10 @@ impl Cluster {
                 read: Script::new(READ_SCRIPT),
                 trim: Script::new(TRIM_SCRIPT),
             }),
-        })
+            appender,
+        };
+        tokio::spawn(cluster.clone().run_appender(jobs));
+        Ok(cluster)
     }
 
     fn user_channel(&self, user: i64) -> String {
@@ -318,9 +372,9 @@ impl Cluster {
     }
 
     /// Records a message in each receiver's inbox and publishes it to those
-    /// marked `publish`, one script per receiver, all in one pipeline.
-    /// `dedup_ttl`: when set, the message id is remembered per receiver for
-    /// that long and a retry with the same id records nothing new.
+    /// marked `publish`. `dedup_ttl`: when set, the message id is remembered
+    /// per receiver for that long and a retry with the same id records
+    /// nothing new. Concurrent appends of this node share script calls.
     pub async fn append(
         &self,
         receivers: &[AppendTo],
@@ -329,46 +383,110 @@ impl Cluster {
         max_inbox: usize,
         dedup_ttl: Option<Duration>,
     ) -> Result<Vec<Appended>, ClusterError> {
-        let ttl = dedup_ttl.map_or(0, |t| t.as_secs().max(1));
-        let replies: Vec<(i64, i64)> = self
+        let (reply, appended) = oneshot::channel();
+        let job = AppendJob {
+            receivers: receivers
+                .iter()
+                .map(|to| {
+                    (
+                        to.user,
+                        if to.publish {
+                            self.user_channel(to.user)
+                        } else {
+                            String::new()
+                        },
+                    )
+                })
+                .collect(),
+            mid: mid.to_owned(),
+            tail: tail.to_vec(),
+            max_inbox,
+            ttl: dedup_ttl.map_or(0, |t| t.as_secs().max(1)),
+            reply,
+        };
+        self.appender
+            .send(job)
+            .map_err(|_| ClusterError::new("the appender has stopped"))?;
+        appended
+            .await
+            .map_err(|_| ClusterError::new("the appender has stopped"))?
+    }
+
+    /// Forms batches of append jobs (whatever waits while earlier batches
+    /// are on their way) and runs each as one script call.
+    async fn run_appender(self, mut jobs: mpsc::UnboundedReceiver<AppendJob>) {
+        /// Receivers in one script call: Redis runs nothing else meanwhile.
+        const MAX_BATCH: usize = 256;
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(4));
+        while let Some(first) = jobs.recv().await {
+            let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                return;
+            };
+            let mut batch = vec![first];
+            let mut receivers = batch[0].receivers.len();
+            while receivers < MAX_BATCH {
+                match jobs.try_recv() {
+                    Ok(job) => {
+                        receivers += job.receivers.len();
+                        batch.push(job);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let cluster = self.clone();
+            tokio::spawn(async move {
+                cluster.append_batch(batch).await;
+                drop(permit);
+            });
+        }
+    }
+
+    async fn append_batch(&self, batch: Vec<AppendJob>) {
+        let max_inbox = batch.iter().map(|j| j.max_inbox).max().unwrap_or(1);
+        let result: Result<Vec<Vec<i64>>, ClusterError> = self
             .run_scripts(|pipe| {
-                for to in receivers {
-                    let channel = if to.publish {
-                        self.user_channel(to.user)
+                let receivers: usize = batch.iter().map(|j| j.receivers.len()).sum();
+                let cmd = pipe
+                    .cmd("EVALSHA")
+                    .arg(self.scripts.append.get_hash())
+                    .arg(receivers * 3);
+                for job in &batch {
+                    for (user, _) in &job.receivers {
+                        cmd.arg(self.user_key(*user, "n"))
+                            .arg(self.user_key(*user, "in"))
+                            .arg(self.user_key(*user, &format!("m:{}", job.mid)));
+                    }
+                }
+                cmd.arg(max_inbox);
+                for (index, job) in batch.iter().enumerate() {
+                    for (_, channel) in &job.receivers {
+                        cmd.arg(channel).arg(job.ttl).arg(index);
+                    }
+                }
+                for job in &batch {
+                    cmd.arg(&job.tail[..]);
+                }
+            })
+            .await;
+        match result {
+            Ok(mut replies) => {
+                let flat = replies.pop().unwrap_or_default();
+                let mut pairs = flat.chunks_exact(2).map(|p| appended(p[0], p[1]));
+                for job in batch {
+                    let results: Vec<Appended> = pairs.by_ref().take(job.receivers.len()).collect();
+                    let _ = job.reply.send(if results.len() == job.receivers.len() {
+                        Ok(results)
                     } else {
-                        String::new()
-                    };
-                    pipe.cmd("EVALSHA")
-                        .arg(self.scripts.append.get_hash())
-                        .arg(3)
-                        .arg(self.user_key(to.user, "n"))
-                        .arg(self.user_key(to.user, "in"))
-                        .arg(self.user_key(to.user, &format!("m:{mid}")))
-                        .arg(tail)
-                        .arg(channel)
-                        .arg(max_inbox)
-                        .arg(ttl);
+                        Err(ClusterError::new("redis answered fewer appends than asked"))
+                    });
                 }
-            })
-            .await?;
-        Ok(replies
-            .into_iter()
-            .map(|(seq, subscribers)| {
-                let seq = u64::try_from(seq).unwrap_or(0);
-                match subscribers {
-                    -1 => Appended::InboxFull,
-                    -2 => Appended::Duplicate { seq },
-                    -3 => Appended::Recorded {
-                        seq,
-                        subscribers: None,
-                    },
-                    n => Appended::Recorded {
-                        seq,
-                        subscribers: Some(u64::try_from(n).unwrap_or(0)),
-                    },
+            }
+            Err(e) => {
+                for job in batch {
+                    let _ = job.reply.send(Err(ClusterError::new(e.to_string())));
                 }
-            })
-            .collect())
+            }
+        }
     }
 
     /// Up to `count` inbox entries with a sequence above `after`, with the

@@ -72,6 +72,9 @@ pub struct Node {
     epoch: Instant,
 }
 
+/// How long delivered inbox entries wait to be trimmed, so trims are batched.
+pub const TRIM_EVERY: Duration = Duration::from_millis(20);
+
 /// A chat on its way: the frame receivers see and the message's identity.
 pub struct Outgoing<'a> {
     pub sender_id: i64,
@@ -498,11 +501,14 @@ impl Node {
         self.trims_waiting.notify_one();
     }
 
-    /// Trims delivered inbox entries as soon as they are noted: what is
-    /// noted while one batch is on its way goes in the next one.
+    /// Trims delivered inbox entries in batches, at most one per user every
+    /// [`TRIM_EVERY`]: a busy receiver costs Redis one trim per batch, not
+    /// one per message. (The price: a node that dies may have written up to
+    /// that much that is still untrimmed, and is handed over again.)
     pub async fn run_trimmer(self: Arc<Self>) {
         loop {
             self.trims_waiting.notified().await;
+            tokio::time::sleep(TRIM_EVERY).await;
             if self.flush_trims().await.is_err() {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 self.trims_waiting.notify_one();

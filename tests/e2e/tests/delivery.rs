@@ -365,7 +365,7 @@ async fn a_login_that_fails_after_claiming_the_user_loses_nothing() {
 async fn a_group_member_at_the_inbox_limit_blocks_and_duplicates_nobody() {
     let stack = Stack::builder()
         .gateways(2)
-        .gateway_env("CLUSTERCHAT_GATEWAY_MAX_INBOX", "3")
+        .gateway_env("CLUSTERCHAT_GATEWAY_MAX_INBOX", "10")
         .start()
         .await;
     let mut alice = Client::connect(stack.gateways[0].tcp).await;
@@ -393,6 +393,12 @@ async fn a_group_member_at_the_inbox_limit_blocks_and_duplicates_nobody() {
         assert_eq!(reply["errno"], 0, "{reply}");
     }
 
+    // Seven messages bob reads and never acknowledges: three more fit.
+    for n in 0..7 {
+        let reply = alice.call(chat(a, b, &format!("direct {n}")), 3 + n).await;
+        assert_eq!(reply["errno"], 0, "{reply}");
+        assert_eq!(bob.recv().await["msg"], format!("direct {n}"));
+    }
     let send = |n: usize| {
         let mut m = group_chat(a, g, &format!("group {n}"));
         m["cmid"] = format!("g{n}").into();

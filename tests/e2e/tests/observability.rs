@@ -117,9 +117,11 @@ async fn a_chat_to_an_offline_user_traces_into_the_offline_service_and_its_sql()
     let secret = "a message for carol who is away";
     assert_eq!(alice.call(chat(a, c, secret), 1).await["errno"], 0);
 
-    let (server, sql) = eventually(
+    // The message is moved from carol's inbox to the offline store in the
+    // background, in a span of the chat's trace.
+    let (server, sql, client, root) = eventually(
         &collector,
-        "offline Store server span with its SQL",
+        "offline Store server span with its SQL, its gateway client span and the chat",
         |spans| {
             let server = find(
                 spans,
@@ -133,19 +135,18 @@ async fn a_chat_to_an_offline_user_traces_into_the_offline_service_and_its_sql()
                 "sql.store",
                 Some(&server.trace_id),
             )?;
-            Some((server.clone(), sql.clone()))
+            let client = spans
+                .iter()
+                .find(|s| s.service == "gateway-1" && s.span_id == server.parent_span_id)?;
+            let root = spans.iter().find(|s| {
+                s.trace_id == server.trace_id && s.service == "gateway-1" && s.name == "chat"
+            })?;
+            Some((server.clone(), sql.clone(), client.clone(), root.clone()))
         },
     )
     .await;
     let spans = collector.spans();
-    let client = spans
-        .iter()
-        .find(|s| s.service == "gateway-1" && s.span_id == server.parent_span_id)
-        .expect("the offline service's span is a child of the gateway's gRPC client span");
-    let root = spans
-        .iter()
-        .find(|s| s.trace_id == server.trace_id && s.service == "gateway-1" && s.name == "chat")
-        .expect("the chat request span starts that trace");
+    assert_eq!(server.trace_id, root.trace_id);
     assert_eq!(client.trace_id, root.trace_id);
     assert_eq!(sql.trace_id, root.trace_id);
     assert_no_text(&spans, secret);

@@ -1,5 +1,6 @@
 //! A minimal classic-protocol client for load: NUL-terminated requests out,
-//! newline-terminated JSON in. Only msgid 1-10 are used on the measured path.
+//! newline-terminated JSON in. On the measured path: chats (msgid 6, 10),
+//! and for receivers that acknowledge, acks (msgid 12).
 
 use std::net::SocketAddr;
 
@@ -65,7 +66,12 @@ impl Client {
     }
 
     pub async fn login(&mut self, id: i64, password: &str) -> anyhow::Result<Value> {
-        self.send(&json!({"msgid": 1, "id": id, "password": password}))
+        self.login_as(id, password, false).await
+    }
+
+    /// Logs in; with `acks`, as a client that acknowledges deliveries.
+    pub async fn login_as(&mut self, id: i64, password: &str, acks: bool) -> anyhow::Result<Value> {
+        self.send(&json!({"msgid": 1, "id": id, "password": password, "acks": acks}))
             .await?;
         let ack = self.recv().await?;
         if ack["errno"] != 0 {

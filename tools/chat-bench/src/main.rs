@@ -73,6 +73,11 @@ struct Args {
     /// Concurrent clients logging in and out.
     #[arg(long, default_value_t = 8)]
     login_clients: usize,
+    /// Receivers log in as classic clients (no acknowledgements: the server
+    /// writes each frame on its own and trims on write) instead of as
+    /// clients that acknowledge every 100 ms.
+    #[arg(long)]
+    classic: bool,
     /// Where the JSON results go.
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
@@ -117,22 +122,41 @@ async fn logged_in_clients(
     prefix: &str,
     count: usize,
     node: SocketAddr,
+    acks: bool,
 ) -> anyhow::Result<Vec<(i64, Client)>> {
     let mut out = Vec::with_capacity(count);
     let mut setup = Client::connect(node).await?;
     for i in 0..count {
         let id = setup.register(&format!("{prefix}{i}"), PASSWORD).await?;
         let mut client = Client::connect(node).await?;
-        client.login(id, PASSWORD).await?;
+        client.login_as(id, PASSWORD, acks).await?;
         out.push((id, client));
     }
     Ok(out)
 }
 
-/// Reads chats from a receiver until stopped, recording samples.
+/// Reads chats from a receiver until stopped, recording samples; a
+/// receiver that acknowledges does so every 100 ms.
 fn spawn_receiver(mut client: Client, samples: Arc<Mutex<Vec<Sample>>>, received: Arc<AtomicU64>) {
     tokio::spawn(async move {
+        let mut shown = 0u64;
+        let mut acked = 0u64;
+        let mut last_ack = Instant::now();
         while let Ok(message) = client.recv().await {
+            if let Some(rseq) = message["rseq"].as_u64() {
+                shown = shown.max(rseq);
+                if shown > acked && last_ack.elapsed() >= Duration::from_millis(100) {
+                    if client
+                        .send(&json!({"msgid": 12, "ack": shown}))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    acked = shown;
+                    last_ack = Instant::now();
+                }
+            }
             let Some(text) = message["msg"].as_str() else {
                 continue;
             };
@@ -364,8 +388,15 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("setting up {} pairs ...", args.pairs);
 
     // 1. one-to-one across nodes.
-    let senders = logged_in_clients(&format!("{prefix}s"), args.pairs, args.nodes[0]).await?;
-    let receivers = logged_in_clients(&format!("{prefix}r"), args.pairs, args.nodes[1]).await?;
+    let senders =
+        logged_in_clients(&format!("{prefix}s"), args.pairs, args.nodes[0], false).await?;
+    let receivers = logged_in_clients(
+        &format!("{prefix}r"),
+        args.pairs,
+        args.nodes[1],
+        !args.classic,
+    )
+    .await?;
     let receiver_ids: Vec<i64> = receivers.iter().map(|(id, _)| *id).collect();
     let samples = Arc::new(Mutex::new(Vec::new()));
     let received = Arc::new(AtomicU64::new(0));
@@ -425,6 +456,15 @@ async fn main() -> anyhow::Result<()> {
         );
     }
 
+    report.insert(
+        "receivers".into(),
+        (if args.classic {
+            "classic"
+        } else {
+            "acknowledging"
+        })
+        .into(),
+    );
     let report = Value::Object(report);
     std::fs::create_dir_all(&args.out)?;
     let path = args.out.join(format!("bench-{run_id}.json"));
@@ -689,7 +729,10 @@ fn markdown(report: &Value, args: &Args) -> String {
             &report["one_to_one_fixed_rate"]["result"],
         ),
         (
-            "one-to-one cross-node, saturation".to_owned(),
+            format!(
+                "one-to-one cross-node, saturation ({} receivers)",
+                report["receivers"].as_str().unwrap_or("?")
+            ),
             &report["one_to_one_saturation"],
         ),
         (
