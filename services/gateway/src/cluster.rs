@@ -81,6 +81,27 @@ pub struct InboxEntry {
 }
 
 impl InboxEntry {
+    /// Like [`InboxEntry::parse`], keeping the entry's buffer for the frame.
+    pub fn parse_owned(mut entry: Vec<u8>) -> Option<Self> {
+        let newline = entry.iter().position(|&b| b == b'\n')?;
+        let header = std::str::from_utf8(&entry[..newline]).ok()?;
+        let mut fields = header.splitn(5, ' ');
+        let seq = fields.next()?.parse().ok()?;
+        let mid = fields.next()?.to_owned();
+        let sender_id = fields.next()?.parse().ok()?;
+        let sent_micros = fields.next()?.parse().ok()?;
+        let traceparent = fields.next().unwrap_or("").to_owned();
+        entry.drain(..=newline);
+        Some(Self {
+            seq,
+            mid,
+            sender_id,
+            sent_micros,
+            traceparent,
+            frame: entry,
+        })
+    }
+
     /// `SEQ MID SENDER MICROS TRACEPARENT\nFRAME`; `None` when malformed.
     pub fn parse(entry: &[u8]) -> Option<Self> {
         let newline = entry.iter().position(|&b| b == b'\n')?;
@@ -417,28 +438,30 @@ impl Cluster {
     async fn run_appender(self, mut jobs: mpsc::UnboundedReceiver<AppendJob>) {
         /// Receivers in one script call: Redis runs nothing else meanwhile.
         const MAX_BATCH: usize = 256;
-        let in_flight = Arc::new(tokio::sync::Semaphore::new(4));
-        while let Some(first) = jobs.recv().await {
-            let Ok(permit) = in_flight.clone().acquire_owned().await else {
-                return;
-            };
-            let mut batch = vec![first];
-            let mut receivers = batch[0].receivers.len();
-            while receivers < MAX_BATCH {
-                match jobs.try_recv() {
-                    Ok(job) => {
-                        receivers += job.receivers.len();
-                        batch.push(job);
+        /// Batches on their way at once (the connection pipelines them).
+        const IN_FLIGHT: usize = 4;
+        let mut running = futures::stream::FuturesUnordered::new();
+        loop {
+            tokio::select! {
+                job = jobs.recv(), if running.len() < IN_FLIGHT => {
+                    let Some(first) = job else { break };
+                    let mut receivers = first.receivers.len();
+                    let mut batch = vec![first];
+                    while receivers < MAX_BATCH {
+                        match jobs.try_recv() {
+                            Ok(job) => {
+                                receivers += job.receivers.len();
+                                batch.push(job);
+                            }
+                            Err(_) => break,
+                        }
                     }
-                    Err(_) => break,
+                    running.push(self.append_batch(batch));
                 }
+                Some(()) = running.next(), if !running.is_empty() => {}
             }
-            let cluster = self.clone();
-            tokio::spawn(async move {
-                cluster.append_batch(batch).await;
-                drop(permit);
-            });
         }
+        while running.next().await.is_some() {}
     }
 
     async fn append_batch(&self, batch: Vec<AppendJob>) {
@@ -452,9 +475,14 @@ impl Cluster {
                     .arg(receivers * 3);
                 for job in &batch {
                     for (user, _) in &job.receivers {
-                        cmd.arg(self.user_key(*user, "n"))
-                            .arg(self.user_key(*user, "in"))
-                            .arg(self.user_key(*user, &format!("m:{}", job.mid)));
+                        let inbox = self.user_key(*user, "in");
+                        // Without dedup the third key is never touched.
+                        let dedup = if job.ttl == 0 {
+                            inbox.clone()
+                        } else {
+                            self.user_key(*user, &format!("m:{}", job.mid))
+                        };
+                        cmd.arg(self.user_key(*user, "n")).arg(inbox).arg(dedup);
                     }
                 }
                 cmd.arg(max_inbox);
@@ -894,7 +922,9 @@ mod tests {
         let mut untraced = b"5 ".to_vec();
         untraced.extend(entry_tail("m", 7, 1, "", b"{}"));
         assert_eq!(InboxEntry::parse(&untraced).expect("valid").traceparent, "");
+        assert_eq!(InboxEntry::parse_owned(entry.clone()), Some(parsed));
         assert!(InboxEntry::parse(b"no header").is_none());
+        assert!(InboxEntry::parse_owned(b"no header".to_vec()).is_none());
         assert!(InboxEntry::parse(b"x m 1 2 \n{}").is_none());
     }
 }

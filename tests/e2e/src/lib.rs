@@ -541,6 +541,21 @@ impl Stack {
         self.private_redis().spawn().await;
     }
 
+    /// Sends a signal (`STOP`, `CONT` ...) to the private Redis.
+    pub fn signal_redis(&mut self, signal: &str) {
+        let pid = self
+            .private_redis()
+            .child
+            .as_ref()
+            .and_then(Child::id)
+            .expect("redis running");
+        let status = std::process::Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
     /// One command to the private Redis (e.g. `CLIENT KILL TYPE pubsub`).
     pub async fn redis_command(&mut self, args: &[&str]) -> String {
         self.private_redis().command(args).await

@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use e2e::{
-    Client, PATIENCE, Stack, WsClient, chat, group_chat, joined_at_least_once, offline_messages,
-    texts,
+    Client, PATIENCE, Stack, WsClient, assert_eventually, chat, group_chat, http_get,
+    joined_at_least_once, offline_messages, texts,
 };
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -231,6 +231,33 @@ async fn a_cut_subscriber_connection_loses_nothing_and_repeats_nothing() {
     }
     assert_eq!(got, sent, "live, in order, once");
     bob.expect_silence(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_silently_dead_redis_subscriber_turns_healthz_red_and_recovers() {
+    let mut stack = Stack::builder()
+        .gateways(1)
+        .with_private_redis()
+        .start()
+        .await;
+    let http = stack.gateways[0].http;
+    // A frozen Redis keeps its sockets open: only a PING notices.
+    stack.signal_redis("STOP");
+    assert_eventually!(
+        http_get(http, "/healthz")
+            .await
+            .is_some_and(|(status, _)| status == 503),
+        Duration::from_secs(15),
+        "healthz stays green with a subscriber that does not answer"
+    );
+    stack.signal_redis("CONT");
+    assert_eventually!(
+        http_get(http, "/healthz")
+            .await
+            .is_some_and(|(status, _)| status == 200),
+        PATIENCE,
+        "healthz does not recover"
+    );
 }
 
 #[tokio::test]

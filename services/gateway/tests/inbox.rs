@@ -1,0 +1,173 @@
+//! The inbox scripts against a real Redis (the one `just test` starts), each
+//! test under a key prefix of its own.
+
+use std::time::Duration;
+
+use gateway::cluster::{AppendTo, Appended, Cluster, entry_tail};
+use shutdown::Shutdown;
+use tokio::sync::mpsc;
+
+async fn cluster() -> Cluster {
+    let url = std::env::var("CLUSTERCHAT_TEST_REDIS_URL")
+        .expect("CLUSTERCHAT_TEST_REDIS_URL: run with `just test`");
+    let prefix = format!("{}:", test_support::unique_name("inbox"));
+    let (events, _) = mpsc::channel(16);
+    Cluster::connect(&url, &prefix, events, Shutdown::new())
+        .await
+        .expect("redis")
+}
+
+async fn append(cluster: &Cluster, user: i64, mid: &str, text: &str, max: usize) -> Appended {
+    append_with(cluster, user, mid, text, max, None).await
+}
+
+async fn append_with(
+    cluster: &Cluster,
+    user: i64,
+    mid: &str,
+    text: &str,
+    max: usize,
+    dedup: Option<Duration>,
+) -> Appended {
+    let tail = entry_tail(mid, 7, 1, "", text.as_bytes());
+    let to = [AppendTo {
+        user,
+        publish: false,
+    }];
+    cluster
+        .append(&to, mid, &tail, max, dedup)
+        .await
+        .expect("append")[0]
+}
+
+fn seq(appended: Appended) -> u64 {
+    match appended {
+        Appended::Recorded { seq, .. } => seq,
+        other => panic!("not recorded: {other:?}"),
+    }
+}
+
+async fn texts_after(cluster: &Cluster, user: i64, after: u64) -> Vec<String> {
+    let page = cluster.read_inbox(user, after, 100).await.expect("read");
+    page.entries
+        .iter()
+        .map(|e| String::from_utf8(e.frame.clone()).expect("utf8"))
+        .collect()
+}
+
+#[tokio::test]
+async fn sequences_grow_without_gaps_from_redis_clock_and_trims_keep_positions() {
+    let cluster = cluster().await;
+    let first = seq(append(&cluster, 1, "m1", "one", 100).await);
+    let now_micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_micros() as u64;
+    assert!(
+        first.abs_diff(now_micros) < 60_000_000,
+        "starts at Redis's clock: {first}"
+    );
+    let second = seq(append(&cluster, 1, "m2", "two", 100).await);
+    let third = seq(append(&cluster, 1, "m3", "three", 100).await);
+    assert_eq!((second, third), (first + 1, first + 2));
+    assert_eq!(texts_after(&cluster, 1, 0).await, ["one", "two", "three"]);
+    assert_eq!(texts_after(&cluster, 1, first).await, ["two", "three"]);
+
+    cluster.trim_delivered(&[(1, second)]).await.expect("trim");
+    let page = cluster.read_inbox(1, 0, 100).await.expect("read");
+    assert_eq!(page.delivered, second);
+    assert_eq!(page.last_seq, third);
+    assert_eq!(page.entries.len(), 1);
+    assert_eq!(page.entries[0].seq, third);
+    // After a trim the position arithmetic still finds entries by sequence.
+    let fourth = seq(append(&cluster, 1, "m4", "four", 100).await);
+    assert_eq!(fourth, third + 1);
+    assert_eq!(texts_after(&cluster, 1, third).await, ["four"]);
+    cluster.trim_delivered(&[(1, fourth)]).await.expect("trim");
+    assert!(texts_after(&cluster, 1, 0).await.is_empty());
+    assert_eq!(
+        seq(append(&cluster, 1, "m5", "five", 100).await),
+        fourth + 1,
+        "an emptied inbox keeps counting"
+    );
+}
+
+#[tokio::test]
+async fn a_full_inbox_refuses_without_breaking_the_numbering() {
+    let cluster = cluster().await;
+    let a = seq(append(&cluster, 2, "a", "a", 2).await);
+    let b = seq(append(&cluster, 2, "b", "b", 2).await);
+    assert_eq!(append(&cluster, 2, "c", "c", 2).await, Appended::InboxFull);
+    cluster.trim_delivered(&[(2, a)]).await.expect("trim");
+    let d = seq(append(&cluster, 2, "d", "d", 2).await);
+    assert_eq!(d, b + 1, "the refused one took no number");
+    assert_eq!(texts_after(&cluster, 2, a).await, ["b", "d"]);
+    assert_eq!(texts_after(&cluster, 2, b).await, ["d"]);
+}
+
+#[tokio::test]
+async fn a_retry_with_the_same_message_id_is_recorded_once() {
+    let cluster = cluster().await;
+    let ttl = Some(Duration::from_secs(60));
+    let first = seq(append_with(&cluster, 3, "7-c1", "hi", 100, ttl).await);
+    assert_eq!(
+        append_with(&cluster, 3, "7-c1", "hi", 100, ttl).await,
+        Appended::Duplicate { seq: first }
+    );
+    assert_eq!(texts_after(&cluster, 3, 0).await, ["hi"]);
+}
+
+#[tokio::test]
+async fn moving_to_the_offline_store_trims_only_while_the_user_is_away() {
+    let cluster = cluster().await;
+    let s = seq(append(&cluster, 4, "x", "x", 100).await);
+    let ttl = Duration::from_secs(30);
+    assert!(cluster.claim_presence(4, "gw/1", ttl).await.expect("claim"));
+    assert!(
+        !cluster.trim_moved(4, s).await.expect("trim"),
+        "online: the session reads its inbox itself"
+    );
+    assert_eq!(texts_after(&cluster, 4, 0).await, ["x"]);
+    cluster.release_presence(4, "gw/1").await.expect("release");
+    assert!(cluster.trim_moved(4, s).await.expect("trim"));
+    assert!(texts_after(&cluster, 4, 0).await.is_empty());
+    let page = cluster.read_inbox(4, 0, 10).await.expect("read");
+    assert_eq!(page.delivered, 0, "moved is not delivered");
+}
+
+#[tokio::test]
+async fn concurrent_appends_share_script_calls_and_stay_in_order_per_sender() {
+    let cluster = cluster().await;
+    let mut tasks = Vec::new();
+    for sender in 0..20 {
+        let cluster = cluster.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..25 {
+                let user = 100 + (sender % 5);
+                let text = format!("{sender}:{i}");
+                seq(append(&cluster, user, &format!("{sender}-{i}"), &text, 10_000).await);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("appender");
+    }
+    for user in 100..105 {
+        let page = cluster.read_inbox(user, 0, 1000).await.expect("read");
+        assert_eq!(page.entries.len(), 100);
+        for pair in page.entries.windows(2) {
+            assert_eq!(pair[1].seq, pair[0].seq + 1, "no gaps");
+        }
+        // Each sender's messages to this user are in the order it sent them.
+        for sender in (0..20).filter(|s| 100 + s % 5 == user) {
+            let mine: Vec<String> = page
+                .entries
+                .iter()
+                .map(|e| String::from_utf8(e.frame.clone()).expect("utf8"))
+                .filter(|t| t.starts_with(&format!("{sender}:")))
+                .collect();
+            let expected: Vec<String> = (0..25).map(|i| format!("{sender}:{i}")).collect();
+            assert_eq!(mine, expected);
+        }
+    }
+}
