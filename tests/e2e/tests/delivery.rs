@@ -17,6 +17,51 @@ fn numbered(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix} {i}")).collect()
 }
 
+/// Sends `texts` from `from` to `to`, each answered, `pause` apart, in a task;
+/// the receiver fires just before the `at`-th goes, so a test injects its
+/// fault while messages are being sent. The task returns the replies.
+fn send_around_a_fault(
+    mut client: Client,
+    from: i64,
+    to: i64,
+    texts: Vec<String>,
+    at: usize,
+    pause: Duration,
+) -> (
+    tokio::task::JoinHandle<Vec<Value>>,
+    tokio::sync::oneshot::Receiver<()>,
+) {
+    let (reached, fault_now) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        let mut reached = Some(reached);
+        let mut replies = Vec::new();
+        for (i, text) in texts.iter().enumerate() {
+            if i == at
+                && let Some(tx) = reached.take()
+            {
+                let _ = tx.send(());
+            }
+            replies.push(client.call(chat(from, to, text), i as i64).await);
+            tokio::time::sleep(pause).await;
+        }
+        replies
+    });
+    (task, fault_now)
+}
+
+/// The texts of the next `n` frames (each may take up to PATIENCE).
+async fn texts_of_next(client: &mut Client, n: usize) -> Vec<String> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let Some(line) = client.try_recv_line(PATIENCE).await else {
+            panic!("got {} of {n}: {got:?}", got.len());
+        };
+        let m: Value = serde_json::from_str(&line).expect("json");
+        got.push(m["msg"].as_str().expect("msg").to_owned());
+    }
+    got
+}
+
 /// What a login ack carried plus the chats that follow it.
 async fn everything_at_login(client: &mut Client, ack: &Value) -> Vec<Value> {
     let mut got = offline_messages(ack);
@@ -95,35 +140,15 @@ async fn kill_9_while_messages_are_sent_before_during_and_after_it_loses_nothing
         .gateway_env("CLUSTERCHAT_GATEWAY_PRESENCE_TTL_MS", "2000")
         .start()
         .await;
-    let (mut alice, a, mut bob, b) = stack.alice_and_bob(0, 1).await;
+    let (alice, a, mut bob, b) = stack.alice_and_bob(0, 1).await;
     let sent = numbered("around the crash", 60);
 
-    let (twenty_sent, kill_now) = tokio::sync::oneshot::channel();
-    let to_send = sent.clone();
-    let sender = tokio::spawn(async move {
-        let mut kill_now = Some(twenty_sent);
-        for (i, text) in to_send.iter().enumerate() {
-            if i == 20
-                && let Some(tx) = kill_now.take()
-            {
-                let _ = tx.send(());
-            }
-            alice
-                .send(&json!({"msgid": 6, "toid": b, "msg": text, "seq": i}))
-                .await;
-            tokio::time::sleep(Duration::from_millis(15)).await;
-        }
-        let mut replies = Vec::new();
-        for _ in &to_send {
-            replies.push(alice.recv().await);
-        }
-        replies
-    });
+    let (sender, kill_now) =
+        send_around_a_fault(alice, a, b, sent.clone(), 20, Duration::from_millis(15));
     let reader = tokio::spawn(async move { bob.chats_until_quiet(Duration::from_secs(3)).await });
     kill_now.await.expect("sender running");
     stack.kill_gateway(1).await;
-    let replies = sender.await.expect("sender");
-    for reply in &replies {
+    for reply in sender.await.expect("sender") {
         assert_eq!(reply["errno"], 0, "accepted: {reply}");
     }
     let live = texts(&reader.await.expect("reader"));
@@ -136,7 +161,6 @@ async fn kill_9_while_messages_are_sent_before_during_and_after_it_loses_nothing
         "some arrived live before the kill: {live:?}"
     );
     assert_eq!(joined_at_least_once(&live, &after), sent);
-    let _ = a;
 }
 
 #[tokio::test]
@@ -179,15 +203,7 @@ async fn redis_killed_while_the_receiver_stays_online_he_gets_everything_live_in
         }
     }
     // Same connection, no new login: everything, in the order it was sent.
-    let mut got = Vec::new();
-    while got.len() < accepted.len() {
-        let Some(line) = bob.try_recv_line(PATIENCE).await else {
-            panic!("bob got {got:?} of {accepted:?}");
-        };
-        let m: Value = serde_json::from_str(&line).expect("json");
-        got.push(m["msg"].as_str().expect("msg").to_owned());
-    }
-    assert_eq!(got, accepted);
+    assert_eq!(texts_of_next(&mut bob, accepted.len()).await, accepted);
     bob.expect_silence(Duration::from_secs(1)).await;
 }
 
@@ -198,38 +214,23 @@ async fn a_cut_subscriber_connection_loses_nothing_and_repeats_nothing() {
         .with_private_redis()
         .start()
         .await;
-    let (mut alice, a, mut bob, b) = stack.alice_and_bob(0, 1).await;
+    let (alice, a, mut bob, b) = stack.alice_and_bob(0, 1).await;
     let sent = numbered("while the subscriber is cut", 100);
-    let (thirty_sent, cut_now) = tokio::sync::oneshot::channel();
-    let to_send = sent.clone();
-    let sender = tokio::spawn(async move {
-        let mut cut_now = Some(thirty_sent);
-        for (i, text) in to_send.iter().enumerate() {
-            if i == 30
-                && let Some(tx) = cut_now.take()
-            {
-                let _ = tx.send(());
-            }
-            let reply = alice.call(chat(a, b, text), i as i64).await;
-            assert_eq!(reply["errno"], 0, "{reply}");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    });
+    let (sender, cut_now) =
+        send_around_a_fault(alice, a, b, sent.clone(), 30, Duration::from_millis(5));
     cut_now.await.expect("sender running");
     let killed = stack
         .redis_command(&["CLIENT", "KILL", "TYPE", "pubsub"])
         .await;
     assert!(killed.starts_with(':'), "{killed}");
-    sender.await.expect("sender");
-    let mut got = Vec::new();
-    while got.len() < sent.len() {
-        let Some(line) = bob.try_recv_line(PATIENCE).await else {
-            panic!("bob got {} of {}: {got:?}", got.len(), sent.len());
-        };
-        let m: Value = serde_json::from_str(&line).expect("json");
-        got.push(m["msg"].as_str().expect("msg").to_owned());
+    for reply in sender.await.expect("sender") {
+        assert_eq!(reply["errno"], 0, "accepted: {reply}");
     }
-    assert_eq!(got, sent, "live, in order, once");
+    assert_eq!(
+        texts_of_next(&mut bob, sent.len()).await,
+        sent,
+        "live, in order, once"
+    );
     bob.expect_silence(Duration::from_secs(1)).await;
 }
 
