@@ -28,6 +28,7 @@
 
 use std::{
     collections::HashSet,
+    fmt::Write as _,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -438,8 +439,11 @@ impl Cluster {
     async fn run_appender(self, mut jobs: mpsc::UnboundedReceiver<AppendJob>) {
         /// Receivers in one script call: Redis runs nothing else meanwhile.
         const MAX_BATCH: usize = 256;
-        /// Batches on their way at once (the connection pipelines them).
-        const IN_FLIGHT: usize = 4;
+        /// Batches on their way at once. One: while it is on its way, the
+        /// next one grows. Fewer, larger script calls cost Redis far less
+        /// (each call is also one append-only-file write): measured on
+        /// 2 cores, 4 in flight gave 50k msg/s at saturation, 1 gave 68k.
+        const IN_FLIGHT: usize = 1;
         let mut running = futures::stream::FuturesUnordered::new();
         loop {
             tokio::select! {
@@ -473,16 +477,25 @@ impl Cluster {
                     .cmd("EVALSHA")
                     .arg(self.scripts.append.get_hash())
                     .arg(receivers * 3);
+                let mut key = String::with_capacity(self.prefix.len() + 64);
                 for job in &batch {
                     for (user, _) in &job.receivers {
-                        let inbox = self.user_key(*user, "in");
+                        // `{prefix}{u:ID}:` once, then each suffix in turn.
+                        key.clear();
+                        let _ = write!(key, "{}{{u:{user}}}:", self.prefix);
+                        let tag = key.len();
+                        key.push('n');
+                        cmd.arg(key.as_str());
+                        key.truncate(tag);
+                        key.push_str("in");
+                        cmd.arg(key.as_str());
                         // Without dedup the third key is never touched.
-                        let dedup = if job.ttl == 0 {
-                            inbox.clone()
-                        } else {
-                            self.user_key(*user, &format!("m:{}", job.mid))
-                        };
-                        cmd.arg(self.user_key(*user, "n")).arg(inbox).arg(dedup);
+                        if job.ttl != 0 {
+                            key.truncate(tag);
+                            key.push_str("m:");
+                            key.push_str(&job.mid);
+                        }
+                        cmd.arg(key.as_str());
                     }
                 }
                 cmd.arg(max_inbox);

@@ -337,7 +337,7 @@ impl Session {
         body: Map<String, Value>,
         cmid: Option<String>,
     ) -> Result<Map<String, Value>, Failure> {
-        let frame = classic::forward_chat(body, sender.0, sender.1, &classic_now());
+        let frame = classic::forward_chat(body, sender.0, sender.1, classic_now);
         let message = Outgoing {
             sender_id: sender.0,
             frame: &frame,

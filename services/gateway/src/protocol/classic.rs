@@ -490,12 +490,12 @@ pub fn forward_chat(
     mut body: Map<String, Value>,
     sender_id: i64,
     sender_name: &str,
-    now: &str,
+    now: impl FnOnce() -> String,
 ) -> Vec<u8> {
     body.insert("id".into(), sender_id.into());
     body.insert("name".into(), sender_name.into());
     if !body.get("time").is_some_and(Value::is_string) {
-        body.insert("time".into(), now.into());
+        body.insert("time".into(), now().into());
     }
     encode(body)
 }
@@ -655,7 +655,7 @@ mod tests {
             panic!("not a chat")
         };
         assert_eq!(cmid, None);
-        let out = text(forward_chat(body, 1, "alice", "now"));
+        let out = text(forward_chat(body, 1, "alice", || "now".into()));
         assert_eq!(
             out,
             r#"{"extra":true,"id":1,"msg":"hi","msgid":6,"name":"alice","time":"t","toid":2}"#
