@@ -274,27 +274,44 @@ local entries = redis.call('LRANGE', KEYS[2], start, start + tonumber(ARGV[2]) -
 for i = 1, #entries do out[#out + 1] = entries[i] end
 return out";
 
-/// KEYS: inbox, delivered, presence. ARGV: up_to, mode. Removes the entries
-/// with a sequence <= up_to. Mode 'd' (delivered): also raises the delivered
-/// mark. Mode 's' (moved to the offline store): only while nobody holds the
-/// user's presence, else returns -1 and removes nothing (a session that
-/// logged in meanwhile reads the inbox itself).
+/// Removes inbox entries with a sequence <= up_to, for many users in one
+/// call. KEYS: per user, inbox, delivered, presence. ARGV[1]: mode; then
+/// per user, up_to. Mode 'd' (delivered): also raises the delivered mark.
+/// Mode 's' (moved to the offline store): only while nobody holds the
+/// user's presence, else -1 for that user and nothing removed (a session
+/// that logged in meanwhile reads the inbox itself). Returns per user how
+/// many entries went (or -1).
 const TRIM_SCRIPT: &str = r"
-if ARGV[2] == 's' then
-  if redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
-else
-  local d = tonumber(redis.call('GET', KEYS[2]) or '0')
-  if tonumber(ARGV[1]) > d then redis.call('SET', KEYS[2], ARGV[1]) end
+local out = {}
+for i = 1, #KEYS / 3 do
+  local inbox, delivered, presence = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
+  local up_to = ARGV[1 + i]
+  local removed = 0
+  if ARGV[1] == 's' and redis.call('EXISTS', presence) == 1 then
+    removed = -1
+  else
+    if ARGV[1] ~= 's' then
+      local d = tonumber(redis.call('GET', delivered) or '0')
+      if tonumber(up_to) > d then redis.call('SET', delivered, up_to) end
+    end
+    local first = redis.call('LINDEX', inbox, 0)
+    if first then
+      local n = tonumber(up_to) - tonumber(string.match(first, '^%d+')) + 1
+      if n > 0 then
+        local len = redis.call('LLEN', inbox)
+        if n >= len then
+          redis.call('DEL', inbox)
+          removed = len
+        else
+          redis.call('LTRIM', inbox, n, -1)
+          removed = n
+        end
+      end
+    end
+  end
+  out[i] = removed
 end
-local first = redis.call('LINDEX', KEYS[1], 0)
-if not first then return 0 end
-local head = tonumber(string.match(first, '^%d+'))
-local n = tonumber(ARGV[1]) - head + 1
-if n <= 0 then return 0 end
-local len = redis.call('LLEN', KEYS[1])
-if n >= len then redis.call('DEL', KEYS[1]) return len end
-redis.call('LTRIM', KEYS[1], n, -1)
-return n";
+return out";
 
 const RELEASE_SCRIPT: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
@@ -581,10 +598,10 @@ impl Cluster {
         if marks.is_empty() {
             return Ok(());
         }
-        let _: Vec<i64> = self
+        let _: Vec<Vec<i64>> = self
             .run_scripts(|pipe| {
-                for (user, up_to) in marks {
-                    self.trim_invocation(pipe, *user, *up_to, "d");
+                for chunk in marks.chunks(256) {
+                    self.trim_invocation(pipe, chunk, "d");
                 }
             })
             .await?;
@@ -595,21 +612,29 @@ impl Cluster {
     /// unless the user is online meanwhile. False when the user is online
     /// and nothing was removed.
     pub async fn trim_moved(&self, user: i64, up_to: u64) -> Result<bool, ClusterError> {
-        let removed: Vec<i64> = self
-            .run_scripts(|pipe| self.trim_invocation(pipe, user, up_to, "s"))
+        let removed: Vec<Vec<i64>> = self
+            .run_scripts(|pipe| self.trim_invocation(pipe, &[(user, up_to)], "s"))
             .await?;
-        Ok(removed.first().is_some_and(|n| *n >= 0))
+        Ok(removed
+            .first()
+            .and_then(|r| r.first())
+            .is_some_and(|n| *n >= 0))
     }
 
-    fn trim_invocation(&self, pipe: &mut redis::Pipeline, user: i64, up_to: u64, mode: &str) {
-        pipe.cmd("EVALSHA")
+    fn trim_invocation(&self, pipe: &mut redis::Pipeline, marks: &[(i64, u64)], mode: &str) {
+        let cmd = pipe
+            .cmd("EVALSHA")
             .arg(self.scripts.trim.get_hash())
-            .arg(3)
-            .arg(self.user_key(user, "in"))
-            .arg(self.user_key(user, "d"))
-            .arg(self.presence_key(user))
-            .arg(up_to)
-            .arg(mode);
+            .arg(marks.len() * 3);
+        for (user, _) in marks {
+            cmd.arg(self.user_key(*user, "in"))
+                .arg(self.user_key(*user, "d"))
+                .arg(self.presence_key(*user));
+        }
+        cmd.arg(mode);
+        for (_, up_to) in marks {
+            cmd.arg(*up_to);
+        }
     }
 
     /// Tells the nodes holding these users that their offline store has

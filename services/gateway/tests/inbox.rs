@@ -171,3 +171,24 @@ async fn concurrent_appends_share_script_calls_and_stay_in_order_per_sender() {
         }
     }
 }
+
+#[tokio::test]
+async fn one_trim_call_serves_many_users() {
+    let cluster = cluster().await;
+    let mut marks = Vec::new();
+    for user in 200..210 {
+        let first = seq(append(&cluster, user, "a", "first", 100).await);
+        seq(append(&cluster, user, "b", "second", 100).await);
+        marks.push((user, first));
+    }
+    cluster.trim_delivered(&marks).await.expect("trim");
+    for (user, first) in marks {
+        assert_eq!(
+            texts_after(&cluster, user, 0).await,
+            ["second"],
+            "user {user}"
+        );
+        let page = cluster.read_inbox(user, 0, 10).await.expect("read");
+        assert_eq!(page.delivered, first);
+    }
+}
