@@ -147,6 +147,27 @@ async fn scripted_register_send_and_listen() {
         ),
         (Some("hello: with a colon 🙂"), Some(alice), Some("alice"))
     );
+    assert!(
+        line["rseq"].as_u64().is_some(),
+        "the client acknowledges: {line}"
+    );
+
+    // What a listener showed (and acknowledged before exiting) is not
+    // handed to the next one.
+    let (ok, out, err) = run(&[
+        "--addr",
+        &node1,
+        "listen",
+        "--id",
+        &bob.to_string(),
+        "--password",
+        "pb",
+        "--idle-timeout",
+        "1",
+    ])
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(out, "", "nothing shown twice");
 
     let (ok, out, _) = run(&[
         "--addr",

@@ -195,6 +195,18 @@ impl Connection {
             .map_err(|_| anyhow::anyhow!("the connection is closed"))
     }
 
+    /// Acknowledges everything shown and waits until the server has taken
+    /// it (a ping after the ack is answered only once the ack was handled),
+    /// so that a client about to exit is not handed the same chats again.
+    pub async fn acknowledge_all(&mut self, seq: i64) -> anyhow::Result<()> {
+        let shown = self.deliveries.shown();
+        if shown > 0 {
+            self.send(&json!({"msgid": 12, "ack": shown}))?;
+        }
+        self.call(json!({"msgid": 13}), seq, |_| {}).await?;
+        Ok(())
+    }
+
     /// Sends `request` with `seq` and waits for the reply carrying it; other
     /// messages that arrive meanwhile are handed to `other`.
     pub async fn call(

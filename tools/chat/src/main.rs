@@ -106,8 +106,17 @@ async fn login(
     password: &str,
     mut other: impl FnMut(Value),
 ) -> anyhow::Result<Value> {
-    let request = conn.deliveries.login_request(id, password);
-    let ack = conn.call(request, 1, &mut other).await?;
+    // A session of the same user that just ended (the previous command of a
+    // script) may take a moment to be released: wait for it, briefly.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let ack = loop {
+        let request = conn.deliveries.login_request(id, password);
+        let ack = conn.call(request, 1, &mut other).await?;
+        if ack["errno"] != 2 || tokio::time::Instant::now() >= deadline {
+            break ack;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     if ack["errno"] != 0 {
         anyhow::bail!(
             "login failed: {}",
@@ -201,6 +210,7 @@ async fn scripted(endpoint: Endpoint, command: Command) -> anyhow::Result<()> {
                 print_json(&message);
                 seen += 1;
             }
+            conn.acknowledge_all(2).await?;
         }
     }
     Ok(())
