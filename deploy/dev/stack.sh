@@ -82,7 +82,13 @@ install() {
 }
 
 # ---------------------------------------------------------------- processes
-pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# Alive and not a zombie: in a container whose init does not reap, a process
+# that exited stays a zombie, and `kill -0` still succeeds on it.
+running() {
+    kill -0 "$1" 2>/dev/null || return 1
+    ! awk '{ exit ($3 == "Z") ? 0 : 1 }' "/proc/$1/stat" 2>/dev/null
+}
+pid_alive() { [ -f "$1" ] && running "$(cat "$1")"; }
 
 wait_for() { # description, seconds, command...
     local what="$1" secs="$2"; shift 2
@@ -98,8 +104,8 @@ stop_pidfile() { # name, pidfile
     pid_alive "$pidfile" || { rm -f "$pidfile"; return 0; }
     local pid; pid="$(cat "$pidfile")"
     kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    if kill -0 "$pid" 2>/dev/null; then
+    for _ in $(seq 1 100); do running "$pid" || break; sleep 0.1; done
+    if running "$pid"; then
         log "$name did not stop on SIGTERM within 10s; killing it"
         kill -KILL "$pid" 2>/dev/null || true
     fi
