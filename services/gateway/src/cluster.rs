@@ -82,8 +82,9 @@ pub struct InboxEntry {
 }
 
 impl InboxEntry {
-    /// Like [`InboxEntry::parse`], keeping the entry's buffer for the frame.
-    pub fn parse_owned(mut entry: Vec<u8>) -> Option<Self> {
+    /// `SEQ MID SENDER MICROS TRACEPARENT\nFRAME`; `None` when malformed.
+    /// The entry's buffer becomes the frame (no copy of it).
+    pub fn parse(mut entry: Vec<u8>) -> Option<Self> {
         let newline = entry.iter().position(|&b| b == b'\n')?;
         let header = std::str::from_utf8(&entry[..newline]).ok()?;
         let mut fields = header.splitn(5, ' ');
@@ -100,21 +101,6 @@ impl InboxEntry {
             sent_micros,
             traceparent,
             frame: entry,
-        })
-    }
-
-    /// `SEQ MID SENDER MICROS TRACEPARENT\nFRAME`; `None` when malformed.
-    pub fn parse(entry: &[u8]) -> Option<Self> {
-        let newline = entry.iter().position(|&b| b == b'\n')?;
-        let header = std::str::from_utf8(&entry[..newline]).ok()?;
-        let mut fields = header.splitn(5, ' ');
-        Some(Self {
-            seq: fields.next()?.parse().ok()?,
-            mid: fields.next()?.to_owned(),
-            sender_id: fields.next()?.parse().ok()?,
-            sent_micros: fields.next()?.parse().ok()?,
-            traceparent: fields.next().unwrap_or("").to_owned(),
-            frame: entry[newline + 1..].to_vec(),
         })
     }
 }
@@ -578,7 +564,7 @@ impl Cluster {
         let mut entries = Vec::new();
         for value in values {
             if let redis::Value::BulkString(bytes) = value {
-                match InboxEntry::parse(&bytes) {
+                match InboxEntry::parse(bytes) {
                     Some(entry) if entry.seq > after => entries.push(entry),
                     Some(_) => {}
                     None => tracing::warn!(user, "skipping a malformed inbox entry"),
@@ -945,7 +931,7 @@ mod tests {
             "00-abc-def-01",
             b"{\"msg\":\"a\nb\"}",
         ));
-        let parsed = InboxEntry::parse(&entry).expect("valid");
+        let parsed = InboxEntry::parse(entry.clone()).expect("valid");
         assert_eq!(
             parsed,
             InboxEntry {
@@ -959,10 +945,8 @@ mod tests {
         );
         let mut untraced = b"5 ".to_vec();
         untraced.extend(entry_tail("m", 7, 1, "", b"{}"));
-        assert_eq!(InboxEntry::parse(&untraced).expect("valid").traceparent, "");
-        assert_eq!(InboxEntry::parse_owned(entry.clone()), Some(parsed));
-        assert!(InboxEntry::parse(b"no header").is_none());
-        assert!(InboxEntry::parse_owned(b"no header".to_vec()).is_none());
-        assert!(InboxEntry::parse(b"x m 1 2 \n{}").is_none());
+        assert_eq!(InboxEntry::parse(untraced).expect("valid").traceparent, "");
+        assert!(InboxEntry::parse(b"no header".to_vec()).is_none());
+        assert!(InboxEntry::parse(b"x m 1 2 \n{}".to_vec()).is_none());
     }
 }

@@ -568,7 +568,7 @@ impl Node {
                 self.registry.sync_offline(user);
             }
             BusEvent::ForUser { user, entry } => {
-                let Some(entry) = InboxEntry::parse_owned(entry) else {
+                let Some(entry) = InboxEntry::parse(entry) else {
                     tracing::warn!(user, "dropping a malformed bus message");
                     return;
                 };

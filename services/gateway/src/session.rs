@@ -31,7 +31,10 @@ use crate::{
     },
     registry::{LocalSession, SyncSignal},
     upstream::failure_from_status,
-    writer::{FrameSink, Inbound, OfflinePage, WriterCommand, acknowledge_offline, run_writer},
+    writer::{
+        FrameSink, Inbound, OfflinePage, WriterCommand, acknowledge_offline, delivery_frame,
+        run_writer,
+    },
 };
 
 /// The receiving half of a transport: complete frames, `None` at the end.
@@ -680,11 +683,9 @@ impl Session {
             }
             bytes += entry.frame.len();
             let seq = entry.seq;
-            pending.frames.push(if acks {
-                classic::with_delivery_fields(&entry.frame, &entry.mid, seq)
-            } else {
-                entry.frame
-            });
+            pending
+                .frames
+                .push(delivery_frame(acks, entry.frame, &entry.mid, seq));
             cursor = seq;
         }
         if complete && all_fit {

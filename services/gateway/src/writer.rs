@@ -96,15 +96,17 @@ enum Step {
     Broken,
 }
 
-impl Inbound {
-    fn frame_for(&self, frame: Vec<u8>, mid: &str, seq: u64) -> Vec<u8> {
-        if self.acks {
-            classic::with_delivery_fields(&frame, mid, seq)
-        } else {
-            frame
-        }
+/// A chat frame as this client gets it: as stored for a classic client;
+/// with `mid` and `rseq` for a client that acknowledges.
+pub fn delivery_frame(acks: bool, frame: Vec<u8>, mid: &str, seq: u64) -> Vec<u8> {
+    if acks {
+        classic::with_delivery_fields(&frame, mid, seq)
+    } else {
+        frame
     }
+}
 
+impl Inbound {
     /// One step of a sync: a page of the offline store, else a page of the inbox.
     async fn sync_step<W: FrameSink>(&mut self, sink: &mut W) -> Step {
         let node = self.node.clone();
@@ -145,6 +147,7 @@ impl Inbound {
                     return Step::Retry(Duration::from_millis(500));
                 }
             };
+            let written = prepared.frames.len() as u64;
             for frame in prepared.frames {
                 if sink.send(frame).await.is_err() {
                     return Step::Broken;
@@ -153,7 +156,7 @@ impl Inbound {
             if sink.flush().await.is_err() {
                 return Step::Broken;
             }
-            metrics().offline_delivered.inc_by(prepared.written);
+            metrics().offline_delivered.inc_by(written);
             self.cursor = self.cursor.max(prepared.gate);
             if let Some(last) = page.messages.last() {
                 self.offline_after = Some(last.position);
@@ -182,7 +185,7 @@ impl Inbound {
         let complete = page.entries.len() < INBOX_PAGE;
         for entry in page.entries {
             let seq = entry.seq;
-            let frame = self.frame_for(entry.frame, &entry.mid, seq);
+            let frame = delivery_frame(self.acks, entry.frame, &entry.mid, seq);
             if sink.send(frame).await.is_err() {
                 return Step::Broken;
             }
@@ -242,7 +245,7 @@ impl Inbound {
             self.needs_sync = true;
             return true;
         }
-        let frame = self.frame_for(delivery.frame, &delivery.mid, delivery.seq);
+        let frame = delivery_frame(self.acks, delivery.frame, &delivery.mid, delivery.seq);
         if sink.send(frame).await.is_err() {
             return false;
         }
@@ -369,7 +372,6 @@ pub async fn run_writer<W: FrameSink>(mut sink: W, mut commands: mpsc::Receiver<
 pub struct OfflinePage {
     /// The frames to write, oldest first.
     pub frames: Vec<Vec<u8>>,
-    pub written: u64,
     /// The highest inbox sequence among them (0: none had one).
     pub gate: u64,
     /// How many were appended to the inbox instead.
@@ -391,7 +393,6 @@ impl OfflinePage {
     ) -> Result<Self, crate::cluster::ClusterError> {
         let mut page = Self {
             frames: Vec::new(),
-            written: 0,
             gate: 0,
             appended: 0,
         };
@@ -404,13 +405,12 @@ impl OfflinePage {
                 page.appended += 1;
                 continue;
             }
-            let frame = m.payload.clone().into_bytes();
-            page.frames.push(if acks {
-                classic::with_delivery_fields(&frame, &m.client_msg_id, m.inbox_seq)
-            } else {
-                frame
-            });
-            page.written += 1;
+            page.frames.push(delivery_frame(
+                acks,
+                m.payload.clone().into_bytes(),
+                &m.client_msg_id,
+                m.inbox_seq,
+            ));
             page.gate = page.gate.max(m.inbox_seq);
         }
         Ok(page)

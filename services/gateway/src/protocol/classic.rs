@@ -51,6 +51,8 @@ pub mod errno {
     /// The request or message is larger than allowed.
     pub const TOO_LARGE: i64 = 6;
     /// Too many requests on this connection; slow down.
+    /// No longer sent: a connection over its rate is paced instead. Kept so
+    /// the number is not given another meaning.
     pub const RATE_LIMITED: i64 = 7;
     /// A service behind the gateway is unavailable; nothing was done, retry.
     pub const UNAVAILABLE: i64 = 8;
