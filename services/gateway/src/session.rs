@@ -197,7 +197,7 @@ impl Session {
         written.await.unwrap_or(false)
     }
 
-    async fn uses_additions(&mut self) {
+    async fn mark_uses_additions(&mut self) {
         if !self.uses_additions {
             self.uses_additions = true;
             let _ = self.writer.send(WriterCommand::AllowBatching).await;
@@ -236,7 +236,7 @@ impl Session {
         let parsed = classic::parse(&bytes);
         let seq = parsed.seq;
         if seq.is_some() {
-            self.uses_additions().await;
+            self.mark_uses_additions().await;
         }
         let request = match parsed.request {
             Ok(request) => request,
@@ -275,7 +275,7 @@ impl Session {
             } => self.login(id, password, acks, since, seq).await,
             Request::Register { name, password } => self.register(name, password, seq).await,
             Request::Ping => {
-                self.uses_additions().await;
+                self.mark_uses_additions().await;
                 self.send(classic::pong(seq)).await;
             }
             other => {
@@ -497,7 +497,7 @@ impl Session {
                 .await;
         }
         if acks {
-            self.uses_additions().await;
+            self.mark_uses_additions().await;
             self.heartbeats = true;
         }
         match self.try_login(id, password, acks, since, seq).await {
