@@ -31,7 +31,7 @@ use std::{
     fmt::Write as _,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -68,6 +68,86 @@ pub enum BusEvent {
     /// The subscriber (re)connected: everything local was resubscribed, and
     /// whatever was published meanwhile must be read from the inboxes.
     Resubscribed,
+}
+
+/// What waits between the subscriber and the node, bounded in bytes: past
+/// the bound an entry is not queued (it is in the inbox) and its user is
+/// noted, for the node to make that session read its inbox. The subscriber
+/// never waits for the node, so redis-rs's own buffer stays empty.
+#[derive(Debug)]
+pub struct BusBacklog {
+    bytes: AtomicUsize,
+    max: usize,
+    overflowed: Mutex<HashSet<i64>>,
+    notify: tokio::sync::Notify,
+}
+
+/// Bytes of published entries the subscriber may hold for the node.
+pub const BUS_BACKLOG_BYTES: usize = 32 * 1024 * 1024;
+
+impl BusBacklog {
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            bytes: AtomicUsize::new(0),
+            max,
+            overflowed: Mutex::default(),
+            notify: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// Queues a user's entry unless the backlog is full (in bytes or count).
+    fn offer(&self, events: &mpsc::Sender<BusEvent>, user: i64, entry: Vec<u8>) -> Result<(), ()> {
+        let len = entry.len();
+        if self.bytes.fetch_add(len, Ordering::AcqRel) + len > self.max {
+            self.bytes.fetch_sub(len, Ordering::AcqRel);
+            self.overflow(user);
+            return Ok(());
+        }
+        match events.try_send(BusEvent::ForUser { user, entry }) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.bytes.fetch_sub(len, Ordering::AcqRel);
+                self.overflow(user);
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(()),
+        }
+    }
+
+    fn overflow(&self, user: i64) {
+        crate::metrics::metrics()
+            .overflowed
+            .get_or_create(&crate::metrics::label("queue", "bus"))
+            .inc();
+        self.overflowed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(user);
+        self.notify.notify_one();
+    }
+
+    /// The node took an entry off the queue.
+    pub fn taken(&self, event: &BusEvent) {
+        if let BusEvent::ForUser { entry, .. } = event {
+            self.bytes.fetch_sub(entry.len(), Ordering::AcqRel);
+        }
+    }
+
+    /// Waits until some user's entry was left out, then says whose.
+    pub async fn overflowed(&self) -> Vec<i64> {
+        loop {
+            let users: Vec<i64> = self
+                .overflowed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .drain()
+                .collect();
+            if !users.is_empty() {
+                return users;
+            }
+            self.notify.notified().await;
+        }
+    }
 }
 
 /// One inbox entry, parsed.
@@ -149,7 +229,13 @@ pub struct InboxPage {
     pub delivered: u64,
     /// Entries with a sequence above the one asked for, oldest first.
     pub entries: Vec<InboxEntry>,
+    /// Nothing after the last entry: the page reached the newest message.
+    pub complete: bool,
 }
+
+/// A page of the inbox holds at most this many bytes of entries (and at
+/// least one entry): what a slow reader's writer holds at once.
+pub const READ_PAGE_BYTES: usize = 1024 * 1024;
 
 struct AppendJob {
     /// (user, channel to publish on or '').
@@ -190,6 +276,8 @@ pub struct Cluster {
     subscriber_up: Arc<AtomicBool>,
     scripts: Arc<Scripts>,
     appender: mpsc::UnboundedSender<AppendJob>,
+    /// What the subscriber holds for the node.
+    pub backlog: Arc<BusBacklog>,
 }
 
 struct Scripts {
@@ -245,8 +333,21 @@ for i = 0, n - 1 do
 end
 return out";
 
-/// KEYS: counter, inbox, delivered. ARGV: after, count.
-/// Returns {last_seq, delivered, entries...} with entries after `after`.
+/// A fixed-window counter. KEYS: the counter. ARGV: window in ms, 'hit'
+/// (count this attempt) or 'peek'. Returns {attempts in the window, ms left}.
+const THROTTLE_SCRIPT: &str = r"
+local n
+if ARGV[2] == 'hit' then
+  n = redis.call('INCR', KEYS[1])
+  if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+else
+  n = tonumber(redis.call('GET', KEYS[1]) or '0')
+end
+return {n, redis.call('PTTL', KEYS[1])}";
+
+/// KEYS: counter, inbox, delivered. ARGV: after, count, byte budget.
+/// Returns {last_seq, delivered, entries...} with entries after `after`:
+/// at most `count`, and no more than the budget in bytes (at least one).
 const READ_SCRIPT: &str = r"
 local last = tonumber(redis.call('GET', KEYS[1]) or '0')
 local delivered = tonumber(redis.call('GET', KEYS[3]) or '0')
@@ -257,7 +358,12 @@ local head = tonumber(string.match(first, '^%d+'))
 local start = tonumber(ARGV[1]) - head + 1
 if start < 0 then start = 0 end
 local entries = redis.call('LRANGE', KEYS[2], start, start + tonumber(ARGV[2]) - 1)
-for i = 1, #entries do out[#out + 1] = entries[i] end
+local budget = tonumber(ARGV[3])
+for i = 1, #entries do
+  budget = budget - #entries[i]
+  if budget < 0 and i > 1 then break end
+  out[#out + 1] = entries[i]
+end
 return out";
 
 /// Removes inbox entries with a sequence <= up_to, for many users in one
@@ -331,11 +437,13 @@ impl Cluster {
         let commands = ConnectionManager::new_with_config(client.clone(), config).await?;
         let (tx, rx) = mpsc::unbounded_channel();
         let subscriber_up = Arc::new(AtomicBool::new(false));
+        let backlog = BusBacklog::new(BUS_BACKLOG_BYTES);
         tokio::spawn(run_subscriber(
             client,
             prefix.to_owned(),
             rx,
             events,
+            backlog.clone(),
             subscriber_up.clone(),
             shutdown,
         ));
@@ -351,6 +459,7 @@ impl Cluster {
                 trim: Script::new(TRIM_SCRIPT),
             }),
             appender,
+            backlog,
         };
         tokio::spawn(cluster.clone().run_appender(jobs));
         Ok(cluster)
@@ -550,7 +659,8 @@ impl Cluster {
                     .arg(self.user_key(user, "in"))
                     .arg(self.user_key(user, "d"))
                     .arg(after)
-                    .arg(count.max(1));
+                    .arg(count.max(1))
+                    .arg(READ_PAGE_BYTES);
             })
             .await?;
         let values = replies.pop().unwrap_or_default();
@@ -571,10 +681,14 @@ impl Cluster {
                 }
             }
         }
+        // The newest entry is the counter's (APPEND numbers and pushes in
+        // one script), so a page ending at the counter ended the inbox.
+        let complete = entries.last().is_none_or(|e| e.seq >= last_seq);
         Ok(InboxPage {
             last_seq,
             delivered,
             entries,
+            complete,
         })
     }
 
@@ -660,6 +774,24 @@ impl Cluster {
         let _ = self
             .subscriber
             .send(SubCommand::Unsubscribe(self.user_channel(user)));
+    }
+
+    /// Counts an attempt against `name` (when `hit`) in a fixed window, for
+    /// the whole cluster: how many attempts the window has seen and how long
+    /// until it ends.
+    pub async fn throttle(
+        &self,
+        name: &str,
+        window: Duration,
+        hit: bool,
+    ) -> Result<(u64, Duration), ClusterError> {
+        let (count, ttl): (u64, i64) = Script::new(THROTTLE_SCRIPT)
+            .key(format!("{}t:{name}", self.prefix))
+            .arg(ttl_millis(window))
+            .arg(if hit { "hit" } else { "peek" })
+            .invoke_async(&mut self.commands.clone())
+            .await?;
+        Ok((count, Duration::from_millis(u64::try_from(ttl).unwrap_or(0))))
     }
 
     /// Claims the user for `owner` unless someone holds them already.
@@ -751,6 +883,7 @@ async fn run_subscriber(
     prefix: String,
     mut commands: mpsc::UnboundedReceiver<SubCommand>,
     events: mpsc::Sender<BusEvent>,
+    backlog: Arc<BusBacklog>,
     up: Arc<AtomicBool>,
     shutdown: Shutdown,
 ) {
@@ -821,12 +954,14 @@ async fn run_subscriber(
                         .strip_prefix(&user_prefix)
                         .and_then(|rest| rest.strip_suffix('}'))
                         .and_then(|id| id.parse().ok());
-                    let event = match user {
-                        Some(user) => BusEvent::ForUser { user, entry: payload },
-                        None if channel == control => BusEvent::Control(payload),
+                    let sent = match user {
+                        Some(user) => backlog.offer(&events, user, payload),
+                        None if channel == control => {
+                            events.send(BusEvent::Control(payload)).await.map_err(|_| ())
+                        }
                         None => continue,
                     };
-                    if events.send(event).await.is_err() {
+                    if sent.is_err() {
                         worker.abort();
                         return;
                     }

@@ -1,6 +1,10 @@
 //! Settings of a gateway node, from `CLUSTERCHAT_GATEWAY_*` variables.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    str::FromStr,
+    time::Duration,
+};
 
 use env_config::{ConfigError, millis_or, var_or};
 
@@ -20,6 +24,26 @@ pub struct Limits {
     /// `..._MAX_INBOX`: undelivered messages one user may have in Redis;
     /// beyond it a send to that user is refused (errno 13).
     pub max_inbox: usize,
+    /// `..._OUTBOUND_BYTES`: bytes of live messages queued for one client;
+    /// beyond it (as beyond the count) the writer reads them from the inbox
+    /// when the client catches up.
+    pub outbound_bytes: usize,
+    /// `..._PARTIAL_BUDGET_BYTES`: bytes this node holds, over all TCP
+    /// connections, for requests that have not arrived whole; a connection
+    /// that would go past it is refused and closed.
+    pub partial_budget_bytes: usize,
+    /// `..._FANOUT_PER_TOKEN`: a group chat costs the sender one request of
+    /// its rate per this many receivers (at least one).
+    pub fanout_per_token: u32,
+    /// Login and register throttles, counted in Redis for the whole cluster
+    /// per window (`..._THROTTLE_WINDOW_MS`): login attempts per client
+    /// address (`..._LOGINS_PER_ADDRESS`), registrations per address
+    /// (`..._REGISTERS_PER_ADDRESS`), failed logins per account
+    /// (`..._LOGIN_FAILURES_PER_ACCOUNT`).
+    pub throttle_window: Duration,
+    pub logins_per_address: u32,
+    pub registers_per_address: u32,
+    pub login_failures_per_account: u32,
 }
 
 impl Default for Limits {
@@ -31,6 +55,13 @@ impl Default for Limits {
             rate_burst: 400,
             outbound_queue: 1024,
             max_inbox: 10_000,
+            outbound_bytes: 4 * 1024 * 1024,
+            partial_budget_bytes: 64 * 1024 * 1024,
+            fanout_per_token: 10,
+            throttle_window: Duration::from_secs(60),
+            logins_per_address: 60,
+            registers_per_address: 20,
+            login_failures_per_account: 10,
         }
     }
 }
@@ -41,8 +72,26 @@ pub struct Config {
     pub node_id: String,
     /// `CLUSTERCHAT_GATEWAY_TCP_LISTEN`, default `127.0.0.1:6000`.
     pub tcp_listen: SocketAddr,
-    /// `CLUSTERCHAT_GATEWAY_HTTP_LISTEN` (WebSocket `/ws`, `/healthz`), default `127.0.0.1:6080`.
+    /// `CLUSTERCHAT_GATEWAY_HTTP_LISTEN` (WebSocket `/ws`), default `127.0.0.1:6080`.
     pub http_listen: SocketAddr,
+    /// `CLUSTERCHAT_GATEWAY_ADMIN_LISTEN` (`/healthz`, `/metrics`), default
+    /// `127.0.0.1:7080`: for operators and probes, never exposed to clients.
+    pub admin_listen: SocketAddr,
+    /// `CLUSTERCHAT_GATEWAY_TRUSTED_PROXIES`: comma-separated addresses (the
+    /// load balancers) whose PROXY protocol header (v1 or v2) names the real
+    /// client. Empty: no header is believed.
+    pub trusted_proxies: AddressList,
+    /// `CLUSTERCHAT_GATEWAY_LOGIN_DEADLINE_MS`: a connection must log in
+    /// within this long of opening (or of logging out), else it is closed.
+    pub login_deadline: Duration,
+    /// `CLUSTERCHAT_GATEWAY_FRAME_DEADLINE_MS`: a request that has started
+    /// to arrive must be complete within this long, else the connection is
+    /// told so and closed.
+    pub frame_deadline: Duration,
+    /// `CLUSTERCHAT_GATEWAY_HANDSHAKE_TIMEOUT_MS`: the whole of a WebSocket
+    /// handshake (PROXY header, HTTP headers, upgrade) and the wait for a
+    /// PROXY header on TCP.
+    pub handshake_timeout: Duration,
     /// `CLUSTERCHAT_GATEWAY_REDIS_URL`.
     pub redis_url: String,
     /// `CLUSTERCHAT_GATEWAY_REDIS_PREFIX`: namespaces every key and channel, so
@@ -94,6 +143,23 @@ impl Config {
             http_listen: var_or(
                 "CLUSTERCHAT_GATEWAY_HTTP_LISTEN",
                 ([127, 0, 0, 1], 6080).into(),
+            )?,
+            admin_listen: var_or(
+                "CLUSTERCHAT_GATEWAY_ADMIN_LISTEN",
+                ([127, 0, 0, 1], 7080).into(),
+            )?,
+            trusted_proxies: var_or("CLUSTERCHAT_GATEWAY_TRUSTED_PROXIES", AddressList::default())?,
+            login_deadline: millis_or(
+                "CLUSTERCHAT_GATEWAY_LOGIN_DEADLINE_MS",
+                Duration::from_secs(60),
+            )?,
+            frame_deadline: millis_or(
+                "CLUSTERCHAT_GATEWAY_FRAME_DEADLINE_MS",
+                Duration::from_secs(10),
+            )?,
+            handshake_timeout: millis_or(
+                "CLUSTERCHAT_GATEWAY_HANDSHAKE_TIMEOUT_MS",
+                Duration::from_secs(10),
             )?,
             redis_url: var_or(
                 "CLUSTERCHAT_GATEWAY_REDIS_URL",
@@ -152,7 +218,61 @@ impl Config {
                     defaults.outbound_queue,
                 )?,
                 max_inbox: var_or("CLUSTERCHAT_GATEWAY_MAX_INBOX", defaults.max_inbox)?,
+                outbound_bytes: var_or(
+                    "CLUSTERCHAT_GATEWAY_OUTBOUND_BYTES",
+                    defaults.outbound_bytes,
+                )?,
+                partial_budget_bytes: var_or(
+                    "CLUSTERCHAT_GATEWAY_PARTIAL_BUDGET_BYTES",
+                    defaults.partial_budget_bytes,
+                )?,
+                fanout_per_token: var_or(
+                    "CLUSTERCHAT_GATEWAY_FANOUT_PER_TOKEN",
+                    defaults.fanout_per_token,
+                )?
+                .max(1),
+                throttle_window: millis_or(
+                    "CLUSTERCHAT_GATEWAY_THROTTLE_WINDOW_MS",
+                    defaults.throttle_window,
+                )?
+                .max(Duration::from_millis(100)),
+                logins_per_address: var_or(
+                    "CLUSTERCHAT_GATEWAY_LOGINS_PER_ADDRESS",
+                    defaults.logins_per_address,
+                )?,
+                registers_per_address: var_or(
+                    "CLUSTERCHAT_GATEWAY_REGISTERS_PER_ADDRESS",
+                    defaults.registers_per_address,
+                )?,
+                login_failures_per_account: var_or(
+                    "CLUSTERCHAT_GATEWAY_LOGIN_FAILURES_PER_ACCOUNT",
+                    defaults.login_failures_per_account,
+                )?,
             },
         })
+    }
+}
+
+/// A comma-separated list of IP addresses.
+#[derive(Debug, Clone, Default)]
+pub struct AddressList(pub Vec<IpAddr>);
+
+impl AddressList {
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        let addr = addr.to_canonical();
+        self.0.iter().any(|a| a.to_canonical() == addr)
+    }
+}
+
+impl FromStr for AddressList {
+    type Err = std::net::AddrParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .map(Self)
     }
 }

@@ -19,6 +19,7 @@ pub mod config;
 pub mod metrics;
 pub mod node;
 pub mod protocol;
+pub mod proxy_header;
 pub mod registry;
 pub mod session;
 pub mod startup;

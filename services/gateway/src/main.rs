@@ -13,7 +13,7 @@ async fn main() -> anyhow::Result<()> {
     let node_id = config.node_id.clone();
     let shutdown = Shutdown::on_signals();
     let app = Application::build(config, shutdown).await?;
-    tracing::info!(node = node_id, tcp = %app.tcp_addr(), http = %app.http_addr(), "gateway listening");
+    tracing::info!(node = node_id, tcp = %app.tcp_addr(), http = %app.http_addr(), admin = %app.admin_addr(), "gateway listening");
     app.run_until_stopped().await;
     tracing::info!("gateway stopped");
     telemetry.shutdown().await;

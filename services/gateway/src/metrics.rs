@@ -1,4 +1,4 @@
-//! The gateway's Prometheus metrics (served on `/metrics` of the HTTP port).
+//! The gateway's Prometheus metrics (served on `/metrics` of the admin port).
 
 use std::sync::OnceLock;
 
@@ -24,6 +24,13 @@ pub struct GatewayMetrics {
     pub paced: Counter,
     /// Errors answered to clients, by errno.
     pub errors: Family<Vec<(&'static str, String)>, Counter>,
+    /// Connections or requests refused by a budget, by why
+    /// (`frame_deadline`, `partial_budget`, `handshake_timeout`,
+    /// `login_deadline`, `throttle_address`, `throttle_account` ...).
+    pub refused: Family<Labels, Counter>,
+    /// Live deliveries left in the inbox because a queue was over its bound
+    /// (the writer reads them from there), by which (`session`, `bus`).
+    pub overflowed: Family<Labels, Counter>,
 }
 
 pub fn metrics() -> &'static GatewayMetrics {
@@ -38,6 +45,8 @@ pub fn metrics() -> &'static GatewayMetrics {
             offline_delivered: Counter::default(),
             paced: Counter::default(),
             errors: Family::default(),
+            refused: Family::default(),
+            overflowed: Family::default(),
         };
         register(
             "gateway_connections",
@@ -78,6 +87,16 @@ pub fn metrics() -> &'static GatewayMetrics {
             "gateway_errors",
             "Errors answered to clients, by errno",
             m.errors.clone(),
+        );
+        register(
+            "gateway_refused",
+            "Connections or requests refused by a budget, by why",
+            m.refused.clone(),
+        );
+        register(
+            "gateway_overflowed_deliveries",
+            "Live deliveries left in the inbox because a queue was full",
+            m.overflowed.clone(),
         );
         m
     })

@@ -63,6 +63,8 @@ pub struct Node {
     /// another move was asked for meanwhile.
     moving: Mutex<HashMap<i64, bool>>,
     move_permits: Semaphore,
+    /// Bytes of unfinished requests held by this node's TCP connections.
+    pub partial_bytes: crate::transport::ByteBudget,
     /// Remote receivers of messages stored offline because Redis was
     /// unreachable: their nodes are told once Redis answers again.
     nudges: Mutex<HashSet<i64>>,
@@ -94,6 +96,7 @@ pub fn new_message_id() -> String {
 impl Node {
     pub fn new(config: Config, cluster: Cluster, upstreams: Upstreams, shutdown: Shutdown) -> Self {
         let groups = GroupCache::new(config.group_cache_ttl);
+        let partial_bytes = crate::transport::ByteBudget::new(config.limits.partial_budget_bytes);
         Self {
             config,
             registry: Registry::default(),
@@ -109,6 +112,7 @@ impl Node {
             moving: Mutex::default(),
             nudges: Mutex::default(),
             move_permits: Semaphore::new(32),
+            partial_bytes,
             presence_confirmed: AtomicU64::new(0),
             epoch: Instant::now(),
         }
@@ -257,10 +261,8 @@ impl Node {
                     seq,
                     subscribers: None,
                 } => {
-                    let handoff = self.registry.hand_off(to.user, || Delivery {
-                        seq,
-                        mid: message.mid.clone(),
-                        frame: message.frame.to_vec(),
+                    let handoff = self.registry.hand_off(to.user, || {
+                        Delivery::new(seq, message.mid.clone(), message.frame.to_vec())
                     });
                     if handoff == Handoff::Absent {
                         // Left this node meanwhile: maybe logged in elsewhere
@@ -425,7 +427,7 @@ impl Node {
             let Some(last) = page.entries.last().map(|e| e.seq) else {
                 return Ok(());
             };
-            let full_page = page.entries.len() >= PAGE;
+            let full_page = !page.complete;
             for entry in page.entries {
                 self.store_offline(offline_pb::StoreRequest {
                     receiver_id: user,
@@ -577,10 +579,8 @@ impl Node {
                 telemetry::propagation::set_parent_from_traceparent(&span, &entry.traceparent);
                 let _entered = span.enter();
                 let sent_micros = entry.sent_micros;
-                let handoff = self.registry.hand_off(user, || Delivery {
-                    seq: entry.seq,
-                    mid: entry.mid,
-                    frame: entry.frame,
+                let handoff = self.registry.hand_off(user, || {
+                    Delivery::new(entry.seq, entry.mid, entry.frame)
                 });
                 match handoff {
                     Handoff::Queued => {
@@ -669,9 +669,23 @@ impl Node {
     }
 
     /// Forwards what the subscriber receives, until shutdown.
+    /// Hands what the subscriber received to the sessions; a session whose
+    /// entry did not fit the subscriber's backlog reads its inbox instead.
     pub async fn dispatch_bus(self: Arc<Self>, mut events: mpsc::Receiver<BusEvent>) {
-        while let Some(event) = events.recv().await {
-            self.on_bus_event(event);
+        let backlog = self.cluster.backlog.clone();
+        loop {
+            tokio::select! {
+                event = events.recv() => {
+                    let Some(event) = event else { return };
+                    backlog.taken(&event);
+                    self.on_bus_event(event);
+                }
+                users = backlog.overflowed() => {
+                    for user in users {
+                        self.registry.sync(user);
+                    }
+                }
+            }
         }
     }
 }

@@ -5,21 +5,80 @@ use std::{
     collections::HashMap,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
 };
 
 use tokio::sync::{Notify, mpsc};
+
+use crate::metrics::{label, metrics};
 use tokio_util::sync::CancellationToken;
 
 /// A message on its way to a local session's writer: one inbox entry.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Delivery {
     /// The receiver's inbox sequence number.
     pub seq: u64,
     /// The server message id.
     pub mid: String,
     pub frame: Vec<u8>,
+    /// Its bytes in the session's queue, given back when it is dropped
+    /// (written, or skipped).
+    charge: Option<Charge>,
+}
+
+impl Delivery {
+    pub fn new(seq: u64, mid: String, frame: Vec<u8>) -> Self {
+        Self {
+            seq,
+            mid,
+            frame,
+            charge: None,
+        }
+    }
+}
+
+/// Bytes of live deliveries queued for one session, and its bound.
+#[derive(Debug)]
+pub struct QueuedBytes {
+    used: AtomicUsize,
+    max: usize,
+}
+
+impl QueuedBytes {
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            used: AtomicUsize::new(0),
+            max,
+        })
+    }
+
+    fn charge(self: &Arc<Self>, bytes: usize) -> Option<Charge> {
+        if self.used.fetch_add(bytes, Ordering::AcqRel) + bytes > self.max {
+            self.used.fetch_sub(bytes, Ordering::AcqRel);
+            return None;
+        }
+        Some(Charge {
+            bytes,
+            queue: self.clone(),
+        })
+    }
+
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+}
+
+#[derive(Debug)]
+struct Charge {
+    bytes: usize,
+    queue: Arc<QueuedBytes>,
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.queue.used.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
 }
 
 /// Tells a session's writer that its live queue is not the whole story
@@ -64,6 +123,8 @@ impl SyncSignal {
 pub struct LocalSession {
     pub connection: u64,
     pub deliveries: mpsc::Sender<Delivery>,
+    /// The queue's bytes: bounded as well as its count.
+    pub queued: Arc<QueuedBytes>,
     pub sync: Arc<SyncSignal>,
     /// Cancelled to end the session from outside (presence lost, shutdown).
     pub kick: CancellationToken,
@@ -113,25 +174,31 @@ impl Registry {
     }
 
     /// Queues a delivery for the user's session without waiting; `make` runs
-    /// only when there is a session to take it. A full queue raises the
-    /// session's sync signal: the message is in the inbox, the writer reads
-    /// it from there.
+    /// only when there is a session to take it. A queue full in count or in
+    /// bytes raises the session's sync signal: the message is in the inbox,
+    /// the writer reads it from there when its client catches up.
     pub fn hand_off(&self, user: i64, make: impl FnOnce() -> Delivery) -> Handoff {
         let target = self
             .sessions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&user)
-            .map(|s| (s.deliveries.clone(), s.sync.clone()));
-        let Some((tx, sync)) = target else {
+            .map(|s| (s.deliveries.clone(), s.queued.clone(), s.sync.clone()));
+        let Some((tx, queued, sync)) = target else {
             return Handoff::Absent;
         };
-        match tx.try_send(make()) {
-            Ok(()) => Handoff::Queued,
-            Err(_) => {
-                sync.raise();
-                Handoff::Busy
-            }
+        let mut delivery = make();
+        delivery.charge = queued.charge(delivery.frame.len() + delivery.mid.len());
+        let queued = delivery.charge.is_some() && tx.try_send(delivery).is_ok();
+        if queued {
+            Handoff::Queued
+        } else {
+            metrics()
+                .overflowed
+                .get_or_create(&label("queue", "session"))
+                .inc();
+            sync.raise();
+            Handoff::Busy
         }
     }
 
@@ -146,6 +213,18 @@ impl Registry {
             .values()
         {
             session.sync.raise_with_offline();
+        }
+    }
+
+    /// Asks the user's session, if here, to read its inbox.
+    pub fn sync(&self, user: i64) {
+        if let Some(session) = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&user)
+        {
+            session.sync.raise();
         }
     }
 
@@ -189,13 +268,7 @@ mod tests {
 
     #[test]
     fn hand_off_tells_queued_busy_and_absent_apart() {
-        let delivery = |seq: u64| {
-            move || Delivery {
-                seq,
-                mid: format!("m{seq}"),
-                frame: b"{}".to_vec(),
-            }
-        };
+        let delivery = |seq: u64| move || Delivery::new(seq, format!("m{seq}"), b"{}".to_vec());
         let registry = Registry::default();
         assert_eq!(registry.hand_off(1, delivery(1)), Handoff::Absent);
 
@@ -204,6 +277,7 @@ mod tests {
         let session = LocalSession {
             connection: 7,
             deliveries,
+            queued: QueuedBytes::new(1 << 20),
             sync: sync.clone(),
             kick: CancellationToken::new(),
         };
@@ -239,5 +313,30 @@ mod tests {
         );
         registry.remove(1, 7);
         assert_eq!(registry.hand_off(1, delivery(4)), Handoff::Absent);
+    }
+
+    #[test]
+    fn a_queue_full_in_bytes_is_busy_and_gives_bytes_back_when_consumed() {
+        let registry = Registry::default();
+        let (deliveries, mut queue) = mpsc::channel(100);
+        let sync = Arc::new(SyncSignal::default());
+        let queued = QueuedBytes::new(100);
+        let session = LocalSession {
+            connection: 1,
+            deliveries,
+            queued: queued.clone(),
+            sync: sync.clone(),
+            kick: CancellationToken::new(),
+        };
+        assert!(registry.insert(1, session));
+        let big = |seq: u64| move || Delivery::new(seq, "m".into(), vec![b'x'; 59]);
+        assert_eq!(registry.hand_off(1, big(1)), Handoff::Queued);
+        assert_eq!(queued.used(), 60);
+        assert_eq!(registry.hand_off(1, big(2)), Handoff::Busy, "120 > 100 bytes");
+        assert!(sync.take(), "the writer is told to read the inbox");
+        assert_eq!(queued.used(), 60, "a refused delivery holds nothing");
+        drop(queue.try_recv().expect("queued"));
+        assert_eq!(queued.used(), 0, "consumed: its bytes are free again");
+        assert_eq!(registry.hand_off(1, big(3)), Handoff::Queued);
     }
 }

@@ -7,11 +7,14 @@
 //!
 //! A connection that sends faster than its rate is paced, not refused: the
 //! loop stops reading it until a token is free, so TCP pushes back on the
-//! client. WebSocket connections and clients that acknowledge are closed
+//! client; a group chat costs one token per `fanout_per_token` receivers.
+//! A connection must log in within the login deadline. Logins and
+//! registrations are throttled per client address, and failed logins per
+//! account, across the cluster (errno 7 with `retry_after`). WebSocket connections and clients that acknowledge are closed
 //! when they have been silent for the idle timeout (they are pinged, or
 //! ping, more often than that); classic TCP relies on TCP keepalive.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use clusterchat_proto::{offline::v1 as offline_pb, user::v1 as user_pb};
 use serde_json::{Map, Value};
@@ -29,7 +32,7 @@ use crate::{
         classic::{self, Failure, Request, errno},
         framing::{Frame, FrameError},
     },
-    registry::{LocalSession, SyncSignal},
+    registry::{LocalSession, QueuedBytes, SyncSignal},
     upstream::failure_from_status,
     writer::{
         FrameSink, Inbound, OfflinePage, WriterCommand, acknowledge_offline, delivery_frame,
@@ -40,6 +43,12 @@ use crate::{
 /// The receiving half of a transport: complete frames, `None` at the end.
 pub trait FrameSource: Send {
     fn next_frame(&mut self) -> impl Future<Output = Option<Frame>> + Send;
+
+    /// After `next_frame` gave `None`: why the source ended, when the client
+    /// should be told (a budget it went past).
+    fn ended_because(&mut self) -> Option<Failure> {
+        None
+    }
 }
 
 /// Which transport a connection came in on.
@@ -73,14 +82,14 @@ impl RateLimiter {
         }
     }
 
-    /// Takes a token, possibly one that refills only in the future: the
+    /// Takes `n` tokens, possibly ones that refill only in the future: the
     /// returned time is how long the caller must wait before running.
-    fn take(&mut self) -> Duration {
+    fn take(&mut self, n: u32) -> Duration {
         let now = Instant::now();
         self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.per_sec)
             .min(self.burst);
         self.last = now;
-        self.tokens -= 1.0;
+        self.tokens -= f64::from(n);
         if self.tokens >= 0.0 {
             Duration::ZERO
         } else {
@@ -92,6 +101,8 @@ impl RateLimiter {
 pub struct Session {
     node: Arc<Node>,
     connection: u64,
+    /// The client's address (from the proxy's PROXY header when trusted).
+    client: SocketAddr,
     writer: mpsc::Sender<WriterCommand>,
     active: Option<ActiveUser>,
     limiter: RateLimiter,
@@ -110,12 +121,14 @@ pub async fn run<R: FrameSource, W: FrameSink>(
     mut source: R,
     sink: W,
     transport: Transport,
+    client: SocketAddr,
 ) {
     let (writer, commands) = mpsc::channel(64);
     let writer_task = tokio::spawn(run_writer(sink, commands));
     let limits = &node.config.limits;
     let mut session = Session {
         connection: node.next_id(),
+        client,
         limiter: RateLimiter::new(limits.rate_per_sec, limits.rate_burst),
         node: node.clone(),
         writer,
@@ -127,7 +140,16 @@ pub async fn run<R: FrameSource, W: FrameSink>(
     let mut heard = Instant::now();
     let mut beat = tokio::time::interval(idle_timeout / 4);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let login_deadline = node.config.login_deadline;
+    // Since when the connection has had nobody logged in.
+    let mut anonymous_since = Some(Instant::now());
     loop {
+        anonymous_since = match (&session.active, anonymous_since) {
+            (Some(_), _) => None,
+            (None, None) => Some(Instant::now()),
+            (None, since) => since,
+        };
+        let login_due = anonymous_since.map(|since| since + login_deadline);
         let kicked = session.active.as_ref().map(|a| a.kick.clone());
         let kicked = async {
             match kicked {
@@ -144,13 +166,27 @@ pub async fn run<R: FrameSource, W: FrameSink>(
                     // connection's task that large.
                     Box::pin(session.handle_frame(frame)).await;
                 }
-                None => break,
+                None => {
+                    if let Some(failure) = source.ended_because() {
+                        session.send_failure(&failure, classic::reply_error(&failure, None)).await;
+                    }
+                    break;
+                }
             },
             _ = beat.tick(), if session.heartbeats => {
                 let _ = session.writer.send(WriterCommand::Heartbeat).await;
             }
             () = tokio::time::sleep_until(heard + idle_timeout), if session.heartbeats => {
                 tracing::info!(connection = session.connection, "closing a connection silent for the idle timeout");
+                break;
+            }
+            () = sleep_until_some(login_due) => {
+                metrics().refused.get_or_create(&label("why", "login_deadline")).inc();
+                let failure = Failure::new(
+                    errno::NOT_LOGGED_IN,
+                    format!("no login within {} s; closing", login_deadline.as_secs_f64()),
+                );
+                session.send_failure(&failure, classic::reply_error(&failure, None)).await;
                 break;
             }
             _ = kicked => break,
@@ -228,7 +264,7 @@ impl Session {
         };
         // Paced, not refused: while we wait, this connection is not read and
         // TCP pushes back on the client.
-        let wait = self.limiter.take();
+        let wait = self.limiter.take(1);
         if !wait.is_zero() {
             metrics().paced.inc();
             tokio::time::sleep(wait).await;
@@ -403,6 +439,15 @@ impl Session {
                 if receivers.is_empty() {
                     return Ok(results);
                 }
+                // Fan-out is charged to the sender: one request's token was
+                // taken when it arrived, the rest per receivers here.
+                let per_token = self.node.config.limits.fanout_per_token;
+                let extra = u32::try_from(receivers.len()).unwrap_or(u32::MAX) / per_token;
+                let wait = self.limiter.take(extra);
+                if !wait.is_zero() {
+                    metrics().paced.inc();
+                    tokio::time::sleep(wait).await;
+                }
                 return self.chat((user, &name), &receivers, body, cmid).await;
             }
             Request::Ack { up_to } => {
@@ -460,6 +505,12 @@ impl Session {
     }
 
     async fn register(&mut self, name: String, password: String, seq: Option<i64>) {
+        let limit = self.node.config.limits.registers_per_address;
+        if let Err(failure) = self.throttle_address("register", limit).await {
+            return self
+                .send_failure(&failure, classic::register_failed(&failure, seq))
+                .await;
+        }
         let reply = self
             .node
             .upstreams
@@ -518,6 +569,9 @@ impl Session {
         seq: Option<i64>,
     ) -> Result<LoginAck, Failure> {
         let node = self.node.clone();
+        self.throttle_address("login", node.config.limits.logins_per_address)
+            .await?;
+        self.throttle_account(id).await?;
         let user = match node
             .upstreams
             .users
@@ -527,6 +581,7 @@ impl Session {
         {
             Ok(reply) => reply.into_inner().user.unwrap_or_default(),
             Err(status) if status.code() == tonic::Code::Unauthenticated => {
+                self.count_failed_login(id).await;
                 return Err(Failure::new(errno::BAD_REQUEST, classic::CLASSIC_BAD_LOGIN));
             }
             Err(status) => return Err(failure_from_status(&status, "the user service")),
@@ -547,6 +602,7 @@ impl Session {
         let local = LocalSession {
             connection: self.connection,
             deliveries,
+            queued: QueuedBytes::new(node.config.limits.outbound_bytes),
             sync: sync.clone(),
             kick: kick.clone(),
         };
@@ -671,7 +727,7 @@ impl Session {
             return Ok(pending);
         }
         let mut bytes: usize = pending.frames.iter().map(Vec::len).sum();
-        let complete = inbox.entries.len() < node.config.offline_batch as usize;
+        let complete = inbox.complete;
         let mut all_fit = true;
         for entry in inbox.entries {
             if entry.seq <= cursor {
@@ -708,7 +764,7 @@ impl Session {
         let mut for_groups = self.node.upstreams.users.clone();
         let (friends, groups) = tokio::try_join!(
             for_friends.list_friends(user_pb::ListFriendsRequest { user_id: user.id }),
-            for_groups.list_user_groups(user_pb::ListUserGroupsRequest { user_id: user.id }),
+            for_groups.list_user_groups(user_pb::ListUserGroupsRequest { user_id: user.id, ..Default::default() }),
         )
         .map_err(|s| failure_from_status(&s, "the user service"))?;
         let friends = friends.into_inner().friends;
@@ -870,6 +926,99 @@ fn partial_failure(results: &Map<String, Value>) -> Option<Failure> {
     ))
 }
 
+/// Sleeps until `when`, or forever when there is none.
+async fn sleep_until_some(when: Option<Instant>) {
+    match when {
+        Some(when) => tokio::time::sleep_until(when).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Whole seconds, rounded up, at least one: for `retry_after`.
+fn seconds_up(d: Duration) -> u64 {
+    u64::try_from(d.as_millis().div_ceil(1000))
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+/// Login and register throttles, counted in Redis for the whole cluster.
+/// When Redis cannot count, the attempt is let through (a login needs Redis
+/// for presence anyway) and the failure logged.
+impl Session {
+    /// Counts a `what` attempt from the client's address; refused past `limit`
+    /// per window.
+    async fn throttle_address(&self, what: &str, limit: u32) -> Result<(), Failure> {
+        let ip = self.client.ip().to_canonical();
+        let window = self.node.config.limits.throttle_window;
+        match self
+            .node
+            .cluster
+            .throttle(&format!("{what}:a:{ip}"), window, true)
+            .await
+        {
+            Ok((count, left)) if count > u64::from(limit) => {
+                metrics()
+                    .refused
+                    .get_or_create(&label("why", "throttle_address"))
+                    .inc();
+                tracing::info!(%ip, what, count, "throttled an address");
+                let seconds = seconds_up(left);
+                Err(Failure::throttled(
+                    format!("too many {what} attempts from {ip}; retry in {seconds} s"),
+                    seconds,
+                ))
+            }
+            Ok(_) => Ok(()),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot count {what} attempts; letting it through");
+                Ok(())
+            }
+        }
+    }
+
+    /// Refused while the account has had too many failed logins this window
+    /// (whatever the password now: that is what stops guessing).
+    async fn throttle_account(&self, user: i64) -> Result<(), Failure> {
+        let limits = &self.node.config.limits;
+        match self
+            .node
+            .cluster
+            .throttle(&format!("fail:u:{user}"), limits.throttle_window, false)
+            .await
+        {
+            Ok((failures, left)) if failures >= u64::from(limits.login_failures_per_account) => {
+                metrics()
+                    .refused
+                    .get_or_create(&label("why", "throttle_account"))
+                    .inc();
+                tracing::info!(user, failures, "throttled an account");
+                let seconds = seconds_up(left);
+                Err(Failure::throttled(
+                    format!("too many failed logins for user {user}; retry in {seconds} s"),
+                    seconds,
+                ))
+            }
+            Ok(_) => Ok(()),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read failed logins; letting it through");
+                Ok(())
+            }
+        }
+    }
+
+    async fn count_failed_login(&self, user: i64) {
+        let window = self.node.config.limits.throttle_window;
+        if let Err(e) = self
+            .node
+            .cluster
+            .throttle(&format!("fail:u:{user}"), window, true)
+            .await
+        {
+            tracing::warn!(error = %e, "cannot count a failed login");
+        }
+    }
+}
+
 fn redis_unavailable(e: crate::cluster::ClusterError) -> Failure {
     tracing::warn!(error = %e, "cannot reach redis");
     Failure::new(
@@ -963,12 +1112,16 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn rate_limiter_paces_instead_of_refusing() {
         let mut limiter = RateLimiter::new(10, 2);
-        assert_eq!(limiter.take(), Duration::ZERO);
-        assert_eq!(limiter.take(), Duration::ZERO);
+        assert_eq!(limiter.take(1), Duration::ZERO);
+        assert_eq!(limiter.take(1), Duration::ZERO);
         // The third waits for one refill, the fourth for two.
-        assert_eq!(limiter.take(), Duration::from_millis(100));
-        assert_eq!(limiter.take(), Duration::from_millis(200));
+        assert_eq!(limiter.take(1), Duration::from_millis(100));
+        assert_eq!(limiter.take(1), Duration::from_millis(200));
         tokio::time::advance(Duration::from_millis(200)).await;
-        assert_eq!(limiter.take(), Duration::from_millis(100));
+        assert_eq!(limiter.take(1), Duration::from_millis(100));
+        // A fan-out of 20 tokens waits for all of them to refill.
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert_eq!(limiter.take(20), Duration::from_secs(2));
+        assert_eq!(limiter.take(0), Duration::from_secs(2), "free, but queued behind");
     }
 }

@@ -30,8 +30,10 @@ pub struct Application {
     node: Arc<Node>,
     tcp: TcpListener,
     http: TcpListener,
+    admin: TcpListener,
     tcp_addr: SocketAddr,
     http_addr: SocketAddr,
+    admin_addr: SocketAddr,
     bus_events: mpsc::Receiver<crate::cluster::BusEvent>,
 }
 
@@ -62,13 +64,16 @@ impl Application {
         )?;
         let (tcp, tcp_addr) = bind(config.tcp_listen).await?;
         let (http, http_addr) = bind(config.http_listen).await?;
+        let (admin, admin_addr) = bind(config.admin_listen).await?;
         let node = Arc::new(Node::new(config, cluster, upstreams, shutdown));
         Ok(Self {
             node,
             tcp,
             http,
+            admin,
             tcp_addr,
             http_addr,
+            admin_addr,
             bus_events,
         })
     }
@@ -79,6 +84,11 @@ impl Application {
 
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// `/healthz` and `/metrics`.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
     }
 
     /// Serves until shutdown is requested, then stops accepting, ends every
@@ -96,13 +106,13 @@ impl Application {
             self.tcp,
             permits.clone(),
         ));
-        let router = transport::http_router(node.clone(), permits);
-        let stopping = node.shutdown.clone();
-        let http = tokio::spawn(async move {
-            let serve = axum::serve(self.http, router)
-                .with_graceful_shutdown(async move { stopping.requested().await });
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "http server failed");
+        let http = tokio::spawn(transport::serve_http(node.clone(), self.http, permits));
+        // The admin port answers until the process ends: probes see the
+        // drain (`/healthz` says so) instead of a refused connection.
+        let admin = transport::admin_router(node.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(self.admin, admin).await {
+                tracing::error!(error = %e, "admin server failed");
             }
         });
 

@@ -1,18 +1,33 @@
 //! The two ways in: classic TCP (JSON values in a byte stream, replies each
-//! followed by `\n`) and WebSocket (one JSON message per text frame), plus
-//! `/healthz` on the HTTP port.
+//! followed by `\n`) and WebSocket (one JSON message per text frame), and
+//! the admin port (`/healthz`, `/metrics`).
 //!
-//! Both hold a permit of the node's connection limit for as long as the
-//! connection lives; a client over the limit is told so and closed.
+//! Both hold a permit of the node's connection limit from accept for as
+//! long as the connection lives; a client over the limit is told so and
+//! closed. From a trusted proxy, a PROXY protocol header names the client.
+//!
+//! Budgets: a TCP request that has started must be whole within the frame
+//! deadline, and all TCP connections together hold at most the partial
+//! budget in unfinished requests. A WebSocket handshake (headers included)
+//! must be done within the handshake timeout.
 //!
 //! Classic TCP clients parse each `read()` as one JSON value, so until a
 //! connection uses the additions every frame is its own write. TCP sockets
 //! get keepalive probes, so a peer that vanished without closing is noticed.
 
-use std::{collections::VecDeque, io, sync::Arc};
+use std::{
+    collections::VecDeque,
+    io,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use axum::{
-    Router,
+    Extension, Router,
     extract::{
         State, WebSocketUpgrade,
         ws::{Message, WebSocket},
@@ -21,6 +36,8 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tower::ServiceExt as _;
 use futures::{SinkExt as _, StreamExt as _, stream::SplitSink, stream::SplitStream};
 use tokio::{
     io::AsyncWriteExt as _,
@@ -28,7 +45,8 @@ use tokio::{
         TcpListener, TcpStream,
         tcp::{OwnedReadHalf, OwnedWriteHalf},
     },
-    sync::Semaphore,
+    sync::{OwnedSemaphorePermit, Semaphore},
+    time::Instant,
 };
 
 use crate::{
@@ -38,14 +56,84 @@ use crate::{
         classic::{self, Failure, errno},
         framing::{Frame, FrameError, JsonSplitter},
     },
+    proxy_header::{self, Outcome},
     session::{self, FrameSource, Transport},
     writer::FrameSink,
 };
 
+/// Bytes held for unfinished requests by all the TCP connections of a node.
+#[derive(Debug)]
+pub struct ByteBudget {
+    used: AtomicUsize,
+    max: usize,
+}
+
+impl ByteBudget {
+    pub fn new(max: usize) -> Self {
+        Self {
+            used: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    /// Moves a holder's charge from `*held` to `want`; false (and nothing
+    /// changed) when growing it would pass the budget.
+    fn recharge(&self, held: &mut usize, want: usize) -> bool {
+        if want > *held {
+            let grow = want - *held;
+            if self.used.fetch_add(grow, Ordering::AcqRel) + grow > self.max {
+                self.used.fetch_sub(grow, Ordering::AcqRel);
+                return false;
+            }
+        } else {
+            self.used.fetch_sub(*held - want, Ordering::AcqRel);
+        }
+        *held = want;
+        true
+    }
+
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+}
+
 struct TcpSource {
+    node: Arc<Node>,
     read: OwnedReadHalf,
     splitter: JsonSplitter,
     ready: VecDeque<Frame>,
+    /// Charged to the node's partial budget for the splitter's buffer.
+    charged: usize,
+    /// When the unfinished request began to arrive.
+    partial_since: Option<Instant>,
+    /// Why the source ended, when the client should be told.
+    ended: Option<Failure>,
+}
+
+impl TcpSource {
+    fn new(node: Arc<Node>, read: OwnedReadHalf) -> Self {
+        let max = node.config.limits.max_frame_bytes;
+        Self {
+            node,
+            read,
+            splitter: JsonSplitter::new(max),
+            ready: VecDeque::new(),
+            charged: 0,
+            partial_since: None,
+            ended: None,
+        }
+    }
+
+    fn end(&mut self, failure: Failure) -> Option<Frame> {
+        self.ended = Some(failure);
+        None
+    }
+}
+
+impl Drop for TcpSource {
+    fn drop(&mut self) {
+        self.node.partial_bytes.recharge(&mut self.charged, 0);
+    }
 }
 
 impl FrameSource for TcpSource {
@@ -56,8 +144,25 @@ impl FrameSource for TcpSource {
             }
             // Wait for readiness first and read into a buffer that lives
             // only for the read: an idle connection holds no read buffer.
-            if self.read.readable().await.is_err() {
-                return None;
+            if self.splitter.has_partial() {
+                let deadline = self.node.config.frame_deadline;
+                let since = *self.partial_since.get_or_insert_with(Instant::now);
+                match tokio::time::timeout_at(since + deadline, self.read.readable()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return None,
+                    Err(_) => {
+                        metrics().refused.get_or_create(&label("why", "frame_deadline")).inc();
+                        return self.end(Failure::bad_request(format!(
+                            "a request was still unfinished {} ms after it began; closing",
+                            deadline.as_millis()
+                        )));
+                    }
+                }
+            } else {
+                self.partial_since = None;
+                if self.read.readable().await.is_err() {
+                    return None;
+                }
             }
             let mut buf = [0u8; 8192];
             match self.read.try_read(&mut buf) {
@@ -66,11 +171,26 @@ impl FrameSource for TcpSource {
                     let mut frames = Vec::new();
                     self.splitter.push(&buf[..n], &mut frames);
                     self.ready.extend(frames);
+                    let held = self.splitter.buffered();
+                    if !self.node.partial_bytes.recharge(&mut self.charged, held) {
+                        metrics().refused.get_or_create(&label("why", "partial_budget")).inc();
+                        let max = self.node.config.limits.partial_budget_bytes;
+                        return self.end(Failure::new(
+                            errno::OVERLOADED,
+                            format!(
+                                "this node holds its limit of unfinished requests ({max} bytes); closing, try again later"
+                            ),
+                        ));
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(_) => return None,
             }
         }
+    }
+
+    fn ended_because(&mut self) -> Option<Failure> {
+        self.ended.take()
     }
 }
 
@@ -122,7 +242,7 @@ pub async fn serve_tcp(node: Arc<Node>, listener: TcpListener, permits: Arc<Sema
             accepted = listener.accept() => accepted,
             _ = node.shutdown.requested() => return,
         };
-        let (stream, peer) = match accepted {
+        let (mut stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors and the like: back off, keep serving.
@@ -139,27 +259,63 @@ pub async fn serve_tcp(node: Arc<Node>, listener: TcpListener, permits: Arc<Sema
         set_keepalive(&stream, node.config.tcp_keepalive);
         let node2 = node.clone();
         node.tasks.spawn(async move {
-            let (read, write) = stream.into_split();
-            let source = TcpSource {
-                read,
-                splitter: JsonSplitter::new(node2.config.limits.max_frame_bytes),
-                ready: VecDeque::new(),
+            // Before login anyway: the first bytes may wait as long as a login may.
+            let wait = node2.config.login_deadline;
+            let client = match client_address(&node2, &mut stream, peer, wait).await {
+                Ok(client) => client,
+                Err(Some(failure)) => {
+                    let mut frame = classic::reply_error(&failure, None);
+                    frame.push(b'\n');
+                    let _ = stream.write_all(&frame).await;
+                    let _ = stream.shutdown().await;
+                    return;
+                }
+                Err(None) => return,
             };
+            let (read, write) = stream.into_split();
+            let source = TcpSource::new(node2.clone(), read);
             let sink = TcpSink {
                 write,
                 pending: Vec::new(),
                 batching: false,
             };
-            tracing::debug!(%peer, "tcp connection");
+            tracing::debug!(%client, %peer, "tcp connection");
             let open = metrics()
                 .connections
                 .get_or_create(&label("transport", "tcp"))
                 .clone();
             open.inc();
-            session::run(node2, source, sink, Transport::Tcp).await;
+            session::run(node2, source, sink, Transport::Tcp, client).await;
             open.dec();
             drop(permit);
         });
+    }
+}
+
+/// The client behind `peer`: `peer` itself, or from a trusted proxy the
+/// client its PROXY header names. `Err(Some)`: refused, say why; `Err(None)`:
+/// gone or silent.
+async fn client_address(
+    node: &Node,
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    wait: Duration,
+) -> Result<SocketAddr, Option<Failure>> {
+    if !node.config.trusted_proxies.contains(peer.ip()) {
+        return Ok(peer);
+    }
+    match tokio::time::timeout(wait, proxy_header::read_header(stream)).await {
+        Ok(Ok(Ok(Outcome::Header(client)))) => Ok(client.unwrap_or(peer)),
+        Ok(Ok(Ok(Outcome::None))) => Ok(peer),
+        Ok(Ok(Ok(Outcome::Closed))) | Ok(Err(_)) => Err(None),
+        Ok(Ok(Err(invalid))) => {
+            tracing::warn!(%peer, error = %invalid, "refused a connection");
+            Err(Some(Failure::bad_request(invalid.to_string())))
+        }
+        Err(_) => {
+            metrics().refused.get_or_create(&label("why", "handshake_timeout")).inc();
+            Err(None)
+        }
     }
 }
 
@@ -232,13 +388,26 @@ impl FrameSink for WsSink {
 #[derive(Clone)]
 struct HttpState {
     node: Arc<Node>,
-    permits: Arc<Semaphore>,
 }
 
-/// The HTTP port: `/ws` (WebSocket chat) and `/healthz`.
-pub fn http_router(node: Arc<Node>, permits: Arc<Semaphore>) -> Router {
+/// What the accept loop knows of an HTTP connection, for its handler.
+#[derive(Clone)]
+struct Connection {
+    client: SocketAddr,
+    /// The connection's permit, taken by the WebSocket it becomes.
+    permit: Arc<Mutex<Option<OwnedSemaphorePermit>>>,
+}
+
+/// The public HTTP port: `/ws` (WebSocket chat) only.
+fn public_router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/ws", get(websocket))
+        .with_state(HttpState { node })
+}
+
+/// The admin port: `/healthz` and `/metrics`, for operators and probes.
+pub fn admin_router(node: Arc<Node>) -> Router {
+    Router::new()
         .route("/healthz", get(healthz))
         .route(
             "/metrics",
@@ -249,18 +418,91 @@ pub fn http_router(node: Arc<Node>, permits: Arc<Semaphore>) -> Router {
                 )
             }),
         )
-        .with_state(HttpState { node, permits })
+        .with_state(HttpState { node })
 }
 
-async fn websocket(State(state): State<HttpState>, upgrade: WebSocketUpgrade) -> Response {
-    let Ok(permit) = state.permits.clone().try_acquire_owned() else {
-        let max = state.node.config.limits.max_connections;
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("this node is full ({max} connections); try again later"),
-        )
-            .into_response();
+/// Accepts WebSocket clients until shutdown. Each connection takes a permit
+/// at accept, may spend at most the handshake timeout on its PROXY header,
+/// its request headers and the upgrade, and serves one request.
+pub async fn serve_http(node: Arc<Node>, listener: TcpListener, permits: Arc<Semaphore>) {
+    let router = public_router(node.clone());
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = node.shutdown.requested() => return,
+        };
+        let (mut stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tokio::spawn(refuse_http(stream, node.config.limits.max_connections));
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        set_keepalive(&stream, node.config.tcp_keepalive);
+        let node = node.clone();
+        let router = router.clone();
+        tokio::spawn(async move {
+            let budget = node.config.handshake_timeout;
+            let deadline = Instant::now() + budget;
+            let Ok(client) = client_address(&node, &mut stream, peer, budget).await else {
+                return;
+            };
+            let connection = Connection {
+                client,
+                permit: Arc::new(Mutex::new(Some(permit))),
+            };
+            let service = hyper::service::service_fn(move |mut request| {
+                request.extensions_mut().insert(connection.clone());
+                router.clone().oneshot(request)
+            });
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(budget)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            match tokio::time::timeout_at(deadline, served).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(%client, error = %e, "http connection failed"),
+                Err(_) => {
+                    metrics().refused.get_or_create(&label("why", "handshake_timeout")).inc();
+                    tracing::debug!(%client, "websocket handshake timed out");
+                }
+            }
+        });
+    }
+}
+
+async fn refuse_http(mut stream: TcpStream, max: usize) {
+    let body = format!("this node is full ({max} connections); try again later\n");
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.shutdown().await;
+}
+
+async fn websocket(
+    State(state): State<HttpState>,
+    Extension(connection): Extension<Connection>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let permit = connection
+        .permit
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    let Some(permit) = permit else {
+        return (StatusCode::BAD_REQUEST, "one WebSocket per connection\n").into_response();
     };
+    let client = connection.client;
     let max = state.node.config.limits.max_frame_bytes;
     // Frames up to twice the request limit are read and answered with a
     // clear error; beyond that the WebSocket layer closes the connection.
@@ -282,6 +524,7 @@ async fn websocket(State(state): State<HttpState>, upgrade: WebSocketUpgrade) ->
                         WsSource { stream, max },
                         WsSink(sink),
                         Transport::WebSocket,
+                        client,
                     )
                     .await;
                     open.dec();

@@ -50,9 +50,9 @@ pub mod errno {
     pub const NOT_FOUND: i64 = 5;
     /// The request or message is larger than allowed.
     pub const TOO_LARGE: i64 = 6;
-    /// Too many requests on this connection; slow down.
-    /// No longer sent: a connection over its rate is paced instead. Kept so
-    /// the number is not given another meaning.
+    /// Too many login or register attempts (per client address, or failed
+    /// logins per account); the reply's `retry_after` says in how many
+    /// seconds. (A connection over its request rate is paced, not refused.)
     pub const RATE_LIMITED: i64 = 7;
     /// A service behind the gateway is unavailable; nothing was done, retry.
     pub const UNAVAILABLE: i64 = 8;
@@ -74,6 +74,9 @@ pub const CLASSIC_IN_USE: &str = "this account is using, input another!";
 pub struct Failure {
     pub errno: i64,
     pub errmsg: String,
+    /// For a throttled request: seconds until it may succeed (`retry_after`
+    /// in the reply).
+    pub retry_after: Option<u64>,
 }
 
 impl Failure {
@@ -81,6 +84,15 @@ impl Failure {
         Self {
             errno,
             errmsg: errmsg.into(),
+            retry_after: None,
+        }
+    }
+
+    /// A throttled request (errno 7): try again in `seconds`.
+    pub fn throttled(errmsg: impl Into<String>, seconds: u64) -> Self {
+        Self {
+            retry_after: Some(seconds.max(1)),
+            ..Self::new(errno::RATE_LIMITED, errmsg)
         }
     }
 
@@ -349,17 +361,30 @@ pub fn register_ok(id: i64, seq: Option<i64>) -> Vec<u8> {
 /// Without `seq`, exactly the classic `{"errno":1,"msgid":5}`; with it, also why.
 pub fn register_failed(failure: &Failure, seq: Option<i64>) -> Vec<u8> {
     let mut reply = object(json!({"errno": 1, "msgid": REG_MSG_ACK}));
-    if seq.is_some() {
+    if seq.is_some() || failure.retry_after.is_some() {
         reply.insert("errmsg".into(), failure.errmsg.clone().into());
     }
-    encode(with_seq(reply, seq))
+    encode(with_retry_after(with_seq(reply, seq), failure))
 }
 
 pub fn login_failed(failure: &Failure, seq: Option<i64>) -> Vec<u8> {
-    encode(with_seq(
-        object(json!({"errmsg": failure.errmsg, "errno": failure.errno, "msgid": LOGIN_MSG_ACK})),
-        seq,
+    encode(with_retry_after(
+        with_seq(
+            object(
+                json!({"errmsg": failure.errmsg, "errno": failure.errno, "msgid": LOGIN_MSG_ACK}),
+            ),
+            seq,
+        ),
+        failure,
     ))
+}
+
+/// Adds `retry_after` (seconds) when the failure has one.
+fn with_retry_after(mut object: Map<String, Value>, failure: &Failure) -> Map<String, Value> {
+    if let Some(seconds) = failure.retry_after {
+        object.insert("retry_after".into(), seconds.into());
+    }
+    object
 }
 
 pub struct FriendEntry {
@@ -445,9 +470,12 @@ pub fn reply_ok(seq: i64, results: Map<String, Value>) -> Vec<u8> {
 }
 
 pub fn reply_error(failure: &Failure, seq: Option<i64>) -> Vec<u8> {
-    encode(with_seq(
-        object(json!({"errmsg": failure.errmsg, "errno": failure.errno, "msgid": REPLY_MSG})),
-        seq,
+    encode(with_retry_after(
+        with_seq(
+            object(json!({"errmsg": failure.errmsg, "errno": failure.errno, "msgid": REPLY_MSG})),
+            seq,
+        ),
+        failure,
     ))
 }
 
@@ -487,13 +515,18 @@ pub fn with_delivery_fields(frame: &[u8], mid: &str, rseq: u64) -> Vec<u8> {
 }
 
 /// A chat as its receivers see it: the sender's object with `id` and `name`
-/// set by the server, and `time` added when the client gave none.
+/// set by the server, and `time` added when the client gave none. `mid` and
+/// `rseq` are the server's to add on delivery ([`with_delivery_fields`]): a
+/// sender's own would repeat those keys, or with no sequence known stand
+/// alone, and a receiver acknowledging a forged `rseq` loses its inbox.
 pub fn forward_chat(
     mut body: Map<String, Value>,
     sender_id: i64,
     sender_name: &str,
     now: impl FnOnce() -> String,
 ) -> Vec<u8> {
+    body.remove("mid");
+    body.remove("rseq");
     body.insert("id".into(), sender_id.into());
     body.insert("name".into(), sender_name.into());
     if !body.get("time").is_some_and(Value::is_string) {
@@ -661,6 +694,25 @@ mod tests {
         assert_eq!(
             out,
             r#"{"extra":true,"id":1,"msg":"hi","msgid":6,"name":"alice","time":"t","toid":2}"#
+        );
+    }
+
+    #[test]
+    fn a_sender_cannot_forge_the_delivery_fields() {
+        // Found by the classic fuzz target: the sender's `mid` and `rseq`
+        // reached the receiver beside (or, for rseq 0, instead of) the server's.
+        let p = parse(br#"{"msgid":6,"toid":2,"msg":"m","mid":"fake","rseq":99}"#);
+        let Ok(Request::OneChat { body, .. }) = p.request else {
+            panic!("not a chat")
+        };
+        let frame = forward_chat(body, 1, "alice", || "now".into());
+        assert_eq!(
+            text(frame.clone()),
+            r#"{"id":1,"msg":"m","msgid":6,"name":"alice","time":"now","toid":2}"#
+        );
+        assert_eq!(
+            text(with_delivery_fields(&frame, "1-x", 0)),
+            r#"{"id":1,"msg":"m","msgid":6,"name":"alice","time":"now","toid":2,"mid":"1-x"}"#
         );
     }
 

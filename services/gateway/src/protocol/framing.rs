@@ -68,6 +68,11 @@ impl JsonSplitter {
         matches!(self.state, State::InValue | State::Discarding)
     }
 
+    /// Bytes of memory held for the unfinished value (its buffer's capacity).
+    pub fn buffered(&self) -> usize {
+        self.buf.capacity()
+    }
+
     /// Feeds `data`, appending every completed frame to `out`.
     pub fn push(&mut self, data: &[u8], out: &mut Vec<Frame>) {
         for &byte in data {
