@@ -20,6 +20,10 @@ down:
 ps:
     @deploy/dev/stack.sh ps
 
+# the dev stack's internal token, for grpcurl: grpcurl -plaintext -H "authorization: Bearer $(just token)" ...
+token:
+    @deploy/dev/stack.sh token dev
+
 # show logs: all, or one process (e.g. `just logs user-service`)
 [positional-arguments]
 logs *service:

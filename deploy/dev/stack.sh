@@ -10,6 +10,7 @@
 #   stack.sh logs [name]        show logs (all, or one process)
 #   stack.sh test [args...]     fresh test instances, the whole test suite, then stop
 #   stack.sh bench [args...]    fresh bench stack (release), chat-bench against it, then stop
+#   stack.sh token [profile]    the internal token of a profile (default dev), made if missing
 #
 # Ports (dev / test): MariaDB 3307 / 3308, Redis 6479 / 6480,
 # user service 50051, offline service 50052, gateway node 1 TCP 6000 / HTTP 6080,
@@ -197,6 +198,20 @@ start_nginx() {
     log "nginx up on 127.0.0.1:8000 (TCP) and 127.0.0.1:8080 (WebSocket)"
 }
 
+# The shared secret of this profile's services and gateways
+# (CLUSTERCHAT_INTERNAL_TOKEN), made once per profile and kept in
+# .stack/<profile>/internal-token; grpcurl calls to data methods send it.
+internal_token() {
+    local file="$STATE/internal-token"
+    if [ ! -s "$file" ]; then
+        mkdir -p "$STATE"
+        ( umask 077
+          openssl rand -hex 32 2>/dev/null >"$file" \
+              || od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$file" )
+    fi
+    cat "$file"
+}
+
 start_service() { # name binary addr env
     local name="$1" bin="$ROOT/target/release/$2" addr="$3" env="$4" pidfile="$PIDS/$1.pid"
     if pid_alive "$pidfile"; then
@@ -212,6 +227,8 @@ start_service() { # name binary addr env
     # shellcheck disable=SC2086
     local otlp="${OTEL_EXPORTER_OTLP_ENDPOINT-http://127.0.0.1:4317}"
     [ "$PROFILE" = bench ] && otlp="${OTEL_EXPORTER_OTLP_ENDPOINT-}"
+    # The token goes in the environment, not on a command line others can read.
+    CLUSTERCHAT_INTERNAL_TOKEN="$(internal_token)" \
     setsid env $env RUST_LOG="${RUST_LOG:-info}" OTEL_SERVICE_NAME="${name}" \
         OTEL_EXPORTER_OTLP_ENDPOINT="$otlp" "$bin" </dev/null >>"$LOGS/$name.log" 2>&1 &
     echo $! >"$pidfile"
@@ -236,6 +253,8 @@ up() {
 clusterchat is up (state and logs in .stack/dev/):
   user service     grpc://127.0.0.1:50051   (grpcurl -plaintext 127.0.0.1:50051 list)
   offline service  grpc://127.0.0.1:50052   (grpcurl -plaintext 127.0.0.1:50052 list)
+                   data calls need the token: grpcurl -plaintext -H "authorization: Bearer \$(just token)" ...
+                   (.stack/dev/internal-token)
   gateway node 1   tcp://127.0.0.1:6000     ws://127.0.0.1:6080/ws   http://127.0.0.1:6080/healthz
   gateway node 2   tcp://127.0.0.1:6002     ws://127.0.0.1:6082/ws   http://127.0.0.1:6082/healthz
   nginx (balancer) tcp://127.0.0.1:8000     ws://127.0.0.1:8080/ws
@@ -348,6 +367,7 @@ case "$cmd" in
     ps) ps_ "$@" ;;
     logs) logs "$@" ;;
     test) test_ "$@" ;;
+    token) profile "${1:-dev}"; internal_token ;;
     bench) bench_ "$@" ;;
     *) sed -n '2,15p' "$0"; exit 2 ;;
 esac

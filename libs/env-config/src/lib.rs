@@ -17,6 +17,8 @@ pub enum ConfigError {
     },
     #[error("environment variable {name} is not valid unicode")]
     NotUnicode { name: String },
+    #[error("environment variable {name} must be set: {hint}")]
+    Missing { name: String, hint: &'static str },
 }
 
 /// Reads `name` and parses it, or returns `default` when it is unset or empty.
@@ -101,6 +103,54 @@ impl FromStr for Secret {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Ok(Self(s.to_owned()))
     }
+}
+
+/// The variable holding the shared secret that the gateway presents to the
+/// internal gRPC services and that they require (`authorization: Bearer ...`).
+pub const INTERNAL_TOKEN_VAR: &str = "CLUSTERCHAT_INTERNAL_TOKEN";
+
+/// The fewest characters an internal token may have: `deploy/dev/stack.sh`
+/// generates 64 hex digits; anything this short is a placeholder, not a secret.
+pub const MIN_INTERNAL_TOKEN_CHARS: usize = 16;
+
+/// Reads [`INTERNAL_TOKEN_VAR`]. It has no default: a service that starts
+/// without it would either be open to anyone or refuse everyone, and both
+/// should be found at start-up, not by the first caller.
+pub fn internal_token() -> Result<Secret, ConfigError> {
+    let name = INTERNAL_TOKEN_VAR;
+    let value = match std::env::var(name) {
+        Ok(value) if !value.trim().is_empty() => value.trim().to_owned(),
+        Ok(_) | Err(std::env::VarError::NotPresent) => {
+            return Err(ConfigError::Missing {
+                name: name.to_owned(),
+                hint: "the shared secret of the gateway and the internal services \
+                       (`just up` writes one to .stack/dev/internal-token; \
+                       e.g. `openssl rand -hex 32`)",
+            });
+        }
+        Err(std::env::VarError::NotUnicode(_)) => {
+            return Err(ConfigError::NotUnicode {
+                name: name.to_owned(),
+            });
+        }
+    };
+    let invalid = |reason: String| ConfigError::Invalid {
+        name: name.to_owned(),
+        value: "(not shown)".to_owned(),
+        reason,
+    };
+    if !value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid(
+            "it must be visible ASCII without spaces (it is sent as a header value)".into(),
+        ));
+    }
+    if value.len() < MIN_INTERNAL_TOKEN_CHARS {
+        return Err(invalid(format!(
+            "it has {} characters; at least {MIN_INTERNAL_TOKEN_CHARS} are needed",
+            value.len()
+        )));
+    }
+    Ok(Secret::new(value))
 }
 
 #[cfg(test)]

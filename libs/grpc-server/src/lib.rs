@@ -6,20 +6,34 @@
 //!   the server runs and NOT_SERVING once shutdown starts;
 //! - server reflection, both `v1` and `v1alpha` (grpcurl 1.8 asks for the
 //!   latter), so `grpcurl -plaintext ADDR list` works with no .proto at hand;
+//! - a bearer token on every data method ([`auth`]); health and reflection
+//!   stay open;
 //! - a per-request timeout;
 //! - graceful shutdown: in-flight requests finish, new connections are refused;
 //! - tracing and metrics per request ([`observe`]), and `/metrics` (Prometheus
 //!   text) on a separate HTTP listener when one is given.
 
+pub mod auth;
 pub mod observe;
 
 use std::time::Duration;
 
+use env_config::Secret;
 use shutdown::Shutdown;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
 use tonic_health::ServingStatus;
+
+/// The largest gRPC message, request or reply, that a clusterchat server or
+/// client encodes or decodes (tonic's decode default, now chosen rather than
+/// inherited, and applied to encoding too so that a server fails with a clear
+/// status instead of sending what its caller cannot read). The largest
+/// legitimate messages are far below it: an offline-service Fetch page
+/// (`CLUSTERCHAT_OFFLINE_MAX_PAGE_BYTES`, 1 MiB, plus one message of at most
+/// 128 KiB) and a ListUserGroups page (at most 1 MiB by construction). A reply
+/// that would not fit is paginated, never raised past this bound.
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -68,6 +82,9 @@ pub struct GrpcServer {
     /// Encoded `FileDescriptorSet`s describing those services.
     pub file_descriptor_sets: Vec<&'static [u8]>,
     pub request_timeout: Duration,
+    /// Required as `authorization: Bearer <token>` on every data method
+    /// (`CLUSTERCHAT_INTERNAL_TOKEN`).
+    pub internal_token: Secret,
 }
 
 /// A [`GrpcServer`] with its ports bound, ready to serve.
@@ -144,8 +161,11 @@ impl BoundServer {
             tracing::info!("grpc server draining");
         };
 
+        // The first layer is the outermost: a request without the token is
+        // refused before it is traced or counted per method.
         tonic::transport::Server::builder()
             .timeout(this.request_timeout)
+            .layer(auth::RequireBearerLayer::new(this.internal_token))
             .layer(observe::ObserveLayer)
             .add_routes(routes)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopping)

@@ -100,6 +100,9 @@ pub struct Config {
     /// `CLUSTERCHAT_GATEWAY_USER_SERVICE` and `..._OFFLINE_SERVICE`: gRPC URLs.
     pub user_service: String,
     pub offline_service: String,
+    /// `CLUSTERCHAT_INTERNAL_TOKEN` (required): sent to both services as
+    /// `authorization: Bearer <token>` on every call.
+    pub internal_token: env_config::Secret,
     /// `CLUSTERCHAT_GATEWAY_RPC_TIMEOUT_MS`.
     pub rpc_timeout: Duration,
     /// `CLUSTERCHAT_GATEWAY_PRESENCE_TTL_MS`: how long a node that died keeps
@@ -174,6 +177,7 @@ impl Config {
                 "CLUSTERCHAT_GATEWAY_OFFLINE_SERVICE",
                 "http://127.0.0.1:50052".to_owned(),
             )?,
+            internal_token: env_config::internal_token()?,
             rpc_timeout: millis_or("CLUSTERCHAT_GATEWAY_RPC_TIMEOUT_MS", Duration::from_secs(5))?,
             presence_ttl: millis_or(
                 "CLUSTERCHAT_GATEWAY_PRESENCE_TTL_MS",

@@ -33,7 +33,7 @@ use crate::{
         framing::{Frame, FrameError},
     },
     registry::{LocalSession, QueuedBytes, SyncSignal},
-    upstream::failure_from_status,
+    upstream::{self, failure_from_status},
     writer::{
         FrameSink, Inbound, OfflinePage, WriterCommand, acknowledge_offline, delivery_frame,
         run_writer,
@@ -580,7 +580,10 @@ impl Session {
             .await
         {
             Ok(reply) => reply.into_inner().user.unwrap_or_default(),
-            Err(status) if status.code() == tonic::Code::Unauthenticated => {
+            Err(status)
+                if status.code() == tonic::Code::Unauthenticated
+                    && !upstream::is_credential_refusal(&status) =>
+            {
                 self.count_failed_login(id).await;
                 return Err(Failure::new(errno::BAD_REQUEST, classic::CLASSIC_BAD_LOGIN));
             }
@@ -764,11 +767,10 @@ impl Session {
         let mut for_groups = self.node.upstreams.users.clone();
         let (friends, groups) = tokio::try_join!(
             for_friends.list_friends(user_pb::ListFriendsRequest { user_id: user.id }),
-            for_groups.list_user_groups(user_pb::ListUserGroupsRequest { user_id: user.id, ..Default::default() }),
+            upstream::all_user_groups(&mut for_groups, user.id),
         )
         .map_err(|s| failure_from_status(&s, "the user service"))?;
         let friends = friends.into_inner().friends;
-        let groups = groups.into_inner().groups;
 
         let mut ids: Vec<i64> = friends.iter().map(|f| f.id).collect();
         for group in &groups {

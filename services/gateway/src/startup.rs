@@ -60,6 +60,7 @@ impl Application {
         let upstreams = Upstreams::new(
             &config.user_service,
             &config.offline_service,
+            &config.internal_token,
             config.rpc_timeout,
         )?;
         let (tcp, tcp_addr) = bind(config.tcp_listen).await?;

@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use env_config::{ConfigError, millis_or, optional_or, var_or};
+use env_config::{ConfigError, Secret, internal_token, millis_or, optional_or, var_or};
 use mysql_pool::MySqlSettings;
 
 use crate::domain::Limits;
@@ -24,7 +24,13 @@ pub struct Config {
     pub request_timeout: Duration,
     /// `CLUSTERCHAT_OFFLINE_STARTUP_PATIENCE_MS`: how long start-up waits for the database.
     pub startup_patience: Duration,
+    /// `CLUSTERCHAT_INTERNAL_TOKEN` (required): callers must send it as
+    /// `authorization: Bearer <token>`; health and reflection stay open.
+    pub internal_token: Secret,
 }
+
+/// The token services and gateways use in tests (not a secret: tests only).
+pub const TEST_INTERNAL_TOKEN: &str = "test-internal-token-not-a-secret";
 
 pub const DEFAULT_DATABASE_URL: &str =
     "mysql://clusterchat:clusterchat@127.0.0.1:3307/clusterchat_offline";
@@ -58,6 +64,7 @@ impl Config {
                 "CLUSTERCHAT_OFFLINE_STARTUP_PATIENCE_MS",
                 Duration::from_secs(60),
             )?,
+            internal_token: internal_token()?,
         })
     }
 
@@ -70,6 +77,7 @@ impl Config {
             limits: Limits::default(),
             request_timeout: Duration::from_secs(10),
             startup_patience: Duration::from_secs(30),
+            internal_token: Secret::new(TEST_INTERNAL_TOKEN),
         }
     }
 }

@@ -15,6 +15,8 @@ pub struct OfflineGrpc {
 impl OfflineGrpc {
     pub fn new(store: OfflineStore) -> pb::offline_service_server::OfflineServiceServer<Self> {
         pb::offline_service_server::OfflineServiceServer::new(Self { store })
+            .max_decoding_message_size(grpc_server::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(grpc_server::MAX_MESSAGE_BYTES)
     }
 }
 

@@ -37,6 +37,7 @@ impl Application {
             service_names: vec![SERVICE_NAME],
             file_descriptor_sets: vec![clusterchat_proto::FILE_DESCRIPTOR_SET],
             request_timeout: config.request_timeout,
+            internal_token: config.internal_token,
         }
         .bind(config.listen, config.metrics_listen)
         .await?;

@@ -4,15 +4,46 @@
 use std::collections::BTreeSet;
 
 use clusterchat_proto::offline::v1::{self as pb, offline_service_client::OfflineServiceClient};
-use offline_service::{Application, Config};
+use offline_service::{Application, Config, config::TEST_INTERNAL_TOKEN};
 use shutdown::Shutdown;
 use test_support::{TcpProxy, assert_eventually, fresh_database_url};
-use tonic::{Code, transport::Channel};
+use tonic::{
+    Code,
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::Channel,
+};
 
-type Client = OfflineServiceClient<Channel>;
+/// Sends `authorization: Bearer <token>`, or nothing.
+#[derive(Clone)]
+struct Bearer(Option<&'static str>);
+
+impl Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = self.0 {
+            let value = format!("Bearer {token}").parse().expect("ascii token");
+            request.metadata_mut().insert("authorization", value);
+        }
+        Ok(request)
+    }
+}
+
+type Client = OfflineServiceClient<InterceptedService<Channel, Bearer>>;
+
+async fn client(addr: std::net::SocketAddr, token: Option<&'static str>) -> Client {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    OfflineServiceClient::with_interceptor(channel, Bearer(token))
+}
 
 struct TestApp {
     client: Client,
+    addr: std::net::SocketAddr,
     shutdown: Shutdown,
 }
 
@@ -30,10 +61,11 @@ async fn spawn_app_with(config: Config) -> TestApp {
     let addr = app.local_addr();
     let shutdown = Shutdown::new();
     tokio::spawn(app.run_until_stopped(shutdown.clone()));
-    let client = OfflineServiceClient::connect(format!("http://{addr}"))
-        .await
-        .expect("connect");
-    TestApp { client, shutdown }
+    TestApp {
+        client: client(addr, Some(TEST_INTERNAL_TOKEN)).await,
+        addr,
+        shutdown,
+    }
 }
 
 async fn spawn_app() -> TestApp {
@@ -491,5 +523,40 @@ async fn inbox_sequence_and_client_id_come_back_with_the_message() {
             ("moved from an inbox", "m-7", 1_795_600_000_000_042),
             ("never in an inbox", "", 0)
         ]
+    );
+}
+
+#[tokio::test]
+async fn fetch_and_ack_of_anyone_need_the_internal_token() {
+    let mut app = spawn_app().await;
+    store(&mut app.client, 9, "private").await;
+    for (token, needle) in [
+        (None, "missing bearer token"),
+        (Some("someone-elses-token-0123456789"), "wrong bearer token"),
+    ] {
+        let mut stranger = client(app.addr, token).await;
+        let fetched = stranger
+            .fetch(pb::FetchRequest {
+                receiver_id: 9,
+                after: 0,
+                limit: 0,
+            })
+            .await
+            .expect_err("fetch without the token");
+        let acked = stranger
+            .ack(pb::AckRequest {
+                receiver_id: 9,
+                up_to: u64::MAX,
+            })
+            .await
+            .expect_err("ack without the token");
+        for status in [fetched, acked] {
+            assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+            assert!(status.message().starts_with(needle), "{}", status.message());
+        }
+    }
+    assert_eq!(
+        payloads(&fetch(&mut app.client, 9, 0, 0).await),
+        ["private"]
     );
 }

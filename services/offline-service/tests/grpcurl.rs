@@ -1,6 +1,6 @@
 //! The real grpcurl binary against the running service, through reflection.
 
-use offline_service::{Application, Config};
+use offline_service::{Application, Config, config::TEST_INTERNAL_TOKEN};
 use shutdown::Shutdown;
 use test_support::run_grpcurl;
 
@@ -17,10 +17,13 @@ async fn grpcurl_lists_stores_and_fetches_through_reflection() {
 
     let (list, stored, fetched) = tokio::task::spawn_blocking(move || {
         let addr = addr.as_str();
+        let authorization = format!("authorization: Bearer {TEST_INTERNAL_TOKEN}");
         (
             run_grpcurl(&["-plaintext", addr, "list"]),
             run_grpcurl(&[
                 "-plaintext",
+                "-H",
+                &authorization,
                 "-d",
                 r#"{"receiver_id":7,"sender_id":3,"payload":"{\"msg\":\"hi 🙂\"}"}"#,
                 addr,
@@ -28,6 +31,8 @@ async fn grpcurl_lists_stores_and_fetches_through_reflection() {
             ]),
             run_grpcurl(&[
                 "-plaintext",
+                "-H",
+                &authorization,
                 "-d",
                 r#"{"receiver_id":7}"#,
                 addr,

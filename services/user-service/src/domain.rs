@@ -7,6 +7,16 @@ pub const MAX_USER_NAME_CHARS: usize = 32;
 pub const MAX_GROUP_NAME_CHARS: usize = 64;
 pub const MAX_GROUP_DESCRIPTION_CHARS: usize = 512;
 pub const MAX_PASSWORD_BYTES: usize = 256;
+/// Groups per ListUserGroups page: at most this many, and this many when the
+/// caller does not say (page_size 0), so that a caller from before pages
+/// existed still gets every group of a user within the per-user default cap.
+pub const MAX_GROUP_PAGE: u32 = 500;
+/// A ListUserGroups page also ends before its encoded groups would pass this
+/// many bytes (a page always holds at least one group; the largest group,
+/// 1000 members of 32-character names, encodes to well under 200 KiB). Under
+/// tonic's default 4 MiB decode limit, so a caller from before pages existed
+/// still reads every reply whole that it could read before.
+pub const GROUP_PAGE_BYTES: usize = 3 * 1024 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct UserId(i64);
@@ -52,6 +62,50 @@ impl GroupId {
 
     pub fn get(self) -> i64 {
         self.0
+    }
+}
+
+/// Where a page of a user's groups starts and how many groups it may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupPage {
+    /// Groups with an id above this one (keyset pagination: a group joined
+    /// or left between pages neither shifts nor repeats the others).
+    pub after: Option<GroupId>,
+    pub size: u32,
+}
+
+impl GroupPage {
+    /// `page_token` is what the previous page's `next_page_token` said.
+    pub fn parse(page_size: i32, page_token: &str) -> Result<Self, UserError> {
+        let size = match u32::try_from(page_size) {
+            Ok(0) => MAX_GROUP_PAGE,
+            Ok(size) => size.min(MAX_GROUP_PAGE),
+            Err(_) => {
+                return Err(UserError::InvalidArgument(format!(
+                    "page_size must not be negative, got {page_size}"
+                )));
+            }
+        };
+        let after = if page_token.is_empty() {
+            None
+        } else {
+            let id = page_token
+                .strip_prefix("after:")
+                .and_then(|id| id.parse::<i64>().ok())
+                .filter(|id| *id > 0)
+                .ok_or_else(|| {
+                    UserError::InvalidArgument(format!(
+                        "page_token {page_token:?} is not a next_page_token of this service"
+                    ))
+                })?;
+            Some(GroupId(id))
+        };
+        Ok(Self { after, size })
+    }
+
+    /// The token of the page that follows `last`.
+    pub fn token_after(last: GroupId) -> String {
+        format!("after:{}", last.0)
     }
 }
 
@@ -248,5 +302,23 @@ mod tests {
     fn description_may_be_empty_but_bounded() {
         assert!(GroupDescription::parse("").is_ok());
         assert!(GroupDescription::parse(&"d".repeat(MAX_GROUP_DESCRIPTION_CHARS + 1)).is_err());
+    }
+
+    #[test]
+    fn group_pages_default_clamp_and_round_trip() {
+        let first = GroupPage::parse(0, "").expect("valid");
+        assert_eq!((first.after, first.size), (None, MAX_GROUP_PAGE));
+        assert_eq!(GroupPage::parse(7, "").expect("valid").size, 7);
+        assert_eq!(
+            GroupPage::parse(i32::MAX, "").expect("valid").size,
+            MAX_GROUP_PAGE
+        );
+        assert!(GroupPage::parse(-1, "").is_err());
+        let token = GroupPage::token_after(GroupId(42));
+        let next = GroupPage::parse(10, &token).expect("valid");
+        assert_eq!(next.after, Some(GroupId(42)));
+        for bad in ["42", "after:", "after:-1", "after:x"] {
+            assert!(GroupPage::parse(10, bad).is_err(), "{bad}");
+        }
     }
 }

@@ -12,6 +12,12 @@ pub enum UserError {
     FailedPrecondition(String),
     #[error("id or password is invalid")]
     BadCredentials,
+    /// A bound was reached (a full group, too many groups); says which.
+    #[error("{0}")]
+    LimitReached(String),
+    /// Too many password hashes are already waiting; nothing was done.
+    #[error("busy: too many logins at once, retry shortly")]
+    Busy,
     #[error("the user database is unavailable; try again later")]
     Unavailable(#[source] sqlx::Error),
     #[error("internal error")]
@@ -37,6 +43,8 @@ impl From<UserError> for tonic::Status {
             UserError::AlreadyExists(m) => Status::already_exists(m),
             UserError::FailedPrecondition(m) => Status::failed_precondition(m),
             UserError::BadCredentials => Status::unauthenticated(error.to_string()),
+            UserError::LimitReached(m) => Status::resource_exhausted(m),
+            UserError::Busy => Status::resource_exhausted(error.to_string()),
             UserError::Unavailable(cause) => {
                 tracing::warn!(error = %cause, "database unavailable");
                 Status::unavailable(error.to_string())

@@ -1,10 +1,14 @@
 //! gRPC handlers: protobuf in, domain call, protobuf out. No decisions here.
 
 use clusterchat_proto::user::v1 as pb;
+use prost::Message as _;
 use tonic::{Request, Response, Status};
 
 use crate::{
-    domain::{self, GroupDescription, GroupId, GroupName, Password, UserId, UserName},
+    domain::{
+        self, GROUP_PAGE_BYTES, GroupDescription, GroupId, GroupName, GroupPage, Password, UserId,
+        UserName,
+    },
     service::Users,
 };
 
@@ -15,6 +19,8 @@ pub struct UserGrpc {
 impl UserGrpc {
     pub fn new(users: Users) -> pb::user_service_server::UserServiceServer<Self> {
         pb::user_service_server::UserServiceServer::new(Self { users })
+            .max_decoding_message_size(grpc_server::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(grpc_server::MAX_MESSAGE_BYTES)
     }
 }
 
@@ -161,10 +167,35 @@ impl pb::user_service_server::UserService for UserGrpc {
         &self,
         request: Request<pb::ListUserGroupsRequest>,
     ) -> Reply<pb::ListUserGroupsResponse> {
-        let user = UserId::parse(request.into_inner().user_id, "user_id")?;
-        let groups = self.users.groups_of_user(user).await?;
+        let req = request.into_inner();
+        let user = UserId::parse(req.user_id, "user_id")?;
+        let page = GroupPage::parse(req.page_size, &req.page_token)?;
+        let found = self.users.groups_of_user(user, page).await?;
+        // The page also ends where its encoding would pass GROUP_PAGE_BYTES
+        // (a transport bound, so it is decided here, on the encoded size).
+        let mut more = found.more;
+        let mut groups = Vec::with_capacity(found.groups.len());
+        let mut bytes = 0;
+        let mut last = None;
+        for group in found.groups {
+            let id = group.id;
+            let group = group_to_pb(group);
+            let size = group.encoded_len() + 8; // field tag and length
+            if bytes + size > GROUP_PAGE_BYTES && !groups.is_empty() {
+                more = true;
+                break;
+            }
+            bytes += size;
+            groups.push(group);
+            last = Some(id);
+        }
+        let next_page_token = match last {
+            Some(last) if more => GroupPage::token_after(last),
+            _ => String::new(),
+        };
         Ok(Response::new(pb::ListUserGroupsResponse {
-            groups: groups.into_iter().map(group_to_pb).collect(),
+            groups,
+            next_page_token,
         }))
     }
 

@@ -3,11 +3,12 @@
 
 use crate::{
     domain::{
-        Group, GroupDescription, GroupId, GroupName, GroupRole, Password, User, UserId, UserName,
+        GroupDescription, GroupId, GroupName, GroupPage, GroupRole, Password, User, UserId,
+        UserName,
     },
     error::UserError,
     password::PasswordHasher,
-    store::UserStore,
+    store::{GroupsPage, UserStore},
 };
 
 #[derive(Clone)]
@@ -95,14 +96,15 @@ impl Users {
         name: GroupName,
         description: GroupDescription,
     ) -> Result<GroupId, UserError> {
-        self.require_user(creator).await?;
+        // The store checks that the creator exists and is below the cap on
+        // groups per user, under a lock.
         self.store.create_group(creator, &name, &description).await
     }
 
+    /// Refused with `LimitReached` when the group is full or the user is in
+    /// as many groups as allowed (checked under locks in the store).
     #[tracing::instrument(skip(self))]
     pub async fn join_group(&self, user: UserId, group: GroupId) -> Result<bool, UserError> {
-        self.require_user(user).await?;
-        self.require_group(group).await?;
         self.store.add_member(group, user).await
     }
 
@@ -118,9 +120,13 @@ impl Users {
         }
     }
 
-    pub async fn groups_of_user(&self, user: UserId) -> Result<Vec<Group>, UserError> {
+    pub async fn groups_of_user(
+        &self,
+        user: UserId,
+        page: GroupPage,
+    ) -> Result<GroupsPage, UserError> {
         self.require_user(user).await?;
-        self.store.groups_of_user(user).await
+        self.store.groups_of_user(user, page).await
     }
 
     pub async fn group_member_ids(&self, group: GroupId) -> Result<Vec<UserId>, UserError> {

@@ -36,13 +36,15 @@ impl Application {
     pub async fn build(config: Config) -> Result<Self, StartupError> {
         let pool = mysql_pool::connect_lazy(&config.mysql)?;
         mysql_pool::prepare(&config.mysql, &pool, &MIGRATOR, config.startup_patience).await?;
-        let hasher = PasswordHasher::new(config.hash_concurrency).map_err(StartupError::Hasher)?;
-        let users = Users::new(UserStore::new(pool), hasher);
+        let hasher = PasswordHasher::new(config.hash_concurrency, config.max_hash_queue)
+            .map_err(StartupError::Hasher)?;
+        let users = Users::new(UserStore::new(pool, config.limits), hasher);
 
         let server = GrpcServer {
             service_names: vec![SERVICE_NAME],
             file_descriptor_sets: vec![clusterchat_proto::FILE_DESCRIPTOR_SET],
             request_timeout: config.request_timeout,
+            internal_token: config.internal_token,
         }
         .bind(config.listen, config.metrics_listen)
         .await?;

@@ -6,8 +6,10 @@
 use sqlx::{MySqlPool, QueryBuilder, Row as _};
 
 use crate::{
+    config::Limits,
     domain::{
-        Group, GroupDescription, GroupId, GroupMember, GroupName, GroupRole, User, UserId, UserName,
+        Group, GroupDescription, GroupId, GroupMember, GroupName, GroupPage, GroupRole, User,
+        UserId, UserName,
     },
     error::UserError,
 };
@@ -17,11 +19,18 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 #[derive(Clone)]
 pub struct UserStore {
     pool: MySqlPool,
+    limits: Limits,
+}
+
+/// A page of a user's groups, and whether more follow it.
+pub struct GroupsPage {
+    pub groups: Vec<Group>,
+    pub more: bool,
 }
 
 impl UserStore {
-    pub fn new(pool: MySqlPool) -> Self {
-        Self { pool }
+    pub fn new(pool: MySqlPool, limits: Limits) -> Self {
+        Self { pool, limits }
     }
 
     #[tracing::instrument(name = "sql.insert_user", skip_all, fields(otel.kind = "client", db.system = "mysql"))]
@@ -128,6 +137,7 @@ impl UserStore {
         description: &GroupDescription,
     ) -> Result<GroupId, UserError> {
         let mut tx = self.pool.begin().await?;
+        self.lock_user_below_group_cap(&mut tx, creator).await?;
         let inserted =
             sqlx::query("INSERT INTO chat_groups (name, name_key, description) VALUES (?, ?, ?)")
                 .bind(name.as_str())
@@ -165,17 +175,113 @@ impl UserStore {
     }
 
     /// Returns false when the user was already a member (whatever their role).
+    ///
+    /// Both caps hold under concurrent joins: the user's row and then the
+    /// group's row are locked (`FOR UPDATE`) before anything is counted, so
+    /// joins to one group, and joins and creations by one user, take turns
+    /// until commit. Every writer locks in that order (user, then group), so
+    /// they cannot deadlock. The counts are read after the locks are held:
+    /// a transaction's snapshot starts at its first plain read, so they see
+    /// everything committed by whoever held the lock before.
     #[tracing::instrument(name = "sql.add_member", skip_all, fields(otel.kind = "client", db.system = "mysql"))]
     pub async fn add_member(&self, group: GroupId, user: UserId) -> Result<bool, UserError> {
-        let done = sqlx::query(
-            "INSERT IGNORE INTO group_members (group_id, user_id, role) VALUES (?, ?, ?)",
+        let mut tx = self.pool.begin().await?;
+        if !lock_row(
+            &mut tx,
+            "SELECT id FROM users WHERE id = ? FOR UPDATE",
+            user.get(),
         )
-        .bind(group.get())
-        .bind(user.get())
-        .bind(GroupRole::Normal.as_db())
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() > 0)
+        .await?
+        {
+            return Err(UserError::NotFound(format!(
+                "user {} does not exist",
+                user.get()
+            )));
+        }
+        if !lock_row(
+            &mut tx,
+            "SELECT id FROM chat_groups WHERE id = ? FOR UPDATE",
+            group.get(),
+        )
+        .await?
+        {
+            return Err(UserError::NotFound(format!(
+                "group {} does not exist",
+                group.get()
+            )));
+        }
+        let member = sqlx::query("SELECT 1 FROM group_members WHERE group_id = ? AND user_id = ?")
+            .bind(group.get())
+            .bind(user.get())
+            .fetch_optional(&mut *tx)
+            .await?;
+        if member.is_some() {
+            return Ok(false);
+        }
+        let max_members = self.limits.max_group_members;
+        let members: i64 = sqlx::query("SELECT COUNT(*) FROM group_members WHERE group_id = ?")
+            .bind(group.get())
+            .fetch_one(&mut *tx)
+            .await?
+            .get(0);
+        if members >= i64::from(max_members) {
+            return Err(UserError::LimitReached(format!(
+                "group {} is full ({max_members} members)",
+                group.get()
+            )));
+        }
+        self.check_group_cap(&mut tx, user).await?;
+        sqlx::query("INSERT INTO group_members (group_id, user_id, role) VALUES (?, ?, ?)")
+            .bind(group.get())
+            .bind(user.get())
+            .bind(GroupRole::Normal.as_db())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Locks `user`'s row until commit and refuses when they are already in
+    /// as many groups as allowed.
+    async fn lock_user_below_group_cap(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::MySql>,
+        user: UserId,
+    ) -> Result<(), UserError> {
+        if !lock_row(
+            tx,
+            "SELECT id FROM users WHERE id = ? FOR UPDATE",
+            user.get(),
+        )
+        .await?
+        {
+            return Err(UserError::NotFound(format!(
+                "user {} does not exist",
+                user.get()
+            )));
+        }
+        self.check_group_cap(tx, user).await
+    }
+
+    /// Call with `user`'s row locked.
+    async fn check_group_cap(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::MySql>,
+        user: UserId,
+    ) -> Result<(), UserError> {
+        let max_groups = self.limits.max_groups_per_user;
+        let groups: i64 = sqlx::query("SELECT COUNT(*) FROM group_members WHERE user_id = ?")
+            .bind(user.get())
+            .fetch_one(&mut **tx)
+            .await?
+            .get(0);
+        if groups >= i64::from(max_groups) {
+            return Err(UserError::LimitReached(format!(
+                "user {} is already in {max_groups} groups, the most allowed",
+                user.get()
+            )));
+        }
+        Ok(())
     }
 
     #[tracing::instrument(name = "sql.member_role", skip_all, fields(otel.kind = "client", db.system = "mysql"))]
@@ -202,21 +308,46 @@ impl UserStore {
         Ok(done.rows_affected() > 0)
     }
 
-    /// Every group `user` belongs to, each with all its members, in one query.
+    /// A page of the groups `user` belongs to, in id order, each with all
+    /// its members.
     #[tracing::instrument(name = "sql.groups_of_user", skip_all, fields(otel.kind = "client", db.system = "mysql"))]
-    pub async fn groups_of_user(&self, user: UserId) -> Result<Vec<Group>, UserError> {
-        let rows = sqlx::query(
-            "SELECT g.id, g.name, g.description, m.user_id, u.name, m.role \
-             FROM group_members me \
-             JOIN chat_groups g ON g.id = me.group_id \
-             JOIN group_members m ON m.group_id = g.id \
-             JOIN users u ON u.id = m.user_id \
-             WHERE me.user_id = ? \
-             ORDER BY g.id, m.joined_at, m.user_id",
+    pub async fn groups_of_user(
+        &self,
+        user: UserId,
+        page: GroupPage,
+    ) -> Result<GroupsPage, UserError> {
+        // One more than the page, to tell whether another page follows.
+        let ids = sqlx::query(
+            "SELECT group_id FROM group_members WHERE user_id = ? AND group_id > ? \
+             ORDER BY group_id LIMIT ?",
         )
         .bind(user.get())
+        .bind(page.after.map_or(0, GroupId::get))
+        .bind(u64::from(page.size) + 1)
         .fetch_all(&self.pool)
         .await?;
+        let mut ids: Vec<i64> = ids.iter().map(|r| r.get(0)).collect();
+        let more = ids.len() > page.size as usize;
+        ids.truncate(page.size as usize);
+        if ids.is_empty() {
+            return Ok(GroupsPage {
+                groups: Vec::new(),
+                more: false,
+            });
+        }
+        let mut query = QueryBuilder::new(
+            "SELECT g.id, g.name, g.description, m.user_id, u.name, m.role \
+             FROM chat_groups g \
+             JOIN group_members m ON m.group_id = g.id \
+             JOIN users u ON u.id = m.user_id \
+             WHERE g.id IN (",
+        );
+        let mut list = query.separated(", ");
+        for id in &ids {
+            list.push_bind(*id);
+        }
+        query.push(") ORDER BY g.id, m.joined_at, m.user_id");
+        let rows = query.build().fetch_all(&self.pool).await?;
         let mut groups: Vec<Group> = Vec::new();
         for row in &rows {
             let id = GroupId::from_db(row.get(0));
@@ -235,7 +366,7 @@ impl UserStore {
                 });
             }
         }
-        Ok(groups)
+        Ok(GroupsPage { groups, more })
     }
 
     #[tracing::instrument(name = "sql.member_ids", skip_all, fields(otel.kind = "client", db.system = "mysql"))]
@@ -247,6 +378,20 @@ impl UserStore {
                 .await?;
         Ok(rows.iter().map(|r| UserId::from_db(r.get(0))).collect())
     }
+}
+
+/// Runs a `SELECT id ... WHERE id = ? FOR UPDATE`; true when the row exists
+/// (and is now locked until the transaction ends).
+async fn lock_row(
+    tx: &mut sqlx::Transaction<'_, sqlx::MySql>,
+    sql: &'static str,
+    id: i64,
+) -> Result<bool, UserError> {
+    Ok(sqlx::query(sql)
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?
+        .is_some())
 }
 
 fn user_from_row(row: &sqlx::mysql::MySqlRow, id: usize, name: usize) -> User {

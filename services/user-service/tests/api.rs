@@ -1,15 +1,41 @@
 //! The user service over real gRPC against the real test MariaDB, one fresh
 //! database per test.
 
+use std::net::SocketAddr;
+
 use clusterchat_proto::user::v1::{self as pb, user_service_client::UserServiceClient};
 use shutdown::Shutdown;
 use sqlx::Row as _;
 use test_support::{TcpProxy, assert_eventually, fresh_database_url};
-use tonic::{Code, transport::Channel};
-use user_service::{Application, Config};
+use tonic::{
+    Code,
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::Channel,
+};
+use user_service::{Application, Config, config::TEST_INTERNAL_TOKEN};
+
+/// Sends `authorization: Bearer <token>`, or nothing.
+#[derive(Clone)]
+struct Bearer(Option<String>);
+
+impl Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = &self.0 {
+            let value = format!("Bearer {token}").parse().expect("ascii token");
+            request.metadata_mut().insert("authorization", value);
+        }
+        Ok(request)
+    }
+}
+
+type Client = UserServiceClient<InterceptedService<Channel, Bearer>>;
 
 struct TestApp {
-    client: UserServiceClient<Channel>,
+    client: Client,
+    addr: SocketAddr,
     database_url: String,
     shutdown: Shutdown,
 }
@@ -20,27 +46,46 @@ impl Drop for TestApp {
     }
 }
 
-async fn spawn_app_with(database_url: String, connect_url: String) -> TestApp {
+async fn spawn_app_with_config(database_url: String, config: Config) -> TestApp {
     telemetry::init_for_tests();
-    let app = Application::build(Config::for_tests(&connect_url))
+    let app = Application::build(config)
         .await
         .expect("build user service");
     let addr = app.local_addr();
     let shutdown = Shutdown::new();
     tokio::spawn(app.run_until_stopped(shutdown.clone()));
-    let client = UserServiceClient::connect(format!("http://{addr}"))
-        .await
-        .expect("connect");
     TestApp {
-        client,
+        client: client(addr, Some(TEST_INTERNAL_TOKEN)).await,
+        addr,
         database_url,
         shutdown,
     }
 }
 
+async fn client(addr: SocketAddr, token: Option<&str>) -> Client {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    UserServiceClient::with_interceptor(channel, Bearer(token.map(str::to_owned)))
+}
+
+async fn spawn_app_with(database_url: String, connect_url: String) -> TestApp {
+    spawn_app_with_config(database_url, Config::for_tests(&connect_url)).await
+}
+
 async fn spawn_app() -> TestApp {
     let url = fresh_database_url("user");
     spawn_app_with(url.clone(), url).await
+}
+
+/// A service with `adjust` applied to the test config.
+async fn spawn_app_configured(adjust: impl FnOnce(&mut Config)) -> TestApp {
+    let url = fresh_database_url("user");
+    let mut config = Config::for_tests(&url);
+    adjust(&mut config);
+    spawn_app_with_config(url, config).await
 }
 
 impl TestApp {
@@ -319,7 +364,10 @@ async fn groups_have_a_creator_and_normal_members() {
 
     let groups = app
         .client
-        .list_user_groups(pb::ListUserGroupsRequest { user_id: member })
+        .list_user_groups(pb::ListUserGroupsRequest {
+            user_id: member,
+            ..Default::default()
+        })
         .await
         .expect("groups")
         .into_inner()
@@ -543,4 +591,374 @@ async fn database_outage_is_unavailable_and_the_service_recovers() {
     app.register("oscar", "pw")
         .await
         .expect("register after recovery");
+}
+
+#[tokio::test]
+async fn data_methods_need_the_internal_token() {
+    let app = spawn_app().await;
+    let register = pb::RegisterRequest {
+        name: "anonymous".into(),
+        password: "pw".into(),
+    };
+    let mut anonymous = client(app.addr, None).await;
+    let missing = anonymous
+        .register(register.clone())
+        .await
+        .expect_err("no token");
+    assert_eq!(missing.code(), Code::Unauthenticated, "{missing:?}");
+    assert!(
+        missing.message().starts_with("missing bearer token"),
+        "{}",
+        missing.message()
+    );
+    let mut impostor = client(app.addr, Some("not-the-token-of-this-cluster")).await;
+    let wrong = impostor
+        .list_friends(pb::ListFriendsRequest { user_id: 1 })
+        .await
+        .expect_err("wrong token");
+    assert_eq!(wrong.code(), Code::Unauthenticated, "{wrong:?}");
+    assert!(
+        wrong.message().starts_with("wrong bearer token"),
+        "{}",
+        wrong.message()
+    );
+    let prefix = &TEST_INTERNAL_TOKEN[..TEST_INTERNAL_TOKEN.len() - 1];
+    let mut almost = client(app.addr, Some(prefix)).await;
+    assert_eq!(
+        almost
+            .register(register.clone())
+            .await
+            .expect_err("prefix of the token")
+            .code(),
+        Code::Unauthenticated
+    );
+    // Nothing was done by the refused calls.
+    let mut app = app;
+    app.client
+        .get_user_by_name(pb::GetUserByNameRequest {
+            name: "anonymous".into(),
+        })
+        .await
+        .expect_err("not registered");
+    app.register("anonymous", "pw")
+        .await
+        .expect("with the token");
+}
+
+#[tokio::test]
+async fn health_is_open_without_a_token() {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let app = spawn_app().await;
+    let channel = Channel::from_shared(format!("http://{}", app.addr))
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let mut health = HealthClient::new(channel);
+    for service in ["", "clusterchat.user.v1.UserService"] {
+        let reply = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("health of {service:?} without a token: {e:?}"))
+            .into_inner();
+        assert_eq!(reply.status, 1, "SERVING for {service:?}");
+    }
+}
+
+/// Registers `n` users named `prefix0..` with password "pw".
+async fn register_many(app: &mut TestApp, prefix: &str, n: usize) -> Vec<i64> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        ids.push(
+            app.register(&format!("{prefix}{i}"), "pw")
+                .await
+                .expect("register"),
+        );
+    }
+    ids
+}
+
+async fn create_group(app: &mut TestApp, creator: i64, name: &str) -> Result<i64, tonic::Status> {
+    app.client
+        .create_group(pb::CreateGroupRequest {
+            creator_id: creator,
+            name: name.into(),
+            description: String::new(),
+        })
+        .await
+        .map(|r| r.into_inner().group_id)
+}
+
+/// Sends every join at once (each on its own clone of the client, all in
+/// flight together) and returns the results in order.
+async fn join_all_at_once(
+    app: &TestApp,
+    joins: Vec<(i64, i64)>,
+) -> Vec<Result<bool, tonic::Status>> {
+    let calls = joins.into_iter().map(|(user_id, group_id)| {
+        let mut client = app.client.clone();
+        tokio::spawn(async move {
+            client
+                .join_group(pb::JoinGroupRequest { user_id, group_id })
+                .await
+                .map(|r| r.into_inner().joined)
+        })
+    });
+    futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(|r| r.expect("join task"))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_full_group_refuses_joins_even_when_they_race() {
+    let mut app = spawn_app_configured(|c| c.limits.max_group_members = 5).await;
+    let users = register_many(&mut app, "racer", 12).await;
+    let group = create_group(&mut app, users[0], "crowded")
+        .await
+        .expect("create");
+
+    let results = join_all_at_once(&app, users[1..].iter().map(|&u| (u, group)).collect()).await;
+    let joined = results.iter().filter(|r| matches!(r, Ok(true))).count();
+    assert_eq!(
+        joined, 4,
+        "the creator and 4 joiners fill 5 places: {results:?}"
+    );
+    for refused in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+        assert_eq!(
+            refused.message(),
+            format!("group {group} is full (5 members)")
+        );
+    }
+    let members = app
+        .client
+        .list_group_members(pb::ListGroupMembersRequest { group_id: group })
+        .await
+        .expect("members")
+        .into_inner()
+        .member_ids;
+    assert_eq!(members.len(), 5, "{members:?}");
+
+    // A member joining again is still just "already a member", not "full".
+    let member = members[1];
+    assert_eq!(
+        join_all_at_once(&app, vec![(member, group)]).await[0]
+            .as_ref()
+            .ok(),
+        Some(&false)
+    );
+    // Leaving makes room for exactly one more.
+    app.client
+        .leave_group(pb::LeaveGroupRequest {
+            user_id: member,
+            group_id: group,
+        })
+        .await
+        .expect("leave");
+    let outsiders: Vec<(i64, i64)> = users
+        .iter()
+        .filter(|u| !members.contains(u))
+        .map(|&u| (u, group))
+        .collect();
+    let again = join_all_at_once(&app, outsiders).await;
+    assert_eq!(
+        again.iter().filter(|r| matches!(r, Ok(true))).count(),
+        1,
+        "{again:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_user_in_as_many_groups_as_allowed_cannot_create_or_join_more() {
+    let mut app = spawn_app_configured(|c| c.limits.max_groups_per_user = 3).await;
+    let users = register_many(&mut app, "joiner", 3).await;
+    let (subject, owner_a, owner_b) = (users[0], users[1], users[2]);
+    let mut groups = Vec::new();
+    for (owner, name) in [(owner_a, "a1"), (owner_a, "a2"), (owner_a, "a3")] {
+        groups.push(create_group(&mut app, owner, name).await.expect("create"));
+    }
+    for (owner, name) in [(owner_b, "b1"), (owner_b, "b2"), (owner_b, "b3")] {
+        groups.push(create_group(&mut app, owner, name).await.expect("create"));
+    }
+    let fourth = create_group(&mut app, owner_a, "a4")
+        .await
+        .expect_err("4th group");
+    assert_eq!(fourth.code(), Code::ResourceExhausted);
+    let expected = format!("user {owner_a} is already in 3 groups, the most allowed");
+    assert_eq!(fourth.message(), expected);
+
+    let results = join_all_at_once(&app, groups.iter().map(|&g| (subject, g)).collect()).await;
+    assert_eq!(
+        results.iter().filter(|r| matches!(r, Ok(true))).count(),
+        3,
+        "{results:?}"
+    );
+    let expected = format!("user {subject} is already in 3 groups, the most allowed");
+    for refused in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+        assert_eq!(refused.message(), expected);
+    }
+    let create = create_group(&mut app, subject, "mine")
+        .await
+        .expect_err("over the cap");
+    assert_eq!(create.code(), Code::ResourceExhausted);
+    let all = list_all_groups(&mut app.client, subject, 0).await;
+    assert_eq!(all.len(), 3);
+}
+
+#[tokio::test]
+async fn logins_beyond_the_hash_queue_are_refused_at_once() {
+    let mut app = spawn_app_configured(|c| {
+        c.hash_concurrency = 1;
+        c.max_hash_queue = 1;
+    })
+    .await;
+    let id = app.register("hasty", "pw").await.expect("register");
+    let logins = (0..24).map(|_| {
+        let mut client = app.client.clone();
+        tokio::spawn(async move {
+            client
+                .login(pb::LoginRequest {
+                    id,
+                    password: "pw".into(),
+                })
+                .await
+        })
+    });
+    let results: Vec<_> = futures::future::join_all(logins)
+        .await
+        .into_iter()
+        .map(|r| r.expect("login task"))
+        .collect();
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    let busy: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        ok >= 2,
+        "one hashing and one waiting get through: {results:?}"
+    );
+    assert!(!busy.is_empty(), "24 at once with room for 2: {results:?}");
+    for status in busy {
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert_eq!(
+            status.message(),
+            "busy: too many logins at once, retry shortly"
+        );
+    }
+    // Once the burst is over, logins work again.
+    app.login(id, "pw").await.expect("login after the burst");
+}
+
+/// Every group of `user`, page by page (`page_size` 0: the server's choice),
+/// with the client's default 4 MiB decode limit.
+async fn list_all_groups(client: &mut Client, user_id: i64, page_size: i32) -> Vec<pb::Group> {
+    let mut groups = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_user_groups(pb::ListUserGroupsRequest {
+                user_id,
+                page_size,
+                page_token,
+            })
+            .await
+            .expect("a page of groups")
+            .into_inner();
+        groups.extend(page.groups);
+        if page.next_page_token.is_empty() {
+            return groups;
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+#[tokio::test]
+async fn a_user_in_groups_larger_than_one_reply_pages_through_them_all() {
+    const GROUPS: i64 = 120;
+    const USERS: i64 = 1000;
+    let mut app = spawn_app().await;
+    let subject = app.register("subject", "pw").await.expect("register");
+    // Bulk rows straight into the database: a thousand users with 32-character
+    // names, each in 120 groups (120,000 members in all, about 5 MB
+    // encoded; one reply of them all is more than a client can decode).
+    let pool = sqlx::MySqlPool::connect(&app.database_url)
+        .await
+        .expect("db");
+    for chunk in (0..USERS - 1).collect::<Vec<_>>().chunks(500) {
+        let mut query =
+            sqlx::QueryBuilder::new("INSERT INTO users (name, name_key, password_hash) ");
+        query.push_values(chunk, |mut row, i| {
+            let name = format!("member-{i:025}");
+            row.push_bind(name.clone()).push_bind(name).push_bind("x");
+        });
+        query.build().execute(&pool).await.expect("users");
+    }
+    let mut query =
+        sqlx::QueryBuilder::new("INSERT INTO chat_groups (name, name_key, description) ");
+    query.push_values(0..GROUPS, |mut row, i| {
+        let name = format!("group {i}");
+        row.push_bind(name.clone()).push_bind(name).push_bind("big");
+    });
+    query.build().execute(&pool).await.expect("groups");
+    sqlx::query(
+        "INSERT INTO group_members (group_id, user_id, role) \
+         SELECT g.id, u.id, 'normal' FROM chat_groups g CROSS JOIN users u",
+    )
+    .execute(&pool)
+    .await
+    .expect("members");
+
+    let first = app
+        .client
+        .list_user_groups(pb::ListUserGroupsRequest {
+            user_id: subject,
+            ..Default::default()
+        })
+        .await
+        .expect("a caller that does not page gets the first page")
+        .into_inner();
+    assert!(!first.next_page_token.is_empty(), "more than one page");
+    assert!((first.groups.len() as i64) < GROUPS);
+
+    let groups = list_all_groups(&mut app.client, subject, 0).await;
+    let ids: Vec<i64> = groups.iter().map(|g| g.id).collect();
+    assert_eq!(ids.len() as i64, GROUPS, "every group once");
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "in id order, no repeats"
+    );
+    assert!(groups.iter().all(|g| g.members.len() as i64 == USERS));
+    let total: usize = groups.iter().map(prost::Message::encoded_len).sum();
+    assert!(
+        total > 4 * 1024 * 1024,
+        "the test needs more than one reply's worth: {total}"
+    );
+
+    // Small pages hold exactly what was asked for.
+    let mut client = app.client.clone();
+    let page = client
+        .list_user_groups(pb::ListUserGroupsRequest {
+            user_id: subject,
+            page_size: 7,
+            page_token: String::new(),
+        })
+        .await
+        .expect("page of 7")
+        .into_inner();
+    assert_eq!(page.groups.len(), 7);
+    let paged_by_7 = list_all_groups(&mut client, subject, 7).await;
+    assert_eq!(paged_by_7.iter().map(|g| g.id).collect::<Vec<_>>(), ids);
+
+    let bad = client
+        .list_user_groups(pb::ListUserGroupsRequest {
+            user_id: subject,
+            page_size: 7,
+            page_token: "garbage".into(),
+        })
+        .await
+        .expect_err("a token this service did not give");
+    assert_eq!(bad.code(), Code::InvalidArgument);
 }

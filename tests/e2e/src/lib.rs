@@ -28,7 +28,8 @@ pub mod otlp;
 /// How long a test waits for one expected message before failing.
 pub const RECV_TIMEOUT: Duration = Duration::from_secs(15);
 
-fn bin(name: &str) -> PathBuf {
+/// The path of one of the workspace's binaries (`target/debug/NAME`).
+pub fn bin(name: &str) -> PathBuf {
     let dir = std::env::var("CLUSTERCHAT_BIN_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/debug"));
@@ -334,8 +335,21 @@ impl StackBuilder {
                 None => Vec::new(),
             }
         };
+        // The shared secret of this stack's services and gateways.
+        let internal_token = unique_name("e2e_internal_token");
+        let token_env = || {
+            (
+                "CLUSTERCHAT_INTERNAL_TOKEN".to_owned(),
+                internal_token.clone(),
+            )
+        };
+        let user_database_url = db_url("e2e_user");
         let mut user_env = vec![
-            ("CLUSTERCHAT_USER_DATABASE_URL".into(), db_url("e2e_user")),
+            token_env(),
+            (
+                "CLUSTERCHAT_USER_DATABASE_URL".into(),
+                user_database_url.clone(),
+            ),
             (
                 "CLUSTERCHAT_USER_DB_ACQUIRE_TIMEOUT_MS".into(),
                 "1000".into(),
@@ -343,6 +357,7 @@ impl StackBuilder {
         ];
         user_env.extend(otel("user-service"));
         let mut offline_env = vec![
+            token_env(),
             (
                 "CLUSTERCHAT_OFFLINE_DATABASE_URL".into(),
                 db_url("e2e_offline"),
@@ -373,6 +388,7 @@ impl StackBuilder {
         for i in 0..self.gateways {
             let (tcp, http) = (addr(0), addr(0));
             let mut env = vec![
+                token_env(),
                 (
                     "CLUSTERCHAT_GATEWAY_NODE_ID".into(),
                     format!("gw-{}", i + 1),
@@ -402,6 +418,10 @@ impl StackBuilder {
             });
         }
         let mut stack = Stack {
+            user_addr,
+            offline_addr,
+            internal_token,
+            user_database_url,
             user_metrics,
             offline_metrics,
             gateways,
@@ -429,6 +449,13 @@ pub struct Nginx {
 }
 
 pub struct Stack {
+    /// gRPC of the user and offline services, which need
+    /// `authorization: Bearer <internal_token>` on data methods.
+    pub user_addr: SocketAddr,
+    pub offline_addr: SocketAddr,
+    pub internal_token: String,
+    /// The user service's database (for tests that set up in bulk).
+    pub user_database_url: String,
     /// `/metrics` of the user and offline services.
     pub user_metrics: SocketAddr,
     pub offline_metrics: SocketAddr,
