@@ -851,6 +851,7 @@ impl Session {
         tracing::info!(
             user = ack.user_id,
             connection = self.connection,
+            client = %self.client,
             "logged in"
         );
         let pending = &ack.pending;

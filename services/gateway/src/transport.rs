@@ -263,14 +263,24 @@ pub async fn serve_tcp(node: Arc<Node>, listener: TcpListener, permits: Arc<Sema
             let wait = node2.config.login_deadline;
             let client = match client_address(&node2, &mut stream, peer, wait).await {
                 Ok(client) => client,
-                Err(Some(failure)) => {
+                Err(refusal) => {
+                    let failure = match refusal {
+                        Refusal::Gone => return,
+                        Refusal::Silent => {
+                            metrics().refused.get_or_create(&label("why", "login_deadline")).inc();
+                            Failure::new(
+                                errno::NOT_LOGGED_IN,
+                                format!("no login within {} s; closing", wait.as_secs_f64()),
+                            )
+                        }
+                        Refusal::Invalid(failure) => failure,
+                    };
                     let mut frame = classic::reply_error(&failure, None);
                     frame.push(b'\n');
                     let _ = stream.write_all(&frame).await;
                     let _ = stream.shutdown().await;
                     return;
                 }
-                Err(None) => return,
             };
             let (read, write) = stream.into_split();
             let source = TcpSource::new(node2.clone(), read);
@@ -292,30 +302,36 @@ pub async fn serve_tcp(node: Arc<Node>, listener: TcpListener, permits: Arc<Sema
     }
 }
 
+/// Why a connection ends before its first request.
+enum Refusal {
+    /// Closed or failed.
+    Gone,
+    /// Sent nothing within the wait.
+    Silent,
+    /// A PROXY header that does not parse: say why.
+    Invalid(Failure),
+}
+
 /// The client behind `peer`: `peer` itself, or from a trusted proxy the
-/// client its PROXY header names. `Err(Some)`: refused, say why; `Err(None)`:
-/// gone or silent.
+/// client its PROXY header names (waiting at most `wait` for its first bytes).
 async fn client_address(
     node: &Node,
     stream: &mut TcpStream,
     peer: SocketAddr,
     wait: Duration,
-) -> Result<SocketAddr, Option<Failure>> {
+) -> Result<SocketAddr, Refusal> {
     if !node.config.trusted_proxies.contains(peer.ip()) {
         return Ok(peer);
     }
     match tokio::time::timeout(wait, proxy_header::read_header(stream)).await {
         Ok(Ok(Ok(Outcome::Header(client)))) => Ok(client.unwrap_or(peer)),
         Ok(Ok(Ok(Outcome::None))) => Ok(peer),
-        Ok(Ok(Ok(Outcome::Closed))) | Ok(Err(_)) => Err(None),
+        Ok(Ok(Ok(Outcome::Closed))) | Ok(Err(_)) => Err(Refusal::Gone),
         Ok(Ok(Err(invalid))) => {
             tracing::warn!(%peer, error = %invalid, "refused a connection");
-            Err(Some(Failure::bad_request(invalid.to_string())))
+            Err(Refusal::Invalid(Failure::bad_request(invalid.to_string())))
         }
-        Err(_) => {
-            metrics().refused.get_or_create(&label("why", "handshake_timeout")).inc();
-            Err(None)
-        }
+        Err(_) => Err(Refusal::Silent),
     }
 }
 
@@ -451,6 +467,7 @@ pub async fn serve_http(node: Arc<Node>, listener: TcpListener, permits: Arc<Sem
             let budget = node.config.handshake_timeout;
             let deadline = Instant::now() + budget;
             let Ok(client) = client_address(&node, &mut stream, peer, budget).await else {
+                metrics().refused.get_or_create(&label("why", "handshake_timeout")).inc();
                 return;
             };
             let connection = Connection {
@@ -464,7 +481,6 @@ pub async fn serve_http(node: Arc<Node>, listener: TcpListener, permits: Arc<Sem
             let served = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(budget)
-                .keep_alive(false)
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades();
             match tokio::time::timeout_at(deadline, served).await {

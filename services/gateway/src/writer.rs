@@ -182,7 +182,7 @@ impl Inbound {
                 return Step::Retry(Duration::from_millis(500));
             }
         };
-        let complete = page.entries.len() < INBOX_PAGE;
+        let complete = page.complete;
         for entry in page.entries {
             let seq = entry.seq;
             let frame = delivery_frame(self.acks, entry.frame, &entry.mid, seq);
