@@ -53,6 +53,20 @@ bench *args:
 chat *args:
     @cargo run -q --release -p chat -- "$@"
 
+# fuzz the codec (framing, classic parser, WebSocket path) on nightly, each target for SECONDS (e.g. `just fuzz 60`)
+fuzz seconds="300":
+    #!/usr/bin/env bash
+    set -euo pipefail
+    command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+    for target in framing classic websocket; do
+        # libFuzzer adds what it finds to the first directory (git-ignored);
+        # the committed seeds and regressions are only read.
+        mkdir -p "fuzz/target/corpus/$target" "fuzz/regressions/$target"
+        cargo +nightly fuzz run -O -a "$target" "fuzz/target/corpus/$target" \
+            "fuzz/corpus/$target" "fuzz/regressions/$target" \
+            -- -max_total_time={{seconds}} -timeout=10 -rss_limit_mb=2048
+    done
+
 # formatting and lints
 lint:
     cargo fmt --all -- --check

@@ -1,0 +1,5 @@
+//! libFuzzer entry point; the input format and the properties are in
+//! `fuzz_checks::framing`, shared with the corpus replay test.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| fuzz_checks::framing::check(data));
