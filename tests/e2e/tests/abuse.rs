@@ -113,7 +113,10 @@ async fn slow_and_unfinished_requests_are_cut_off_while_others_chat() {
     assert!(worst < Duration::from_secs(1), "chat stalled: {worst:?}");
 
     for (closed, said) in feeding.await.expect("feeder") {
-        assert!(closed, "a request still unfinished after its deadline was not cut off");
+        assert!(
+            closed,
+            "a request still unfinished after its deadline was not cut off"
+        );
         assert!(
             said.contains("unfinished") && said.contains("\"errno\":1"),
             "the client is told why: {said}"
@@ -122,7 +125,10 @@ async fn slow_and_unfinished_requests_are_cut_off_while_others_chat() {
     let (closed, said) = closed_within(&mut silent, Duration::from_secs(6)).await;
     assert!(closed, "a connection that never logs in is closed");
     assert!(said.contains("no login within"), "and told why: {said}");
-    assert!(started.elapsed() >= Duration::from_secs(3), "not before its deadline");
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "not before its deadline"
+    );
     // The users who behaved are still connected and served.
     round_trip(&mut bob, b, &mut alice, a).await;
 }
@@ -164,7 +170,10 @@ async fn slow_websocket_handshakes_are_cut_off_while_others_connect() {
     assert_eq!(reply["errno"], 0, "{reply}");
 
     let (closed, _) = feeder.await.expect("feeder");
-    assert!(closed, "headers trickled past the handshake timeout are cut off");
+    assert!(
+        closed,
+        "headers trickled past the handshake timeout are cut off"
+    );
     let (closed, _) = closed_within(&mut silent, Duration::from_secs(3)).await;
     assert!(closed, "a silent HTTP connection is cut off");
     // The public port serves chat only: health and metrics are elsewhere.
@@ -233,7 +242,10 @@ async fn a_login_flood_from_one_address_is_throttled_and_others_still_log_in() {
         .call(json!({"msgid": 4, "name": "one-more", "password": "pw"}), 1)
         .await;
     assert_eq!(refused["errno"], 1, "{refused}");
-    assert!(refused["retry_after"].as_u64().is_some_and(|s| s >= 1), "{refused}");
+    assert!(
+        refused["retry_after"].as_u64().is_some_and(|s| s >= 1),
+        "{refused}"
+    );
     assert!(
         refused["errmsg"]
             .as_str()
@@ -245,7 +257,11 @@ async fn a_login_flood_from_one_address_is_throttled_and_others_still_log_in() {
     let mut flooder = client_from(g1, "203.0.113.7").await;
     let mut flooder2 = client_from(g2, "203.0.113.7").await;
     for i in 0..5 {
-        let c = if i % 2 == 0 { &mut flooder } else { &mut flooder2 };
+        let c = if i % 2 == 0 {
+            &mut flooder
+        } else {
+            &mut flooder2
+        };
         let reply = c.login(ids[i % 3], "guess").await;
         assert_eq!(reply["errmsg"], "id or password is invalid!", "{reply}");
     }
@@ -284,7 +300,10 @@ async fn failed_logins_lock_the_account_for_a_while_whatever_the_address() {
     }
     let mut owner = client_from(gateway, "192.0.2.1").await;
     let locked = owner.login(victim, "right").await;
-    assert_eq!(locked["errno"], 7, "even the right password waits: {locked}");
+    assert_eq!(
+        locked["errno"], 7,
+        "even the right password waits: {locked}"
+    );
     let wait = locked["retry_after"].as_u64().expect("retry_after");
     assert!((1..=3).contains(&wait), "{locked}");
     assert!(
@@ -325,9 +344,7 @@ async fn a_receiver_that_does_not_read_costs_bounded_memory_and_loses_nothing() 
     let big = "x".repeat(60_000);
     let mut worst = Duration::ZERO;
     for i in 0..COUNT {
-        alice
-            .send(&chat(a, b, &format!("{i:04} {big}")))
-            .await;
+        alice.send(&chat(a, b, &format!("{i:04} {big}"))).await;
         if i % 50 == 49 {
             worst = worst.max(round_trip(&mut carol, c, &mut dave, d).await);
         }
@@ -402,5 +419,63 @@ async fn a_proxy_header_from_an_untrusted_address_is_not_believed() {
     let id = liar.register("liar", "pw").await;
     liar.login_ok(id, "pw").await;
     let logs = stack.all_logs();
-    assert!(!logs.contains("10.9.9.9"), "the claimed address is not used");
+    assert!(
+        !logs.contains("10.9.9.9"),
+        "the claimed address is not used"
+    );
+}
+
+#[tokio::test]
+async fn a_group_chat_is_charged_per_receiver_and_still_delivered() {
+    // 10 requests a second, bursts of 10; a receiver costs one request.
+    let stack = Stack::builder()
+        .gateways(1)
+        .gateway_env("CLUSTERCHAT_GATEWAY_RATE_PER_SEC", "10")
+        .gateway_env("CLUSTERCHAT_GATEWAY_RATE_BURST", "10")
+        .gateway_env("CLUSTERCHAT_GATEWAY_FANOUT_PER_TOKEN", "1")
+        .start()
+        .await;
+    let gateway = stack.gateways[0].tcp;
+    let mut owner = Client::connect(gateway).await;
+    let o = owner.register("owner", "pw").await;
+    owner.login_ok(o, "pw").await;
+    let group = owner
+        .call(
+            json!({"msgid": 8, "id": o, "groupname": "g", "groupdesc": "d"}),
+            1,
+        )
+        .await["groupid"]
+        .as_i64()
+        .expect("groupid");
+    let mut members = Vec::new();
+    for i in 0..5 {
+        let mut m = Client::connect(gateway).await;
+        let id = m.register(&format!("m{i}"), "pw").await;
+        m.login_ok(id, "pw").await;
+        assert_eq!(
+            m.call(json!({"msgid": 9, "id": id, "groupid": group}), 1)
+                .await["errno"],
+            0
+        );
+        members.push(m);
+    }
+    // Five group chats to five receivers: 5 + 5 × 5 = 30 requests' worth,
+    // 20 past the burst: two seconds at 10 a second. Paced, not refused.
+    let started = Instant::now();
+    for i in 0..5 {
+        let reply = owner
+            .call(e2e::group_chat(o, group, &format!("g{i}")), 10 + i)
+            .await;
+        assert_eq!(reply["errno"], 0, "{reply}");
+    }
+    let took = started.elapsed();
+    eprintln!("five group chats to five members took {took:?}");
+    assert!(
+        took >= Duration::from_millis(1500),
+        "the fan-out was not charged: {took:?}"
+    );
+    for m in &mut members {
+        let chats = m.chats_until_quiet(Duration::from_millis(500)).await;
+        assert_eq!(texts(&chats), ["g0", "g1", "g2", "g3", "g4"]);
+    }
 }
