@@ -179,19 +179,6 @@ fn constant_time_eq(presented: &[u8], expected: &[u8]) -> bool {
     std::hint::black_box(difference) == 0
 }
 
-/// The value a client sends: `Bearer <token>`, marked sensitive so that HTTP
-/// libraries leave it out of their debug output.
-pub fn authorization_value(token: &Secret) -> Result<http::HeaderValue, InvalidToken> {
-    let mut value = http::HeaderValue::try_from(format!("Bearer {}", token.expose()))
-        .map_err(|_| InvalidToken)?;
-    value.set_sensitive(true);
-    Ok(value)
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("the internal token must be visible ASCII (it is sent as a header value)")]
-pub struct InvalidToken;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,13 +252,5 @@ mod tests {
         let status = Status::from_header_map(response.headers()).expect("grpc-status");
         assert_eq!(status.code(), tonic::Code::Unauthenticated);
         assert!(status.message().starts_with("missing bearer token"));
-    }
-
-    #[test]
-    fn client_value_is_bearer_and_sensitive() {
-        let value = authorization_value(&Secret::new(TOKEN)).expect("value");
-        assert!(value.is_sensitive());
-        assert_eq!(value.to_str().expect("ascii"), format!("Bearer {TOKEN}"));
-        assert!(authorization_value(&Secret::new("line\nbreak")).is_err());
     }
 }
