@@ -44,6 +44,9 @@ pub struct Limits {
     pub logins_per_address: u32,
     pub registers_per_address: u32,
     pub login_failures_per_account: u32,
+    /// `..._ANONYMOUS_PER_ADDRESS`: connections from one client address
+    /// that have not logged in, per node; one more is refused (errno 12).
+    pub anonymous_per_address: u32,
 }
 
 impl Default for Limits {
@@ -62,6 +65,7 @@ impl Default for Limits {
             logins_per_address: 60,
             registers_per_address: 20,
             login_failures_per_account: 10,
+            anonymous_per_address: 64,
         }
     }
 }
@@ -251,6 +255,10 @@ impl Config {
                 login_failures_per_account: var_or(
                     "CLUSTERCHAT_GATEWAY_LOGIN_FAILURES_PER_ACCOUNT",
                     defaults.login_failures_per_account,
+                )?,
+                anonymous_per_address: var_or(
+                    "CLUSTERCHAT_GATEWAY_ANONYMOUS_PER_ADDRESS",
+                    defaults.anonymous_per_address,
                 )?,
             },
         })

@@ -65,6 +65,8 @@ pub struct Node {
     move_permits: Semaphore,
     /// Bytes of unfinished requests held by this node's TCP connections.
     pub partial_bytes: crate::transport::ByteBudget,
+    /// Connections with nobody logged in, per client address.
+    anonymous: Mutex<HashMap<std::net::IpAddr, u32>>,
     /// Remote receivers of messages stored offline because Redis was
     /// unreachable: their nodes are told once Redis answers again.
     nudges: Mutex<HashSet<i64>>,
@@ -113,8 +115,31 @@ impl Node {
             nudges: Mutex::default(),
             move_permits: Semaphore::new(32),
             partial_bytes,
+            anonymous: Mutex::default(),
             presence_confirmed: AtomicU64::new(0),
             epoch: Instant::now(),
+        }
+    }
+
+    /// Counts a connection from `ip` with nobody logged in; false (nothing
+    /// counted) when `ip` has its limit of them already.
+    pub fn enter_anonymous(&self, ip: std::net::IpAddr) -> bool {
+        let mut counts = self.anonymous.lock().unwrap_or_else(|p| p.into_inner());
+        let count = counts.entry(ip).or_default();
+        if *count >= self.config.limits.anonymous_per_address {
+            return false;
+        }
+        *count += 1;
+        true
+    }
+
+    pub fn leave_anonymous(&self, ip: std::net::IpAddr) {
+        let mut counts = self.anonymous.lock().unwrap_or_else(|p| p.into_inner());
+        if let Entry::Occupied(mut count) = counts.entry(ip) {
+            *count.get_mut() -= 1;
+            if *count.get() == 0 {
+                count.remove();
+            }
         }
     }
 

@@ -158,6 +158,8 @@ pub enum Outcome {
 /// consuming exactly its bytes (peeking first, so a connection without one
 /// loses nothing). Waits for the first bytes: bound it with a timeout.
 pub async fn read_header(stream: &mut TcpStream) -> io::Result<Result<Outcome, Invalid>> {
+    // An idle connection holds no buffer while it waits.
+    stream.readable().await?;
     let mut buf = vec![0u8; 16 + V2_MAX_BODY];
     let mut seen = 0;
     loop {

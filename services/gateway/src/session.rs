@@ -143,12 +143,34 @@ pub async fn run<R: FrameSource, W: FrameSink>(
     let login_deadline = node.config.login_deadline;
     // Since when the connection has had nobody logged in.
     let mut anonymous_since = Some(Instant::now());
+    // This connection counted among its address's anonymous ones.
+    let mut anonymous: Option<AnonymousSlot> = None;
     loop {
         anonymous_since = match (&session.active, anonymous_since) {
             (Some(_), _) => None,
             (None, None) => Some(Instant::now()),
             (None, since) => since,
         };
+        match (&session.active, &anonymous) {
+            (Some(_), Some(_)) => anonymous = None,
+            (None, None) => match AnonymousSlot::take(&node, client.ip()) {
+                Some(slot) => anonymous = Some(slot),
+                None => {
+                    metrics().refused.get_or_create(&label("why", "anonymous_per_address")).inc();
+                    let limit = node.config.limits.anonymous_per_address;
+                    let failure = Failure::new(
+                        errno::OVERLOADED,
+                        format!(
+                            "{} has {limit} connections here that have not logged in; log in on one of them or close it",
+                            client.ip().to_canonical()
+                        ),
+                    );
+                    session.send_failure(&failure, classic::reply_error(&failure, None)).await;
+                    break;
+                }
+            },
+            _ => {}
+        }
         let login_due = anonymous_since.map(|since| since + login_deadline);
         let kicked = session.active.as_ref().map(|a| a.kick.clone());
         let kicked = async {
@@ -927,6 +949,29 @@ fn partial_failure(results: &Map<String, Value>) -> Option<Failure> {
             first["errmsg"].as_str().unwrap_or("not accepted")
         ),
     ))
+}
+
+/// A connection counted among its address's connections with nobody logged
+/// in; uncounted when dropped.
+struct AnonymousSlot {
+    node: Arc<Node>,
+    ip: std::net::IpAddr,
+}
+
+impl AnonymousSlot {
+    fn take(node: &Arc<Node>, ip: std::net::IpAddr) -> Option<Self> {
+        let ip = ip.to_canonical();
+        node.enter_anonymous(ip).then(|| Self {
+            node: node.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for AnonymousSlot {
+    fn drop(&mut self) {
+        self.node.leave_anonymous(self.ip);
+    }
 }
 
 /// Sleeps until `when`, or forever when there is none.

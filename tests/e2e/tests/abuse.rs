@@ -479,3 +479,41 @@ async fn a_group_chat_is_charged_per_receiver_and_still_delivered() {
         assert_eq!(texts(&chats), ["g0", "g1", "g2", "g3", "g4"]);
     }
 }
+
+#[tokio::test]
+async fn one_address_cannot_hold_the_node_with_connections_that_never_log_in() {
+    let stack = Stack::builder()
+        .gateways(1)
+        .gateway_env("CLUSTERCHAT_GATEWAY_ANONYMOUS_PER_ADDRESS", "3")
+        .start()
+        .await;
+    let gateway = stack.gateways[0].tcp;
+    let mut setup = Client::connect(gateway).await;
+    let id = setup.register("patient", "pw").await;
+    drop(setup);
+
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        let mut c = client_from(gateway, "203.0.113.5").await;
+        c.expect_silence(Duration::from_millis(100)).await;
+        idle.push(c);
+    }
+    let mut fourth = client_from(gateway, "203.0.113.5").await;
+    let refused = fourth.recv().await;
+    assert_eq!(refused["errno"], 12, "{refused}");
+    assert!(
+        refused["errmsg"]
+            .as_str()
+            .is_some_and(|m| m.contains("203.0.113.5 has 3 connections")),
+        "{refused}"
+    );
+    assert!(fourth.is_closed(Duration::from_secs(2)).await);
+    // Other addresses are not affected.
+    let mut other = client_from(gateway, "192.0.2.9").await;
+    other.expect_silence(Duration::from_millis(100)).await;
+    // One of the three logs in: its place is free for another.
+    idle[0].login_ok(id, "pw").await;
+    let mut fifth = client_from(gateway, "203.0.113.5").await;
+    fifth.expect_silence(Duration::from_millis(300)).await;
+    assert!(fifth.register("second", "pw").await > id, "served");
+}
