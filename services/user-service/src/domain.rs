@@ -11,11 +11,14 @@ pub const MAX_PASSWORD_BYTES: usize = 256;
 /// caller does not say (page_size 0), so that a caller from before pages
 /// existed still gets every group of a user within the per-user default cap.
 pub const MAX_GROUP_PAGE: u32 = 500;
+/// A ListUserGroups page also ends before its groups' members would pass this
+/// many in all (a page always holds at least one group), so that one page
+/// reads a bounded number of rows however many groups follow it.
+pub const GROUP_PAGE_MEMBERS: u64 = 50_000;
 /// A ListUserGroups page also ends before its encoded groups would pass this
 /// many bytes (a page always holds at least one group; the largest group,
-/// 1000 members of 32-character names, encodes to well under 200 KiB). Under
-/// tonic's default 4 MiB decode limit, so a caller from before pages existed
-/// still reads every reply whole that it could read before.
+/// 1000 members with 32-character names of four-byte characters, encodes to
+/// about 150 KiB). Well under the 4 MiB a gRPC message may have.
 pub const GROUP_PAGE_BYTES: usize = 3 * 1024 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

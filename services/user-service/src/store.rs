@@ -8,8 +8,8 @@ use sqlx::{MySqlPool, QueryBuilder, Row as _};
 use crate::{
     config::Limits,
     domain::{
-        Group, GroupDescription, GroupId, GroupMember, GroupName, GroupPage, GroupRole, User,
-        UserId, UserName,
+        GROUP_PAGE_MEMBERS, Group, GroupDescription, GroupId, GroupMember, GroupName, GroupPage,
+        GroupRole, User, UserId, UserName,
     },
     error::UserError,
 };
@@ -309,26 +309,49 @@ impl UserStore {
     }
 
     /// A page of the groups `user` belongs to, in id order, each with all
-    /// its members.
+    /// its members: at most `page.size` groups and, past the first group,
+    /// at most [`GROUP_PAGE_MEMBERS`] members in all. The groups are sized
+    /// a few at a time, so a page costs what it returns, not what follows it.
     #[tracing::instrument(name = "sql.groups_of_user", skip_all, fields(otel.kind = "client", db.system = "mysql"))]
     pub async fn groups_of_user(
         &self,
         user: UserId,
         page: GroupPage,
     ) -> Result<GroupsPage, UserError> {
-        // One more than the page, to tell whether another page follows.
-        let ids = sqlx::query(
-            "SELECT group_id FROM group_members WHERE user_id = ? AND group_id > ? \
-             ORDER BY group_id LIMIT ?",
-        )
-        .bind(user.get())
-        .bind(page.after.map_or(0, GroupId::get))
-        .bind(u64::from(page.size) + 1)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut ids: Vec<i64> = ids.iter().map(|r| r.get(0)).collect();
-        let more = ids.len() > page.size as usize;
-        ids.truncate(page.size as usize);
+        const SIZED_AT_ONCE: u32 = 32;
+        let mut ids: Vec<i64> = Vec::new();
+        let mut members: u64 = 0;
+        let mut after = page.after.map_or(0, GroupId::get);
+        let mut more = false;
+        'sizing: loop {
+            let sized = sqlx::query(
+                "SELECT me.group_id, \
+                 (SELECT COUNT(*) FROM group_members m WHERE m.group_id = me.group_id) \
+                 FROM group_members me WHERE me.user_id = ? AND me.group_id > ? \
+                 ORDER BY me.group_id LIMIT ?",
+            )
+            .bind(user.get())
+            .bind(after)
+            .bind(SIZED_AT_ONCE)
+            .fetch_all(&self.pool)
+            .await?;
+            for row in &sized {
+                let (id, size): (i64, i64) = (row.get(0), row.get(1));
+                let size = u64::try_from(size).unwrap_or(0);
+                let full = ids.len() >= page.size as usize
+                    || (!ids.is_empty() && members + size > GROUP_PAGE_MEMBERS);
+                if full {
+                    more = true;
+                    break 'sizing;
+                }
+                ids.push(id);
+                members += size;
+                after = id;
+            }
+            if sized.len() < SIZED_AT_ONCE as usize {
+                break;
+            }
+        }
         if ids.is_empty() {
             return Ok(GroupsPage {
                 groups: Vec::new(),

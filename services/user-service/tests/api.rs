@@ -921,7 +921,11 @@ async fn a_user_in_groups_larger_than_one_reply_pages_through_them_all() {
         .expect("a caller that does not page gets the first page")
         .into_inner();
     assert!(!first.next_page_token.is_empty(), "more than one page");
-    assert!((first.groups.len() as i64) < GROUPS);
+    assert_eq!(
+        first.groups.len(),
+        50,
+        "a page ends at 50,000 members (GROUP_PAGE_MEMBERS)"
+    );
 
     let groups = list_all_groups(&mut app.client, subject, 0).await;
     let ids: Vec<i64> = groups.iter().map(|g| g.id).collect();
@@ -961,4 +965,23 @@ async fn a_user_in_groups_larger_than_one_reply_pages_through_them_all() {
         .await
         .expect_err("a token this service did not give");
     assert_eq!(bad.code(), Code::InvalidArgument);
+
+    // Names of 32 four-byte characters: now bytes end a page before members do.
+    sqlx::query("UPDATE users SET name = CONCAT(LPAD(id, 5, '0'), REPEAT('🦀', 27))")
+        .execute(&pool)
+        .await
+        .expect("long names");
+    let first = client
+        .list_user_groups(pb::ListUserGroupsRequest {
+            user_id: subject,
+            ..Default::default()
+        })
+        .await
+        .expect("first page of long names")
+        .into_inner();
+    assert!(first.groups.len() < 50, "{}", first.groups.len());
+    assert!(prost::Message::encoded_len(&first) <= 3 * 1024 * 1024 + 1024);
+    let long = list_all_groups(&mut client, subject, 0).await;
+    assert_eq!(long.iter().map(|g| g.id).collect::<Vec<_>>(), ids);
+    assert!(long.iter().all(|g| g.members.len() as i64 == USERS));
 }
