@@ -5,7 +5,7 @@ use std::{net::SocketAddr, time::Duration};
 use env_config::{ConfigError, Secret, internal_token, millis_or, optional_or, var_or};
 use mysql_pool::MySqlSettings;
 
-use crate::domain::Limits;
+use crate::domain::{Limits, MAX_CLIENT_MSG_ID_CHARS, MAX_FETCH_LIMIT};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -38,7 +38,7 @@ pub const DEFAULT_DATABASE_URL: &str =
 impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
         let defaults = Limits::default();
-        Ok(Self {
+        let config = Self {
             metrics_listen: optional_or(
                 "CLUSTERCHAT_OFFLINE_METRICS_LISTEN",
                 Some(([127, 0, 0, 1], 9102).into()),
@@ -65,7 +65,34 @@ impl Config {
                 Duration::from_secs(60),
             )?,
             internal_token: internal_token()?,
-        })
+        };
+        config.check_fits_in_a_grpc_message()?;
+        Ok(config)
+    }
+
+    /// A Fetch page holds payloads up to the larger of the page and message
+    /// bounds, and up to `MAX_FETCH_LIMIT` messages of overhead (ids, a
+    /// client message id each): all of it must fit in one gRPC message, or
+    /// every Fetch of a long backlog would fail instead of paging.
+    fn check_fits_in_a_grpc_message(&self) -> Result<(), ConfigError> {
+        let per_message = MAX_CLIENT_MSG_ID_CHARS * 4 + 64;
+        let overhead = MAX_FETCH_LIMIT as usize * per_message;
+        let largest = self
+            .limits
+            .max_page_bytes
+            .max(self.limits.max_message_bytes);
+        if largest + overhead > grpc_server::MAX_MESSAGE_BYTES {
+            return Err(ConfigError::Invalid {
+                name: "CLUSTERCHAT_OFFLINE_MAX_PAGE_BYTES / ..._MAX_MESSAGE_BYTES".into(),
+                value: largest.to_string(),
+                reason: format!(
+                    "a Fetch page must fit in a gRPC message ({} bytes), so each may be at most {}",
+                    grpc_server::MAX_MESSAGE_BYTES,
+                    grpc_server::MAX_MESSAGE_BYTES - overhead
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Defaults for a test: any free port, the given database, short waits.
@@ -79,5 +106,24 @@ impl Config {
             startup_patience: Duration::from_secs(30),
             internal_token: Secret::new(TEST_INTERNAL_TOKEN),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_bounds_fit_in_a_grpc_message_and_larger_ones_are_refused() {
+        let mut config = Config::for_tests("mysql://unused");
+        config.check_fits_in_a_grpc_message().expect("defaults fit");
+        config.limits.max_page_bytes = grpc_server::MAX_MESSAGE_BYTES;
+        let error = config
+            .check_fits_in_a_grpc_message()
+            .expect_err("too large");
+        assert!(
+            error.to_string().contains("must fit in a gRPC message"),
+            "{error}"
+        );
     }
 }
