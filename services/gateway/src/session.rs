@@ -856,19 +856,42 @@ impl Session {
             .iter()
             .map(|f| String::from_utf8_lossy(f).into_owned())
             .collect();
-        let frame = classic::login_ok(user.id, &user.name, &friends, &groups, &offline, seq);
+        let friends: Vec<String> = friends.iter().map(classic::friend_json).collect();
+        let groups: Vec<String> = groups.iter().map(classic::group_json).collect();
+        // A classic client gets everything in the ack; one that uses the
+        // additions gets it in frames of a bounded size.
+        let budget = if self.uses_additions {
+            ROSTER_PAGE_BYTES
+        } else {
+            usize::MAX
+        };
+        let mut pages = roster_pages(friends, groups, budget).into_iter();
+        let (friends, groups) = pages.next().unwrap_or_default();
+        let more = pages.len() > 0;
+        let frame = classic::login_ok_with(
+            user.id, &user.name, friends, groups, &offline, seq, more,
+        );
+        let last = pages.len();
+        let roster_pages = pages
+            .enumerate()
+            .map(|(i, (friends, groups))| classic::roster_page(friends, groups, i + 1 < last))
+            .collect();
         Ok(LoginAck {
             frame,
+            roster_pages,
             user_id: user.id,
             pending,
             inbound: None,
         })
     }
 
-    async fn finish_login(&mut self, ack: LoginAck) {
+    async fn finish_login(&mut self, mut ack: LoginAck) {
         let written = self.send_confirmed(ack.frame).await;
         if !written {
             return;
+        }
+        for page in std::mem::take(&mut ack.roster_pages) {
+            self.send(page).await;
         }
         tracing::info!(
             user = ack.user_id,
@@ -972,6 +995,39 @@ impl Drop for AnonymousSlot {
     fn drop(&mut self) {
         self.node.leave_anonymous(self.ip);
     }
+}
+
+/// Encoded friends and groups in one frame, for a client that uses the
+/// additions: what does not fit follows in roster pages.
+const ROSTER_PAGE_BYTES: usize = 256 * 1024;
+
+/// Friends, then groups, in pages of at most `budget` bytes of entries (at
+/// least one entry each); always at least one page.
+fn roster_pages(
+    friends: Vec<String>,
+    groups: Vec<String>,
+    budget: usize,
+) -> Vec<(Vec<String>, Vec<String>)> {
+    let mut pages: Vec<(Vec<String>, Vec<String>)> = vec![Default::default()];
+    let mut bytes = 0usize;
+    let entries = friends
+        .into_iter()
+        .map(|f| (false, f))
+        .chain(groups.into_iter().map(|g| (true, g)));
+    for (is_group, entry) in entries {
+        let page_empty = pages
+            .last()
+            .is_none_or(|(f, g)| f.is_empty() && g.is_empty());
+        if bytes.saturating_add(entry.len()) > budget && !page_empty {
+            pages.push(Default::default());
+            bytes = 0;
+        }
+        bytes = bytes.saturating_add(entry.len());
+        if let Some((f, g)) = pages.last_mut() {
+            if is_group { g.push(entry) } else { f.push(entry) }
+        }
+    }
+    pages
 }
 
 /// Sleeps until `when`, or forever when there is none.
@@ -1097,6 +1153,8 @@ struct Pending {
 
 struct LoginAck {
     frame: Vec<u8>,
+    /// The rest of the friends and groups (msgid 15), after the ack.
+    roster_pages: Vec<Vec<u8>>,
     user_id: i64,
     pending: Pending,
     inbound: Option<Box<Inbound>>,
@@ -1155,6 +1213,23 @@ mod tests {
         assert_eq!(format_utc(0), "1970-01-01 00:00:00");
         assert_eq!(format_utc(1_795_609_815), "2026-11-25 12:30:15");
         assert_eq!(format_utc(951_782_400), "2000-02-29 00:00:00");
+    }
+
+    #[test]
+    fn a_long_roster_is_paged_friends_first_each_page_within_budget() {
+        let friends: Vec<String> = (0..3).map(|i| format!("f{i}-{}", "x".repeat(40))).collect();
+        let groups: Vec<String> = (0..5).map(|i| format!("g{i}-{}", "y".repeat(90))).collect();
+        let pages = roster_pages(friends.clone(), groups.clone(), 150);
+        for (f, g) in &pages {
+            let bytes: usize = f.iter().chain(g).map(String::len).sum();
+            assert!(bytes <= 150 || f.len() + g.len() == 1, "{bytes}");
+        }
+        let all_friends: Vec<String> = pages.iter().flat_map(|(f, _)| f.clone()).collect();
+        let all_groups: Vec<String> = pages.iter().flat_map(|(_, g)| g.clone()).collect();
+        assert_eq!((all_friends, all_groups), (friends.clone(), groups.clone()));
+        assert!(pages.len() > 3);
+        assert_eq!(roster_pages(friends, groups, usize::MAX).len(), 1, "classic: one frame");
+        assert_eq!(roster_pages(Vec::new(), Vec::new(), 10).len(), 1, "an empty roster is one page");
     }
 
     #[tokio::test(start_paused = true)]

@@ -35,6 +35,9 @@ pub const ACK_MSG: i64 = 12;
 /// A heartbeat from the client, answered with [`PONG_MSG`].
 pub const PING_MSG: i64 = 13;
 pub const PONG_MSG: i64 = 14;
+/// The rest of a login ack's friends and groups, for a client that uses the
+/// additions and has more of them than one frame should carry.
+pub const ROSTER_PAGE_MSG: i64 = 15;
 
 /// Error numbers in msgid 11 replies (and login acks beyond the classic 1 and 2).
 pub mod errno {
@@ -421,44 +424,78 @@ pub fn login_ok(
     offline: &[String],
     seq: Option<i64>,
 ) -> Vec<u8> {
+    let friends = friends.iter().map(friend_json).collect();
+    let groups = groups.iter().map(group_json).collect();
+    login_ok_with(id, name, friends, groups, offline, seq, false)
+}
+
+/// A friend as the login ack lists it: a JSON object inside a string.
+pub fn friend_json(f: &FriendEntry) -> String {
+    json!({"id": f.id, "name": f.name, "state": state(f.online)}).to_string()
+}
+
+/// A group as the login ack lists it: a JSON object inside a string, its
+/// members likewise.
+pub fn group_json(g: &GroupEntry) -> String {
+    let users: Vec<Value> = g
+        .members
+        .iter()
+        .map(|m| {
+            let role = if m.creator { "creator" } else { "normal" };
+            json!({"id": m.id, "name": m.name, "role": role, "state": state(m.online)})
+                .to_string()
+                .into()
+        })
+        .collect();
+    json!({"groupdesc": g.description, "groupname": g.name, "id": g.id, "users": users})
+        .to_string()
+}
+
+/// The login ack with friends and groups already encoded. `more`: the rest
+/// of them follow in roster pages (msgid 15), for a client that uses the
+/// additions; the ack then says `"roster_more":true`.
+pub fn login_ok_with(
+    id: i64,
+    name: &str,
+    friends: Vec<String>,
+    groups: Vec<String>,
+    offline: &[String],
+    seq: Option<i64>,
+    more: bool,
+) -> Vec<u8> {
     let mut reply = object(json!({"errno": 0, "id": id, "msgid": LOGIN_MSG_ACK, "name": name}));
     if !friends.is_empty() {
-        let list: Vec<Value> = friends
-            .iter()
-            .map(|f| {
-                json!({"id": f.id, "name": f.name, "state": state(f.online)})
-                    .to_string()
-                    .into()
-            })
-            .collect();
+        let list: Vec<Value> = friends.into_iter().map(Value::String).collect();
         reply.insert("friends".into(), list.into());
     }
     if !groups.is_empty() {
-        let list: Vec<Value> = groups
-            .iter()
-            .map(|g| {
-                let users: Vec<Value> = g
-                    .members
-                    .iter()
-                    .map(|m| {
-                        let role = if m.creator { "creator" } else { "normal" };
-                        json!({"id": m.id, "name": m.name, "role": role, "state": state(m.online)})
-                            .to_string()
-                            .into()
-                    })
-                    .collect();
-                json!({"groupdesc": g.description, "groupname": g.name, "id": g.id, "users": users})
-                    .to_string()
-                    .into()
-            })
-            .collect();
+        let list: Vec<Value> = groups.into_iter().map(Value::String).collect();
         reply.insert("groups".into(), list.into());
     }
     if !offline.is_empty() {
         let list: Vec<Value> = offline.iter().map(|m| Value::String(m.clone())).collect();
         reply.insert("offlinemsg".into(), list.into());
     }
+    if more {
+        reply.insert("roster_more".into(), true.into());
+    }
     encode(with_seq(reply, seq))
+}
+
+/// The rest of a long roster after the login ack:
+/// `{"msgid":16,"friends":[..],"groups":[..],"more":bool}` (entries encoded
+/// as in the ack; `more` false on the last page).
+pub fn roster_page(friends: Vec<String>, groups: Vec<String>, more: bool) -> Vec<u8> {
+    let mut page = object(json!({"msgid": ROSTER_PAGE_MSG, "more": more}));
+    if !friends.is_empty() {
+        let list: Vec<Value> = friends.into_iter().map(Value::String).collect();
+        page.insert("friends".into(), list.into());
+    }
+    if !groups.is_empty() {
+        let list: Vec<Value> = groups.into_iter().map(Value::String).collect();
+        page.insert("groups".into(), list.into());
+    }
+    encode(page)
 }
 
 /// `{"errno":0,"msgid":11,"seq":n}` plus any results (e.g. `groupid`).
