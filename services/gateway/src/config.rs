@@ -87,6 +87,8 @@ pub struct Config {
     pub trusted_proxies: AddressList,
     /// `CLUSTERCHAT_GATEWAY_LOGIN_DEADLINE_MS`: a connection must log in
     /// within this long of opening (or of logging out), else it is closed.
+    /// Two minutes, like sshd's LoginGraceTime: the classic client connects
+    /// before its user types an id and a password.
     pub login_deadline: Duration,
     /// `CLUSTERCHAT_GATEWAY_FRAME_DEADLINE_MS`: a request that has started
     /// to arrive must be complete within this long, else the connection is
@@ -158,7 +160,7 @@ impl Config {
             trusted_proxies: var_or("CLUSTERCHAT_GATEWAY_TRUSTED_PROXIES", AddressList::default())?,
             login_deadline: millis_or(
                 "CLUSTERCHAT_GATEWAY_LOGIN_DEADLINE_MS",
-                Duration::from_secs(60),
+                Duration::from_secs(120),
             )?,
             frame_deadline: millis_or(
                 "CLUSTERCHAT_GATEWAY_FRAME_DEADLINE_MS",
