@@ -94,6 +94,31 @@ async fn a_user_in_many_full_groups_logs_in_and_a_full_group_says_so() {
         );
     }
 
+    // A client that uses the additions gets the same roster in frames of
+    // at most 256 KiB: the ack, then roster pages (msgid 15).
+    subject.send(&json!({"msgid": 3, "id": subject_id})).await;
+    let mut paged = Client::connect(gateway).await;
+    let ack = paged
+        .call(json!({"msgid": 1, "id": subject_id, "password": "pw"}), 1)
+        .await;
+    assert_eq!(ack["errno"], 0, "{}", ack["errmsg"]);
+    assert_eq!(ack["roster_more"], true);
+    let mut paged_groups = parse_list(&ack, "groups");
+    let mut pages = 0;
+    loop {
+        let line = paged.recv_line().await;
+        assert!(line.len() < 300 * 1024, "a page of {} bytes", line.len());
+        let page: Value = serde_json::from_str(&line).expect("json");
+        assert_eq!(page["msgid"], 15, "{}", &line[..line.len().min(200)]);
+        pages += 1;
+        paged_groups.extend(parse_list(&page, "groups"));
+        if page["more"] == false {
+            break;
+        }
+    }
+    assert!(pages > 1, "{pages} pages");
+    assert_eq!(paged_groups, groups, "the same groups, in order, once");
+
     joiner.login_ok(joiner_id, "pw").await;
     let full = groups[0]["id"].as_i64().expect("group id");
     let refused = joiner
