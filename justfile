@@ -48,7 +48,7 @@ observe-down:
 bench *args:
     @deploy/dev/stack.sh bench "$@"
 
-# the terminal client (e.g. `just chat`, `just chat --ws ws://127.0.0.1:8080/ws`)
+# the terminal client (e.g. `just chat`, `just chat --ws ws://127.0.0.1:8080/ws`, `just chat --tls`)
 [positional-arguments]
 chat *args:
     @cargo run -q --release -p chat -- "$@"

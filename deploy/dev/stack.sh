@@ -14,7 +14,9 @@
 #
 # Ports (dev / test): MariaDB 3307 / 3308, Redis 6479 / 6480,
 # user service 50051, offline service 50052, gateway node 1 TCP 6000 / HTTP 6080,
-# node 2 TCP 6002 / HTTP 6082, nginx 8000 (TCP) / 8080 (WebSocket).
+# node 2 TCP 6002 / HTTP 6082, nginx 8000 (TCP) / 8080 (WebSocket), with TLS
+# 8443 (TCP) / 8444 (WebSocket); bench: nginx TLS 8543 (node 1) / 8544 (node 2).
+# TLS certificates (a local CA): .stack/<profile>/tls/ (deploy/dev/tls-certs.sh).
 # The tests start their own services, gateways and nginx on free ports.
 set -euo pipefail
 
@@ -61,6 +63,7 @@ install() {
     fi
     command -v python3 >/dev/null || missing+=(python3 python3-venv)
     command -v curl >/dev/null || missing+=(curl)
+    command -v openssl >/dev/null || missing+=(openssl)
     if [ ${#missing[@]} -gt 0 ]; then
         command -v apt-get >/dev/null || die "missing ${missing[*]} and no apt-get to install them"
         log "installing ${missing[*]}"
@@ -188,14 +191,29 @@ healthy() {
 
 # ---------------------------------------------------------------- nginx
 start_nginx() {
-    local dir="$STATE/nginx" pidfile="$PIDS/nginx.pid"
-    if pid_alive "$pidfile"; then log "nginx already running on 127.0.0.1:8000 / 8080"; return; fi
+    local dir="$STATE/nginx" pidfile="$PIDS/nginx.pid" tls="$STATE/tls"
+    # The bench's nginx only terminates TLS, one listener per node.
+    local conf="$ROOT/deploy/nginx/nginx.conf" port=8000
+    local ports="127.0.0.1:8000 (TCP), 8080 (WebSocket), TLS 8443 (TCP), 8444 (WebSocket)"
+    if [ "$PROFILE" = bench ]; then
+        conf="$ROOT/deploy/nginx/bench.conf" port=8543
+        ports="127.0.0.1:8543 (TLS, node 1) and 8544 (TLS, node 2)"
+    fi
+    if pid_alive "$pidfile"; then
+        if [ "$conf" -nt "$pidfile" ]; then
+            log "nginx's configuration changed; restarting it"
+            stop_pidfile nginx "$pidfile"
+        else
+            log "nginx already running on $ports"; return
+        fi
+    fi
     mkdir -p "$dir" "$LOGS" "$PIDS"
-    sed "s|__STATE__|$dir|g; s|__LOGS__|$LOGS|g" "$ROOT/deploy/nginx/nginx.conf" >"$dir/nginx.conf"
+    "$ROOT/deploy/dev/tls-certs.sh" "$tls" || die "could not make TLS certificates in $tls"
+    sed "s|__STATE__|$dir|g; s|__LOGS__|$LOGS|g; s|__TLS__|$tls|g" "$conf" >"$dir/nginx.conf"
     setsid /usr/sbin/nginx -p "$dir" -e "$LOGS/nginx.log" -c "$dir/nginx.conf" </dev/null >>"$LOGS/nginx.log" 2>&1 &
     echo $! >"$pidfile"
-    wait_for "nginx" 30 bash -c 'exec 3<>/dev/tcp/127.0.0.1/8000'
-    log "nginx up on 127.0.0.1:8000 (TCP) and 127.0.0.1:8080 (WebSocket)"
+    wait_for "nginx" 30 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port"
+    log "nginx up on $ports"
 }
 
 # The shared secret of this profile's services and gateways
@@ -258,6 +276,8 @@ clusterchat is up (state and logs in .stack/dev/):
   gateway node 1   tcp://127.0.0.1:6000     ws://127.0.0.1:6080/ws   http://127.0.0.1:6080/healthz
   gateway node 2   tcp://127.0.0.1:6002     ws://127.0.0.1:6082/ws   http://127.0.0.1:6082/healthz
   nginx (balancer) tcp://127.0.0.1:8000     ws://127.0.0.1:8080/ws
+  nginx with TLS   tcp+tls://127.0.0.1:8443 wss://127.0.0.1:8444/ws   (just chat --tls)
+                   CA: .stack/dev/tls/ca.pem (openssl s_client -connect 127.0.0.1:8443 -CAfile .stack/dev/tls/ca.pem)
   metrics          http://127.0.0.1:6080/metrics  :6082/metrics  :9101/metrics (user)  :9102/metrics (offline)
   traces           OTLP to ${OTEL_EXPORTER_OTLP_ENDPOINT:-http://127.0.0.1:4317} (start a collector with: just observe)
   MariaDB          127.0.0.1:$MYSQL_PORT    (user $DB_USER, password $DB_PASSWORD)
@@ -355,7 +375,9 @@ bench_() {
     while IFS='|' read -r name bin addr env; do
         start_service "$name" "$bin" "$addr" "$env"
     done < <(services)
+    start_nginx
     "$ROOT/target/release/chat-bench" --nodes "127.0.0.1:${P[4]},127.0.0.1:${P[6]}" --redis "$REDIS_URL" \
+        --tls-nodes 127.0.0.1:8543,127.0.0.1:8544 --ca "$STATE/tls/ca.pem" \
         --gateway-pid "$(cat "$PIDS/gateway-1.pid")" "$@"
 }
 

@@ -256,6 +256,7 @@ impl Gateway {
 pub struct StackBuilder {
     gateways: usize,
     nginx: bool,
+    tls: bool,
     private_redis: bool,
     database_proxy: bool,
     gateway_env: Vec<(String, String)>,
@@ -270,6 +271,14 @@ impl StackBuilder {
 
     pub fn with_nginx(mut self) -> Self {
         self.nginx = true;
+        self
+    }
+
+    /// nginx with TLS listeners too (a CA and certificate made for this
+    /// stack by deploy/dev/tls-certs.sh): [`Nginx::tls`].
+    pub fn with_tls(mut self) -> Self {
+        self.nginx = true;
+        self.tls = true;
         self
     }
 
@@ -436,7 +445,7 @@ impl StackBuilder {
             stack.start_gateway(i).await;
         }
         if self.nginx {
-            stack.start_nginx().await;
+            stack.start_nginx(self.tls).await;
         }
         stack
     }
@@ -445,6 +454,8 @@ impl StackBuilder {
 pub struct Nginx {
     pub tcp: SocketAddr,
     pub ws: SocketAddr,
+    /// TLS listeners, for a stack built `with_tls`.
+    pub tls: Option<NginxTls>,
     _child: Child,
 }
 
@@ -616,9 +627,14 @@ impl Stack {
             .restore();
     }
 
-    async fn start_nginx(&mut self) {
+    async fn start_nginx(&mut self, with_tls: bool) {
         let tcp = addr(free_port().await);
         let ws = addr(free_port().await);
+        let tls = if with_tls {
+            Some(NginxTls::make(&self.dir.join("tls")).await)
+        } else {
+            None
+        };
         let servers = |f: fn(&Gateway) -> SocketAddr| {
             self.gateways
                 .iter()
@@ -633,7 +649,8 @@ impl Stack {
              events {{ worker_connections 1024; }}\n\
              stream {{\n    upstream chat_tcp {{\n{tcp_servers}    }}\n    upstream chat_ws {{\n{ws_servers}    }}\n\
              \x20   server {{ listen {tcp} so_keepalive=6s:2s:3; proxy_pass chat_tcp; tcp_nodelay on; proxy_connect_timeout 2s; proxy_socket_keepalive on; proxy_timeout 1h; }}\n\
-             \x20   server {{ listen {ws} so_keepalive=6s:2s:3; proxy_pass chat_ws; tcp_nodelay on; proxy_connect_timeout 2s; proxy_socket_keepalive on; proxy_timeout 30s; }}\n}}\n",
+             \x20   server {{ listen {ws} so_keepalive=6s:2s:3; proxy_pass chat_ws; tcp_nodelay on; proxy_connect_timeout 2s; proxy_socket_keepalive on; proxy_timeout 30s; }}\n{tls_servers}}}\n",
+            tls_servers = tls.as_ref().map(NginxTls::servers).unwrap_or_default(),
             dir = dir.display(),
             tcp_servers = servers(|g| g.tcp),
             ws_servers = servers(|g| g.http),
@@ -654,11 +671,66 @@ impl Stack {
             .spawn()
             .expect("nginx (installed by `just test`)");
         wait_for_port(tcp.port(), "nginx").await;
+        if let Some(tls) = &tls {
+            wait_for_port(tls.tcp.port(), "nginx (TLS)").await;
+        }
         self.nginx = Some(Nginx {
             tcp,
             ws,
+            tls,
             _child: child,
         });
+    }
+}
+
+/// nginx's TLS listeners in front of the same upstreams as the plain ones
+/// (deploy/nginx/nginx.conf's TLS settings), and the CA that signed their
+/// certificate (SAN IP:127.0.0.1, DNS:localhost).
+pub struct NginxTls {
+    /// Classic TCP over TLS.
+    pub tcp: SocketAddr,
+    /// WebSocket over TLS: `wss://{ws}/ws`.
+    pub ws: SocketAddr,
+    pub ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl NginxTls {
+    async fn make(dir: &std::path::Path) -> Self {
+        let script =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy/dev/tls-certs.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .arg(dir)
+            .output()
+            .await
+            .expect("run tls-certs.sh");
+        assert!(
+            out.status.success(),
+            "tls-certs.sh failed (openssl is installed by `just test`): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self {
+            tcp: addr(free_port().await),
+            ws: addr(free_port().await),
+            ca: dir.join("ca.pem"),
+            cert: dir.join("server.pem"),
+            key: dir.join("server.key"),
+        }
+    }
+
+    fn servers(&self) -> String {
+        format!(
+            "    ssl_certificate {cert}; ssl_certificate_key {key}; ssl_protocols TLSv1.2 TLSv1.3;\n\
+             \x20   ssl_session_cache shared:chat_tls:1m; ssl_handshake_timeout 10s;\n\
+             \x20   server {{ listen {tcp} ssl so_keepalive=6s:2s:3; proxy_pass chat_tcp; tcp_nodelay on; proxy_connect_timeout 2s; proxy_socket_keepalive on; proxy_timeout 1h; }}\n\
+             \x20   server {{ listen {ws} ssl so_keepalive=6s:2s:3; proxy_pass chat_ws; tcp_nodelay on; proxy_connect_timeout 2s; proxy_socket_keepalive on; proxy_timeout 30s; }}\n",
+            cert = self.cert.display(),
+            key = self.key.display(),
+            tcp = self.tcp,
+            ws = self.ws,
+        )
     }
 }
 

@@ -10,6 +10,9 @@
 //! 3. idle connections on one node: resident memory per connection;
 //! 4. logins per second.
 //!
+//! With `--tls-nodes` (TLS-terminating proxies, one in front of each node)
+//! scenario 1 runs again through TLS, as extra rows: the cost of TLS.
+//!
 //! The same run measures the ceiling, raw Redis PUBLISH → subscriber on this
 //! machine, and reports the cross-node throughput as a ratio of it. Results
 //! print as a Markdown table and are written as JSON under `--out`.
@@ -32,6 +35,7 @@ use client::Client;
 use futures::StreamExt as _;
 use serde_json::{Value, json};
 use tokio::{io::AsyncWriteExt as _, net::TcpSocket};
+use tokio_rustls::TlsConnector;
 
 #[derive(Parser, Clone)]
 #[command(
@@ -46,6 +50,13 @@ struct Args {
         default_value = "127.0.0.1:6000,127.0.0.1:6002"
     )]
     nodes: Vec<SocketAddr>,
+    /// TLS endpoints in front of the same two nodes (one each, e.g. nginx
+    /// terminating TLS): the one-to-one rows run again through them.
+    #[arg(long, value_delimiter = ',', requires = "ca")]
+    tls_nodes: Vec<SocketAddr>,
+    /// The CA (PEM) that signed the TLS endpoints' certificate.
+    #[arg(long)]
+    ca: Option<PathBuf>,
     /// Redis of the cluster, for the ceiling measurement ("off" to skip).
     #[arg(long, default_value = "redis://127.0.0.1:6479")]
     redis: String,
@@ -117,18 +128,19 @@ impl Latencies {
 /// One received chat: (run, sender, seq, latency ns).
 type Sample = (u32, u32, u64, u64);
 
-/// Logs `count` fresh users in on `node`, registering them through `register_on`.
+/// Logs `count` fresh users in on `node` (through TLS with `tls`).
 async fn logged_in_clients(
     prefix: &str,
     count: usize,
     node: SocketAddr,
     acks: bool,
+    tls: Option<&TlsConnector>,
 ) -> anyhow::Result<Vec<(i64, Client)>> {
     let mut out = Vec::with_capacity(count);
-    let mut setup = Client::connect(node).await?;
+    let mut setup = Client::connect_via(node, tls).await?;
     for i in 0..count {
         let id = setup.register(&format!("{prefix}{i}"), PASSWORD).await?;
-        let mut client = Client::connect(node).await?;
+        let mut client = Client::connect_via(node, tls).await?;
         client.login_as(id, PASSWORD, acks).await?;
         out.push((id, client));
     }
@@ -226,10 +238,13 @@ impl RunResult {
 }
 
 /// Waits until `received` stops growing (2 s) or reaches `expected`.
+/// Through a proxy (`--tls-nodes`) a saturated sender fills two socket
+/// buffers and nginx's, so what is still arriving may take a while: only a
+/// stall ends the wait early, and 180 s at most.
 async fn drain(received: &AtomicU64, expected: u64) {
     let mut last = received.load(Ordering::Relaxed);
     let mut still = Instant::now();
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(180);
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let now = received.load(Ordering::Relaxed);
@@ -368,6 +383,11 @@ async fn main() -> anyhow::Result<()> {
         args.nodes.len() >= 2,
         "give two node addresses: --nodes A,B"
     );
+    anyhow::ensure!(
+        args.tls_nodes.is_empty() || args.tls_nodes.len() == 2,
+        "give two TLS addresses, one per node: --tls-nodes A,B"
+    );
+    let tls = args.ca.as_deref().map(client::tls_connector).transpose()?;
     let run_id = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let prefix = format!("b{run_id}_");
     let mut report = serde_json::Map::new();
@@ -388,44 +408,13 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("setting up {} pairs ...", args.pairs);
 
     // 1. one-to-one across nodes.
-    let senders =
-        logged_in_clients(&format!("{prefix}s"), args.pairs, args.nodes[0], false).await?;
-    let receivers = logged_in_clients(
-        &format!("{prefix}r"),
-        args.pairs,
-        args.nodes[1],
-        !args.classic,
-    )
-    .await?;
-    let receiver_ids: Vec<i64> = receivers.iter().map(|(id, _)| *id).collect();
-    let samples = Arc::new(Mutex::new(Vec::new()));
-    let received = Arc::new(AtomicU64::new(0));
-    for (_, client) in receivers {
-        spawn_receiver(client, samples.clone(), received.clone());
-    }
-    eprintln!(
-        "one-to-one at {} msg/s for {} s ...",
-        args.rate, args.duration
-    );
-    let (senders, mut fixed) = one_to_one(
-        senders,
-        &receiver_ids,
-        &samples,
-        &received,
-        1,
-        Some(args.rate),
-        &args,
-    )
-    .await?;
-    eprintln!("one-to-one at saturation for {} s ...", args.duration);
-    let (senders, mut saturated) =
-        one_to_one(senders, &receiver_ids, &samples, &received, 2, None, &args).await?;
+    let (mut fixed, mut saturated) =
+        one_to_one_rows(&args, &prefix, [args.nodes[0], args.nodes[1]], None, 1).await?;
     report.insert(
         "one_to_one_fixed_rate".into(),
         json!({"offered_per_sec": args.rate, "result": fixed.json()}),
     );
     report.insert("one_to_one_saturation".into(), saturated.json());
-    drop(senders);
 
     // 2. group fan-out across nodes.
     eprintln!("group fan-out with {} members ...", args.group_members);
@@ -444,6 +433,22 @@ async fn main() -> anyhow::Result<()> {
     // 4. logins per second.
     eprintln!("logins for {} s ...", args.duration);
     report.insert("logins".into(), logins(&args, &prefix).await?);
+
+    // 1 again, through TLS.
+    if let (Some(tls), &[first, second]) = (&tls, &args.tls_nodes[..]) {
+        eprintln!("one-to-one through TLS ({first} -> {second}) ...");
+        let (mut fixed, mut saturated) =
+            one_to_one_rows(&args, &format!("{prefix}t"), [first, second], Some(tls), 4).await?;
+        report.insert(
+            "tls_nodes".into(),
+            json!([first.to_string(), second.to_string()]),
+        );
+        report.insert(
+            "one_to_one_tls_fixed_rate".into(),
+            json!({"offered_per_sec": args.rate, "result": fixed.json()}),
+        );
+        report.insert("one_to_one_tls_saturation".into(), saturated.json());
+    }
 
     // The ceiling: raw Redis publish → subscriber.
     if args.redis != "off" {
@@ -478,6 +483,59 @@ async fn main() -> anyhow::Result<()> {
     println!("{table}");
     eprintln!("results: {}", path.display());
     Ok(())
+}
+
+/// Scenario 1: `pairs` senders on `nodes[0]`, their receivers on
+/// `nodes[1]`, at the fixed rate (run `run`) and at saturation (`run + 1`).
+async fn one_to_one_rows(
+    args: &Args,
+    prefix: &str,
+    nodes: [SocketAddr; 2],
+    tls: Option<&TlsConnector>,
+    run: u32,
+) -> anyhow::Result<(RunResult, RunResult)> {
+    let senders =
+        logged_in_clients(&format!("{prefix}s"), args.pairs, nodes[0], false, tls).await?;
+    let receivers = logged_in_clients(
+        &format!("{prefix}r"),
+        args.pairs,
+        nodes[1],
+        !args.classic,
+        tls,
+    )
+    .await?;
+    let receiver_ids: Vec<i64> = receivers.iter().map(|(id, _)| *id).collect();
+    let samples = Arc::new(Mutex::new(Vec::new()));
+    let received = Arc::new(AtomicU64::new(0));
+    for (_, client) in receivers {
+        spawn_receiver(client, samples.clone(), received.clone());
+    }
+    eprintln!(
+        "one-to-one at {} msg/s for {} s ...",
+        args.rate, args.duration
+    );
+    let (senders, fixed) = one_to_one(
+        senders,
+        &receiver_ids,
+        &samples,
+        &received,
+        run,
+        Some(args.rate),
+        args,
+    )
+    .await?;
+    eprintln!("one-to-one at saturation for {} s ...", args.duration);
+    let (_, saturated) = one_to_one(
+        senders,
+        &receiver_ids,
+        &samples,
+        &received,
+        run + 1,
+        None,
+        args,
+    )
+    .await?;
+    Ok((fixed, saturated))
 }
 
 async fn group_fanout(args: &Args, prefix: &str) -> anyhow::Result<Value> {
@@ -739,7 +797,18 @@ fn markdown(report: &Value, args: &Args) -> String {
             format!("group fan-out, {} members", args.group_members),
             &report["group_fanout"]["result"],
         ),
+        (
+            format!("one-to-one cross-node over TLS, offered {}/s", args.rate),
+            &report["one_to_one_tls_fixed_rate"]["result"],
+        ),
+        (
+            "one-to-one cross-node over TLS, saturation".to_owned(),
+            &report["one_to_one_tls_saturation"],
+        ),
     ] {
+        if result.is_null() {
+            continue;
+        }
         let l = &result["latency"];
         out.push_str(&format!(
             "| {label} | {} | {} | {} | {} | {} | {} | {} |\n",
@@ -753,6 +822,13 @@ fn markdown(report: &Value, args: &Args) -> String {
         ));
     }
     out.push('\n');
+    if let Some(tls) = report.get("tls_nodes") {
+        out.push_str(&format!(
+            "- over TLS: senders through {}, receivers through {} (TLS terminated in front of each node)\n",
+            tls[0].as_str().unwrap_or("?"),
+            tls[1].as_str().unwrap_or("?")
+        ));
+    }
     if let Some(idle) = report.get("idle_connections") {
         out.push_str(&format!(
             "- idle connections on one node: {} of {} opened{}, {} bytes resident each\n",

@@ -5,6 +5,7 @@
 //! `since`, when it resumes), drops a chat it has already shown (by `rseq`,
 //! or by `mid` for one without a sequence), acknowledges what it has shown
 //! (at most every 100 ms), and pings every 4 s so the server knows it is alive.
+//! Either transport can run over TLS (`tls.rs`).
 
 use std::{
     collections::{HashSet, VecDeque},
@@ -15,28 +16,42 @@ use std::{
     time::Duration,
 };
 
+use anyhow::Context as _;
 use futures::{SinkExt as _, StreamExt as _};
+use rustls::ClientConfig;
 use serde_json::{Value, json};
 use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
     net::TcpStream,
     sync::mpsc,
 };
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{
+    WebSocketStream,
+    tungstenite::{Message, client::IntoClientRequest as _},
+};
+
+use crate::tls;
 
 #[derive(Debug, Clone)]
 pub enum Endpoint {
-    /// `host:port` of a classic TCP listener.
-    Tcp(String),
-    /// `ws://host:port/ws`.
-    Ws(String),
+    /// `host:port` of a classic TCP listener; over TLS with a configuration.
+    Tcp {
+        addr: String,
+        tls: Option<Arc<ClientConfig>>,
+    },
+    /// `ws://host:port/ws`, or `wss://...` with a TLS configuration.
+    Ws {
+        url: String,
+        tls: Option<Arc<ClientConfig>>,
+    },
 }
 
 impl std::fmt::Display for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Endpoint::Tcp(addr) => write!(f, "tcp://{addr}"),
-            Endpoint::Ws(url) => f.write_str(url),
+            Endpoint::Tcp { addr, tls: None } => write!(f, "tcp://{addr}"),
+            Endpoint::Tcp { addr, tls: Some(_) } => write!(f, "tcp+tls://{addr}"),
+            Endpoint::Ws { url, .. } => f.write_str(url),
         }
     }
 }
@@ -101,62 +116,47 @@ impl Connection {
 
     /// Opens a connection that continues what `deliveries` has shown.
     pub async fn resume(endpoint: &Endpoint, deliveries: Arc<Deliveries>) -> anyhow::Result<Self> {
-        let (outgoing, mut to_send) = mpsc::unbounded_channel::<String>();
+        let (outgoing, to_send) = mpsc::unbounded_channel::<String>();
         let (received, incoming) = mpsc::unbounded_channel();
         match endpoint {
-            Endpoint::Tcp(addr) => {
+            Endpoint::Tcp { addr, tls } => {
                 let stream = TcpStream::connect(addr).await?;
                 stream.set_nodelay(true)?;
-                let (mut read, mut write) = stream.into_split();
-                tokio::spawn(async move {
-                    while let Some(text) = to_send.recv().await {
-                        let mut bytes = text.into_bytes();
-                        bytes.push(0);
-                        if write.write_all(&bytes).await.is_err() {
-                            break;
-                        }
+                match tls {
+                    None => {
+                        let (read, write) = stream.into_split();
+                        spawn_classic(read, write, to_send, received);
                     }
-                });
-                tokio::spawn(async move {
-                    let mut pending = Vec::new();
-                    let mut buf = vec![0u8; 64 * 1024];
-                    loop {
-                        let n = match read.read(&mut buf).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => n,
-                        };
-                        pending.extend_from_slice(&buf[..n]);
-                        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
-                            let line: Vec<u8> = pending.drain(..=end).collect();
-                            if let Ok(value) = serde_json::from_slice(&line[..line.len() - 1])
-                                && received.send(value).is_err()
-                            {
-                                return;
-                            }
-                        }
+                    Some(config) => {
+                        let stream =
+                            tls::handshake(config.clone(), tls::host_of(addr), stream).await?;
+                        let (read, write) = tokio::io::split(stream);
+                        spawn_classic(read, write, to_send, received);
                     }
-                });
+                }
             }
-            Endpoint::Ws(url) => {
+            Endpoint::Ws { url, tls: None } => {
                 let (socket, _) = tokio_tungstenite::connect_async(url.as_str()).await?;
-                let (mut sink, mut stream) = socket.split();
-                tokio::spawn(async move {
-                    while let Some(text) = to_send.recv().await {
-                        if sink.send(Message::text(text)).await.is_err() {
-                            break;
-                        }
-                    }
-                });
-                tokio::spawn(async move {
-                    while let Some(Ok(message)) = stream.next().await {
-                        if let Message::Text(text) = message
-                            && let Ok(value) = serde_json::from_str(text.as_str())
-                            && received.send(value).is_err()
-                        {
-                            return;
-                        }
-                    }
-                });
+                spawn_ws(socket, to_send, received);
+            }
+            Endpoint::Ws {
+                url,
+                tls: Some(config),
+            } => {
+                let request = url.as_str().into_client_request()?;
+                let uri = request.uri();
+                let host = uri
+                    .host()
+                    .context("the URL has no host")?
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_owned();
+                let port = uri.port_u16().unwrap_or(443);
+                let stream = TcpStream::connect((host.as_str(), port)).await?;
+                stream.set_nodelay(true)?;
+                let stream = tls::handshake(config.clone(), &host, stream).await?;
+                let (socket, _) = tokio_tungstenite::client_async(request, stream).await?;
+                spawn_ws(socket, to_send, received);
             }
         }
         // Heartbeat and acknowledgements; ends when the connection does.
@@ -225,4 +225,71 @@ impl Connection {
         }
         anyhow::bail!("the server closed the connection")
     }
+}
+
+/// Classic framing over any byte stream: requests end with NUL, replies
+/// with a newline.
+fn spawn_classic(
+    mut read: impl AsyncRead + Unpin + Send + 'static,
+    mut write: impl AsyncWrite + Unpin + Send + 'static,
+    mut to_send: mpsc::UnboundedReceiver<String>,
+    received: mpsc::UnboundedSender<Value>,
+) {
+    tokio::spawn(async move {
+        while let Some(text) = to_send.recv().await {
+            let mut bytes = text.into_bytes();
+            bytes.push(0);
+            // TLS may hold a record back until flushed.
+            if write.write_all(&bytes).await.is_err() || write.flush().await.is_err() {
+                break;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        let mut pending = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match read.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            pending.extend_from_slice(&buf[..n]);
+            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                if let Ok(value) = serde_json::from_slice(&line[..line.len() - 1])
+                    && received.send(value).is_err()
+                {
+                    return;
+                }
+            }
+        }
+    });
+}
+
+/// One JSON value per WebSocket text message.
+fn spawn_ws<S>(
+    socket: WebSocketStream<S>,
+    mut to_send: mpsc::UnboundedReceiver<String>,
+    received: mpsc::UnboundedSender<Value>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sink, mut stream) = socket.split();
+    tokio::spawn(async move {
+        while let Some(text) = to_send.recv().await {
+            if sink.send(Message::text(text)).await.is_err() {
+                break;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        while let Some(Ok(message)) = stream.next().await {
+            if let Message::Text(text) = message
+                && let Ok(value) = serde_json::from_str(text.as_str())
+                && received.send(value).is_err()
+            {
+                return;
+            }
+        }
+    });
 }

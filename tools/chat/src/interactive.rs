@@ -247,6 +247,8 @@ async fn connect(
                 print(format!("connected to {endpoint}"));
                 return Ok(conn);
             }
+            // A certificate that does not verify will not verify next time.
+            Err(e) if e.is::<crate::tls::Refused>() => return Err(e),
             Err(e) => {
                 if attempt == 1 {
                     print(format!("cannot reach {endpoint} ({e}); retrying ..."));

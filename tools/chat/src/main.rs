@@ -8,8 +8,9 @@
 
 mod conn;
 mod interactive;
+mod tls;
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand};
 use conn::{Connection, Endpoint};
@@ -18,12 +19,20 @@ use serde_json::{Value, json};
 #[derive(Parser)]
 #[command(name = "chat", about = "clusterchat terminal client", version)]
 struct Cli {
-    /// Classic TCP address of a gateway or of nginx in front of them.
-    #[arg(long, default_value = "127.0.0.1:8000", global = true)]
-    addr: String,
-    /// Use WebSocket instead, e.g. ws://127.0.0.1:8080/ws.
+    /// Classic TCP address of a gateway or of nginx in front of them
+    /// [default: 127.0.0.1:8000, with --tls 127.0.0.1:8443].
+    #[arg(long, global = true)]
+    addr: Option<String>,
+    /// Classic TCP over TLS (nginx terminates it).
+    #[arg(long, global = true)]
+    tls: bool,
+    /// Use WebSocket instead, e.g. ws://127.0.0.1:8080/ws or wss://127.0.0.1:8444/ws.
     #[arg(long, global = true)]
     ws: Option<String>,
+    /// Trust only this CA (PEM) for TLS, instead of the system roots and the
+    /// dev stack's .stack/dev/tls/ca.pem.
+    #[arg(long, global = true)]
+    ca: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -66,16 +75,53 @@ enum Command {
 }
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> anyhow::Result<()> {
+async fn main() {
     let cli = Cli::parse();
-    let endpoint = match cli.ws {
-        Some(url) => Endpoint::Ws(url),
-        None => Endpoint::Tcp(cli.addr),
+    let result = match endpoint(&cli) {
+        Ok(endpoint) => match cli.command {
+            None => interactive::run(endpoint).await,
+            Some(command) => scripted(endpoint, command).await,
+        },
+        Err(e) => Err(e),
     };
-    match cli.command {
-        None => interactive::run(endpoint).await,
-        Some(command) => scripted(endpoint, command).await,
+    // The message and its causes on one line, whatever RUST_BACKTRACE says.
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
     }
+}
+
+fn endpoint(cli: &Cli) -> anyhow::Result<Endpoint> {
+    let tls_config = || tls::client_config(cli.ca.as_deref());
+    Ok(match &cli.ws {
+        Some(url) => {
+            let secure = url.starts_with("wss://");
+            anyhow::ensure!(
+                !cli.tls,
+                "--tls is for classic TCP; for WebSocket over TLS give a wss:// URL"
+            );
+            anyhow::ensure!(
+                secure || cli.ca.is_none(),
+                "--ca is for TLS: give a wss:// URL"
+            );
+            Endpoint::Ws {
+                url: url.clone(),
+                tls: secure.then(tls_config).transpose()?,
+            }
+        }
+        None => {
+            anyhow::ensure!(cli.tls || cli.ca.is_none(), "--ca is for TLS: add --tls");
+            let default = if cli.tls {
+                "127.0.0.1:8443"
+            } else {
+                "127.0.0.1:8000"
+            };
+            Endpoint::Tcp {
+                addr: cli.addr.clone().unwrap_or_else(|| default.to_owned()),
+                tls: cli.tls.then(tls_config).transpose()?,
+            }
+        }
+    })
 }
 
 fn print_json(value: &Value) {
