@@ -199,16 +199,17 @@ start_nginx() {
         conf="$ROOT/deploy/nginx/bench.conf" port=8543
         ports="127.0.0.1:8543 (TLS, node 1) and 8544 (TLS, node 2)"
     fi
+    # Made on the first run, and again when missing or about to expire.
+    "$ROOT/deploy/dev/tls-certs.sh" "$tls" || die "could not make TLS certificates in $tls"
     if pid_alive "$pidfile"; then
-        if [ "$conf" -nt "$pidfile" ]; then
-            log "nginx's configuration changed; restarting it"
+        if [ "$conf" -nt "$pidfile" ] || [ "$tls/server.pem" -nt "$pidfile" ]; then
+            log "nginx's configuration or certificate changed; restarting it"
             stop_pidfile nginx "$pidfile"
         else
             log "nginx already running on $ports"; return
         fi
     fi
     mkdir -p "$dir" "$LOGS" "$PIDS"
-    "$ROOT/deploy/dev/tls-certs.sh" "$tls" || die "could not make TLS certificates in $tls"
     sed "s|__STATE__|$dir|g; s|__LOGS__|$LOGS|g; s|__TLS__|$tls|g" "$conf" >"$dir/nginx.conf"
     setsid /usr/sbin/nginx -p "$dir" -e "$LOGS/nginx.log" -c "$dir/nginx.conf" </dev/null >>"$LOGS/nginx.log" 2>&1 &
     echo $! >"$pidfile"
