@@ -36,11 +36,12 @@ profile() {
     STATE="$ROOT/.stack/$PROFILE"
     LOGS="$STATE/logs"
     PIDS="$STATE/pids"
-    # Service ports: user, offline, their /metrics, gateway 1 tcp/http, gateway 2 tcp/http.
+    # Service ports: user, offline, their /metrics, gateway 1 tcp/http, gateway 2 tcp/http,
+    # gateway 1 and 2 admin (/healthz, /metrics).
     case "$PROFILE" in
-        dev)   MYSQL_PORT=3307; REDIS_PORT=6479; P=(50051 50052 9101 9102 6000 6080 6002 6082) ;;
-        test)  MYSQL_PORT=3308; REDIS_PORT=6480; P=(0 0 0 0 0 0 0 0) ;;  # tests start their own
-        bench) MYSQL_PORT=3309; REDIS_PORT=6481; P=(50151 50152 9111 9112 6100 6180 6102 6182) ;;
+        dev)   MYSQL_PORT=3307; REDIS_PORT=6479; P=(50051 50052 9101 9102 6000 6080 6002 6082 7080 7082) ;;
+        test)  MYSQL_PORT=3308; REDIS_PORT=6480; P=(0 0 0 0 0 0 0 0 0 0) ;;  # tests start their own
+        bench) MYSQL_PORT=3309; REDIS_PORT=6481; P=(50151 50152 9111 9112 6100 6180 6102 6182 7180 7182) ;;
     esac
     MYSQL_URL="mysql://$DB_USER:$DB_PASSWORD@127.0.0.1:$MYSQL_PORT"
     REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
@@ -171,14 +172,15 @@ start_redis() {
 services() {
     local h=127.0.0.1
     local up="CLUSTERCHAT_GATEWAY_USER_SERVICE=http://$h:${P[0]} CLUSTERCHAT_GATEWAY_OFFLINE_SERVICE=http://$h:${P[1]}"
-    local gw="CLUSTERCHAT_GATEWAY_REDIS_URL=$REDIS_URL $up"
+    # nginx (on 127.0.0.1) sends a PROXY header naming the real client.
+    local gw="CLUSTERCHAT_GATEWAY_REDIS_URL=$REDIS_URL $up CLUSTERCHAT_GATEWAY_TRUSTED_PROXIES=127.0.0.1"
     # The bench measures the cluster, not the per-connection rate limit.
-    [ "$PROFILE" = bench ] && gw="$gw CLUSTERCHAT_GATEWAY_RATE_PER_SEC=10000000 CLUSTERCHAT_GATEWAY_RATE_BURST=10000000 CLUSTERCHAT_GATEWAY_OUTBOUND_QUEUE=8192 CLUSTERCHAT_GATEWAY_MAX_INBOX=10000000"
+    [ "$PROFILE" = bench ] && gw="$gw CLUSTERCHAT_GATEWAY_RATE_PER_SEC=10000000 CLUSTERCHAT_GATEWAY_RATE_BURST=10000000 CLUSTERCHAT_GATEWAY_OUTBOUND_QUEUE=8192 CLUSTERCHAT_GATEWAY_MAX_INBOX=10000000 CLUSTERCHAT_GATEWAY_LOGINS_PER_ADDRESS=100000000 CLUSTERCHAT_GATEWAY_REGISTERS_PER_ADDRESS=100000000 CLUSTERCHAT_GATEWAY_ANONYMOUS_PER_ADDRESS=100000000"
     cat <<EOF
 user-service|user-service|grpc:$h:${P[0]}|CLUSTERCHAT_USER_LISTEN=$h:${P[0]} CLUSTERCHAT_USER_METRICS_LISTEN=$h:${P[2]} CLUSTERCHAT_USER_DATABASE_URL=$MYSQL_URL/clusterchat_user
 offline-service|offline-service|grpc:$h:${P[1]}|CLUSTERCHAT_OFFLINE_LISTEN=$h:${P[1]} CLUSTERCHAT_OFFLINE_METRICS_LISTEN=$h:${P[3]} CLUSTERCHAT_OFFLINE_DATABASE_URL=$MYSQL_URL/clusterchat_offline
-gateway-1|gateway|http:http://$h:${P[5]}/healthz|$gw CLUSTERCHAT_GATEWAY_NODE_ID=gw-1 CLUSTERCHAT_GATEWAY_TCP_LISTEN=$h:${P[4]} CLUSTERCHAT_GATEWAY_HTTP_LISTEN=$h:${P[5]}
-gateway-2|gateway|http:http://$h:${P[7]}/healthz|$gw CLUSTERCHAT_GATEWAY_NODE_ID=gw-2 CLUSTERCHAT_GATEWAY_TCP_LISTEN=$h:${P[6]} CLUSTERCHAT_GATEWAY_HTTP_LISTEN=$h:${P[7]}
+gateway-1|gateway|http:http://$h:${P[8]}/healthz|$gw CLUSTERCHAT_GATEWAY_NODE_ID=gw-1 CLUSTERCHAT_GATEWAY_TCP_LISTEN=$h:${P[4]} CLUSTERCHAT_GATEWAY_HTTP_LISTEN=$h:${P[5]} CLUSTERCHAT_GATEWAY_ADMIN_LISTEN=$h:${P[8]}
+gateway-2|gateway|http:http://$h:${P[9]}/healthz|$gw CLUSTERCHAT_GATEWAY_NODE_ID=gw-2 CLUSTERCHAT_GATEWAY_TCP_LISTEN=$h:${P[6]} CLUSTERCHAT_GATEWAY_HTTP_LISTEN=$h:${P[7]} CLUSTERCHAT_GATEWAY_ADMIN_LISTEN=$h:${P[9]}
 EOF
 }
 
@@ -274,12 +276,12 @@ clusterchat is up (state and logs in .stack/dev/):
   offline service  grpc://127.0.0.1:50052   (grpcurl -plaintext 127.0.0.1:50052 list)
                    data calls need the token: grpcurl -plaintext -H "authorization: Bearer \$(just token)" ...
                    (.stack/dev/internal-token)
-  gateway node 1   tcp://127.0.0.1:6000     ws://127.0.0.1:6080/ws   http://127.0.0.1:6080/healthz
-  gateway node 2   tcp://127.0.0.1:6002     ws://127.0.0.1:6082/ws   http://127.0.0.1:6082/healthz
+  gateway node 1   tcp://127.0.0.1:6000     ws://127.0.0.1:6080/ws   admin http://127.0.0.1:7080/healthz
+  gateway node 2   tcp://127.0.0.1:6002     ws://127.0.0.1:6082/ws   admin http://127.0.0.1:7082/healthz
   nginx (balancer) tcp://127.0.0.1:8000     ws://127.0.0.1:8080/ws
   nginx with TLS   tcp+tls://127.0.0.1:8443 wss://127.0.0.1:8444/ws   (just chat --tls)
                    CA: .stack/dev/tls/ca.pem (openssl s_client -connect 127.0.0.1:8443 -CAfile .stack/dev/tls/ca.pem)
-  metrics          http://127.0.0.1:6080/metrics  :6082/metrics  :9101/metrics (user)  :9102/metrics (offline)
+  metrics          http://127.0.0.1:7080/metrics  :7082/metrics (gateways)  :9101/metrics (user)  :9102/metrics (offline)
   traces           OTLP to ${OTEL_EXPORTER_OTLP_ENDPOINT:-http://127.0.0.1:4317} (start a collector with: just observe)
   MariaDB          127.0.0.1:$MYSQL_PORT    (user $DB_USER, password $DB_PASSWORD)
   Redis            127.0.0.1:$REDIS_PORT

@@ -240,7 +240,10 @@ impl PrivateRedis {
 
 pub struct Gateway {
     pub tcp: SocketAddr,
+    /// The public WebSocket port (`/ws`).
     pub http: SocketAddr,
+    /// `/healthz` and `/metrics`.
+    pub admin: SocketAddr,
     child: Option<Child>,
     env: Vec<(String, String)>,
     log: PathBuf,
@@ -404,6 +407,29 @@ impl StackBuilder {
                 ),
                 ("CLUSTERCHAT_GATEWAY_TCP_LISTEN".into(), tcp.to_string()),
                 ("CLUSTERCHAT_GATEWAY_HTTP_LISTEN".into(), http.to_string()),
+                (
+                    "CLUSTERCHAT_GATEWAY_ADMIN_LISTEN".into(),
+                    addr(0).to_string(),
+                ),
+                // nginx (and tests that play a proxy) send PROXY headers.
+                (
+                    "CLUSTERCHAT_GATEWAY_TRUSTED_PROXIES".into(),
+                    "127.0.0.1".into(),
+                ),
+                // Every test connects from 127.0.0.1, many at once: the
+                // per-address throttles are tested on stacks of their own.
+                (
+                    "CLUSTERCHAT_GATEWAY_LOGINS_PER_ADDRESS".into(),
+                    "1000000".into(),
+                ),
+                (
+                    "CLUSTERCHAT_GATEWAY_REGISTERS_PER_ADDRESS".into(),
+                    "1000000".into(),
+                ),
+                (
+                    "CLUSTERCHAT_GATEWAY_ANONYMOUS_PER_ADDRESS".into(),
+                    "1000000".into(),
+                ),
                 ("CLUSTERCHAT_GATEWAY_REDIS_URL".into(), redis_url.clone()),
                 ("CLUSTERCHAT_GATEWAY_REDIS_PREFIX".into(), prefix.clone()),
                 (
@@ -421,6 +447,7 @@ impl StackBuilder {
             gateways.push(Gateway {
                 tcp,
                 http,
+                admin: addr(0),
                 child: None,
                 env,
                 log,
@@ -515,13 +542,14 @@ impl Stack {
         .await;
         gateway.tcp = logged_addr(&line, "tcp");
         gateway.http = logged_addr(&line, "http");
-        let http = gateway.http;
+        gateway.admin = logged_addr(&line, "admin");
+        let admin = gateway.admin;
         assert_eventually!(
-            http_get(http, "/healthz")
+            http_get(admin, "/healthz")
                 .await
                 .is_some_and(|(status, _)| status == 200),
             Duration::from_secs(60),
-            "gateway {} not healthy at {http}",
+            "gateway {} not healthy at {admin}",
             i + 1
         );
         gateway.child = Some(child);
@@ -647,7 +675,7 @@ impl Stack {
             "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\n\
              master_process off;\ndaemon off;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log warn;\n\
              events {{ worker_connections 1024; }}\n\
-             stream {{\n    upstream chat_tcp {{\n{tcp_servers}    }}\n    upstream chat_ws {{\n{ws_servers}    }}\n\
+             stream {{\n    proxy_protocol on;\n    upstream chat_tcp {{\n{tcp_servers}    }}\n    upstream chat_ws {{\n{ws_servers}    }}\n\
              \x20   server {{ listen {tcp} so_keepalive=6s:2s:3; proxy_pass chat_tcp; tcp_nodelay on; proxy_connect_timeout 2s; proxy_socket_keepalive on; proxy_timeout 1h; }}\n\
              \x20   server {{ listen {ws} so_keepalive=6s:2s:3; proxy_pass chat_ws; tcp_nodelay on; proxy_connect_timeout 2s; proxy_socket_keepalive on; proxy_timeout 30s; }}\n{tls_servers}}}\n",
             tls_servers = tls.as_ref().map(NginxTls::servers).unwrap_or_default(),
@@ -789,6 +817,11 @@ impl Client {
             reader: BufReader::new(read),
             writer,
         }
+    }
+
+    /// This end's address (what a proxy in between sees as the client).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.reader.get_ref().local_addr().expect("local addr")
     }
 
     pub async fn send(&mut self, request: &Value) {

@@ -320,7 +320,7 @@ async fn interactive_client_reconnects_when_its_node_goes_away() {
     // Which node holds alice? Kill it.
     let mut holder = None;
     for (i, gateway) in stack.gateways.iter().enumerate() {
-        let (_, body) = e2e::http_get(gateway.http, "/healthz")
+        let (_, body) = e2e::http_get(gateway.admin, "/healthz")
             .await
             .expect("healthz");
         if body.contains("\"sessions\":1") {

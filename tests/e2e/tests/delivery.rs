@@ -241,7 +241,7 @@ async fn a_silently_dead_redis_subscriber_turns_healthz_red_and_recovers() {
         .with_private_redis()
         .start()
         .await;
-    let http = stack.gateways[0].http;
+    let http = stack.gateways[0].admin;
     // A frozen Redis keeps its sockets open: only a PING notices.
     stack.signal_redis("STOP");
     assert_eventually!(

@@ -200,7 +200,7 @@ async fn metrics_counters_move() {
         assert_eq!(status, 200);
         body
     };
-    let before = scrape(stack.gateways[0].http).await;
+    let before = scrape(stack.gateways[0].admin).await;
     let (mut alice, a, mut bob, b) = stack.alice_and_bob(0, 1).await;
     for i in 0..3 {
         alice.send(&chat(a, b, &format!("m{i}"))).await;
@@ -213,7 +213,7 @@ async fn metrics_counters_move() {
         1
     );
 
-    let after = scrape(stack.gateways[0].http).await;
+    let after = scrape(stack.gateways[0].admin).await;
     let delta = |name: &str, labels: &str| {
         metric_value(&after, name, labels) - metric_value(&before, name, labels)
     };
@@ -247,7 +247,7 @@ async fn metrics_counters_move() {
         1.0
     );
 
-    let node2 = scrape(stack.gateways[1].http).await;
+    let node2 = scrape(stack.gateways[1].admin).await;
     assert!(
         metric_value(
             &node2,
