@@ -228,6 +228,11 @@ pub async fn run(endpoint: Endpoint) -> anyhow::Result<()> {
                         }
                     }
                     (None, Some(11)) => print(format!("error: {}", message["errmsg"].as_str().unwrap_or("?"))),
+                    (None, Some(15)) => {
+                        if let Some(me) = session.as_mut() {
+                            print(format!("more of your roster:{}", roster(&message, &mut me.names)));
+                        }
+                    }
                     (None, _) => {}
                 }
             }
@@ -352,7 +357,34 @@ fn show_login(
     let name = ack["name"].as_str().unwrap_or_default().to_owned();
     let mut names = HashMap::new();
     let mut out = format!("logged in as {name} ({id})");
-    let friends = crate::json_strings(&ack["friends"]);
+    out.push_str(&roster(ack, &mut names));
+    if ack["roster_more"] == true {
+        out.push_str("\n(more friends and groups follow)");
+    }
+    let offline: Vec<Value> = crate::offline_messages(ack)
+        .into_iter()
+        .filter(|m| shown.first_time(m))
+        .collect();
+    if !offline.is_empty() {
+        out.push_str(&format!("\noffline messages ({}):", offline.len()));
+        for m in &offline {
+            out.push_str(&format!("\n  {}", format_chat(m)));
+        }
+    }
+    out.push_str("\ntype help for commands");
+    print(out);
+    Session {
+        id,
+        password,
+        names,
+    }
+}
+
+/// The friends and groups of a login ack or a roster page (msgid 15), for
+/// the screen; friends' names go into `names`.
+fn roster(message: &Value, names: &mut HashMap<i64, String>) -> String {
+    let mut out = String::new();
+    let friends = crate::json_strings(&message["friends"]);
     out.push_str(&format!("\nfriends ({}):", friends.len()));
     for f in &friends {
         let fid = f["id"].as_i64().unwrap_or_default();
@@ -363,7 +395,7 @@ fn show_login(
             f["state"].as_str().unwrap_or("?")
         ));
     }
-    let groups = crate::json_strings(&ack["groups"]);
+    let groups = crate::json_strings(&message["groups"]);
     out.push_str(&format!("\ngroups ({}):", groups.len()));
     for g in &groups {
         out.push_str(&format!(
@@ -388,21 +420,5 @@ fn show_login(
             out.push_str(&format!("\n      {m}"));
         }
     }
-    let offline: Vec<Value> = crate::offline_messages(ack)
-        .into_iter()
-        .filter(|m| shown.first_time(m))
-        .collect();
-    if !offline.is_empty() {
-        out.push_str(&format!("\noffline messages ({}):", offline.len()));
-        for m in &offline {
-            out.push_str(&format!("\n  {}", format_chat(m)));
-        }
-    }
-    out.push_str("\ntype help for commands");
-    print(out);
-    Session {
-        id,
-        password,
-        names,
-    }
+    out
 }
