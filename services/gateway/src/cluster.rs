@@ -791,7 +791,10 @@ impl Cluster {
             .arg(if hit { "hit" } else { "peek" })
             .invoke_async(&mut self.commands.clone())
             .await?;
-        Ok((count, Duration::from_millis(u64::try_from(ttl).unwrap_or(0))))
+        Ok((
+            count,
+            Duration::from_millis(u64::try_from(ttl).unwrap_or(0)),
+        ))
     }
 
     /// Claims the user for `owner` unless someone holds them already.

@@ -157,7 +157,10 @@ impl Config {
                 "CLUSTERCHAT_GATEWAY_ADMIN_LISTEN",
                 ([127, 0, 0, 1], 7080).into(),
             )?,
-            trusted_proxies: var_or("CLUSTERCHAT_GATEWAY_TRUSTED_PROXIES", AddressList::default())?,
+            trusted_proxies: var_or(
+                "CLUSTERCHAT_GATEWAY_TRUSTED_PROXIES",
+                AddressList::default(),
+            )?,
             login_deadline: millis_or(
                 "CLUSTERCHAT_GATEWAY_LOGIN_DEADLINE_MS",
                 Duration::from_secs(120),

@@ -604,9 +604,9 @@ impl Node {
                 telemetry::propagation::set_parent_from_traceparent(&span, &entry.traceparent);
                 let _entered = span.enter();
                 let sent_micros = entry.sent_micros;
-                let handoff = self.registry.hand_off(user, || {
-                    Delivery::new(entry.seq, entry.mid, entry.frame)
-                });
+                let handoff = self
+                    .registry
+                    .hand_off(user, || Delivery::new(entry.seq, entry.mid, entry.frame));
                 match handoff {
                     Handoff::Queued => {
                         let waited = now_micros().saturating_sub(sent_micros);

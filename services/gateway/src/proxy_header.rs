@@ -282,7 +282,10 @@ mod tests {
     #[test]
     fn broken_headers_are_refused() {
         assert!(parse(b"PROXY TCP4 nonsense 1.2.3.4 1 2\r\n").is_err());
-        assert!(parse(b"PROXY TCP4 ::1 ::1 1 2\r\n").is_err(), "family mismatch");
+        assert!(
+            parse(b"PROXY TCP4 ::1 ::1 1 2\r\n").is_err(),
+            "family mismatch"
+        );
         assert!(parse(b"PROXY TCP4 1.2.3.4 1.2.3.4 1\r\n").is_err());
         assert!(parse(b"PROXY SCTP x\r\n").is_err());
         assert!(parse(&[b"PROXY TCP4 ".as_slice(), &[b'1'; 120]].concat()).is_err());

@@ -332,7 +332,11 @@ mod tests {
         let big = |seq: u64| move || Delivery::new(seq, "m".into(), vec![b'x'; 59]);
         assert_eq!(registry.hand_off(1, big(1)), Handoff::Queued);
         assert_eq!(queued.used(), 60);
-        assert_eq!(registry.hand_off(1, big(2)), Handoff::Busy, "120 > 100 bytes");
+        assert_eq!(
+            registry.hand_off(1, big(2)),
+            Handoff::Busy,
+            "120 > 100 bytes"
+        );
         assert!(sync.take(), "the writer is told to read the inbox");
         assert_eq!(queued.used(), 60, "a refused delivery holds nothing");
         drop(queue.try_recv().expect("queued"));

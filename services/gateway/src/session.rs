@@ -156,7 +156,10 @@ pub async fn run<R: FrameSource, W: FrameSink>(
             (None, None) => match AnonymousSlot::take(&node, client.ip()) {
                 Some(slot) => anonymous = Some(slot),
                 None => {
-                    metrics().refused.get_or_create(&label("why", "anonymous_per_address")).inc();
+                    metrics()
+                        .refused
+                        .get_or_create(&label("why", "anonymous_per_address"))
+                        .inc();
                     let limit = node.config.limits.anonymous_per_address;
                     let failure = Failure::new(
                         errno::OVERLOADED,
@@ -165,7 +168,9 @@ pub async fn run<R: FrameSource, W: FrameSink>(
                             client.ip().to_canonical()
                         ),
                     );
-                    session.send_failure(&failure, classic::reply_error(&failure, None)).await;
+                    session
+                        .send_failure(&failure, classic::reply_error(&failure, None))
+                        .await;
                     break;
                 }
             },
@@ -868,9 +873,8 @@ impl Session {
         let mut pages = roster_pages(friends, groups, budget).into_iter();
         let (friends, groups) = pages.next().unwrap_or_default();
         let more = pages.len() > 0;
-        let frame = classic::login_ok_with(
-            user.id, &user.name, friends, groups, &offline, seq, more,
-        );
+        let frame =
+            classic::login_ok_with(user.id, &user.name, friends, groups, &offline, seq, more);
         let last = pages.len();
         let roster_pages = pages
             .enumerate()
@@ -1024,7 +1028,11 @@ fn roster_pages(
         }
         bytes = bytes.saturating_add(entry.len());
         if let Some((f, g)) = pages.last_mut() {
-            if is_group { g.push(entry) } else { f.push(entry) }
+            if is_group {
+                g.push(entry)
+            } else {
+                f.push(entry)
+            }
         }
     }
     pages
@@ -1228,8 +1236,16 @@ mod tests {
         let all_groups: Vec<String> = pages.iter().flat_map(|(_, g)| g.clone()).collect();
         assert_eq!((all_friends, all_groups), (friends.clone(), groups.clone()));
         assert!(pages.len() > 3);
-        assert_eq!(roster_pages(friends, groups, usize::MAX).len(), 1, "classic: one frame");
-        assert_eq!(roster_pages(Vec::new(), Vec::new(), 10).len(), 1, "an empty roster is one page");
+        assert_eq!(
+            roster_pages(friends, groups, usize::MAX).len(),
+            1,
+            "classic: one frame"
+        );
+        assert_eq!(
+            roster_pages(Vec::new(), Vec::new(), 10).len(),
+            1,
+            "an empty roster is one page"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -1245,6 +1261,10 @@ mod tests {
         // A fan-out of 20 tokens waits for all of them to refill.
         tokio::time::advance(Duration::from_millis(100)).await;
         assert_eq!(limiter.take(20), Duration::from_secs(2));
-        assert_eq!(limiter.take(0), Duration::from_secs(2), "free, but queued behind");
+        assert_eq!(
+            limiter.take(0),
+            Duration::from_secs(2),
+            "free, but queued behind"
+        );
     }
 }

@@ -36,9 +36,8 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tower::ServiceExt as _;
 use futures::{SinkExt as _, StreamExt as _, stream::SplitSink, stream::SplitStream};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
     io::AsyncWriteExt as _,
     net::{
@@ -48,6 +47,7 @@ use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore},
     time::Instant,
 };
+use tower::ServiceExt as _;
 
 use crate::{
     metrics::{label, metrics},
@@ -151,7 +151,10 @@ impl FrameSource for TcpSource {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => return None,
                     Err(_) => {
-                        metrics().refused.get_or_create(&label("why", "frame_deadline")).inc();
+                        metrics()
+                            .refused
+                            .get_or_create(&label("why", "frame_deadline"))
+                            .inc();
                         return self.end(Failure::bad_request(format!(
                             "a request was still unfinished {} ms after it began; closing",
                             deadline.as_millis()
@@ -173,7 +176,10 @@ impl FrameSource for TcpSource {
                     self.ready.extend(frames);
                     let held = self.splitter.buffered();
                     if !self.node.partial_bytes.recharge(&mut self.charged, held) {
-                        metrics().refused.get_or_create(&label("why", "partial_budget")).inc();
+                        metrics()
+                            .refused
+                            .get_or_create(&label("why", "partial_budget"))
+                            .inc();
                         let max = self.node.config.limits.partial_budget_bytes;
                         return self.end(Failure::new(
                             errno::OVERLOADED,
@@ -267,7 +273,10 @@ pub async fn serve_tcp(node: Arc<Node>, listener: TcpListener, permits: Arc<Sema
                     let failure = match refusal {
                         Refusal::Gone => return,
                         Refusal::Silent => {
-                            metrics().refused.get_or_create(&label("why", "login_deadline")).inc();
+                            metrics()
+                                .refused
+                                .get_or_create(&label("why", "login_deadline"))
+                                .inc();
                             Failure::new(
                                 errno::NOT_LOGGED_IN,
                                 format!("no login within {} s; closing", wait.as_secs_f64()),
@@ -467,7 +476,10 @@ pub async fn serve_http(node: Arc<Node>, listener: TcpListener, permits: Arc<Sem
             let budget = node.config.handshake_timeout;
             let deadline = Instant::now() + budget;
             let Ok(client) = client_address(&node, &mut stream, peer, budget).await else {
-                metrics().refused.get_or_create(&label("why", "handshake_timeout")).inc();
+                metrics()
+                    .refused
+                    .get_or_create(&label("why", "handshake_timeout"))
+                    .inc();
                 return;
             };
             let connection = Connection {
@@ -487,7 +499,10 @@ pub async fn serve_http(node: Arc<Node>, listener: TcpListener, permits: Arc<Sem
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::debug!(%client, error = %e, "http connection failed"),
                 Err(_) => {
-                    metrics().refused.get_or_create(&label("why", "handshake_timeout")).inc();
+                    metrics()
+                        .refused
+                        .get_or_create(&label("why", "handshake_timeout"))
+                        .inc();
                     tracing::debug!(%client, "websocket handshake timed out");
                 }
             }

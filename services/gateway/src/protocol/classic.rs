@@ -447,8 +447,7 @@ pub fn group_json(g: &GroupEntry) -> String {
                 .into()
         })
         .collect();
-    json!({"groupdesc": g.description, "groupname": g.name, "id": g.id, "users": users})
-        .to_string()
+    json!({"groupdesc": g.description, "groupname": g.name, "id": g.id, "users": users}).to_string()
 }
 
 /// The login ack with friends and groups already encoded. `more`: the rest
