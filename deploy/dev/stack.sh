@@ -64,6 +64,8 @@ install() {
     fi
     command -v python3 >/dev/null || missing+=(python3 python3-venv)
     command -v curl >/dev/null || missing+=(curl)
+    # The README's by-hand examples use nc.
+    command -v nc >/dev/null || missing+=(netcat-openbsd)
     command -v openssl >/dev/null || missing+=(openssl)
     if [ ${#missing[@]} -gt 0 ]; then
         command -v apt-get >/dev/null || die "missing ${missing[*]} and no apt-get to install them"

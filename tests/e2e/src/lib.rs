@@ -675,7 +675,7 @@ impl Stack {
             "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\n\
              master_process off;\ndaemon off;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log warn;\n\
              events {{ worker_connections 1024; }}\n\
-             stream {{\n    proxy_protocol on;\n    upstream chat_tcp {{\n{tcp_servers}    }}\n    upstream chat_ws {{\n{ws_servers}    }}\n\
+             stream {{\n    proxy_protocol on;\n    proxy_half_close on;\n    upstream chat_tcp {{\n{tcp_servers}    }}\n    upstream chat_ws {{\n{ws_servers}    }}\n\
              \x20   server {{ listen {tcp} so_keepalive=6s:2s:3; proxy_pass chat_tcp; tcp_nodelay on; proxy_connect_timeout 2s; proxy_socket_keepalive on; proxy_timeout 1h; }}\n\
              \x20   server {{ listen {ws} so_keepalive=6s:2s:3; proxy_pass chat_ws; tcp_nodelay on; proxy_connect_timeout 2s; proxy_socket_keepalive on; proxy_timeout 30s; }}\n{tls_servers}}}\n",
             tls_servers = tls.as_ref().map(NginxTls::servers).unwrap_or_default(),

@@ -517,3 +517,19 @@ async fn one_address_cannot_hold_the_node_with_connections_that_never_log_in() {
     fifth.expect_silence(Duration::from_millis(300)).await;
     assert!(fifth.register("second", "pw").await > id, "served");
 }
+
+#[tokio::test]
+async fn a_client_that_half_closes_through_nginx_still_gets_its_reply() {
+    // `printf '...\0' | nc -q1 127.0.0.1 8000`, as the README shows.
+    let stack = Stack::builder().gateways(1).with_nginx().start().await;
+    let nginx = stack.nginx.as_ref().expect("nginx").tcp;
+    let mut stream = TcpStream::connect(nginx).await.expect("connect");
+    stream
+        .write_all(b"{\"msgid\":4,\"name\":\"halfway\",\"password\":\"pw\",\"seq\":1}\0")
+        .await
+        .expect("write");
+    stream.shutdown().await.expect("half-close");
+    let (closed, said) = closed_within(&mut stream, Duration::from_secs(5)).await;
+    assert!(closed);
+    assert!(said.contains(r#""errno":0"#) && said.contains(r#""msgid":5"#), "{said:?}");
+}
