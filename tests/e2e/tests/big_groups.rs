@@ -1,6 +1,8 @@
 //! A user in many large groups still logs in (their groups come from the
 //! user service a page at a time: in one reply they would pass the 4 MiB a
 //! gRPC message may have), and a full group refuses a join with the reason.
+//! Chatting into a full group reaches its online members on both nodes
+//! while other users chat as usual and the gateway's memory stays put.
 //! The groups are made in bulk with the `mariadb` client, straight into the
 //! user service's database: a hundred thousand joins through the API would
 //! take minutes.
@@ -130,4 +132,98 @@ async fn a_user_in_many_full_groups_logs_in_and_a_full_group_says_so() {
         format!("group {full} is full ({MEMBERS} members)"),
         "{refused}"
     );
+}
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS")
+}
+
+#[tokio::test]
+async fn chatting_into_a_full_group_is_delivered_and_leaves_others_alone() {
+    let stack = Stack::builder().gateways(2).start().await;
+    let (g1, g2) = (stack.gateways[0].tcp, stack.gateways[1].tcp);
+    let mut sender = Client::connect(g1).await;
+    let s = sender.register("loud", "pw").await;
+    let mut near = Client::connect(g1).await;
+    let n = near.register("near", "pw").await;
+    let mut far = Client::connect(g2).await;
+    let f = far.register("far", "pw").await;
+    let (mut alice, a, mut bob, b) = stack.alice_and_bob(0, 1).await;
+
+    // One group of MEMBERS: the three above and everyone else, offline.
+    sql(
+        &stack.user_database_url,
+        &format!(
+            "INSERT INTO users (name, name_key, password_hash) \
+             SELECT CONCAT('crowd-', seq), CONCAT('crowd-', seq), 'x' FROM seq_1_to_{others}; \
+             INSERT INTO chat_groups (name, name_key, description) VALUES ('crowd', 'crowd', 'all'); \
+             INSERT INTO group_members (group_id, user_id, role) \
+             SELECT g.id, u.id, 'normal' FROM chat_groups g CROSS JOIN users u \
+             WHERE u.id NOT IN ({a}, {b});",
+            others = MEMBERS - 3,
+        ),
+    );
+    let group = sender.login_ok(s, "pw").await;
+    let group = parse_list(&group, "groups")[0]["id"]
+        .as_i64()
+        .expect("group id");
+    near.login_ok(n, "pw").await;
+    far.login_ok(f, "pw").await;
+    let pid = stack.gateways[0].pid().expect("pid");
+    let before = rss_kib(pid);
+
+    // Five messages to 999 receivers each, while Alice and Bob chat.
+    let chats = async {
+        let mut worst = std::time::Duration::ZERO;
+        for i in 0..10 {
+            let started = std::time::Instant::now();
+            let text = format!("hi {i}");
+            alice.send(&e2e::chat(a, b, &text)).await;
+            while bob.recv().await["msg"] != text.as_str() {}
+            worst = worst.max(started.elapsed());
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        worst
+    };
+    let shouts = async {
+        for i in 0..5 {
+            let reply = sender
+                .call(e2e::group_chat(s, group, &format!("all {i}")), 10 + i)
+                .await;
+            assert_eq!(reply["errno"], 0, "{reply}");
+            assert!(reply.get("failed").is_none(), "{reply}");
+        }
+    };
+    let (worst, ()) = tokio::join!(chats, shouts);
+    let after = rss_kib(pid);
+    eprintln!(
+        "five chats to {} receivers: others' slowest chat {worst:?}; gateway RSS {before} -> {after} KiB",
+        MEMBERS - 1
+    );
+    assert!(
+        worst < std::time::Duration::from_secs(1),
+        "others stalled: {worst:?}"
+    );
+    assert!(
+        after.saturating_sub(before) < 64 * 1024,
+        "gateway RSS grew by {} KiB",
+        after.saturating_sub(before)
+    );
+    // Online members on both nodes got all five, in order.
+    for member in [&mut near, &mut far] {
+        let got = member
+            .chats_until_quiet(std::time::Duration::from_millis(500))
+            .await;
+        assert_eq!(
+            e2e::texts(&got),
+            ["all 0", "all 1", "all 2", "all 3", "all 4"]
+        );
+    }
 }
