@@ -3,10 +3,10 @@
 //! The server side is `tokio-tungstenite` in the server role over an
 //! in-memory duplex stream, configured as axum's `WebSocketUpgrade` is in
 //! `transport.rs` (`websocket`): tungstenite's defaults with a maximum
-//! message size of twice the request limit. Each message is then mapped as
-//! the gateway's `WsSource` maps it (a text longer than the request limit is
-//! refused as too large, else it is a frame for the classic parser) and text
-//! frames go through [`crate::classic::check`].
+//! message size of twice the request limit. Each message is then mapped by
+//! the gateway's own `protocol::ws` (what its `WsSource` calls: a text longer
+//! than the request limit is refused as too large, else it is a frame for
+//! the classic parser) and text frames go through [`crate::classic::check`].
 //!
 //! Input layout: one byte picks the request limit from [`LIMITS`]; then,
 //! until the input ends, one op byte:
@@ -27,6 +27,10 @@
 
 use arbitrary::Unstructured;
 use futures::StreamExt;
+use gateway::protocol::{
+    framing::{Frame, FrameError},
+    ws,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -284,15 +288,19 @@ async fn read_as_the_gateway(case: &Case) -> Outcome {
                 Ok(Message::Text(text)) => {
                     assert!(text.len() <= ws_limit, "a text of {} bytes", text.len());
                     outcome.texts += 1;
-                    // As `WsSource`: too large for a request, else a frame.
-                    if text.len() > case.max {
-                        outcome.too_large += 1;
-                    } else {
-                        crate::classic::check(text.as_bytes());
+                    // What the gateway's `WsSource` makes of it.
+                    match ws::text_frame(text.as_str(), case.max) {
+                        Frame::Value(request) => crate::classic::check(&request),
+                        Frame::Invalid(FrameError::TooLarge { max }) => {
+                            assert!(text.len() > max);
+                            outcome.too_large += 1;
+                        }
+                        other => panic!("a text message became {other:?}"),
                     }
                 }
                 Ok(Message::Binary(bytes)) => {
                     assert!(bytes.len() <= ws_limit, "a binary of {} bytes", bytes.len());
+                    assert!(matches!(ws::binary_frame(), Frame::Invalid(_)));
                 }
                 Ok(Message::Close(_)) => outcome.closed = true,
                 Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}

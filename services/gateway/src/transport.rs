@@ -54,7 +54,8 @@ use crate::{
     node::Node,
     protocol::{
         classic::{self, Failure, errno},
-        framing::{Frame, FrameError, JsonSplitter},
+        framing::{Frame, JsonSplitter},
+        ws,
     },
     proxy_header::{self, Outcome},
     session::{self, FrameSource, Transport},
@@ -375,11 +376,8 @@ struct WsSource {
 impl FrameSource for WsSource {
     async fn next_frame(&mut self) -> Option<Frame> {
         match self.stream.next().await? {
-            Ok(Message::Text(text)) if text.len() > self.max => {
-                Some(Frame::Invalid(FrameError::TooLarge { max: self.max }))
-            }
-            Ok(Message::Text(text)) => Some(Frame::Value(text.as_bytes().to_vec())),
-            Ok(Message::Binary(_)) => Some(Frame::Invalid(FrameError::NotAnObject)),
+            Ok(Message::Text(text)) => Some(ws::text_frame(text.as_str(), self.max)),
+            Ok(Message::Binary(_)) => Some(ws::binary_frame()),
             Ok(Message::Close(_)) | Err(_) => None,
             Ok(Message::Ping(_) | Message::Pong(_)) => Some(Frame::Heartbeat),
         }

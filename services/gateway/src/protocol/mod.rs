@@ -3,3 +3,4 @@
 
 pub mod classic;
 pub mod framing;
+pub mod ws;
