@@ -531,5 +531,8 @@ async fn a_client_that_half_closes_through_nginx_still_gets_its_reply() {
     stream.shutdown().await.expect("half-close");
     let (closed, said) = closed_within(&mut stream, Duration::from_secs(5)).await;
     assert!(closed);
-    assert!(said.contains(r#""errno":0"#) && said.contains(r#""msgid":5"#), "{said:?}");
+    assert!(
+        said.contains(r#""errno":0"#) && said.contains(r#""msgid":5"#),
+        "{said:?}"
+    );
 }
