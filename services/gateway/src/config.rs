@@ -264,7 +264,8 @@ impl Config {
                 anonymous_per_address: var_or(
                     "CLUSTERCHAT_GATEWAY_ANONYMOUS_PER_ADDRESS",
                     defaults.anonymous_per_address,
-                )?,
+                )?
+                .max(1),
             },
         })
     }

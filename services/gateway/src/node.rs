@@ -707,7 +707,15 @@ impl Node {
                 }
                 users = backlog.overflowed() => {
                     for user in users {
-                        self.registry.sync(user);
+                        // What was left out may have been a chat (in the
+                        // inbox) or an offline nudge (in the offline store):
+                        // the session reads both. A user who left has the
+                        // inbox moved, as a publish that reached nobody.
+                        if self.registry.contains(user) {
+                            self.registry.sync_offline(user);
+                        } else {
+                            self.move_to_offline_store(user);
+                        }
                     }
                 }
             }

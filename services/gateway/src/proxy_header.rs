@@ -156,12 +156,17 @@ pub enum Outcome {
 
 /// Reads a PROXY header from the start of `stream` if there is one,
 /// consuming exactly its bytes (peeking first, so a connection without one
-/// loses nothing). Waits for the first bytes: bound it with a timeout.
-pub async fn read_header(stream: &mut TcpStream) -> io::Result<Result<Outcome, Invalid>> {
+/// loses nothing). Waits for the first bytes: bound it with a timeout. A
+/// header that has begun must be whole within `rest_within`.
+pub async fn read_header(
+    stream: &mut TcpStream,
+    rest_within: std::time::Duration,
+) -> io::Result<Result<Outcome, Invalid>> {
     // An idle connection holds no buffer while it waits.
     stream.readable().await?;
     let mut buf = vec![0u8; 16 + V2_MAX_BODY];
     let mut seen = 0;
+    let rest_due = tokio::time::Instant::now() + rest_within;
     loop {
         let n = stream.peek(&mut buf).await?;
         if n == 0 {
@@ -177,6 +182,9 @@ pub async fn read_header(stream: &mut TcpStream) -> io::Result<Result<Outcome, I
                 return Ok(Err(Invalid("header does not end")));
             }
             Ok(Parsed::Incomplete) => {
+                if tokio::time::Instant::now() >= rest_due {
+                    return Ok(Err(Invalid("header not finished in time")));
+                }
                 // A header arrives in one segment from a real proxy; a split
                 // one is rare: look again shortly (peek would return at once).
                 if n == seen {

@@ -216,18 +216,6 @@ impl Registry {
         }
     }
 
-    /// Asks the user's session, if here, to read its inbox.
-    pub fn sync(&self, user: i64) {
-        if let Some(session) = self
-            .sessions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&user)
-        {
-            session.sync.raise();
-        }
-    }
-
     /// Asks the user's session, if here, to read its offline store.
     pub fn sync_offline(&self, user: i64) {
         if let Some(session) = self

@@ -103,6 +103,9 @@ pub struct Session {
     connection: u64,
     /// The client's address (from the proxy's PROXY header when trusted).
     client: SocketAddr,
+    /// Counted among its address's connections with nobody logged in (let
+    /// go the moment a login succeeds).
+    anonymous: Option<AnonymousSlot>,
     writer: mpsc::Sender<WriterCommand>,
     active: Option<ActiveUser>,
     limiter: RateLimiter,
@@ -129,6 +132,7 @@ pub async fn run<R: FrameSource, W: FrameSink>(
     let mut session = Session {
         connection: node.next_id(),
         client,
+        anonymous: None,
         limiter: RateLimiter::new(limits.rate_per_sec, limits.rate_burst),
         node: node.clone(),
         writer,
@@ -143,18 +147,16 @@ pub async fn run<R: FrameSource, W: FrameSink>(
     let login_deadline = node.config.login_deadline;
     // Since when the connection has had nobody logged in.
     let mut anonymous_since = Some(Instant::now());
-    // This connection counted among its address's anonymous ones.
-    let mut anonymous: Option<AnonymousSlot> = None;
     loop {
         anonymous_since = match (&session.active, anonymous_since) {
             (Some(_), _) => None,
             (None, None) => Some(Instant::now()),
             (None, since) => since,
         };
-        match (&session.active, &anonymous) {
-            (Some(_), Some(_)) => anonymous = None,
+        match (&session.active, &session.anonymous) {
+            (Some(_), Some(_)) => session.anonymous = None,
             (None, None) => match AnonymousSlot::take(&node, client.ip()) {
-                Some(slot) => anonymous = Some(slot),
+                Some(slot) => session.anonymous = Some(slot),
                 None => {
                     metrics()
                         .refused
@@ -165,7 +167,7 @@ pub async fn run<R: FrameSource, W: FrameSink>(
                         errno::OVERLOADED,
                         format!(
                             "{} has {limit} connections here that have not logged in; log in on one of them or close it",
-                            client.ip().to_canonical()
+                            ClientAddress::of(client.ip())
                         ),
                     );
                     session
@@ -641,6 +643,7 @@ impl Session {
             return Err(Failure::new(errno::ACCOUNT_IN_USE, classic::CLASSIC_IN_USE));
         }
         metrics().online_users.inc();
+        self.anonymous = None;
         self.active = Some(ActiveUser {
             id: user.id,
             name: user.name.clone(),
@@ -978,16 +981,42 @@ fn partial_failure(results: &Map<String, Value>) -> Option<Failure> {
     ))
 }
 
+/// What per-address limits count by: an IPv4 address, or an IPv6 /64 (one
+/// subscriber's network: one host can have all of its addresses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddress(pub std::net::IpAddr);
+
+impl ClientAddress {
+    pub fn of(ip: std::net::IpAddr) -> Self {
+        match ip.to_canonical() {
+            std::net::IpAddr::V6(v6) => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                Self(std::net::Ipv6Addr::from(prefix).into())
+            }
+            v4 => Self(v4),
+        }
+    }
+}
+
+impl std::fmt::Display for ClientAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            std::net::IpAddr::V6(v6) => write!(f, "{v6}/64"),
+            v4 => write!(f, "{v4}"),
+        }
+    }
+}
+
 /// A connection counted among its address's connections with nobody logged
 /// in; uncounted when dropped.
-struct AnonymousSlot {
+pub struct AnonymousSlot {
     node: Arc<Node>,
     ip: std::net::IpAddr,
 }
 
 impl AnonymousSlot {
-    fn take(node: &Arc<Node>, ip: std::net::IpAddr) -> Option<Self> {
-        let ip = ip.to_canonical();
+    pub fn take(node: &Arc<Node>, ip: std::net::IpAddr) -> Option<Self> {
+        let ip = ClientAddress::of(ip).0;
         node.enter_anonymous(ip).then(|| Self {
             node: node.clone(),
             ip,
@@ -1060,7 +1089,7 @@ impl Session {
     /// Counts a `what` attempt from the client's address; refused past `limit`
     /// per window.
     async fn throttle_address(&self, what: &str, limit: u32) -> Result<(), Failure> {
-        let ip = self.client.ip().to_canonical();
+        let ip = ClientAddress::of(self.client.ip());
         let window = self.node.config.limits.throttle_window;
         match self
             .node
@@ -1221,6 +1250,16 @@ mod tests {
         assert_eq!(format_utc(0), "1970-01-01 00:00:00");
         assert_eq!(format_utc(1_795_609_815), "2026-11-25 12:30:15");
         assert_eq!(format_utc(951_782_400), "2000-02-29 00:00:00");
+    }
+
+    #[test]
+    fn per_address_limits_count_ipv6_by_its_64() {
+        let a = |s: &str| ClientAddress::of(s.parse().expect("ip"));
+        assert_eq!(a("2001:db8:1:2:aaaa::1"), a("2001:db8:1:2:bbbb::9"));
+        assert_ne!(a("2001:db8:1:2::1"), a("2001:db8:1:3::1"));
+        assert_eq!(a("2001:db8:1:2::1").to_string(), "2001:db8:1:2::/64");
+        assert_eq!(a("::ffff:203.0.113.7").to_string(), "203.0.113.7");
+        assert_ne!(a("203.0.113.7"), a("203.0.113.8"));
     }
 
     #[test]

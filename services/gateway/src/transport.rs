@@ -174,6 +174,11 @@ impl FrameSource for TcpSource {
                 Ok(n) => {
                     let mut frames = Vec::new();
                     self.splitter.push(&buf[..n], &mut frames);
+                    if !frames.is_empty() {
+                        // A request ended: the deadline is the next one's,
+                        // counted from now (it began within this read).
+                        self.partial_since = None;
+                    }
                     self.ready.extend(frames);
                     let held = self.splitter.buffered();
                     if !self.node.partial_bytes.recharge(&mut self.charged, held) {
@@ -333,7 +338,8 @@ async fn client_address(
     if !node.config.trusted_proxies.contains(peer.ip()) {
         return Ok(peer);
     }
-    match tokio::time::timeout(wait, proxy_header::read_header(stream)).await {
+    let rest_within = node.config.handshake_timeout;
+    match tokio::time::timeout(wait, proxy_header::read_header(stream, rest_within)).await {
         Ok(Ok(Ok(Outcome::Header(client)))) => Ok(client.unwrap_or(peer)),
         Ok(Ok(Ok(Outcome::None))) => Ok(peer),
         Ok(Ok(Ok(Outcome::Closed))) | Ok(Err(_)) => Err(Refusal::Gone),
@@ -473,12 +479,36 @@ pub async fn serve_http(node: Arc<Node>, listener: TcpListener, permits: Arc<Sem
         tokio::spawn(async move {
             let budget = node.config.handshake_timeout;
             let deadline = Instant::now() + budget;
-            let Ok(client) = client_address(&node, &mut stream, peer, budget).await else {
+            let client = match client_address(&node, &mut stream, peer, budget).await {
+                Ok(client) => client,
+                Err(Refusal::Invalid(failure)) => {
+                    metrics()
+                        .refused
+                        .get_or_create(&label("why", "invalid_proxy_header"))
+                        .inc();
+                    return refuse_http_with(stream, "400 Bad Request", &failure.errmsg).await;
+                }
+                Err(Refusal::Gone | Refusal::Silent) => {
+                    metrics()
+                        .refused
+                        .get_or_create(&label("why", "handshake_timeout"))
+                        .inc();
+                    return;
+                }
+            };
+            // A handshake counts among its address's connections that have
+            // not logged in (the session counts itself once it runs).
+            let Some(_anonymous) = session::AnonymousSlot::take(&node, client.ip()) else {
                 metrics()
                     .refused
-                    .get_or_create(&label("why", "handshake_timeout"))
+                    .get_or_create(&label("why", "anonymous_per_address"))
                     .inc();
-                return;
+                let why = format!(
+                    "{} has {} connections here that have not logged in",
+                    session::ClientAddress::of(client.ip()),
+                    node.config.limits.anonymous_per_address
+                );
+                return refuse_http_with(stream, "503 Service Unavailable", &why).await;
             };
             let connection = Connection {
                 client,
@@ -508,11 +538,16 @@ pub async fn serve_http(node: Arc<Node>, listener: TcpListener, permits: Arc<Sem
     }
 }
 
-async fn refuse_http(mut stream: TcpStream, max: usize) {
-    let body = format!("this node is full ({max} connections); try again later\n");
+async fn refuse_http(stream: TcpStream, max: usize) {
+    let why = format!("this node is full ({max} connections); try again later");
+    refuse_http_with(stream, "503 Service Unavailable", &why).await;
+}
+
+/// Answers `status` with `why` as the body and closes.
+async fn refuse_http_with(mut stream: TcpStream, status: &str, why: &str) {
     let response = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
+        "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{why}\n",
+        why.len() + 1
     );
     let _ = stream.write_all(response.as_bytes()).await;
     let _ = stream.shutdown().await;

@@ -363,6 +363,21 @@ async fn a_receiver_that_does_not_read_costs_bounded_memory_and_loses_nothing() 
         "memory follows what a slow receiver is sent: +{grown_mib} MiB"
     );
     assert!(worst < Duration::from_secs(1), "others stalled: {worst:?}");
+    let (_, metrics) = e2e::http_get(gateway.admin, "/metrics")
+        .await
+        .expect("metrics");
+    let overflowed = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("clusterchat_gateway_overflowed_deliveries_total{queue=\"session\"}")
+        })
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(
+        overflowed > 0,
+        "the byte bound left deliveries in the inbox"
+    );
 
     // Bob reads again: every message, in order, once.
     let mut bob = bob;
@@ -535,4 +550,25 @@ async fn a_client_that_half_closes_through_nginx_still_gets_its_reply() {
         said.contains(r#""errno":0"#) && said.contains(r#""msgid":5"#),
         "{said:?}"
     );
+}
+
+#[tokio::test]
+async fn a_steady_stream_whose_reads_split_requests_is_not_cut_off() {
+    // Each request ends in the next write, so part of one is always
+    // buffered; but no request takes longer than the deadline.
+    let stack = Stack::builder()
+        .gateways(1)
+        .gateway_env("CLUSTERCHAT_GATEWAY_FRAME_DEADLINE_MS", "1000")
+        .start()
+        .await;
+    let mut client = Client::connect(stack.gateways[0].tcp).await;
+    client.send_raw(br#"{"msgid":13,"seq":0"#).await;
+    for i in 1..=12 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        client
+            .send_raw(format!(r#"}}{{"msgid":13,"seq":{i}"#).as_bytes())
+            .await;
+        let pong = client.recv().await;
+        assert_eq!(pong, json!({"msgid": 14, "seq": i - 1}), "after {i} writes");
+    }
 }
