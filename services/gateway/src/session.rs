@@ -1075,11 +1075,14 @@ async fn sleep_until_some(when: Option<Instant>) {
     }
 }
 
-/// Whole seconds, rounded up, at least one: for `retry_after`.
-fn seconds_up(d: Duration) -> u64 {
-    u64::try_from(d.as_millis().div_ceil(1000))
+/// A throttle's refusal (counted as `why`), to retry once `left` has passed:
+/// `say` words it from the whole seconds to wait.
+fn throttled(why: &'static str, left: Duration, say: impl FnOnce(u64) -> String) -> Failure {
+    metrics().refused.get_or_create(&label("why", why)).inc();
+    let seconds = u64::try_from(left.as_millis().div_ceil(1000))
         .unwrap_or(u64::MAX)
-        .max(1)
+        .max(1);
+    Failure::throttled(say(seconds), seconds)
 }
 
 /// Login and register throttles, counted in Redis for the whole cluster.
@@ -1098,16 +1101,10 @@ impl Session {
             .await
         {
             Ok((count, left)) if count > u64::from(limit) => {
-                metrics()
-                    .refused
-                    .get_or_create(&label("why", "throttle_address"))
-                    .inc();
                 tracing::info!(%ip, what, count, "throttled an address");
-                let seconds = seconds_up(left);
-                Err(Failure::throttled(
-                    format!("too many {what} attempts from {ip}; retry in {seconds} s"),
-                    seconds,
-                ))
+                Err(throttled("throttle_address", left, |seconds| {
+                    format!("too many {what} attempts from {ip}; retry in {seconds} s")
+                }))
             }
             Ok(_) => Ok(()),
             Err(e) => {
@@ -1128,16 +1125,10 @@ impl Session {
             .await
         {
             Ok((failures, left)) if failures >= u64::from(limits.login_failures_per_account) => {
-                metrics()
-                    .refused
-                    .get_or_create(&label("why", "throttle_account"))
-                    .inc();
                 tracing::info!(user, failures, "throttled an account");
-                let seconds = seconds_up(left);
-                Err(Failure::throttled(
-                    format!("too many failed logins for user {user}; retry in {seconds} s"),
-                    seconds,
-                ))
+                Err(throttled("throttle_account", left, |seconds| {
+                    format!("too many failed logins for user {user}; retry in {seconds} s")
+                }))
             }
             Ok(_) => Ok(()),
             Err(e) => {

@@ -247,14 +247,23 @@ impl FrameSink for TcpSink {
     }
 }
 
-/// Accepts classic TCP clients until shutdown.
-pub async fn serve_tcp(node: Arc<Node>, listener: TcpListener, permits: Arc<Semaphore>) {
+/// What [`accept`] got.
+enum Accepted {
+    /// A connection within the node's limit, set up (no delay, keepalive).
+    Admitted(TcpStream, SocketAddr, OwnedSemaphorePermit),
+    /// One over the limit: tell it so and close it.
+    Full(TcpStream),
+}
+
+/// The next connection on `listener`, with a permit of the node's
+/// connection limit if one is free; `None` once shutdown is requested.
+async fn accept(node: &Node, listener: &TcpListener, permits: &Arc<Semaphore>) -> Option<Accepted> {
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = node.shutdown.requested() => return,
+            _ = node.shutdown.requested() => return None,
         };
-        let (mut stream, peer) = match accepted {
+        let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors and the like: back off, keep serving.
@@ -264,11 +273,30 @@ pub async fn serve_tcp(node: Arc<Node>, listener: TcpListener, permits: Arc<Sema
             }
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tokio::spawn(refuse_tcp(stream, node.config.limits.max_connections));
-            continue;
+            return Some(Accepted::Full(stream));
         };
         let _ = stream.set_nodelay(true);
         set_keepalive(&stream, node.config.tcp_keepalive);
+        return Some(Accepted::Admitted(stream, peer, permit));
+    }
+}
+
+fn node_full(node: &Node) -> String {
+    let max = node.config.limits.max_connections;
+    format!("this node is full ({max} connections); try again later")
+}
+
+/// Accepts classic TCP clients until shutdown.
+pub async fn serve_tcp(node: Arc<Node>, listener: TcpListener, permits: Arc<Semaphore>) {
+    while let Some(accepted) = accept(&node, &listener, &permits).await {
+        let (mut stream, peer, permit) = match accepted {
+            Accepted::Admitted(stream, peer, permit) => (stream, peer, permit),
+            Accepted::Full(stream) => {
+                let failure = Failure::new(errno::OVERLOADED, node_full(&node));
+                tokio::spawn(refuse_tcp(stream, failure));
+                continue;
+            }
+        };
         let node2 = node.clone();
         node.tasks.spawn(async move {
             // Before login anyway: the first bytes may wait as long as a login may.
@@ -290,11 +318,7 @@ pub async fn serve_tcp(node: Arc<Node>, listener: TcpListener, permits: Arc<Sema
                         }
                         Refusal::Invalid(failure) => failure,
                     };
-                    let mut frame = classic::reply_error(&failure, None);
-                    frame.push(b'\n');
-                    let _ = stream.write_all(&frame).await;
-                    let _ = stream.shutdown().await;
-                    return;
+                    return refuse_tcp(stream, failure).await;
                 }
             };
             let (read, write) = stream.into_split();
@@ -363,11 +387,8 @@ fn set_keepalive(stream: &TcpStream, idle: std::time::Duration) {
     }
 }
 
-async fn refuse_tcp(mut stream: TcpStream, max: usize) {
-    let failure = Failure::new(
-        errno::OVERLOADED,
-        format!("this node is full ({max} connections); try again later"),
-    );
+/// Tells a classic client why it is refused, and closes.
+async fn refuse_tcp(mut stream: TcpStream, failure: Failure) {
     let mut frame = classic::reply_error(&failure, None);
     frame.push(b'\n');
     let _ = stream.write_all(&frame).await;
@@ -455,25 +476,17 @@ pub fn admin_router(node: Arc<Node>) -> Router {
 /// its request headers and the upgrade, and serves one request.
 pub async fn serve_http(node: Arc<Node>, listener: TcpListener, permits: Arc<Semaphore>) {
     let router = public_router(node.clone());
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = node.shutdown.requested() => return,
-        };
-        let (mut stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    while let Some(accepted) = accept(&node, &listener, &permits).await {
+        let (mut stream, peer, permit) = match accepted {
+            Accepted::Admitted(stream, peer, permit) => (stream, peer, permit),
+            Accepted::Full(stream) => {
+                let why = node_full(&node);
+                tokio::spawn(async move {
+                    refuse_http_with(stream, "503 Service Unavailable", &why).await;
+                });
                 continue;
             }
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tokio::spawn(refuse_http(stream, node.config.limits.max_connections));
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        set_keepalive(&stream, node.config.tcp_keepalive);
         let node = node.clone();
         let router = router.clone();
         tokio::spawn(async move {
@@ -536,11 +549,6 @@ pub async fn serve_http(node: Arc<Node>, listener: TcpListener, permits: Arc<Sem
             }
         });
     }
-}
-
-async fn refuse_http(stream: TcpStream, max: usize) {
-    let why = format!("this node is full ({max} connections); try again later");
-    refuse_http_with(stream, "503 Service Unavailable", &why).await;
 }
 
 /// Answers `status` with `why` as the body and closes.

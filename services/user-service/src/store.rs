@@ -186,30 +186,8 @@ impl UserStore {
     #[tracing::instrument(name = "sql.add_member", skip_all, fields(otel.kind = "client", db.system = "mysql"))]
     pub async fn add_member(&self, group: GroupId, user: UserId) -> Result<bool, UserError> {
         let mut tx = self.pool.begin().await?;
-        if !lock_row(
-            &mut tx,
-            "SELECT id FROM users WHERE id = ? FOR UPDATE",
-            user.get(),
-        )
-        .await?
-        {
-            return Err(UserError::NotFound(format!(
-                "user {} does not exist",
-                user.get()
-            )));
-        }
-        if !lock_row(
-            &mut tx,
-            "SELECT id FROM chat_groups WHERE id = ? FOR UPDATE",
-            group.get(),
-        )
-        .await?
-        {
-            return Err(UserError::NotFound(format!(
-                "group {} does not exist",
-                group.get()
-            )));
-        }
+        lock_row(&mut tx, Row::User, user.get()).await?;
+        lock_row(&mut tx, Row::Group, group.get()).await?;
         let member = sqlx::query("SELECT 1 FROM group_members WHERE group_id = ? AND user_id = ?")
             .bind(group.get())
             .bind(user.get())
@@ -248,18 +226,7 @@ impl UserStore {
         tx: &mut sqlx::Transaction<'_, sqlx::MySql>,
         user: UserId,
     ) -> Result<(), UserError> {
-        if !lock_row(
-            tx,
-            "SELECT id FROM users WHERE id = ? FOR UPDATE",
-            user.get(),
-        )
-        .await?
-        {
-            return Err(UserError::NotFound(format!(
-                "user {} does not exist",
-                user.get()
-            )));
-        }
+        lock_row(tx, Row::User, user.get()).await?;
         self.check_group_cap(tx, user).await
     }
 
@@ -403,18 +370,31 @@ impl UserStore {
     }
 }
 
-/// Runs a `SELECT id ... WHERE id = ? FOR UPDATE`; true when the row exists
-/// (and is now locked until the transaction ends).
+/// A row a transaction locks before it counts members or groups.
+#[derive(Clone, Copy)]
+enum Row {
+    User,
+    Group,
+}
+
+/// Locks the row (`SELECT ... FOR UPDATE`) until the transaction ends;
+/// `NotFound` when there is none.
 async fn lock_row(
     tx: &mut sqlx::Transaction<'_, sqlx::MySql>,
-    sql: &'static str,
+    row: Row,
     id: i64,
-) -> Result<bool, UserError> {
-    Ok(sqlx::query(sql)
-        .bind(id)
-        .fetch_optional(&mut **tx)
-        .await?
-        .is_some())
+) -> Result<(), UserError> {
+    let (sql, what) = match row {
+        Row::User => ("SELECT id FROM users WHERE id = ? FOR UPDATE", "user"),
+        Row::Group => (
+            "SELECT id FROM chat_groups WHERE id = ? FOR UPDATE",
+            "group",
+        ),
+    };
+    match sqlx::query(sql).bind(id).fetch_optional(&mut **tx).await? {
+        Some(_) => Ok(()),
+        None => Err(UserError::NotFound(format!("{what} {id} does not exist"))),
+    }
 }
 
 fn user_from_row(row: &sqlx::mysql::MySqlRow, id: usize, name: usize) -> User {

@@ -42,6 +42,26 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// Runs the `chat` binary with `args` (at most 30 s): whether it succeeded,
+/// its stdout and its stderr.
+pub async fn run_chat(args: &[&str]) -> (bool, String, String) {
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        Command::new(bin("chat"))
+            .args(args)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("chat ends in time")
+    .expect("run chat");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A free port on 127.0.0.1 (bound and released; fine for tests).
 pub async fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -960,6 +980,34 @@ impl Client {
 fn socket_linger_zero(stream: &TcpStream) -> std::io::Result<()> {
     #[allow(deprecated)]
     stream.set_linger(Some(Duration::ZERO))
+}
+
+/// A login ack's (or roster page's) `friends` or `groups`: JSON objects
+/// inside strings, parsed.
+pub fn parse_list(ack: &Value, field: &str) -> Vec<Value> {
+    ack[field]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .map(|s| {
+                    serde_json::from_str(s.as_str().expect("entries are JSON text in strings"))
+                        .expect("json text")
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Resident memory of a process, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS")
 }
 
 /// The `msg` of each chat.

@@ -7,7 +7,7 @@
 //! user service's database: a hundred thousand joins through the API would
 //! take minutes.
 
-use e2e::{Client, Stack};
+use e2e::{Client, Stack, parse_list, rss_kib};
 use serde_json::{Value, json};
 
 const GROUPS: usize = 120;
@@ -43,18 +43,6 @@ fn sql(url: &str, statements: &str) {
         "mariadb: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-}
-
-fn parse_list(ack: &Value, field: &str) -> Vec<Value> {
-    ack[field]
-        .as_array()
-        .map(|items| {
-            items
-                .iter()
-                .map(|s| serde_json::from_str(s.as_str().expect("JSON text")).expect("json"))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 #[tokio::test]
@@ -132,17 +120,6 @@ async fn a_user_in_many_full_groups_logs_in_and_a_full_group_says_so() {
         format!("group {full} is full ({MEMBERS} members)"),
         "{refused}"
     );
-}
-
-/// Resident memory of a process, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS")
 }
 
 #[tokio::test]

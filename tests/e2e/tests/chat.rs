@@ -3,23 +3,8 @@
 
 use std::time::Duration;
 
-use e2e::{Client, Stack, WsClient, chat, group_chat};
+use e2e::{Client, Stack, WsClient, chat, group_chat, parse_list};
 use serde_json::{Value, json};
-
-fn parse_list(ack: &Value, field: &str) -> Vec<Value> {
-    ack[field]
-        .as_array()
-        .map(|items| {
-            items
-                .iter()
-                .map(|s| {
-                    serde_json::from_str(s.as_str().expect("entries are JSON text in strings"))
-                        .expect("json text")
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 #[tokio::test]
 async fn users_on_different_nodes_chat_both_ways_as_themselves() {

@@ -3,34 +3,12 @@
 
 use std::{process::Stdio, time::Duration};
 
-use e2e::{Client, PATIENCE, Stack};
+use e2e::{Client, PATIENCE, Stack, run_chat};
 use serde_json::Value;
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
     process::Command,
 };
-
-fn chat_bin() -> std::path::PathBuf {
-    let dir = std::env::var("CLUSTERCHAT_BIN_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| {
-            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/debug")
-        });
-    dir.join("chat")
-}
-
-async fn run(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(chat_bin())
-        .args(args)
-        .output()
-        .await
-        .expect("run chat");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 #[tokio::test]
 async fn scripted_register_send_and_listen() {
@@ -38,7 +16,7 @@ async fn scripted_register_send_and_listen() {
     let node1 = stack.gateways[0].tcp.to_string();
     let node2 = stack.gateways[1].tcp.to_string();
 
-    let (ok, out, err) = run(&[
+    let (ok, out, err) = run_chat(&[
         "--addr",
         &node1,
         "register",
@@ -52,7 +30,7 @@ async fn scripted_register_send_and_listen() {
     let alice: i64 = serde_json::from_str::<Value>(&out).expect("json")["id"]
         .as_i64()
         .expect("id");
-    let (_, out, _) = run(&[
+    let (_, out, _) = run_chat(&[
         "--addr",
         &node2,
         "register",
@@ -66,7 +44,7 @@ async fn scripted_register_send_and_listen() {
         .as_i64()
         .expect("id");
 
-    let (ok, _, err) = run(&[
+    let (ok, _, err) = run_chat(&[
         "--addr",
         &node1,
         "register",
@@ -79,7 +57,7 @@ async fn scripted_register_send_and_listen() {
     assert!(!ok, "a taken name fails the command");
     assert!(err.contains("already taken"), "{err}");
 
-    let mut listener = Command::new(chat_bin())
+    let mut listener = Command::new(e2e::bin("chat"))
         .args([
             "--addr",
             &node2,
@@ -108,7 +86,7 @@ async fn scripted_register_send_and_listen() {
         Some(format!("listening as user {bob}").as_str())
     );
 
-    let (ok, out, err) = run(&[
+    let (ok, out, err) = run_chat(&[
         "--addr",
         &node1,
         "send",
@@ -154,7 +132,7 @@ async fn scripted_register_send_and_listen() {
 
     // What a listener showed (and acknowledged before exiting) is not
     // handed to the next one.
-    let (ok, out, err) = run(&[
+    let (ok, out, err) = run_chat(&[
         "--addr",
         &node1,
         "listen",
@@ -169,7 +147,7 @@ async fn scripted_register_send_and_listen() {
     assert!(ok, "{err}");
     assert_eq!(out, "", "nothing shown twice");
 
-    let (ok, out, _) = run(&[
+    let (ok, out, _) = run_chat(&[
         "--addr",
         &node1,
         "send",
@@ -195,7 +173,7 @@ struct Interactive {
 
 impl Interactive {
     async fn start(addr: &str) -> Self {
-        let mut child = Command::new(chat_bin())
+        let mut child = Command::new(e2e::bin("chat"))
             .args(["--addr", addr])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

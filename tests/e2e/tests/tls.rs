@@ -5,9 +5,9 @@
 //! refused, and the `chat` CLI with `--tls`, `wss://` and a wrong `--ca`.
 //! The shipped nginx configurations are checked with `nginx -t`.
 
-use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
+use std::{net::SocketAddr, path::Path, sync::Arc};
 
-use e2e::{Client, NginxTls, RECV_TIMEOUT, Stack, chat};
+use e2e::{Client, NginxTls, RECV_TIMEOUT, Stack, chat, run_chat};
 use futures::{SinkExt as _, StreamExt as _};
 use rustls::{
     ClientConfig, RootCertStore,
@@ -72,6 +72,12 @@ async fn handshake(
         .expect("the handshake ends in time")
 }
 
+/// A JSON-speaking client over one transport or another.
+trait JsonClient {
+    async fn send(&mut self, request: &Value);
+    async fn recv(&mut self) -> Value;
+}
+
 /// A classic client over TLS: requests end with NUL, replies with a newline.
 struct TlsClient {
     reader: BufReader<ReadHalf<TlsStream<TcpStream>>>,
@@ -89,7 +95,9 @@ impl TlsClient {
             writer,
         }
     }
+}
 
+impl JsonClient for TlsClient {
     async fn send(&mut self, request: &Value) {
         let mut bytes = request.to_string().into_bytes();
         bytes.push(0);
@@ -121,7 +129,9 @@ impl WssClient {
             .expect("WebSocket over TLS");
         Self(socket)
     }
+}
 
+impl JsonClient for WssClient {
     async fn send(&mut self, request: &Value) {
         self.0
             .send(Message::text(request.to_string()))
@@ -156,28 +166,30 @@ async fn a_plain_client_on_each_node(stack: &Stack) -> Vec<(i64, Client)> {
     clients
 }
 
-#[tokio::test]
-async fn classic_client_over_tls_chats_with_plain_clients_on_both_nodes() {
-    let stack = Stack::builder().gateways(2).with_tls().start().await;
-    let tls = tls_of(&stack);
-    // "localhost": the certificate's DNS name (the wss test uses its IP).
-    let mut alice = TlsClient::connect(tls.tcp, "localhost", trusting(&tls.ca)).await;
+/// `alice` registers and logs in over her transport (`over`), then chats
+/// both ways with a plain client on each node.
+async fn chats_with_plain_clients_on_both_nodes(
+    alice: &mut impl JsonClient,
+    stack: &Stack,
+    over: &str,
+) {
     alice
         .send(&json!({"msgid": 4, "name": "alice", "password": "pa"}))
         .await;
     let ack = alice.recv().await;
-    assert_eq!(ack["errno"], 0, "register over TLS: {ack}");
+    assert_eq!(ack["errno"], 0, "register over {over}: {ack}");
     let a = ack["id"].as_i64().expect("id");
     alice
         .send(&json!({"msgid": 1, "id": a, "password": "pa"}))
         .await;
     let ack = alice.recv().await;
-    assert_eq!(ack["errno"], 0, "login over TLS: {ack}");
+    assert_eq!(ack["errno"], 0, "login over {over}: {ack}");
 
-    for (b, mut bob) in a_plain_client_on_each_node(&stack).await {
-        alice.send(&chat(a, b, "hello over tls")).await;
+    let hello = format!("hello over {over}");
+    for (b, mut bob) in a_plain_client_on_each_node(stack).await {
+        alice.send(&chat(a, b, &hello)).await;
         let got = bob.recv().await;
-        assert_eq!(got["msg"], "hello over tls", "{got}");
+        assert_eq!(got["msg"], hello.as_str(), "{got}");
         assert_eq!(got["id"], a);
 
         bob.send(&chat(b, a, "and back in plain")).await;
@@ -188,33 +200,20 @@ async fn classic_client_over_tls_chats_with_plain_clients_on_both_nodes() {
 }
 
 #[tokio::test]
+async fn classic_client_over_tls_chats_with_plain_clients_on_both_nodes() {
+    let stack = Stack::builder().gateways(2).with_tls().start().await;
+    let tls = tls_of(&stack);
+    // "localhost": the certificate's DNS name (the wss test uses its IP).
+    let mut alice = TlsClient::connect(tls.tcp, "localhost", trusting(&tls.ca)).await;
+    chats_with_plain_clients_on_both_nodes(&mut alice, &stack, "tls").await;
+}
+
+#[tokio::test]
 async fn websocket_client_over_wss_chats_with_plain_clients_on_both_nodes() {
     let stack = Stack::builder().gateways(2).with_tls().start().await;
     let tls = tls_of(&stack);
     let mut alice = WssClient::connect(tls.ws, trusting(&tls.ca)).await;
-    alice
-        .send(&json!({"msgid": 4, "name": "alice", "password": "pa"}))
-        .await;
-    let ack = alice.recv().await;
-    assert_eq!(ack["errno"], 0, "register over wss: {ack}");
-    let a = ack["id"].as_i64().expect("id");
-    alice
-        .send(&json!({"msgid": 1, "id": a, "password": "pa"}))
-        .await;
-    let ack = alice.recv().await;
-    assert_eq!(ack["errno"], 0, "login over wss: {ack}");
-
-    for (b, mut bob) in a_plain_client_on_each_node(&stack).await {
-        alice.send(&chat(a, b, "hello over wss")).await;
-        let got = bob.recv().await;
-        assert_eq!(got["msg"], "hello over wss", "{got}");
-        assert_eq!(got["id"], a);
-
-        bob.send(&chat(b, a, "and back in plain")).await;
-        let got = alice.recv().await;
-        assert_eq!(got["msg"], "and back in plain", "{got}");
-        assert_eq!(got["id"], b);
-    }
+    chats_with_plain_clients_on_both_nodes(&mut alice, &stack, "wss").await;
 }
 
 #[tokio::test]
@@ -251,31 +250,6 @@ async fn a_client_trusting_another_ca_is_refused() {
         ),
         "{err:?}"
     );
-}
-
-fn chat_bin() -> std::path::PathBuf {
-    std::env::var("CLUSTERCHAT_BIN_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/debug"))
-        .join("chat")
-}
-
-async fn run_chat(args: &[&str]) -> (bool, String, String) {
-    let out = tokio::time::timeout(
-        Duration::from_secs(30),
-        Command::new(chat_bin())
-            .args(args)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("chat ends in time")
-    .expect("run chat");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[tokio::test]

@@ -463,18 +463,9 @@ pub fn login_ok_with(
     more: bool,
 ) -> Vec<u8> {
     let mut reply = object(json!({"errno": 0, "id": id, "msgid": LOGIN_MSG_ACK, "name": name}));
-    if !friends.is_empty() {
-        let list: Vec<Value> = friends.into_iter().map(Value::String).collect();
-        reply.insert("friends".into(), list.into());
-    }
-    if !groups.is_empty() {
-        let list: Vec<Value> = groups.into_iter().map(Value::String).collect();
-        reply.insert("groups".into(), list.into());
-    }
-    if !offline.is_empty() {
-        let list: Vec<Value> = offline.iter().map(|m| Value::String(m.clone())).collect();
-        reply.insert("offlinemsg".into(), list.into());
-    }
+    insert_strings(&mut reply, "friends", friends);
+    insert_strings(&mut reply, "groups", groups);
+    insert_strings(&mut reply, "offlinemsg", offline.to_vec());
     if more {
         reply.insert("roster_more".into(), true.into());
     }
@@ -482,19 +473,22 @@ pub fn login_ok_with(
 }
 
 /// The rest of a long roster after the login ack:
-/// `{"msgid":16,"friends":[..],"groups":[..],"more":bool}` (entries encoded
+/// `{"msgid":15,"friends":[..],"groups":[..],"more":bool}` (entries encoded
 /// as in the ack; `more` false on the last page).
 pub fn roster_page(friends: Vec<String>, groups: Vec<String>, more: bool) -> Vec<u8> {
     let mut page = object(json!({"msgid": ROSTER_PAGE_MSG, "more": more}));
-    if !friends.is_empty() {
-        let list: Vec<Value> = friends.into_iter().map(Value::String).collect();
-        page.insert("friends".into(), list.into());
-    }
-    if !groups.is_empty() {
-        let list: Vec<Value> = groups.into_iter().map(Value::String).collect();
-        page.insert("groups".into(), list.into());
-    }
+    insert_strings(&mut page, "friends", friends);
+    insert_strings(&mut page, "groups", groups);
     encode(page)
+}
+
+/// `key: [strings]` in `object`, unless there are none (the classic server
+/// leaves an empty list out).
+fn insert_strings(object: &mut Map<String, Value>, key: &str, strings: Vec<String>) {
+    if !strings.is_empty() {
+        let list: Vec<Value> = strings.into_iter().map(Value::String).collect();
+        object.insert(key.into(), list.into());
+    }
 }
 
 /// `{"errno":0,"msgid":11,"seq":n}` plus any results (e.g. `groupid`).
