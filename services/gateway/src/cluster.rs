@@ -18,13 +18,24 @@
 //!   owns the user, with a TTL the owning node keeps refreshing.
 //! - **Control** `{prefix}ctl`: cache invalidations between nodes.
 //!
-//! The node keeps ONE subscriber connection (pinged, reconnected and
-//! resubscribed after any failure; every (un)subscribe goes through one
-//! ordered worker) and one multiplexed command connection that pipelines
-//! concurrent commands.
+//! **Single Redis or Redis Cluster**, picked by the URL
+//! (`redis+cluster://HOST:PORT[,HOST:PORT...]` or several URLs separated by
+//! commas is a cluster). The code path is the same; what differs:
+//! - grouping: a script call or a pipeline holds the users of one hash slot
+//!   on a cluster ([`slot::groups`]), everything on a single Redis; groups
+//!   run concurrently, each routed to the shard that owns its slot;
+//! - routing: plain PUBLISH/SUBSCRIBE on a single Redis (one subscriber
+//!   connection, `subscriber.rs`); sharded SPUBLISH/SSUBSCRIBE on a cluster
+//!   (one subscriber connection per shard, `sharded.rs`), so a message
+//!   crosses one shard, not all of them;
+//! - replication: on a cluster an append waits for a replica (`WAIT 1`)
+//!   before it is published or answered, so a failover cannot lose an
+//!   accepted message or hand out its sequence number twice.
 //!
-//! **API Boundary:** session code sees only [`Cluster`]'s methods. Moving to
-//! Redis Cluster means SPUBLISH/SSUBSCRIBE here and nothing else.
+//! Every (un)subscribe goes through one ordered worker; subscriptions are
+//! restored after any failure and the users concerned read their stores.
+//!
+//! **API Boundary:** session code sees only [`Cluster`]'s methods.
 
 use std::{
     collections::HashSet,
@@ -37,10 +48,13 @@ use std::{
 };
 
 use futures::StreamExt as _;
-use redis::{AsyncCommands as _, Script, aio::ConnectionManager};
+use redis::{Script, aio::ConnectionManager};
+
+mod sharded;
+pub mod slot;
+mod subscriber;
 use shutdown::Shutdown;
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
 #[error("redis is unavailable: {0}")]
@@ -68,6 +82,17 @@ pub enum BusEvent {
     /// The subscriber (re)connected: everything local was resubscribed, and
     /// whatever was published meanwhile must be read from the inboxes.
     Resubscribed,
+    /// These users' subscriptions were restored (a shard failed over, a
+    /// slot moved): they read their stores.
+    Resync(Vec<i64>),
+}
+
+/// The user whose channel this is (`{prefix}{u:ID}`), given `{prefix}{u:`.
+fn user_of_channel(user_prefix: &str, channel: &str) -> Option<i64> {
+    channel
+        .strip_prefix(user_prefix)
+        .and_then(|rest| rest.strip_suffix('}'))
+        .and_then(|id| id.parse().ok())
 }
 
 /// What waits between the subscriber and the node, bounded in bytes: past
@@ -271,7 +296,11 @@ enum SubCommand {
 #[derive(Clone)]
 pub struct Cluster {
     prefix: Arc<str>,
-    commands: ConnectionManager,
+    commands: Commands,
+    /// A Redis Cluster (else a single Redis): see the module's docs.
+    sharded: bool,
+    /// Cluster only: which slots have a replica to wait for.
+    replicas: Arc<slot::ReplicaMap>,
     subscriber: mpsc::UnboundedSender<SubCommand>,
     subscriber_up: Arc<AtomicBool>,
     scripts: Arc<Scripts>,
@@ -279,6 +308,87 @@ pub struct Cluster {
     /// What the subscriber holds for the node.
     pub backlog: Arc<BusBacklog>,
 }
+
+/// The command connection: one multiplexed connection to a single Redis,
+/// or redis-rs's cluster connection, which routes each command (or
+/// single-slot pipeline) to the shard owning its key's slot, follows
+/// MOVED/ASK and finds the new master after a failover.
+#[derive(Clone)]
+enum Commands {
+    Single(ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Commands {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Where the gateway's Redis is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    Single(String),
+    /// Seed nodes of a Redis Cluster (any one reachable master suffices).
+    Cluster(Vec<String>),
+}
+
+impl RedisTarget {
+    /// `redis+cluster://HOST:PORT[,HOST:PORT...]` or `URL,URL...` is a
+    /// cluster; any other URL a single Redis.
+    pub fn parse(url: &str) -> Self {
+        let url = url.trim();
+        if let Some(nodes) = url.strip_prefix("redis+cluster://") {
+            return Self::Cluster(
+                nodes
+                    .trim_end_matches('/')
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|n| !n.is_empty())
+                    .map(|n| format!("redis://{n}"))
+                    .collect(),
+            );
+        }
+        if url.contains(',') {
+            return Self::Cluster(
+                url.split(',')
+                    .map(str::trim)
+                    .filter(|n| !n.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            );
+        }
+        Self::Single(url.to_owned())
+    }
+}
+
+/// How long an append waits for a replica of its shard (cluster only).
+const REPLICA_WAIT: Duration = Duration::from_millis(500);
 
 struct Scripts {
     append: Script,
@@ -428,29 +538,63 @@ impl Cluster {
         events: mpsc::Sender<BusEvent>,
         shutdown: Shutdown,
     ) -> Result<Self, ClusterError> {
-        let client = redis::Client::open(url)?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(1));
-        let commands = ConnectionManager::new_with_config(client.clone(), config).await?;
         let (tx, rx) = mpsc::unbounded_channel();
         let subscriber_up = Arc::new(AtomicBool::new(false));
         let backlog = BusBacklog::new(BUS_BACKLOG_BYTES);
-        tokio::spawn(run_subscriber(
-            client,
-            prefix.to_owned(),
-            rx,
-            events,
-            backlog.clone(),
-            subscriber_up.clone(),
-            shutdown,
-        ));
+        let (commands, sharded) = match RedisTarget::parse(url) {
+            RedisTarget::Single(url) => {
+                let client = redis::Client::open(url)?;
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(Duration::from_secs(2)))
+                    .set_response_timeout(Some(Duration::from_secs(2)))
+                    .set_number_of_retries(2)
+                    .set_max_delay(Duration::from_secs(1));
+                let commands = ConnectionManager::new_with_config(client.clone(), config).await?;
+                tokio::spawn(subscriber::run_subscriber(
+                    client,
+                    prefix.to_owned(),
+                    rx,
+                    events,
+                    backlog.clone(),
+                    subscriber_up.clone(),
+                    shutdown,
+                ));
+                (Commands::Single(commands), false)
+            }
+            RedisTarget::Cluster(nodes) => {
+                let builder = || {
+                    redis::cluster::ClusterClientBuilder::new(nodes.clone())
+                        .connection_timeout(Duration::from_secs(1))
+                        .response_timeout(Duration::from_secs(2))
+                        .retries(3)
+                };
+                let commands = builder().build()?.get_async_connection().await?;
+                // The subscriber has a client of its own: one connection per
+                // shard that carries only subscriptions, RESP3 for pushes.
+                let (pushes_tx, pushes) = mpsc::unbounded_channel();
+                let client = builder()
+                    .use_protocol(redis::ProtocolVersion::RESP3)
+                    .push_sender(pushes_tx)
+                    .build()?;
+                tokio::spawn(sharded::run_sharded_subscriber(sharded::Sharded {
+                    client,
+                    pushes,
+                    prefix: prefix.to_owned(),
+                    commands: rx,
+                    events,
+                    backlog: backlog.clone(),
+                    up: subscriber_up.clone(),
+                    shutdown,
+                }));
+                (Commands::Cluster(commands), true)
+            }
+        };
         let (appender, jobs) = mpsc::unbounded_channel();
         let cluster = Self {
             prefix: prefix.into(),
             commands,
+            sharded,
+            replicas: Arc::new(slot::ReplicaMap::new()),
             subscriber: tx,
             subscriber_up,
             scripts: Arc::new(Scripts {
@@ -462,7 +606,43 @@ impl Cluster {
             backlog,
         };
         tokio::spawn(cluster.clone().run_appender(jobs));
+        if sharded {
+            cluster.refresh_replicas().await;
+            tokio::spawn(cluster.clone().watch_replicas());
+        }
         Ok(cluster)
+    }
+
+    /// Reads which masters have a replica online (cluster only).
+    async fn refresh_replicas(&self) {
+        let shards: Result<redis::Value, _> = redis::cmd("CLUSTER")
+            .arg("SHARDS")
+            .query_async(&mut self.commands.clone())
+            .await;
+        match shards {
+            Ok(shards) => self.replicas.update(&shards),
+            Err(e) => tracing::debug!(error = %e, "cannot read CLUSTER SHARDS"),
+        }
+    }
+
+    /// Keeps the replica map current, every second.
+    async fn watch_replicas(self) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.refresh_replicas().await;
+        }
+    }
+
+    /// Whether this is a Redis Cluster.
+    pub fn is_sharded(&self) -> bool {
+        self.sharded
+    }
+
+    /// The publish command of this backend.
+    fn publish_command(&self) -> &'static str {
+        if self.sharded { "SPUBLISH" } else { "PUBLISH" }
     }
 
     fn user_channel(&self, user: i64) -> String {
@@ -482,9 +662,10 @@ impl Cluster {
         self.subscriber_up.load(Ordering::Relaxed)
     }
 
-    /// Runs a pipeline of EVALSHAs; after a Redis restart (NOSCRIPT) loads
-    /// the scripts and runs it once more, which is safe: a NOSCRIPT
-    /// invocation did nothing.
+    /// Runs a pipeline of EVALSHAs; after a Redis restart or a failover
+    /// (NOSCRIPT) runs it once more with the scripts loaded first in the
+    /// same pipeline (so on a cluster they reach the same shard), which is
+    /// safe: a NOSCRIPT invocation did nothing.
     async fn run_scripts<T: redis::FromRedisValue>(
         &self,
         build: impl Fn(&mut redis::Pipeline),
@@ -494,15 +675,32 @@ impl Cluster {
         match pipe.query_async(&mut self.commands.clone()).await {
             Ok(values) => Ok(values),
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                let mut load = redis::pipe();
+                let mut pipe = redis::pipe();
                 for script in [&self.scripts.append, &self.scripts.read, &self.scripts.trim] {
-                    load.load_script(script).ignore();
+                    pipe.load_script(script).ignore();
                 }
-                let () = load.query_async(&mut self.commands.clone()).await?;
+                build(&mut pipe);
                 Ok(pipe.query_async(&mut self.commands.clone()).await?)
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Runs one pipeline per group of `users` that may share one (one hash
+    /// slot on a cluster: [`slot::groups`]), concurrently; `build` gets the
+    /// indices of its group. Replies come back per group, in group order.
+    async fn run_grouped<T: redis::FromRedisValue>(
+        &self,
+        users: impl ExactSizeIterator<Item = i64>,
+        build: impl Fn(&mut redis::Pipeline, &[usize]),
+    ) -> Result<Vec<(Vec<usize>, Vec<T>)>, ClusterError> {
+        let groups = slot::groups(self.sharded, users);
+        let build = &build;
+        futures::future::try_join_all(groups.into_iter().map(|group| async move {
+            let replies = self.run_scripts(|pipe| build(pipe, &group)).await?;
+            Ok((group, replies))
+        }))
+        .await
     }
 
     /// Records a message in each receiver's inbox and publishes it to those
@@ -582,64 +780,159 @@ impl Cluster {
 
     async fn append_batch(&self, batch: Vec<AppendJob>) {
         let max_inbox = batch.iter().map(|j| j.max_inbox).max().unwrap_or(1);
-        let result: Result<Vec<Vec<i64>>, ClusterError> = self
+        // Every receiver of the batch, as (job, user, channel).
+        let receivers: Vec<(usize, i64, &str)> = batch
+            .iter()
+            .enumerate()
+            .flat_map(|(j, job)| job.receivers.iter().map(move |(u, c)| (j, *u, c.as_str())))
+            .collect();
+        let groups = slot::groups(self.sharded, receivers.iter().map(|r| r.1));
+        let results = futures::future::join_all(
+            groups
+                .iter()
+                .map(|group| self.append_group(&batch, &receivers, group, max_inbox)),
+        )
+        .await;
+        let mut outcome: Vec<Option<Result<Appended, String>>> = vec![None; receivers.len()];
+        for (group, result) in groups.iter().zip(results) {
+            for (position, index) in group.iter().enumerate() {
+                outcome[*index] = Some(match &result {
+                    Ok(appended) => appended
+                        .get(position)
+                        .copied()
+                        .ok_or_else(|| "redis answered fewer appends than asked".to_owned()),
+                    Err(e) => Err(e.to_string()),
+                });
+            }
+        }
+        let mut outcome = outcome.into_iter();
+        for job in batch {
+            let results: Result<Vec<Appended>, String> = outcome
+                .by_ref()
+                .take(job.receivers.len())
+                .map(|o| o.unwrap_or_else(|| Err("append lost in a batch".to_owned())))
+                .collect();
+            let _ = job.reply.send(results.map_err(ClusterError::new));
+        }
+    }
+
+    /// One script call for receivers of one slot (all of them on a single
+    /// Redis). On a cluster the script does not publish: the entries are
+    /// published (SPUBLISH) only after a replica has them (WAIT), so a
+    /// failover cannot take back what a receiver has already seen.
+    async fn append_group(
+        &self,
+        batch: &[AppendJob],
+        receivers: &[(usize, i64, &str)],
+        group: &[usize],
+        max_inbox: usize,
+    ) -> Result<Vec<Appended>, ClusterError> {
+        // The jobs this group needs the tails of, renumbered from 0.
+        let mut tails: Vec<usize> = group.iter().map(|&i| receivers[i].0).collect();
+        tails.dedup();
+        tails.sort_unstable();
+        tails.dedup();
+        let wait_replicas = self.sharded
+            && self
+                .replicas
+                .has_replica(slot::of_user(receivers[group[0]].1));
+        let replies: Vec<redis::Value> = self
             .run_scripts(|pipe| {
-                let receivers: usize = batch.iter().map(|j| j.receivers.len()).sum();
                 let cmd = pipe
                     .cmd("EVALSHA")
                     .arg(self.scripts.append.get_hash())
-                    .arg(receivers * 3);
+                    .arg(group.len() * 3);
                 let mut key = String::with_capacity(self.prefix.len() + 64);
-                for job in &batch {
-                    for (user, _) in &job.receivers {
-                        // `{prefix}{u:ID}:` once, then each suffix in turn.
-                        key.clear();
-                        let _ = write!(key, "{}{{u:{user}}}:", self.prefix);
-                        let tag = key.len();
-                        key.push('n');
-                        cmd.arg(key.as_str());
+                for &i in group {
+                    let (j, user, _) = receivers[i];
+                    let job = &batch[j];
+                    // `{prefix}{u:ID}:` once, then each suffix in turn.
+                    key.clear();
+                    let _ = write!(key, "{}{{u:{user}}}:", self.prefix);
+                    let tag = key.len();
+                    key.push('n');
+                    cmd.arg(key.as_str());
+                    key.truncate(tag);
+                    key.push_str("in");
+                    cmd.arg(key.as_str());
+                    // Without dedup the third key is never touched.
+                    if job.ttl != 0 {
                         key.truncate(tag);
-                        key.push_str("in");
-                        cmd.arg(key.as_str());
-                        // Without dedup the third key is never touched.
-                        if job.ttl != 0 {
-                            key.truncate(tag);
-                            key.push_str("m:");
-                            key.push_str(&job.mid);
-                        }
-                        cmd.arg(key.as_str());
+                        key.push_str("m:");
+                        key.push_str(&job.mid);
                     }
+                    cmd.arg(key.as_str());
                 }
                 cmd.arg(max_inbox);
-                for (index, job) in batch.iter().enumerate() {
-                    for (_, channel) in &job.receivers {
-                        cmd.arg(channel).arg(job.ttl).arg(index);
-                    }
+                for &i in group {
+                    let (j, _, channel) = receivers[i];
+                    let channel = if self.sharded { "" } else { channel };
+                    let tail = tails.binary_search(&j).unwrap_or(0);
+                    cmd.arg(channel).arg(batch[j].ttl).arg(tail);
                 }
-                for job in &batch {
-                    cmd.arg(&job.tail[..]);
+                for &j in &tails {
+                    cmd.arg(&batch[j].tail[..]);
+                }
+                if wait_replicas {
+                    pipe.cmd("WAIT").arg(1).arg(ttl_millis(REPLICA_WAIT));
                 }
             })
-            .await;
-        match result {
-            Ok(mut replies) => {
-                let flat = replies.pop().unwrap_or_default();
-                let mut pairs = flat.chunks_exact(2).map(|p| appended(p[0], p[1]));
-                for job in batch {
-                    let results: Vec<Appended> = pairs.by_ref().take(job.receivers.len()).collect();
-                    let _ = job.reply.send(if results.len() == job.receivers.len() {
-                        Ok(results)
-                    } else {
-                        Err(ClusterError::new("redis answered fewer appends than asked"))
-                    });
+            .await?;
+        let mut replies = replies.into_iter();
+        let flat: Vec<i64> = redis::from_redis_value(replies.next().unwrap_or(redis::Value::Nil))
+            .map_err(|e| ClusterError::new(e.to_string()))?;
+        if wait_replicas && let Some(redis::Value::Int(0)) = replies.next() {
+            tracing::warn!("no replica confirmed an append in time; a failover now could lose it");
+            crate::metrics::metrics().unreplicated_appends.inc();
+        }
+        let mut appended: Vec<Appended> =
+            flat.chunks_exact(2).map(|p| appended(p[0], p[1])).collect();
+        if !self.sharded {
+            return Ok(appended);
+        }
+        // Publish what was recorded and should be.
+        let publish: Vec<usize> = (0..appended.len().min(group.len()))
+            .filter(|&k| {
+                !receivers[group[k]].2.is_empty()
+                    && matches!(appended[k], Appended::Recorded { .. })
+            })
+            .collect();
+        if publish.is_empty() {
+            return Ok(appended);
+        }
+        let mut pipe = redis::pipe();
+        for &k in &publish {
+            let (j, _, channel) = receivers[group[k]];
+            let Appended::Recorded { seq, .. } = appended[k] else {
+                continue;
+            };
+            let mut entry = format!("{seq} ").into_bytes();
+            entry.extend_from_slice(&batch[j].tail);
+            pipe.cmd("SPUBLISH").arg(channel).arg(entry);
+        }
+        // Recorded but not yet published: retried a few times; after that
+        // the caller stores it with the offline service too (a duplicate at
+        // worst, never a message nobody is told about).
+        let mut attempt = 0;
+        let counts: Vec<i64> = loop {
+            match pipe.query_async(&mut self.commands.clone()).await {
+                Ok(counts) => break counts,
+                Err(e) if attempt >= 3 => return Err(e.into()),
+                Err(_) => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
                 }
             }
-            Err(e) => {
-                for job in batch {
-                    let _ = job.reply.send(Err(ClusterError::new(e.to_string())));
-                }
+        };
+        for (&k, count) in publish.iter().zip(counts) {
+            if let Appended::Recorded { seq, .. } = appended[k] {
+                appended[k] = Appended::Recorded {
+                    seq,
+                    subscribers: Some(u64::try_from(count).unwrap_or(0)),
+                };
             }
         }
+        Ok(appended)
     }
 
     /// Up to `count` inbox entries with a sequence above `after`, with the
@@ -698,10 +991,11 @@ impl Cluster {
         if marks.is_empty() {
             return Ok(());
         }
-        let _: Vec<Vec<i64>> = self
-            .run_scripts(|pipe| {
-                for chunk in marks.chunks(256) {
-                    self.trim_invocation(pipe, chunk, "d");
+        let _: Vec<(Vec<usize>, Vec<Vec<i64>>)> = self
+            .run_grouped(marks.iter().map(|m| m.0), |pipe, group| {
+                for chunk in group.chunks(256) {
+                    let chunk: Vec<(i64, u64)> = chunk.iter().map(|&i| marks[i]).collect();
+                    self.trim_invocation(pipe, &chunk, "d");
                 }
             })
             .await?;
@@ -741,20 +1035,23 @@ impl Cluster {
     /// messages they may not know of (stored while this node could not reach
     /// Redis). The entry `0 sync` is never in an inbox.
     pub async fn nudge_offline(&self, users: &[i64]) -> Result<(), ClusterError> {
-        let mut pipe = redis::pipe();
-        for user in users {
-            pipe.publish(self.user_channel(*user), OFFLINE_NUDGE)
-                .ignore();
-        }
-        let () = pipe.query_async(&mut self.commands.clone()).await?;
+        let _: Vec<(Vec<usize>, Vec<i64>)> = self
+            .run_grouped(users.iter().copied(), |pipe, group| {
+                for &i in group {
+                    pipe.cmd(self.publish_command())
+                        .arg(self.user_channel(users[i]))
+                        .arg(OFFLINE_NUDGE);
+                }
+            })
+            .await?;
         Ok(())
     }
 
     pub async fn publish_control(&self, payload: &[u8]) -> Result<(), ClusterError> {
-        let _: i64 = self
-            .commands
-            .clone()
-            .publish(format!("{}ctl", self.prefix), payload)
+        let _: i64 = redis::cmd(self.publish_command())
+            .arg(format!("{}ctl", self.prefix))
+            .arg(payload)
+            .query_async(&mut self.commands.clone())
             .await?;
         Ok(())
     }
@@ -845,19 +1142,25 @@ impl Cluster {
         claims: &[(i64, String)],
         ttl: Duration,
     ) -> Result<Vec<bool>, ClusterError> {
-        let mut pipe = redis::pipe();
-        for (user, owner) in claims {
-            // EVALSHA would fail with NOSCRIPT after a Redis restart; claims
-            // are refreshed seconds apart, so plain EVAL is fine.
-            pipe.cmd("EVAL")
-                .arg(REFRESH_SCRIPT)
-                .arg(1)
-                .arg(self.presence_key(*user))
-                .arg(owner)
-                .arg(ttl_millis(ttl));
-        }
-        let held: Vec<i64> = pipe.query_async(&mut self.commands.clone()).await?;
-        Ok(held.into_iter().map(|h| h == 1).collect())
+        let replies: Vec<(Vec<usize>, Vec<i64>)> = self
+            .run_grouped(claims.iter().map(|c| c.0), |pipe, group| {
+                for &i in group {
+                    let (user, owner) = &claims[i];
+                    // EVALSHA would fail with NOSCRIPT after a Redis restart;
+                    // claims are refreshed seconds apart, so plain EVAL is fine.
+                    pipe.cmd("EVAL")
+                        .arg(REFRESH_SCRIPT)
+                        .arg(1)
+                        .arg(self.presence_key(*user))
+                        .arg(owner)
+                        .arg(ttl_millis(ttl));
+                }
+            })
+            .await?;
+        Ok(ungroup(claims.len(), replies)
+            .into_iter()
+            .map(|h| h == 1)
+            .collect())
     }
 
     /// Whether each user is online anywhere in the cluster.
@@ -865,194 +1168,30 @@ impl Cluster {
         if users.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        for user in users {
-            pipe.exists(self.presence_key(*user));
-        }
-        Ok(pipe.query_async(&mut self.commands.clone()).await?)
+        let replies: Vec<(Vec<usize>, Vec<bool>)> = self
+            .run_grouped(users.iter().copied(), |pipe, group| {
+                for &i in group {
+                    pipe.exists(self.presence_key(users[i]));
+                }
+            })
+            .await?;
+        Ok(ungroup(users.len(), replies))
     }
+}
+
+/// Puts per-group replies (one per item) back in the items' order.
+fn ungroup<T: Default>(len: usize, groups: Vec<(Vec<usize>, Vec<T>)>) -> Vec<T> {
+    let mut out: Vec<T> = (0..len).map(|_| T::default()).collect();
+    for (group, replies) in groups {
+        for (index, reply) in group.into_iter().zip(replies) {
+            out[index] = reply;
+        }
+    }
+    out
 }
 
 fn ttl_millis(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
-}
-
-/// Holds the node's one subscriber connection: forwards messages, applies
-/// (un)subscribe commands in the order they were given, pings the
-/// connection, and after any failure reconnects and subscribes again to
-/// every channel it should hold.
-async fn run_subscriber(
-    client: redis::Client,
-    prefix: String,
-    mut commands: mpsc::UnboundedReceiver<SubCommand>,
-    events: mpsc::Sender<BusEvent>,
-    backlog: Arc<BusBacklog>,
-    up: Arc<AtomicBool>,
-    shutdown: Shutdown,
-) {
-    let wanted: Arc<Mutex<HashSet<String>>> = Arc::default();
-    let control = format!("{prefix}ctl");
-    let user_prefix = format!("{prefix}{{u:");
-    let mut delay = Duration::from_millis(100);
-    loop {
-        if shutdown.is_requested() {
-            return;
-        }
-        let connected = tokio::time::timeout(SUBSCRIBER_PING * 2, client.get_async_pubsub()).await;
-        let pubsub = match connected {
-            Ok(Ok(p)) => p,
-            failed => {
-                let error = match failed {
-                    Ok(Err(e)) => e.to_string(),
-                    _ => "connect timed out".to_owned(),
-                };
-                tracing::warn!(error, retry_in = ?delay, "redis subscriber cannot connect");
-                // Commands that arrive while down fail at once: the caller
-                // (a login) reports "unavailable" instead of hanging.
-                let deadline = tokio::time::sleep(delay);
-                tokio::pin!(deadline);
-                loop {
-                    tokio::select! {
-                        _ = &mut deadline => break,
-                        _ = shutdown.requested() => return,
-                        Some(cmd) = commands.recv() => apply_while_down(cmd, &wanted),
-                    }
-                }
-                delay = (delay * 2).min(Duration::from_secs(2));
-                continue;
-            }
-        };
-        let (mut sink, mut stream) = pubsub.split();
-        let mut channels: Vec<String> = wanted
-            .lock()
-            .map(|w| w.iter().cloned().collect())
-            .unwrap_or_default();
-        channels.push(control.clone());
-        match tokio::time::timeout(SUBSCRIBER_PING * 2, sink.subscribe(&channels)).await {
-            Ok(Ok(())) => {}
-            failed => {
-                tracing::warn!(?failed, "redis resubscribe failed");
-                continue;
-            }
-        }
-        delay = Duration::from_millis(100);
-        up.store(true, Ordering::Relaxed);
-        tracing::info!(channels = channels.len(), "redis subscriber connected");
-        if events.send(BusEvent::Resubscribed).await.is_err() {
-            return;
-        }
-
-        // The worker owns the sending half: commands in order, and pings.
-        // It cancels `broken` when the connection stops answering.
-        let broken = CancellationToken::new();
-        let (work_tx, work_rx) = mpsc::unbounded_channel();
-        let worker = tokio::spawn(subscriber_worker(sink, work_rx, broken.clone()));
-        loop {
-            tokio::select! {
-                message = stream.next() => {
-                    let Some(message) = message else { break };
-                    let channel = message.get_channel_name();
-                    let payload = message.get_payload_bytes().to_vec();
-                    let user = channel
-                        .strip_prefix(&user_prefix)
-                        .and_then(|rest| rest.strip_suffix('}'))
-                        .and_then(|id| id.parse().ok());
-                    let sent = match user {
-                        Some(user) => backlog.offer(&events, user, payload),
-                        None if channel == control => {
-                            events.send(BusEvent::Control(payload)).await.map_err(|_| ())
-                        }
-                        None => continue,
-                    };
-                    if sent.is_err() {
-                        worker.abort();
-                        return;
-                    }
-                }
-                Some(command) = commands.recv() => {
-                    if let Ok(mut w) = wanted.lock() {
-                        match &command {
-                            SubCommand::Subscribe(channel, _) => w.insert(channel.clone()),
-                            SubCommand::Unsubscribe(channel) => w.remove(channel),
-                        };
-                    }
-                    if let Err(mpsc::error::SendError(command)) = work_tx.send(command) {
-                        apply_while_down(command, &wanted);
-                    }
-                }
-                _ = broken.cancelled() => break,
-                _ = shutdown.requested() => {
-                    worker.abort();
-                    return;
-                }
-            }
-        }
-        worker.abort();
-        up.store(false, Ordering::Relaxed);
-        tracing::warn!("redis subscriber disconnected; reconnecting");
-    }
-}
-
-async fn subscriber_worker(
-    mut sink: redis::aio::PubSubSink,
-    mut work: mpsc::UnboundedReceiver<SubCommand>,
-    broken: CancellationToken,
-) {
-    let mut ping = tokio::time::interval(SUBSCRIBER_PING);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            command = work.recv() => {
-                let Some(command) = command else { return };
-                let result = match command {
-                    SubCommand::Subscribe(channel, done) => {
-                        let result = tokio::time::timeout(SUBSCRIBER_PING * 2, sink.subscribe(&channel)).await;
-                        let ok = matches!(result, Ok(Ok(())));
-                        let _ = done.send(match result {
-                            Ok(Ok(())) => Ok(()),
-                            Ok(Err(e)) => Err(e.into()),
-                            Err(_) => Err(ClusterError("subscribe timed out".into())),
-                        });
-                        ok
-                    }
-                    SubCommand::Unsubscribe(channel) => matches!(
-                        tokio::time::timeout(SUBSCRIBER_PING * 2, sink.unsubscribe(&channel)).await,
-                        Ok(Ok(()))
-                    ),
-                };
-                if !result {
-                    broken.cancel();
-                    return;
-                }
-            }
-            _ = ping.tick() => {
-                let answered = tokio::time::timeout(SUBSCRIBER_PING * 2, sink.ping::<redis::Value>()).await;
-                if !matches!(answered, Ok(Ok(_))) {
-                    tracing::warn!("redis subscriber connection does not answer PING");
-                    broken.cancel();
-                    return;
-                }
-            }
-        }
-    }
-}
-
-fn apply_while_down(command: SubCommand, wanted: &Mutex<HashSet<String>>) {
-    match command {
-        SubCommand::Subscribe(channel, done) => {
-            if let Ok(mut w) = wanted.lock() {
-                w.remove(&channel);
-            }
-            let _ = done.send(Err(ClusterError(format!(
-                "cannot subscribe to {channel}: not connected"
-            ))));
-        }
-        SubCommand::Unsubscribe(channel) => {
-            if let Ok(mut w) = wanted.lock() {
-                w.remove(&channel);
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -31,6 +31,8 @@ pub struct GatewayMetrics {
     /// Live deliveries left in the inbox because a queue was over its bound
     /// (the writer reads them from there), by which (`session`, `bus`).
     pub overflowed: Family<Labels, Counter>,
+    /// Appends on a Redis Cluster that no replica confirmed in time.
+    pub unreplicated_appends: Counter,
 }
 
 pub fn metrics() -> &'static GatewayMetrics {
@@ -47,6 +49,7 @@ pub fn metrics() -> &'static GatewayMetrics {
             errors: Family::default(),
             refused: Family::default(),
             overflowed: Family::default(),
+            unreplicated_appends: Counter::default(),
         };
         register(
             "gateway_connections",
@@ -97,6 +100,11 @@ pub fn metrics() -> &'static GatewayMetrics {
             "gateway_overflowed_deliveries",
             "Live deliveries left in the inbox because a queue was full",
             m.overflowed.clone(),
+        );
+        register(
+            "gateway_unreplicated_appends",
+            "Appends on a Redis Cluster that no replica confirmed within the wait",
+            m.unreplicated_appends.clone(),
         );
         m
     })

@@ -631,6 +631,11 @@ impl Node {
             // Whatever was published while the subscriber was away is in
             // the inboxes (or, if Redis was down, the offline store).
             BusEvent::Resubscribed => self.registry.sync_all(),
+            BusEvent::Resync(users) => {
+                for user in users {
+                    self.registry.sync_offline(user);
+                }
+            }
         }
     }
 

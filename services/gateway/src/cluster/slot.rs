@@ -1,0 +1,222 @@
+//! Redis Cluster hash slots: which keys may share one script call or one
+//! pipeline.
+//!
+//! On a cluster, a script or a pipeline must touch keys of one slot only
+//! (else CROSSSLOT). Every key of a user carries the hash tag `{u:ID}`, so
+//! "one slot" is "users whose tags hash alike". On a single Redis there is
+//! no such rule and everything goes in one group: the same code batches for
+//! both, only the grouping differs.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use redis::Value;
+
+/// The hash slot of a key (CRC16/XMODEM of its hash tag, modulo 16384), as
+/// Redis Cluster computes it.
+pub fn of_key(key: &[u8]) -> u16 {
+    crc16(hash_tag(key)) % 16_384
+}
+
+/// The hash slot of every key and channel of one user.
+pub fn of_user(user: i64) -> u16 {
+    of_key(format!("{{u:{user}}}").as_bytes())
+}
+
+/// The part of a key that is hashed: the first `{...}` with something
+/// inside, else the whole key.
+fn hash_tag(key: &[u8]) -> &[u8] {
+    if let Some(open) = key.iter().position(|&b| b == b'{')
+        && let Some(len) = key[open + 1..].iter().position(|&b| b == b'}')
+        && len > 0
+    {
+        return &key[open + 1..open + 1 + len];
+    }
+    key
+}
+
+fn crc16(bytes: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &byte in bytes {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
+/// Splits items into the groups that may share a script call or a
+/// pipeline: by the slot of each item's user on a cluster, one group on a
+/// single Redis. Groups keep the items' order; each holds item indices.
+pub fn groups(sharded: bool, users: impl ExactSizeIterator<Item = i64>) -> Vec<Vec<usize>> {
+    if !sharded {
+        return vec![(0..users.len()).collect()];
+    }
+    let mut by_slot: std::collections::BTreeMap<u16, Vec<usize>> = Default::default();
+    for (index, user) in users.enumerate() {
+        by_slot.entry(of_user(user)).or_default().push(index);
+    }
+    by_slot.into_values().collect()
+}
+
+/// Which slots belong to a master that has a replica online, from
+/// `CLUSTER SHARDS`: an append waits for a replica only where there is
+/// one (WAIT on a shard without one would wait out its timeout every time).
+pub struct ReplicaMap {
+    bits: Vec<AtomicU64>,
+}
+
+impl ReplicaMap {
+    pub fn new() -> Self {
+        Self {
+            bits: (0..SLOTS / 64).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    pub fn has_replica(&self, slot: u16) -> bool {
+        let slot = usize::from(slot) % SLOTS;
+        self.bits[slot / 64].load(Ordering::Relaxed) & (1 << (slot % 64)) != 0
+    }
+
+    /// Takes in a `CLUSTER SHARDS` reply.
+    pub fn update(&self, shards: &Value) {
+        let mut bits = vec![0_u64; SLOTS / 64];
+        for shard in items(shards) {
+            let ranges = field(shard, "slots").map(items).unwrap_or_default();
+            let replicated = field(shard, "nodes")
+                .map(items)
+                .unwrap_or_default()
+                .iter()
+                .any(|node| {
+                    text(field(node, "role")) == Some("replica")
+                        && text(field(node, "health")) == Some("online")
+                });
+            if !replicated {
+                continue;
+            }
+            for range in ranges.chunks_exact(2) {
+                let (Some(start), Some(end)) = (int(range[0]), int(range[1])) else {
+                    continue;
+                };
+                for slot in start..=end.min(SLOTS as i64 - 1) {
+                    let slot = usize::try_from(slot).unwrap_or(0);
+                    bits[slot / 64] |= 1 << (slot % 64);
+                }
+            }
+        }
+        for (word, value) in self.bits.iter().zip(bits) {
+            word.store(value, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Default for ReplicaMap {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+const SLOTS: usize = 16_384;
+
+fn items(value: &Value) -> Vec<&Value> {
+    match value {
+        Value::Array(items) | Value::Set(items) => items.iter().collect(),
+        Value::Map(pairs) => pairs.iter().flat_map(|(k, v)| [k, v]).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The value after `name` in a list of alternating names and values (or a map).
+fn field<'a>(value: &'a Value, name: &str) -> Option<&'a Value> {
+    let items = items(value);
+    items
+        .chunks_exact(2)
+        .find(|pair| text(Some(pair[0])) == Some(name))
+        .map(|pair| pair[1])
+}
+
+fn text(value: Option<&Value>) -> Option<&str> {
+    match value? {
+        Value::BulkString(bytes) => std::str::from_utf8(bytes).ok(),
+        Value::SimpleString(s) => Some(s),
+        _ => None,
+    }
+}
+
+fn int(value: &Value) -> Option<i64> {
+    match value {
+        Value::Int(n) => Some(*n),
+        other => text(Some(other))?.parse().ok(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_match_redis_cluster() {
+        // Values from `CLUSTER KEYSLOT` on Redis 7.
+        assert_eq!(crc16(b"123456789"), 0x31c3);
+        assert_eq!(of_key(b"foo"), 12_182);
+        assert_eq!(
+            of_key(b"{user1000}.following"),
+            of_key(b"{user1000}.followers")
+        );
+        assert_eq!(of_key(b"foo{}{bar}"), of_key(b"foo{}{bar}"));
+        assert_eq!(of_key(b"{}bar"), crc16(b"{}bar") % 16_384);
+        assert_eq!(of_key(b"cc:{u:42}:in"), of_key(b"{u:42}"));
+        assert_eq!(of_user(42), of_key(b"other:{u:42}"));
+    }
+
+    #[test]
+    fn groups_follow_slots_on_a_cluster_only() {
+        let users = [1_i64, 2, 1, 3];
+        assert_eq!(groups(false, users.into_iter()), vec![vec![0, 1, 2, 3]]);
+        let sharded = groups(true, users.into_iter());
+        assert_eq!(sharded.iter().map(Vec::len).sum::<usize>(), 4);
+        assert!(sharded.iter().any(|g| g == &vec![0, 2]));
+    }
+
+    #[test]
+    fn replica_map_reads_cluster_shards() {
+        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let node = |role: &str, health: &str| {
+            Value::Array(vec![
+                bulk("id"),
+                bulk("abc"),
+                bulk("role"),
+                bulk(role),
+                bulk("health"),
+                bulk(health),
+            ])
+        };
+        let shard = |start: i64, end: i64, nodes: Vec<Value>| {
+            Value::Array(vec![
+                bulk("slots"),
+                Value::Array(vec![Value::Int(start), Value::Int(end)]),
+                bulk("nodes"),
+                Value::Array(nodes),
+            ])
+        };
+        let map = ReplicaMap::new();
+        map.update(&Value::Array(vec![
+            shard(
+                0,
+                99,
+                vec![node("master", "online"), node("replica", "online")],
+            ),
+            shard(
+                100,
+                16_383,
+                vec![node("master", "online"), node("replica", "failed")],
+            ),
+        ]));
+        assert!(map.has_replica(0) && map.has_replica(99));
+        assert!(!map.has_replica(100) && !map.has_replica(16_383));
+    }
+}
