@@ -24,10 +24,10 @@
 //! - grouping: a script call or a pipeline holds the users of one hash slot
 //!   on a cluster ([`slot::groups`]), everything on a single Redis; groups
 //!   run concurrently, each routed to the shard that owns its slot;
-//! - routing: plain PUBLISH/SUBSCRIBE on a single Redis (one subscriber
-//!   connection, `subscriber.rs`); sharded SPUBLISH/SSUBSCRIBE on a cluster
-//!   (one subscriber connection per shard, `sharded.rs`), so a message
-//!   crosses one shard, not all of them;
+//! - routing is sharded pub/sub (SPUBLISH/SSUBSCRIBE) on both, with one
+//!   subscriber connection per shard (`subscriber.rs`): a single Redis is a
+//!   cluster of one shard; on a cluster a message crosses one shard, not all
+//!   of them as plain PUBLISH would;
 //! - replication: on a cluster an append waits for a replica (`WAIT 1`)
 //!   before it is published or answered, so a failover cannot lose an
 //!   accepted message or hand out its sequence number twice.
@@ -50,11 +50,11 @@ use std::{
 use futures::StreamExt as _;
 use redis::{Script, aio::ConnectionManager};
 
-mod sharded;
+mod resp;
 pub mod slot;
 mod subscriber;
 use shutdown::Shutdown;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 #[derive(Debug, thiserror::Error)]
 #[error("redis is unavailable: {0}")]
@@ -79,11 +79,9 @@ pub enum BusEvent {
     ForUser { user: i64, entry: Vec<u8> },
     /// A cache invalidation from some node (maybe this one).
     Control(Vec<u8>),
-    /// The subscriber (re)connected: everything local was resubscribed, and
-    /// whatever was published meanwhile must be read from the inboxes.
-    Resubscribed,
-    /// These users' subscriptions were restored (a shard failed over, a
-    /// slot moved): they read their stores.
+    /// These users' subscriptions were restored (a connection dropped, a
+    /// shard failed over, a slot moved): whatever was published meanwhile
+    /// must be read from their stores.
     Resync(Vec<i64>),
 }
 
@@ -301,6 +299,9 @@ pub struct Cluster {
     sharded: bool,
     /// Cluster only: which slots have a replica to wait for.
     replicas: Arc<slot::ReplicaMap>,
+    /// The shards and their slots, for the subscriber (one shard owning
+    /// every slot on a single Redis).
+    topology: Arc<watch::Sender<Arc<Vec<slot::Shard>>>>,
     subscriber: mpsc::UnboundedSender<SubCommand>,
     subscriber_up: Arc<AtomicBool>,
     scripts: Arc<Scripts>,
@@ -435,7 +436,7 @@ for i = 0, n - 1 do
     else
       if ttl ~= '0' then redis.call('SET', KEYS[k + 3], s, 'EX', ttl) end
       subscribers = -3
-      if channel ~= '' then subscribers = redis.call('PUBLISH', channel, entry) end
+      if channel ~= '' then subscribers = redis.call('SPUBLISH', channel, entry) end
     end
   end
   out[#out + 1] = seq
@@ -541,60 +542,70 @@ impl Cluster {
         let (tx, rx) = mpsc::unbounded_channel();
         let subscriber_up = Arc::new(AtomicBool::new(false));
         let backlog = BusBacklog::new(BUS_BACKLOG_BYTES);
-        let (commands, sharded) = match RedisTarget::parse(url) {
+        let target = RedisTarget::parse(url);
+        let first = match &target {
+            RedisTarget::Single(url) => url.clone(),
+            RedisTarget::Cluster(nodes) => nodes.first().cloned().unwrap_or_default(),
+        };
+        let info = redis::IntoConnectionInfo::into_connection_info(first.as_str())?;
+        let settings = info.redis_settings();
+        let auth = settings
+            .password()
+            .map(|p| (settings.username().map(str::to_owned), p.to_owned()));
+        let (commands, topology, sharded) = match target {
             RedisTarget::Single(url) => {
+                let redis::ConnectionAddr::Tcp(host, port) = info.addr() else {
+                    return Err(ClusterError::new(format!(
+                        "{url}: only plain TCP redis:// URLs are supported"
+                    )));
+                };
                 let client = redis::Client::open(url)?;
                 let config = redis::aio::ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(Duration::from_secs(2)))
                     .set_response_timeout(Some(Duration::from_secs(2)))
                     .set_number_of_retries(2)
                     .set_max_delay(Duration::from_secs(1));
-                let commands = ConnectionManager::new_with_config(client.clone(), config).await?;
-                tokio::spawn(subscriber::run_subscriber(
-                    client,
-                    prefix.to_owned(),
-                    rx,
-                    events,
-                    backlog.clone(),
-                    subscriber_up.clone(),
-                    shutdown,
-                ));
-                (Commands::Single(commands), false)
+                let commands = ConnectionManager::new_with_config(client, config).await?;
+                // One shard that owns every slot.
+                let everything = slot::Shard {
+                    master: Some(format!("{host}:{port}")),
+                    ranges: vec![(0, 16_383)],
+                    replicated: false,
+                };
+                let topology = watch::channel(Arc::new(vec![everything])).0;
+                (Commands::Single(commands), topology, false)
             }
             RedisTarget::Cluster(nodes) => {
-                let builder = || {
-                    redis::cluster::ClusterClientBuilder::new(nodes.clone())
-                        .connection_timeout(Duration::from_secs(1))
-                        .response_timeout(Duration::from_secs(2))
-                        .retries(3)
-                };
-                let commands = builder().build()?.get_async_connection().await?;
-                // The subscriber has a client of its own: one connection per
-                // shard that carries only subscriptions, RESP3 for pushes.
-                let (pushes_tx, pushes) = mpsc::unbounded_channel();
-                let client = builder()
-                    .use_protocol(redis::ProtocolVersion::RESP3)
-                    .push_sender(pushes_tx)
-                    .build()?;
-                tokio::spawn(sharded::run_sharded_subscriber(sharded::Sharded {
-                    client,
-                    pushes,
-                    prefix: prefix.to_owned(),
-                    commands: rx,
-                    events,
-                    backlog: backlog.clone(),
-                    up: subscriber_up.clone(),
-                    shutdown,
-                }));
-                (Commands::Cluster(commands), true)
+                let commands = redis::cluster::ClusterClientBuilder::new(nodes)
+                    .connection_timeout(Duration::from_secs(1))
+                    .response_timeout(Duration::from_secs(2))
+                    .retries(3)
+                    .build()?
+                    .get_async_connection()
+                    .await?;
+                let topology = watch::channel(Arc::new(Vec::new())).0;
+                (Commands::Cluster(commands), topology, true)
             }
         };
+        let refresh = Arc::new(tokio::sync::Notify::new());
+        tokio::spawn(subscriber::run(subscriber::Subscriber {
+            topology: topology.subscribe(),
+            refresh: refresh.clone(),
+            auth,
+            prefix: prefix.to_owned(),
+            commands: rx,
+            events,
+            backlog: backlog.clone(),
+            up: subscriber_up.clone(),
+            shutdown,
+        }));
         let (appender, jobs) = mpsc::unbounded_channel();
         let cluster = Self {
             prefix: prefix.into(),
             commands,
             sharded,
             replicas: Arc::new(slot::ReplicaMap::new()),
+            topology: Arc::new(topology),
             subscriber: tx,
             subscriber_up,
             scripts: Arc::new(Scripts {
@@ -607,42 +618,56 @@ impl Cluster {
         };
         tokio::spawn(cluster.clone().run_appender(jobs));
         if sharded {
-            cluster.refresh_replicas().await;
-            tokio::spawn(cluster.clone().watch_replicas());
+            cluster.read_slot_map().await;
+            tokio::spawn(cluster.clone().watch_slot_map(refresh));
         }
         Ok(cluster)
     }
 
-    /// Reads which masters have a replica online (cluster only).
-    async fn refresh_replicas(&self) {
-        let shards: Result<redis::Value, _> = redis::cmd("CLUSTER")
+    /// Reads the slot map: which master owns which slots, and which have a
+    /// replica online (cluster only).
+    async fn read_slot_map(&self) {
+        let reply: Result<redis::Value, _> = redis::cmd("CLUSTER")
             .arg("SHARDS")
             .query_async(&mut self.commands.clone())
             .await;
-        match shards {
-            Ok(shards) => self.replicas.update(&shards),
+        match reply {
+            Ok(reply) => {
+                let shards = slot::shards(&reply);
+                self.replicas.update(&shards);
+                self.topology.send_if_modified(|current| {
+                    let changed = **current != shards;
+                    if changed {
+                        tracing::info!(shards = ?shards.iter().map(|s| (&s.master, &s.ranges)).collect::<Vec<_>>(), "redis cluster slot map");
+                        *current = Arc::new(shards);
+                    }
+                    changed
+                });
+            }
             Err(e) => tracing::debug!(error = %e, "cannot read CLUSTER SHARDS"),
         }
     }
 
-    /// Keeps the replica map current, every second.
-    async fn watch_replicas(self) {
+    /// Keeps the slot map current: every second, and at once when the
+    /// subscriber asks (a connection failed, a slot moved).
+    async fn watch_slot_map(self, refresh: Arc<tokio::sync::Notify>) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
-            self.refresh_replicas().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = refresh.notified() => {
+                    // Not more often than every 100 ms.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            self.read_slot_map().await;
         }
     }
 
     /// Whether this is a Redis Cluster.
     pub fn is_sharded(&self) -> bool {
         self.sharded
-    }
-
-    /// The publish command of this backend.
-    fn publish_command(&self) -> &'static str {
-        if self.sharded { "SPUBLISH" } else { "PUBLISH" }
     }
 
     fn user_channel(&self, user: i64) -> String {
@@ -1038,7 +1063,7 @@ impl Cluster {
         let _: Vec<(Vec<usize>, Vec<i64>)> = self
             .run_grouped(users.iter().copied(), |pipe, group| {
                 for &i in group {
-                    pipe.cmd(self.publish_command())
+                    pipe.cmd("SPUBLISH")
                         .arg(self.user_channel(users[i]))
                         .arg(OFFLINE_NUDGE);
                 }
@@ -1048,7 +1073,7 @@ impl Cluster {
     }
 
     pub async fn publish_control(&self, payload: &[u8]) -> Result<(), ClusterError> {
-        let _: i64 = redis::cmd(self.publish_command())
+        let _: i64 = redis::cmd("SPUBLISH")
             .arg(format!("{}ctl", self.prefix))
             .arg(payload)
             .query_async(&mut self.commands.clone())

@@ -628,9 +628,8 @@ impl Node {
                     self.groups.forget(group);
                 }
             }
-            // Whatever was published while the subscriber was away is in
-            // the inboxes (or, if Redis was down, the offline store).
-            BusEvent::Resubscribed => self.registry.sync_all(),
+            // Whatever was published while a subscription was away is in
+            // the inbox (or, if Redis was down, the offline store).
             BusEvent::Resync(users) => {
                 for user in users {
                     self.registry.sync_offline(user);

@@ -82,28 +82,13 @@ impl ReplicaMap {
         self.bits[slot / 64].load(Ordering::Relaxed) & (1 << (slot % 64)) != 0
     }
 
-    /// Takes in a `CLUSTER SHARDS` reply.
-    pub fn update(&self, shards: &Value) {
+    /// Takes in the shards of a `CLUSTER SHARDS` reply.
+    pub fn update(&self, shards: &[Shard]) {
         let mut bits = vec![0_u64; SLOTS / 64];
-        for shard in items(shards) {
-            let ranges = field(shard, "slots").map(items).unwrap_or_default();
-            let replicated = field(shard, "nodes")
-                .map(items)
-                .unwrap_or_default()
-                .iter()
-                .any(|node| {
-                    text(field(node, "role")) == Some("replica")
-                        && text(field(node, "health")) == Some("online")
-                });
-            if !replicated {
-                continue;
-            }
-            for range in ranges.chunks_exact(2) {
-                let (Some(start), Some(end)) = (int(range[0]), int(range[1])) else {
-                    continue;
-                };
-                for slot in start..=end.min(SLOTS as i64 - 1) {
-                    let slot = usize::try_from(slot).unwrap_or(0);
+        for shard in shards.iter().filter(|s| s.replicated) {
+            for &(start, end) in &shard.ranges {
+                for slot in start..=end {
+                    let slot = usize::from(slot);
                     bits[slot / 64] |= 1 << (slot % 64);
                 }
             }
@@ -112,6 +97,53 @@ impl ReplicaMap {
             word.store(value, Ordering::Relaxed);
         }
     }
+}
+
+/// A shard of a Redis Cluster as `CLUSTER SHARDS` tells it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shard {
+    /// `host:port` of its master, when one is online.
+    pub master: Option<String>,
+    /// Slot ranges, inclusive.
+    pub ranges: Vec<(u16, u16)>,
+    /// Whether a replica is online.
+    pub replicated: bool,
+}
+
+/// Reads a `CLUSTER SHARDS` reply (RESP2 arrays or RESP3 maps).
+pub fn shards(reply: &Value) -> Vec<Shard> {
+    items(reply)
+        .into_iter()
+        .map(|shard| {
+            let nodes = field(shard, "nodes").map(items).unwrap_or_default();
+            let online = |node: &Value, role: &str| {
+                text(field(node, "role")) == Some(role)
+                    && text(field(node, "health")) == Some("online")
+            };
+            let master = nodes.iter().find(|n| online(n, "master")).and_then(|node| {
+                let host = text(field(node, "endpoint"))
+                    .filter(|e| !e.is_empty() && *e != "?")
+                    .or_else(|| text(field(node, "ip")))?;
+                let port = field(node, "port").and_then(int)?;
+                Some(format!("{host}:{port}"))
+            });
+            let ranges = field(shard, "slots")
+                .map(items)
+                .unwrap_or_default()
+                .chunks_exact(2)
+                .filter_map(|r| {
+                    let start = u16::try_from(int(r[0])?).ok()?;
+                    let end = u16::try_from(int(r[1])?).ok()?;
+                    (start <= end && usize::from(end) < SLOTS).then_some((start, end))
+                })
+                .collect();
+            Shard {
+                master,
+                ranges,
+                replicated: nodes.iter().any(|n| online(n, "replica")),
+            }
+        })
+        .collect()
 }
 
 impl Default for ReplicaMap {
@@ -185,10 +217,16 @@ mod tests {
     #[test]
     fn replica_map_reads_cluster_shards() {
         let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
-        let node = |role: &str, health: &str| {
+        let node = |role: &str, health: &str, port: i64| {
             Value::Array(vec![
                 bulk("id"),
                 bulk("abc"),
+                bulk("port"),
+                Value::Int(port),
+                bulk("ip"),
+                bulk("127.0.0.1"),
+                bulk("endpoint"),
+                bulk("127.0.0.1"),
                 bulk("role"),
                 bulk(role),
                 bulk("health"),
@@ -203,19 +241,30 @@ mod tests {
                 Value::Array(nodes),
             ])
         };
-        let map = ReplicaMap::new();
-        map.update(&Value::Array(vec![
+        let reply = Value::Array(vec![
             shard(
                 0,
                 99,
-                vec![node("master", "online"), node("replica", "online")],
+                vec![
+                    node("master", "online", 7001),
+                    node("replica", "online", 7004),
+                ],
             ),
             shard(
                 100,
                 16_383,
-                vec![node("master", "online"), node("replica", "failed")],
+                vec![
+                    node("master", "failed", 7002),
+                    node("replica", "failed", 7005),
+                ],
             ),
-        ]));
+        ]);
+        let parsed = shards(&reply);
+        assert_eq!(parsed[0].master.as_deref(), Some("127.0.0.1:7001"));
+        assert_eq!(parsed[1].master, None);
+        assert_eq!(parsed[1].ranges, vec![(100, 16_383)]);
+        let map = ReplicaMap::new();
+        map.update(&parsed);
         assert!(map.has_replica(0) && map.has_replica(99));
         assert!(!map.has_replica(100) && !map.has_replica(16_383));
     }
