@@ -33,6 +33,8 @@ pub struct GatewayMetrics {
     pub overflowed: Family<Labels, Counter>,
     /// Appends on a Redis Cluster that no replica confirmed in time.
     pub unreplicated_appends: Counter,
+    /// Second copies of a message a session had written already.
+    pub duplicates_skipped: Counter,
 }
 
 pub fn metrics() -> &'static GatewayMetrics {
@@ -50,6 +52,7 @@ pub fn metrics() -> &'static GatewayMetrics {
             refused: Family::default(),
             overflowed: Family::default(),
             unreplicated_appends: Counter::default(),
+            duplicates_skipped: Counter::default(),
         };
         register(
             "gateway_connections",
@@ -105,6 +108,11 @@ pub fn metrics() -> &'static GatewayMetrics {
             "gateway_unreplicated_appends",
             "Appends on a Redis Cluster that no replica confirmed within the wait",
             m.unreplicated_appends.clone(),
+        );
+        register(
+            "gateway_duplicates_skipped",
+            "Second copies of a message a session had written already (an append whose reply was lost, stored offline too)",
+            m.duplicates_skipped.clone(),
         );
         m
     })

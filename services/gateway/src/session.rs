@@ -670,6 +670,7 @@ impl Session {
                     delivered_floor: ack.pending.delivered_floor,
                     claimed_at,
                     offline_acks: std::collections::VecDeque::new(),
+                    recent: std::mem::take(&mut ack.pending.recent),
                     queue,
                     sync,
                     needs_sync: ack.pending.needs_sync,
@@ -724,6 +725,7 @@ impl Session {
             cursor,
             resumed_at,
             needs_sync: false,
+            recent: crate::writer::RecentMids::default(),
         };
         match offline {
             Ok(page) => {
@@ -731,7 +733,12 @@ impl Session {
                 let prepared = OfflinePage::prepare(node, user, acks, floor, &page.messages)
                     .await
                     .map_err(redis_unavailable)?;
-                pending.frames = prepared.frames;
+                pending.frames = prepared
+                    .frames
+                    .into_iter()
+                    .filter(|(mid, _)| pending.recent.first_time(mid))
+                    .map(|(_, frame)| frame)
+                    .collect();
                 pending.offline_gate = prepared.gate;
                 cursor = cursor.max(prepared.gate);
                 pending.offline_up_to = page.messages.last().map(|m| m.position);
@@ -772,9 +779,11 @@ impl Session {
             }
             bytes += entry.frame.len();
             let seq = entry.seq;
-            pending
-                .frames
-                .push(delivery_frame(acks, entry.frame, &entry.mid, seq));
+            if pending.recent.first_time(&entry.mid) {
+                pending
+                    .frames
+                    .push(delivery_frame(acks, entry.frame, &entry.mid, seq));
+            }
             cursor = seq;
         }
         if complete && all_fit {
@@ -1177,6 +1186,8 @@ struct Pending {
     resumed_at: u64,
     /// More waits than the ack carries.
     needs_sync: bool,
+    /// Message ids in `frames`: the writer goes on from here.
+    recent: crate::writer::RecentMids,
 }
 
 struct LoginAck {

@@ -77,9 +77,46 @@ pub struct Inbound {
     /// Clients that acknowledge: offline-store positions to acknowledge once
     /// the client acknowledged the sequence (gate) of the last one written.
     pub offline_acks: VecDeque<(u64, u64)>,
+    /// Message ids written lately, to write each message once.
+    pub recent: RecentMids,
     pub queue: mpsc::Receiver<Delivery>,
     pub sync: Arc<SyncSignal>,
     pub needs_sync: bool,
+}
+
+/// Message ids written lately on one connection. A message can reach a
+/// session twice: a sender whose append failed after Redis had recorded it
+/// (the reply lost in a failover) stores it with the offline service too.
+/// Such a copy arrives within seconds of the first; it is skipped (its
+/// sequence still counts as written). Grows with what is written, so an
+/// idle session costs nothing.
+#[derive(Default)]
+pub struct RecentMids {
+    order: VecDeque<String>,
+    seen: std::collections::HashSet<String>,
+}
+
+impl RecentMids {
+    const CAPACITY: usize = 1024;
+
+    /// True the first time `mid` is seen (and always for an empty one).
+    pub fn first_time(&mut self, mid: &str) -> bool {
+        if mid.is_empty() {
+            return true;
+        }
+        if self.seen.contains(mid) {
+            metrics().duplicates_skipped.inc();
+            return false;
+        }
+        if self.order.len() >= Self::CAPACITY
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.seen.remove(&oldest);
+        }
+        self.order.push_back(mid.to_owned());
+        self.seen.insert(mid.to_owned());
+        true
+    }
 }
 
 /// Inbox entries read per step of a sync.
@@ -148,7 +185,10 @@ impl Inbound {
                 }
             };
             let written = prepared.frames.len() as u64;
-            for frame in prepared.frames {
+            for (mid, frame) in prepared.frames {
+                if !self.recent.first_time(&mid) {
+                    continue;
+                }
                 if sink.send(frame).await.is_err() {
                     return Step::Broken;
                 }
@@ -185,9 +225,11 @@ impl Inbound {
         let complete = page.complete;
         for entry in page.entries {
             let seq = entry.seq;
-            let frame = delivery_frame(self.acks, entry.frame, &entry.mid, seq);
-            if sink.send(frame).await.is_err() {
-                return Step::Broken;
+            if self.recent.first_time(&entry.mid) {
+                let frame = delivery_frame(self.acks, entry.frame, &entry.mid, seq);
+                if sink.send(frame).await.is_err() {
+                    return Step::Broken;
+                }
             }
             self.cursor = seq;
         }
@@ -245,9 +287,11 @@ impl Inbound {
             self.needs_sync = true;
             return true;
         }
-        let frame = delivery_frame(self.acks, delivery.frame, &delivery.mid, delivery.seq);
-        if sink.send(frame).await.is_err() {
-            return false;
+        if self.recent.first_time(&delivery.mid) {
+            let frame = delivery_frame(self.acks, delivery.frame, &delivery.mid, delivery.seq);
+            if sink.send(frame).await.is_err() {
+                return false;
+            }
         }
         self.cursor = delivery.seq;
         true
@@ -370,8 +414,8 @@ pub async fn run_writer<W: FrameSink>(mut sink: W, mut commands: mpsc::Receiver<
 
 /// A page of the offline store, ready for one session.
 pub struct OfflinePage {
-    /// The frames to write, oldest first.
-    pub frames: Vec<Vec<u8>>,
+    /// The frames to write, oldest first, with their message ids.
+    pub frames: Vec<(String, Vec<u8>)>,
     /// The highest inbox sequence among them (0: none had one).
     pub gate: u64,
     /// How many were appended to the inbox instead.
@@ -405,11 +449,14 @@ impl OfflinePage {
                 page.appended += 1;
                 continue;
             }
-            page.frames.push(delivery_frame(
-                acks,
-                m.payload.clone().into_bytes(),
-                &m.client_msg_id,
-                m.inbox_seq,
+            page.frames.push((
+                m.client_msg_id.clone(),
+                delivery_frame(
+                    acks,
+                    m.payload.clone().into_bytes(),
+                    &m.client_msg_id,
+                    m.inbox_seq,
+                ),
             ));
             page.gate = page.gate.max(m.inbox_seq);
         }
