@@ -1,11 +1,13 @@
 //! Fixtures for end-to-end tests: a whole clusterchat stack of real
 //! processes (user and offline services, gateway nodes, optionally nginx and
-//! a private Redis) on free loopback ports, and clients that speak the
-//! classic protocol over TCP or WebSocket.
+//! a private Redis or Redis Cluster) on free loopback ports, and clients
+//! that speak the classic protocol over TCP or WebSocket.
 //!
 //! Every stack gets fresh databases and its own Redis key prefix, so tests
 //! run side by side against the shared test MariaDB and Redis that
-//! `just test` starts. Processes are killed when the stack is dropped.
+//! `just test` starts: a single Redis in its first run, a Redis Cluster in
+//! its second (`CLUSTERCHAT_TEST_REDIS_URL`, `CLUSTERCHAT_TEST_REDIS_BACKEND`).
+//! Processes are killed when the stack is dropped.
 
 use std::{net::SocketAddr, path::PathBuf, process::Stdio, time::Duration};
 
@@ -24,6 +26,9 @@ use tokio::{
 pub use test_support::{PATIENCE, assert_eventually};
 
 pub mod otlp;
+pub mod redis;
+
+pub use redis::{ClusterMaster, PrivateRedis, RedisBackend, RedisShape, user_hash_tag};
 
 /// How long a test waits for one expected message before failing.
 pub const RECV_TIMEOUT: Duration = Duration::from_secs(15);
@@ -178,86 +183,6 @@ fn spawn(binary: &str, env: &[(String, String)], log: PathBuf) -> Child {
         .unwrap_or_else(|e| panic!("spawn {binary}: {e}"))
 }
 
-/// A Redis of the test's own, for tests that restart it.
-pub struct PrivateRedis {
-    port: u16,
-    child: Option<Child>,
-    dir: PathBuf,
-}
-
-impl PrivateRedis {
-    pub async fn start(dir: PathBuf) -> Self {
-        let mut redis = Self {
-            port: free_port().await,
-            child: None,
-            dir,
-        };
-        redis.spawn().await;
-        redis
-    }
-
-    async fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "everysec",
-                "--maxmemory-policy",
-                "noeviction",
-            ])
-            .arg("--dir")
-            .arg(&self.dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("redis-server (installed by `just test`)");
-        self.child = Some(child);
-        wait_for_port(self.port, "redis").await;
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Kills Redis (-9) and starts it again on the same port, from its
-    /// append-only file.
-    pub async fn restart(&mut self) {
-        self.kill().await;
-        self.spawn().await;
-    }
-
-    /// kill -9, like a crash.
-    pub async fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill().await;
-        }
-    }
-
-    /// Sends one command (RESP) and returns the first line of the reply.
-    pub async fn command(&self, args: &[&str]) -> String {
-        let mut request = format!("*{}\r\n", args.len());
-        for arg in args {
-            request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
-        }
-        let mut stream = TcpStream::connect(addr(self.port)).await.expect("redis");
-        stream.write_all(request.as_bytes()).await.expect("send");
-        let mut line = String::new();
-        BufReader::new(stream)
-            .read_line(&mut line)
-            .await
-            .expect("reply");
-        line.trim_end().to_owned()
-    }
-}
-
 pub struct Gateway {
     pub tcp: SocketAddr,
     /// The public WebSocket port (`/ws`).
@@ -280,7 +205,8 @@ pub struct StackBuilder {
     gateways: usize,
     nginx: bool,
     tls: bool,
-    private_redis: bool,
+    private_redis: Option<RedisShape>,
+    gateway_redis_url: Option<fn(usize, &PrivateRedis) -> String>,
     database_proxy: bool,
     gateway_env: Vec<(String, String)>,
     otlp_endpoint: Option<String>,
@@ -305,8 +231,33 @@ impl StackBuilder {
         self
     }
 
+    /// A Redis of the stack's own, for tests that kill, restart or freeze
+    /// it: one server, or a cluster of three masters when the run is on
+    /// Redis Cluster ([`RedisShape::of_this_run`]).
     pub fn with_private_redis(mut self) -> Self {
-        self.private_redis = true;
+        self.private_redis = Some(RedisShape::of_this_run());
+        self
+    }
+
+    /// A Redis Cluster of the stack's own, three masters with a replica
+    /// each, whatever the run's backend: for failover and resharding.
+    pub fn with_private_redis_cluster(self) -> Self {
+        self.with_private_redis_shaped(RedisShape::Cluster {
+            masters: 3,
+            replicas: 1,
+        })
+    }
+
+    /// A private Redis of exactly this shape, whatever the run's backend.
+    pub fn with_private_redis_shaped(mut self, shape: RedisShape) -> Self {
+        self.private_redis = Some(shape);
+        self
+    }
+
+    /// Gateway `i` is given `url(i, &private_redis)` as its Redis URL (e.g.
+    /// seed lists with an unreachable node), not the private Redis's own.
+    pub fn gateway_redis_url(mut self, url: fn(usize, &PrivateRedis) -> String) -> Self {
+        self.gateway_redis_url = Some(url);
         self
     }
 
@@ -329,10 +280,9 @@ impl StackBuilder {
 
     pub async fn start(self) -> Stack {
         let dir = log_dir();
-        let redis = if self.private_redis {
-            Some(PrivateRedis::start(dir.clone()).await)
-        } else {
-            None
+        let redis = match self.private_redis {
+            Some(shape) => Some(PrivateRedis::start(dir.clone(), shape).await),
+            None => None,
         };
         let redis_url = redis.as_ref().map_or_else(
             || {
@@ -450,7 +400,13 @@ impl StackBuilder {
                     "CLUSTERCHAT_GATEWAY_ANONYMOUS_PER_ADDRESS".into(),
                     "1000000".into(),
                 ),
-                ("CLUSTERCHAT_GATEWAY_REDIS_URL".into(), redis_url.clone()),
+                (
+                    "CLUSTERCHAT_GATEWAY_REDIS_URL".into(),
+                    match (self.gateway_redis_url, &redis) {
+                        (Some(url), Some(redis)) => url(i, redis),
+                        _ => redis_url.clone(),
+                    },
+                ),
                 ("CLUSTERCHAT_GATEWAY_REDIS_PREFIX".into(), prefix.clone()),
                 (
                     "CLUSTERCHAT_GATEWAY_USER_SERVICE".into(),
@@ -624,31 +580,27 @@ impl Stack {
     }
 
     pub async fn start_redis(&mut self) {
-        self.private_redis().spawn().await;
+        self.private_redis().start_all().await;
     }
 
-    /// Sends a signal (`STOP`, `CONT` ...) to the private Redis.
+    /// Sends a signal (`STOP`, `CONT` ...) to the private Redis (every node).
     pub fn signal_redis(&mut self, signal: &str) {
-        let pid = self
-            .private_redis()
-            .child
-            .as_ref()
-            .and_then(Child::id)
-            .expect("redis running");
-        let status = std::process::Command::new("kill")
-            .args([format!("-{signal}"), pid.to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success(), "kill -{signal} {pid}");
+        self.private_redis().signal(signal);
     }
 
-    /// One command to the private Redis (e.g. `CLIENT KILL TYPE pubsub`).
+    /// One command to the private Redis, every node of a cluster (e.g.
+    /// `CLIENT KILL TYPE pubsub`); the first node's reply.
     pub async fn redis_command(&mut self, args: &[&str]) -> String {
         self.private_redis().command(args).await
     }
 
-    fn private_redis(&mut self) -> &mut PrivateRedis {
-        self.redis.as_mut().expect("stack built with_private_redis")
+    /// The stack's private Redis or Redis Cluster (for cluster operations:
+    /// [`PrivateRedis::owner_of_user`], [`PrivateRedis::kill_node`],
+    /// [`PrivateRedis::reshard`] ...).
+    pub fn private_redis(&mut self) -> &mut PrivateRedis {
+        self.redis
+            .as_mut()
+            .expect("stack built with_private_redis or with_private_redis_cluster")
     }
 
     /// Sends a signal (`STOP`, `CONT` ...) to gateway `i`.
