@@ -389,7 +389,11 @@ async fn masters_killed_while_two_users_chat_fail_over_losing_nothing_and_the_ch
         bob.accepted.len(),
         bob.refused.len()
     );
-    eprintln!("logged by the stack ({}):\n{}", stack.logs(), warnings(&stack));
+    eprintln!(
+        "logged by the stack ({}):\n{}",
+        stack.logs(),
+        warnings(&stack)
+    );
     assert_delivered(&alice, &bob);
     assert_delivered(&bob, &alice);
     chat_goes_on(&mut alice, &mut bob).await;
@@ -437,7 +441,11 @@ async fn slots_moved_while_two_users_chat_lose_nothing_and_the_chat_goes_on() {
         bob.accepted.len(),
         bob.refused.len()
     );
-    eprintln!("logged by the stack ({}):\n{}", stack.logs(), warnings(&stack));
+    eprintln!(
+        "logged by the stack ({}):\n{}",
+        stack.logs(),
+        warnings(&stack)
+    );
     assert_delivered(&alice, &bob);
     assert_delivered(&bob, &alice);
     chat_goes_on(&mut alice, &mut bob).await;
