@@ -670,6 +670,15 @@ impl Cluster {
         self.sharded
     }
 
+    /// Whether a failed append to these users may soon work again: on a
+    /// cluster, when a shard of theirs has a replica that can take over.
+    pub fn failover_possible(&self, users: &[i64]) -> bool {
+        self.sharded
+            && users
+                .iter()
+                .any(|u| self.replicas.has_replica(slot::of_user(*u)))
+    }
+
     fn user_channel(&self, user: i64) -> String {
         format!("{}{{u:{user}}}", self.prefix)
     }

@@ -98,8 +98,15 @@ pub struct Config {
     /// handshake (PROXY header, HTTP headers, upgrade) and the wait for a
     /// PROXY header on TCP.
     pub handshake_timeout: Duration,
-    /// `CLUSTERCHAT_GATEWAY_REDIS_URL`.
+    /// `CLUSTERCHAT_GATEWAY_REDIS_URL`: `redis://HOST:PORT` for a single
+    /// Redis; `redis+cluster://HOST:PORT[,HOST:PORT...]` (or several URLs
+    /// separated by commas) for a Redis Cluster.
     pub redis_url: String,
+    /// `CLUSTERCHAT_GATEWAY_REDIS_FAILOVER_WAIT_MS` (Redis Cluster only): how
+    /// long a chat keeps trying its shard before it is stored with the
+    /// offline service. Covering the cluster's failover time (about twice
+    /// `cluster-node-timeout`) keeps a sender's chats in order across one.
+    pub redis_failover_wait: Duration,
     /// `CLUSTERCHAT_GATEWAY_REDIS_PREFIX`: namespaces every key and channel, so
     /// several clusters (or test runs) can share one Redis.
     pub redis_prefix: String,
@@ -178,6 +185,10 @@ impl Config {
                 "redis://127.0.0.1:6479".to_owned(),
             )?,
             redis_prefix: var_or("CLUSTERCHAT_GATEWAY_REDIS_PREFIX", "cc:".to_owned())?,
+            redis_failover_wait: millis_or(
+                "CLUSTERCHAT_GATEWAY_REDIS_FAILOVER_WAIT_MS",
+                Duration::from_secs(6),
+            )?,
             user_service: var_or(
                 "CLUSTERCHAT_GATEWAY_USER_SERVICE",
                 "http://127.0.0.1:50051".to_owned(),

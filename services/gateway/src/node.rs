@@ -73,6 +73,9 @@ pub struct Node {
     /// When this node's presence claims were last confirmed (micros after
     /// `epoch`), measured from the moment the refresh was sent.
     presence_confirmed: AtomicU64,
+    /// When a wait for a Redis Cluster failover last ran out (µs since the
+    /// Unix epoch).
+    failover_gave_up: AtomicU64,
     epoch: Instant,
 }
 
@@ -117,6 +120,7 @@ impl Node {
             partial_bytes,
             anonymous: Mutex::default(),
             presence_confirmed: AtomicU64::new(0),
+            failover_gave_up: AtomicU64::new(0),
             epoch: Instant::now(),
         }
     }
@@ -254,17 +258,37 @@ impl Node {
             })
             .collect();
         let dedup = message.dedup.then_some(self.config.dedup_ttl);
-        let appended = self
-            .cluster
-            .append(
-                &targets,
-                &message.mid,
-                &tail,
-                self.config.limits.max_inbox,
-                dedup,
-            )
-            .instrument(span)
-            .await;
+        // On a cluster, a shard failing over answers again within seconds:
+        // waiting for it keeps this sender's chats in order (a copy the
+        // failed attempt may have left is written once, by message id).
+        let appended = loop {
+            let attempt = self
+                .cluster
+                .append(
+                    &targets,
+                    &message.mid,
+                    &tail,
+                    self.config.limits.max_inbox,
+                    dedup,
+                )
+                .instrument(span.clone())
+                .await;
+            match attempt {
+                Err(e)
+                    if self.cluster.failover_possible(receivers)
+                        && self.may_wait_for_failover() =>
+                {
+                    if started.elapsed() >= self.config.redis_failover_wait {
+                        // No failover came: do not make every chat wait.
+                        self.failover_gave_up.store(now_micros(), Ordering::Relaxed);
+                        break Err(e);
+                    }
+                    tracing::debug!(error = %e, "append failed; retrying while the shard fails over");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                other => break other,
+            }
+        };
         let appended = match appended {
             Ok(appended) => appended,
             Err(e) => {
@@ -636,6 +660,12 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// False for a while after a wait for a failover ran out.
+    fn may_wait_for_failover(&self) -> bool {
+        let gave_up = self.failover_gave_up.load(Ordering::Relaxed);
+        now_micros().saturating_sub(gave_up) > 30_000_000
     }
 
     /// Whether this node may still write to a session that claimed its user
