@@ -150,6 +150,16 @@ impl Config {
             ([127, 0, 0, 1], 6000).into(),
         )?;
         let defaults = Limits::default();
+        let redis_prefix: String = var_or("CLUSTERCHAT_GATEWAY_REDIS_PREFIX", "cc:".to_owned())?;
+        if redis_prefix.contains(['{', '}']) {
+            // The user's hash tag `{u:ID}` must be the key's first braces.
+            return Err(ConfigError::Invalid {
+                name: "CLUSTERCHAT_GATEWAY_REDIS_PREFIX".into(),
+                value: redis_prefix,
+                reason: "must not contain { or } (keys carry a Redis Cluster hash tag after it)"
+                    .into(),
+            });
+        }
         Ok(Self {
             node_id: var_or(
                 "CLUSTERCHAT_GATEWAY_NODE_ID",
@@ -184,7 +194,7 @@ impl Config {
                 "CLUSTERCHAT_GATEWAY_REDIS_URL",
                 "redis://127.0.0.1:6479".to_owned(),
             )?,
-            redis_prefix: var_or("CLUSTERCHAT_GATEWAY_REDIS_PREFIX", "cc:".to_owned())?,
+            redis_prefix,
             redis_failover_wait: millis_or(
                 "CLUSTERCHAT_GATEWAY_REDIS_FAILOVER_WAIT_MS",
                 Duration::from_secs(6),
