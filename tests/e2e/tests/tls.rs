@@ -369,7 +369,20 @@ async fn shipped_nginx_configurations_are_valid() {
             .expect("template")
             .replace("__STATE__", &dir.display().to_string())
             .replace("__LOGS__", &dir.display().to_string())
-            .replace("__TLS__", &certs.display().to_string());
+            .replace("__TLS__", &certs.display().to_string())
+            // What deploy/dev/stack.sh fills in per profile (here: dev's).
+            .replace(
+                "__TCP_SERVERS__",
+                "server 127.0.0.1:6000; server 127.0.0.1:6002;",
+            )
+            .replace(
+                "__WS_SERVERS__",
+                "server 127.0.0.1:6080; server 127.0.0.1:6082;",
+            )
+            .replace("__TCP_PORT__", "8000")
+            .replace("__WS_PORT__", "8080")
+            .replace("__TLS_TCP_PORT__", "8443")
+            .replace("__TLS_WS_PORT__", "8444");
         let path = dir.join(name);
         std::fs::write(&path, conf).expect("write");
         let out = Command::new("/usr/sbin/nginx")
