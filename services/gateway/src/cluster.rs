@@ -364,14 +364,19 @@ impl RedisTarget {
     /// cluster; any other URL a single Redis.
     pub fn parse(url: &str) -> Self {
         let url = url.trim();
-        if let Some(nodes) = url.strip_prefix("redis+cluster://") {
+        if let Some(rest) = url.strip_prefix("redis+cluster://") {
+            // Credentials, if any, hold for every node.
+            let (userinfo, nodes) = match rest.rsplit_once('@') {
+                Some((userinfo, nodes)) => (format!("{userinfo}@"), nodes),
+                None => (String::new(), rest),
+            };
             return Self::Cluster(
                 nodes
                     .trim_end_matches('/')
                     .split(',')
                     .map(str::trim)
                     .filter(|n| !n.is_empty())
-                    .map(|n| format!("redis://{n}"))
+                    .map(|n| format!("redis://{userinfo}{n}"))
                     .collect(),
             );
         }
@@ -1231,6 +1236,32 @@ fn ttl_millis(ttl: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_url_picks_the_backend() {
+        assert_eq!(
+            RedisTarget::parse("redis://127.0.0.1:6479"),
+            RedisTarget::Single("redis://127.0.0.1:6479".into())
+        );
+        assert_eq!(
+            RedisTarget::parse("redis+cluster://10.0.0.1:6379,10.0.0.2:6379/"),
+            RedisTarget::Cluster(vec![
+                "redis://10.0.0.1:6379".into(),
+                "redis://10.0.0.2:6379".into()
+            ])
+        );
+        assert_eq!(
+            RedisTarget::parse("redis+cluster://:s3cret@redis:6379,redis-2:6379"),
+            RedisTarget::Cluster(vec![
+                "redis://:s3cret@redis:6379".into(),
+                "redis://:s3cret@redis-2:6379".into()
+            ])
+        );
+        assert_eq!(
+            RedisTarget::parse("redis://a:1, redis://b:2"),
+            RedisTarget::Cluster(vec!["redis://a:1".into(), "redis://b:2".into()])
+        );
+    }
 
     #[test]
     fn inbox_entries_round_trip() {
