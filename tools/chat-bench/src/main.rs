@@ -2,22 +2,33 @@
 //!
 //! It speaks only the classic messages (msgid 1-10) on the measured path, so
 //! it can measure any server that speaks the classic protocol, given its
-//! node addresses. Scenarios:
-//! 1. one-to-one chat, senders on the first node and receivers on the second:
-//!    delivered messages/s and end-to-end latency at a fixed offered rate and
-//!    at saturation, and how many were lost (sent, never delivered);
-//! 2. group chat fan-out across nodes;
-//! 3. idle connections on one node: resident memory per connection;
-//! 4. logins per second.
+//! node addresses. Scenarios (`--scenarios`, all but `online` by default):
+//! 1. `one-to-one`: one-to-one chat across nodes, pair i's sender on node
+//!    i mod N and its receiver on node i+1 mod N: delivered messages/s and
+//!    end-to-end latency at a fixed offered rate and at saturation, and how
+//!    many were lost (sent, never delivered);
+//! 2. `group`: group chat fan-out across nodes;
+//! 3. `idle`: idle connections on one node: resident memory per connection;
+//! 4. `logins`: logins per second;
+//! 5. `online` (opt-in, runs first): logged-in users and undelivered inbox
+//!    entries: what each costs the gateways' resident memory and Redis's
+//!    `used_memory`.
 //!
-//! With `--tls-nodes` (TLS-terminating proxies, one in front of each node)
-//! scenario 1 runs again through TLS, as extra rows: the cost of TLS.
+//! With `--tls-nodes` (TLS-terminating proxies, one in front of each of two
+//! nodes) scenario 1 runs again through TLS (`tls`), as extra rows: the cost
+//! of TLS.
+//!
+//! With `--pids NAME=PID,...` it reads each process's CPU time around the
+//! one-to-one runs and the logins (`procs.rs`): CPU-seconds per 100,000
+//! delivered messages and per login, per process and per group of processes.
 //!
 //! The same run measures the ceiling, raw Redis PUBLISH → subscriber on this
-//! machine, and reports the cross-node throughput as a ratio of it. Results
-//! print as a Markdown table and are written as JSON under `--out`.
+//! machine (single Redis only), and reports the cross-node throughput as a
+//! ratio of it. Results print as a Markdown table and are written as JSON
+//! under `--out`.
 
 mod client;
+mod procs;
 
 use std::{
     collections::HashSet,
@@ -30,9 +41,10 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use client::Client;
 use futures::StreamExt as _;
+use procs::Watched;
 use serde_json::{Value, json};
 use tokio::{io::AsyncWriteExt as _, net::TcpSocket};
 use tokio_rustls::TlsConnector;
@@ -43,7 +55,9 @@ use tokio_rustls::TlsConnector;
     about = "Load generator for classic-protocol chat clusters"
 )]
 struct Args {
-    /// Node addresses (classic TCP); senders use the first, receivers the second.
+    /// Node addresses (classic TCP), two or more. Pair i of the one-to-one
+    /// rows has its sender on node i mod N and its receiver on node
+    /// i+1 mod N, so every pair crosses nodes.
     #[arg(
         long,
         value_delimiter = ',',
@@ -57,12 +71,40 @@ struct Args {
     /// The CA (PEM) that signed the TLS endpoints' certificate.
     #[arg(long)]
     ca: Option<PathBuf>,
-    /// Redis of the cluster, for the ceiling measurement ("off" to skip).
+    /// Redis of the cluster, for the ceiling measurement ("off" to skip; a
+    /// Redis Cluster URL is skipped with a note).
     #[arg(long, default_value = "redis://127.0.0.1:6479")]
     redis: String,
-    /// Pid of the process behind the first node, for memory per connection.
+    /// Pid of the process behind the first node, for memory per connection
+    /// (default: the first `gateway-*` of `--pids`).
     #[arg(long)]
     gateway_pid: Option<u32>,
+    /// Processes whose CPU time and memory to report, NAME=PID,... (e.g.
+    /// gateway-1=..,redis-6521=..,user-service=..,mariadb=..). Names that
+    /// differ only in a trailing -NUMBER are summed as a group.
+    #[arg(long, value_delimiter = ',', value_parser = Watched::parse)]
+    pids: Vec<Watched>,
+    /// What to run.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "one-to-one,group,idle,logins,tls"
+    )]
+    scenarios: Vec<Scenario>,
+    /// A name for this run, put in the output (e.g. "3 shards, 2 gateways").
+    #[arg(long, default_value = "")]
+    label: String,
+    /// Redis instances (host:port, the masters) whose INFO memory the
+    /// `online` scenario reads.
+    #[arg(long, value_delimiter = ',')]
+    redis_info: Vec<SocketAddr>,
+    /// Users the `online` scenario logs in (spread over the nodes).
+    #[arg(long, default_value_t = 500)]
+    online_users: usize,
+    /// Undelivered (unacknowledged) inbox entries the `online` scenario
+    /// leaves per user.
+    #[arg(long, default_value_t = 20)]
+    inbox_entries: usize,
     /// Sender/receiver pairs for one-to-one chat.
     #[arg(long, default_value_t = 50)]
     pairs: usize,
@@ -92,6 +134,16 @@ struct Args {
     /// Where the JSON results go.
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    OneToOne,
+    Group,
+    Idle,
+    Logins,
+    Tls,
+    Online,
 }
 
 const PASSWORD: &str = "bench-password";
@@ -128,19 +180,21 @@ impl Latencies {
 /// One received chat: (run, sender, seq, latency ns).
 type Sample = (u32, u32, u64, u64);
 
-/// Logs `count` fresh users in on `node` (through TLS with `tls`).
+/// Logs `count` fresh users in, user i on `nodes[(i + offset) % N]`
+/// (through TLS with `tls`).
 async fn logged_in_clients(
     prefix: &str,
     count: usize,
-    node: SocketAddr,
+    nodes: &[SocketAddr],
+    offset: usize,
     acks: bool,
     tls: Option<&TlsConnector>,
 ) -> anyhow::Result<Vec<(i64, Client)>> {
     let mut out = Vec::with_capacity(count);
-    let mut setup = Client::connect_via(node, tls).await?;
+    let mut setup = Client::connect_via(nodes[offset % nodes.len()], tls).await?;
     for i in 0..count {
         let id = setup.register(&format!("{prefix}{i}"), PASSWORD).await?;
-        let mut client = Client::connect_via(node, tls).await?;
+        let mut client = Client::connect_via(nodes[(i + offset) % nodes.len()], tls).await?;
         client.login_as(id, PASSWORD, acks).await?;
         out.push((id, client));
     }
@@ -381,16 +435,18 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     anyhow::ensure!(
         args.nodes.len() >= 2,
-        "give two node addresses: --nodes A,B"
+        "give two or more node addresses: --nodes A,B[,C...]"
     );
     anyhow::ensure!(
         args.tls_nodes.is_empty() || args.tls_nodes.len() == 2,
         "give two TLS addresses, one per node: --tls-nodes A,B"
     );
+    let runs = |s: Scenario| args.scenarios.contains(&s);
     let tls = args.ca.as_deref().map(client::tls_connector).transpose()?;
     let run_id = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let prefix = format!("b{run_id}_");
     let mut report = serde_json::Map::new();
+    report.insert("label".into(), json!(args.label));
     report.insert(
         "nodes".into(),
         json!(
@@ -400,29 +456,75 @@ async fn main() -> anyhow::Result<()> {
                 .collect::<Vec<_>>()
         ),
     );
+    report.insert("node_count".into(), json!(args.nodes.len()));
     report.insert("started_unix".into(), json!(run_id));
     report.insert(
         "machine".into(),
         json!({"cores": std::thread::available_parallelism().map_or(0, |n| n.get())}),
     );
-    eprintln!("setting up {} pairs ...", args.pairs);
+    let mut cpu = serde_json::Map::new();
+    if !args.pids.is_empty() {
+        let (ticks, source) = procs::clock_ticks();
+        cpu.insert(
+            "clock_ticks_per_sec".into(),
+            json!({"value": ticks, "source": source}),
+        );
+        cpu.insert(
+            "watched".into(),
+            args.pids
+                .iter()
+                .map(|w| (w.name.clone(), json!(w.pid)))
+                .collect::<serde_json::Map<_, _>>()
+                .into(),
+        );
+    }
+
+    // 5. what online users and their undelivered entries cost: first, so
+    // the gateways' resident memory is not what the other runs left behind.
+    if runs(Scenario::Online) {
+        eprintln!(
+            "{} online users, {} undelivered entries each ...",
+            args.online_users, args.inbox_entries
+        );
+        report.insert("online".into(), online(&args, &prefix).await?);
+    }
 
     // 1. one-to-one across nodes.
-    let (mut fixed, mut saturated) =
-        one_to_one_rows(&args, &prefix, [args.nodes[0], args.nodes[1]], None, 1).await?;
-    report.insert(
-        "one_to_one_fixed_rate".into(),
-        json!({"offered_per_sec": args.rate, "result": fixed.json()}),
-    );
-    report.insert("one_to_one_saturation".into(), saturated.json());
+    let mut saturated_per_sec = None;
+    if runs(Scenario::OneToOne) {
+        eprintln!(
+            "setting up {} pairs over {} nodes ...",
+            args.pairs,
+            args.nodes.len()
+        );
+        let mut rows = one_to_one_rows(&args, &prefix, &args.nodes, None, 1, &args.pids).await?;
+        saturated_per_sec = Some(rows.saturated.delivered as f64 / rows.saturated.seconds);
+        report.insert(
+            "one_to_one_fixed_rate".into(),
+            json!({"offered_per_sec": args.rate, "result": rows.fixed.json()}),
+        );
+        report.insert("one_to_one_saturation".into(), rows.saturated.json());
+        if !args.pids.is_empty() {
+            cpu.insert("one_to_one_fixed_rate".into(), rows.cpu_fixed);
+            cpu.insert("one_to_one_saturation".into(), rows.cpu_saturated);
+        }
+    }
 
     // 2. group fan-out across nodes.
-    eprintln!("group fan-out with {} members ...", args.group_members);
-    let group = group_fanout(&args, &prefix).await?;
-    report.insert("group_fanout".into(), group);
+    if runs(Scenario::Group) {
+        eprintln!("group fan-out with {} members ...", args.group_members);
+        let group = group_fanout(&args, &prefix).await?;
+        report.insert("group_fanout".into(), group);
+    }
 
-    // 3. idle connections: memory per connection.
-    if let Some(pid) = args.gateway_pid {
+    // 3. idle connections on node 1.
+    let gateway_pid = args.gateway_pid.or_else(|| {
+        args.pids
+            .iter()
+            .find(|w| w.group() == "gateway")
+            .map(|w| w.pid)
+    });
+    if let (true, Some(pid)) = (runs(Scenario::Idle), gateway_pid) {
         eprintln!("opening {} idle connections ...", args.idle);
         report.insert(
             "idle_connections".into(),
@@ -431,36 +533,61 @@ async fn main() -> anyhow::Result<()> {
     }
 
     // 4. logins per second.
-    eprintln!("logins for {} s ...", args.duration);
-    report.insert("logins".into(), logins(&args, &prefix).await?);
+    if runs(Scenario::Logins) {
+        eprintln!("logins for {} s ...", args.duration);
+        let before = procs::snapshot(&args.pids);
+        let logins = logins(&args, &prefix).await?;
+        if !args.pids.is_empty() {
+            let count = logins["logins"].as_u64().unwrap_or(0);
+            cpu.insert(
+                "logins".into(),
+                procs::spent(&args.pids, &before, count, 1.0, "login (and logout)"),
+            );
+        }
+        report.insert("logins".into(), logins);
+    }
 
     // 1 again, through TLS.
-    if let (Some(tls), &[first, second]) = (&tls, &args.tls_nodes[..]) {
+    if let (true, Some(tls), &[first, second]) = (runs(Scenario::Tls), &tls, &args.tls_nodes[..]) {
         eprintln!("one-to-one through TLS ({first} -> {second}) ...");
-        let (mut fixed, mut saturated) =
-            one_to_one_rows(&args, &format!("{prefix}t"), [first, second], Some(tls), 4).await?;
+        let mut rows = one_to_one_rows(
+            &args,
+            &format!("{prefix}t"),
+            &[first, second],
+            Some(tls),
+            4,
+            &[],
+        )
+        .await?;
         report.insert(
             "tls_nodes".into(),
             json!([first.to_string(), second.to_string()]),
         );
         report.insert(
             "one_to_one_tls_fixed_rate".into(),
-            json!({"offered_per_sec": args.rate, "result": fixed.json()}),
+            json!({"offered_per_sec": args.rate, "result": rows.fixed.json()}),
         );
-        report.insert("one_to_one_tls_saturation".into(), saturated.json());
+        report.insert("one_to_one_tls_saturation".into(), rows.saturated.json());
     }
 
-    // The ceiling: raw Redis publish → subscriber.
-    if args.redis != "off" {
-        eprintln!("redis ceiling ...");
-        let ceiling = redis_ceiling(&args.redis, args.size + 60, Duration::from_secs(3)).await?;
-        let ours = saturated.delivered as f64 / saturated.seconds;
+    // The ceiling: raw Redis publish → subscriber, on a single Redis.
+    if args.redis.starts_with("redis+cluster://") || args.redis.contains(',') {
         report.insert(
             "redis_ceiling".into(),
-            json!({"messages_per_sec": ceiling, "cross_node_ratio": ours / ceiling}),
+            json!({"skipped": "a Redis Cluster: PUBLISH is copied to every node of a cluster, so one channel's ceiling says nothing about the sharded (SPUBLISH) path"}),
+        );
+    } else if args.redis != "off" {
+        eprintln!("redis ceiling ...");
+        let ceiling = redis_ceiling(&args.redis, args.size + 60, Duration::from_secs(3)).await?;
+        report.insert(
+            "redis_ceiling".into(),
+            json!({"messages_per_sec": ceiling, "cross_node_ratio": saturated_per_sec.map(|ours| ours / ceiling)}),
         );
     }
 
+    if !cpu.is_empty() {
+        report.insert("cpu".into(), cpu.into());
+    }
     report.insert(
         "receivers".into(),
         (if args.classic {
@@ -485,21 +612,32 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Scenario 1: `pairs` senders on `nodes[0]`, their receivers on
-/// `nodes[1]`, at the fixed rate (run `run`) and at saturation (`run + 1`).
+/// Scenario 1 in both runs, and what the watched processes spent in each.
+struct OneToOneRows {
+    fixed: RunResult,
+    saturated: RunResult,
+    cpu_fixed: Value,
+    cpu_saturated: Value,
+}
+
+/// Scenario 1: `pairs` senders and receivers, pair i's sender on
+/// `nodes[i % N]` and its receiver on `nodes[(i + 1) % N]`, at the fixed rate
+/// (run `run`) and at saturation (`run + 1`).
 async fn one_to_one_rows(
     args: &Args,
     prefix: &str,
-    nodes: [SocketAddr; 2],
+    nodes: &[SocketAddr],
     tls: Option<&TlsConnector>,
     run: u32,
-) -> anyhow::Result<(RunResult, RunResult)> {
+    watched: &[Watched],
+) -> anyhow::Result<OneToOneRows> {
     let senders =
-        logged_in_clients(&format!("{prefix}s"), args.pairs, nodes[0], false, tls).await?;
+        logged_in_clients(&format!("{prefix}s"), args.pairs, nodes, 0, false, tls).await?;
     let receivers = logged_in_clients(
         &format!("{prefix}r"),
         args.pairs,
-        nodes[1],
+        nodes,
+        1,
         !args.classic,
         tls,
     )
@@ -514,6 +652,7 @@ async fn one_to_one_rows(
         "one-to-one at {} msg/s for {} s ...",
         args.rate, args.duration
     );
+    let before = procs::snapshot(watched);
     let (senders, fixed) = one_to_one(
         senders,
         &receiver_ids,
@@ -524,7 +663,9 @@ async fn one_to_one_rows(
         args,
     )
     .await?;
+    let cpu_fixed = procs::spent(watched, &before, fixed.delivered, 1e5, "100k delivered");
     eprintln!("one-to-one at saturation for {} s ...", args.duration);
+    let before = procs::snapshot(watched);
     let (_, saturated) = one_to_one(
         senders,
         &receiver_ids,
@@ -535,7 +676,13 @@ async fn one_to_one_rows(
         args,
     )
     .await?;
-    Ok((fixed, saturated))
+    let cpu_saturated = procs::spent(watched, &before, saturated.delivered, 1e5, "100k delivered");
+    Ok(OneToOneRows {
+        fixed,
+        saturated,
+        cpu_fixed,
+        cpu_saturated,
+    })
 }
 
 async fn group_fanout(args: &Args, prefix: &str) -> anyhow::Result<Value> {
@@ -602,18 +749,9 @@ fn open_file_limit() -> String {
         .unwrap_or_else(|| "?".into())
 }
 
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no VmRSS for pid {pid}"))
-}
-
 async fn idle_memory(node: SocketAddr, pid: u32, count: usize) -> anyhow::Result<Value> {
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = rss_kib(pid)?;
+    let before = procs::rss_kib(pid)?;
     // Keep some descriptors for everything else this process does.
     let limit = open_file_limit();
     let requested = count;
@@ -651,7 +789,7 @@ async fn idle_memory(node: SocketAddr, pid: u32, count: usize) -> anyhow::Result
         }
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let after = rss_kib(pid)?;
+    let after = procs::rss_kib(pid)?;
     let opened = open.len();
     drop(open);
     let per_connection = (after.saturating_sub(before)) as f64 * 1024.0 / opened.max(1) as f64;
@@ -713,6 +851,111 @@ async fn logins(args: &Args, prefix: &str) -> anyhow::Result<Value> {
         "logins": count.load(Ordering::Relaxed),
         "failures": failures.load(Ordering::Relaxed),
         "logins_per_sec": count.load(Ordering::Relaxed) as f64 / seconds,
+    }))
+}
+
+/// Sum of `used_memory` (INFO memory) over the Redis instances in `addrs`.
+async fn redis_used_memory(addrs: &[SocketAddr]) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for addr in addrs {
+        let client = redis::Client::open(format!("redis://{addr}"))?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        let info: String = redis::cmd("INFO")
+            .arg("memory")
+            .query_async(&mut conn)
+            .await?;
+        total += info
+            .lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .ok_or_else(|| anyhow::anyhow!("no used_memory in INFO of {addr}"))?;
+    }
+    Ok(total)
+}
+
+/// Resident memory of every watched gateway (`gateway-*`), summed.
+fn gateways_rss_kib(watched: &[Watched]) -> u64 {
+    watched
+        .iter()
+        .filter(|w| w.group() == "gateway")
+        .filter_map(|w| procs::rss_kib(w.pid).ok())
+        .sum()
+}
+
+/// Scenario 5: `online_users` users log in (spread over the nodes) as
+/// clients that acknowledge but never do, then each is sent
+/// `inbox_entries` chats, which stay in their inboxes undelivered (a chat
+/// is trimmed only once acknowledged). Reads the gateways' resident memory
+/// and Redis's `used_memory` (the `--redis-info` masters; replicas hold as
+/// much again) before, after the logins and after the chats.
+async fn online(args: &Args, prefix: &str) -> anyhow::Result<Value> {
+    let users = args.online_users;
+    let settle = || tokio::time::sleep(Duration::from_secs(1));
+    settle().await;
+    let redis_before = redis_used_memory(&args.redis_info).await?;
+    let rss_before = gateways_rss_kib(&args.pids);
+    // Registering and logging in hash a password each: eight at a time.
+    let workers = 8.min(users.max(1));
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let nodes = args.nodes.clone();
+        let prefix = format!("{prefix}o{w}_");
+        let count = users / workers + usize::from(w < users % workers);
+        tasks.push(tokio::spawn(async move {
+            logged_in_clients(&prefix, count, &nodes, w, true, None).await
+        }));
+    }
+    let received = Arc::new(AtomicU64::new(0));
+    let mut ids = Vec::with_capacity(users);
+    for task in tasks {
+        for (id, mut client) in task.await?? {
+            ids.push(id);
+            let received = received.clone();
+            tokio::spawn(async move {
+                while let Ok(message) = client.recv().await {
+                    if message["msg"].is_string() {
+                        received.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    }
+    settle().await;
+    let redis_logged_in = redis_used_memory(&args.redis_info).await?;
+    let rss_logged_in = gateways_rss_kib(&args.pids);
+
+    let mut sender = Client::connect(args.nodes[0]).await?;
+    let sender_id = sender
+        .register(&format!("{prefix}osender"), PASSWORD)
+        .await?;
+    sender.login(sender_id, PASSWORD).await?;
+    let pad = "x".repeat(args.size.saturating_sub(40));
+    let mut sent = 0u64;
+    for seq in 0..args.inbox_entries as u64 {
+        for (i, &to) in ids.iter().enumerate() {
+            let frame = chat_frame(sender_id, Target::User(to), 5, i, seq, &pad);
+            sender.writer.write_all(frame.as_bytes()).await?;
+            sender.writer.write_all(&[0]).await?;
+            sent += 1;
+        }
+        sender.flush().await?;
+    }
+    drain(&received, sent).await;
+    settle().await;
+    let redis_entries = redis_used_memory(&args.redis_info).await?;
+    let rss_entries = gateways_rss_kib(&args.pids);
+    let per = |a: u64, b: u64, n: u64| (b as f64 - a as f64) / n.max(1) as f64;
+    let entries = received.load(Ordering::Relaxed);
+    Ok(json!({
+        "users": ids.len(),
+        "entries_sent": sent,
+        "entries_delivered_unacknowledged": entries,
+        "redis_instances": args.redis_info.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "redis_used_memory": {"before": redis_before, "logged_in": redis_logged_in, "with_entries": redis_entries},
+        "gateways_rss_kib": {"before": rss_before, "logged_in": rss_logged_in, "with_entries": rss_entries},
+        "redis_bytes_per_online_user": per(redis_before, redis_logged_in, ids.len() as u64),
+        "redis_bytes_per_inbox_entry": per(redis_logged_in, redis_entries, sent),
+        "gateway_bytes_per_online_user": per(rss_before, rss_logged_in, ids.len() as u64) * 1024.0,
     }))
 }
 
@@ -778,7 +1021,11 @@ fn markdown(report: &Value, args: &Args) -> String {
             },
         )
     };
-    let mut out = String::from(
+    let mut out = String::new();
+    if !args.label.is_empty() {
+        out.push_str(&format!("**{}**\n\n", args.label));
+    }
+    out.push_str(
         "| scenario | delivered/s | p50 ms | p90 ms | p99 ms | max ms | sent | lost |\n|---|---|---|---|---|---|---|---|\n",
     );
     for (label, result) in [
@@ -822,6 +1069,10 @@ fn markdown(report: &Value, args: &Args) -> String {
         ));
     }
     out.push('\n');
+    out.push_str(&format!(
+        "- {} nodes; pair i: sender on node i mod {0}, receiver on node i+1 mod {0}\n",
+        args.nodes.len()
+    ));
     if let Some(tls) = report.get("tls_nodes") {
         out.push_str(&format!(
             "- over TLS: senders through {}, receivers through {} (TLS terminated in front of each node)\n",
@@ -841,16 +1092,96 @@ fn markdown(report: &Value, args: &Args) -> String {
             n(&idle["bytes_per_connection"])
         ));
     }
-    out.push_str(&format!(
-        "- logins: {} per second ({} clients)\n",
-        n(&report["logins"]["logins_per_sec"]),
-        report["logins"]["clients"]
-    ));
-    if let Some(ceiling) = report.get("redis_ceiling") {
+    if let Some(logins) = report.get("logins") {
         out.push_str(&format!(
-            "- raw Redis publish→subscriber ceiling: {} msg/s; cross-node saturation is {:.0} % of it\n",
-            n(&ceiling["messages_per_sec"]),
-            ceiling["cross_node_ratio"].as_f64().unwrap_or(0.0) * 100.0
+            "- logins: {} per second ({} clients)\n",
+            n(&logins["logins_per_sec"]),
+            logins["clients"]
+        ));
+    }
+    if let Some(online) = report.get("online") {
+        out.push_str(&format!(
+            "- online: {} users logged in: {} bytes of Redis used_memory and {} bytes of gateway resident memory each; {} undelivered inbox entries: {} bytes of Redis used_memory each (masters only)\n",
+            online["users"],
+            n(&online["redis_bytes_per_online_user"]),
+            n(&online["gateway_bytes_per_online_user"]),
+            online["entries_sent"],
+            n(&online["redis_bytes_per_inbox_entry"]),
+        ));
+    }
+    if let Some(ceiling) = report.get("redis_ceiling") {
+        match (ceiling["skipped"].as_str(), ceiling["cross_node_ratio"].as_f64()) {
+            (Some(why), _) => {
+                out.push_str(&format!("- raw Redis ceiling not measured: {why}\n"));
+            }
+            (None, Some(ratio)) => out.push_str(&format!(
+                "- raw Redis publish→subscriber ceiling: {} msg/s; cross-node saturation is {:.0} % of it\n",
+                n(&ceiling["messages_per_sec"]),
+                ratio * 100.0
+            )),
+            (None, None) => out.push_str(&format!(
+                "- raw Redis publish→subscriber ceiling: {} msg/s\n",
+                n(&ceiling["messages_per_sec"]),
+            )),
+        }
+    }
+    if let Some(cpu) = report.get("cpu") {
+        out.push_str(&cpu_markdown(cpu));
+    }
+    out
+}
+
+/// CPU and memory of the watched processes: per 100k delivered messages in
+/// the one-to-one runs, per login in the logins run.
+fn cpu_markdown(cpu: &Value) -> String {
+    let f = |v: &Value, digits: usize| {
+        v.as_f64()
+            .map_or_else(|| "-".to_owned(), |f| format!("{f:.digits$}"))
+    };
+    let mut out = format!(
+        "\nCPU (clock ticks: {}/s, {}):\n\n| process | CPU s per 100k msgs, offered rate | cores busy | CPU s per 100k msgs, saturation | cores busy | CPU ms per login | RSS MiB |\n|---|---|---|---|---|---|---|\n",
+        cpu["clock_ticks_per_sec"]["value"],
+        cpu["clock_ticks_per_sec"]["source"].as_str().unwrap_or("?"),
+    );
+    let (fixed, saturated, logins) = (
+        &cpu["one_to_one_fixed_rate"],
+        &cpu["one_to_one_saturation"],
+        &cpu["logins"],
+    );
+    let mut names: Vec<(String, &str)> = Vec::new();
+    if let Some(watched) = cpu["watched"].as_object() {
+        names.extend(watched.keys().map(|k| (k.clone(), "processes")));
+    }
+    for run in [fixed, saturated, logins] {
+        if let Some(groups) = run["groups"].as_object() {
+            for (name, g) in groups {
+                let entry = (name.clone(), "groups");
+                if g["processes"].as_u64().unwrap_or(0) > 1 && !names.contains(&entry) {
+                    names.push(entry);
+                }
+            }
+        }
+    }
+    for (name, kind) in names {
+        let row = |run: &Value| run[kind][&name].clone();
+        let rss = [saturated, logins, fixed]
+            .iter()
+            .find_map(|run| row(run)["rss_kib"].as_f64());
+        let label = if kind == "groups" {
+            format!("**all {name}**")
+        } else {
+            name.clone()
+        };
+        out.push_str(&format!(
+            "| {label} | {} | {} | {} | {} | {} | {} |\n",
+            f(&row(fixed)["cpu_seconds_per_unit"], 3),
+            f(&row(fixed)["cores_busy"], 2),
+            f(&row(saturated)["cpu_seconds_per_unit"], 3),
+            f(&row(saturated)["cores_busy"], 2),
+            row(logins)["cpu_seconds_per_unit"]
+                .as_f64()
+                .map_or_else(|| "-".to_owned(), |s| format!("{:.2}", s * 1000.0)),
+            rss.map_or_else(|| "-".to_owned(), |k| format!("{:.1}", k / 1024.0)),
         ));
     }
     out
