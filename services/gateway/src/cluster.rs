@@ -39,7 +39,6 @@
 
 use std::{
     collections::HashSet,
-    fmt::Write as _,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -47,9 +46,9 @@ use std::{
     time::Duration,
 };
 
-use futures::StreamExt as _;
 use redis::{Script, aio::ConnectionManager};
 
+mod append;
 mod resp;
 pub mod slot;
 mod subscriber;
@@ -302,6 +301,8 @@ pub struct Cluster {
     /// The shards and their slots, for the subscriber (one shard owning
     /// every slot on a single Redis).
     topology: Arc<watch::Sender<Arc<Vec<slot::Shard>>>>,
+    /// Slot → its master's address (cluster only), for the appender.
+    owners: Arc<std::sync::RwLock<Arc<slot::Owners>>>,
     subscriber: mpsc::UnboundedSender<SubCommand>,
     subscriber_up: Arc<AtomicBool>,
     scripts: Arc<Scripts>,
@@ -611,6 +612,7 @@ impl Cluster {
             sharded,
             replicas: Arc::new(slot::ReplicaMap::new()),
             topology: Arc::new(topology),
+            owners: Arc::default(),
             subscriber: tx,
             subscriber_up,
             scripts: Arc::new(Scripts {
@@ -644,6 +646,8 @@ impl Cluster {
                     let changed = **current != shards;
                     if changed {
                         tracing::info!(shards = ?shards.iter().map(|s| (&s.master, &s.ranges)).collect::<Vec<_>>(), "redis cluster slot map");
+                        *self.owners.write().unwrap_or_else(|p| p.into_inner()) =
+                            Arc::new(slot::owners(&shards));
                         *current = Arc::new(shards);
                     }
                     changed
@@ -676,12 +680,21 @@ impl Cluster {
     }
 
     /// Whether a failed append to these users may soon work again: on a
-    /// cluster, when a shard of theirs has a replica that can take over.
+    /// cluster, when a shard of theirs has (or just had) a replica that can
+    /// take over.
     pub fn failover_possible(&self, users: &[i64]) -> bool {
         self.sharded
             && users
                 .iter()
-                .any(|u| self.replicas.has_replica(slot::of_user(*u)))
+                .any(|u| self.replicas.had_replica_lately(slot::of_user(*u)))
+    }
+
+    /// Slot → the address of its master, as last read (cluster only).
+    fn owners(&self) -> Arc<slot::Owners> {
+        self.owners
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn user_channel(&self, user: i64) -> String {
@@ -782,198 +795,9 @@ impl Cluster {
             .await
             .map_err(|_| ClusterError::new("the appender has stopped"))?
     }
+}
 
-    /// Forms batches of append jobs (whatever waits while earlier batches
-    /// are on their way) and runs each as one script call.
-    async fn run_appender(self, mut jobs: mpsc::UnboundedReceiver<AppendJob>) {
-        /// Receivers in one script call: Redis runs nothing else meanwhile.
-        const MAX_BATCH: usize = 256;
-        /// Batches on their way at once. One: while it is on its way, the
-        /// next one grows. Fewer, larger script calls cost Redis far less
-        /// (each call is also one append-only-file write): measured on
-        /// 2 cores, 4 in flight gave 50k msg/s at saturation, 1 gave 68k.
-        const IN_FLIGHT: usize = 1;
-        let mut running = futures::stream::FuturesUnordered::new();
-        loop {
-            tokio::select! {
-                job = jobs.recv(), if running.len() < IN_FLIGHT => {
-                    let Some(first) = job else { break };
-                    let mut receivers = first.receivers.len();
-                    let mut batch = vec![first];
-                    while receivers < MAX_BATCH {
-                        match jobs.try_recv() {
-                            Ok(job) => {
-                                receivers += job.receivers.len();
-                                batch.push(job);
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                    running.push(self.append_batch(batch));
-                }
-                Some(()) = running.next(), if !running.is_empty() => {}
-            }
-        }
-        while running.next().await.is_some() {}
-    }
-
-    async fn append_batch(&self, batch: Vec<AppendJob>) {
-        let max_inbox = batch.iter().map(|j| j.max_inbox).max().unwrap_or(1);
-        // Every receiver of the batch, as (job, user, channel).
-        let receivers: Vec<(usize, i64, &str)> = batch
-            .iter()
-            .enumerate()
-            .flat_map(|(j, job)| job.receivers.iter().map(move |(u, c)| (j, *u, c.as_str())))
-            .collect();
-        let groups = slot::groups(self.sharded, receivers.iter().map(|r| r.1));
-        let results = futures::future::join_all(
-            groups
-                .iter()
-                .map(|group| self.append_group(&batch, &receivers, group, max_inbox)),
-        )
-        .await;
-        let mut outcome: Vec<Option<Result<Appended, String>>> = vec![None; receivers.len()];
-        for (group, result) in groups.iter().zip(results) {
-            for (position, index) in group.iter().enumerate() {
-                outcome[*index] = Some(match &result {
-                    Ok(appended) => appended
-                        .get(position)
-                        .copied()
-                        .ok_or_else(|| "redis answered fewer appends than asked".to_owned()),
-                    Err(e) => Err(e.to_string()),
-                });
-            }
-        }
-        let mut outcome = outcome.into_iter();
-        for job in batch {
-            let results: Result<Vec<Appended>, String> = outcome
-                .by_ref()
-                .take(job.receivers.len())
-                .map(|o| o.unwrap_or_else(|| Err("append lost in a batch".to_owned())))
-                .collect();
-            let _ = job.reply.send(results.map_err(ClusterError::new));
-        }
-    }
-
-    /// One script call for receivers of one slot (all of them on a single
-    /// Redis). On a cluster the script does not publish: the entries are
-    /// published (SPUBLISH) only after a replica has them (WAIT), so a
-    /// failover cannot take back what a receiver has already seen.
-    async fn append_group(
-        &self,
-        batch: &[AppendJob],
-        receivers: &[(usize, i64, &str)],
-        group: &[usize],
-        max_inbox: usize,
-    ) -> Result<Vec<Appended>, ClusterError> {
-        // The jobs this group needs the tails of, renumbered from 0.
-        let mut tails: Vec<usize> = group.iter().map(|&i| receivers[i].0).collect();
-        tails.dedup();
-        tails.sort_unstable();
-        tails.dedup();
-        let wait_replicas = self.sharded
-            && self
-                .replicas
-                .has_replica(slot::of_user(receivers[group[0]].1));
-        let replies: Vec<redis::Value> = self
-            .run_scripts(|pipe| {
-                let cmd = pipe
-                    .cmd("EVALSHA")
-                    .arg(self.scripts.append.get_hash())
-                    .arg(group.len() * 3);
-                let mut key = String::with_capacity(self.prefix.len() + 64);
-                for &i in group {
-                    let (j, user, _) = receivers[i];
-                    let job = &batch[j];
-                    // `{prefix}{u:ID}:` once, then each suffix in turn.
-                    key.clear();
-                    let _ = write!(key, "{}{{u:{user}}}:", self.prefix);
-                    let tag = key.len();
-                    key.push('n');
-                    cmd.arg(key.as_str());
-                    key.truncate(tag);
-                    key.push_str("in");
-                    cmd.arg(key.as_str());
-                    // Without dedup the third key is never touched.
-                    if job.ttl != 0 {
-                        key.truncate(tag);
-                        key.push_str("m:");
-                        key.push_str(&job.mid);
-                    }
-                    cmd.arg(key.as_str());
-                }
-                cmd.arg(max_inbox);
-                for &i in group {
-                    let (j, _, channel) = receivers[i];
-                    let channel = if self.sharded { "" } else { channel };
-                    let tail = tails.binary_search(&j).unwrap_or(0);
-                    cmd.arg(channel).arg(batch[j].ttl).arg(tail);
-                }
-                for &j in &tails {
-                    cmd.arg(&batch[j].tail[..]);
-                }
-                if wait_replicas {
-                    pipe.cmd("WAIT").arg(1).arg(ttl_millis(REPLICA_WAIT));
-                }
-            })
-            .await?;
-        let mut replies = replies.into_iter();
-        let flat: Vec<i64> = redis::from_redis_value(replies.next().unwrap_or(redis::Value::Nil))
-            .map_err(|e| ClusterError::new(e.to_string()))?;
-        if wait_replicas && let Some(redis::Value::Int(0)) = replies.next() {
-            tracing::warn!("no replica confirmed an append in time; a failover now could lose it");
-            crate::metrics::metrics().unreplicated_appends.inc();
-        }
-        let mut appended: Vec<Appended> =
-            flat.chunks_exact(2).map(|p| appended(p[0], p[1])).collect();
-        if !self.sharded {
-            return Ok(appended);
-        }
-        // Publish what was recorded and should be.
-        let publish: Vec<usize> = (0..appended.len().min(group.len()))
-            .filter(|&k| {
-                !receivers[group[k]].2.is_empty()
-                    && matches!(appended[k], Appended::Recorded { .. })
-            })
-            .collect();
-        if publish.is_empty() {
-            return Ok(appended);
-        }
-        let mut pipe = redis::pipe();
-        for &k in &publish {
-            let (j, _, channel) = receivers[group[k]];
-            let Appended::Recorded { seq, .. } = appended[k] else {
-                continue;
-            };
-            let mut entry = format!("{seq} ").into_bytes();
-            entry.extend_from_slice(&batch[j].tail);
-            pipe.cmd("SPUBLISH").arg(channel).arg(entry);
-        }
-        // Recorded but not yet published: retried a few times; after that
-        // the caller stores it with the offline service too (a duplicate at
-        // worst, never a message nobody is told about).
-        let mut attempt = 0;
-        let counts: Vec<i64> = loop {
-            match pipe.query_async(&mut self.commands.clone()).await {
-                Ok(counts) => break counts,
-                Err(e) if attempt >= 3 => return Err(e.into()),
-                Err(_) => {
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
-                }
-            }
-        };
-        for (&k, count) in publish.iter().zip(counts) {
-            if let Appended::Recorded { seq, .. } = appended[k] {
-                appended[k] = Appended::Recorded {
-                    seq,
-                    subscribers: Some(u64::try_from(count).unwrap_or(0)),
-                };
-            }
-        }
-        Ok(appended)
-    }
-
+impl Cluster {
     /// Up to `count` inbox entries with a sequence above `after`, with the
     /// user's counter and delivered mark, read atomically.
     pub async fn read_inbox(

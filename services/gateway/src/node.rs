@@ -261,6 +261,7 @@ impl Node {
         // On a cluster, a shard failing over answers again within seconds:
         // waiting for it keeps this sender's chats in order (a copy the
         // failed attempt may have left is written once, by message id).
+        let mut failing_since: Option<std::time::Instant> = None;
         let appended = loop {
             let attempt = self
                 .cluster
@@ -278,7 +279,8 @@ impl Node {
                     if self.cluster.failover_possible(receivers)
                         && self.may_wait_for_failover() =>
                 {
-                    if started.elapsed() >= self.config.redis_failover_wait {
+                    let since = *failing_since.get_or_insert_with(std::time::Instant::now);
+                    if since.elapsed() >= self.config.redis_failover_wait {
                         // No failover came: do not make every chat wait.
                         self.failover_gave_up.store(now_micros(), Ordering::Relaxed);
                         break Err(e);

@@ -7,7 +7,10 @@
 //! no such rule and everything goes in one group: the same code batches for
 //! both, only the grouping differs.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{
+    Arc,
+    atomic::{AtomicU32, AtomicU64, Ordering},
+};
 
 use redis::Value;
 
@@ -66,14 +69,25 @@ pub fn groups(sharded: bool, users: impl ExactSizeIterator<Item = i64>) -> Vec<V
 /// Which slots belong to a master that has a replica online, from
 /// `CLUSTER SHARDS`: an append waits for a replica only where there is
 /// one (WAIT on a shard without one would wait out its timeout every time).
+/// Also when each slot was last seen with one: just after a failover the
+/// new master has no replica yet, but a chat that failed during it is still
+/// worth retrying.
 pub struct ReplicaMap {
     bits: Vec<AtomicU64>,
+    /// Per slot, seconds since the map was made when last seen replicated.
+    seen: Vec<AtomicU32>,
+    epoch: std::time::Instant,
 }
+
+/// How long a slot counts as "had a replica lately".
+const LATELY: std::time::Duration = std::time::Duration::from_secs(15);
 
 impl ReplicaMap {
     pub fn new() -> Self {
         Self {
             bits: (0..SLOTS / 64).map(|_| AtomicU64::new(0)).collect(),
+            seen: (0..SLOTS).map(|_| AtomicU32::new(0)).collect(),
+            epoch: std::time::Instant::now(),
         }
     }
 
@@ -82,20 +96,40 @@ impl ReplicaMap {
         self.bits[slot / 64].load(Ordering::Relaxed) & (1 << (slot % 64)) != 0
     }
 
+    /// Whether the slot had a replica online within the last 15 s.
+    pub fn had_replica_lately(&self, slot: u16) -> bool {
+        let slot = usize::from(slot) % SLOTS;
+        let seen = self.seen[slot].load(Ordering::Relaxed);
+        seen != 0 && self.now() <= seen + u32::try_from(LATELY.as_secs()).unwrap_or(15)
+    }
+
+    fn now(&self) -> u32 {
+        // From 1, so 0 means "never".
+        u32::try_from(self.epoch.elapsed().as_secs()).unwrap_or(u32::MAX) + 1
+    }
+
     /// Takes in the shards of a `CLUSTER SHARDS` reply.
     pub fn update(&self, shards: &[Shard]) {
+        let now = self.now();
         let mut bits = vec![0_u64; SLOTS / 64];
         for shard in shards.iter().filter(|s| s.replicated) {
             for &(start, end) in &shard.ranges {
                 for slot in start..=end {
                     let slot = usize::from(slot);
                     bits[slot / 64] |= 1 << (slot % 64);
+                    self.seen[slot].store(now, Ordering::Relaxed);
                 }
             }
         }
         for (word, value) in self.bits.iter().zip(bits) {
             word.store(value, Ordering::Relaxed);
         }
+    }
+}
+
+impl Default for ReplicaMap {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -110,9 +144,30 @@ pub struct Shard {
     pub replicated: bool,
 }
 
-/// Reads a `CLUSTER SHARDS` reply (RESP2 arrays or RESP3 maps).
+/// Slot → the address of its master (`host:port`), when one is online.
+pub type Owners = Vec<Option<Arc<str>>>;
+
+/// Slot → the address of its master, from the shards.
+pub fn owners(shards: &[Shard]) -> Owners {
+    let mut owners = vec![None; SLOTS];
+    for shard in shards {
+        let Some(master) = &shard.master else {
+            continue;
+        };
+        let master: Arc<str> = master.as_str().into();
+        for &(start, end) in &shard.ranges {
+            for slot in start..=end {
+                owners[usize::from(slot)] = Some(master.clone());
+            }
+        }
+    }
+    owners
+}
+
+/// Reads a `CLUSTER SHARDS` reply (RESP2 arrays or RESP3 maps), in slot
+/// order (Redis lists the shards in no fixed order).
 pub fn shards(reply: &Value) -> Vec<Shard> {
-    items(reply)
+    let mut shards = items(reply)
         .into_iter()
         .map(|shard| {
             let nodes = field(shard, "nodes").map(items).unwrap_or_default();
@@ -143,13 +198,9 @@ pub fn shards(reply: &Value) -> Vec<Shard> {
                 replicated: nodes.iter().any(|n| online(n, "replica")),
             }
         })
-        .collect()
-}
-
-impl Default for ReplicaMap {
-    fn default() -> Self {
-        Self::new()
-    }
+        .collect::<Vec<_>>();
+    shards.sort_by(|a, b| a.ranges.cmp(&b.ranges));
+    shards
 }
 
 const SLOTS: usize = 16_384;
@@ -267,5 +318,9 @@ mod tests {
         map.update(&parsed);
         assert!(map.has_replica(0) && map.has_replica(99));
         assert!(!map.has_replica(100) && !map.has_replica(16_383));
+        assert!(map.had_replica_lately(0) && !map.had_replica_lately(100));
+        let owners = owners(&parsed);
+        assert_eq!(owners[99].as_deref(), Some("127.0.0.1:7001"));
+        assert_eq!(owners[100], None);
     }
 }

@@ -100,7 +100,7 @@ struct Coordinator {
     /// Pending channels whose subscribe is on its way.
     in_flight: HashSet<String>,
     /// Slot → the address of its master.
-    owners: Vec<Option<Arc<str>>>,
+    owners: slot::Owners,
     shards: HashMap<Arc<str>, mpsc::UnboundedSender<ShardCmd>>,
     reports: mpsc::UnboundedSender<Report>,
     /// Users whose subscription was restored, to read their stores.
@@ -123,7 +123,7 @@ pub(super) async fn run(mut this: Subscriber) {
         placed: HashMap::new(),
         pending: HashSet::from([control]),
         in_flight: HashSet::new(),
-        owners: owners(&this.topology.borrow_and_update()),
+        owners: slot::owners(&this.topology.borrow_and_update()),
         shards: HashMap::new(),
         reports: reports_tx,
         restored: Vec::new(),
@@ -159,22 +159,6 @@ pub(super) async fn run(mut this: Subscriber) {
             }
         }
     }
-}
-
-fn owners(shards: &[Shard]) -> Vec<Option<Arc<str>>> {
-    let mut owners = vec![None; 16_384];
-    for shard in shards {
-        let Some(master) = &shard.master else {
-            continue;
-        };
-        let master: Arc<str> = master.as_str().into();
-        for &(start, end) in &shard.ranges {
-            for slot in start..=end {
-                owners[usize::from(slot)] = Some(master.clone());
-            }
-        }
-    }
-    owners
 }
 
 impl Coordinator {
@@ -333,7 +317,7 @@ impl Coordinator {
 
     /// The slot map changed: channels whose slot has a new owner move.
     fn on_topology(&mut self, shards: &[Shard]) {
-        self.owners = owners(shards);
+        self.owners = slot::owners(shards);
         let moved: Vec<(String, Arc<str>)> = self
             .placed
             .iter()
