@@ -738,21 +738,92 @@ impl Cluster {
         }
     }
 
-    /// Runs one pipeline per group of `users` that may share one (one hash
-    /// slot on a cluster: [`slot::groups`]), concurrently; `build` gets the
-    /// indices of its group. Replies come back per group, in group order.
+    /// Runs `build` once per group of `users` that may share a script call
+    /// (one hash slot on a cluster: [`slot::groups`]; all of them on a
+    /// single Redis), each invocation touching only its group's slot; `build`
+    /// gets the indices of its group. On a cluster the groups of one shard
+    /// share one pipeline to it (the shards' pipelines run concurrently); a
+    /// group that fails there (its slot moved, a script not loaded after a
+    /// failover) is retried on its own, routed by redis-rs. Replies come
+    /// back per group; a group's failure fails the whole call.
     async fn run_grouped<T: redis::FromRedisValue>(
         &self,
         users: impl ExactSizeIterator<Item = i64>,
         build: impl Fn(&mut redis::Pipeline, &[usize]),
     ) -> Result<Vec<(Vec<usize>, Vec<T>)>, ClusterError> {
-        let groups = slot::groups(self.sharded, users);
+        self.run_grouped_each(users, build)
+            .await
+            .into_iter()
+            .map(|(group, replies)| Ok((group, replies?)))
+            .collect()
+    }
+
+    /// [`Self::run_grouped`], with a result per group: a shard that fails
+    /// fails only its own groups.
+    async fn run_grouped_each<T: redis::FromRedisValue>(
+        &self,
+        users: impl ExactSizeIterator<Item = i64>,
+        build: impl Fn(&mut redis::Pipeline, &[usize]),
+    ) -> Vec<Grouped<T>> {
+        let users: Vec<i64> = users.collect();
+        let groups = slot::groups(self.sharded, users.iter().copied());
         let build = &build;
-        futures::future::try_join_all(groups.into_iter().map(|group| async move {
-            let replies = self.run_scripts(|pipe| build(pipe, &group)).await?;
-            Ok((group, replies))
-        }))
-        .await
+        let alone = |group: Vec<usize>| async move {
+            let replies = self.run_scripts(|pipe| build(pipe, &group)).await;
+            (group, replies)
+        };
+        if !self.sharded {
+            return futures::future::join_all(groups.into_iter().map(alone)).await;
+        }
+        let owners = self.owners();
+        let mut by_shard: std::collections::HashMap<Arc<str>, Vec<Vec<usize>>> =
+            std::collections::HashMap::new();
+        let mut retry = Vec::new();
+        for group in groups {
+            let slot = usize::from(slot::of_user(users[group[0]]));
+            match owners.get(slot).cloned().flatten() {
+                Some(shard) => by_shard.entry(shard).or_default().push(group),
+                None => retry.push(group),
+            }
+        }
+        let shards =
+            futures::future::join_all(by_shard.into_iter().map(|(shard, groups)| async move {
+                let mut pipe = redis::pipe();
+                let mut counts = Vec::with_capacity(groups.len());
+                for group in &groups {
+                    let before = pipe.len();
+                    build(&mut pipe, group);
+                    counts.push(pipe.len() - before);
+                }
+                let values = self.on_shard(&shard, pipe).await;
+                (groups, counts, values)
+            }))
+            .await;
+        let mut out = Vec::new();
+        for (groups, counts, values) in shards {
+            let Ok(values) = values else {
+                retry.extend(groups);
+                continue;
+            };
+            let mut values = values.into_iter();
+            for (group, count) in groups.into_iter().zip(counts) {
+                let replies: Vec<redis::Value> = values.by_ref().take(count).collect();
+                let parsed = (replies.len() == count)
+                    .then(|| {
+                        replies
+                            .into_iter()
+                            .map(|v| T::from_redis_value(v).ok())
+                            .collect::<Option<Vec<T>>>()
+                    })
+                    .flatten();
+                match parsed {
+                    Some(replies) => out.push((group, Ok(replies))),
+                    None => retry.push(group),
+                }
+            }
+        }
+        out.extend(futures::future::join_all(retry.into_iter().map(alone)).await);
+        out
     }
 
     /// Records a message in each receiver's inbox and publishes it to those
@@ -999,14 +1070,15 @@ impl Cluster {
     }
 
     /// Extends each claim (re-creating it after a Redis restart). For each,
-    /// false when another owner has taken the user meanwhile.
+    /// false when another owner has taken the user meanwhile, `None` when
+    /// its shard did not answer.
     pub async fn refresh_presence(
         &self,
         claims: &[(i64, String)],
         ttl: Duration,
-    ) -> Result<Vec<bool>, ClusterError> {
-        let replies: Vec<(Vec<usize>, Vec<i64>)> = self
-            .run_grouped(claims.iter().map(|c| c.0), |pipe, group| {
+    ) -> Vec<Option<bool>> {
+        let replies: Vec<Grouped<i64>> = self
+            .run_grouped_each(claims.iter().map(|c| c.0), |pipe, group| {
                 for &i in group {
                     let (user, owner) = &claims[i];
                     // EVALSHA would fail with NOSCRIPT after a Redis restart;
@@ -1019,11 +1091,21 @@ impl Cluster {
                         .arg(ttl_millis(ttl));
                 }
             })
-            .await?;
-        Ok(ungroup(claims.len(), replies)
-            .into_iter()
-            .map(|h| h == 1)
-            .collect())
+            .await;
+        let mut held = vec![None; claims.len()];
+        for (group, replies) in replies {
+            match replies {
+                Ok(replies) => {
+                    for (i, reply) in group.into_iter().zip(replies) {
+                        held[i] = Some(reply == 1);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, users = group.len(), "cannot refresh presence")
+                }
+            }
+        }
+        held
     }
 
     /// Whether each user is online anywhere in the cluster.
@@ -1041,6 +1123,9 @@ impl Cluster {
         Ok(ungroup(users.len(), replies))
     }
 }
+
+/// The item indices of one group and its replies.
+type Grouped<T> = (Vec<usize>, Result<Vec<T>, ClusterError>);
 
 /// Puts per-group replies (one per item) back in the items' order.
 fn ungroup<T: Default>(len: usize, groups: Vec<(Vec<usize>, Vec<T>)>) -> Vec<T> {

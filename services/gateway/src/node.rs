@@ -72,7 +72,10 @@ pub struct Node {
     nudges: Mutex<HashSet<i64>>,
     /// When this node's presence claims were last confirmed (micros after
     /// `epoch`), measured from the moment the refresh was sent.
-    presence_confirmed: AtomicU64,
+    /// Per hash slot (of the users' tags), when this node's claims there
+    /// were last confirmed (µs since `epoch`): a shard that fails over
+    /// holds up only its own users' leases.
+    presence_confirmed: Box<[AtomicU64]>,
     /// When a wait for a Redis Cluster failover last ran out (µs since the
     /// Unix epoch).
     failover_gave_up: AtomicU64,
@@ -119,7 +122,7 @@ impl Node {
             move_permits: Semaphore::new(32),
             partial_bytes,
             anonymous: Mutex::default(),
-            presence_confirmed: AtomicU64::new(0),
+            presence_confirmed: (0..16_384).map(|_| AtomicU64::new(0)).collect(),
             failover_gave_up: AtomicU64::new(0),
             epoch: Instant::now(),
         }
@@ -674,9 +677,10 @@ impl Node {
     /// at `claimed_at`: its presence claim cannot have expired in Redis. A
     /// node frozen (SIGSTOP, VM pause) past its TTL must not write what it
     /// received before it was frozen: the user may be online elsewhere.
-    pub fn presence_lease_holds(&self, claimed_at: Instant) -> bool {
-        let confirmed =
-            self.epoch + Duration::from_micros(self.presence_confirmed.load(Ordering::Acquire));
+    pub fn presence_lease_holds(&self, user: i64, claimed_at: Instant) -> bool {
+        let slot = usize::from(crate::cluster::slot::of_user(user));
+        let confirmed = self.epoch
+            + Duration::from_micros(self.presence_confirmed[slot].load(Ordering::Acquire));
         let since = confirmed.max(claimed_at);
         since.elapsed() < self.config.presence_ttl * 4 / 5
     }
@@ -693,35 +697,45 @@ impl Node {
             let sent_at = Instant::now();
             let sessions = self.registry.snapshot();
             if sessions.is_empty() {
-                self.confirm_presence(sent_at);
+                self.confirm_presence(None, sent_at);
                 continue;
             }
             let claims: Vec<(i64, String)> = sessions
                 .iter()
                 .map(|(user, conn, _)| (*user, self.owner(*conn)))
                 .collect();
-            match self
+            let held = self
                 .cluster
                 .refresh_presence(&claims, self.config.presence_ttl)
-                .await
-            {
-                Ok(held) => {
-                    for ((user, _, kick), still_ours) in sessions.into_iter().zip(held) {
-                        if !still_ours {
-                            tracing::warn!(user, "presence taken by another session; ending ours");
-                            kick.cancel();
-                        }
+                .await;
+            for ((user, _, kick), held) in sessions.into_iter().zip(held) {
+                match held {
+                    Some(true) => self.confirm_presence(Some(user), sent_at),
+                    Some(false) => {
+                        tracing::warn!(user, "presence taken by another session; ending ours");
+                        kick.cancel();
                     }
-                    self.confirm_presence(sent_at);
+                    // Its shard did not answer: the lease runs down.
+                    None => {}
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot refresh presence"),
             }
         }
     }
 
-    fn confirm_presence(&self, sent_at: Instant) {
+    /// Confirms the leases of `user`'s slot (or of every slot) as of `sent_at`.
+    fn confirm_presence(&self, user: Option<i64>, sent_at: Instant) {
         let micros = u64::try_from(sent_at.duration_since(self.epoch).as_micros()).unwrap_or(0);
-        self.presence_confirmed.fetch_max(micros, Ordering::AcqRel);
+        match user {
+            Some(user) => {
+                let slot = usize::from(crate::cluster::slot::of_user(user));
+                self.presence_confirmed[slot].fetch_max(micros, Ordering::AcqRel);
+            }
+            None => {
+                for confirmed in &self.presence_confirmed {
+                    confirmed.fetch_max(micros, Ordering::AcqRel);
+                }
+            }
+        }
     }
 
     /// The presence value of one of this node's connections.

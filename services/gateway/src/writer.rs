@@ -147,7 +147,7 @@ impl Inbound {
     /// One step of a sync: a page of the offline store, else a page of the inbox.
     async fn sync_step<W: FrameSink>(&mut self, sink: &mut W) -> Step {
         let node = self.node.clone();
-        if !node.presence_lease_holds(self.claimed_at) {
+        if !node.presence_lease_holds(self.user, self.claimed_at) {
             return Step::Retry(Duration::from_millis(100));
         }
         if let Some(after) = self.offline_after {
@@ -283,7 +283,9 @@ impl Inbound {
         if delivery.seq <= self.cursor {
             return true;
         }
-        if delivery.seq != self.cursor + 1 || !self.node.presence_lease_holds(self.claimed_at) {
+        if delivery.seq != self.cursor + 1
+            || !self.node.presence_lease_holds(self.user, self.claimed_at)
+        {
             self.needs_sync = true;
             return true;
         }

@@ -353,7 +353,7 @@ impl Cluster {
     }
 
     /// Runs a pipeline on the master at `shard` (`host:port`).
-    async fn on_shard(
+    pub(super) async fn on_shard(
         &self,
         shard: &str,
         pipe: redis::Pipeline,
