@@ -1125,7 +1125,12 @@ fn markdown(report: &Value, args: &Args) -> String {
             )),
         }
     }
-    if let Some(cpu) = report.get("cpu") {
+    // Only runs that sample CPU time (one-to-one, logins) fill the table.
+    if let Some(cpu) = report.get("cpu").filter(|cpu| {
+        ["one_to_one_fixed_rate", "one_to_one_saturation", "logins"]
+            .iter()
+            .any(|run| !cpu[run].is_null())
+    }) {
         out.push_str(&cpu_markdown(cpu));
     }
     out
