@@ -51,6 +51,11 @@ observe-down:
 bench *args:
     @deploy/dev/stack.sh bench "$@"
 
+# the same measurements on a Redis Cluster (3 masters + 3 replicas) with three gateway nodes
+[positional-arguments]
+bench-cluster *args:
+    @deploy/dev/stack.sh bench-cluster "$@"
+
 # the terminal client (e.g. `just chat`, `just chat --ws ws://127.0.0.1:8080/ws`, `just chat --tls`)
 [positional-arguments]
 chat *args:

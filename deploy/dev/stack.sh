@@ -12,6 +12,7 @@
 #   stack.sh test [args...]     fresh test instances, the whole test suite on single Redis,
 #                               then the Redis-facing tests again on Redis Cluster, then stop
 #   stack.sh bench [args...]    fresh bench stack (release), chat-bench against it, then stop
+#   stack.sh bench-cluster [args...]  the same on a Redis Cluster (3 + 3) with three gateways
 #   stack.sh token [profile]    the internal token of a profile (default dev), made if missing
 #
 # Ports (dev / test): MariaDB 3307 / 3308, Redis 6479 / 6480,
@@ -64,11 +65,15 @@ profile() {
                  REDIS_CLUSTER_PORTS=(6501 6502 6503 6504 6505 6506) ;;
         bench)   MYSQL_PORT=3309; REDIS_PORT=6481; P=(50151 50152 9111 9112)
                  GATEWAYS=("6100 6180 7180" "6102 6182 7182"); NGINX=(8543 8544) ;;
+        # `just bench-cluster`: the bench on a Redis Cluster, three gateways.
+        bench-cluster) MYSQL_PORT=3311; P=(50251 50252 9131 9132)
+                 REDIS_CLUSTER_PORTS=(6511 6512 6513 6514 6515 6516)
+                 GATEWAYS=("6200 6280 7280" "6202 6282 7282" "6204 6284 7284") ;;
         cluster) MYSQL_PORT=3310; P=(51051 51052 9121 9122)
                  REDIS_CLUSTER_PORTS=(6491 6492 6493 6494 6495 6496)
                  GATEWAYS=("16000 16080 17080" "16002 16082 17082" "16004 16084 17084")
                  NGINX=(18000 18080 18443 18444) ;;
-        *) die "no profile '$PROFILE' (dev, cluster, test, bench)" ;;
+        *) die "no profile '$PROFILE' (dev, cluster, test, bench, bench-cluster)" ;;
     esac
     MYSQL_URL="mysql://$DB_USER:$DB_PASSWORD@127.0.0.1:$MYSQL_PORT"
     REDIS_URL="" REDIS_CLUSTER_URL=""
@@ -281,7 +286,7 @@ services() {
         gw="$gw CLUSTERCHAT_GATEWAY_LOGINS_PER_ADDRESS=1000 CLUSTERCHAT_GATEWAY_REGISTERS_PER_ADDRESS=1000 CLUSTERCHAT_GATEWAY_ANONYMOUS_PER_ADDRESS=1000" ;;
     esac
     # The bench measures the cluster, not the per-connection rate limit.
-    [ "$PROFILE" = bench ] && gw="$gw CLUSTERCHAT_GATEWAY_RATE_PER_SEC=10000000 CLUSTERCHAT_GATEWAY_RATE_BURST=10000000 CLUSTERCHAT_GATEWAY_OUTBOUND_QUEUE=8192 CLUSTERCHAT_GATEWAY_MAX_INBOX=10000000 CLUSTERCHAT_GATEWAY_LOGINS_PER_ADDRESS=100000000 CLUSTERCHAT_GATEWAY_REGISTERS_PER_ADDRESS=100000000 CLUSTERCHAT_GATEWAY_ANONYMOUS_PER_ADDRESS=100000000"
+    case "$PROFILE" in bench*) gw="$gw CLUSTERCHAT_GATEWAY_RATE_PER_SEC=10000000 CLUSTERCHAT_GATEWAY_RATE_BURST=10000000 CLUSTERCHAT_GATEWAY_OUTBOUND_QUEUE=8192 CLUSTERCHAT_GATEWAY_MAX_INBOX=10000000 CLUSTERCHAT_GATEWAY_LOGINS_PER_ADDRESS=100000000 CLUSTERCHAT_GATEWAY_REGISTERS_PER_ADDRESS=100000000 CLUSTERCHAT_GATEWAY_ANONYMOUS_PER_ADDRESS=100000000" ;; esac
     cat <<EOF
 user-service|user-service|grpc:$h:${P[0]}|CLUSTERCHAT_USER_LISTEN=$h:${P[0]} CLUSTERCHAT_USER_METRICS_LISTEN=$h:${P[2]} CLUSTERCHAT_USER_DATABASE_URL=$MYSQL_URL/clusterchat_user
 offline-service|offline-service|grpc:$h:${P[1]}|CLUSTERCHAT_OFFLINE_LISTEN=$h:${P[1]} CLUSTERCHAT_OFFLINE_METRICS_LISTEN=$h:${P[3]} CLUSTERCHAT_OFFLINE_DATABASE_URL=$MYSQL_URL/clusterchat_offline
@@ -377,7 +382,7 @@ start_service() { # name binary addr env
     # not, a batch is dropped now and then and nothing else happens.
     # shellcheck disable=SC2086
     local otlp="${OTEL_EXPORTER_OTLP_ENDPOINT-http://127.0.0.1:4317}"
-    [ "$PROFILE" = bench ] && otlp="${OTEL_EXPORTER_OTLP_ENDPOINT-}"
+    case "$PROFILE" in bench*) otlp="${OTEL_EXPORTER_OTLP_ENDPOINT-}" ;; esac
     # The token goes in the environment, not on a command line others can read.
     CLUSTERCHAT_INTERNAL_TOKEN="$(internal_token)" \
     setsid env $env RUST_LOG="${RUST_LOG:-info}" OTEL_SERVICE_NAME="${name}" \
@@ -396,7 +401,7 @@ start_stack() {
     while IFS='|' read -r name bin addr env; do
         start_service "$name" "$bin" "$addr" "$env"
     done < <(services)
-    start_nginx
+    [ ${#NGINX[@]} -eq 0 ] || start_nginx
 }
 
 up() {
@@ -476,7 +481,7 @@ ps_() {
 
 logs() { # [profile] [name]
     local which=dev
-    case "${1:-}" in dev | cluster | test | bench) which="$1"; shift ;; esac
+    case "${1:-}" in dev | cluster | test | bench | bench-cluster) which="$1"; shift ;; esac
     profile "$which"
     if [ -n "${1:-}" ]; then
         [ -f "$LOGS/$1.log" ] || die "no log for '$1'; have: $(cd "$LOGS" && ls | sed 's/\.log$//' | tr '\n' ' ')"
@@ -574,21 +579,33 @@ addrs() {
     echo "$out"
 }
 
-bench_() {
-    profile bench
+bench_() { # profile (bench or bench-cluster), chat-bench args...
+    profile "$1"; shift
     install
     log "building (release)"
     cargo build --release --workspace --bins
-    down bench >/dev/null 2>&1 || true
+    down "$PROFILE" >/dev/null 2>&1 || true
     rm -rf "$STATE"
-    trap 'down bench' EXIT
+    trap 'down "$PROFILE"' EXIT
     # Room for tens of thousands of sockets in the gateway and the bench.
     ulimit -n 200000 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
     start_stack
+    # CPU time and memory of every process of the stack, per message.
+    local pids="" pidfile name
+    for pidfile in "$PIDS"/*.pid; do
+        name="$(basename "$pidfile" .pid)"
+        [ "$name" = nginx ] || pids+="${pids:+,}$name=$(cat "$pidfile")"
+    done
+    local args=(--nodes "$(addrs $(gateway_ports 1))" --pids "$pids" --label "$PROFILE")
+    if [ -n "$REDIS_PORT" ]; then
+        args+=(--redis "$REDIS_URL" --tls-nodes "$(addrs "${NGINX[@]}")" --ca "$STATE/tls/ca.pem")
+    else
+        # No TLS rows on the cluster bench (no nginx); the ceiling is a
+        # single-Redis measurement.
+        args+=(--redis off --scenarios one-to-one,group,idle,logins)
+    fi
     # shellcheck disable=SC2046
-    "$ROOT/target/release/chat-bench" --nodes "$(addrs $(gateway_ports 1))" --redis "$REDIS_URL" \
-        --tls-nodes "$(addrs "${NGINX[@]}")" --ca "$STATE/tls/ca.pem" \
-        --gateway-pid "$(cat "$PIDS/gateway-1.pid")" "$@"
+    "$ROOT/target/release/chat-bench" "${args[@]}" "$@"
 }
 
 cmd="${1:-}"; shift || true
@@ -600,6 +617,7 @@ case "$cmd" in
     logs) logs "$@" ;;
     test) test_ "$@" ;;
     token) profile "${1:-dev}"; internal_token ;;
-    bench) bench_ "$@" ;;
+    bench) bench_ bench "$@" ;;
+    bench-cluster) bench_ bench-cluster "$@" ;;
     *) sed -n '2,15p' "$0"; exit 2 ;;
 esac
