@@ -500,7 +500,8 @@ reap_test_processes() {
     # the e2e folder, and so do the tests' redis-cli (--cluster create,
     # reshard); the test profile's own Redis and cluster nodes under .stack/test.
     local pid
-    for pid in $(pgrep -x 'redis-server|redis-cli' || true); do
+    # (pgrep matches one process name of at most 15 characters at a time.)
+    for pid in $(pgrep -x redis-server || true) $(pgrep -x redis-cli || true); do
         case "$(readlink "/proc/$pid/cwd" 2>/dev/null)" in
             /tmp/clusterchat-e2e/* | "$ROOT"/.stack/test/*) kill "$pid" 2>/dev/null || true ;;
         esac
