@@ -1109,34 +1109,46 @@ impl Cluster {
     }
 
     /// Whether each user is online anywhere in the cluster.
+    /// Users on a shard that does not answer (failing over) count as
+    /// offline; only when no shard answers is it an error.
     pub async fn online(&self, users: &[i64]) -> Result<Vec<bool>, ClusterError> {
         if users.is_empty() {
             return Ok(Vec::new());
         }
-        let replies: Vec<(Vec<usize>, Vec<bool>)> = self
-            .run_grouped(users.iter().copied(), |pipe, group| {
+        let replies: Vec<Grouped<bool>> = self
+            .run_grouped_each(users.iter().copied(), |pipe, group| {
                 for &i in group {
                     pipe.exists(self.presence_key(users[i]));
                 }
             })
-            .await?;
-        Ok(ungroup(users.len(), replies))
+            .await;
+        let mut online = vec![false; users.len()];
+        let mut failure = None;
+        let mut answered = false;
+        for (group, replies) in replies {
+            match replies {
+                Ok(replies) => {
+                    answered = true;
+                    for (i, reply) in group.into_iter().zip(replies) {
+                        online[i] = reply;
+                    }
+                }
+                Err(e) => failure = Some(e),
+            }
+        }
+        match failure {
+            Some(e) if !answered => Err(e),
+            Some(e) => {
+                tracing::warn!(error = %e, "some presence unknown (a shard does not answer); shown offline");
+                Ok(online)
+            }
+            None => Ok(online),
+        }
     }
 }
 
 /// The item indices of one group and its replies.
 type Grouped<T> = (Vec<usize>, Result<Vec<T>, ClusterError>);
-
-/// Puts per-group replies (one per item) back in the items' order.
-fn ungroup<T: Default>(len: usize, groups: Vec<(Vec<usize>, Vec<T>)>) -> Vec<T> {
-    let mut out: Vec<T> = (0..len).map(|_| T::default()).collect();
-    for (group, replies) in groups {
-        for (index, reply) in group.into_iter().zip(replies) {
-            out[index] = reply;
-        }
-    }
-    out
-}
 
 fn ttl_millis(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)

@@ -46,7 +46,10 @@ use client::Client;
 use futures::StreamExt as _;
 use procs::Watched;
 use serde_json::{Value, json};
-use tokio::{io::AsyncWriteExt as _, net::TcpSocket};
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _},
+    net::TcpSocket,
+};
 use tokio_rustls::TlsConnector;
 
 #[derive(Parser, Clone)]
@@ -908,11 +911,38 @@ async fn online(args: &Args, prefix: &str) -> anyhow::Result<Value> {
     let received = Arc::new(AtomicU64::new(0));
     let mut ids = Vec::with_capacity(users);
     for task in tasks {
-        for (id, mut client) in task.await?? {
+        for (id, client) in task.await?? {
             ids.push(id);
             let received = received.clone();
+            // They never acknowledge (the entries stay), but they ping: the
+            // gateway closes a silent acknowledging client after 10 s, and
+            // its inbox would then move to the offline store.
+            let Client {
+                mut reader,
+                mut writer,
+            } = client;
             tokio::spawn(async move {
-                while let Ok(message) = client.recv().await {
+                let mut ping = tokio::time::interval(Duration::from_secs(4));
+                loop {
+                    ping.tick().await;
+                    let sent = async {
+                        writer.write_all(b"{\"msgid\":13}\0").await?;
+                        writer.flush().await
+                    };
+                    if sent.await.is_err() {
+                        return;
+                    }
+                }
+            });
+            tokio::spawn(async move {
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    match reader.read_line(&mut line).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                    let message: Value = serde_json::from_str(line.trim_end()).unwrap_or_default();
                     if message["msg"].is_string() {
                         received.fetch_add(1, Ordering::Relaxed);
                     }
