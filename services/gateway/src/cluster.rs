@@ -266,7 +266,8 @@ struct AppendJob {
     tail: Vec<u8>,
     max_inbox: usize,
     ttl: u64,
-    reply: oneshot::Sender<Result<Vec<Appended>, ClusterError>>,
+    /// One result per receiver.
+    reply: oneshot::Sender<Vec<Result<Appended, String>>>,
 }
 
 fn appended(seq: i64, subscribers: i64) -> Appended {
@@ -838,6 +839,22 @@ impl Cluster {
         max_inbox: usize,
         dedup_ttl: Option<Duration>,
     ) -> Result<Vec<Appended>, ClusterError> {
+        self.append_each(receivers, mid, tail, max_inbox, dedup_ttl)
+            .await
+            .into_iter()
+            .collect()
+    }
+
+    /// [`Self::append`] with a result per receiver: on a cluster, a shard
+    /// that fails fails only its own receivers.
+    pub async fn append_each(
+        &self,
+        receivers: &[AppendTo],
+        mid: &str,
+        tail: &[u8],
+        max_inbox: usize,
+        dedup_ttl: Option<Duration>,
+    ) -> Vec<Result<Appended, ClusterError>> {
         let (reply, appended) = oneshot::channel();
         let job = AppendJob {
             receivers: receivers
@@ -859,12 +876,21 @@ impl Cluster {
             ttl: dedup_ttl.map_or(0, |t| t.as_secs().max(1)),
             reply,
         };
-        self.appender
-            .send(job)
-            .map_err(|_| ClusterError::new("the appender has stopped"))?;
-        appended
-            .await
-            .map_err(|_| ClusterError::new("the appender has stopped"))?
+        let stopped = || {
+            (0..receivers.len())
+                .map(|_| Err(ClusterError::new("the appender has stopped")))
+                .collect()
+        };
+        if self.appender.send(job).is_err() {
+            return stopped();
+        }
+        match appended.await {
+            Ok(results) => results
+                .into_iter()
+                .map(|r| r.map_err(ClusterError::new))
+                .collect(),
+            Err(_) => stopped(),
+        }
     }
 }
 

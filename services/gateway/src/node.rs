@@ -264,12 +264,24 @@ impl Node {
         // On a cluster, a shard failing over answers again within seconds:
         // waiting for it keeps this sender's chats in order (a copy the
         // failed attempt may have left is written once, by message id).
+        // Only the receivers whose append failed are tried again.
+        let mut appended: Vec<Option<Appended>> = vec![None; targets.len()];
         let mut failing_since: Option<std::time::Instant> = None;
-        let appended = loop {
-            let attempt = self
+        loop {
+            let pending: Vec<usize> = (0..targets.len())
+                .filter(|&i| appended[i].is_none())
+                .collect();
+            let attempt_targets: Vec<AppendTo> = pending
+                .iter()
+                .map(|&i| AppendTo {
+                    user: targets[i].user,
+                    publish: targets[i].publish,
+                })
+                .collect();
+            let results = self
                 .cluster
-                .append(
-                    &targets,
+                .append_each(
+                    &attempt_targets,
                     &message.mid,
                     &tail,
                     self.config.limits.max_inbox,
@@ -277,30 +289,43 @@ impl Node {
                 )
                 .instrument(span.clone())
                 .await;
-            match attempt {
-                Err(e)
-                    if self.cluster.failover_possible(receivers)
-                        && self.may_wait_for_failover() =>
-                {
-                    let since = *failing_since.get_or_insert_with(std::time::Instant::now);
-                    if since.elapsed() >= self.config.redis_failover_wait {
-                        // No failover came: do not make every chat wait.
-                        self.failover_gave_up.store(now_micros(), Ordering::Relaxed);
-                        break Err(e);
+            let mut failed = Vec::new();
+            let mut error = None;
+            for (&i, result) in pending.iter().zip(results) {
+                match result {
+                    Ok(done) => appended[i] = Some(done),
+                    Err(e) => {
+                        failed.push(targets[i].user);
+                        error = Some(e);
                     }
-                    tracing::debug!(error = %e, "append failed; retrying while the shard fails over");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                other => break other,
             }
-        };
-        let appended = match appended {
-            Ok(appended) => appended,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot record in redis; storing with the offline service");
-                return self.store_all_offline(receivers, message).await;
+            let Some(e) = error else { break };
+            if !(self.cluster.failover_possible(&failed) && self.may_wait_for_failover()) {
+                tracing::warn!(error = %e, receivers = failed.len(), "cannot record in redis; storing with the offline service");
+                break;
             }
-        };
+            let since = *failing_since.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() >= self.config.redis_failover_wait {
+                // No failover came: do not make every chat wait.
+                self.failover_gave_up.store(now_micros(), Ordering::Relaxed);
+                tracing::warn!(error = %e, receivers = failed.len(), "no failover came; storing with the offline service");
+                break;
+            }
+            tracing::debug!(error = %e, "append failed; retrying while the shard fails over");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // Receivers Redis did not take: the offline service instead.
+        let unrecorded: Vec<i64> = (0..targets.len())
+            .filter(|&i| appended[i].is_none())
+            .map(|i| targets[i].user)
+            .collect();
+        let mut stored = if unrecorded.is_empty() {
+            Vec::new()
+        } else {
+            self.store_all_offline(&unrecorded, message).await
+        }
+        .into_iter();
         let count = |route: &'static str| {
             metrics()
                 .deliveries
@@ -311,45 +336,58 @@ impl Node {
             .iter()
             .zip(appended)
             .map(|(to, appended)| match appended {
-                Appended::Recorded {
-                    seq,
-                    subscribers: None,
-                } => {
-                    let handoff = self.registry.hand_off(to.user, || {
-                        Delivery::new(seq, message.mid.clone(), message.frame.to_vec())
-                    });
-                    if handoff == Handoff::Absent {
-                        // Left this node meanwhile: maybe logged in elsewhere
-                        // (that session reads its inbox), maybe gone.
-                        self.move_to_offline_store(to.user);
+                None => stored.next().unwrap_or_else(|| {
+                    Err(Failure::new(
+                        errno::UNAVAILABLE,
+                        "could not record the message; try again".to_owned(),
+                    ))
+                }),
+                Some(appended) => match appended {
+                    Appended::Recorded {
+                        seq,
+                        subscribers: None,
+                    } => {
+                        let handoff = self.registry.hand_off(to.user, || {
+                            Delivery::new(seq, message.mid.clone(), message.frame.to_vec())
+                        });
+                        if handoff == Handoff::Absent {
+                            // Left this node meanwhile: maybe logged in elsewhere
+                            // (told to read its stores: it may have read its
+                            // inbox before this landed), maybe gone.
+                            self.move_to_offline_store(to.user);
+                            self.nudges
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .insert(to.user);
+                        }
+                        count("local");
+                        metrics()
+                            .delivery_latency
+                            .get_or_create(&label("path", "local"))
+                            .observe(started.elapsed().as_secs_f64());
+                        Ok(())
                     }
-                    count("local");
-                    metrics()
-                        .delivery_latency
-                        .get_or_create(&label("path", "local"))
-                        .observe(started.elapsed().as_secs_f64());
-                    Ok(())
-                }
-                Appended::Recorded {
-                    subscribers: Some(0),
-                    ..
-                } => {
-                    count("offline");
-                    self.move_to_offline_store(to.user);
-                    Ok(())
-                }
-                Appended::Recorded { .. } => {
-                    count("remote");
-                    Ok(())
-                }
-                Appended::Duplicate { .. } => Ok(()),
-                Appended::InboxFull => Err(Failure::new(
-                    errno::BACKLOG_FULL,
-                    format!(
-                        "user {} has {} undelivered messages; this one was not accepted",
-                        to.user, self.config.limits.max_inbox
-                    ),
-                )),
+                    Appended::Recorded {
+                        subscribers: Some(0),
+                        ..
+                    } => {
+                        count("offline");
+                        self.move_to_offline_store(to.user);
+                        Ok(())
+                    }
+                    Appended::Recorded { .. } => {
+                        count("remote");
+                        Ok(())
+                    }
+                    Appended::Duplicate { .. } => Ok(()),
+                    Appended::InboxFull => Err(Failure::new(
+                        errno::BACKLOG_FULL,
+                        format!(
+                            "user {} has {} undelivered messages; this one was not accepted",
+                            to.user, self.config.limits.max_inbox
+                        ),
+                    )),
+                },
             })
             .collect()
     }

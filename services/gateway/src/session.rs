@@ -666,6 +666,7 @@ impl Session {
                     user: user.id,
                     acks,
                     cursor: ack.pending.cursor,
+                    acked: ack.pending.resumed_at.max(ack.pending.delivered_floor),
                     offline_after: ack.pending.offline_after,
                     delivered_floor: ack.pending.delivered_floor,
                     claimed_at,
@@ -730,7 +731,8 @@ impl Session {
         match offline {
             Ok(page) => {
                 let floor = inbox.delivered.max(cursor);
-                let prepared = OfflinePage::prepare(node, user, acks, floor, &page.messages)
+                // At login, the client said what it has: `since`.
+                let prepared = OfflinePage::prepare(node, user, acks, floor, floor, &page.messages)
                     .await
                     .map_err(redis_unavailable)?;
                 pending.frames = prepared

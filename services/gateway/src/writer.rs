@@ -68,6 +68,9 @@ pub struct Inbound {
     pub acks: bool,
     /// The highest inbox sequence written to this connection.
     pub cursor: u64,
+    /// Clients that acknowledge: the highest sequence they have
+    /// acknowledged (or said they have, at login).
+    pub acked: u64,
     /// Where to continue reading the offline store; `None` when drained.
     pub offline_after: Option<u64>,
     /// Offline-store entries moved from the inbox at or below this sequence
@@ -174,6 +177,7 @@ impl Inbound {
                 self.user,
                 self.acks,
                 floor,
+                self.delivered_floor.max(self.acked),
                 &page.messages,
             )
             .await
@@ -263,6 +267,7 @@ impl Inbound {
     /// the offline-store pages it has now confirmed.
     async fn client_acknowledged(&mut self, up_to: u64) {
         let up_to = up_to.min(self.cursor);
+        self.acked = self.acked.max(up_to);
         self.node.note_delivered(self.user, up_to);
         let mut release = None;
         while let Some(&(gate, position)) = self.offline_acks.front() {
@@ -425,16 +430,20 @@ pub struct OfflinePage {
 }
 
 impl OfflinePage {
-    /// Leaves out what was delivered from the inbox already (sequence at or
-    /// below `floor`). For a client that acknowledges, a message without an
-    /// inbox sequence (stored while Redis was unreachable) is appended to
-    /// the inbox instead, once (its id is the idempotency key), and reaches
-    /// the client from there with a sequence it can acknowledge.
+    /// Leaves out what was written from the inbox already (sequence at or
+    /// below `floor`). For a client that acknowledges, what it has not
+    /// acknowledged yet (above `acked`) still gates the page: the offline
+    /// store keeps it until the client acknowledges it (its inbox copy may
+    /// be gone already). A message without an inbox sequence (stored while
+    /// Redis was unreachable) is appended to the inbox instead, once (its
+    /// id is the idempotency key), and reaches the client from there with
+    /// a sequence it can acknowledge.
     pub async fn prepare(
         node: &Node,
         user: i64,
         acks: bool,
         floor: u64,
+        acked: u64,
         messages: &[offline_pb::OfflineMessage],
     ) -> Result<Self, crate::cluster::ClusterError> {
         let mut page = Self {
@@ -444,6 +453,9 @@ impl OfflinePage {
         };
         for m in messages {
             if m.inbox_seq != 0 && m.inbox_seq <= floor {
+                if acks && m.inbox_seq > acked {
+                    page.gate = page.gate.max(m.inbox_seq);
+                }
                 continue;
             }
             if acks && m.inbox_seq == 0 {

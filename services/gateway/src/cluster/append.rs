@@ -85,12 +85,12 @@ impl Cluster {
         }
         let mut outcome = outcome.into_iter();
         for job in batch {
-            let results: Result<Vec<Appended>, String> = outcome
+            let results: Vec<Result<Appended, String>> = outcome
                 .by_ref()
                 .take(job.receivers.len())
                 .map(|o| o.unwrap_or_else(|| Err("append lost in a batch".to_owned())))
                 .collect();
-            let _ = job.reply.send(results.map_err(ClusterError::new));
+            let _ = job.reply.send(results);
         }
     }
 
@@ -291,8 +291,13 @@ impl Cluster {
         for (g, group) in groups.iter().enumerate() {
             for (k, &i) in group.iter().enumerate() {
                 let (j, _, channel) = work.receivers[i];
-                let Some(Appended::Recorded { seq, .. }) = appended[g].get(k) else {
-                    continue;
+                // A duplicate too: the attempt that recorded it may have
+                // failed before it published (a reply lost, a pipeline
+                // re-run). A receiver that had it drops it by sequence.
+                let seq = match appended[g].get(k) {
+                    Some(Appended::Recorded { seq, .. }) => *seq,
+                    Some(Appended::Duplicate { seq }) if *seq > 0 => *seq,
+                    _ => continue,
                 };
                 if channel.is_empty() {
                     continue;
