@@ -318,15 +318,19 @@ impl Coordinator {
     /// The slot map changed: channels whose slot has a new owner move.
     fn on_topology(&mut self, shards: &[Shard]) {
         self.owners = slot::owners(shards);
-        let moved: Vec<(String, Arc<str>)> = self
+        let moved: Vec<String> = self
             .placed
             .iter()
             .filter(|(channel, at)| self.owner(channel).as_ref() != Some(at))
-            .map(|(channel, at)| (channel.clone(), at.clone()))
+            .map(|(channel, _)| channel.clone())
             .collect();
-        for (channel, old) in moved {
+        // No SUNSUBSCRIBE to the old owner: a master that lost a slot ends
+        // its subscriptions itself, and ours could cross its own
+        // `sunsubscribe` and take the answer meant for another command.
+        // (Were it still subscribed, a copy delivered twice is dropped by
+        // sequence.)
+        for channel in moved {
             self.placed.remove(&channel);
-            self.unsubscribe_at(&old, channel.clone());
             self.pending.insert(channel);
         }
         // Connections to nodes that are no longer masters of anything.
