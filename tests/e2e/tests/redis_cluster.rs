@@ -350,6 +350,31 @@ async fn says_and_is_heard_live(from: &mut Talker, to: &mut Talker) {
     );
 }
 
+/// After a fault (described by `fault`): what each accepted reached the
+/// other once and in order, and a new chat each way arrives live.
+async fn nothing_lost_and_chat_goes_on(
+    stack: &Stack,
+    fault: &str,
+    mut alice: Talker,
+    mut bob: Talker,
+) {
+    eprintln!(
+        "{fault}; alice: {} accepted, {} refused; bob: {} accepted, {} refused",
+        alice.accepted.len(),
+        alice.refused.len(),
+        bob.accepted.len(),
+        bob.refused.len()
+    );
+    eprintln!(
+        "logged by the stack ({}):\n{}",
+        stack.logs(),
+        warnings(stack)
+    );
+    assert_delivered(&alice, &bob);
+    assert_delivered(&bob, &alice);
+    chat_goes_on(&mut alice, &mut bob).await;
+}
+
 #[tokio::test]
 async fn masters_killed_while_two_users_chat_fail_over_losing_nothing_and_the_chat_goes_on() {
     let mut stack = Stack::builder()
@@ -382,21 +407,7 @@ async fn masters_killed_while_two_users_chat_fail_over_losing_nothing_and_the_ch
     let cluster = stack.private_redis();
     assert_ne!(cluster.owner_of_user(b).await.port, bobs_master.port);
     assert_ne!(cluster.owner_of_user(a).await.port, alices_master.port);
-    eprintln!(
-        "failovers {failovers:?}; alice: {} accepted, {} refused; bob: {} accepted, {} refused",
-        alice.accepted.len(),
-        alice.refused.len(),
-        bob.accepted.len(),
-        bob.refused.len()
-    );
-    eprintln!(
-        "logged by the stack ({}):\n{}",
-        stack.logs(),
-        warnings(&stack)
-    );
-    assert_delivered(&alice, &bob);
-    assert_delivered(&bob, &alice);
-    chat_goes_on(&mut alice, &mut bob).await;
+    nothing_lost_and_chat_goes_on(&stack, &format!("failovers {failovers:?}"), alice, bob).await;
 }
 
 #[tokio::test]
@@ -434,21 +445,13 @@ async fn slots_moved_while_two_users_chat_lose_nothing_and_the_chat_goes_on() {
         }
     })
     .await;
-    eprintln!(
-        "moves (slot, from, to, slots, took) {moves:?}; alice: {} accepted, {} refused; bob: {} accepted, {} refused",
-        alice.accepted.len(),
-        alice.refused.len(),
-        bob.accepted.len(),
-        bob.refused.len()
-    );
-    eprintln!(
-        "logged by the stack ({}):\n{}",
-        stack.logs(),
-        warnings(&stack)
-    );
-    assert_delivered(&alice, &bob);
-    assert_delivered(&bob, &alice);
-    chat_goes_on(&mut alice, &mut bob).await;
+    nothing_lost_and_chat_goes_on(
+        &stack,
+        &format!("moves (slot, from, to, slots, took) {moves:?}"),
+        alice,
+        bob,
+    )
+    .await;
 }
 
 /// Gateway 1 is given `redis+cluster://` seeds, gateway 2 a list of
