@@ -7,6 +7,7 @@ use prost::Message;
 const PROTOS: &[&str] = &[
     "clusterchat/user/v1/user.proto",
     "clusterchat/offline/v1/offline.proto",
+    "clusterchat/history/v1/history.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -15,5 +15,11 @@ pub mod offline {
     }
 }
 
+pub mod history {
+    pub mod v1 {
+        tonic::include_proto!("clusterchat.history.v1");
+    }
+}
+
 /// The encoded `FileDescriptorSet` of every contract, for `tonic-reflection`.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptor.bin"));
