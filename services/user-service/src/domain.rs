@@ -255,6 +255,13 @@ pub struct GroupMember {
     pub role: GroupRole,
 }
 
+/// A user's membership of one group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Membership {
+    pub group: GroupId,
+    pub joined_at_unix_ms: i64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Group {
     pub id: GroupId,

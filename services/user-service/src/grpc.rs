@@ -209,4 +209,21 @@ impl pb::user_service_server::UserService for UserGrpc {
             member_ids: members.into_iter().map(UserId::get).collect(),
         }))
     }
+
+    async fn list_memberships(
+        &self,
+        request: Request<pb::ListMembershipsRequest>,
+    ) -> Reply<pb::ListMembershipsResponse> {
+        let user = UserId::parse(request.into_inner().user_id, "user_id")?;
+        let memberships = self.users.memberships(user).await?;
+        Ok(Response::new(pb::ListMembershipsResponse {
+            memberships: memberships
+                .into_iter()
+                .map(|m| pb::Membership {
+                    group_id: m.group.get(),
+                    joined_at_unix_ms: m.joined_at_unix_ms,
+                })
+                .collect(),
+        }))
+    }
 }

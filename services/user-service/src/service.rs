@@ -3,8 +3,8 @@
 
 use crate::{
     domain::{
-        GroupDescription, GroupId, GroupName, GroupPage, GroupRole, Password, User, UserId,
-        UserName,
+        GroupDescription, GroupId, GroupName, GroupPage, GroupRole, Membership, Password, User,
+        UserId, UserName,
     },
     error::UserError,
     password::PasswordHasher,
@@ -132,6 +132,13 @@ impl Users {
     pub async fn group_member_ids(&self, group: GroupId) -> Result<Vec<UserId>, UserError> {
         self.require_group(group).await?;
         self.store.member_ids(group).await
+    }
+
+    /// The groups `user` is in and when they joined each (none for an
+    /// unknown user: the history service asks for any user id it is given,
+    /// and "no groups" is the true answer for one that does not exist).
+    pub async fn memberships(&self, user: UserId) -> Result<Vec<Membership>, UserError> {
+        self.store.memberships(user).await
     }
 
     async fn require_user(&self, id: UserId) -> Result<(), UserError> {

@@ -9,7 +9,7 @@ use crate::{
     config::Limits,
     domain::{
         GROUP_PAGE_MEMBERS, Group, GroupDescription, GroupId, GroupMember, GroupName, GroupPage,
-        GroupRole, User, UserId, UserName,
+        GroupRole, Membership, User, UserId, UserName,
     },
     error::UserError,
 };
@@ -367,6 +367,28 @@ impl UserStore {
                 .fetch_all(&self.pool)
                 .await?;
         Ok(rows.iter().map(|r| UserId::from_db(r.get(0))).collect())
+    }
+
+    /// The groups `user` is in, with the time they joined, in group id order.
+    /// Bounded by the cap on groups per user.
+    #[tracing::instrument(name = "sql.memberships", skip_all, fields(otel.kind = "client", db.system = "mysql"))]
+    pub async fn memberships(&self, user: UserId) -> Result<Vec<Membership>, UserError> {
+        // joined_at is a TIMESTAMP(3); the session's time zone does not
+        // matter to UNIX_TIMESTAMP, and the milliseconds are exact.
+        let rows = sqlx::query(
+            "SELECT group_id, CAST(UNIX_TIMESTAMP(joined_at) * 1000 AS SIGNED) \
+             FROM group_members WHERE user_id = ? ORDER BY group_id",
+        )
+        .bind(user.get())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| Membership {
+                group: GroupId::from_db(r.get(0)),
+                joined_at_unix_ms: r.get(1),
+            })
+            .collect())
     }
 }
 

@@ -459,6 +459,82 @@ async fn groups_have_a_creator_and_normal_members() {
 }
 
 #[tokio::test]
+async fn memberships_list_each_group_with_its_join_time() {
+    let mut app = spawn_app().await;
+    let creator = app.register("lena", "pw").await.expect("creator");
+    let member = app.register("milo", "pw").await.expect("member");
+    let loner = app.register("nora", "pw").await.expect("loner");
+    let before = unix_ms() - 1000;
+    let mut groups = Vec::new();
+    for name in ["first", "second"] {
+        groups.push(create_group(&mut app, creator, name).await.expect("group"));
+    }
+    app.client
+        .join_group(pb::JoinGroupRequest {
+            user_id: member,
+            group_id: groups[1],
+        })
+        .await
+        .expect("join");
+    let after = unix_ms() + 1000;
+    let memberships = |user_id| {
+        let mut client = app.client.clone();
+        async move {
+            client
+                .list_memberships(pb::ListMembershipsRequest { user_id })
+                .await
+                .map(|r| r.into_inner().memberships)
+        }
+    };
+
+    let of_creator = memberships(creator).await.expect("creator's");
+    assert_eq!(
+        of_creator.iter().map(|m| m.group_id).collect::<Vec<_>>(),
+        groups,
+        "in group id order"
+    );
+    let of_member = memberships(member).await.expect("member's");
+    assert_eq!(of_member.len(), 1);
+    assert_eq!(of_member[0].group_id, groups[1]);
+    for m in of_creator.iter().chain(&of_member) {
+        assert!(
+            (before..=after).contains(&m.joined_at_unix_ms),
+            "joined at {} ms, not between {before} and {after}",
+            m.joined_at_unix_ms
+        );
+    }
+
+    // The join time is the row's own, to the millisecond.
+    let stored: i64 = sqlx::query(
+        "SELECT CAST(UNIX_TIMESTAMP(joined_at) * 1000 AS SIGNED) FROM group_members \
+         WHERE group_id = ? AND user_id = ?",
+    )
+    .bind(groups[1])
+    .bind(member)
+    .fetch_one(&sqlx::MySqlPool::connect(&app.database_url).await.expect("db"))
+    .await
+    .expect("row")
+    .get(0);
+    assert_eq!(of_member[0].joined_at_unix_ms, stored);
+
+    assert!(memberships(loner).await.expect("none").is_empty());
+    assert!(
+        memberships(loner + 1000).await.expect("unknown").is_empty(),
+        "an unknown user is in no group"
+    );
+    let invalid = memberships(0).await.expect_err("id 0");
+    assert_eq!(invalid.code(), Code::InvalidArgument);
+    assert!(invalid.message().contains("user_id"), "{}", invalid.message());
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as i64
+}
+
+#[tokio::test]
 async fn every_invalid_input_is_refused_with_a_reason() {
     let mut app = spawn_app().await;
     let id = app.register("leo", "pw").await.expect("register");
