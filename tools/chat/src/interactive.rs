@@ -3,17 +3,36 @@
 //! reason (it sends `seq`), friends show their online state, the connection
 //! is re-established (and the session logged in again) when a node goes away.
 //!
+//! Conversations (the history additions): `history:` shows a conversation's
+//! last messages and marks them read, `more` pages back, `conversations`
+//! lists them with unread counts (a short summary follows the login), and
+//! `read:` marks one read. The conversation last written to or looked at is
+//! the current one: a message arriving in it is marked read as it prints.
+//! Read receipts and typing notices print as one dim line each (typing at
+//! most every 5 s per person); typing a `chat:ID:` line sends a typing notice.
+//! Messages the user sent from another device print as `you (other device)`.
+//!
 //! Input is read on its own thread with rustyline (line editing, history);
 //! messages print through rustyline's external printer, above the line being
 //! typed, so they never garble it.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    io::IsTerminal as _,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
-use rustyline::{DefaultEditor, ExternalPrinter as _};
+use rustyline::{Editor, ExternalPrinter as _, Helper, history::DefaultHistory};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use crate::conn::{Connection, Deliveries, Endpoint};
+use crate::{
+    conn::{Connection, Deliveries, Endpoint},
+    conv::Conv,
+    display::{self, Names},
+    typing::{Throttle, TypingWatcher},
+};
 
 const HELP: &str = "commands:
   help                          this list
@@ -22,14 +41,23 @@ const HELP: &str = "commands:
   creategroup:groupname:desc    create a group (prints its id)
   addgroup:groupid              join a group
   groupchat:groupid:message     send a message to a group
+  history:friendid[:count]      the last messages with a user (marks them read)
+  history:g:groupid[:count]     the last messages of a group
+  history                       the last messages of the conversation you are in
+  more                          earlier messages of the last history
+  conversations (or list)       your conversations, newest first, with unread counts
+  read:friendid (read:g:id)     mark a conversation read
   loginout                      log out (back to the menu)
   quit                          leave";
+
+/// Messages per history page unless the command says.
+const HISTORY_PAGE: u32 = 20;
 
 const MENU: &str = "1. login   2. register   3. quit";
 
 type Printer = Box<dyn FnMut(String) + Send>;
 
-fn printer(editor: &mut DefaultEditor) -> Printer {
+fn printer<H: Helper>(editor: &mut Editor<H, DefaultHistory>) -> Printer {
     match editor.create_external_printer() {
         Ok(mut external) => Box::new(move |line| {
             let _ = external.print(format!("{line}\n"));
@@ -59,17 +87,53 @@ enum Pending {
     },
     Register,
     Command(String),
+    /// A history page; `earlier` for one asked with `more`.
+    History {
+        conv: Conv,
+        earlier: bool,
+    },
+    /// The conversation list; the short unread summary after a login.
+    Conversations {
+        at_login: bool,
+    },
+    /// `read:`: the newest message of `conv` (a history page of one), to
+    /// mark read up to it.
+    ReadNewest(Conv),
+    /// A read mark; `quiet` when the client set it itself (only a failure
+    /// is shown).
+    Read {
+        conv: Conv,
+        quiet: bool,
+    },
 }
 
 struct Session {
     id: i64,
     password: String,
-    names: HashMap<i64, String>,
+    names: Names,
+    /// The conversation last written to or looked at: messages arriving in
+    /// it are marked read.
+    current: Option<Conv>,
+    /// Where `more` continues: the conversation of the last history page
+    /// and its oldest `cseq`, while there are earlier messages.
+    earlier: Option<(Conv, u64)>,
 }
 
 pub async fn run(endpoint: Endpoint) -> anyhow::Result<()> {
-    let mut editor = DefaultEditor::new()?;
+    let mut editor = Editor::<TypingWatcher, DefaultHistory>::new()?;
+    let (typing_tx, mut typing) = mpsc::unbounded_channel();
+    editor.set_helper(Some(TypingWatcher::new(typing_tx)));
     let mut print = printer(&mut editor);
+    let on_terminal = std::io::stdout().is_terminal();
+    // Receipts and typing: one faint line, never in the way.
+    let dim = move |line: String| {
+        if on_terminal {
+            format!("\x1b[2m{line}\x1b[0m")
+        } else {
+            line
+        }
+    };
+    let mut shown_typing = Throttle::new(Duration::from_secs(5));
     let (lines_tx, mut lines) = mpsc::unbounded_channel::<String>();
     std::thread::spawn(move || {
         while let Ok(line) = editor.readline("> ") {
@@ -120,14 +184,17 @@ pub async fn run(endpoint: Endpoint) -> anyhow::Result<()> {
                         state = State::Menu;
                     }
                     State::Chatting => {
-                        let Some(me) = session.as_ref() else { state = State::Menu; continue };
+                        let Some(me) = session.as_mut() else { state = State::Menu; continue };
                         match command(&line, me) {
-                            Ok(Some((request, description))) => {
+                            Ok(Some((request, reply_to))) => {
                                 let s = next_seq();
                                 let mut request = request;
                                 request["seq"] = s.into();
                                 if matches!(request["msgid"].as_i64(), Some(6 | 10)) {
                                     request["cmid"] = format!("{:032x}", rand::random::<u128>()).into();
+                                }
+                                if let Some(conv) = conversation_of_request(&request, me.id) {
+                                    me.current = Some(conv);
                                 }
                                 conn.send(&request)?;
                                 if request["msgid"] == 3 {
@@ -135,7 +202,7 @@ pub async fn run(endpoint: Endpoint) -> anyhow::Result<()> {
                                     state = State::Menu;
                                     print(format!("logged out\n{MENU}"));
                                 } else {
-                                    pending.insert(s, Pending::Command(description));
+                                    pending.insert(s, reply_to);
                                 }
                             }
                             Ok(None) => match line.as_str() {
@@ -147,6 +214,12 @@ pub async fn run(endpoint: Endpoint) -> anyhow::Result<()> {
                             Err(e) => print(format!("error: {e}")),
                         }
                     }
+                }
+            }
+            target = typing.recv() => {
+                // The editor saw a chat line being typed.
+                if let (Some(target), State::Chatting) = (target, &state) {
+                    send_quietly(&conn, &target.request());
                 }
             }
             message = conn.incoming.recv() => {
@@ -175,6 +248,9 @@ pub async fn run(endpoint: Endpoint) -> anyhow::Result<()> {
                             let me = show_login(&message, id, password, &conn.deliveries, &mut print);
                             session = Some(me);
                             state = State::Chatting;
+                            seq += 1;
+                            send_quietly(&conn, &json!({"msgid": 17, "limit": 50, "seq": seq}));
+                            pending.insert(seq, Pending::Conversations { at_login: true });
                         } else {
                             print(format!("login failed: {}\n{MENU}", message["errmsg"].as_str().unwrap_or("refused")));
                             state = State::Menu;
@@ -222,9 +298,114 @@ pub async fn run(endpoint: Endpoint) -> anyhow::Result<()> {
                             print(format!("{what}: error: {}", message["errmsg"].as_str().unwrap_or("failed")));
                         }
                     }
+                    (Some(Pending::History { conv, earlier }), _) => {
+                        let Some(me) = session.as_mut() else { continue };
+                        if message["errno"] != 0 {
+                            print(format!("history: error: {}", reason(&message)));
+                            continue;
+                        }
+                        if let Some(frames) = message["messages"].as_array() {
+                            frames.iter().for_each(|f| me.names.learn(f));
+                        }
+                        print(display::history_page(&message, me.id, &me.names, earlier));
+                        let range = display::cseq_range(&message);
+                        me.earlier = match range {
+                            Some((oldest, _)) if message["more"] == true => Some((conv, oldest)),
+                            _ => None,
+                        };
+                        // The newest page was on screen: it has been read.
+                        if let (Some((_, newest)), false) = (range, earlier) {
+                            seq += 1;
+                            send_quietly(&conn, &read_request(conv, newest, seq));
+                            pending.insert(seq, Pending::Read { conv, quiet: true });
+                        }
+                    }
+                    (Some(Pending::Conversations { at_login }), _) => {
+                        let Some(me) = session.as_mut() else { continue };
+                        if message["errno"] != 0 {
+                            if at_login {
+                                print(dim(format!("(no conversation list: {})", reason(&message))));
+                            } else {
+                                print(format!("conversations: error: {}", reason(&message)));
+                            }
+                            continue;
+                        }
+                        if let Some(entries) = message["conversations"].as_array() {
+                            entries.iter().for_each(|e| me.names.learn(&e["last"]));
+                        }
+                        if at_login {
+                            print(dim(display::unread_summary(&message, me.id, &me.names)));
+                        } else {
+                            print(display::conversation_list(&message, me.id, &me.names));
+                        }
+                    }
+                    (Some(Pending::ReadNewest(conv)), _) => {
+                        let Some(me) = &session else { continue };
+                        let who = me.names.conv(&conv, me.id);
+                        if message["errno"] != 0 {
+                            print(format!("read {who}: error: {}", reason(&message)));
+                        } else if let Some((_, newest)) = display::cseq_range(&message) {
+                            seq += 1;
+                            send_quietly(&conn, &read_request(conv, newest, seq));
+                            pending.insert(seq, Pending::Read { conv, quiet: false });
+                        } else {
+                            print(format!("read {who}: no messages"));
+                        }
+                    }
+                    (Some(Pending::Read { conv, quiet }), _) => {
+                        let Some(me) = &session else { continue };
+                        let who = me.names.conv(&conv, me.id);
+                        if message["errno"] != 0 {
+                            print(format!("mark {who} read: error: {}", reason(&message)));
+                        } else if !quiet {
+                            print(format!(
+                                "read {who}: ok, up to #{}, {} unread",
+                                message["read"],
+                                message["unread"].as_u64().unwrap_or(0)
+                            ));
+                        }
+                    }
                     (None, Some(6 | 10)) => {
-                        if conn.deliveries.first_time(&message) {
+                        if !conn.deliveries.first_time(&message) {
+                            continue;
+                        }
+                        let Some(me) = session.as_mut() else {
                             print(format_chat(&message));
+                            continue;
+                        };
+                        me.names.learn(&message);
+                        if message["id"].as_i64() == Some(me.id) {
+                            print(display::own_chat_from_other_device(&message, &me.names));
+                            continue;
+                        }
+                        print(format_chat(&message));
+                        // On screen in the conversation the user is in: read.
+                        let conv = Conv::of_chat(&message);
+                        if let (Some(conv), Some(cseq)) = (conv, message["cseq"].as_u64())
+                            && me.current == Some(conv)
+                        {
+                            seq += 1;
+                            send_quietly(&conn, &read_request(conv, cseq, seq));
+                            pending.insert(seq, Pending::Read { conv, quiet: true });
+                        }
+                    }
+                    (None, Some(18)) => {
+                        if let Some(me) = &session
+                            && let Some(line) = display::receipt(&message, me.id, &me.names)
+                        {
+                            print(dim(line));
+                        }
+                    }
+                    (None, Some(19)) => {
+                        let Some(me) = session.as_mut() else { continue };
+                        let typer = message["id"].as_i64();
+                        if typer == Some(me.id) {
+                            continue;
+                        }
+                        me.names.learn(&message);
+                        let key = (message["conv"].as_str().unwrap_or_default().to_owned(), typer);
+                        if shown_typing.allow(key, Instant::now()) {
+                            print(dim(display::typing(&message, &me.names)));
                         }
                     }
                     (None, Some(11)) => print(format!("error: {}", message["errmsg"].as_str().unwrap_or("?"))),
@@ -266,47 +447,43 @@ async fn connect(
     anyhow::bail!("cannot reach {endpoint}")
 }
 
-/// `chat:2:hi` and friends → the request and how to describe it.
-fn command(line: &str, me: &Session) -> anyhow::Result<Option<(Value, String)>> {
+/// `chat:2:hi` and friends → the request and what its reply answers.
+fn command(line: &str, me: &Session) -> anyhow::Result<Option<(Value, Pending)>> {
     let (verb, rest) = line.split_once(':').unwrap_or((line, ""));
     let number = |s: &str, what: &str| {
         s.trim()
             .parse::<i64>()
             .map_err(|_| anyhow::anyhow!("{what} must be a number"))
     };
-    let name_of = |id: i64| {
-        me.names
-            .get(&id)
-            .map_or_else(|| format!("user {id}"), |n| format!("{n} ({id})"))
-    };
+    let described = |request: Value, what: String| Some((request, Pending::Command(what)));
     let request = match verb {
         "chat" => {
             let (to, msg) = rest
                 .split_once(':')
                 .ok_or_else(|| anyhow::anyhow!("usage: chat:friendid:message"))?;
             let to = number(to, "friendid")?;
-            (
+            described(
                 json!({"msgid": 6, "id": me.id, "toid": to, "msg": msg}),
-                format!("message to {}", name_of(to)),
+                format!("message to {}", me.names.user(to)),
             )
         }
         "addfriend" => {
             let friend = number(rest, "friendid")?;
-            (
+            described(
                 json!({"msgid": 7, "id": me.id, "friendid": friend}),
                 format!("add friend {friend}"),
             )
         }
         "creategroup" => {
             let (name, desc) = rest.split_once(':').unwrap_or((rest, ""));
-            (
+            described(
                 json!({"msgid": 8, "id": me.id, "groupname": name, "groupdesc": desc}),
                 format!("create group {name:?}"),
             )
         }
         "addgroup" => {
             let group = number(rest, "groupid")?;
-            (
+            described(
                 json!({"msgid": 9, "id": me.id, "groupid": group}),
                 format!("join group {group}"),
             )
@@ -316,15 +493,121 @@ fn command(line: &str, me: &Session) -> anyhow::Result<Option<(Value, String)>> 
                 .split_once(':')
                 .ok_or_else(|| anyhow::anyhow!("usage: groupchat:groupid:message"))?;
             let group = number(group, "groupid")?;
-            (
+            described(
                 json!({"msgid": 10, "id": me.id, "groupid": group, "msg": msg}),
                 format!("message to group {group}"),
             )
         }
-        "loginout" => (json!({"msgid": 3, "id": me.id}), "log out".into()),
-        _ => return Ok(None),
+        "history" => {
+            let (conv, limit) = if rest.is_empty() && !line.contains(':') {
+                let conv = me.current.ok_or_else(|| {
+                    anyhow::anyhow!("usage: history:friendid[:count] or history:g:groupid[:count]")
+                })?;
+                (conv, None)
+            } else {
+                conversation_arg(rest, me.id).map_err(|_| {
+                    anyhow::anyhow!("usage: history:friendid[:count] or history:g:groupid[:count]")
+                })?
+            };
+            Some((
+                history_request(conv, me.id, limit.unwrap_or(HISTORY_PAGE), None),
+                Pending::History {
+                    conv,
+                    earlier: false,
+                },
+            ))
+        }
+        "more" if rest.is_empty() => {
+            let (conv, oldest) = me
+                .earlier
+                .ok_or_else(|| anyhow::anyhow!("no earlier messages to show (history:id first)"))?;
+            Some((
+                history_request(conv, me.id, HISTORY_PAGE, Some(oldest)),
+                Pending::History {
+                    conv,
+                    earlier: true,
+                },
+            ))
+        }
+        "conversations" | "list" if rest.is_empty() => Some((
+            json!({"msgid": 17, "limit": 50}),
+            Pending::Conversations { at_login: false },
+        )),
+        "read" => {
+            let conv = match conversation_arg(rest, me.id) {
+                Ok((conv, None)) => conv,
+                _ => anyhow::bail!("usage: read:friendid or read:g:groupid"),
+            };
+            // The newest message first: read marks name a message.
+            Some((
+                history_request(conv, me.id, 1, None),
+                Pending::ReadNewest(conv),
+            ))
+        }
+        "loginout" => described(json!({"msgid": 3, "id": me.id}), "log out".into()),
+        _ => None,
     };
-    Ok(Some(request))
+    Ok(request)
+}
+
+/// `2`, `2:50`, `g:5`, `g:5:50` → the conversation and the count, if given.
+fn conversation_arg(arg: &str, me: i64) -> anyhow::Result<(Conv, Option<u32>)> {
+    let (conv, count) = match arg.split(':').collect::<Vec<_>>()[..] {
+        ["g", group] => (Conv::Group(group.trim().parse()?), None),
+        ["g", group, count] => (Conv::Group(group.trim().parse()?), Some(count)),
+        [peer] => (Conv::direct(me, peer.trim().parse()?), None),
+        [peer, count] => (Conv::direct(me, peer.trim().parse()?), Some(count)),
+        _ => anyhow::bail!("not a conversation: {arg:?}"),
+    };
+    let count = count
+        .map(|c| c.trim().parse::<u32>())
+        .transpose()?
+        .filter(|c| *c > 0);
+    Ok((conv, count))
+}
+
+/// A history request (msgid 16): the newest `limit` messages, or the
+/// `limit` just before `before`.
+fn history_request(conv: Conv, me: i64, limit: u32, before: Option<u64>) -> Value {
+    let mut request = conv.target_fields(me);
+    request["msgid"] = 16.into();
+    request["limit"] = limit.into();
+    if let Some(before) = before {
+        request["before"] = before.into();
+    }
+    request
+}
+
+/// A read mark (msgid 18) up to `cseq`, with `seq`.
+fn read_request(conv: Conv, upto: u64, seq: i64) -> Value {
+    json!({"msgid": 18, "conv": conv.to_string(), "upto": upto, "seq": seq})
+}
+
+/// The conversation a request writes to or looks at, if any.
+fn conversation_of_request(request: &Value, me: i64) -> Option<Conv> {
+    match request["msgid"].as_i64()? {
+        6 | 10 | 16 => {
+            if let Some(group) = request["groupid"].as_i64() {
+                Some(Conv::Group(group))
+            } else {
+                Some(Conv::direct(me, request["toid"].as_i64()?))
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Sends what the client adds on its own (read marks, typing, the list
+/// after a login). A connection that is gone is noticed where it is read,
+/// which reconnects, so failing here must not end the client.
+fn send_quietly(conn: &Connection, request: &Value) {
+    let _ = conn.send(request);
+}
+
+/// The server's reason in an error reply.
+fn reason(reply: &Value) -> String {
+    let errmsg = reply["errmsg"].as_str().unwrap_or("refused");
+    format!("{errmsg} (errno {})", reply["errno"])
 }
 
 fn format_chat(message: &Value) -> String {
@@ -355,7 +638,7 @@ fn show_login(
     print: &mut Printer,
 ) -> Session {
     let name = ack["name"].as_str().unwrap_or_default().to_owned();
-    let mut names = HashMap::new();
+    let mut names = Names::default();
     let mut out = format!("logged in as {name} ({id})");
     out.push_str(&roster(ack, &mut names));
     if ack["roster_more"] == true {
@@ -377,19 +660,21 @@ fn show_login(
         id,
         password,
         names,
+        current: None,
+        earlier: None,
     }
 }
 
 /// The friends and groups of a login ack or a roster page (msgid 15), for
-/// the screen; friends' names go into `names`.
-fn roster(message: &Value, names: &mut HashMap<i64, String>) -> String {
+/// the screen; friends' and groups' names go into `names`.
+fn roster(message: &Value, names: &mut Names) -> String {
     let mut out = String::new();
     let friends = crate::json_strings(&message["friends"]);
     out.push_str(&format!("\nfriends ({}):", friends.len()));
     for f in &friends {
         let fid = f["id"].as_i64().unwrap_or_default();
         let fname = f["name"].as_str().unwrap_or_default();
-        names.insert(fid, fname.to_owned());
+        names.users.insert(fid, fname.to_owned());
         out.push_str(&format!(
             "\n  {fid} {fname} ({})",
             f["state"].as_str().unwrap_or("?")
@@ -398,6 +683,9 @@ fn roster(message: &Value, names: &mut HashMap<i64, String>) -> String {
     let groups = crate::json_strings(&message["groups"]);
     out.push_str(&format!("\ngroups ({}):", groups.len()));
     for g in &groups {
+        if let (Some(gid), Some(gname)) = (g["id"].as_i64(), g["groupname"].as_str()) {
+            names.groups.insert(gid, gname.to_owned());
+        }
         out.push_str(&format!(
             "\n  {} {} — {}",
             g["id"],
@@ -421,4 +709,135 @@ fn roster(message: &Value, names: &mut HashMap<i64, String>) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alice() -> Session {
+        Session {
+            id: 1,
+            password: "pa".into(),
+            names: Names::default(),
+            current: None,
+            earlier: None,
+        }
+    }
+
+    fn parsed(line: &str, me: &Session) -> (Value, Pending) {
+        command(line, me)
+            .expect("parses")
+            .unwrap_or_else(|| panic!("{line:?} is a command"))
+    }
+
+    #[test]
+    fn conversation_arguments() {
+        assert_eq!(
+            conversation_arg("2", 1).expect("ok"),
+            (Conv::direct(1, 2), None)
+        );
+        assert_eq!(
+            conversation_arg("2:50", 1).expect("ok"),
+            (Conv::direct(1, 2), Some(50))
+        );
+        assert_eq!(
+            conversation_arg("g:5", 1).expect("ok"),
+            (Conv::Group(5), None)
+        );
+        assert_eq!(
+            conversation_arg("g:5:10", 1).expect("ok"),
+            (Conv::Group(5), Some(10))
+        );
+        assert_eq!(
+            conversation_arg("2:0", 1).expect("ok"),
+            (Conv::direct(1, 2), None),
+            "0 means the default"
+        );
+        for bad in ["", "x", "2:x", "g:", "g:x", "2:3:4", "g:5:6:7", "2:-1"] {
+            assert!(conversation_arg(bad, 1).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn history_and_more() {
+        let mut me = alice();
+        let (request, reply_to) = parsed("history:2", &me);
+        assert_eq!(
+            request,
+            json!({"msgid": 16, "toid": 2, "limit": HISTORY_PAGE})
+        );
+        assert!(matches!(reply_to, Pending::History { earlier: false, .. }));
+        let (request, _) = parsed("history:g:5:50", &me);
+        assert_eq!(request, json!({"msgid": 16, "groupid": 5, "limit": 50}));
+        assert!(command("history:", &me).is_err());
+        assert!(command("history", &me).is_err(), "no current conversation");
+        assert!(command("more", &me).is_err(), "no history yet");
+
+        me.current = Some(Conv::Group(5));
+        let (request, _) = parsed("history", &me);
+        assert_eq!(request["groupid"], 5, "the current conversation");
+
+        me.earlier = Some((Conv::direct(1, 2), 40));
+        let (request, reply_to) = parsed("more", &me);
+        assert_eq!(
+            request,
+            json!({"msgid": 16, "toid": 2, "limit": HISTORY_PAGE, "before": 40})
+        );
+        assert!(matches!(reply_to, Pending::History { earlier: true, .. }));
+    }
+
+    #[test]
+    fn conversations_and_read() {
+        let me = alice();
+        for line in ["conversations", "list"] {
+            let (request, reply_to) = parsed(line, &me);
+            assert_eq!(request["msgid"], 17);
+            assert!(matches!(
+                reply_to,
+                Pending::Conversations { at_login: false }
+            ));
+        }
+        let (request, reply_to) = parsed("read:2", &me);
+        assert_eq!(request, json!({"msgid": 16, "toid": 2, "limit": 1}));
+        assert!(matches!(reply_to, Pending::ReadNewest(c) if c == Conv::direct(1, 2)));
+        assert!(command("read:2:5", &me).is_err());
+        assert_eq!(
+            read_request(Conv::direct(2, 1), 7, 3),
+            json!({"msgid": 18, "conv": "d:1:2", "upto": 7, "seq": 3})
+        );
+    }
+
+    #[test]
+    fn the_conversation_a_request_is_in() {
+        let chat = json!({"msgid": 6, "id": 1, "toid": 2, "msg": "hi"});
+        assert_eq!(conversation_of_request(&chat, 1), Some(Conv::direct(1, 2)));
+        let group = json!({"msgid": 10, "id": 1, "groupid": 5, "msg": "hi"});
+        assert_eq!(conversation_of_request(&group, 1), Some(Conv::Group(5)));
+        let history = json!({"msgid": 16, "toid": 3, "limit": 20});
+        assert_eq!(
+            conversation_of_request(&history, 1),
+            Some(Conv::direct(1, 3))
+        );
+        let friend = json!({"msgid": 7, "id": 1, "friendid": 2});
+        assert_eq!(conversation_of_request(&friend, 1), None);
+    }
+
+    #[test]
+    fn classic_commands_still_parse() {
+        let me = alice();
+        let (request, _) = parsed("chat:2:hi: there", &me);
+        assert_eq!(
+            request,
+            json!({"msgid": 6, "id": 1, "toid": 2, "msg": "hi: there"})
+        );
+        assert!(command("help", &me).expect("ok").is_none());
+        assert!(command("chat:x:hi", &me).is_err());
+    }
+
+    #[test]
+    fn server_reasons() {
+        let refused = json!({"errno": 5, "errmsg": "user 9 does not exist", "msgid": 11});
+        assert_eq!(reason(&refused), "user 9 does not exist (errno 5)");
+    }
 }

@@ -3,17 +3,22 @@
 //! Interactive by default (the classic client's menu and commands, with line
 //! editing and history; incoming messages print above the line being typed).
 //! The subcommands are for scripts: each prints JSON lines and exits with a
-//! non-zero status when the server refuses. Chats are sent without `time`:
-//! the server stamps them.
+//! non-zero status when the server refuses (the refusal, with `errno` and
+//! `errmsg`, is the line printed). Chats are sent without `time`: the server
+//! stamps them.
 
 mod conn;
+mod conv;
+mod display;
 mod interactive;
 mod tls;
+mod typing;
 
 use std::{path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand};
 use conn::{Connection, Endpoint};
+use conv::Conv;
 use serde_json::{Value, json};
 
 #[derive(Parser)]
@@ -72,6 +77,57 @@ enum Command {
         #[arg(long)]
         idle_timeout: Option<u64>,
     },
+    /// Log in and print a conversation's messages, one JSON line each (the
+    /// chat frames, oldest first, with `conv`, `cseq` and `mid`), then
+    /// {"conv":..,"more":bool} (`more`: earlier messages exist, or with
+    /// --after later ones).
+    History {
+        #[arg(long)]
+        id: i64,
+        #[arg(long)]
+        password: String,
+        /// The other user of a 1:1 conversation.
+        #[arg(long, conflicts_with = "group", required_unless_present = "group")]
+        to: Option<i64>,
+        #[arg(long)]
+        group: Option<i64>,
+        /// How many messages (the server's default is 50, its most 200).
+        #[arg(long)]
+        limit: Option<u32>,
+        /// The messages just before this conversation sequence number
+        /// (page back with the first `cseq` printed).
+        #[arg(long, conflicts_with = "after")]
+        before: Option<u64>,
+        /// The messages just after this conversation sequence number.
+        #[arg(long)]
+        after: Option<u64>,
+    },
+    /// Log in and print your conversations, newest first, one JSON line each:
+    /// {"conv","peer" or "groupid","last","read","unread","peer_read"}.
+    Conversations {
+        #[arg(long)]
+        id: i64,
+        #[arg(long)]
+        password: String,
+        /// How many (the server's default is 50, its most 200).
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+    /// Log in and mark a conversation read up to a sequence number; prints
+    /// the reply ({"read":CSEQ,"unread":N,...}).
+    Read {
+        #[arg(long)]
+        id: i64,
+        #[arg(long)]
+        password: String,
+        #[arg(long, conflicts_with = "group", required_unless_present = "group")]
+        to: Option<i64>,
+        #[arg(long)]
+        group: Option<i64>,
+        /// The conversation sequence number (`cseq`) read up to.
+        #[arg(long)]
+        upto: u64,
+    },
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -126,6 +182,24 @@ fn endpoint(cli: &Cli) -> anyhow::Result<Endpoint> {
 
 fn print_json(value: &Value) {
     println!("{value}");
+}
+
+/// A refused request ends the command: its reply (with the server's `errno`
+/// and `errmsg`) is printed and the exit status is 1.
+fn exit_if_refused(reply: &Value) {
+    if reply["errno"] != 0 {
+        print_json(reply);
+        std::process::exit(1);
+    }
+}
+
+/// The conversation of `--to` or `--group`, for user `id`.
+fn conversation(id: i64, to: Option<i64>, group: Option<i64>) -> anyhow::Result<Conv> {
+    match (to, group) {
+        (_, Some(group)) => Ok(Conv::Group(group)),
+        (Some(to), None) => Ok(Conv::direct(id, to)),
+        (None, None) => anyhow::bail!("give --to or --group"),
+    }
 }
 
 /// Parses a classic list of JSON texts in strings (`friends`, `groups`,
@@ -258,6 +332,122 @@ async fn scripted(endpoint: Endpoint, command: Command) -> anyhow::Result<()> {
             }
             conn.acknowledge_all(2).await?;
         }
+        // These read what the server keeps and show nothing live, so they
+        // acknowledge nothing: the user's undelivered messages stay for the
+        // devices that show them.
+        Command::History {
+            id,
+            password,
+            to,
+            group,
+            limit,
+            before,
+            after,
+        } => {
+            let conv = conversation(id, to, group)?;
+            login(&mut conn, id, &password, |_| {}).await?;
+            let mut request = conv.target_fields(id);
+            request["msgid"] = 16.into();
+            if let Some(limit) = limit {
+                request["limit"] = limit.into();
+            }
+            if let Some(before) = before {
+                request["before"] = before.into();
+            }
+            if let Some(after) = after {
+                request["after"] = after.into();
+            }
+            let reply = conn.call(request, 2, |_| {}).await?;
+            exit_if_refused(&reply);
+            for message in reply["messages"].as_array().into_iter().flatten() {
+                print_json(message);
+            }
+            print_json(&json!({"conv": reply["conv"], "more": reply["more"] == true}));
+        }
+        Command::Conversations {
+            id,
+            password,
+            limit,
+        } => {
+            login(&mut conn, id, &password, |_| {}).await?;
+            let mut request = json!({"msgid": 17});
+            if let Some(limit) = limit {
+                request["limit"] = limit.into();
+            }
+            let reply = conn.call(request, 2, |_| {}).await?;
+            exit_if_refused(&reply);
+            for entry in reply["conversations"].as_array().into_iter().flatten() {
+                print_json(entry);
+            }
+        }
+        Command::Read {
+            id,
+            password,
+            to,
+            group,
+            upto,
+        } => {
+            let conv = conversation(id, to, group)?;
+            login(&mut conn, id, &password, |_| {}).await?;
+            let request = json!({"msgid": 18, "conv": conv.to_string(), "upto": upto});
+            let reply = conn.call(request, 2, |_| {}).await?;
+            exit_if_refused(&reply);
+            print_json(&reply);
+        }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    fn parse(args: &str) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("chat").chain(args.split_whitespace()))
+    }
+
+    #[test]
+    fn history_takes_a_user_or_a_group_and_one_direction() {
+        let cli = parse("history --id 1 --password pw --to 2 --limit 50 --before 9").expect("ok");
+        assert!(matches!(
+            cli.command,
+            Some(Command::History {
+                to: Some(2),
+                group: None,
+                limit: Some(50),
+                before: Some(9),
+                after: None,
+                ..
+            })
+        ));
+        assert!(parse("history --id 1 --password pw --group 5").is_ok());
+        assert!(
+            parse("history --id 1 --password pw").is_err(),
+            "whose history?"
+        );
+        assert!(parse("history --id 1 --password pw --to 2 --group 5").is_err());
+        assert!(parse("history --id 1 --password pw --to 2 --before 3 --after 1").is_err());
+    }
+
+    #[test]
+    fn read_needs_a_sequence_number() {
+        assert!(parse("read --id 1 --password pw --to 2 --upto 7").is_ok());
+        assert!(parse("read --id 1 --password pw --to 2").is_err());
+        assert!(parse("conversations --id 1 --password pw").is_ok());
+    }
+
+    #[test]
+    fn conversation_of_the_flags() {
+        assert_eq!(
+            conversation(2, Some(1), None).expect("ok").to_string(),
+            "d:1:2"
+        );
+        assert_eq!(
+            conversation(2, None, Some(5)).expect("ok").to_string(),
+            "g:5"
+        );
+        assert!(conversation(2, None, None).is_err());
+    }
 }
