@@ -511,7 +511,11 @@ async fn memberships_list_each_group_with_its_join_time() {
     )
     .bind(groups[1])
     .bind(member)
-    .fetch_one(&sqlx::MySqlPool::connect(&app.database_url).await.expect("db"))
+    .fetch_one(
+        &sqlx::MySqlPool::connect(&app.database_url)
+            .await
+            .expect("db"),
+    )
     .await
     .expect("row")
     .get(0);
@@ -524,7 +528,11 @@ async fn memberships_list_each_group_with_its_join_time() {
     );
     let invalid = memberships(0).await.expect_err("id 0");
     assert_eq!(invalid.code(), Code::InvalidArgument);
-    assert!(invalid.message().contains("user_id"), "{}", invalid.message());
+    assert!(
+        invalid.message().contains("user_id"),
+        "{}",
+        invalid.message()
+    );
 }
 
 fn unix_ms() -> i64 {

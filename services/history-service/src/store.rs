@@ -1,0 +1,611 @@
+//! The only module of the history service that speaks SQL.
+//!
+//! **Architecture Invariant:** only this module touches the history tables,
+//! and no other service reads them.
+//!
+//! Reads of a conversation are ranges of the primary key `(conv, seq)`,
+//! forced (`FORCE INDEX (PRIMARY)`), so a page costs the rows it returns
+//! whatever the table's size. A group member's visible range starts at the
+//! first message sent at or after their join time, found once per request
+//! on `(conv, sent_at_us)`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use sqlx::{MySql, MySqlConnection, MySqlPool, QueryBuilder, Row as _, mysql::MySqlRow};
+
+use crate::{
+    domain::{
+        Conversation, ConversationSummary, Entry, HistoryPage, MAX_PAGE_BYTES, MAX_UNREAD,
+        NewMessage, Page, PageAt, ReadState, Retraction, StoredMessage, UserId, Visibility,
+    },
+    error::HistoryError,
+};
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Rows per multi-row INSERT, and bytes of frames per INSERT (far below
+/// MariaDB's default max_allowed_packet of 16 MiB).
+const ROWS_PER_INSERT: usize = 500;
+const BYTES_PER_INSERT: usize = 2 * 1024 * 1024;
+/// Ids per `IN (...)` list.
+const IDS_PER_LOOKUP: usize = 500;
+
+#[derive(Clone)]
+pub struct HistoryStore {
+    pool: MySqlPool,
+}
+
+/// What one ingest transaction did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ingested {
+    /// Messages stored now.
+    pub stored: u64,
+    /// Messages already stored (a redelivery, or the same mid numbered twice).
+    pub duplicates: u64,
+    /// Messages not stored, or deleted, because they were retracted.
+    pub retracted: u64,
+}
+
+/// A conversation of a user's list before its details are read.
+struct Candidate {
+    conversation: Conversation,
+    last_at_us: i64,
+    visibility: Visibility,
+}
+
+impl HistoryStore {
+    pub fn new(pool: MySqlPool) -> Self {
+        Self { pool }
+    }
+
+    /// Stores a batch of stream entries in one transaction: messages (each
+    /// once, by `(conv, seq)` and by mid), the conversations' heads, the
+    /// parties of 1:1 conversations, and retractions (which win over their
+    /// message in whatever order the two arrive). Idempotent: the same
+    /// batch again changes nothing.
+    #[tracing::instrument(name = "sql.ingest", skip_all, fields(otel.kind = "client", db.system = "mysql", entries = entries.len()))]
+    pub async fn ingest(&self, entries: &[Entry]) -> Result<Ingested, sqlx::Error> {
+        let retractions: Vec<&Retraction> = entries
+            .iter()
+            .filter_map(|e| match e {
+                Entry::Retract(r) => Some(r),
+                Entry::Message(_) => None,
+            })
+            .collect();
+        let retracted_here: HashSet<&str> = retractions.iter().map(|r| r.mid.as_str()).collect();
+        let mut messages: Vec<&NewMessage> = entries
+            .iter()
+            .filter_map(|e| match e {
+                Entry::Message(m) if !retracted_here.contains(m.mid.as_str()) => Some(m),
+                _ => None,
+            })
+            .collect();
+        let mut outcome = Ingested {
+            retracted: (entries.len() - retractions.len() - messages.len()) as u64,
+            ..Ingested::default()
+        };
+
+        let mut tx = self.pool.begin().await?;
+        // Retractions processed in an earlier batch. A shared lock: a
+        // retraction being written by another consumer right now either is
+        // seen here or waits until this transaction ends, so its DELETE
+        // finds what this one stores.
+        let tombstones = retracted_mids(&mut tx, &messages).await?;
+        if !tombstones.is_empty() {
+            let before = messages.len();
+            messages.retain(|m| !tombstones.contains(&m.mid));
+            outcome.retracted += (before - messages.len()) as u64;
+        }
+
+        for chunk in insert_chunks(&messages) {
+            let mut insert = QueryBuilder::<MySql>::new(
+                "INSERT IGNORE INTO history_messages (conv, seq, mid, sender_id, sent_at_us, frame) ",
+            );
+            insert.push_values(chunk, |mut row, m| {
+                row.push_bind(m.conversation.to_string())
+                    .push_bind(m.seq)
+                    .push_bind(m.mid.clone())
+                    .push_bind(m.sender_id)
+                    .push_bind(m.sent_at_us)
+                    .push_bind(m.frame.clone());
+            });
+            let stored = insert.build().execute(&mut *tx).await?.rows_affected();
+            outcome.stored += stored;
+            outcome.duplicates += chunk.len() as u64 - stored;
+        }
+
+        let mut heads: BTreeMap<Conversation, (u64, i64)> = BTreeMap::new();
+        for m in &messages {
+            let head = heads.entry(m.conversation).or_insert((0, i64::MIN));
+            *head = (head.0.max(m.seq), head.1.max(m.sent_at_us));
+        }
+        let heads: Vec<_> = heads.into_iter().collect();
+        for chunk in heads.chunks(ROWS_PER_INSERT) {
+            let mut upsert = QueryBuilder::<MySql>::new(
+                "INSERT INTO history_heads (conv, last_seq, last_at_us) ",
+            );
+            upsert.push_values(chunk, |mut row, (conv, (seq, at))| {
+                row.push_bind(conv.to_string())
+                    .push_bind(*seq)
+                    .push_bind(*at);
+            });
+            upsert.push(
+                " ON DUPLICATE KEY UPDATE last_seq = GREATEST(last_seq, VALUES(last_seq)), \
+                 last_at_us = GREATEST(last_at_us, VALUES(last_at_us))",
+            );
+            upsert.build().execute(&mut *tx).await?;
+        }
+
+        let parties: Vec<(UserId, Conversation)> = heads
+            .iter()
+            .filter_map(|(conv, _)| conv.parties().map(|p| (conv, p)))
+            .flat_map(|(conv, parties)| parties.map(|user| (user, *conv)))
+            .collect();
+        for chunk in parties.chunks(ROWS_PER_INSERT) {
+            let mut insert = QueryBuilder::<MySql>::new(
+                "INSERT IGNORE INTO history_participants (user_id, conv) ",
+            );
+            insert.push_values(chunk, |mut row, (user, conv)| {
+                row.push_bind(user.get()).push_bind(conv.to_string());
+            });
+            insert.build().execute(&mut *tx).await?;
+        }
+
+        if !retractions.is_empty() {
+            let now = now_unix_us();
+            for chunk in retractions.chunks(ROWS_PER_INSERT) {
+                let mut insert = QueryBuilder::<MySql>::new(
+                    "INSERT IGNORE INTO history_retracted (mid, conv, seq, retracted_at_us) ",
+                );
+                insert.push_values(chunk, |mut row, r| {
+                    row.push_bind(r.mid.clone())
+                        .push_bind(r.conversation.to_string())
+                        .push_bind(r.seq)
+                        .push_bind(now);
+                });
+                insert.build().execute(&mut *tx).await?;
+                let mut delete =
+                    QueryBuilder::<MySql>::new("DELETE FROM history_messages WHERE mid IN (");
+                let mut list = delete.separated(", ");
+                for r in chunk {
+                    list.push_bind(r.mid.clone());
+                }
+                delete.push(")");
+                outcome.retracted += delete.build().execute(&mut *tx).await?.rows_affected();
+            }
+        }
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    /// A page of `conversation` as `visibility` allows, ascending.
+    #[tracing::instrument(name = "sql.page", skip_all, fields(otel.kind = "client", db.system = "mysql"))]
+    pub async fn page(
+        &self,
+        conversation: Conversation,
+        visibility: Visibility,
+        page: Page,
+    ) -> Result<HistoryPage, HistoryError> {
+        let mut conn = self.pool.acquire().await?;
+        read_page(&mut conn, conversation, visibility, page).await
+    }
+
+    /// The conversations of `user` (1:1 ones from the participants, groups
+    /// from `groups`: id and join time), the newest first, each with its
+    /// newest visible message, the read marks and the unread count.
+    #[tracing::instrument(name = "sql.conversations", skip_all, fields(otel.kind = "client", db.system = "mysql"))]
+    pub async fn conversations(
+        &self,
+        user: UserId,
+        groups: &[(i64, i64)],
+        limit: u32,
+    ) -> Result<Vec<ConversationSummary>, HistoryError> {
+        let mut conn = self.pool.acquire().await?;
+        let mut candidates: Vec<Candidate> = sqlx::query(
+            "SELECT h.conv, h.last_at_us FROM history_participants p \
+             JOIN history_heads h ON h.conv = p.conv \
+             WHERE p.user_id = ? ORDER BY h.last_at_us DESC, h.conv DESC LIMIT ?",
+        )
+        .bind(user.get())
+        .bind(limit)
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .filter_map(|row| {
+            Some(Candidate {
+                conversation: Conversation::parse(row.get::<&str, _>(0)).ok()?,
+                last_at_us: row.get(1),
+                visibility: Visibility::All,
+            })
+        })
+        .collect();
+
+        let joined: HashMap<String, i64> = groups
+            .iter()
+            .map(|&(group, joined_at_us)| (Conversation::Group(group).to_string(), joined_at_us))
+            .collect();
+        let names: Vec<&String> = joined.keys().collect();
+        for chunk in names.chunks(IDS_PER_LOOKUP) {
+            let mut query = QueryBuilder::<MySql>::new(
+                "SELECT conv, last_at_us FROM history_heads WHERE conv IN (",
+            );
+            let mut list = query.separated(", ");
+            for name in chunk {
+                list.push_bind(name.as_str());
+            }
+            query.push(")");
+            for row in query.build().fetch_all(&mut *conn).await? {
+                let name: &str = row.get(0);
+                let last_at_us: i64 = row.get(1);
+                let (Some(&joined_at_us), Ok(conversation)) =
+                    (joined.get(name), Conversation::parse(name))
+                else {
+                    continue;
+                };
+                let visibility = Visibility::SentFrom { joined_at_us };
+                if visibility.shows(last_at_us) {
+                    candidates.push(Candidate {
+                        conversation,
+                        last_at_us,
+                        visibility,
+                    });
+                }
+            }
+        }
+        candidates
+            .sort_by(|a, b| (b.last_at_us, b.conversation).cmp(&(a.last_at_us, a.conversation)));
+
+        // The newest visible message of each, until the list is full.
+        let mut chosen: Vec<(Candidate, StoredMessage, u64)> = Vec::new();
+        let mut bytes = 0;
+        for candidate in candidates {
+            if chosen.len() >= limit as usize {
+                break;
+            }
+            let Some(visible_from) =
+                visible_from(&mut conn, candidate.conversation, candidate.visibility).await?
+            else {
+                continue;
+            };
+            let newest = Page {
+                at: PageAt::Newest,
+                limit: 1,
+            };
+            let page = read_range(
+                &mut conn,
+                candidate.conversation,
+                candidate.visibility,
+                visible_from,
+                newest,
+            )
+            .await?;
+            let Some(last) = page.messages.into_iter().next() else {
+                continue;
+            };
+            bytes += last.frame.len();
+            if bytes > MAX_PAGE_BYTES && !chosen.is_empty() {
+                break;
+            }
+            chosen.push((candidate, last, visible_from));
+        }
+
+        let mut pairs: Vec<(i64, String)> = Vec::new();
+        for (candidate, _, _) in &chosen {
+            let name = candidate.conversation.to_string();
+            if let Some(peer) = candidate.conversation.peer_of(user) {
+                pairs.push((peer.get(), name.clone()));
+            }
+            pairs.push((user.get(), name));
+        }
+        let marks = read_marks(&mut conn, &pairs).await?;
+
+        let mut out = Vec::with_capacity(chosen.len());
+        for (candidate, last, visible_from) in chosen {
+            let name = candidate.conversation.to_string();
+            let mark = |who: i64| marks.get(&(who, name.clone())).copied().unwrap_or(0);
+            let read_seq = mark(user.get());
+            let peer_read_seq = candidate
+                .conversation
+                .peer_of(user)
+                .map_or(0, |peer| mark(peer.get()));
+            let unread = count_unread(
+                &mut conn,
+                candidate.conversation,
+                user,
+                read_seq.max(visible_from.saturating_sub(1)),
+                candidate.visibility,
+            )
+            .await?;
+            out.push(ConversationSummary {
+                conversation: candidate.conversation,
+                last,
+                read_seq,
+                unread,
+                peer_read_seq,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Raises `user`'s read mark in `conversation` to `up_to` (clamped to
+    /// the newest message; never lowered) and counts what is still unread.
+    #[tracing::instrument(name = "sql.mark_read", skip_all, fields(otel.kind = "client", db.system = "mysql"))]
+    pub async fn mark_read(
+        &self,
+        user: UserId,
+        conversation: Conversation,
+        visibility: Visibility,
+        up_to: u64,
+    ) -> Result<ReadState, HistoryError> {
+        let mut conn = self.pool.acquire().await?;
+        let name = conversation.to_string();
+        let newest: Option<u64> = sqlx::query("SELECT last_seq FROM history_heads WHERE conv = ?")
+            .bind(&name)
+            .fetch_optional(&mut *conn)
+            .await?
+            .map(|row| row.get(0));
+        let target = up_to.min(newest.unwrap_or(0));
+        if target > 0 {
+            sqlx::query(
+                "INSERT INTO history_read_marks (user_id, conv, read_seq) VALUES (?, ?, ?) \
+                 ON DUPLICATE KEY UPDATE read_seq = GREATEST(read_seq, VALUES(read_seq))",
+            )
+            .bind(user.get())
+            .bind(&name)
+            .bind(target)
+            .execute(&mut *conn)
+            .await?;
+        }
+        let read_seq = read_marks(&mut conn, &[(user.get(), name.clone())])
+            .await?
+            .into_values()
+            .next()
+            .unwrap_or(0);
+        let unread = match visible_from(&mut conn, conversation, visibility).await? {
+            Some(from) => {
+                count_unread(
+                    &mut conn,
+                    conversation,
+                    user,
+                    read_seq.max(from.saturating_sub(1)),
+                    visibility,
+                )
+                .await?
+            }
+            None => 0,
+        };
+        Ok(ReadState { read_seq, unread })
+    }
+
+    /// Deletes up to `chunk` messages sent before `cutoff_us`, oldest first.
+    #[tracing::instrument(name = "sql.retention", skip_all, fields(otel.kind = "client", db.system = "mysql"))]
+    pub async fn delete_sent_before(&self, cutoff_us: i64, chunk: u32) -> Result<u64, sqlx::Error> {
+        let messages = sqlx::query(
+            "DELETE FROM history_messages WHERE sent_at_us < ? ORDER BY sent_at_us LIMIT ?",
+        )
+        .bind(cutoff_us)
+        .bind(chunk)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        // Retractions older than any message kept can no longer matter
+        // (their message, if it ever comes back, is past retention too).
+        sqlx::query(
+            "DELETE FROM history_retracted WHERE retracted_at_us < ? ORDER BY retracted_at_us LIMIT ?",
+        )
+        .bind(cutoff_us)
+        .bind(chunk)
+        .execute(&self.pool)
+        .await?;
+        Ok(messages)
+    }
+}
+
+/// Splits messages into INSERTs of at most `ROWS_PER_INSERT` rows and
+/// `BYTES_PER_INSERT` bytes of frames (at least one row each).
+fn insert_chunks<'a>(messages: &'a [&'a NewMessage]) -> Vec<&'a [&'a NewMessage]> {
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0;
+    for (i, m) in messages.iter().enumerate() {
+        let full = i - start >= ROWS_PER_INSERT || bytes + m.frame.len() > BYTES_PER_INSERT;
+        if full && i > start {
+            chunks.push(&messages[start..i]);
+            start = i;
+            bytes = 0;
+        }
+        bytes += m.frame.len();
+    }
+    if start < messages.len() {
+        chunks.push(&messages[start..]);
+    }
+    chunks
+}
+
+async fn retracted_mids(
+    conn: &mut MySqlConnection,
+    messages: &[&NewMessage],
+) -> Result<HashSet<String>, sqlx::Error> {
+    let mut found = HashSet::new();
+    for chunk in messages.chunks(IDS_PER_LOOKUP) {
+        let mut query =
+            QueryBuilder::<MySql>::new("SELECT mid FROM history_retracted WHERE mid IN (");
+        let mut list = query.separated(", ");
+        for m in chunk {
+            list.push_bind(m.mid.clone());
+        }
+        query.push(") LOCK IN SHARE MODE");
+        for row in query.build().fetch_all(&mut *conn).await? {
+            found.insert(row.get::<String, _>(0));
+        }
+    }
+    Ok(found)
+}
+
+/// Where `visibility` starts in `conversation`: the lowest seq to read
+/// from, or `None` when nothing in it is visible.
+async fn visible_from(
+    conn: &mut MySqlConnection,
+    conversation: Conversation,
+    visibility: Visibility,
+) -> Result<Option<u64>, sqlx::Error> {
+    match visibility {
+        Visibility::All => Ok(Some(0)),
+        Visibility::SentFrom { joined_at_us } => Ok(sqlx::query(
+            "SELECT seq FROM history_messages FORCE INDEX (ix_history_messages_conv_time) \
+             WHERE conv = ? AND sent_at_us >= ? ORDER BY sent_at_us, seq LIMIT 1",
+        )
+        .bind(conversation.to_string())
+        .bind(joined_at_us)
+        .fetch_optional(&mut *conn)
+        .await?
+        .map(|row| row.get(0))),
+    }
+}
+
+async fn read_page(
+    conn: &mut MySqlConnection,
+    conversation: Conversation,
+    visibility: Visibility,
+    page: Page,
+) -> Result<HistoryPage, HistoryError> {
+    match visible_from(conn, conversation, visibility).await? {
+        Some(from) => read_range(conn, conversation, visibility, from, page).await,
+        None => Ok(HistoryPage {
+            messages: Vec::new(),
+            more: false,
+        }),
+    }
+}
+
+/// The page's SQL: one range of the primary key, from the visible start.
+macro_rules! page_sql {
+    ($tail:literal) => {
+        concat!(
+            "SELECT seq, mid, sender_id, sent_at_us, frame \
+             FROM history_messages FORCE INDEX (PRIMARY) \
+             WHERE conv = ? AND seq >= ? AND sent_at_us >= ?",
+            $tail
+        )
+    };
+}
+
+/// A page of the messages from seq `from` on that `visibility` shows.
+async fn read_range(
+    conn: &mut MySqlConnection,
+    conversation: Conversation,
+    visibility: Visibility,
+    from: u64,
+    page: Page,
+) -> Result<HistoryPage, HistoryError> {
+    let name = conversation.to_string();
+    let min_sent_at = visibility.earliest_sent_at();
+    let (query, descending) = match page.at {
+        PageAt::Newest => (
+            sqlx::query(page_sql!(" ORDER BY seq DESC LIMIT ?"))
+                .bind(name)
+                .bind(from)
+                .bind(min_sent_at),
+            true,
+        ),
+        PageAt::Before(before) => (
+            sqlx::query(page_sql!(" AND seq < ? ORDER BY seq DESC LIMIT ?"))
+                .bind(name)
+                .bind(from)
+                .bind(min_sent_at)
+                .bind(before),
+            true,
+        ),
+        PageAt::After(after) => (
+            sqlx::query(page_sql!(" AND seq > ? ORDER BY seq LIMIT ?"))
+                .bind(name)
+                .bind(from)
+                .bind(min_sent_at)
+                .bind(after),
+            false,
+        ),
+    };
+    let rows = query.bind(page.limit + 1).fetch_all(&mut *conn).await?;
+    let mut messages = Vec::with_capacity(rows.len().min(page.limit as usize));
+    let mut bytes = 0;
+    for row in rows.iter().take(page.limit as usize) {
+        let message = message_from_row(conversation, row);
+        bytes += message.frame.len();
+        if bytes > MAX_PAGE_BYTES && !messages.is_empty() {
+            break;
+        }
+        messages.push(message);
+    }
+    let more = rows.len() > messages.len();
+    if descending {
+        messages.reverse();
+    }
+    Ok(HistoryPage { messages, more })
+}
+
+fn message_from_row(conversation: Conversation, row: &MySqlRow) -> StoredMessage {
+    StoredMessage {
+        conversation,
+        seq: row.get(0),
+        mid: row.get(1),
+        sender_id: row.get(2),
+        sent_at_us: row.get(3),
+        frame: row.get(4),
+    }
+}
+
+/// Read marks of `(user, conversation)` pairs that have one.
+async fn read_marks(
+    conn: &mut MySqlConnection,
+    pairs: &[(i64, String)],
+) -> Result<HashMap<(i64, String), u64>, sqlx::Error> {
+    let mut marks = HashMap::new();
+    for chunk in pairs.chunks(IDS_PER_LOOKUP) {
+        let mut query = QueryBuilder::<MySql>::new(
+            "SELECT user_id, conv, read_seq FROM history_read_marks WHERE ",
+        );
+        // An OR of primary-key points: one range each.
+        let mut any = query.separated(" OR ");
+        for (user, conv) in chunk {
+            any.push("(user_id = ")
+                .push_bind_unseparated(*user)
+                .push_unseparated(" AND conv = ")
+                .push_bind_unseparated(conv.clone())
+                .push_unseparated(")");
+        }
+        for row in query.build().fetch_all(&mut *conn).await? {
+            marks.insert((row.get(0), row.get(1)), row.get(2));
+        }
+    }
+    Ok(marks)
+}
+
+/// Messages from others after `after` that `visibility` shows, up to
+/// `MAX_UNREAD`, in one range of the primary key.
+async fn count_unread(
+    conn: &mut MySqlConnection,
+    conversation: Conversation,
+    user: UserId,
+    after: u64,
+    visibility: Visibility,
+) -> Result<u32, sqlx::Error> {
+    let count: i64 = sqlx::query(
+        "SELECT COUNT(*) FROM (SELECT 1 FROM history_messages FORCE INDEX (PRIMARY) \
+         WHERE conv = ? AND seq > ? AND sender_id <> ? AND sent_at_us >= ? LIMIT ?) AS unread",
+    )
+    .bind(conversation.to_string())
+    .bind(after)
+    .bind(user.get())
+    .bind(visibility.earliest_sent_at())
+    .bind(MAX_UNREAD)
+    .fetch_one(&mut *conn)
+    .await?
+    .get(0);
+    Ok(u32::try_from(count).unwrap_or(MAX_UNREAD))
+}
+
+fn now_unix_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
