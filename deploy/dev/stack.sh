@@ -512,9 +512,10 @@ reap_test_processes() {
 # Redis Cluster tests, which make private clusters of their own whatever the
 # backend and so run once, in the cluster run. That run repeats what talks
 # to Redis: the e2e suite (without the offline k8s manifest check and the
-# gRPC-only token check) and the gateway's Redis tests.
+# gRPC-only token check), the gateway's Redis tests and the history
+# service's (its streams on a cluster).
 SINGLE_REDIS_TESTS='all() - binary_id(e2e::redis_cluster)'
-REDIS_CLUSTER_TESTS='(package(e2e) - binary_id(e2e::k8s_manifests) - binary_id(e2e::internal_auth)) | binary_id(gateway::inbox)'
+REDIS_CLUSTER_TESTS='(package(e2e) - binary_id(e2e::k8s_manifests) - binary_id(e2e::internal_auth)) | binary_id(gateway::inbox) | binary_id(history-service::api)'
 
 # One test run against one backend: backend (single or cluster), Redis URL,
 # filterset, then the user's arguments. nextest ORs the -E filtersets it is
@@ -540,7 +541,7 @@ run_tests() {
     elif [ "$backend" = single ]; then
         cargo test --workspace --no-fail-fast "${rest[@]}" -- --test-threads=2
     else
-        cargo test -p e2e -p gateway --test '*' --no-fail-fast "${rest[@]}" -- --test-threads=2
+        cargo test -p e2e -p gateway -p history-service --test '*' --no-fail-fast "${rest[@]}" -- --test-threads=2
     fi
 }
 

@@ -252,8 +252,7 @@ impl HistoryStore {
                 }
             }
         }
-        candidates
-            .sort_by(|a, b| (b.last_at_us, b.conversation).cmp(&(a.last_at_us, a.conversation)));
+        candidates.sort_by_key(|c| std::cmp::Reverse((c.last_at_us, c.conversation)));
 
         // The newest visible message of each, until the list is full.
         let mut chosen: Vec<(Candidate, StoredMessage, u64)> = Vec::new();

@@ -98,9 +98,36 @@ pub struct GroupState {
 /// One multiplexed connection to a single Redis, or redis-rs's cluster
 /// connection, which routes each command by its key.
 #[derive(Clone)]
-enum Connection {
+pub enum Connection {
     Single(ConnectionManager),
     Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl Connection {
+    /// Connects (a single Redis lazily; a cluster needs one reachable seed
+    /// node to learn its slots).
+    pub async fn open(target: &RedisTarget) -> redis::RedisResult<Self> {
+        Ok(match target {
+            RedisTarget::Single(url) => {
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(Duration::from_secs(2)))
+                    .set_response_timeout(Some(Duration::from_secs(5)))
+                    .set_number_of_retries(2)
+                    .set_max_delay(Duration::from_secs(1));
+                let client = redis::Client::open(url.as_str())?;
+                Self::Single(ConnectionManager::new_lazy_with_config(client, config)?)
+            }
+            RedisTarget::Cluster(nodes) => Self::Cluster(
+                redis::cluster::ClusterClientBuilder::new(nodes.clone())
+                    .connection_timeout(Duration::from_secs(2))
+                    .response_timeout(Duration::from_secs(5))
+                    .retries(3)
+                    .build()?
+                    .get_async_connection()
+                    .await?,
+            ),
+        })
+    }
 }
 
 impl redis::aio::ConnectionLike for Connection {
@@ -140,35 +167,13 @@ pub struct Streams {
 }
 
 impl Streams {
-    /// Connects (a single Redis lazily; a cluster needs one reachable seed
-    /// node to learn its slots).
     pub async fn connect(
         target: &RedisTarget,
         prefix: &str,
         consumer: &str,
     ) -> redis::RedisResult<Self> {
-        let connection = match target {
-            RedisTarget::Single(url) => {
-                let config = redis::aio::ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(Duration::from_secs(2)))
-                    .set_response_timeout(Some(Duration::from_secs(5)))
-                    .set_number_of_retries(2)
-                    .set_max_delay(Duration::from_secs(1));
-                let client = redis::Client::open(url.as_str())?;
-                Connection::Single(ConnectionManager::new_lazy_with_config(client, config)?)
-            }
-            RedisTarget::Cluster(nodes) => Connection::Cluster(
-                redis::cluster::ClusterClientBuilder::new(nodes.clone())
-                    .connection_timeout(Duration::from_secs(2))
-                    .response_timeout(Duration::from_secs(5))
-                    .retries(3)
-                    .build()?
-                    .get_async_connection()
-                    .await?,
-            ),
-        };
         Ok(Self {
-            connection,
+            connection: Connection::open(target).await?,
             keys: (0..HISTORY_PARTITIONS)
                 .map(|n| partition_key(prefix, n))
                 .collect(),
