@@ -93,6 +93,48 @@ pub fn check(frame: &[u8]) {
             let pong = unique_object(&classic::pong(parsed.seq));
             assert_eq!(pong.get("seq").and_then(Value::as_i64), parsed.seq);
         }
+        Request::History {
+            target,
+            before,
+            after,
+            limit,
+        } => {
+            assert_eq!(msgid, classic::HISTORY_MSG);
+            check_target(&object, target);
+            assert!(before == 0 || after == 0, "before and after both accepted");
+            assert!((1..=classic::MAX_PAGE).contains(&limit));
+        }
+        Request::Conversations { limit } => {
+            assert_eq!(msgid, classic::CONVERSATIONS_MSG);
+            assert!((1..=classic::MAX_PAGE).contains(&limit));
+        }
+        Request::MarkRead { target, up_to } => {
+            assert_eq!(msgid, classic::READ_MSG);
+            check_target(&object, target);
+            assert_eq!(Some(up_to), object.get("upto").and_then(Value::as_u64));
+        }
+        Request::Typing { target } => {
+            assert_eq!(msgid, classic::TYPING_MSG);
+            check_target(&object, target);
+        }
+    }
+}
+
+/// A conversation target is exactly what the request named, and valid.
+fn check_target(object: &Map<String, Value>, target: classic::Target) {
+    match target {
+        classic::Target::Peer(peer) => {
+            assert!(peer > 0);
+            assert_eq!(Some(peer), object.get("toid").and_then(Value::as_i64));
+        }
+        classic::Target::Group(group) => {
+            assert!(group > 0);
+            assert_eq!(Some(group), object.get("groupid").and_then(Value::as_i64));
+        }
+        classic::Target::Conversation(conversation) => {
+            let named = str_field(object, "conv").expect("a conv");
+            assert_eq!(conversation.to_string(), named, "conv round-trips");
+        }
     }
 }
 

@@ -14,8 +14,11 @@
 //!   user subscribes to. [`Cluster::append`] records a message in the inbox
 //!   and publishes the same entry in one script: a message is never published
 //!   without being recorded.
-//! - **Presence** `{prefix}{u:ID}:p`: `node/connection` of the session that
-//!   owns the user, with a TTL the owning node keeps refreshing.
+//! - **Presence** `{prefix}{u:ID}:p`: a hash of the sessions that hold the
+//!   user (`node/connection` → kind and expiry), refreshed by their nodes: one
+//!   classic session alone, or any number of device sessions.
+//! - **History** `{prefix}{h:N}`: streams of numbered chats for the history
+//!   service (`number.rs`).
 //! - **Control** `{prefix}ctl`: cache invalidations between nodes.
 //!
 //! **Single Redis or Redis Cluster**, picked by the URL
@@ -49,6 +52,7 @@ use std::{
 use redis::{Script, aio::ConnectionManager};
 
 mod append;
+pub mod number;
 mod resp;
 pub mod slot;
 mod subscriber;
@@ -210,6 +214,22 @@ impl InboxEntry {
 /// Published on a user's channel (never recorded): "read your offline store".
 pub const OFFLINE_NUDGE: &[u8] = b"0 sync\n";
 
+/// Published on a user's channel, never recorded: a frame for the user's
+/// sessions that use the additions (a read receipt, typing, a chat sent
+/// from another device), except the session `except` (`node/connection`).
+pub fn live_entry(except: &str, frame: &[u8]) -> Vec<u8> {
+    let mut entry = format!("0 live {except}\n").into_bytes();
+    entry.extend_from_slice(frame);
+    entry
+}
+
+/// (except, frame) of a [`live_entry`]; `None` for anything else.
+pub fn parse_live(entry: &[u8]) -> Option<(&str, &[u8])> {
+    let rest = entry.strip_prefix(b"0 live ")?;
+    let newline = rest.iter().position(|&b| b == b'\n')?;
+    Some((std::str::from_utf8(&rest[..newline]).ok()?, &rest[newline + 1..]))
+}
+
 /// The part of an entry that is the same for every receiver (all but `SEQ `).
 pub fn entry_tail(
     mid: &str,
@@ -308,6 +328,7 @@ pub struct Cluster {
     subscriber_up: Arc<AtomicBool>,
     scripts: Arc<Scripts>,
     appender: mpsc::UnboundedSender<AppendJob>,
+    numberer: mpsc::UnboundedSender<number::NumberJob>,
     /// What the subscriber holds for the node.
     pub backlog: Arc<BusBacklog>,
 }
@@ -402,6 +423,7 @@ struct Scripts {
     append: Script,
     read: Script,
     trim: Script,
+    number: Script,
 }
 
 /// Records messages in inboxes, for many receivers in one call (a node
@@ -523,16 +545,35 @@ for i = 1, #KEYS / 3 do
 end
 return out";
 
-const RELEASE_SCRIPT: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
-
-const REFRESH_SCRIPT: &str = r"
-local v = redis.call('GET', KEYS[1])
-if v == false or v == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
+/// Presence is a hash per user: one field per session that holds the user
+/// (`node/connection`), valued `KIND:EXPIRY_MS` (KIND `c` a classic
+/// session, `d` a device session); the key itself expires with its latest
+/// field. A classic session holds the user alone; device sessions share it.
+/// KEYS: presence. ARGV: owner, kind, TTL in ms. Claims (or refreshes) the
+/// owner's field, dropping expired ones; 0 when the user is held by a
+/// session it may not share with (then nothing changes).
+const CLAIM_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local fields = redis.call('HGETALL', KEYS[1])
+for i = 1, #fields, 2 do
+  local kind, expiry = string.match(fields[i + 1], '^(%a):(%d+)$')
+  if not expiry or tonumber(expiry) <= now then
+    redis.call('HDEL', KEYS[1], fields[i])
+  elseif fields[i] ~= ARGV[1] and (kind == 'c' or ARGV[2] == 'c') then
+    return 0
+  end
 end
-return 0";
+local ttl = tonumber(ARGV[3])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ':' .. string.format('%d', now + ttl))
+if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
+return 1";
+
+/// KEYS: presence. ARGV: owner. Drops the owner's field (the key with the last).
+const RELEASE_SCRIPT: &str = r"
+local removed = redis.call('HDEL', KEYS[1], ARGV[1])
+if redis.call('HLEN', KEYS[1]) == 0 then redis.call('DEL', KEYS[1]) end
+return removed";
 
 /// How often the subscriber connection is pinged, and how long an answer may take.
 const SUBSCRIBER_PING: Duration = Duration::from_secs(2);
@@ -607,6 +648,7 @@ impl Cluster {
             shutdown,
         }));
         let (appender, jobs) = mpsc::unbounded_channel();
+        let (numberer, number_jobs) = mpsc::unbounded_channel();
         let cluster = Self {
             prefix: prefix.into(),
             commands,
@@ -620,11 +662,14 @@ impl Cluster {
                 append: Script::new(APPEND_SCRIPT),
                 read: Script::new(READ_SCRIPT),
                 trim: Script::new(TRIM_SCRIPT),
+                number: Script::new(number::NUMBER_SCRIPT),
             }),
             appender,
+            numberer,
             backlog,
         };
         tokio::spawn(cluster.clone().run_appender(jobs));
+        tokio::spawn(cluster.clone().run_numberer(number_jobs));
         if sharded {
             cluster.read_slot_map().await;
             tokio::spawn(cluster.clone().watch_slot_map(refresh));
@@ -729,7 +774,12 @@ impl Cluster {
             Ok(values) => Ok(values),
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                 let mut pipe = redis::pipe();
-                for script in [&self.scripts.append, &self.scripts.read, &self.scripts.trim] {
+                for script in [
+                    &self.scripts.append,
+                    &self.scripts.read,
+                    &self.scripts.trim,
+                    &self.scripts.number,
+                ] {
                     pipe.load_script(script).ignore();
                 }
                 build(&mut pipe);
@@ -1054,22 +1104,24 @@ impl Cluster {
         ))
     }
 
-    /// Claims the user for `owner` unless someone holds them already.
+    /// Claims the user for `owner` unless a session it may not share with
+    /// holds them: a classic session (`device` false) holds the user alone,
+    /// device sessions share it with each other.
     pub async fn claim_presence(
         &self,
         user: i64,
         owner: &str,
+        device: bool,
         ttl: Duration,
     ) -> Result<bool, ClusterError> {
-        let reply: Option<String> = redis::cmd("SET")
-            .arg(self.presence_key(user))
+        let claimed: i64 = Script::new(CLAIM_SCRIPT)
+            .key(self.presence_key(user))
             .arg(owner)
-            .arg("NX")
-            .arg("PX")
+            .arg(presence_kind(device))
             .arg(ttl_millis(ttl))
-            .query_async(&mut self.commands.clone())
+            .invoke_async(&mut self.commands.clone())
             .await?;
-        Ok(reply.is_some())
+        Ok(claimed == 1)
     }
 
     /// Releases the claim if `owner` still holds it. Retried a few times
@@ -1100,20 +1152,21 @@ impl Cluster {
     /// its shard did not answer.
     pub async fn refresh_presence(
         &self,
-        claims: &[(i64, String)],
+        claims: &[(i64, String, bool)],
         ttl: Duration,
     ) -> Vec<Option<bool>> {
         let replies: Vec<Grouped<i64>> = self
             .run_grouped_each(claims.iter().map(|c| c.0), |pipe, group| {
                 for &i in group {
-                    let (user, owner) = &claims[i];
+                    let (user, owner, device) = &claims[i];
                     // EVALSHA would fail with NOSCRIPT after a Redis restart;
                     // claims are refreshed seconds apart, so plain EVAL is fine.
                     pipe.cmd("EVAL")
-                        .arg(REFRESH_SCRIPT)
+                        .arg(CLAIM_SCRIPT)
                         .arg(1)
                         .arg(self.presence_key(*user))
                         .arg(owner)
+                        .arg(presence_kind(*device))
                         .arg(ttl_millis(ttl));
                 }
             })
@@ -1132,6 +1185,29 @@ impl Cluster {
             }
         }
         held
+    }
+
+    /// Publishes a [`live_entry`] to each user's channel. Best effort (it is
+    /// never recorded anywhere): a failure is logged.
+    pub async fn publish_live(&self, users: &[i64], except: &str, frame: &[u8]) {
+        if users.is_empty() {
+            return;
+        }
+        let entry = live_entry(except, frame);
+        let replies: Vec<Grouped<i64>> = self
+            .run_grouped_each(users.iter().copied(), |pipe, group| {
+                for &i in group {
+                    pipe.cmd("SPUBLISH")
+                        .arg(self.user_channel(users[i]))
+                        .arg(&entry[..]);
+                }
+            })
+            .await;
+        for (group, replies) in replies {
+            if let Err(e) = replies {
+                tracing::debug!(error = %e, users = group.len(), "a live event was not published");
+            }
+        }
     }
 
     /// Whether each user is online anywhere in the cluster.
@@ -1175,6 +1251,10 @@ impl Cluster {
 
 /// The item indices of one group and its replies.
 type Grouped<T> = (Vec<usize>, Result<Vec<T>, ClusterError>);
+
+fn presence_kind(device: bool) -> &'static str {
+    if device { "d" } else { "c" }
+}
 
 fn ttl_millis(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)

@@ -110,9 +110,11 @@ pub struct Config {
     /// `CLUSTERCHAT_GATEWAY_REDIS_PREFIX`: namespaces every key and channel, so
     /// several clusters (or test runs) can share one Redis.
     pub redis_prefix: String,
-    /// `CLUSTERCHAT_GATEWAY_USER_SERVICE` and `..._OFFLINE_SERVICE`: gRPC URLs.
+    /// `CLUSTERCHAT_GATEWAY_USER_SERVICE`, `..._OFFLINE_SERVICE` and
+    /// `..._HISTORY_SERVICE`: gRPC URLs.
     pub user_service: String,
     pub offline_service: String,
+    pub history_service: String,
     /// `CLUSTERCHAT_INTERNAL_TOKEN` (required): sent to both services as
     /// `authorization: Bearer <token>` on every call.
     pub internal_token: env_config::Secret,
@@ -206,6 +208,10 @@ impl Config {
             offline_service: var_or(
                 "CLUSTERCHAT_GATEWAY_OFFLINE_SERVICE",
                 "http://127.0.0.1:50052".to_owned(),
+            )?,
+            history_service: var_or(
+                "CLUSTERCHAT_GATEWAY_HISTORY_SERVICE",
+                "http://127.0.0.1:50053".to_owned(),
             )?,
             internal_token: env_config::internal_token()?,
             rpc_timeout: millis_or("CLUSTERCHAT_GATEWAY_RPC_TIMEOUT_MS", Duration::from_secs(5))?,

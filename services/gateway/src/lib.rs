@@ -16,6 +16,7 @@
 
 pub mod cluster;
 pub mod config;
+pub mod conversations;
 pub mod metrics;
 pub mod node;
 pub mod protocol;

@@ -35,6 +35,9 @@ pub struct GatewayMetrics {
     pub unreplicated_appends: Counter,
     /// Second copies of a message a session had written already.
     pub duplicates_skipped: Counter,
+    /// Chats delivered without a conversation number (Redis could not
+    /// number them): they carry no `cseq` and are missing from history.
+    pub unnumbered: Counter,
 }
 
 pub fn metrics() -> &'static GatewayMetrics {
@@ -53,6 +56,7 @@ pub fn metrics() -> &'static GatewayMetrics {
             overflowed: Family::default(),
             unreplicated_appends: Counter::default(),
             duplicates_skipped: Counter::default(),
+            unnumbered: Counter::default(),
         };
         register(
             "gateway_connections",
@@ -108,6 +112,11 @@ pub fn metrics() -> &'static GatewayMetrics {
             "gateway_unreplicated_appends",
             "Appends on a Redis Cluster that no replica confirmed within the wait",
             m.unreplicated_appends.clone(),
+        );
+        register(
+            "gateway_unnumbered_chats",
+            "Chats delivered without a conversation number (missing from history)",
+            m.unnumbered.clone(),
         );
         register(
             "gateway_duplicates_skipped",

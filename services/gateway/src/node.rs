@@ -40,7 +40,10 @@ use crate::{
     },
     config::Config,
     metrics::{label, metrics},
-    protocol::classic::{Failure, errno},
+    protocol::{
+        classic::{Failure, errno},
+        conversation::{self, Conversation},
+    },
     registry::{Delivery, Handoff, Registry},
     upstream::{Upstreams, failure_from_status},
 };
@@ -94,6 +97,17 @@ pub struct Outgoing<'a> {
     /// The client gave a message id: remember `mid` per receiver, so that a
     /// retried send is recorded once.
     pub dedup: bool,
+    pub conversation: Conversation,
+}
+
+/// What [`Node::deliver`] did.
+pub struct Delivered {
+    /// One result per receiver, in order: a failure means that receiver
+    /// will not get this message.
+    pub results: Vec<Result<(), Failure>>,
+    /// The chat's sequence number in its conversation (`None`: Redis could
+    /// not number it; it is delivered but missing from history).
+    pub cseq: Option<u64>,
 }
 
 /// A fresh random 128-bit message id.
@@ -238,7 +252,7 @@ impl Node {
         self: &Arc<Self>,
         receivers: &[i64],
         message: &Outgoing<'_>,
-    ) -> Vec<Result<(), Failure>> {
+    ) -> Delivered {
         let started = std::time::Instant::now();
         let span = tracing::info_span!(
             "redis.append",
@@ -246,18 +260,111 @@ impl Node {
             db.system = "redis",
             messaging.batch.message_count = receivers.len(),
         );
+        let micros = now_micros();
+        let traceparent = telemetry::propagation::traceparent(&span);
+        let numbered = self
+            .number(message, micros, &traceparent)
+            .instrument(span.clone())
+            .await;
+        let frame = numbered
+            .as_ref()
+            .map_or(message.frame, |(_, frame)| frame.as_slice());
+        let message = &Outgoing {
+            sender_id: message.sender_id,
+            frame,
+            mid: message.mid.clone(),
+            dedup: message.dedup,
+            conversation: message.conversation,
+        };
+        let results = self
+            .record(receivers, message, micros, &traceparent, &span, started)
+            .await;
+        let cseq = numbered.as_ref().map(|(cseq, _)| *cseq);
+        if let Some(cseq) = cseq
+            && results.iter().all(Result::is_err)
+        {
+            // Nobody got it: history must not show it either.
+            self.cluster
+                .retract(&message.conversation.to_string(), &message.mid, cseq)
+                .await;
+        }
+        Delivered { results, cseq }
+    }
+
+    /// Numbers the chat in its conversation and records it for the history
+    /// service (the frame gets `conv` and `cseq`). On a cluster a failing
+    /// shard is waited for as an append is; `None` when it cannot be done
+    /// (Redis down: the chat still goes out, without a number).
+    async fn number(
+        &self,
+        message: &Outgoing<'_>,
+        micros: u64,
+        traceparent: &str,
+    ) -> Option<(u64, Vec<u8>)> {
+        let head = conversation::numbered_head(message.frame, &message.conversation)?;
+        let conv = message.conversation.to_string();
+        let mut failing_since: Option<std::time::Instant> = None;
+        loop {
+            let job = crate::cluster::number::NumberJob {
+                conversation: conv.clone(),
+                mid: message.mid.clone(),
+                ttl: if message.dedup {
+                    self.config.dedup_ttl.as_secs().max(1)
+                } else {
+                    0
+                },
+                sender: message.sender_id,
+                micros,
+                traceparent: traceparent.to_owned(),
+                head: head.clone(),
+                reply: tokio::sync::oneshot::channel().0,
+            };
+            match self.cluster.number(job).await {
+                Ok(cseq) => return Some((cseq, conversation::complete(&head, cseq))),
+                Err(e) => {
+                    let since = *failing_since.get_or_insert_with(std::time::Instant::now);
+                    let waited_out = since.elapsed() >= self.config.redis_failover_wait;
+                    if waited_out {
+                        self.failover_gave_up.store(now_micros(), Ordering::Relaxed);
+                    }
+                    if !self.cluster.number_failover_possible(&conv)
+                        || !self.may_wait_for_failover()
+                        || waited_out
+                    {
+                        tracing::warn!(error = %e, conversation = conv, "cannot number a chat; it goes out without a conversation number");
+                        metrics().unnumbered.inc();
+                        return None;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+
+    /// Records one message for each receiver (see [`Self::deliver`]).
+    async fn record(
+        self: &Arc<Self>,
+        receivers: &[i64],
+        message: &Outgoing<'_>,
+        micros: u64,
+        traceparent: &str,
+        span: &tracing::Span,
+        started: std::time::Instant,
+    ) -> Vec<Result<(), Failure>> {
         let tail = entry_tail(
             &message.mid,
             message.sender_id,
-            now_micros(),
-            &telemetry::propagation::traceparent(&span),
+            micros,
+            traceparent,
             message.frame,
         );
         let targets: Vec<AppendTo> = receivers
             .iter()
             .map(|&user| AppendTo {
                 user,
-                publish: !self.registry.contains(user),
+                // A classic session here holds the user alone; device
+                // sessions may be on other nodes too.
+                publish: !self.registry.holds_alone(user),
             })
             .collect();
         let dedup = message.dedup.then_some(self.config.dedup_ttl);
@@ -661,6 +768,15 @@ impl Node {
             BusEvent::ForUser { user, entry } if entry == OFFLINE_NUDGE => {
                 self.registry.sync_offline(user);
             }
+            BusEvent::ForUser { user, entry } if entry.starts_with(b"0 live ") => {
+                if let Some((except, frame)) = crate::cluster::parse_live(&entry) {
+                    let except = except
+                        .strip_prefix(self.config.node_id.as_str())
+                        .and_then(|rest| rest.strip_prefix('/'))
+                        .and_then(|conn| conn.parse().ok());
+                    self.registry.hand_live(user, except, frame);
+                }
+            }
             BusEvent::ForUser { user, entry } => {
                 let Some(entry) = InboxEntry::parse(entry) else {
                     tracing::warn!(user, "dropping a malformed bus message");
@@ -673,7 +789,9 @@ impl Node {
                 let sent_micros = entry.sent_micros;
                 let handoff = self
                     .registry
-                    .hand_off(user, || Delivery::new(entry.seq, entry.mid, entry.frame));
+                    .hand_off(user, || {
+                        Delivery::new(entry.seq, entry.mid.clone(), entry.frame.clone())
+                    });
                 match handoff {
                     Handoff::Queued => {
                         let waited = now_micros().saturating_sub(sent_micros);
@@ -738,15 +856,15 @@ impl Node {
                 self.confirm_presence(None, sent_at);
                 continue;
             }
-            let claims: Vec<(i64, String)> = sessions
+            let claims: Vec<(i64, String, bool)> = sessions
                 .iter()
-                .map(|(user, conn, _)| (*user, self.owner(*conn)))
+                .map(|(user, conn, device, _)| (*user, self.owner(*conn), *device))
                 .collect();
             let held = self
                 .cluster
                 .refresh_presence(&claims, self.config.presence_ttl)
                 .await;
-            for ((user, _, kick), held) in sessions.into_iter().zip(held) {
+            for ((user, _, _, kick), held) in sessions.into_iter().zip(held) {
                 match held {
                     Some(true) => self.confirm_presence(Some(user), sent_at),
                     Some(false) => {

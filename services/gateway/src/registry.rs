@@ -1,5 +1,6 @@
 //! The sessions of this node, by user: who is here, and where to put a
-//! message for them.
+//! message for them. A user has one classic session, or any number of
+//! device sessions (clients that acknowledge), here and on other nodes.
 
 use std::{
     collections::HashMap,
@@ -35,6 +36,16 @@ impl Delivery {
             frame,
             charge: None,
         }
+    }
+
+    /// A frame that is not an inbox entry (a receipt, typing, a chat sent
+    /// from another device): written as it comes, never acknowledged.
+    pub fn live(frame: Vec<u8>) -> Self {
+        Self::new(0, String::new(), frame)
+    }
+
+    pub fn is_live(&self) -> bool {
+        self.seq == 0
     }
 }
 
@@ -128,6 +139,12 @@ pub struct LocalSession {
     pub sync: Arc<SyncSignal>,
     /// Cancelled to end the session from outside (presence lost, shutdown).
     pub kick: CancellationToken,
+    /// A device session (the client acknowledges): it shares the user with
+    /// other device sessions. A classic one holds the user alone.
+    pub device: bool,
+    /// The client uses the additions: it gets live events (receipts, typing,
+    /// its own chats sent from other devices).
+    pub modern: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,64 +158,109 @@ pub enum Handoff {
 
 #[derive(Default)]
 pub struct Registry {
-    sessions: Mutex<HashMap<i64, LocalSession>>,
+    sessions: Mutex<HashMap<i64, Vec<LocalSession>>>,
 }
 
 impl Registry {
-    /// Adds the session; false when the user already has one here.
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Vec<LocalSession>>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds the session; false when its connection has one already, or
+    /// when either it or one here holds the user alone (classic).
     pub fn insert(&self, user: i64, session: LocalSession) -> bool {
-        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        if sessions.contains_key(&user) {
+        let mut sessions = self.lock();
+        let here = sessions.entry(user).or_default();
+        if here
+            .iter()
+            .any(|s| s.connection == session.connection || !s.device || !session.device)
+        {
             return false;
         }
-        sessions.insert(user, session);
+        here.push(session);
         true
     }
 
-    /// Removes the user's session if it is still `connection`'s.
-    pub fn remove(&self, user: i64, connection: u64) {
-        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        if sessions
-            .get(&user)
-            .is_some_and(|s| s.connection == connection)
-        {
+    /// Removes `connection`'s session of the user; `last` runs (under the
+    /// registry's lock, so a login here cannot slip in between) when that
+    /// was the user's last session on this node.
+    pub fn remove(&self, user: i64, connection: u64, last: impl FnOnce()) {
+        let mut sessions = self.lock();
+        let Some(here) = sessions.get_mut(&user) else {
+            return;
+        };
+        let before = here.len();
+        here.retain(|s| s.connection != connection);
+        if here.len() < before && here.is_empty() {
             sessions.remove(&user);
+            last();
         }
     }
 
     pub fn contains(&self, user: i64) -> bool {
-        self.sessions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(&user)
+        self.lock().contains_key(&user)
     }
 
-    /// Queues a delivery for the user's session without waiting; `make` runs
-    /// only when there is a session to take it. A queue full in count or in
-    /// bytes raises the session's sync signal: the message is in the inbox,
-    /// the writer reads it from there when its client catches up.
-    pub fn hand_off(&self, user: i64, make: impl FnOnce() -> Delivery) -> Handoff {
-        let target = self
-            .sessions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+    /// Whether a classic session here holds the user: then nobody else can
+    /// have them, and a message for them need not be published.
+    pub fn holds_alone(&self, user: i64) -> bool {
+        self.lock()
             .get(&user)
-            .map(|s| (s.deliveries.clone(), s.queued.clone(), s.sync.clone()));
-        let Some((tx, queued, sync)) = target else {
-            return Handoff::Absent;
+            .is_some_and(|here| here.iter().any(|s| !s.device))
+    }
+
+    /// Queues a delivery for each of the user's sessions without waiting;
+    /// `make` runs once per session that takes it. A queue full in count or
+    /// in bytes raises that session's sync signal: the message is in the
+    /// inbox, the writer reads it from there when its client catches up.
+    /// Queued when some session took it, else Busy, or Absent when none is here.
+    pub fn hand_off(&self, user: i64, make: impl Fn() -> Delivery) -> Handoff {
+        let targets: Vec<_> = match self.lock().get(&user) {
+            Some(here) => here
+                .iter()
+                .map(|s| (s.deliveries.clone(), s.queued.clone(), s.sync.clone()))
+                .collect(),
+            None => return Handoff::Absent,
         };
-        let mut delivery = make();
-        delivery.charge = queued.charge(delivery.frame.len() + delivery.mid.len());
-        let queued = delivery.charge.is_some() && tx.try_send(delivery).is_ok();
-        if queued {
-            Handoff::Queued
-        } else {
-            metrics()
-                .overflowed
-                .get_or_create(&label("queue", "session"))
-                .inc();
-            sync.raise();
-            Handoff::Busy
+        let mut outcome = Handoff::Busy;
+        for (tx, queued, sync) in targets {
+            let mut delivery = make();
+            delivery.charge = queued.charge(delivery.frame.len() + delivery.mid.len());
+            if delivery.charge.is_some() && tx.try_send(delivery).is_ok() {
+                outcome = Handoff::Queued;
+            } else {
+                metrics()
+                    .overflowed
+                    .get_or_create(&label("queue", "session"))
+                    .inc();
+                sync.raise();
+            }
+        }
+        outcome
+    }
+
+    /// Queues a live frame (not an inbox entry) for the user's sessions
+    /// that use the additions, except `except` (a connection of this node).
+    /// A full queue drops it: live frames are never the only copy of
+    /// anything (a receipt or a chat is in history, typing is ephemeral).
+    pub fn hand_live(&self, user: i64, except: Option<u64>, frame: &[u8]) {
+        let targets: Vec<_> = match self.lock().get(&user) {
+            Some(here) => here
+                .iter()
+                .filter(|s| s.modern && Some(s.connection) != except)
+                .map(|s| (s.deliveries.clone(), s.queued.clone()))
+                .collect(),
+            None => return,
+        };
+        for (tx, queued) in targets {
+            let mut delivery = Delivery::live(frame.to_vec());
+            delivery.charge = queued.charge(delivery.frame.len());
+            if delivery.charge.is_none() || tx.try_send(delivery).is_err() {
+                metrics()
+                    .overflowed
+                    .get_or_create(&label("queue", "live"))
+                    .inc();
+            }
         }
     }
 
@@ -206,43 +268,34 @@ impl Registry {
     /// subscriber reconnected: Redis may have been down, and messages
     /// stored offline meanwhile).
     pub fn sync_all(&self) {
-        for session in self
-            .sessions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-        {
+        for session in self.lock().values().flatten() {
             session.sync.raise_with_offline();
         }
     }
 
-    /// Asks the user's session, if here, to read its offline store.
+    /// Asks the user's sessions, if here, to read their offline store.
     pub fn sync_offline(&self, user: i64) {
-        if let Some(session) = self
-            .sessions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&user)
-        {
-            session.sync.raise_with_offline();
+        if let Some(here) = self.lock().get(&user) {
+            for session in here {
+                session.sync.raise_with_offline();
+            }
         }
     }
 
-    /// (user, connection, kick) of every session, for presence refresh.
-    pub fn snapshot(&self) -> Vec<(i64, u64, CancellationToken)> {
-        self.sessions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+    /// (user, connection, device, kick) of every session, for presence refresh.
+    pub fn snapshot(&self) -> Vec<(i64, u64, bool, CancellationToken)> {
+        self.lock()
             .iter()
-            .map(|(user, s)| (*user, s.connection, s.kick.clone()))
+            .flat_map(|(user, here)| {
+                here.iter()
+                    .map(|s| (*user, s.connection, s.device, s.kick.clone()))
+            })
             .collect()
     }
 
+    /// How many sessions this node holds.
     pub fn len(&self) -> usize {
-        self.sessions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .len()
+        self.lock().values().map(Vec::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -268,6 +321,8 @@ mod tests {
             queued: QueuedBytes::new(1 << 20),
             sync: sync.clone(),
             kick: CancellationToken::new(),
+            device: false,
+            modern: false,
         };
         assert!(registry.insert(1, session));
         assert_eq!(registry.hand_off(1, delivery(1)), Handoff::Queued);
@@ -294,12 +349,14 @@ mod tests {
             "after a resubscribe, the offline store too"
         );
         assert!(!sync.take_offline());
-        registry.remove(1, 8);
+        registry.remove(1, 8, || panic!("not its session"));
         assert!(
             registry.contains(1),
             "another connection's remove leaves it"
         );
-        registry.remove(1, 7);
+        let mut last = false;
+        registry.remove(1, 7, || last = true);
+        assert!(last, "its only session");
         assert_eq!(registry.hand_off(1, delivery(4)), Handoff::Absent);
     }
 
@@ -315,6 +372,8 @@ mod tests {
             queued: queued.clone(),
             sync: sync.clone(),
             kick: CancellationToken::new(),
+            device: false,
+            modern: false,
         };
         assert!(registry.insert(1, session));
         let big = |seq: u64| move || Delivery::new(seq, "m".into(), vec![b'x'; 59]);
@@ -330,5 +389,49 @@ mod tests {
         drop(queue.try_recv().expect("queued"));
         assert_eq!(queued.used(), 0, "consumed: its bytes are free again");
         assert_eq!(registry.hand_off(1, big(3)), Handoff::Queued);
+    }
+
+    #[test]
+    fn device_sessions_share_a_user_and_classic_ones_do_not() {
+        let registry = Registry::default();
+        let session = |connection: u64, device: bool| {
+            let (deliveries, queue) = mpsc::channel(10);
+            let session = LocalSession {
+                connection,
+                deliveries,
+                queued: QueuedBytes::new(1 << 20),
+                sync: Arc::new(SyncSignal::default()),
+                kick: CancellationToken::new(),
+                device,
+                modern: true,
+            };
+            (session, queue)
+        };
+        let (a, mut qa) = session(1, true);
+        let (b, mut qb) = session(2, true);
+        let (c, _qc) = session(3, false);
+        assert!(registry.insert(5, a));
+        assert!(registry.insert(5, b), "a second device");
+        assert!(!registry.insert(5, c), "a classic session holds the user alone");
+        assert!(!registry.holds_alone(5));
+        assert_eq!(
+            registry.hand_off(5, || Delivery::new(1, "m1".into(), b"{}".to_vec())),
+            Handoff::Queued
+        );
+        assert_eq!(qa.try_recv().expect("device 1").seq, 1);
+        assert_eq!(qb.try_recv().expect("device 2").seq, 1);
+        registry.hand_live(5, Some(1), b"{\"msgid\":19}");
+        assert!(qa.try_recv().is_err(), "not to the session it came from");
+        assert!(qb.try_recv().expect("device 2").is_live());
+        let mut last = false;
+        registry.remove(5, 1, || last = true);
+        assert!(!last, "device 2 is still here");
+        registry.remove(5, 2, || last = true);
+        assert!(last);
+        let (c, _qc) = session(3, false);
+        assert!(registry.insert(5, c));
+        assert!(registry.holds_alone(5));
+        let (d, _qd) = session(4, true);
+        assert!(!registry.insert(5, d), "nor a device next to a classic session");
     }
 }

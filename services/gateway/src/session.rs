@@ -26,10 +26,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::{
+    conversations,
     metrics::{label, metrics},
     node::{Node, Outgoing, new_message_id},
     protocol::{
         classic::{self, Failure, Request, errno},
+        conversation::Conversation,
         framing::{Frame, FrameError},
     },
     registry::{LocalSession, QueuedBytes, SyncSignal},
@@ -62,6 +64,10 @@ struct ActiveUser {
     id: i64,
     name: String,
     kick: CancellationToken,
+    /// A device session (shares the user with the user's other devices).
+    device: bool,
+    /// Conversations this session last said "typing" in, and when.
+    typing_sent: std::collections::HashMap<crate::protocol::conversation::Conversation, Instant>,
 }
 
 /// A token bucket. `wait` says how long until the next request may run.
@@ -382,7 +388,11 @@ impl Session {
             Request::Login { .. }
             | Request::Register { .. }
             | Request::Ack { .. }
-            | Request::Ping => None,
+            | Request::Ping
+            | Request::History { .. }
+            | Request::Conversations { .. }
+            | Request::MarkRead { .. }
+            | Request::Typing { .. } => None,
         };
         match claimed {
             Some(id) if id != active.id => Err(Failure::new(
@@ -397,13 +407,16 @@ impl Session {
     }
 
     /// Records a chat for its receivers. Fails when nobody got it; when only
-    /// some did, the reply says who did not and why.
+    /// some did, the reply says who did not and why. A device session's
+    /// other devices see it too (a live event, not an inbox entry: it is in
+    /// history for a device that misses it).
     async fn chat(
         &self,
         sender: (i64, &str),
         receivers: &[i64],
         body: Map<String, Value>,
         cmid: Option<String>,
+        conversation: Conversation,
     ) -> Result<Map<String, Value>, Failure> {
         let frame = classic::forward_chat(body, sender.0, sender.1, classic_now);
         let message = Outgoing {
@@ -414,15 +427,36 @@ impl Session {
                 Some(cmid) => format!("{}-{cmid}", sender.0),
                 None => new_message_id(),
             },
+            conversation,
         };
-        let results = self.node.deliver(receivers, &message).await;
+        let delivered = self.node.deliver(receivers, &message).await;
+        let accepted = delivered.results.iter().any(Result::is_ok);
+        if let Some(cseq) = delivered.cseq
+            && accepted
+            && self.active.as_ref().is_some_and(|a| a.device)
+        {
+            let head = crate::protocol::conversation::numbered_head(&frame, &conversation)
+                .unwrap_or_default();
+            let numbered = crate::protocol::conversation::complete(&head, cseq);
+            let carbon = classic::with_delivery_fields(&numbered, &message.mid, 0);
+            let node = self.node.clone();
+            let owner = node.owner(self.connection);
+            let me = sender.0;
+            tokio::spawn(async move {
+                node.cluster.publish_live(&[me], &owner, &carbon).await;
+            });
+        }
         let failed: Vec<(i64, Failure)> = receivers
             .iter()
-            .zip(results)
+            .zip(delivered.results)
             .filter_map(|(&to, r)| r.err().map(|f| (to, f)))
             .collect();
         let mut reply = Map::new();
         reply.insert("mid".into(), message.mid.clone().into());
+        if let Some(cseq) = delivered.cseq {
+            reply.insert("conv".into(), conversation.to_string().into());
+            reply.insert("cseq".into(), cseq.into());
+        }
         match failed.first() {
             None => Ok(reply),
             Some((_, first)) if failed.len() == receivers.len() => Err(first.clone()),
@@ -452,7 +486,15 @@ impl Session {
                         format!("user {to} does not exist"),
                     ));
                 }
-                return self.chat((user, &name), &[to], body, cmid).await;
+                return self
+                    .chat(
+                        (user, &name),
+                        &[to],
+                        body,
+                        cmid,
+                        Conversation::direct(user, to),
+                    )
+                    .await;
             }
             Request::GroupChat {
                 group, body, cmid, ..
@@ -477,7 +519,15 @@ impl Session {
                     metrics().paced.inc();
                     tokio::time::sleep(wait).await;
                 }
-                return self.chat((user, &name), &receivers, body, cmid).await;
+                return self
+                    .chat(
+                        (user, &name),
+                        &receivers,
+                        body,
+                        cmid,
+                        Conversation::Group(group),
+                    )
+                    .await;
             }
             Request::Ack { up_to } => {
                 let _ = self.writer.send(WriterCommand::ClientAck(up_to)).await;
@@ -527,6 +577,36 @@ impl Session {
                     .await
                     .map_err(|s| failure_from_status(&s, "the user service"))?;
                 self.node.invalidate_group(group).await;
+            }
+            Request::History {
+                target,
+                before,
+                after,
+                limit,
+            } => {
+                return conversations::history(&self.node, user, target, before, after, limit)
+                    .await;
+            }
+            Request::Conversations { limit } => {
+                return conversations::list(&self.node, user, limit).await;
+            }
+            Request::MarkRead { target, up_to } => {
+                let owner = self.node.owner(self.connection);
+                return conversations::mark_read(&self.node, user, &owner, target, up_to).await;
+            }
+            Request::Typing { target } => {
+                let owner = self.node.owner(self.connection);
+                let Some(active) = self.active.as_mut() else {
+                    return Ok(results);
+                };
+                return conversations::typing(
+                    &self.node,
+                    (user, &name),
+                    &owner,
+                    target,
+                    &mut active.typing_sent,
+                )
+                .await;
             }
             Request::Login { .. } | Request::Register { .. } | Request::Ping => {}
         }
@@ -622,7 +702,7 @@ impl Session {
         let claimed_at = Instant::now();
         if !node
             .cluster
-            .claim_presence(user.id, &owner, node.config.presence_ttl)
+            .claim_presence(user.id, &owner, acks, node.config.presence_ttl)
             .await
             .map_err(redis_unavailable)?
         {
@@ -637,6 +717,8 @@ impl Session {
             queued: QueuedBytes::new(node.config.limits.outbound_bytes),
             sync: sync.clone(),
             kick: kick.clone(),
+            device: acks,
+            modern: self.uses_additions,
         };
         if !node.registry.insert(user.id, local) {
             let _ = node.cluster.release_presence(user.id, &owner).await;
@@ -648,6 +730,8 @@ impl Session {
             id: user.id,
             name: user.name.clone(),
             kick,
+            device: acks,
+            typing_sent: std::collections::HashMap::new(),
         });
         // From here on, failures must undo the login: end_active does.
         // Nothing queued for the user is lost by that: it is in the inbox.
@@ -665,6 +749,7 @@ impl Session {
                     node: node.clone(),
                     user: user.id,
                     acks,
+                    modern: self.uses_additions,
                     cursor: ack.pending.cursor,
                     acked: ack.pending.resumed_at.max(ack.pending.delivered_floor),
                     offline_after: ack.pending.offline_after,
@@ -732,7 +817,14 @@ impl Session {
             Ok(page) => {
                 let floor = inbox.delivered.max(cursor);
                 // At login, the client said what it has: `since`.
-                let prepared = OfflinePage::prepare(node, user, acks, floor, floor, &page.messages)
+                let prepared = OfflinePage::prepare(
+                    node,
+                    user,
+                    (acks, self.uses_additions),
+                    floor,
+                    floor,
+                    &page.messages,
+                )
                     .await
                     .map_err(redis_unavailable)?;
                 pending.frames = prepared
@@ -784,7 +876,7 @@ impl Session {
             if pending.recent.first_time(&entry.mid) {
                 pending
                     .frames
-                    .push(delivery_frame(acks, entry.frame, &entry.mid, seq));
+                    .push(delivery_frame(acks, self.uses_additions, entry.frame, &entry.mid, seq));
             }
             cursor = seq;
         }
@@ -952,9 +1044,11 @@ impl Session {
             return;
         };
         let node = &self.node;
-        node.registry.remove(active.id, self.connection);
+        // The node stays subscribed while another of the user's devices is here.
+        node.registry.remove(active.id, self.connection, || {
+            node.cluster.unsubscribe_user(active.id);
+        });
         metrics().online_users.dec();
-        node.cluster.unsubscribe_user(active.id);
         active.kick.cancel();
         let (done, stopped) = oneshot::channel();
         if self.writer.send(WriterCommand::Detach(done)).await.is_ok() {
@@ -1213,6 +1307,10 @@ fn request_kind(request: &Request) -> &'static str {
         Request::GroupChat { .. } => "group_chat",
         Request::Ack { .. } => "ack",
         Request::Ping => "ping",
+        Request::History { .. } => "history",
+        Request::Conversations { .. } => "conversations",
+        Request::MarkRead { .. } => "mark_read",
+        Request::Typing { .. } => "typing",
     }
 }
 

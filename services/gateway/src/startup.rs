@@ -60,6 +60,7 @@ impl Application {
         let upstreams = Upstreams::new(
             &config.user_service,
             &config.offline_service,
+            &config.history_service,
             &config.internal_token,
             config.rpc_timeout,
         )?;

@@ -1,4 +1,4 @@
-//! gRPC clients of the user and offline services, and what their failures
+//! gRPC clients of the user, offline and history services, and what their failures
 //! mean to a chat client.
 //!
 //! Every call carries the cluster's internal token (`authorization: Bearer
@@ -13,6 +13,7 @@ use std::{
 };
 
 use clusterchat_proto::{
+    history::v1::history_service_client::HistoryServiceClient,
     offline::v1::offline_service_client::OfflineServiceClient,
     user::v1::{self as user_pb, user_service_client::UserServiceClient},
 };
@@ -26,6 +27,7 @@ use crate::protocol::classic::{Failure, errno};
 pub struct Upstreams {
     pub users: UserServiceClient<Traced>,
     pub offline: OfflineServiceClient<Traced>,
+    pub history: HistoryServiceClient<Traced>,
 }
 
 /// The largest message either way, as on the servers
@@ -106,6 +108,7 @@ impl Upstreams {
     pub fn new(
         user_service: &str,
         offline_service: &str,
+        history_service: &str,
         internal_token: &Secret,
         timeout: Duration,
     ) -> Result<Self, UpstreamUrlError> {
@@ -114,6 +117,9 @@ impl Upstreams {
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
             offline: OfflineServiceClient::new(traced(offline_service, timeout, internal_token)?)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            history: HistoryServiceClient::new(traced(history_service, timeout, internal_token)?)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         })

@@ -66,6 +66,9 @@ pub struct Inbound {
     /// The client acknowledges (`msgid` 12): frames carry `mid` and `rseq`,
     /// and the inbox is trimmed on its acks rather than on writes.
     pub acks: bool,
+    /// The client uses the additions: chat frames keep `conv` and `cseq`
+    /// (a classic client gets exactly the classic frame).
+    pub modern: bool,
     /// The highest inbox sequence written to this connection.
     pub cursor: u64,
     /// Clients that acknowledge: the highest sequence they have
@@ -137,12 +140,15 @@ enum Step {
 }
 
 /// A chat frame as this client gets it: as stored for a classic client;
-/// with `mid` and `rseq` for a client that acknowledges.
-pub fn delivery_frame(acks: bool, frame: Vec<u8>, mid: &str, seq: u64) -> Vec<u8> {
+/// with `mid` and `rseq` for a client that acknowledges; without `conv`
+/// and `cseq` for a classic one.
+pub fn delivery_frame(acks: bool, modern: bool, frame: Vec<u8>, mid: &str, seq: u64) -> Vec<u8> {
     if acks {
         classic::with_delivery_fields(&frame, mid, seq)
-    } else {
+    } else if modern {
         frame
+    } else {
+        crate::protocol::conversation::strip(frame)
     }
 }
 
@@ -175,7 +181,7 @@ impl Inbound {
             let prepared = match OfflinePage::prepare(
                 &node,
                 self.user,
-                self.acks,
+                (self.acks, self.modern),
                 floor,
                 self.delivered_floor.max(self.acked),
                 &page.messages,
@@ -230,7 +236,7 @@ impl Inbound {
         for entry in page.entries {
             let seq = entry.seq;
             if self.recent.first_time(&entry.mid) {
-                let frame = delivery_frame(self.acks, entry.frame, &entry.mid, seq);
+                let frame = delivery_frame(self.acks, self.modern, entry.frame, &entry.mid, seq);
                 if sink.send(frame).await.is_err() {
                     return Step::Broken;
                 }
@@ -285,6 +291,9 @@ impl Inbound {
     /// A live delivery: written if it is the next one and the lease holds,
     /// else the writer syncs. Returns false when the socket failed.
     async fn live<W: FrameSink>(&mut self, delivery: Delivery, sink: &mut W) -> bool {
+        if delivery.is_live() {
+            return sink.send(delivery.frame.clone()).await.is_ok();
+        }
         if delivery.seq <= self.cursor {
             return true;
         }
@@ -295,7 +304,13 @@ impl Inbound {
             return true;
         }
         if self.recent.first_time(&delivery.mid) {
-            let frame = delivery_frame(self.acks, delivery.frame, &delivery.mid, delivery.seq);
+            let frame = delivery_frame(
+                self.acks,
+                self.modern,
+                delivery.frame,
+                &delivery.mid,
+                delivery.seq,
+            );
             if sink.send(frame).await.is_err() {
                 return false;
             }
@@ -441,7 +456,7 @@ impl OfflinePage {
     pub async fn prepare(
         node: &Node,
         user: i64,
-        acks: bool,
+        (acks, modern): (bool, bool),
         floor: u64,
         acked: u64,
         messages: &[offline_pb::OfflineMessage],
@@ -467,6 +482,7 @@ impl OfflinePage {
                 m.client_msg_id.clone(),
                 delivery_frame(
                     acks,
+                    modern,
                     m.payload.clone().into_bytes(),
                     &m.client_msg_id,
                     m.inbox_seq,

@@ -3,18 +3,58 @@
 
 use std::time::Duration;
 
-use gateway::cluster::{AppendTo, Appended, Cluster, entry_tail};
+use gateway::cluster::{
+    AppendTo, Appended, Cluster, RedisTarget, entry_tail,
+    number::{NumberJob, partition},
+};
+use gateway::protocol::conversation::{self, Conversation};
 use shutdown::Shutdown;
 use tokio::sync::mpsc;
 
+fn redis_url() -> String {
+    std::env::var("CLUSTERCHAT_TEST_REDIS_URL")
+        .expect("CLUSTERCHAT_TEST_REDIS_URL: run with `just test`")
+}
+
 async fn cluster() -> Cluster {
-    let url = std::env::var("CLUSTERCHAT_TEST_REDIS_URL")
-        .expect("CLUSTERCHAT_TEST_REDIS_URL: run with `just test`");
+    cluster_with_prefix().await.0
+}
+
+async fn cluster_with_prefix() -> (Cluster, String) {
     let prefix = format!("{}:", test_support::unique_name("inbox"));
     let (events, _) = mpsc::channel(16);
-    Cluster::connect(&url, &prefix, events, Shutdown::new())
+    let cluster = Cluster::connect(&redis_url(), &prefix, events, Shutdown::new())
         .await
-        .expect("redis")
+        .expect("redis");
+    (cluster, prefix)
+}
+
+/// A stream's entries as field maps, over a connection of our own (routed
+/// by key on a cluster).
+async fn stream_entries(key: &str) -> Vec<std::collections::HashMap<String, String>> {
+    let command = redis::cmd("XRANGE").arg(key).arg("-").arg("+").clone();
+    let reply: Vec<(String, Vec<(String, String)>)> = match RedisTarget::parse(&redis_url()) {
+        RedisTarget::Single(url) => {
+            let mut conn = redis::Client::open(url)
+                .expect("url")
+                .get_multiplexed_async_connection()
+                .await
+                .expect("connect");
+            command.query_async(&mut conn).await.expect("xrange")
+        }
+        RedisTarget::Cluster(nodes) => {
+            let mut conn = redis::cluster::ClusterClient::new(nodes)
+                .expect("nodes")
+                .get_async_connection()
+                .await
+                .expect("connect");
+            command.query_async(&mut conn).await.expect("xrange")
+        }
+    };
+    reply
+        .into_iter()
+        .map(|(_, fields)| fields.into_iter().collect())
+        .collect()
 }
 
 async fn append(cluster: &Cluster, user: i64, mid: &str, text: &str, max: usize) -> Appended {
@@ -122,7 +162,12 @@ async fn moving_to_the_offline_store_trims_only_while_the_user_is_away() {
     let cluster = cluster().await;
     let s = seq(append(&cluster, 4, "x", "x", 100).await);
     let ttl = Duration::from_secs(30);
-    assert!(cluster.claim_presence(4, "gw/1", ttl).await.expect("claim"));
+    assert!(
+        cluster
+            .claim_presence(4, "gw/1", false, ttl)
+            .await
+            .expect("claim")
+    );
     assert!(
         !cluster.trim_moved(4, s).await.expect("trim"),
         "online: the session reads its inbox itself"
@@ -191,4 +236,101 @@ async fn one_trim_call_serves_many_users() {
         let page = cluster.read_inbox(user, 0, 10).await.expect("read");
         assert_eq!(page.delivered, first);
     }
+}
+
+#[tokio::test]
+async fn a_classic_session_holds_a_user_alone_and_devices_share_one() {
+    let cluster = cluster().await;
+    let ttl = Duration::from_secs(30);
+    let claim = |user: i64, owner: &'static str, device: bool| {
+        let cluster = cluster.clone();
+        async move {
+            cluster
+                .claim_presence(user, owner, device, ttl)
+                .await
+                .expect("claim")
+        }
+    };
+    assert!(claim(5, "gw/1", true).await);
+    assert!(claim(5, "gw/2", true).await, "a second device");
+    assert!(!claim(5, "gw/3", false).await, "classic while devices are on");
+    assert!(claim(5, "gw/1", true).await, "a device refreshes its own claim");
+    assert_eq!(cluster.online(&[5]).await.expect("online"), [true]);
+    cluster.release_presence(5, "gw/1").await.expect("release");
+    assert_eq!(
+        cluster.online(&[5]).await.expect("online"),
+        [true],
+        "the other device is still on"
+    );
+    cluster.release_presence(5, "gw/2").await.expect("release");
+    assert_eq!(cluster.online(&[5]).await.expect("online"), [false]);
+    assert!(claim(5, "gw/3", false).await, "now classic may");
+    assert!(!claim(5, "gw/4", false).await, "a second classic login may not");
+    assert!(!claim(5, "gw/1", true).await, "nor a device");
+    // A claim that expired is no obstacle (a frozen or dead node's).
+    assert!(
+        cluster
+            .claim_presence(6, "gw/9", false, Duration::from_millis(50))
+            .await
+            .expect("claim")
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(claim(6, "gw/1", true).await);
+}
+
+fn number_job(conv: &Conversation, mid: &str, ttl: u64, text: &str) -> NumberJob {
+    let frame = format!(r#"{{"id":1,"msg":"{text}","msgid":6,"toid":2}}"#);
+    NumberJob {
+        conversation: conv.to_string(),
+        mid: mid.to_owned(),
+        ttl,
+        sender: 1,
+        micros: 42,
+        traceparent: String::new(),
+        head: conversation::numbered_head(frame.as_bytes(), conv).expect("an object"),
+        reply: tokio::sync::oneshot::channel().0,
+    }
+}
+
+#[tokio::test]
+async fn chats_are_numbered_per_conversation_and_recorded_for_history() {
+    let (cluster, prefix) = cluster_with_prefix().await;
+    let conv = Conversation::direct(2, 1);
+    let other = Conversation::Group(7);
+    let first = cluster.number(number_job(&conv, "m1", 0, "a")).await.expect("number");
+    let second = cluster.number(number_job(&conv, "m2", 60, "b")).await.expect("number");
+    let again = cluster.number(number_job(&conv, "m2", 60, "b")).await.expect("number");
+    let elsewhere = cluster.number(number_job(&other, "m3", 0, "c")).await.expect("number");
+    let now_micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_micros() as u64;
+    assert!(
+        first > now_micros - 60_000_000 && first <= now_micros,
+        "a new conversation starts at Redis's clock: {first}"
+    );
+    assert_eq!(second, first + 1, "then one by one");
+    assert_eq!(again, second, "a retried chat keeps its number");
+    assert_ne!(elsewhere, second + 1, "each conversation has its own counter");
+
+    let key = format!("{prefix}{{h:{}}}", partition(&conv.to_string()));
+    let entries = stream_entries(&key).await;
+    assert_eq!(entries.len(), 2, "the retry is not recorded twice: {entries:?}");
+    assert_eq!(entries[0]["op"], "m");
+    assert_eq!(entries[0]["mid"], "m1");
+    assert_eq!(entries[0]["conv"], "d:1:2");
+    assert_eq!(entries[0]["seq"], first.to_string());
+    assert_eq!(entries[0]["from"], "1");
+    assert_eq!(entries[0]["at"], "42");
+    let frame: serde_json::Value =
+        serde_json::from_str(&entries[1]["frame"]).expect("the frame is JSON");
+    assert_eq!(frame["cseq"], second);
+    assert_eq!(frame["conv"], "d:1:2");
+    assert_eq!(frame["msg"], "b");
+
+    cluster.retract("d:1:2", "m2", second).await;
+    let entries = stream_entries(&key).await;
+    assert_eq!(entries.len(), 3);
+    assert_eq!(entries[2]["op"], "x");
+    assert_eq!(entries[2]["mid"], "m2");
 }

@@ -18,6 +18,8 @@
 
 use serde_json::{Map, Value, json};
 
+pub use super::conversation::Conversation;
+
 pub const LOGIN_MSG: i64 = 1;
 pub const LOGIN_MSG_ACK: i64 = 2;
 pub const LOGINOUT_MSG: i64 = 3;
@@ -38,6 +40,17 @@ pub const PONG_MSG: i64 = 14;
 /// The rest of a login ack's friends and groups, for a client that uses the
 /// additions and has more of them than one frame should carry.
 pub const ROSTER_PAGE_MSG: i64 = 15;
+/// A page of a conversation's history (answered with msgid 11 `messages`).
+pub const HISTORY_MSG: i64 = 16;
+/// The user's conversations with unread counts (answered with msgid 11).
+pub const CONVERSATIONS_MSG: i64 = 17;
+/// Client: "I have read up to `upto`"; server: someone's read receipt.
+pub const READ_MSG: i64 = 18;
+/// "typing": from a client, and to the other party (never stored).
+pub const TYPING_MSG: i64 = 19;
+
+/// At most this many messages or conversations per page.
+pub const MAX_PAGE: u32 = 200;
 
 /// Error numbers in msgid 11 replies (and login acks beyond the classic 1 and 2).
 pub mod errno {
@@ -150,6 +163,41 @@ pub enum Request {
         up_to: u64,
     },
     Ping,
+    History {
+        target: Target,
+        before: u64,
+        after: u64,
+        limit: u32,
+    },
+    Conversations {
+        limit: u32,
+    },
+    MarkRead {
+        target: Target,
+        up_to: u64,
+    },
+    Typing {
+        target: Target,
+    },
+}
+
+/// Which conversation a request is about: `toid`, `groupid` or `conv`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Peer(i64),
+    Group(i64),
+    Conversation(Conversation),
+}
+
+impl Target {
+    /// The conversation, as seen by `user`.
+    pub fn conversation(self, user: i64) -> Conversation {
+        match self {
+            Self::Peer(peer) => Conversation::direct(user, peer),
+            Self::Group(group) => Conversation::Group(group),
+            Self::Conversation(c) => c,
+        }
+    }
 }
 
 /// A parsed frame: its `seq` (if any could be read) and the request or why
@@ -265,6 +313,29 @@ fn parse_request(mut object: Map<String, Value>) -> Result<Request, Failure> {
             up_to: non_negative(required_int(&object, "ack")?, "ack")?,
         },
         PING_MSG => Request::Ping,
+        HISTORY_MSG => {
+            let before = non_negative(optional_int(&object, "before")?.unwrap_or(0), "before")?;
+            let after = non_negative(optional_int(&object, "after")?.unwrap_or(0), "after")?;
+            if before > 0 && after > 0 {
+                return Err(Failure::bad_request("give before or after, not both"));
+            }
+            Request::History {
+                target: target(&object)?,
+                before,
+                after,
+                limit: page_limit(&object)?,
+            }
+        }
+        CONVERSATIONS_MSG => Request::Conversations {
+            limit: page_limit(&object)?,
+        },
+        READ_MSG => Request::MarkRead {
+            target: target(&object)?,
+            up_to: non_negative(required_int(&object, "upto")?, "upto")?,
+        },
+        TYPING_MSG => Request::Typing {
+            target: target(&object)?,
+        },
         LOGIN_MSG_ACK | REG_MSG_ACK | REPLY_MSG | PONG_MSG => {
             return Err(Failure::bad_request(format!(
                 "msgid {msgid} is sent by the server, not to it"
@@ -273,6 +344,38 @@ fn parse_request(mut object: Map<String, Value>) -> Result<Request, Failure> {
         other => return Err(Failure::bad_request(format!("unknown msgid {other}"))),
     };
     Ok(request)
+}
+
+/// `toid`, `groupid` or `conv` (exactly one).
+fn target(object: &Map<String, Value>) -> Result<Target, Failure> {
+    let peer = optional_int(object, "toid")?;
+    let group = optional_int(object, "groupid")?;
+    let conv = optional_str(object, "conv")?;
+    match (peer, group, conv) {
+        (Some(peer), None, None) if peer > 0 => Ok(Target::Peer(peer)),
+        (None, Some(group), None) if group > 0 => Ok(Target::Group(group)),
+        (None, None, Some(conv)) => Conversation::parse(&conv).map(Target::Conversation).ok_or_else(|| {
+            Failure::bad_request(format!(
+                "conv {conv:?} is not a conversation (d:LOW:HIGH or g:GROUP)"
+            ))
+        }),
+        (None, None, None) => Err(Failure::bad_request("toid, groupid or conv is missing")),
+        (Some(_), None, None) | (None, Some(_), None) => {
+            Err(Failure::bad_request("toid and groupid must be positive"))
+        }
+        _ => Err(Failure::bad_request("give one of toid, groupid and conv")),
+    }
+}
+
+/// `limit`: 1 to [`MAX_PAGE`]; absent or 0 means 50.
+fn page_limit(object: &Map<String, Value>) -> Result<u32, Failure> {
+    match optional_int(object, "limit")? {
+        None | Some(0) => Ok(50),
+        Some(n) if (1..=i64::from(MAX_PAGE)).contains(&n) => Ok(n as u32),
+        Some(_) => Err(Failure::bad_request(format!(
+            "limit must be between 1 and {MAX_PAGE}"
+        ))),
+    }
 }
 
 fn non_negative(value: i64, field: &str) -> Result<u64, Failure> {
@@ -509,6 +612,30 @@ pub fn reply_error(failure: &Failure, seq: Option<i64>) -> Vec<u8> {
     ))
 }
 
+/// `{"msgid":18,"conv":..,"id":READER,"upto":CSEQ}`: a read receipt.
+pub fn read_receipt(conversation: &Conversation, reader: i64, up_to: u64) -> Vec<u8> {
+    encode(object(json!({
+        "conv": conversation.to_string(),
+        "id": reader,
+        "msgid": READ_MSG,
+        "upto": up_to,
+    })))
+}
+
+/// `{"msgid":19,"conv":..,"id":..,"name":..}` (and `groupid` in a group).
+pub fn typing(conversation: &Conversation, id: i64, name: &str) -> Vec<u8> {
+    let mut event = object(json!({
+        "conv": conversation.to_string(),
+        "id": id,
+        "msgid": TYPING_MSG,
+        "name": name,
+    }));
+    if let Conversation::Group(group) = conversation {
+        event.insert("groupid".into(), (*group).into());
+    }
+    encode(event)
+}
+
 /// `{"msgid":14}` (with `seq` when the ping had one).
 pub fn pong(seq: Option<i64>) -> Vec<u8> {
     encode(with_seq(object(json!({"msgid": PONG_MSG})), seq))
@@ -557,6 +684,9 @@ pub fn forward_chat(
 ) -> Vec<u8> {
     body.remove("mid");
     body.remove("rseq");
+    // Ours too (the conversation and its sequence are added once numbered).
+    body.remove("conv");
+    body.remove("cseq");
     body.insert("id".into(), sender_id.into());
     body.insert("name".into(), sender_name.into());
     if !body.get("time").is_some_and(Value::is_string) {

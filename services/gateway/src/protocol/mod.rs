@@ -1,6 +1,7 @@
-//! The client-facing protocol: framing of the byte stream and the classic
-//! messages. Pure code, no I/O.
+//! The client-facing protocol: framing of the byte stream, the classic
+//! messages and conversations. Pure code, no I/O.
 
 pub mod classic;
+pub mod conversation;
 pub mod framing;
 pub mod ws;

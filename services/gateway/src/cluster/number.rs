@@ -1,0 +1,257 @@
+//! The numberer: gives each accepted chat its conversation sequence number
+//! (`cseq`) and records it in the history stream, many chats per call.
+//!
+//! Conversations are spread over [`HISTORY_PARTITIONS`] streams,
+//! `{prefix}{h:N}`, each in one hash slot; the conversation's counter
+//! (`{prefix}{h:N}:c:CONV`) and the dedup key of a retried chat
+//! (`{prefix}{h:N}:m:MID`) share its slot, so one script numbers a chat and
+//! appends it to the stream atomically: a number is never handed out
+//! without its stream entry. The history service consumes the streams
+//! (consumer group `history`); the layout is its contract too.
+//!
+//! A chat is numbered before it is appended to the receivers' inboxes (the
+//! frames they get carry `conv` and `cseq`). One that is then refused
+//! altogether is retracted with an `op=x` entry.
+
+use std::{collections::BTreeMap, fmt::Write as _};
+
+use futures::StreamExt as _;
+use redis::Value;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Cluster, ClusterError, REPLICA_WAIT, slot, ttl_millis};
+
+/// How many history streams there are (the history service reads as many).
+pub const HISTORY_PARTITIONS: u32 = 16;
+
+/// Entries a stream keeps at most (approximately) while nobody consumes it:
+/// what bounds Redis's memory while the history service is down.
+pub const STREAM_MAX_LEN: u64 = 200_000;
+
+/// A conversation's partition: FNV-1a (32 bits) of its id.
+pub fn partition(conversation: &str) -> u32 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for &b in conversation.as_bytes() {
+        hash ^= u32::from(b);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    hash % HISTORY_PARTITIONS
+}
+
+/// KEYS per chat: counter, dedup key, stream. ARGV[1]: the streams' MAXLEN;
+/// then per chat: dedup TTL in seconds ('0': none), mid, conv, sender,
+/// micros, traceparent, and the frame's head (the frame up to `"cseq":`).
+/// Returns the sequence number of each chat (a retry: the first one's).
+pub(super) const NUMBER_SCRIPT: &str = r"
+local out = {}
+for i = 0, #KEYS / 3 - 1 do
+  local k, a = 3 * i, 1 + 7 * i
+  local ttl = ARGV[a + 1]
+  local prev = false
+  if ttl ~= '0' then prev = redis.call('GET', KEYS[k + 2]) end
+  if prev then
+    out[i + 1] = tonumber(prev)
+  else
+    local seq = redis.call('INCR', KEYS[k + 1])
+    if seq == 1 then
+      local t = redis.call('TIME')
+      seq = tonumber(t[1]) * 1000000 + tonumber(t[2])
+      redis.call('SET', KEYS[k + 1], string.format('%d', seq))
+    end
+    local s = string.format('%d', seq)
+    if ttl ~= '0' then redis.call('SET', KEYS[k + 2], s, 'EX', ttl) end
+    redis.call('XADD', KEYS[k + 3], 'MAXLEN', '~', ARGV[1], '*',
+      'op', 'm', 'mid', ARGV[a + 2], 'conv', ARGV[a + 3], 'seq', s,
+      'from', ARGV[a + 4], 'at', ARGV[a + 5], 'tp', ARGV[a + 6],
+      'frame', ARGV[a + 7] .. s .. '}')
+    out[i + 1] = seq
+  end
+end
+return out";
+
+/// One chat to number.
+pub struct NumberJob {
+    pub conversation: String,
+    pub mid: String,
+    /// Dedup TTL in seconds (0: the chat has no client id).
+    pub ttl: u64,
+    pub sender: i64,
+    pub micros: u64,
+    pub traceparent: String,
+    /// The frame up to its `"cseq":` ([`crate::protocol::conversation::numbered_head`]).
+    pub head: Vec<u8>,
+    pub reply: oneshot::Sender<Result<u64, String>>,
+}
+
+impl Cluster {
+    fn stream_key(&self, partition: u32) -> String {
+        format!("{}{{h:{partition}}}", self.prefix)
+    }
+
+    /// Numbers a chat and records it for the history service; concurrent
+    /// chats of this node share script calls.
+    pub async fn number(&self, job: NumberJob) -> Result<u64, ClusterError> {
+        let (reply, numbered) = oneshot::channel();
+        let job = NumberJob { reply, ..job };
+        if self.numberer.send(job).is_err() {
+            return Err(ClusterError::new("the numberer has stopped"));
+        }
+        numbered
+            .await
+            .map_err(|_| ClusterError::new("the numberer has stopped"))?
+            .map_err(ClusterError::new)
+    }
+
+    /// Whether a failed numbering may soon work again: on a cluster, when
+    /// the conversation's partition has (or just had) a replica.
+    pub fn number_failover_possible(&self, conversation: &str) -> bool {
+        let key = self.stream_key(partition(conversation));
+        self.sharded && self.replicas.had_replica_lately(slot::of_key(key.as_bytes()))
+    }
+
+    /// Tells the history service that a numbered chat was refused after
+    /// all (nobody got it). Best effort: logged when it fails.
+    pub async fn retract(&self, conversation: &str, mid: &str, cseq: u64) {
+        let result: Result<String, _> = redis::cmd("XADD")
+            .arg(self.stream_key(partition(conversation)))
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(STREAM_MAX_LEN)
+            .arg("*")
+            .arg("op")
+            .arg("x")
+            .arg("mid")
+            .arg(mid)
+            .arg("conv")
+            .arg(conversation)
+            .arg("seq")
+            .arg(cseq)
+            .query_async(&mut self.commands.clone())
+            .await;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, mid, "cannot retract a refused chat from history");
+        }
+    }
+
+    /// Forms batches of number jobs (whatever waits while the batch before
+    /// is on its way), as the appender does.
+    pub(super) async fn run_numberer(self, mut jobs: mpsc::UnboundedReceiver<NumberJob>) {
+        const MAX_BATCH: usize = 256;
+        let mut running = futures::stream::FuturesUnordered::new();
+        loop {
+            tokio::select! {
+                job = jobs.recv(), if running.is_empty() => {
+                    let Some(first) = job else { break };
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_BATCH {
+                        match jobs.try_recv() {
+                            Ok(job) => batch.push(job),
+                            Err(_) => break,
+                        }
+                    }
+                    running.push(self.number_batch(batch));
+                }
+                Some(()) = running.next(), if !running.is_empty() => {}
+            }
+        }
+        while running.next().await.is_some() {}
+    }
+
+    /// One script call for the batch on a single Redis; on a cluster one
+    /// per partition (each in its slot), followed by a `WAIT 1` where the
+    /// slot has a replica, concurrently.
+    async fn number_batch(&self, batch: Vec<NumberJob>) {
+        let mut by_partition: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+        for (i, job) in batch.iter().enumerate() {
+            by_partition
+                .entry(partition(&job.conversation))
+                .or_default()
+                .push(i);
+        }
+        let groups: Vec<Vec<usize>> = if self.sharded {
+            by_partition.into_values().collect()
+        } else {
+            vec![by_partition.into_values().flatten().collect()]
+        };
+        let results = futures::future::join_all(groups.iter().map(|g| self.number_group(&batch, g))).await;
+        let mut outcome: Vec<Option<Result<u64, String>>> = batch.iter().map(|_| None).collect();
+        for (group, result) in groups.iter().zip(results) {
+            for (k, &i) in group.iter().enumerate() {
+                outcome[i] = Some(match &result {
+                    Ok(seqs) => seqs
+                        .get(k)
+                        .copied()
+                        .ok_or_else(|| "redis answered fewer numbers than asked".to_owned()),
+                    Err(e) => Err(e.to_string()),
+                });
+            }
+        }
+        for (job, outcome) in batch.into_iter().zip(outcome) {
+            let _ = job
+                .reply
+                .send(outcome.unwrap_or_else(|| Err("numbering lost in a batch".to_owned())));
+        }
+    }
+
+    async fn number_group(&self, batch: &[NumberJob], group: &[usize]) -> Result<Vec<u64>, ClusterError> {
+        let first = self.stream_key(partition(&batch[group[0]].conversation));
+        let wait = self.sharded && self.replicas.has_replica(slot::of_key(first.as_bytes()));
+        let replies: Vec<Value> = self
+            .run_scripts(|pipe| {
+                let cmd = pipe
+                    .cmd("EVALSHA")
+                    .arg(self.scripts.number.get_hash())
+                    .arg(group.len() * 3);
+                let mut key = String::with_capacity(self.prefix.len() + 80);
+                for &i in group {
+                    let job = &batch[i];
+                    let stream = self.stream_key(partition(&job.conversation));
+                    key.clear();
+                    let _ = write!(key, "{stream}:c:{}", job.conversation);
+                    cmd.arg(key.as_str());
+                    key.clear();
+                    let _ = write!(key, "{stream}:m:{}", job.mid);
+                    cmd.arg(key.as_str());
+                    cmd.arg(stream);
+                }
+                cmd.arg(STREAM_MAX_LEN);
+                for &i in group {
+                    let job = &batch[i];
+                    cmd.arg(job.ttl)
+                        .arg(&job.mid)
+                        .arg(&job.conversation)
+                        .arg(job.sender)
+                        .arg(job.micros)
+                        .arg(&job.traceparent)
+                        .arg(&job.head[..]);
+                }
+                if wait {
+                    pipe.cmd("WAIT").arg(1).arg(ttl_millis(REPLICA_WAIT));
+                }
+            })
+            .await?;
+        let mut replies = replies.into_iter();
+        let seqs: Vec<i64> = redis::from_redis_value(replies.next().unwrap_or(Value::Nil))
+            .map_err(|e| ClusterError::new(e.to_string()))?;
+        if wait && matches!(replies.next(), Some(Value::Int(0))) {
+            crate::metrics::metrics().unreplicated_appends.inc();
+        }
+        Ok(seqs.into_iter().map(|s| u64::try_from(s).unwrap_or(0)).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_are_stable_and_spread() {
+        // The history service does not compute partitions, but a change
+        // here would move conversations' counters: keep it fixed.
+        assert_eq!(partition("d:1:2"), partition("d:1:2"));
+        let used: std::collections::HashSet<u32> =
+            (1..200).map(|g| partition(&format!("g:{g}"))).collect();
+        assert_eq!(used.len(), HISTORY_PARTITIONS as usize);
+        assert!(used.iter().all(|p| *p < HISTORY_PARTITIONS));
+    }
+}
