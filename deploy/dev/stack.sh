@@ -16,12 +16,14 @@
 #   stack.sh token [profile]    the internal token of a profile (default dev), made if missing
 #
 # Ports (dev / test): MariaDB 3307 / 3308, Redis 6479 / 6480,
-# user service 50051, offline service 50052, gateway node 1 TCP 6000 / HTTP 6080,
+# user service 50051, offline service 50052, history service 50053 (metrics
+# 9101/9102/9103), gateway node 1 TCP 6000 / HTTP 6080,
 # node 2 TCP 6002 / HTTP 6082, nginx 8000 (TCP) / 8080 (WebSocket), with TLS
 # 8443 (TCP) / 8444 (WebSocket); bench: nginx TLS 8543 (node 1) / 8544 (node 2).
 # The cluster profile (`up cluster`): MariaDB 3310, a Redis Cluster of three
 # masters and three replicas on 6491-6496 (bus ports 16491-16496), user
-# service 51051, offline service 51052 (metrics 9121/9122), gateway nodes
+# service 51051, offline service 51052, history service 51053 (metrics
+# 9121/9122/9123), gateway nodes
 # TCP 16000/16002/16004, HTTP 16080/16082/16084, admin 17080/17082/17084,
 # nginx 18000 (TCP) / 18080 (WebSocket), TLS 18443 / 18444.
 # The test profile's Redis Cluster (3 + 3): 6501-6506.
@@ -49,7 +51,8 @@ profile() {
     STATE="$ROOT/.stack/$PROFILE"
     LOGS="$STATE/logs"
     PIDS="$STATE/pids"
-    # P: user service, offline service, their /metrics. GATEWAYS: one
+    # P: user service, offline service, their /metrics, history service, its
+    # /metrics. GATEWAYS: one
     # "tcp http admin" per gateway node (admin: /healthz, /metrics). NGINX:
     # TCP, WebSocket, TLS TCP, TLS WebSocket (bench: TLS to node 1, node 2).
     # A single Redis on REDIS_PORT and/or a Redis Cluster on
@@ -57,19 +60,19 @@ profile() {
     # gateways use the cluster when the profile has one.
     REDIS_PORT=""; REDIS_CLUSTER_PORTS=(); GATEWAYS=(); NGINX=()
     case "$PROFILE" in
-        dev)     MYSQL_PORT=3307; REDIS_PORT=6479; P=(50051 50052 9101 9102)
+        dev)     MYSQL_PORT=3307; REDIS_PORT=6479; P=(50051 50052 9101 9102 50053 9103)
                  GATEWAYS=("6000 6080 7080" "6002 6082 7082"); NGINX=(8000 8080 8443 8444) ;;
         # Tests start their own services and gateways; the suite runs on
         # each backend in turn.
-        test)    MYSQL_PORT=3308; REDIS_PORT=6480; P=(0 0 0 0)
+        test)    MYSQL_PORT=3308; REDIS_PORT=6480; P=(0 0 0 0 0 0)
                  REDIS_CLUSTER_PORTS=(6501 6502 6503 6504 6505 6506) ;;
-        bench)   MYSQL_PORT=3309; REDIS_PORT=6481; P=(50151 50152 9111 9112)
+        bench)   MYSQL_PORT=3309; REDIS_PORT=6481; P=(50151 50152 9111 9112 50153 9113)
                  GATEWAYS=("6100 6180 7180" "6102 6182 7182"); NGINX=(8543 8544) ;;
         # `just bench-cluster`: the bench on a Redis Cluster, three gateways.
-        bench-cluster) MYSQL_PORT=3311; P=(50251 50252 9131 9132)
+        bench-cluster) MYSQL_PORT=3311; P=(50251 50252 9131 9132 50253 9133)
                  REDIS_CLUSTER_PORTS=(6511 6512 6513 6514 6515 6516)
                  GATEWAYS=("6200 6280 7280" "6202 6282 7282" "6204 6284 7284") ;;
-        cluster) MYSQL_PORT=3310; P=(51051 51052 9121 9122)
+        cluster) MYSQL_PORT=3310; P=(51051 51052 9121 9122 51053 9123)
                  REDIS_CLUSTER_PORTS=(6491 6492 6493 6494 6495 6496)
                  GATEWAYS=("16000 16080 17080" "16002 16082 17082" "16004 16084 17084")
                  NGINX=(18000 18080 18443 18444) ;;
@@ -276,7 +279,7 @@ stop_redis_cluster() {
 # name|binary|health check (grpc:ADDR or http:URL)|environment
 services() {
     local h=127.0.0.1
-    local up="CLUSTERCHAT_GATEWAY_USER_SERVICE=http://$h:${P[0]} CLUSTERCHAT_GATEWAY_OFFLINE_SERVICE=http://$h:${P[1]}"
+    local up="CLUSTERCHAT_GATEWAY_USER_SERVICE=http://$h:${P[0]} CLUSTERCHAT_GATEWAY_OFFLINE_SERVICE=http://$h:${P[1]} CLUSTERCHAT_GATEWAY_HISTORY_SERVICE=http://$h:${P[4]}"
     # nginx (on 127.0.0.1) sends a PROXY header naming the real client.
     local gw="CLUSTERCHAT_GATEWAY_REDIS_URL=$GATEWAY_REDIS_URL $up CLUSTERCHAT_GATEWAY_TRUSTED_PROXIES=127.0.0.1"
     # Everything on the dev stack comes from 127.0.0.1 (through nginx too):
@@ -290,6 +293,7 @@ services() {
     cat <<EOF
 user-service|user-service|grpc:$h:${P[0]}|CLUSTERCHAT_USER_LISTEN=$h:${P[0]} CLUSTERCHAT_USER_METRICS_LISTEN=$h:${P[2]} CLUSTERCHAT_USER_DATABASE_URL=$MYSQL_URL/clusterchat_user
 offline-service|offline-service|grpc:$h:${P[1]}|CLUSTERCHAT_OFFLINE_LISTEN=$h:${P[1]} CLUSTERCHAT_OFFLINE_METRICS_LISTEN=$h:${P[3]} CLUSTERCHAT_OFFLINE_DATABASE_URL=$MYSQL_URL/clusterchat_offline
+history-service|history-service|grpc:$h:${P[4]}|CLUSTERCHAT_HISTORY_LISTEN=$h:${P[4]} CLUSTERCHAT_HISTORY_METRICS_LISTEN=$h:${P[5]} CLUSTERCHAT_HISTORY_DATABASE_URL=$MYSQL_URL/clusterchat_history CLUSTERCHAT_HISTORY_REDIS_URL=$GATEWAY_REDIS_URL CLUSTERCHAT_HISTORY_USER_SERVICE=http://$h:${P[0]}
 EOF
     local i=0 tcp http admin ports
     for ports in "${GATEWAYS[@]}"; do
@@ -427,6 +431,7 @@ summary() {
     echo "clusterchat is up (state and logs in $here/):"
     summary_row "user service" "grpc://127.0.0.1:${P[0]}" "(grpcurl -plaintext 127.0.0.1:${P[0]} list)"
     summary_row "offline service" "grpc://127.0.0.1:${P[1]}" "(grpcurl -plaintext 127.0.0.1:${P[1]} list)"
+    summary_row "history service" "grpc://127.0.0.1:${P[4]}" "(grpcurl -plaintext 127.0.0.1:${P[4]} list)"
     echo "                   data calls need the token: grpcurl -plaintext -H \"authorization: Bearer \$(just token$arg)\" ..."
     echo "                   ($here/internal-token)"
     for ports in "${GATEWAYS[@]}"; do
@@ -438,7 +443,7 @@ summary() {
     summary_row "nginx (balancer)" "tcp://127.0.0.1:${NGINX[0]}" "ws://127.0.0.1:${NGINX[1]}/ws"
     summary_row "nginx with TLS" "tcp+tls://127.0.0.1:${NGINX[2]}" "wss://127.0.0.1:${NGINX[3]}/ws   ($chat_tls)"
     echo "                   CA: $here/tls/ca.pem (openssl s_client -connect 127.0.0.1:${NGINX[2]} -CAfile $here/tls/ca.pem)"
-    echo "  metrics          $metrics (gateways)  :${P[2]}/metrics (user)  :${P[3]}/metrics (offline)"
+    echo "  metrics          $metrics (gateways)  :${P[2]}/metrics (user)  :${P[3]}/metrics (offline)  :${P[5]}/metrics (history)"
     echo "  traces           OTLP to ${OTEL_EXPORTER_OTLP_ENDPOINT:-http://127.0.0.1:4317} (start a collector with: just observe)"
     echo "  MariaDB          127.0.0.1:$MYSQL_PORT    (user $DB_USER, password $DB_PASSWORD)"
     [ -z "$REDIS_PORT" ] || echo "  Redis            127.0.0.1:$REDIS_PORT"
@@ -494,7 +499,7 @@ logs() { # [profile] [name]
 # Processes the end-to-end tests start die with their test; a test process
 # that was itself killed (a timeout) cannot clean up, so sweep after the run.
 reap_test_processes() {
-    pkill -f "^$ROOT/target/debug/(gateway|user-service|offline-service|chat)( |$)" 2>/dev/null || true
+    pkill -f "^$ROOT/target/debug/(gateway|user-service|offline-service|history-service|chat)( |$)" 2>/dev/null || true
     pkill -f "^/usr/sbin/nginx -p /tmp/clusterchat-e2e/" 2>/dev/null || true
     # Private Redis instances and clusters of tests run in their --dir under
     # the e2e folder, and so do the tests' redis-cli (--cluster create,

@@ -1,7 +1,7 @@
 //! Fixtures for end-to-end tests: a whole clusterchat stack of real
-//! processes (user and offline services, gateway nodes, optionally nginx and
-//! a private Redis or Redis Cluster) on free loopback ports, and clients
-//! that speak the classic protocol over TCP or WebSocket.
+//! processes (user, offline and history services, gateway nodes, optionally
+//! nginx and a private Redis or Redis Cluster) on free loopback ports, and
+//! clients that speak the classic protocol over TCP or WebSocket.
 //!
 //! Every stack gets fresh databases and its own Redis key prefix, so tests
 //! run side by side against the shared test MariaDB and Redis that
@@ -94,9 +94,24 @@ async fn wait_for_log_line(
     needle: &str,
     what: &str,
 ) -> String {
+    wait_for_log_line_after(child, log, 0, needle, what).await
+}
+
+/// [`wait_for_log_line`] in what the log holds past its first `skip` bytes
+/// (a restarted process appends to the log of its earlier run).
+async fn wait_for_log_line_after(
+    child: &mut Child,
+    log: &std::path::Path,
+    skip: usize,
+    needle: &str,
+    what: &str,
+) -> String {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let text = strip_ansi(&std::fs::read_to_string(log).unwrap_or_default());
+        let bytes = std::fs::read(log).unwrap_or_default();
+        let text = strip_ansi(&String::from_utf8_lossy(
+            bytes.get(skip..).unwrap_or_default(),
+        ));
         if let Some(line) = text.lines().find(|l| l.contains(needle)) {
             return line.to_owned();
         }
@@ -144,13 +159,26 @@ fn logged_addr(line: &str, key: &str) -> SocketAddr {
 async fn start_service(
     binary: &str,
     prefix: &str,
-    mut env: Vec<(String, String)>,
+    env: Vec<(String, String)>,
     log: PathBuf,
 ) -> (Child, SocketAddr, SocketAddr) {
-    env.push((format!("{prefix}_LISTEN"), "127.0.0.1:0".into()));
+    start_service_on(binary, prefix, env, log, addr(0)).await
+}
+
+/// Starts a gRPC service listening on `listen` (port 0: a free one); returns
+/// it with its gRPC and metrics addresses. Appends to `log`.
+async fn start_service_on(
+    binary: &str,
+    prefix: &str,
+    mut env: Vec<(String, String)>,
+    log: PathBuf,
+    listen: SocketAddr,
+) -> (Child, SocketAddr, SocketAddr) {
+    env.push((format!("{prefix}_LISTEN"), listen.to_string()));
     env.push((format!("{prefix}_METRICS_LISTEN"), "127.0.0.1:0".into()));
-    let mut child = spawn(binary, &env, log.clone());
-    let line = wait_for_log_line(&mut child, &log, "service listening", binary).await;
+    let skip = std::fs::metadata(&log).map_or(0, |m| m.len() as usize);
+    let mut child = spawn_appending(binary, &env, log.clone());
+    let line = wait_for_log_line_after(&mut child, &log, skip, "service listening", binary).await;
     (
         child,
         logged_addr(&line, "addr"),
@@ -168,6 +196,20 @@ fn log_dir() -> PathBuf {
 
 fn spawn(binary: &str, env: &[(String, String)], log: PathBuf) -> Child {
     let out = std::fs::File::create(&log).expect("log file");
+    spawn_logging_to(binary, env, out)
+}
+
+/// [`spawn`], appending to `log` (a restart keeps the earlier run's lines).
+fn spawn_appending(binary: &str, env: &[(String, String)], log: PathBuf) -> Child {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .expect("log file");
+    spawn_logging_to(binary, env, out)
+}
+
+fn spawn_logging_to(binary: &str, env: &[(String, String)], out: std::fs::File) -> Child {
     let err = out.try_clone().expect("log file");
     Command::new(bin(binary))
         .envs(env.iter().cloned())
@@ -366,6 +408,35 @@ impl StackBuilder {
         .await;
 
         let prefix = format!("{}:", unique_name("e2e"));
+        // The history service reads the gateways' streams: the same Redis
+        // (single or cluster) and key prefix.
+        let mut history_env = vec![
+            token_env(),
+            (
+                "CLUSTERCHAT_HISTORY_DATABASE_URL".into(),
+                db_url("e2e_history"),
+            ),
+            (
+                "CLUSTERCHAT_HISTORY_DB_ACQUIRE_TIMEOUT_MS".into(),
+                "1000".into(),
+            ),
+            ("CLUSTERCHAT_HISTORY_REDIS_URL".into(), redis_url.clone()),
+            ("CLUSTERCHAT_HISTORY_REDIS_PREFIX".into(), prefix.clone()),
+            (
+                "CLUSTERCHAT_HISTORY_USER_SERVICE".into(),
+                format!("http://{user_addr}"),
+            ),
+            ("CLUSTERCHAT_HISTORY_CONSUMER".into(), "e2e-history".into()),
+        ];
+        history_env.extend(otel("history-service"));
+        let history_log = dir.join("history-service.log");
+        let (history, history_addr, history_metrics) = start_service(
+            "history-service",
+            "CLUSTERCHAT_HISTORY",
+            history_env.clone(),
+            history_log.clone(),
+        )
+        .await;
         let mut gateways = Vec::new();
         for i in 0..self.gateways {
             let (tcp, http) = (addr(0), addr(0));
@@ -416,6 +487,10 @@ impl StackBuilder {
                     "CLUSTERCHAT_GATEWAY_OFFLINE_SERVICE".into(),
                     format!("http://{offline_addr}"),
                 ),
+                (
+                    "CLUSTERCHAT_GATEWAY_HISTORY_SERVICE".into(),
+                    format!("http://{history_addr}"),
+                ),
             ];
             env.extend(self.gateway_env.iter().cloned());
             env.extend(otel(&format!("gateway-{}", i + 1)));
@@ -432,16 +507,21 @@ impl StackBuilder {
         let mut stack = Stack {
             user_addr,
             offline_addr,
+            history_addr,
             internal_token,
             user_database_url,
             user_metrics,
             offline_metrics,
+            history_metrics,
             gateways,
             nginx: None,
             redis,
             database_proxy,
             user: Some(user),
             offline: Some(offline),
+            history: Some(history),
+            history_env,
+            history_log,
             dir,
         };
         for i in 0..stack.gateways.len() {
@@ -463,22 +543,29 @@ pub struct Nginx {
 }
 
 pub struct Stack {
-    /// gRPC of the user and offline services, which need
-    /// `authorization: Bearer <internal_token>` on data methods.
+    /// gRPC of the user, offline and history services, which need
+    /// `authorization: Bearer <internal_token>` on data methods. The history
+    /// service keeps its address across [`Stack::start_history`].
     pub user_addr: SocketAddr,
     pub offline_addr: SocketAddr,
+    pub history_addr: SocketAddr,
     pub internal_token: String,
     /// The user service's database (for tests that set up in bulk).
     pub user_database_url: String,
-    /// `/metrics` of the user and offline services.
+    /// `/metrics` of the user, offline and history services (the history
+    /// service's changes when it is restarted).
     pub user_metrics: SocketAddr,
     pub offline_metrics: SocketAddr,
+    pub history_metrics: SocketAddr,
     pub gateways: Vec<Gateway>,
     pub nginx: Option<Nginx>,
     redis: Option<PrivateRedis>,
     database_proxy: Option<TcpProxy>,
     user: Option<Child>,
     offline: Option<Child>,
+    history: Option<Child>,
+    history_env: Vec<(String, String)>,
+    history_log: PathBuf,
     dir: PathBuf,
 }
 
@@ -559,14 +646,68 @@ impl Stack {
         terminate(self.gateways[i].child.take().expect("gateway running")).await
     }
 
-    /// SIGTERM to the user service (`"user"`) or the offline service (`"offline"`).
+    /// SIGTERM to the user service (`"user"`), the offline service
+    /// (`"offline"`) or the history service (`"history"`).
     pub async fn terminate_service(&mut self, which: &str) -> std::process::ExitStatus {
         let child = match which {
             "user" => self.user.take(),
             "offline" => self.offline.take(),
+            "history" => self.history.take(),
             other => panic!("no service {other}"),
         };
         terminate(child.expect("service running")).await
+    }
+
+    /// The history service's gRPC address (the same after a restart).
+    pub fn history_addr(&self) -> SocketAddr {
+        self.history_addr
+    }
+
+    /// SIGTERM to the history service; waits until it has exited.
+    pub async fn stop_history(&mut self) -> std::process::ExitStatus {
+        self.terminate_service("history").await
+    }
+
+    /// SIGKILL to the history service: no chance to acknowledge what it
+    /// read, like a crash.
+    pub async fn kill_history(&mut self) {
+        if let Some(mut child) = self.history.take() {
+            child.kill().await.expect("kill -9 history service");
+        }
+    }
+
+    /// Starts the history service again (after [`Stack::stop_history`] or
+    /// [`Stack::kill_history`]) on its earlier address, so the gateways
+    /// find it; it catches up from the streams. Its log goes on in the
+    /// same file.
+    pub async fn start_history(&mut self) {
+        assert!(self.history.is_none(), "the history service is running");
+        let (child, addr, metrics) = start_service_on(
+            "history-service",
+            "CLUSTERCHAT_HISTORY",
+            self.history_env.clone(),
+            self.history_log.clone(),
+            self.history_addr,
+        )
+        .await;
+        assert_eq!(addr, self.history_addr);
+        self.history_metrics = metrics;
+        self.history = Some(child);
+    }
+
+    /// Sends a signal to the history service: `STOP` freezes it (a history
+    /// service that is slow or hung), `CONT` lets it go on.
+    pub fn signal_history(&self, signal: &str) {
+        let pid = self
+            .history
+            .as_ref()
+            .and_then(Child::id)
+            .expect("history service running");
+        let status = std::process::Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal} {pid}");
     }
 
     pub async fn restart_redis(&mut self) {
