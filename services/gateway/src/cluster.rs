@@ -223,11 +223,19 @@ pub fn live_entry(except: &str, frame: &[u8]) -> Vec<u8> {
     entry
 }
 
+/// Published on a user's channel when one of their devices logs in: the
+/// sessions of the user elsewhere start sending their own chats to their
+/// other devices.
+pub const DEVICE_JOINED: &[u8] = b"0 peers\n";
+
 /// (except, frame) of a [`live_entry`]; `None` for anything else.
 pub fn parse_live(entry: &[u8]) -> Option<(&str, &[u8])> {
     let rest = entry.strip_prefix(b"0 live ")?;
     let newline = rest.iter().position(|&b| b == b'\n')?;
-    Some((std::str::from_utf8(&rest[..newline]).ok()?, &rest[newline + 1..]))
+    Some((
+        std::str::from_utf8(&rest[..newline]).ok()?,
+        &rest[newline + 1..],
+    ))
 }
 
 /// The part of an entry that is the same for every receiver (all but `SEQ `).
@@ -551,23 +559,26 @@ return out";
 /// field. A classic session holds the user alone; device sessions share it.
 /// KEYS: presence. ARGV: owner, kind, TTL in ms. Claims (or refreshes) the
 /// owner's field, dropping expired ones; 0 when the user is held by a
-/// session it may not share with (then nothing changes).
+/// session it may not share with (then nothing changes), else 1 + how many
+/// other sessions hold the user.
 const CLAIM_SCRIPT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local fields = redis.call('HGETALL', KEYS[1])
+local others = 0
 for i = 1, #fields, 2 do
   local kind, expiry = string.match(fields[i + 1], '^(%a):(%d+)$')
   if not expiry or tonumber(expiry) <= now then
     redis.call('HDEL', KEYS[1], fields[i])
-  elseif fields[i] ~= ARGV[1] and (kind == 'c' or ARGV[2] == 'c') then
-    return 0
+  elseif fields[i] ~= ARGV[1] then
+    if kind == 'c' or ARGV[2] == 'c' then return 0 end
+    others = others + 1
   end
 end
 local ttl = tonumber(ARGV[3])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ':' .. string.format('%d', now + ttl))
 if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
-return 1";
+return 1 + others";
 
 /// KEYS: presence. ARGV: owner. Drops the owner's field (the key with the last).
 const RELEASE_SCRIPT: &str = r"
@@ -1113,7 +1124,7 @@ impl Cluster {
         owner: &str,
         device: bool,
         ttl: Duration,
-    ) -> Result<bool, ClusterError> {
+    ) -> Result<Claim, ClusterError> {
         let claimed: i64 = Script::new(CLAIM_SCRIPT)
             .key(self.presence_key(user))
             .arg(owner)
@@ -1121,7 +1132,7 @@ impl Cluster {
             .arg(ttl_millis(ttl))
             .invoke_async(&mut self.commands.clone())
             .await?;
-        Ok(claimed == 1)
+        Ok(Claim::from_reply(claimed))
     }
 
     /// Releases the claim if `owner` still holds it. Retried a few times
@@ -1154,7 +1165,7 @@ impl Cluster {
         &self,
         claims: &[(i64, String, bool)],
         ttl: Duration,
-    ) -> Vec<Option<bool>> {
+    ) -> Vec<Option<Claim>> {
         let replies: Vec<Grouped<i64>> = self
             .run_grouped_each(claims.iter().map(|c| c.0), |pipe, group| {
                 for &i in group {
@@ -1176,7 +1187,7 @@ impl Cluster {
             match replies {
                 Ok(replies) => {
                     for (i, reply) in group.into_iter().zip(replies) {
-                        held[i] = Some(reply == 1);
+                        held[i] = Some(Claim::from_reply(reply));
                     }
                 }
                 Err(e) => {
@@ -1190,16 +1201,20 @@ impl Cluster {
     /// Publishes a [`live_entry`] to each user's channel. Best effort (it is
     /// never recorded anywhere): a failure is logged.
     pub async fn publish_live(&self, users: &[i64], except: &str, frame: &[u8]) {
+        self.publish_raw(users, &live_entry(except, frame)).await;
+    }
+
+    /// Publishes `entry` as it is to each user's channel, best effort.
+    pub async fn publish_raw(&self, users: &[i64], entry: &[u8]) {
         if users.is_empty() {
             return;
         }
-        let entry = live_entry(except, frame);
         let replies: Vec<Grouped<i64>> = self
             .run_grouped_each(users.iter().copied(), |pipe, group| {
                 for &i in group {
                     pipe.cmd("SPUBLISH")
                         .arg(self.user_channel(users[i]))
-                        .arg(&entry[..]);
+                        .arg(entry);
                 }
             })
             .await;
@@ -1251,6 +1266,30 @@ impl Cluster {
 
 /// The item indices of one group and its replies.
 type Grouped<T> = (Vec<usize>, Result<Vec<T>, ClusterError>);
+
+/// What a presence claim (or refresh) found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// Held by a session this one may not share with.
+    Refused,
+    /// Held, by this session and that many others (device sessions).
+    Held { others: u32 },
+}
+
+impl Claim {
+    fn from_reply(reply: i64) -> Self {
+        match reply {
+            n if n >= 1 => Self::Held {
+                others: u32::try_from(n - 1).unwrap_or(u32::MAX),
+            },
+            _ => Self::Refused,
+        }
+    }
+
+    pub fn is_held(self) -> bool {
+        matches!(self, Self::Held { .. })
+    }
+}
 
 fn presence_kind(device: bool) -> &'static str {
     if device { "d" } else { "c" }

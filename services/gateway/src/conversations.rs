@@ -87,7 +87,11 @@ pub async fn history(
     reply.insert("conv".into(), conversation.to_string().into());
     reply.insert(
         "messages".into(),
-        page.messages.iter().map(message_json).collect::<Vec<_>>().into(),
+        page.messages
+            .iter()
+            .map(message_json)
+            .collect::<Vec<_>>()
+            .into(),
     );
     reply.insert("more".into(), page.more.into());
     Ok(reply)
@@ -141,6 +145,13 @@ pub async fn mark_read(
     up_to: u64,
 ) -> Result<Map<String, Value>, Failure> {
     let conversation = conversation_of(user, target)?;
+    // Not beyond the newest message (which history may not have yet).
+    let newest = node
+        .cluster
+        .newest_in(&conversation.to_string())
+        .await
+        .map_err(|e| Failure::new(errno::UNAVAILABLE, format!("cannot mark read now: {e}")))?;
+    let up_to = up_to.min(newest);
     let marked = node
         .upstreams
         .history

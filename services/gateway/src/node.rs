@@ -36,7 +36,8 @@ use tracing::Instrument as _;
 
 use crate::{
     cluster::{
-        AppendTo, Appended, BusEvent, Cluster, ClusterError, InboxEntry, OFFLINE_NUDGE, entry_tail,
+        AppendTo, Appended, BusEvent, Claim, Cluster, ClusterError, InboxEntry, OFFLINE_NUDGE,
+        entry_tail,
     },
     config::Config,
     metrics::{label, metrics},
@@ -248,11 +249,7 @@ impl Node {
     /// offline store for receivers nobody holds. When Redis is down, stores
     /// it with the offline service instead. One result per receiver, in
     /// order: a failure means that receiver will not get this message.
-    pub async fn deliver(
-        self: &Arc<Self>,
-        receivers: &[i64],
-        message: &Outgoing<'_>,
-    ) -> Delivered {
+    pub async fn deliver(self: &Arc<Self>, receivers: &[i64], message: &Outgoing<'_>) -> Delivered {
         let started = std::time::Instant::now();
         let span = tracing::info_span!(
             "redis.append",
@@ -768,6 +765,9 @@ impl Node {
             BusEvent::ForUser { user, entry } if entry == OFFLINE_NUDGE => {
                 self.registry.sync_offline(user);
             }
+            BusEvent::ForUser { user, entry } if entry == crate::cluster::DEVICE_JOINED => {
+                self.registry.device_joined(user);
+            }
             BusEvent::ForUser { user, entry } if entry.starts_with(b"0 live ") => {
                 if let Some((except, frame)) = crate::cluster::parse_live(&entry) {
                     let except = except
@@ -787,11 +787,9 @@ impl Node {
                 telemetry::propagation::set_parent_from_traceparent(&span, &entry.traceparent);
                 let _entered = span.enter();
                 let sent_micros = entry.sent_micros;
-                let handoff = self
-                    .registry
-                    .hand_off(user, || {
-                        Delivery::new(entry.seq, entry.mid.clone(), entry.frame.clone())
-                    });
+                let handoff = self.registry.hand_off(user, || {
+                    Delivery::new(entry.seq, entry.mid.clone(), entry.frame.clone())
+                });
                 match handoff {
                     Handoff::Queued => {
                         let waited = now_micros().saturating_sub(sent_micros);
@@ -858,18 +856,22 @@ impl Node {
             }
             let claims: Vec<(i64, String, bool)> = sessions
                 .iter()
-                .map(|(user, conn, device, _)| (*user, self.owner(*conn), *device))
+                .map(|s| (s.user, self.owner(s.connection), s.device))
                 .collect();
             let held = self
                 .cluster
                 .refresh_presence(&claims, self.config.presence_ttl)
                 .await;
-            for ((user, _, _, kick), held) in sessions.into_iter().zip(held) {
+            for (session, held) in sessions.into_iter().zip(held) {
+                let user = session.user;
                 match held {
-                    Some(true) => self.confirm_presence(Some(user), sent_at),
-                    Some(false) => {
+                    Some(Claim::Held { others }) => {
+                        session.peers.store(others > 0, Ordering::Relaxed);
+                        self.confirm_presence(Some(user), sent_at);
+                    }
+                    Some(Claim::Refused) => {
                         tracing::warn!(user, "presence taken by another session; ending ours");
-                        kick.cancel();
+                        session.kick.cancel();
                     }
                     // Its shard did not answer: the lease runs down.
                     None => {}

@@ -145,6 +145,9 @@ pub struct LocalSession {
     /// The client uses the additions: it gets live events (receipts, typing,
     /// its own chats sent from other devices).
     pub modern: bool,
+    /// Other sessions of the user exist (here or elsewhere), as last seen:
+    /// the chats it sends go to them too.
+    pub peers: Arc<AtomicBool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,6 +157,15 @@ pub enum Handoff {
     Busy,
     /// Not connected to this node.
     Absent,
+}
+
+/// One session, as [`Registry::snapshot`] sees it.
+pub struct Snapshot {
+    pub user: i64,
+    pub connection: u64,
+    pub device: bool,
+    pub kick: CancellationToken,
+    pub peers: Arc<AtomicBool>,
 }
 
 #[derive(Default)]
@@ -177,8 +189,23 @@ impl Registry {
         {
             return false;
         }
+        if !here.is_empty() {
+            session.peers.store(true, Ordering::Relaxed);
+            for other in here.iter() {
+                other.peers.store(true, Ordering::Relaxed);
+            }
+        }
         here.push(session);
         true
+    }
+
+    /// Another device of the user logged in somewhere.
+    pub fn device_joined(&self, user: i64) {
+        if let Some(here) = self.lock().get(&user) {
+            for session in here {
+                session.peers.store(true, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Removes `connection`'s session of the user; `last` runs (under the
@@ -282,13 +309,18 @@ impl Registry {
         }
     }
 
-    /// (user, connection, device, kick) of every session, for presence refresh.
-    pub fn snapshot(&self) -> Vec<(i64, u64, bool, CancellationToken)> {
+    /// Every session, for presence refresh.
+    pub fn snapshot(&self) -> Vec<Snapshot> {
         self.lock()
             .iter()
             .flat_map(|(user, here)| {
-                here.iter()
-                    .map(|s| (*user, s.connection, s.device, s.kick.clone()))
+                here.iter().map(|s| Snapshot {
+                    user: *user,
+                    connection: s.connection,
+                    device: s.device,
+                    kick: s.kick.clone(),
+                    peers: s.peers.clone(),
+                })
             })
             .collect()
     }
@@ -323,6 +355,7 @@ mod tests {
             kick: CancellationToken::new(),
             device: false,
             modern: false,
+            peers: Arc::default(),
         };
         assert!(registry.insert(1, session));
         assert_eq!(registry.hand_off(1, delivery(1)), Handoff::Queued);
@@ -374,6 +407,7 @@ mod tests {
             kick: CancellationToken::new(),
             device: false,
             modern: false,
+            peers: Arc::default(),
         };
         assert!(registry.insert(1, session));
         let big = |seq: u64| move || Delivery::new(seq, "m".into(), vec![b'x'; 59]);
@@ -404,15 +438,25 @@ mod tests {
                 kick: CancellationToken::new(),
                 device,
                 modern: true,
+                peers: Arc::default(),
             };
             (session, queue)
         };
         let (a, mut qa) = session(1, true);
         let (b, mut qb) = session(2, true);
         let (c, _qc) = session(3, false);
+        let (a_peers, b_peers) = (a.peers.clone(), b.peers.clone());
+        assert!(!a_peers.load(Ordering::Relaxed));
         assert!(registry.insert(5, a));
         assert!(registry.insert(5, b), "a second device");
-        assert!(!registry.insert(5, c), "a classic session holds the user alone");
+        assert!(
+            a_peers.load(Ordering::Relaxed) && b_peers.load(Ordering::Relaxed),
+            "each knows of the other"
+        );
+        assert!(
+            !registry.insert(5, c),
+            "a classic session holds the user alone"
+        );
         assert!(!registry.holds_alone(5));
         assert_eq!(
             registry.hand_off(5, || Delivery::new(1, "m1".into(), b"{}".to_vec())),
@@ -432,6 +476,9 @@ mod tests {
         assert!(registry.insert(5, c));
         assert!(registry.holds_alone(5));
         let (d, _qd) = session(4, true);
-        assert!(!registry.insert(5, d), "nor a device next to a classic session");
+        assert!(
+            !registry.insert(5, d),
+            "nor a device next to a classic session"
+        );
     }
 }

@@ -66,6 +66,8 @@ struct ActiveUser {
     kick: CancellationToken,
     /// A device session (shares the user with the user's other devices).
     device: bool,
+    /// Other sessions of the user exist: a chat sent here goes to them too.
+    peers: Arc<std::sync::atomic::AtomicBool>,
     /// Conversations this session last said "typing" in, and when.
     typing_sent: std::collections::HashMap<crate::protocol::conversation::Conversation, Instant>,
 }
@@ -433,7 +435,10 @@ impl Session {
         let accepted = delivered.results.iter().any(Result::is_ok);
         if let Some(cseq) = delivered.cseq
             && accepted
-            && self.active.as_ref().is_some_and(|a| a.device)
+            && self
+                .active
+                .as_ref()
+                .is_some_and(|a| a.device && a.peers.load(std::sync::atomic::Ordering::Relaxed))
         {
             let head = crate::protocol::conversation::numbered_head(&frame, &conversation)
                 .unwrap_or_default();
@@ -700,14 +705,18 @@ impl Session {
         };
         let owner = node.owner(self.connection);
         let claimed_at = Instant::now();
-        if !node
+        let others = match node
             .cluster
             .claim_presence(user.id, &owner, acks, node.config.presence_ttl)
             .await
             .map_err(redis_unavailable)?
         {
-            return Err(Failure::new(errno::ACCOUNT_IN_USE, classic::CLASSIC_IN_USE));
-        }
+            crate::cluster::Claim::Held { others } => others,
+            crate::cluster::Claim::Refused => {
+                return Err(Failure::new(errno::ACCOUNT_IN_USE, classic::CLASSIC_IN_USE));
+            }
+        };
+        let peers = Arc::new(std::sync::atomic::AtomicBool::new(others > 0));
         let kick = CancellationToken::new();
         let (deliveries, queue) = mpsc::channel(node.config.limits.outbound_queue.max(1));
         let sync = Arc::new(SyncSignal::default());
@@ -719,6 +728,7 @@ impl Session {
             kick: kick.clone(),
             device: acks,
             modern: self.uses_additions,
+            peers: peers.clone(),
         };
         if !node.registry.insert(user.id, local) {
             let _ = node.cluster.release_presence(user.id, &owner).await;
@@ -731,6 +741,7 @@ impl Session {
             name: user.name.clone(),
             kick,
             device: acks,
+            peers,
             typing_sent: std::collections::HashMap::new(),
         });
         // From here on, failures must undo the login: end_active does.
@@ -740,6 +751,12 @@ impl Session {
                 .subscribe_user(user.id)
                 .await
                 .map_err(redis_unavailable)?;
+            if others > 0 {
+                // The user's other devices start copying their chats here.
+                node.cluster
+                    .publish_raw(&[user.id], crate::cluster::DEVICE_JOINED)
+                    .await;
+            }
             let pending = self.pending_at_login(user.id, acks, since).await?;
             self.login_ack(&user, pending, seq).await
         };
@@ -825,8 +842,8 @@ impl Session {
                     floor,
                     &page.messages,
                 )
-                    .await
-                    .map_err(redis_unavailable)?;
+                .await
+                .map_err(redis_unavailable)?;
                 pending.frames = prepared
                     .frames
                     .into_iter()
@@ -874,9 +891,13 @@ impl Session {
             bytes += entry.frame.len();
             let seq = entry.seq;
             if pending.recent.first_time(&entry.mid) {
-                pending
-                    .frames
-                    .push(delivery_frame(acks, self.uses_additions, entry.frame, &entry.mid, seq));
+                pending.frames.push(delivery_frame(
+                    acks,
+                    self.uses_additions,
+                    entry.frame,
+                    &entry.mid,
+                    seq,
+                ));
             }
             cursor = seq;
         }

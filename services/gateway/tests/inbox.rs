@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use gateway::cluster::{
-    AppendTo, Appended, Cluster, RedisTarget, entry_tail,
+    AppendTo, Appended, Claim, Cluster, RedisTarget, entry_tail,
     number::{NumberJob, partition},
 };
 use gateway::protocol::conversation::{self, Conversation};
@@ -167,6 +167,7 @@ async fn moving_to_the_offline_store_trims_only_while_the_user_is_away() {
             .claim_presence(4, "gw/1", false, ttl)
             .await
             .expect("claim")
+            .is_held()
     );
     assert!(
         !cluster.trim_moved(4, s).await.expect("trim"),
@@ -249,12 +250,23 @@ async fn a_classic_session_holds_a_user_alone_and_devices_share_one() {
                 .claim_presence(user, owner, device, ttl)
                 .await
                 .expect("claim")
+                .is_held()
         }
     };
     assert!(claim(5, "gw/1", true).await);
     assert!(claim(5, "gw/2", true).await, "a second device");
-    assert!(!claim(5, "gw/3", false).await, "classic while devices are on");
-    assert!(claim(5, "gw/1", true).await, "a device refreshes its own claim");
+    assert!(
+        !claim(5, "gw/3", false).await,
+        "classic while devices are on"
+    );
+    assert_eq!(
+        cluster
+            .claim_presence(5, "gw/1", true, ttl)
+            .await
+            .expect("claim"),
+        Claim::Held { others: 1 },
+        "a device refreshes its own claim and learns of the other"
+    );
     assert_eq!(cluster.online(&[5]).await.expect("online"), [true]);
     cluster.release_presence(5, "gw/1").await.expect("release");
     assert_eq!(
@@ -265,7 +277,10 @@ async fn a_classic_session_holds_a_user_alone_and_devices_share_one() {
     cluster.release_presence(5, "gw/2").await.expect("release");
     assert_eq!(cluster.online(&[5]).await.expect("online"), [false]);
     assert!(claim(5, "gw/3", false).await, "now classic may");
-    assert!(!claim(5, "gw/4", false).await, "a second classic login may not");
+    assert!(
+        !claim(5, "gw/4", false).await,
+        "a second classic login may not"
+    );
     assert!(!claim(5, "gw/1", true).await, "nor a device");
     // A claim that expired is no obstacle (a frozen or dead node's).
     assert!(
@@ -273,6 +288,7 @@ async fn a_classic_session_holds_a_user_alone_and_devices_share_one() {
             .claim_presence(6, "gw/9", false, Duration::from_millis(50))
             .await
             .expect("claim")
+            .is_held()
     );
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(claim(6, "gw/1", true).await);
@@ -297,10 +313,22 @@ async fn chats_are_numbered_per_conversation_and_recorded_for_history() {
     let (cluster, prefix) = cluster_with_prefix().await;
     let conv = Conversation::direct(2, 1);
     let other = Conversation::Group(7);
-    let first = cluster.number(number_job(&conv, "m1", 0, "a")).await.expect("number");
-    let second = cluster.number(number_job(&conv, "m2", 60, "b")).await.expect("number");
-    let again = cluster.number(number_job(&conv, "m2", 60, "b")).await.expect("number");
-    let elsewhere = cluster.number(number_job(&other, "m3", 0, "c")).await.expect("number");
+    let first = cluster
+        .number(number_job(&conv, "m1", 0, "a"))
+        .await
+        .expect("number");
+    let second = cluster
+        .number(number_job(&conv, "m2", 60, "b"))
+        .await
+        .expect("number");
+    let again = cluster
+        .number(number_job(&conv, "m2", 60, "b"))
+        .await
+        .expect("number");
+    let elsewhere = cluster
+        .number(number_job(&other, "m3", 0, "c"))
+        .await
+        .expect("number");
     let now_micros = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
@@ -311,11 +339,19 @@ async fn chats_are_numbered_per_conversation_and_recorded_for_history() {
     );
     assert_eq!(second, first + 1, "then one by one");
     assert_eq!(again, second, "a retried chat keeps its number");
-    assert_ne!(elsewhere, second + 1, "each conversation has its own counter");
+    assert_ne!(
+        elsewhere,
+        second + 1,
+        "each conversation has its own counter"
+    );
 
     let key = format!("{prefix}{{h:{}}}", partition(&conv.to_string()));
     let entries = stream_entries(&key).await;
-    assert_eq!(entries.len(), 2, "the retry is not recorded twice: {entries:?}");
+    assert_eq!(
+        entries.len(),
+        2,
+        "the retry is not recorded twice: {entries:?}"
+    );
     assert_eq!(entries[0]["op"], "m");
     assert_eq!(entries[0]["mid"], "m1");
     assert_eq!(entries[0]["conv"], "d:1:2");

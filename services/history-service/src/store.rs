@@ -326,8 +326,8 @@ impl HistoryStore {
         Ok(out)
     }
 
-    /// Raises `user`'s read mark in `conversation` to `up_to` (clamped to
-    /// the newest message; never lowered) and counts what is still unread.
+    /// Raises `user`'s read mark in `conversation` to `up_to` (never
+    /// lowered) and counts what is still unread.
     #[tracing::instrument(name = "sql.mark_read", skip_all, fields(otel.kind = "client", db.system = "mysql"))]
     pub async fn mark_read(
         &self,
@@ -338,12 +338,10 @@ impl HistoryStore {
     ) -> Result<ReadState, HistoryError> {
         let mut conn = self.pool.acquire().await?;
         let name = conversation.to_string();
-        let newest: Option<u64> = sqlx::query("SELECT last_seq FROM history_heads WHERE conv = ?")
-            .bind(&name)
-            .fetch_optional(&mut *conn)
-            .await?
-            .map(|row| row.get(0));
-        let target = up_to.min(newest.unwrap_or(0));
+        // Not clamped to the newest message stored here: history trails the
+        // live conversation (the gateway clamps to its live counter), and a
+        // mark for what is still on its way must hold when it lands.
+        let target = up_to;
         if target > 0 {
             sqlx::query(
                 "INSERT INTO history_read_marks (user_id, conv, read_seq) VALUES (?, ?, ?) \

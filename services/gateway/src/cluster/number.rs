@@ -102,11 +102,28 @@ impl Cluster {
             .map_err(ClusterError::new)
     }
 
+    /// The newest sequence number of a conversation (0: it has none): what
+    /// a read mark may reach. History lags behind this a little.
+    pub async fn newest_in(&self, conversation: &str) -> Result<u64, ClusterError> {
+        let key = format!(
+            "{}:c:{conversation}",
+            self.stream_key(partition(conversation))
+        );
+        let newest: Option<u64> = redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut self.commands.clone())
+            .await?;
+        Ok(newest.unwrap_or(0))
+    }
+
     /// Whether a failed numbering may soon work again: on a cluster, when
     /// the conversation's partition has (or just had) a replica.
     pub fn number_failover_possible(&self, conversation: &str) -> bool {
         let key = self.stream_key(partition(conversation));
-        self.sharded && self.replicas.had_replica_lately(slot::of_key(key.as_bytes()))
+        self.sharded
+            && self
+                .replicas
+                .had_replica_lately(slot::of_key(key.as_bytes()))
     }
 
     /// Tells the history service that a numbered chat was refused after
@@ -173,7 +190,8 @@ impl Cluster {
         } else {
             vec![by_partition.into_values().flatten().collect()]
         };
-        let results = futures::future::join_all(groups.iter().map(|g| self.number_group(&batch, g))).await;
+        let results =
+            futures::future::join_all(groups.iter().map(|g| self.number_group(&batch, g))).await;
         let mut outcome: Vec<Option<Result<u64, String>>> = batch.iter().map(|_| None).collect();
         for (group, result) in groups.iter().zip(results) {
             for (k, &i) in group.iter().enumerate() {
@@ -193,7 +211,11 @@ impl Cluster {
         }
     }
 
-    async fn number_group(&self, batch: &[NumberJob], group: &[usize]) -> Result<Vec<u64>, ClusterError> {
+    async fn number_group(
+        &self,
+        batch: &[NumberJob],
+        group: &[usize],
+    ) -> Result<Vec<u64>, ClusterError> {
         let first = self.stream_key(partition(&batch[group[0]].conversation));
         let wait = self.sharded && self.replicas.has_replica(slot::of_key(first.as_bytes()));
         let replies: Vec<Value> = self
@@ -236,7 +258,10 @@ impl Cluster {
         if wait && matches!(replies.next(), Some(Value::Int(0))) {
             crate::metrics::metrics().unreplicated_appends.inc();
         }
-        Ok(seqs.into_iter().map(|s| u64::try_from(s).unwrap_or(0)).collect())
+        Ok(seqs
+            .into_iter()
+            .map(|s| u64::try_from(s).unwrap_or(0))
+            .collect())
     }
 }
 

@@ -354,11 +354,13 @@ fn target(object: &Map<String, Value>) -> Result<Target, Failure> {
     match (peer, group, conv) {
         (Some(peer), None, None) if peer > 0 => Ok(Target::Peer(peer)),
         (None, Some(group), None) if group > 0 => Ok(Target::Group(group)),
-        (None, None, Some(conv)) => Conversation::parse(&conv).map(Target::Conversation).ok_or_else(|| {
-            Failure::bad_request(format!(
-                "conv {conv:?} is not a conversation (d:LOW:HIGH or g:GROUP)"
-            ))
-        }),
+        (None, None, Some(conv)) => Conversation::parse(&conv)
+            .map(Target::Conversation)
+            .ok_or_else(|| {
+                Failure::bad_request(format!(
+                    "conv {conv:?} is not a conversation (d:LOW:HIGH or g:GROUP)"
+                ))
+            }),
         (None, None, None) => Err(Failure::bad_request("toid, groupid or conv is missing")),
         (Some(_), None, None) | (None, Some(_), None) => {
             Err(Failure::bad_request("toid and groupid must be positive"))

@@ -21,7 +21,11 @@ impl Conversation {
     /// `d:1:2` or `g:7`; `None` for anything else (ids must be positive,
     /// a direct one ascending and of two different users).
     pub fn parse(text: &str) -> Option<Self> {
-        let id = |s: &str| s.parse::<i64>().ok().filter(|&n| n > 0 && !s.starts_with('+'));
+        let id = |s: &str| {
+            s.parse::<i64>()
+                .ok()
+                .filter(|&n| n > 0 && !s.starts_with('+'))
+        };
         if let Some(rest) = text.strip_prefix("d:") {
             let (a, b) = rest.split_once(':')?;
             let (a, b) = (id(a)?, id(b)?);
@@ -59,7 +63,10 @@ impl fmt::Display for Conversation {
 /// `None` when the frame is not a non-empty JSON object.
 pub fn numbered_head(frame: &[u8], conversation: &Conversation) -> Option<Vec<u8>> {
     let end = frame.iter().rposition(|&b| b == b'}')?;
-    let last = frame[..end].iter().rev().find(|b| !b.is_ascii_whitespace())?;
+    let last = frame[..end]
+        .iter()
+        .rev()
+        .find(|b| !b.is_ascii_whitespace())?;
     if *last == b'{' {
         return None;
     }
@@ -91,11 +98,13 @@ pub fn strip(mut frame: Vec<u8>) -> Vec<u8> {
         return frame;
     };
     let ours = Conversation::parse(std::str::from_utf8(&tail[..quote]).unwrap_or("")).is_some()
-        && tail[quote..].strip_prefix(b"\",\"cseq\":").is_some_and(|rest| {
-            rest.len() >= 2
-                && rest[rest.len() - 1] == b'}'
-                && rest[..rest.len() - 1].iter().all(u8::is_ascii_digit)
-        });
+        && tail[quote..]
+            .strip_prefix(b"\",\"cseq\":")
+            .is_some_and(|rest| {
+                rest.len() >= 2
+                    && rest[rest.len() - 1] == b'}'
+                    && rest[..rest.len() - 1].iter().all(u8::is_ascii_digit)
+            });
     if ours {
         frame.truncate(at);
         frame.push(b'}');
@@ -110,9 +119,14 @@ mod tests {
     #[test]
     fn conversations_parse_and_print() {
         assert_eq!(Conversation::direct(9, 3).to_string(), "d:3:9");
-        assert_eq!(Conversation::parse("d:3:9"), Some(Conversation::Direct(3, 9)));
+        assert_eq!(
+            Conversation::parse("d:3:9"),
+            Some(Conversation::Direct(3, 9))
+        );
         assert_eq!(Conversation::parse("g:7"), Some(Conversation::Group(7)));
-        for bad in ["d:9:3", "d:3:3", "d:3", "g:", "g:-1", "g:+1", "x:1", "d:0:1", ""] {
+        for bad in [
+            "d:9:3", "d:3:3", "d:3", "g:", "g:-1", "g:+1", "x:1", "d:0:1", "",
+        ] {
             assert_eq!(Conversation::parse(bad), None, "{bad}");
         }
         let c = Conversation::direct(3, 9);
@@ -131,7 +145,11 @@ mod tests {
         assert_eq!(value["cseq"], 1_764_000_000_000_001u64);
         assert_eq!(value["msg"], "hi \"conv\":");
         assert_eq!(strip(numbered), classic.to_vec());
-        assert_eq!(strip(classic.to_vec()), classic.to_vec(), "nothing to strip");
+        assert_eq!(
+            strip(classic.to_vec()),
+            classic.to_vec(),
+            "nothing to strip"
+        );
         assert!(numbered_head(b"{}", &Conversation::Group(1)).is_none());
         // A sender's own look-alike text is not ours to strip.
         let forged = br#"{"msg":"x,\"conv\":\"d:1:2\",\"cseq\":5}"}"#.to_vec();
