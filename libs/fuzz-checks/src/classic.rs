@@ -117,6 +117,12 @@ pub fn check(frame: &[u8]) {
             assert_eq!(msgid, classic::TYPING_MSG);
             check_target(&object, target);
         }
+        Request::Delivered { target, up_to } => {
+            assert_eq!(msgid, classic::DELIVERED_MSG);
+            check_target(&object, target);
+            assert_eq!(Some(up_to), object.get("upto").and_then(Value::as_u64));
+        }
+        Request::Roster => assert_eq!(msgid, classic::ROSTER_MSG),
     }
 }
 

@@ -85,6 +85,9 @@ pub struct Config {
     /// load balancers) whose PROXY protocol header (v1 or v2) names the real
     /// client. Empty: no header is believed.
     pub trusted_proxies: AddressList,
+    /// `CLUSTERCHAT_GATEWAY_WEB_DIR`: the built web client (`web/dist`),
+    /// served at `/` on the HTTP port. Unset: `/` says how to build it.
+    pub web_dir: Option<std::path::PathBuf>,
     /// `CLUSTERCHAT_GATEWAY_LOGIN_DEADLINE_MS`: a connection must log in
     /// within this long of opening (or of logging out), else it is closed.
     /// Two minutes, like sshd's LoginGraceTime: the classic client connects
@@ -176,6 +179,9 @@ impl Config {
                 "CLUSTERCHAT_GATEWAY_ADMIN_LISTEN",
                 ([127, 0, 0, 1], 7080).into(),
             )?,
+            web_dir: env_config::optional_or::<String>("CLUSTERCHAT_GATEWAY_WEB_DIR", None)?
+                .filter(|d| !d.is_empty())
+                .map(std::path::PathBuf::from),
             trusted_proxies: var_or(
                 "CLUSTERCHAT_GATEWAY_TRUSTED_PROXIES",
                 AddressList::default(),

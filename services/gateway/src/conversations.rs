@@ -176,6 +176,31 @@ pub async fn mark_read(
     Ok(reply)
 }
 
+/// msgid 20: tells the other party of a one-to-one conversation how far
+/// its messages reached this device (never stored; in a group, nobody is
+/// told: a member's receipt would go to every sender).
+pub async fn delivered(
+    node: &Node,
+    user: i64,
+    owner: &str,
+    target: Target,
+    up_to: u64,
+) -> Result<Map<String, Value>, Failure> {
+    let conversation = conversation_of(user, target)?;
+    if let Some(peer) = conversation.peer_of(user)
+        && up_to > 0
+    {
+        node.cluster
+            .publish_live(
+                &[peer],
+                owner,
+                &classic::delivery_receipt(&conversation, user, up_to),
+            )
+            .await;
+    }
+    Ok(Map::new())
+}
+
 /// msgid 19: "typing" to the other party or the group's other members,
 /// at most every [`TYPING_EVERY`] per conversation (more is dropped).
 pub async fn typing(

@@ -26,6 +26,7 @@ pub mod session;
 pub mod startup;
 pub mod transport;
 pub mod upstream;
+pub mod web;
 pub mod writer;
 
 pub use config::Config;

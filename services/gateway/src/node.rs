@@ -84,6 +84,8 @@ pub struct Node {
     /// Unix epoch).
     failover_gave_up: AtomicU64,
     epoch: Instant,
+    /// The web client's files, served at `/` on the public HTTP port.
+    pub web: Option<Arc<crate::web::WebFiles>>,
 }
 
 /// How long delivered inbox entries wait to be trimmed, so trims are batched.
@@ -140,6 +142,7 @@ impl Node {
             presence_confirmed: (0..16_384).map(|_| AtomicU64::new(0)).collect(),
             failover_gave_up: AtomicU64::new(0),
             epoch: Instant::now(),
+            web: None,
         }
     }
 

@@ -394,7 +394,9 @@ impl Session {
             | Request::History { .. }
             | Request::Conversations { .. }
             | Request::MarkRead { .. }
-            | Request::Typing { .. } => None,
+            | Request::Typing { .. }
+            | Request::Delivered { .. }
+            | Request::Roster => None,
         };
         match claimed {
             Some(id) if id != active.id => Err(Failure::new(
@@ -612,6 +614,14 @@ impl Session {
                     &mut active.typing_sent,
                 )
                 .await;
+            }
+            Request::Delivered { target, up_to } => {
+                let owner = self.node.owner(self.connection);
+                return conversations::delivered(&self.node, user, &owner, target, up_to).await;
+            }
+            Request::Roster => {
+                let (friends, groups) = self.roster(user).await?;
+                return Ok(classic::roster_results(&friends, &groups));
             }
             Request::Login { .. } | Request::Register { .. } | Request::Ping => {}
         }
@@ -911,17 +921,17 @@ impl Session {
     }
 
     /// Friends and groups with presence, and what waits for the user.
-    async fn login_ack(
+    /// The user's friends and groups (with members), each with presence:
+    /// for the login ack and msgid 21.
+    async fn roster(
         &self,
-        user: &user_pb::User,
-        pending: Pending,
-        seq: Option<i64>,
-    ) -> Result<LoginAck, Failure> {
+        user_id: i64,
+    ) -> Result<(Vec<classic::FriendEntry>, Vec<classic::GroupEntry>), Failure> {
         let mut for_friends = self.node.upstreams.users.clone();
         let mut for_groups = self.node.upstreams.users.clone();
         let (friends, groups) = tokio::try_join!(
-            for_friends.list_friends(user_pb::ListFriendsRequest { user_id: user.id }),
-            upstream::all_user_groups(&mut for_groups, user.id),
+            for_friends.list_friends(user_pb::ListFriendsRequest { user_id }),
+            upstream::all_user_groups(&mut for_groups, user_id),
         )
         .map_err(|s| failure_from_status(&s, "the user service"))?;
         let friends = friends.into_inner().friends;
@@ -974,7 +984,7 @@ impl Session {
                     .filter_map(|m| {
                         let creator = m.role() == user_pb::GroupRole::Creator;
                         m.user.map(|u| classic::GroupMemberEntry {
-                            online: is_online(u.id) || u.id == user.id,
+                            online: is_online(u.id) || u.id == user_id,
                             id: u.id,
                             name: u.name,
                             creator,
@@ -983,6 +993,16 @@ impl Session {
                     .collect(),
             })
             .collect();
+        Ok((friends, groups))
+    }
+
+    async fn login_ack(
+        &self,
+        user: &user_pb::User,
+        pending: Pending,
+        seq: Option<i64>,
+    ) -> Result<LoginAck, Failure> {
+        let (friends, groups) = self.roster(user.id).await?;
         let offline: Vec<String> = pending
             .frames
             .iter()
@@ -1332,6 +1352,8 @@ fn request_kind(request: &Request) -> &'static str {
         Request::Conversations { .. } => "conversations",
         Request::MarkRead { .. } => "mark_read",
         Request::Typing { .. } => "typing",
+        Request::Delivered { .. } => "delivered",
+        Request::Roster => "roster",
     }
 }
 

@@ -24,6 +24,8 @@ pub enum StartupError {
     Redis(#[from] ClusterError),
     #[error(transparent)]
     Upstream(#[from] UpstreamUrlError),
+    #[error(transparent)]
+    Web(#[from] crate::web::WebFilesError),
 }
 
 pub struct Application {
@@ -67,7 +69,17 @@ impl Application {
         let (tcp, tcp_addr) = bind(config.tcp_listen).await?;
         let (http, http_addr) = bind(config.http_listen).await?;
         let (admin, admin_addr) = bind(config.admin_listen).await?;
-        let node = Arc::new(Node::new(config, cluster, upstreams, shutdown));
+        let web = match &config.web_dir {
+            Some(dir) => {
+                let files = crate::web::WebFiles::load(dir)?;
+                tracing::info!(dir = %dir.display(), files = files.len(), "serving the web client");
+                Some(files)
+            }
+            None => None,
+        };
+        let mut node = Node::new(config, cluster, upstreams, shutdown);
+        node.web = web;
+        let node = Arc::new(node);
         Ok(Self {
             node,
             tcp,

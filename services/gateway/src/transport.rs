@@ -448,11 +448,20 @@ struct Connection {
     permit: Arc<Mutex<Option<OwnedSemaphorePermit>>>,
 }
 
-/// The public HTTP port: `/ws` (WebSocket chat) only.
+/// The public HTTP port: `/ws` (WebSocket chat) and the web client's files.
 fn public_router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/ws", get(websocket))
+        .fallback(get(web_file))
         .with_state(HttpState { node })
+}
+
+async fn web_file(State(state): State<HttpState>, uri: axum::http::Uri) -> Response {
+    match &state.node.web {
+        Some(files) => files.respond(&uri),
+        None if uri.path() == "/" => crate::web::not_built(),
+        None => (StatusCode::NOT_FOUND, "not found\n").into_response(),
+    }
 }
 
 /// The admin port: `/healthz` and `/metrics`, for operators and probes.

@@ -283,6 +283,15 @@ async fn unread_counts_and_read_receipts_cross_nodes() {
     assert_eq!(typing["conv"], conv.as_str());
     assert_eq!(typing["name"], "alice");
 
+    // Delivery receipts (msgid 20) go to the other party, never stored.
+    bob.send(&json!({"msgid": 20, "conv": conv, "upto": cseq[2]}))
+        .await;
+    let delivered = next_where(&mut alice, &mut skipped, |v| v["msgid"] == 20).await;
+    assert_eq!(
+        delivered,
+        json!({"msgid": 20, "conv": conv, "id": b, "upto": cseq[2]})
+    );
+
     // Someone else's conversation is refused, and says why.
     let other = bob
         .call(
@@ -504,4 +513,76 @@ async fn group_history_starts_when_a_member_joined() {
     assert_eq!(entry["unread"], 2, "what she can see: {list}");
     let outsider = dave.call(json!({"msgid": 16, "groupid": g}), 31).await;
     assert_eq!(outsider["errno"], 4, "not a member: {outsider}");
+}
+
+#[tokio::test]
+async fn the_roster_lists_friends_and_groups_with_presence() {
+    let stack = Stack::builder().gateways(2).start().await;
+    let a = registered(&stack, "alice").await;
+    let b = registered(&stack, "bob").await;
+    let c = registered(&stack, "carol").await;
+    let mut alice = device(&stack, 0, a, "pw").await;
+    let _bob = device(&stack, 1, b, "pw").await;
+    for (seq, friend) in [(1, b), (2, c)] {
+        let added = alice
+            .call(json!({"msgid": 7, "id": a, "friendid": friend}), seq)
+            .await;
+        assert_eq!(added["errno"], 0, "{added}");
+    }
+    let created = alice
+        .call(
+            json!({"msgid": 8, "id": a, "groupname": "crew", "groupdesc": "the crew"}),
+            3,
+        )
+        .await;
+    let g = created["groupid"].as_i64().expect("groupid");
+    let roster = alice.call(json!({"msgid": 21}), 4).await;
+    assert_eq!(roster["errno"], 0, "{roster}");
+    let mut friends = roster["friends"].as_array().expect("friends").clone();
+    friends.sort_by_key(|f| f["id"].as_i64());
+    assert_eq!(
+        friends,
+        [
+            json!({"id": b, "name": "bob", "online": true}),
+            json!({"id": c, "name": "carol", "online": false}),
+        ]
+    );
+    assert_eq!(
+        roster["groups"],
+        json!([{"id": g, "name": "crew", "description": "the crew",
+                "members": [{"id": a, "name": "alice", "online": true, "creator": true}]}])
+    );
+}
+
+#[tokio::test]
+async fn the_http_port_serves_the_web_client_next_to_the_websocket() {
+    let dir = std::env::temp_dir().join(format!("e2e-web-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(
+        dir.join("index.html"),
+        "<!doctype html><title>clusterchat</title>",
+    )
+    .expect("write");
+    std::fs::write(dir.join("app.js"), "console.log(1)").expect("write");
+    let stack = Stack::builder()
+        .gateways(2)
+        .with_nginx()
+        .gateway_env("CLUSTERCHAT_GATEWAY_WEB_DIR", dir.to_str().expect("utf-8"))
+        .start()
+        .await;
+    let front = stack.nginx.as_ref().expect("nginx").ws;
+    let (status, body) = e2e::http_get(front, "/").await.expect("answers");
+    assert_eq!(status, 200);
+    assert!(body.contains("<title>clusterchat</title>"), "{body}");
+    let (status, body) = e2e::http_get(front, "/app.js").await.expect("answers");
+    assert_eq!((status, body.as_str()), (200, "console.log(1)"));
+    let (status, _) = e2e::http_get(front, "/../Cargo.toml")
+        .await
+        .expect("answers");
+    assert_eq!(status, 404);
+    // The same origin still speaks WebSocket.
+    let mut ws = e2e::WsClient::connect(front).await;
+    ws.send(&json!({"msgid": 13, "seq": 1})).await;
+    assert_eq!(ws.recv().await, json!({"msgid": 14, "seq": 1}));
+    std::fs::remove_dir_all(&dir).expect("cleanup");
 }

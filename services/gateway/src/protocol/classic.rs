@@ -48,6 +48,11 @@ pub const CONVERSATIONS_MSG: i64 = 17;
 pub const READ_MSG: i64 = 18;
 /// "typing": from a client, and to the other party (never stored).
 pub const TYPING_MSG: i64 = 19;
+/// Client: "messages of this conversation reached me up to `upto`"; the
+/// other party gets it as a delivery receipt (never stored).
+pub const DELIVERED_MSG: i64 = 20;
+/// The user's friends and groups with presence, as plain objects (msgid 11).
+pub const ROSTER_MSG: i64 = 21;
 
 /// At most this many messages or conversations per page.
 pub const MAX_PAGE: u32 = 200;
@@ -179,6 +184,11 @@ pub enum Request {
     Typing {
         target: Target,
     },
+    Delivered {
+        target: Target,
+        up_to: u64,
+    },
+    Roster,
 }
 
 /// Which conversation a request is about: `toid`, `groupid` or `conv`.
@@ -336,6 +346,11 @@ fn parse_request(mut object: Map<String, Value>) -> Result<Request, Failure> {
         TYPING_MSG => Request::Typing {
             target: target(&object)?,
         },
+        DELIVERED_MSG => Request::Delivered {
+            target: target(&object)?,
+            up_to: non_negative(required_int(&object, "upto")?, "upto")?,
+        },
+        ROSTER_MSG => Request::Roster,
         LOGIN_MSG_ACK | REG_MSG_ACK | REPLY_MSG | PONG_MSG => {
             return Err(Failure::bad_request(format!(
                 "msgid {msgid} is sent by the server, not to it"
@@ -622,6 +637,36 @@ pub fn read_receipt(conversation: &Conversation, reader: i64, up_to: u64) -> Vec
         "msgid": READ_MSG,
         "upto": up_to,
     })))
+}
+
+/// `{"msgid":20,"conv":..,"id":RECEIVER,"upto":CSEQ}`: a delivery receipt.
+pub fn delivery_receipt(conversation: &Conversation, receiver: i64, up_to: u64) -> Vec<u8> {
+    encode(object(json!({
+        "conv": conversation.to_string(),
+        "id": receiver,
+        "msgid": DELIVERED_MSG,
+        "upto": up_to,
+    })))
+}
+
+/// msgid 21's results: friends and groups as plain objects.
+pub fn roster_results(friends: &[FriendEntry], groups: &[GroupEntry]) -> Map<String, Value> {
+    let friends: Vec<Value> = friends
+        .iter()
+        .map(|f| json!({"id": f.id, "name": f.name, "online": f.online}))
+        .collect();
+    let groups: Vec<Value> = groups
+        .iter()
+        .map(|g| {
+            let members: Vec<Value> = g
+                .members
+                .iter()
+                .map(|m| json!({"id": m.id, "name": m.name, "online": m.online, "creator": m.creator}))
+                .collect();
+            json!({"id": g.id, "name": g.name, "description": g.description, "members": members})
+        })
+        .collect();
+    object(json!({"friends": friends, "groups": groups}))
 }
 
 /// `{"msgid":19,"conv":..,"id":..,"name":..}` (and `groupid` in a group).
