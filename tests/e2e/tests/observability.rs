@@ -100,11 +100,24 @@ async fn a_cross_node_chat_is_one_trace_from_gateway_to_gateway() {
     );
     assert_eq!(publish.trace_id, deliver.trace_id);
     // The history write happens later, in another process, in the same trace.
-    let store = eventually(&collector, "the history write in the chat's trace", |spans| {
-        find(spans, "history-service", "history.store", Some(&request.trace_id)).cloned()
-    })
+    let store = eventually(
+        &collector,
+        "the history write in the chat's trace",
+        |spans| {
+            find(
+                spans,
+                "history-service",
+                "history.store",
+                Some(&request.trace_id),
+            )
+            .cloned()
+        },
+    )
     .await;
-    assert!(!store.parent_span_id.is_empty(), "it follows from the chat's span");
+    assert!(
+        !store.parent_span_id.is_empty(),
+        "it follows from the chat's span"
+    );
     assert_no_text(&collector.spans(), secret);
 }
 
