@@ -150,14 +150,17 @@ fn every_kustomization_renders_and_validates_against_the_kubernetes_schemas() {
                 "deployment/gateway",
                 "deployment/user-service",
                 "deployment/offline-service",
+                "deployment/history-service",
                 "service/gateway",
                 "service/user-service",
                 "service/offline-service",
+                "service/history-service",
                 "service/clusterchat-mysql",
                 "service/clusterchat-redis",
                 "poddisruptionbudget/gateway",
                 "poddisruptionbudget/user-service",
                 "poddisruptionbudget/offline-service",
+                "poddisruptionbudget/history-service",
             ] {
                 assert!(
                     passed.iter().any(|p| p == expected),
@@ -201,7 +204,7 @@ fn every_pod_is_hardened_sized_probed_and_drains_within_its_grace_period() {
         }
 
         let deployments = of_kind(&docs, "Deployment");
-        assert_eq!(deployments.len(), 3, "{at}: three Deployments");
+        assert_eq!(deployments.len(), 4, "{at}: four Deployments");
         let pdbs = of_kind(&docs, "PodDisruptionBudget");
         for deployment in deployments {
             let name = str_of(&deployment["metadata"]["name"]);
