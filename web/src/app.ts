@@ -1,0 +1,485 @@
+// One logged-in session of the page: ties the connection, the store and
+// the views together. What the server says goes into the store, the views
+// render the store, and what the user does becomes requests.
+//
+// After every login (the first and each reconnect) the session catches up:
+// messages it was writing are sent again (same cmid: the server keeps one),
+// each conversation it holds fetches history after the newest message it
+// has, and the conversation list and roster are read again. Everything is
+// merged by mid/cseq in the store, so nothing is lost or shown twice.
+
+import { Connection, type ConnectionState, ConnectionLost, ServerError } from './connection';
+import {
+  type JsonObject,
+  type LoginAck,
+  type ServerFrame,
+  decodeChatReply,
+  decodeConversations,
+  decodeHistory,
+  decodeRoster,
+  directConv,
+  encode,
+  groupConv,
+} from './protocol';
+import { type Message, Store } from './store';
+import { formatServerTime } from './time';
+import { ConversationView } from './ui/conversation';
+import { h } from './ui/dom';
+import { Sidebar } from './ui/sidebar';
+import { Toast } from './ui/toast';
+
+const ROSTER_EVERY_MS = 15_000;
+const DELIVERED_EVERY_MS = 1_000;
+const TYPING_EVERY_MS = 2_000;
+const PAGE = 50;
+const CATCH_UP_PAGE = 200;
+/** After a failed history request, wait this long before asking again. */
+const HISTORY_RETRY_MS = 5_000;
+/** History trails live delivery a little: look again this long after a reconnect. */
+const SECOND_CATCH_UP_MS = 3_000;
+
+export interface SessionEnd {
+  /** Shown on the login screen (e.g. why logging in again was refused). */
+  message: string | null;
+}
+
+export class ChatSession {
+  private store: Store | null = null;
+  private sidebar: Sidebar | null = null;
+  private view: ConversationView | null = null;
+  private readonly toast = new Toast();
+  private readonly connection: Connection;
+  private shell: HTMLElement | null = null;
+  private selected: string | null = null;
+  private renderQueued = false;
+  private generation = 0;
+  private timers: ReturnType<typeof setInterval>[] = [];
+  private ended = false;
+
+  /** Per conversation: DELIVERED wanted / sent, READ sent, typing sent. */
+  private readonly deliveredWanted = new Map<string, number>();
+  private readonly deliveredSent = new Map<string, number>();
+  private readonly readSent = new Map<string, number>();
+  private readonly typingSentAt = new Map<string, number>();
+  private readonly loadingHistory = new Set<string>();
+  private readonly historyRetryAt = new Map<string, number>();
+  private readonly inFlight = new Set<string>();
+  private lastRosterError = '';
+
+  constructor(
+    url: string,
+    credentials: { id: number; password: string },
+    private readonly root: HTMLElement,
+    private readonly onEnd: (end: SessionEnd) => void,
+  ) {
+    this.connection = new Connection(url, credentials, {
+      state: (state) => this.connectionState(state),
+      loggedIn: (ack, resumed) => this.loggedIn(ack, resumed),
+      frame: (frame) => this.frame(frame),
+      fatal: (error) => this.end(`You were logged out: ${error.message}`),
+      problem: (message) => this.toast.show(message),
+    });
+  }
+
+  /** Logs in; resolves once the main screen shows, rejects with the reason
+   *  to show on the login screen. */
+  async start(): Promise<void> {
+    await this.connection.start();
+  }
+
+  // ---- connection events -----------------------------------------------------
+
+  private loggedIn(ack: LoginAck, resumed: boolean): void {
+    if (!this.store) this.mount(ack);
+    const store = this.store!;
+    store.myName = ack.name;
+    store.applyRoster(ack.friends, ack.groups);
+    this.received(store.addChats(ack.offline, Date.now()));
+    this.readSent.clear();
+    this.scheduleRender();
+    void this.catchUp(++this.generation, resumed);
+  }
+
+  private connectionState(state: ConnectionState): void {
+    this.sidebar?.setConnectionState(state);
+    this.shell?.setAttribute('data-conn', state);
+  }
+
+  private frame(frame: ServerFrame): void {
+    const store = this.store;
+    if (!store) return;
+    const now = Date.now();
+    switch (frame.kind) {
+      case 'chat':
+        this.received(store.addChats([frame.chat], now));
+        break;
+      case 'roster-page':
+        store.applyRoster(frame.page.friends, frame.page.groups);
+        break;
+      case 'read':
+        store.applyRead(frame.conv, frame.reader, frame.upto);
+        break;
+      case 'delivered':
+        store.applyDelivered(frame.conv, frame.id, frame.upto);
+        break;
+      case 'typing':
+        store.setTyping(frame.conv, frame.id, frame.name, now);
+        break;
+      case 'reply':
+        // An error for a request that had no seq (typing, delivered): say it.
+        if (frame.failure) this.toast.show(frame.failure.errmsg);
+        return;
+      default:
+        return;
+    }
+    this.scheduleRender();
+  }
+
+  /** New messages from any source: those from others are "delivered" here. */
+  private received(added: Message[]): void {
+    for (const m of added) {
+      if (m.mine || m.cseq === null) continue;
+      const c = this.store?.conversations.get(m.conv);
+      if (c?.kind !== 'direct') continue;
+      this.deliveredWanted.set(m.conv, Math.max(this.deliveredWanted.get(m.conv) ?? 0, m.cseq));
+    }
+    if (added.length > 0) this.scheduleRender();
+  }
+
+  // ---- catching up after a login --------------------------------------------
+
+  private async catchUp(generation: number, resumed: boolean): Promise<void> {
+    const store = this.store!;
+    const current = () => generation === this.generation && !this.ended;
+    for (const m of store.unsent()) this.transmit(m);
+    try {
+      if (resumed) await this.fetchNewer(current);
+      if (!current()) return;
+      await Promise.all([this.refreshConversations(), this.refreshRoster()]);
+      if (!current()) return;
+      if (this.selected) this.loadLatestIfNeeded(this.selected);
+      if (resumed) {
+        setTimeout(() => {
+          if (current()) void this.fetchNewer(current).catch(() => {});
+        }, SECOND_CATCH_UP_MS);
+      }
+    } catch (error) {
+      if (!(error instanceof ConnectionLost)) this.toast.show(messageOf(error));
+    }
+  }
+
+  /** For every conversation with messages here: history after the newest. */
+  private async fetchNewer(current: () => boolean): Promise<void> {
+    const store = this.store!;
+    for (const c of [...store.conversations.values()]) {
+      let after = store.newestCseq(c.conv);
+      for (let page = 0; after > 0 && page < 50 && current(); page++) {
+        const body = await this.connection.request(encode.history(c.conv, { after, limit: CATCH_UP_PAGE }));
+        const history = decodeHistory(body);
+        this.received(store.applyHistoryPage(c.conv, history.messages, history.more, 'newer', Date.now()));
+        const newest = store.newestCseq(c.conv);
+        if (!history.more || newest <= after) break;
+        after = newest;
+      }
+    }
+  }
+
+  private async refreshConversations(): Promise<void> {
+    const body = await this.connection.request(encode.conversations(200));
+    this.store?.applyConversationList(decodeConversations(body));
+    this.scheduleRender();
+  }
+
+  private async refreshRoster(): Promise<void> {
+    try {
+      const body = await this.connection.request(encode.roster());
+      const roster = decodeRoster(body);
+      this.store?.applyRoster(roster.friends, roster.groups);
+      this.lastRosterError = '';
+      this.scheduleRender();
+    } catch (error) {
+      // Polled: say a failure once, not every 15 s.
+      if (error instanceof ServerError && error.message !== this.lastRosterError) {
+        this.lastRosterError = error.message;
+        this.toast.show(error.message);
+      }
+    }
+  }
+
+  // ---- history ----------------------------------------------------------------
+
+  private loadLatestIfNeeded(conv: string): void {
+    const c = this.store?.conversations.get(conv);
+    if (c && !c.historyLoaded) void this.loadHistory(conv, 'latest');
+  }
+
+  private async loadHistory(conv: string, direction: 'latest' | 'older'): Promise<void> {
+    const store = this.store;
+    if (!store || this.loadingHistory.has(conv) || this.connection.state !== 'connected') return;
+    if ((this.historyRetryAt.get(conv) ?? 0) > Date.now()) return;
+    const before = direction === 'older' ? store.oldestCseq(conv) : 0;
+    if (direction === 'older' && before === 0) direction = 'latest';
+    this.loadingHistory.add(conv);
+    if (direction === 'older' && this.view?.current === conv) this.view.setLoadingOlder(true);
+    try {
+      const body = await this.connection.request(encode.history(conv, { before, limit: PAGE }));
+      const page = decodeHistory(body);
+      this.received(store.applyHistoryPage(conv, page.messages, page.more, direction, Date.now()));
+    } catch (error) {
+      this.historyRetryAt.set(conv, Date.now() + HISTORY_RETRY_MS);
+      setTimeout(() => this.scheduleRender(), HISTORY_RETRY_MS + 50);
+      if (!(error instanceof ConnectionLost)) this.toast.show(messageOf(error));
+    } finally {
+      this.loadingHistory.delete(conv);
+      if (this.view?.current === conv) this.view.setLoadingOlder(false);
+      this.scheduleRender();
+    }
+  }
+
+  // ---- marks --------------------------------------------------------------------
+
+  /** The open conversation, while the page is visible, is read up to its
+   *  newest message. */
+  private markReadIfSeen(): void {
+    const store = this.store;
+    const conv = this.selected;
+    if (!store || !conv || document.visibilityState !== 'visible' || this.connection.state !== 'connected') return;
+    const c = store.conversations.get(conv);
+    const newest = store.newestCseq(conv);
+    if (!c || newest <= c.readUpto || newest <= (this.readSent.get(conv) ?? 0)) return;
+    this.readSent.set(conv, newest);
+    this.connection
+      .request(encode.read(conv, newest))
+      .then((body) => {
+        const read = typeof body['read'] === 'number' ? body['read'] : newest;
+        const unread = typeof body['unread'] === 'number' ? body['unread'] : 0;
+        store.applyReadReply(conv, read, unread);
+        this.scheduleRender();
+      })
+      .catch((error: unknown) => {
+        this.readSent.delete(conv);
+        if (!(error instanceof ConnectionLost)) this.toast.show(messageOf(error));
+      });
+  }
+
+  private flushDelivered(): void {
+    if (this.connection.state !== 'connected') return;
+    for (const [conv, upto] of this.deliveredWanted) {
+      if (upto > (this.deliveredSent.get(conv) ?? 0) && this.connection.notify(encode.delivered(conv, upto))) {
+        this.deliveredSent.set(conv, upto);
+      }
+    }
+  }
+
+  // ---- sending ------------------------------------------------------------------
+
+  private send(conv: string, text: string): void {
+    const store = this.store;
+    if (!store) return;
+    const now = Date.now();
+    const m = store.addOutgoing(conv, text, newClientId(), now, formatServerTime(now));
+    if (!m) return;
+    this.typingSentAt.delete(conv);
+    this.scheduleRender();
+    this.transmit(m);
+  }
+
+  /** Sends a message written here; one that cannot go now goes after the
+   *  next login (the same cmid: the server keeps one copy). */
+  private transmit(m: Message): void {
+    const store = this.store;
+    if (!store || !m.cmid || this.inFlight.has(m.mid) || this.connection.state !== 'connected') return;
+    const body = encode.chat(store.me, m.conv, m.text, m.cmid);
+    if (!body) return;
+    const localMid = m.mid;
+    this.inFlight.add(localMid);
+    this.connection
+      .request(body)
+      .then((reply) => {
+        const result = decodeChatReply(reply);
+        store.confirmSent(m.conv, localMid, result.mid, result.cseq);
+        const missed = result.failed[0];
+        if (missed) this.toast.show(`Not delivered to everyone: ${missed.errmsg}`);
+      })
+      .catch((error: unknown) => {
+        if (error instanceof ConnectionLost) return; // sent again after the next login
+        store.markFailed(m.conv, localMid);
+        this.toast.show(messageOf(error));
+      })
+      .finally(() => {
+        this.inFlight.delete(localMid);
+        this.scheduleRender();
+      });
+  }
+
+  private retry(conv: string, mid: string): void {
+    const m = this.store?.markSending(conv, mid);
+    if (!m) return;
+    this.scheduleRender();
+    this.transmit(m);
+  }
+
+  private typing(conv: string): void {
+    const now = Date.now();
+    if (now - (this.typingSentAt.get(conv) ?? 0) < TYPING_EVERY_MS) return;
+    if (this.connection.notify(encode.typing(conv))) this.typingSentAt.set(conv, now);
+  }
+
+  // ---- roster actions ------------------------------------------------------------
+
+  private async addFriend(id: number): Promise<string> {
+    const store = this.store!;
+    if (id === store.me) throw new Error('That is your own id.');
+    await this.request(encode.addFriend(store.me, id));
+    await this.refreshRoster();
+    const c = store.conversation(directConv(store.me, id));
+    this.scheduleRender();
+    return `${c?.name ?? `User ${id}`} (id ${id}) is now a friend.`;
+  }
+
+  private async createGroup(name: string, description: string): Promise<{ text: string; id: number }> {
+    const store = this.store!;
+    const body = await this.request(encode.createGroup(store.me, name, description));
+    const id = typeof body['groupid'] === 'number' ? body['groupid'] : null;
+    if (id === null) throw new Error('The server did not say the new group’s id.');
+    const c = store.conversation(groupConv(id));
+    if (c && !c.named) {
+      c.name = name;
+      c.description = description;
+    }
+    await this.refreshRoster();
+    this.scheduleRender();
+    return { text: `Group created. Its id is ${id}: others join with it.`, id };
+  }
+
+  private async joinGroup(id: number): Promise<string> {
+    const store = this.store!;
+    await this.request(encode.joinGroup(store.me, id));
+    await this.refreshRoster();
+    const c = store.conversation(groupConv(id));
+    this.scheduleRender();
+    return `You joined ${c?.name ?? `group ${id}`} (id ${id}).`;
+  }
+
+  /** A request whose failure the user must see (toast as well as the form). */
+  private async request(body: JsonObject): Promise<JsonObject> {
+    try {
+      return await this.connection.request(body);
+    } catch (error) {
+      const message =
+        error instanceof ConnectionLost ? 'Not connected to the server; try again in a moment.' : messageOf(error);
+      this.toast.show(message);
+      throw new Error(message);
+    }
+  }
+
+  // ---- navigation and rendering --------------------------------------------------
+
+  private open(conv: string | null): void {
+    this.selected = conv;
+    this.view?.show(conv);
+    this.shell?.setAttribute('data-view', conv ? 'conversation' : 'list');
+    if (conv) {
+      this.loadLatestIfNeeded(conv);
+      this.view?.focusComposer();
+    }
+    this.scheduleRender();
+  }
+
+  private scheduleRender(): void {
+    if (this.renderQueued || this.ended) return;
+    this.renderQueued = true;
+    // A microtask, not an animation frame: a hidden tab renders too (and
+    // marks nothing read while hidden).
+    queueMicrotask(() => {
+      this.renderQueued = false;
+      this.render();
+    });
+  }
+
+  private render(): void {
+    const store = this.store;
+    if (!store || this.ended) return;
+    const now = Date.now();
+    const visible = document.visibilityState === 'visible';
+    this.sidebar?.render(this.selected, now, visible ? this.selected : null);
+    this.view?.render(now);
+    this.markReadIfSeen();
+    let unread = 0;
+    for (const conv of store.conversations.keys()) if (!(visible && conv === this.selected)) unread += store.unread(conv);
+    document.title = unread > 0 ? `(${unread}) clusterchat` : 'clusterchat';
+  }
+
+  private mount(ack: LoginAck): void {
+    const store = new Store(ack.id, ack.name);
+    this.store = store;
+    this.sidebar = new Sidebar(store, {
+      open: (conv) => this.open(conv),
+      logout: () => this.end(null, true),
+      addFriend: (id) => this.addFriend(id),
+      createGroup: (name, description) => this.createGroup(name, description),
+      joinGroup: (id) => this.joinGroup(id),
+    });
+    this.sidebar.setConnectionState(this.connection.state);
+    this.view = new ConversationView(store, {
+      send: (conv, text) => this.send(conv, text),
+      typing: (conv) => this.typing(conv),
+      loadOlder: (conv) => void this.loadHistory(conv, 'older'),
+      retry: (conv, mid) => this.retry(conv, mid),
+      back: () => this.open(null),
+    });
+    const banner = h('div', { class: 'conn-banner', 'aria-hidden': 'true' }, 'reconnecting…');
+    this.shell = h(
+      'div',
+      { class: 'shell', 'data-view': 'list', 'data-conn': this.connection.state },
+      this.sidebar.element,
+      this.view.element,
+      banner,
+      this.toast.element,
+    );
+    this.shell.addEventListener('keydown', (event) => {
+      if (event.key === 'Escape' && this.selected && window.matchMedia('(max-width: 700px)').matches) {
+        this.open(null);
+      }
+    });
+    this.root.replaceChildren(this.shell);
+    this.timers.push(
+      setInterval(() => void this.refreshRoster(), ROSTER_EVERY_MS),
+      setInterval(() => this.flushDelivered(), DELIVERED_EVERY_MS),
+      // "typing…" fades out.
+      setInterval(() => {
+        for (const c of store.conversations.values()) {
+          if (c.typing.size > 0) return this.scheduleRender();
+        }
+      }, 1_000),
+    );
+    document.addEventListener('visibilitychange', this.onVisibility);
+    window.addEventListener('online', this.onOnline);
+  }
+
+  private readonly onVisibility = () => this.scheduleRender();
+  private readonly onOnline = () => this.connection.retryNow();
+
+  /** Logs out (or was logged out) and goes back to the login screen. */
+  private end(message: string | null, logout = false): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.connection.stop(logout, this.store?.me ?? 0);
+    for (const t of this.timers) clearInterval(t);
+    document.removeEventListener('visibilitychange', this.onVisibility);
+    window.removeEventListener('online', this.onOnline);
+    document.title = 'clusterchat';
+    this.onEnd({ message });
+  }
+}
+
+/** A chat's client id: 32 hex digits (the server accepts [A-Za-z0-9_-]{1,64}). */
+function newClientId(): string {
+  const bytes = new Uint8Array(16);
+  crypto.getRandomValues(bytes);
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+function messageOf(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}

@@ -1,0 +1,373 @@
+// The open conversation: its header, the messages (older pages load when
+// scrolled to the top, keeping what is on screen where it was), day
+// separators, ticks, "typing…", and the composer (Enter sends, Shift+Enter
+// is a new line).
+
+import type { Conversation, Message, Store, TickState } from '../store';
+import { typingText } from '../store';
+import { clockTime, dayKey, dayLabel, fullStamp } from '../time';
+import { avatar, h, reconcile, setAttr, setText } from './dom';
+import { icon } from './icons';
+
+export interface ConversationActions {
+  send(conv: string, text: string): void;
+  typing(conv: string): void;
+  loadOlder(conv: string): void;
+  retry(conv: string, mid: string): void;
+  back(): void;
+}
+
+const TICK_LABEL: Record<TickState, string> = {
+  sending: 'Sending',
+  sent: 'Sent',
+  delivered: 'Delivered',
+  read: 'Read',
+  failed: 'Not sent',
+};
+
+/** Near enough to the bottom to follow new messages. */
+const STICK_PX = 80;
+/** Near enough to the top to fetch the previous page. */
+const OLDER_PX = 200;
+
+interface MessageNode {
+  el: HTMLElement;
+  sender: HTMLElement;
+  time: HTMLTimeElement;
+  ticks: HTMLElement | null;
+  tickState: TickState | null;
+  retry: HTMLButtonElement | null;
+}
+
+export class ConversationView {
+  readonly element: HTMLElement;
+  private conv: string | null = null;
+  private readonly placeholder: HTMLElement;
+  private readonly panel: HTMLElement;
+  private readonly title: HTMLElement;
+  private readonly subtitle: HTMLElement;
+  private readonly headAvatar: HTMLElement;
+  private readonly messagesEl: HTMLElement;
+  private readonly topNote: HTMLElement;
+  private readonly typingEl: HTMLElement;
+  private readonly composer: HTMLTextAreaElement;
+  private readonly jump: HTMLButtonElement;
+  private nodes = new Map<string, MessageNode>();
+  private days = new Map<string, HTMLElement>();
+  private loadingOlder = false;
+
+  constructor(
+    private readonly store: Store,
+    private readonly actions: ConversationActions,
+  ) {
+    this.placeholder = h(
+      'div',
+      { class: 'chat-empty' },
+      h('p', {}, 'Choose a conversation, or start one: add a friend by their id, or create or join a group.'),
+    );
+    const back = h(
+      'button',
+      { type: 'button', class: 'icon-button back', 'aria-label': 'Back to conversations', onclick: () => actions.back() },
+      icon('back'),
+    );
+    this.headAvatar = h('span', { class: 'avatar-slot' });
+    this.title = h('h2', { class: 'chat-title', 'data-testid': 'conversation-title', id: 'chat-title' });
+    this.subtitle = h('p', { class: 'chat-subtitle' });
+    this.topNote = h('div', { class: 'top-note', 'aria-hidden': 'true' });
+    this.messagesEl = h('div', {
+      class: 'messages',
+      'data-testid': 'messages',
+      role: 'log',
+      'aria-labelledby': 'chat-title',
+      tabindex: 0,
+    });
+    this.messagesEl.addEventListener('scroll', () => this.onScroll(), { passive: true });
+    this.jump = h(
+      'button',
+      { type: 'button', class: 'icon-button jump', 'aria-label': 'Jump to the newest message', hidden: true },
+      icon('down'),
+    );
+    this.jump.addEventListener('click', () => this.scrollToBottom());
+    this.typingEl = h('p', { class: 'typing', 'data-testid': 'typing', 'aria-live': 'polite' });
+
+    this.composer = h('textarea', {
+      id: 'composer',
+      class: 'composer-input',
+      'data-testid': 'composer',
+      rows: 1,
+      placeholder: 'Message',
+      'aria-label': 'Message',
+      autocomplete: 'off',
+    });
+    this.composer.addEventListener('keydown', (event) => {
+      if (event.key === 'Enter' && !event.shiftKey && !event.isComposing && !event.altKey && !event.ctrlKey) {
+        event.preventDefault();
+        this.submit();
+      }
+    });
+    this.composer.addEventListener('input', () => {
+      this.autosize();
+      if (this.conv && this.composer.value.trim() !== '') this.actions.typing(this.conv);
+    });
+    const send = h(
+      'button',
+      { type: 'submit', class: 'icon-button send', 'data-testid': 'send', 'aria-label': 'Send' },
+      icon('send'),
+    );
+    const form = h('form', { class: 'composer', 'aria-label': 'Write a message' }, this.composer, send);
+    form.addEventListener('submit', (event) => {
+      event.preventDefault();
+      this.submit();
+    });
+
+    this.panel = h(
+      'div',
+      { class: 'chat-panel', hidden: true },
+      h(
+        'header',
+        { class: 'chat-head' },
+        back,
+        this.headAvatar,
+        h('div', { class: 'chat-head-text' }, this.title, this.subtitle),
+      ),
+      h('div', { class: 'messages-wrap' }, this.messagesEl, this.jump),
+      this.typingEl,
+      form,
+    );
+    this.element = h('section', { class: 'chat', 'aria-label': 'Conversation' }, this.placeholder, this.panel);
+  }
+
+  get current(): string | null {
+    return this.conv;
+  }
+
+  /** Shows a conversation (or none). */
+  show(conv: string | null): void {
+    if (conv === this.conv) return;
+    if (this.conv) this.drafts.set(this.conv, this.composer.value);
+    this.conv = conv;
+    this.nodes = new Map();
+    this.days = new Map();
+    this.loadingOlder = false;
+    this.messagesEl.replaceChildren();
+    this.placeholder.hidden = conv !== null;
+    this.panel.hidden = conv === null;
+    if (conv === null) return;
+    this.composer.value = this.drafts.get(conv) ?? '';
+    this.autosize();
+    this.render(Date.now(), true);
+  }
+
+  private readonly drafts = new Map<string, string>();
+
+  focusComposer(): void {
+    this.composer.focus();
+  }
+
+  /** An older page is being fetched (or finished). */
+  setLoadingOlder(on: boolean): void {
+    this.loadingOlder = on;
+  }
+
+  render(now: number, jumpToBottom = false): void {
+    const conv = this.conv;
+    const c = conv ? this.store.conversations.get(conv) : undefined;
+    if (!conv || !c) return;
+    this.renderHead(c);
+
+    const box = this.messagesEl;
+    const wasAtBottom = box.scrollHeight - box.scrollTop - box.clientHeight < STICK_PX;
+    const anchor = wasAtBottom ? null : this.visibleAnchor();
+    const lastBefore = c.messages[c.messages.length - 1];
+
+    const children: Node[] = [this.topNote];
+    const keep = new Set<string>();
+    const keepDays = new Set<string>();
+    let previous: Message | null = null;
+    let previousDay = '';
+    for (const m of c.messages) {
+      const day = m.at !== null ? dayKey(m.at) : previousDay;
+      if (m.at !== null && day !== previousDay) {
+        children.push(this.dayNode(day, m.at, now));
+        keepDays.add(day);
+        previousDay = day;
+        previous = null;
+      }
+      const node = this.nodes.get(m.mid) ?? this.createNode(m, c);
+      this.updateNode(node, m, c, previous);
+      keep.add(m.mid);
+      children.push(node.el);
+      previous = m;
+    }
+    for (const mid of [...this.nodes.keys()]) if (!keep.has(mid)) this.nodes.delete(mid);
+    for (const day of [...this.days.keys()]) if (!keepDays.has(day)) this.days.delete(day);
+
+    setText(
+      this.topNote,
+      !c.historyLoaded || c.hasOlder
+        ? this.loadingOlder || !c.historyLoaded
+          ? 'Loading earlier messages…'
+          : ''
+        : c.messages.length > 0
+          ? 'This is the beginning of the conversation.'
+          : 'No messages yet. Say hello!',
+    );
+    reconcile(box, children);
+
+    const mineJustSent = lastBefore?.mine === true && lastBefore.pending === 'sending';
+    if (jumpToBottom || wasAtBottom || mineJustSent) {
+      box.scrollTop = box.scrollHeight;
+    } else if (anchor) {
+      box.scrollTop += anchor.el.getBoundingClientRect().top - anchor.top;
+    }
+    this.jump.hidden = box.scrollHeight - box.scrollTop - box.clientHeight < STICK_PX;
+
+    setText(this.typingEl, typingText(this.store.typingNames(conv, now)));
+
+    // A first page that does not fill the view leaves nothing to scroll:
+    // fetch more until it does (or there is no more).
+    if (c.historyLoaded && c.hasOlder && !this.loadingOlder && box.scrollHeight <= box.clientHeight + OLDER_PX) {
+      this.actions.loadOlder(conv);
+    }
+  }
+
+  /** Whether the newest message is on screen (for marking read). */
+  seesBottom(): boolean {
+    const box = this.messagesEl;
+    return box.scrollHeight - box.scrollTop - box.clientHeight < STICK_PX;
+  }
+
+  private renderHead(c: Conversation): void {
+    setText(this.title, c.name);
+    const key = `${c.name}|${c.conv}`;
+    if (this.headAvatar.dataset['key'] !== key) {
+      this.headAvatar.dataset['key'] = key;
+      this.headAvatar.replaceChildren(avatar(c.name, c.peer ?? (c.groupId ?? 0) + 7));
+    }
+    let subtitle: string;
+    if (c.kind === 'direct') {
+      subtitle = `${c.online ? 'online' : 'offline'} · id ${c.peer}`;
+    } else {
+      const members = c.members.size;
+      const online = [...c.members.values()].filter((m) => m.online).length;
+      subtitle = `group ${c.groupId}`;
+      if (members > 0) subtitle += ` · ${members} member${members === 1 ? '' : 's'}, ${online} online`;
+      if (c.description) subtitle += ` · ${c.description}`;
+    }
+    setText(this.subtitle, subtitle);
+    this.subtitle.classList.toggle('online', c.kind === 'direct' && c.online);
+  }
+
+  private dayNode(day: string, at: number, now: number): HTMLElement {
+    let el = this.days.get(day);
+    if (!el) {
+      el = h('div', { class: 'day', 'data-testid': 'day', role: 'separator' }, h('span', {}));
+      this.days.set(day, el);
+    }
+    setText(el.firstChild as HTMLElement, dayLabel(at, now));
+    return el;
+  }
+
+  private createNode(m: Message, c: Conversation): MessageNode {
+    const sender = h('span', { class: 'sender', 'data-testid': 'sender' });
+    const text = h('span', { class: 'text', 'data-testid': 'text' }, m.text);
+    const time = h('time', { class: 'time', 'data-testid': 'time' });
+    const meta = h('span', { class: 'meta' }, time);
+    let ticks: HTMLElement | null = null;
+    if (m.mine) {
+      ticks = h('span', { class: 'ticks', 'data-testid': 'ticks', role: 'img' });
+      meta.appendChild(ticks);
+    }
+    const el = h(
+      'div',
+      { class: `msg ${m.mine ? 'mine' : 'theirs'}`, 'data-testid': 'message', 'data-mine': String(m.mine) },
+      h('div', { class: 'bubble' }, sender, text, meta),
+    );
+    const node: MessageNode = { el, sender, time, ticks, tickState: null, retry: null };
+    this.nodes.set(m.mid, node);
+    if (c.kind === 'group' && !m.mine) el.classList.add('with-sender');
+    return node;
+  }
+
+  private updateNode(node: MessageNode, m: Message, c: Conversation, previous: Message | null): void {
+    setAttr(node.el, 'data-mid', m.mid);
+    setAttr(node.el, 'data-cseq', m.cseq !== null ? String(m.cseq) : '');
+    setText(node.sender, m.mine ? this.store.myName : m.fromName);
+    // Consecutive messages of one sender within a few minutes form a group.
+    const continued =
+      previous !== null &&
+      previous.from === m.from &&
+      m.at !== null &&
+      previous.at !== null &&
+      m.at - previous.at < 5 * 60_000;
+    node.el.classList.toggle('continued', continued);
+    node.sender.classList.toggle('visually-hidden', m.mine || c.kind !== 'group' || continued);
+    if (m.at !== null) {
+      setText(node.time, clockTime(m.at));
+      setAttr(node.time, 'datetime', new Date(m.at).toISOString());
+      setAttr(node.time, 'title', fullStamp(m.at));
+    } else {
+      setText(node.time, m.time);
+    }
+    if (node.ticks) {
+      const state = this.store.ticks(m) ?? 'sent';
+      if (state !== node.tickState) {
+        node.tickState = state;
+        setAttr(node.ticks, 'data-state', state);
+        setAttr(node.ticks, 'aria-label', TICK_LABEL[state]);
+        setAttr(node.ticks, 'title', TICK_LABEL[state]);
+        node.ticks.replaceChildren(icon(state));
+        node.el.classList.toggle('failed', state === 'failed');
+        if (state === 'failed' && !node.retry) {
+          node.retry = h('button', { type: 'button', class: 'retry' }, 'Not sent: try again');
+          node.retry.addEventListener('click', () => this.actions.retry(m.conv, m.mid));
+          node.el.appendChild(node.retry);
+        } else if (state !== 'failed' && node.retry) {
+          node.retry.remove();
+          node.retry = null;
+        }
+      }
+    }
+  }
+
+  /** The first message at least partly on screen, and where it is. */
+  private visibleAnchor(): { el: HTMLElement; top: number } | null {
+    const boxTop = this.messagesEl.getBoundingClientRect().top;
+    for (const child of this.messagesEl.children) {
+      const rect = child.getBoundingClientRect();
+      if (rect.bottom > boxTop && child instanceof HTMLElement && child !== this.topNote) {
+        return { el: child, top: rect.top };
+      }
+    }
+    return null;
+  }
+
+  private onScroll(): void {
+    const box = this.messagesEl;
+    this.jump.hidden = box.scrollHeight - box.scrollTop - box.clientHeight < STICK_PX;
+    const c = this.conv ? this.store.conversations.get(this.conv) : undefined;
+    if (c && this.conv && c.historyLoaded && c.hasOlder && !this.loadingOlder && box.scrollTop < OLDER_PX) {
+      this.actions.loadOlder(this.conv);
+    }
+  }
+
+  private scrollToBottom(): void {
+    this.messagesEl.scrollTop = this.messagesEl.scrollHeight;
+    this.composer.focus();
+  }
+
+  private submit(): void {
+    const text = this.composer.value;
+    if (!this.conv || text.trim() === '') return;
+    this.actions.send(this.conv, text.replace(/^\n+|\s+$/g, ''));
+    this.composer.value = '';
+    this.drafts.delete(this.conv);
+    this.autosize();
+    this.composer.focus();
+  }
+
+  private autosize(): void {
+    this.composer.style.height = 'auto';
+    this.composer.style.height = `${Math.min(this.composer.scrollHeight, 160)}px`;
+  }
+}

@@ -1,0 +1,172 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+
+import {
+  Connection,
+  ConnectionLost,
+  type ConnectionState,
+  DEFAULT_TIMINGS,
+  ServerError,
+  UNREACHABLE,
+  backoffDelay,
+} from '../src/connection';
+import type { LoginAck, ServerFrame } from '../src/protocol';
+
+/** A WebSocket stand-in: the test plays the server. */
+class FakeSocket {
+  static readonly CONNECTING = 0;
+  static readonly OPEN = 1;
+  static readonly CLOSED = 3;
+  static all: FakeSocket[] = [];
+  readyState = FakeSocket.CONNECTING;
+  sent: Record<string, unknown>[] = [];
+  onopen: (() => void) | null = null;
+  onmessage: ((e: { data: string }) => void) | null = null;
+  onclose: (() => void) | null = null;
+  onerror: (() => void) | null = null;
+  constructor(readonly url: string) {
+    FakeSocket.all.push(this);
+  }
+  send(text: string): void {
+    this.sent.push(JSON.parse(text) as Record<string, unknown>);
+  }
+  close(): void {
+    this.readyState = FakeSocket.CLOSED;
+  }
+  // The server's side:
+  open(): void {
+    this.readyState = FakeSocket.OPEN;
+    this.onopen?.();
+  }
+  push(frame: Record<string, unknown>): void {
+    this.onmessage?.({ data: JSON.stringify(frame) });
+  }
+  drop(): void {
+    this.readyState = FakeSocket.CLOSED;
+    this.onclose?.();
+  }
+}
+(globalThis as unknown as { WebSocket: unknown }).WebSocket = FakeSocket;
+
+const FAST = { ...DEFAULT_TIMINGS, ackEveryMs: 5, backoffMinMs: 10, backoffMaxMs: 20 };
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const last = () => FakeSocket.all[FakeSocket.all.length - 1]!;
+
+function recorder() {
+  const log = {
+    states: [] as ConnectionState[],
+    logins: [] as { ack: LoginAck; resumed: boolean }[],
+    frames: [] as ServerFrame[],
+    problems: [] as string[],
+  };
+  return {
+    log,
+    handlers: {
+      state: (s: ConnectionState) => log.states.push(s),
+      loggedIn: (ack: LoginAck, resumed: boolean) => log.logins.push({ ack, resumed }),
+      frame: (f: ServerFrame) => log.frames.push(f),
+      fatal: () => {},
+      problem: (m: string) => log.problems.push(m),
+    },
+  };
+}
+
+test('logs in, acknowledges inbox entries, answers requests by seq, resumes with since', async () => {
+  FakeSocket.all = [];
+  const { log, handlers } = recorder();
+  const connection = new Connection('ws://x/ws', { id: 1, password: 'pw' }, handlers, FAST);
+  const started = connection.start();
+  last().open();
+  const login = last().sent[0]!;
+  assert.equal(login['msgid'], 1);
+  assert.equal(login['acks'], true);
+  assert.equal(login['since'], undefined);
+  const offline = JSON.stringify({ msgid: 6, id: 2, name: 'bob', toid: 1, msg: 'hi', conv: 'd:1:2', cseq: 4, mid: 'a', rseq: 3 });
+  last().push({ msgid: 2, errno: 0, seq: login['seq'], id: 1, name: 'alice', offlinemsg: [offline] });
+  const ack = await started;
+  assert.equal(ack.offline.length, 1);
+  assert.equal(connection.state, 'connected');
+  await sleep(20);
+  assert.deepEqual(last().sent.filter((f) => f['msgid'] === 12), [{ msgid: 12, ack: 3 }]);
+
+  last().push({ msgid: 6, id: 2, name: 'bob', toid: 1, msg: 'again', conv: 'd:1:2', cseq: 5, mid: 'b', rseq: 5 });
+  assert.equal(log.frames.length, 1);
+  await sleep(20);
+  assert.deepEqual(last().sent.filter((f) => f['msgid'] === 12).pop(), { msgid: 12, ack: 5 });
+
+  const answered = connection.request({ msgid: 17 });
+  const request = last().sent[last().sent.length - 1]!;
+  last().push({ msgid: 11, errno: 0, seq: request['seq'], conversations: [] });
+  assert.deepEqual(await answered, { msgid: 11, errno: 0, seq: request['seq'], conversations: [] });
+
+  const refused = connection.request({ msgid: 7, id: 1, friendid: 9 });
+  const second = last().sent[last().sent.length - 1]!;
+  last().push({ msgid: 11, errno: 5, errmsg: 'user 9 does not exist', seq: second['seq'] });
+  await assert.rejects(refused, (e: unknown) => e instanceof ServerError && e.message === 'user 9 does not exist');
+
+  // The node goes away: what was waiting fails, and the next login resumes.
+  const waiting = connection.request({ msgid: 16, conv: 'd:1:2' });
+  last().drop();
+  await assert.rejects(waiting, (e: unknown) => e instanceof ConnectionLost);
+  assert.equal(connection.state, 'reconnecting');
+  await sleep(40);
+  assert.equal(FakeSocket.all.length, 2);
+  last().open();
+  const relogin = last().sent[0]!;
+  assert.equal(relogin['since'], 5);
+  last().push({ msgid: 2, errno: 0, seq: relogin['seq'], id: 1, name: 'alice' });
+  assert.equal(connection.state, 'connected');
+  assert.deepEqual(
+    log.logins.map((l) => l.resumed),
+    [false, true],
+  );
+  assert.deepEqual(log.states, ['connected', 'reconnecting', 'connected']);
+  connection.stop(true, 1);
+  assert.deepEqual(last().sent[last().sent.length - 1], { msgid: 3, id: 1 });
+});
+
+test('a refused first login rejects with the server’s words; no retry', async () => {
+  FakeSocket.all = [];
+  const { handlers } = recorder();
+  const connection = new Connection('ws://x/ws', { id: 1, password: 'bad' }, handlers, FAST);
+  const started = connection.start();
+  last().open();
+  last().push({ msgid: 2, errno: 1, errmsg: 'id or password is invalid!', seq: last().sent[0]!['seq'] });
+  await assert.rejects(started, (e: unknown) => e instanceof ServerError && e.message === 'id or password is invalid!');
+  await sleep(40);
+  assert.equal(FakeSocket.all.length, 1);
+});
+
+test('no server: "cannot reach the server"', async () => {
+  FakeSocket.all = [];
+  const { handlers } = recorder();
+  const connection = new Connection('ws://x/ws', { id: 1, password: 'pw' }, handlers, FAST);
+  const started = connection.start();
+  last().drop();
+  await assert.rejects(started, (e: unknown) => e instanceof Error && e.message === UNREACHABLE);
+});
+
+test('a busy server at re-login: keep trying, and say why', async () => {
+  FakeSocket.all = [];
+  const { log, handlers } = recorder();
+  const connection = new Connection('ws://x/ws', { id: 1, password: 'pw' }, handlers, FAST);
+  const started = connection.start();
+  last().open();
+  last().push({ msgid: 2, errno: 0, seq: last().sent[0]!['seq'], id: 1, name: 'alice' });
+  await started;
+  last().drop();
+  await sleep(40);
+  last().open();
+  last().push({ msgid: 2, errno: 8, errmsg: 'the user service is unavailable', seq: last().sent[0]!['seq'] });
+  assert.deepEqual(log.problems, ['the user service is unavailable']);
+  await sleep(40);
+  assert.equal(FakeSocket.all.length, 3);
+  connection.stop(false, 1);
+});
+
+test('backoff grows from 0.5 s to 5 s, with jitter', () => {
+  assert.equal(backoffDelay(0, DEFAULT_TIMINGS, 0.5), 500);
+  assert.equal(backoffDelay(1, DEFAULT_TIMINGS, 0.5), 1000);
+  assert.equal(backoffDelay(10, DEFAULT_TIMINGS, 0.5), 5000);
+  assert.equal(backoffDelay(0, DEFAULT_TIMINGS, 0), 375);
+});
