@@ -606,6 +606,11 @@ bench_() { # profile (bench or bench-cluster), chat-bench args...
     local args=(--nodes "$(addrs $(gateway_ports 1))" --pids "$pids" --label "$PROFILE")
     if [ -n "$REDIS_PORT" ]; then
         args+=(--redis "$REDIS_URL" --tls-nodes "$(addrs "${NGINX[@]}")" --ca "$STATE/tls/ca.pem")
+        # The history rows: chat with the history service running and
+        # stopped (SIGSTOP, by its pid from --pids), its lag read from the
+        # streams and its /metrics, a table of 1M messages and GetHistory.
+        args+=(--history-redis "$REDIS_URL" --history-metrics "127.0.0.1:${P[5]}"
+               --history-grpc "http://127.0.0.1:${P[4]}" --history-token-file "$STATE/internal-token")
     else
         # No TLS rows on the cluster bench (no nginx); the ceiling is a
         # single-Redis measurement.

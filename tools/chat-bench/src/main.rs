@@ -18,6 +18,15 @@
 //! nodes) scenario 1 runs again through TLS (`tls`), as extra rows: the cost
 //! of TLS.
 //!
+//! With `--history-redis` (and the history service's `/metrics` and pid),
+//! two more (`history.rs`): 6. `history`: scenario 1 runs with the history
+//! service running and again with it stopped (SIGSTOP), and reports the
+//! difference, the service's lag and backlog while chat saturates the
+//! cluster, and how fast it drains what piled up while it was stopped;
+//! 7. `history-table`: a table of `--history-rows` messages (written to the
+//! streams as gateways write them, ingested by the service) and
+//! `GetHistory` of 50 on it over gRPC.
+//!
 //! With `--pids NAME=PID,...` it reads each process's CPU time around the
 //! one-to-one runs and the logins (`procs.rs`): CPU-seconds per 100,000
 //! delivered messages and per login, per process and per group of processes.
@@ -28,6 +37,7 @@
 //! under `--out`.
 
 mod client;
+mod history;
 mod procs;
 
 use std::{
@@ -44,6 +54,7 @@ use std::{
 use clap::{Parser, ValueEnum};
 use client::Client;
 use futures::StreamExt as _;
+use history::History;
 use procs::Watched;
 use serde_json::{Value, json};
 use tokio::{
@@ -87,11 +98,13 @@ struct Args {
     /// differ only in a trailing -NUMBER are summed as a group.
     #[arg(long, value_delimiter = ',', value_parser = Watched::parse)]
     pids: Vec<Watched>,
-    /// What to run.
+    /// What to run (`history` and `history-table` need `--history-redis`,
+    /// `--history-metrics` and the service's pid, and are skipped with a
+    /// note without them).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "one-to-one,group,idle,logins,tls"
+        default_value = "one-to-one,group,idle,logins,tls,history,history-table"
     )]
     scenarios: Vec<Scenario>,
     /// A name for this run, put in the output (e.g. "3 shards, 2 gateways").
@@ -134,6 +147,40 @@ struct Args {
     /// clients that acknowledge every 100 ms.
     #[arg(long)]
     classic: bool,
+    /// The Redis (single server) the gateways write the history streams
+    /// to: enables the `history` and `history-table` scenarios.
+    #[arg(long)]
+    history_redis: Option<String>,
+    /// The gateways' key prefix (the streams are `{prefix}{h:N}`).
+    #[arg(long, default_value = "cc:")]
+    history_prefix: String,
+    /// The history service's metrics listener (host:port of `/metrics`).
+    #[arg(long)]
+    history_metrics: Option<SocketAddr>,
+    /// The history service's pid, stopped (SIGSTOP) for the rows without it
+    /// (default: `history-service` of `--pids`).
+    #[arg(long)]
+    history_pid: Option<u32>,
+    /// The history service's gRPC endpoint, for `GetHistory` (e.g.
+    /// http://127.0.0.1:50153).
+    #[arg(long)]
+    history_grpc: Option<String>,
+    /// A file holding the internal token the history service wants.
+    #[arg(long)]
+    history_token_file: Option<PathBuf>,
+    /// Messages the `history-table` scenario stores.
+    #[arg(long, default_value_t = 1_000_000)]
+    history_rows: u64,
+    /// Conversations they are spread over.
+    #[arg(long, default_value_t = 10_000)]
+    history_conversations: u64,
+    /// Rounds of the `history` comparison (running vs stopped), each about
+    /// 4 runs of `--duration` plus the drain; medians are compared.
+    #[arg(long, default_value_t = 3)]
+    history_rounds: usize,
+    /// `GetHistory` calls timed on the table.
+    #[arg(long, default_value_t = 5000)]
+    history_calls: usize,
     /// Where the JSON results go.
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
@@ -147,7 +194,12 @@ enum Scenario {
     Logins,
     Tls,
     Online,
+    History,
+    HistoryTable,
 }
+
+/// Run ids of scenario 1 with the history service stopped.
+const HISTORY_STOPPED_RUN: u32 = 6;
 
 const PASSWORD: &str = "bench-password";
 
@@ -205,13 +257,41 @@ async fn logged_in_clients(
 }
 
 /// Reads chats from a receiver until stopped, recording samples; a
-/// receiver that acknowledges does so every 100 ms.
-fn spawn_receiver(mut client: Client, samples: Arc<Mutex<Vec<Sample>>>, received: Arc<AtomicU64>) {
+/// receiver that acknowledges (`acks`) does so every 100 ms, and pings
+/// every 4 s: the gateway closes such a client when it has been silent for
+/// its idle timeout (10 s), and between runs (while the history service
+/// catches up) nothing else would be sent.
+fn spawn_receiver(
+    mut client: Client,
+    acks: bool,
+    samples: Arc<Mutex<Vec<Sample>>>,
+    received: Arc<AtomicU64>,
+) {
     tokio::spawn(async move {
         let mut shown = 0u64;
         let mut acked = 0u64;
         let mut last_ack = Instant::now();
-        while let Ok(message) = client.recv().await {
+        let mut ping = tokio::time::interval(Duration::from_secs(4));
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Kept across a ping: read_until appends what it read before
+        // another branch won, and is called again to go on.
+        let mut line = Vec::new();
+        loop {
+            tokio::select! {
+                read = client.reader.read_until(b'\n', &mut line) => {
+                    if !matches!(read, Ok(n) if n > 0) {
+                        return;
+                    }
+                }
+                _ = ping.tick(), if acks => {
+                    if client.send(&json!({"msgid": 13})).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            }
+            let message: Value = serde_json::from_slice(line.trim_ascii_end()).unwrap_or_default();
+            line.clear();
             if let Some(rseq) = message["rseq"].as_u64() {
                 shown = shown.max(rseq);
                 if shown > acked && last_ack.elapsed() >= Duration::from_millis(100) {
@@ -492,16 +572,36 @@ async fn main() -> anyhow::Result<()> {
         report.insert("online".into(), online(&args, &prefix).await?);
     }
 
-    // 1. one-to-one across nodes.
+    // 6, 7: the history service, when it can be reached.
+    let mut history_report = serde_json::Map::new();
+    let history = if runs(Scenario::History) || runs(Scenario::HistoryTable) {
+        match connect_history(&args).await {
+            Ok(history) => Some(Arc::new(history)),
+            Err(why) => {
+                eprintln!("history scenarios skipped: {why:#}");
+                history_report.insert("skipped".into(), json!(format!("{why:#}")));
+                None
+            }
+        }
+    } else {
+        None
+    };
+
+    // 1. one-to-one across nodes (6: with the history service running and stopped).
     let mut saturated_per_sec = None;
-    if runs(Scenario::OneToOne) {
+    if runs(Scenario::OneToOne) || runs(Scenario::History) {
         eprintln!(
             "setting up {} pairs over {} nodes ...",
             args.pairs,
             args.nodes.len()
         );
-        let mut rows = one_to_one_rows(&args, &prefix, &args.nodes, None, 1, &args.pids).await?;
+        let compare = history.as_ref().filter(|_| runs(Scenario::History));
+        let mut rows =
+            one_to_one_rows(&args, &prefix, &args.nodes, None, 1, &args.pids, compare).await?;
         saturated_per_sec = Some(rows.saturated.delivered as f64 / rows.saturated.seconds);
+        if let Some(rows) = rows.history.take() {
+            history_report.extend(rows);
+        }
         report.insert(
             "one_to_one_fixed_rate".into(),
             json!({"offered_per_sec": args.rate, "result": rows.fixed.json()}),
@@ -560,6 +660,7 @@ async fn main() -> anyhow::Result<()> {
             Some(tls),
             4,
             &[],
+            None,
         )
         .await?;
         report.insert(
@@ -586,6 +687,34 @@ async fn main() -> anyhow::Result<()> {
             "redis_ceiling".into(),
             json!({"messages_per_sec": ceiling, "cross_node_ratio": saturated_per_sec.map(|ours| ours / ceiling)}),
         );
+    }
+
+    // 7. a large table: filled through the streams, then GetHistory.
+    if let (true, Some(history)) = (runs(Scenario::HistoryTable), &history) {
+        eprintln!(
+            "history table: {} messages over {} conversations through the streams ...",
+            args.history_rows, args.history_conversations
+        );
+        let conversations = args
+            .history_conversations
+            .clamp(1, args.history_rows.max(1));
+        let mut table = history
+            .fill_table(args.history_rows, conversations, args.size)
+            .await?;
+        table["table_rows"] = json!(history.stored_rows().await.ok());
+        eprintln!("GetHistory of 50, {} calls ...", args.history_calls);
+        table["get_history"] = history
+            .time_get_history(
+                conversations,
+                args.history_rows.div_ceil(conversations),
+                args.history_calls,
+                50,
+            )
+            .await?;
+        history_report.insert("table".into(), table);
+    }
+    if !history_report.is_empty() {
+        report.insert("history".into(), history_report.into());
     }
 
     if !cpu.is_empty() {
@@ -615,17 +744,132 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The history service of `--history-*` (and its pid from `--pids`).
+async fn connect_history(args: &Args) -> anyhow::Result<History> {
+    let redis = args
+        .history_redis
+        .as_deref()
+        .ok_or_else(|| anyhow::anyhow!("no --history-redis"))?;
+    anyhow::ensure!(
+        !redis.starts_with("redis+cluster://") && !redis.contains(','),
+        "--history-redis is a Redis Cluster; the history scenarios read a single Redis"
+    );
+    let metrics = args
+        .history_metrics
+        .ok_or_else(|| anyhow::anyhow!("no --history-metrics"))?;
+    let pid = args
+        .history_pid
+        .or_else(|| {
+            args.pids
+                .iter()
+                .find(|w| w.name == "history-service")
+                .map(|w| w.pid)
+        })
+        .ok_or_else(|| anyhow::anyhow!("no --history-pid (nor history-service=PID in --pids)"))?;
+    History::connect(
+        redis,
+        &args.history_prefix,
+        metrics,
+        pid,
+        args.history_grpc.clone(),
+        args.history_token_file.as_deref(),
+    )
+    .await
+}
+
 /// Scenario 1 in both runs, and what the watched processes spent in each.
 struct OneToOneRows {
     fixed: RunResult,
     saturated: RunResult,
     cpu_fixed: Value,
     cpu_saturated: Value,
+    /// With `history`: the runs with the history service stopped and what
+    /// the service did; `fixed` and `saturated` are then the median runs.
+    history: Option<serde_json::Map<String, Value>>,
 }
 
-/// Scenario 1: `pairs` senders and receivers, pair i's sender on
-/// `nodes[i % N]` and its receiver on `nodes[(i + 1) % N]`, at the fixed rate
-/// (run `run`) and at saturation (`run + 1`).
+/// One round of the `history` comparison (see [`one_to_one_rows`]).
+struct HistoryRound {
+    fixed: RunResult,
+    cpu_fixed: Value,
+    during_fixed: Value,
+    fixed_stopped: RunResult,
+    saturated_stopped: RunResult,
+    drain: Value,
+    saturated: RunResult,
+    cpu_saturated: Value,
+    during_saturation: Value,
+}
+
+/// Logged-in senders and receivers of scenario 1, reused from run to run.
+struct Pairs {
+    senders: Vec<(i64, Client)>,
+    receiver_ids: Vec<i64>,
+    samples: Arc<Mutex<Vec<Sample>>>,
+    received: Arc<AtomicU64>,
+}
+
+impl Pairs {
+    /// `pairs` senders and receivers, pair i's sender on `nodes[i % N]` and
+    /// its receiver on `nodes[(i + 1) % N]`.
+    async fn log_in(
+        args: &Args,
+        prefix: &str,
+        nodes: &[SocketAddr],
+        tls: Option<&TlsConnector>,
+    ) -> anyhow::Result<Self> {
+        let senders =
+            logged_in_clients(&format!("{prefix}s"), args.pairs, nodes, 0, false, tls).await?;
+        let receivers = logged_in_clients(
+            &format!("{prefix}r"),
+            args.pairs,
+            nodes,
+            1,
+            !args.classic,
+            tls,
+        )
+        .await?;
+        let receiver_ids: Vec<i64> = receivers.iter().map(|(id, _)| *id).collect();
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let received = Arc::new(AtomicU64::new(0));
+        for (_, client) in receivers {
+            spawn_receiver(client, !args.classic, samples.clone(), received.clone());
+        }
+        Ok(Self {
+            senders,
+            receiver_ids,
+            samples,
+            received,
+        })
+    }
+
+    /// One run at `rate` (`None`: saturation).
+    async fn run(&mut self, args: &Args, run: u32, rate: Option<u64>) -> anyhow::Result<RunResult> {
+        match rate {
+            Some(rate) => eprintln!("one-to-one at {rate} msg/s for {} s ...", args.duration),
+            None => eprintln!("one-to-one at saturation for {} s ...", args.duration),
+        }
+        let senders = std::mem::take(&mut self.senders);
+        let (senders, result) = one_to_one(
+            senders,
+            &self.receiver_ids,
+            &self.samples,
+            &self.received,
+            run,
+            rate,
+            args,
+        )
+        .await?;
+        self.senders = senders;
+        Ok(result)
+    }
+}
+
+/// Scenario 1: at the fixed rate (run `run`) and at saturation (`run + 1`).
+/// With `history`, `--history-rounds` rounds of: fixed rate with the
+/// history service running, then stopped; saturation stopped, then (after
+/// it drained what piled up) running. So neither side always goes first;
+/// the medians are compared.
 async fn one_to_one_rows(
     args: &Args,
     prefix: &str,
@@ -633,59 +877,185 @@ async fn one_to_one_rows(
     tls: Option<&TlsConnector>,
     run: u32,
     watched: &[Watched],
+    history: Option<&Arc<History>>,
 ) -> anyhow::Result<OneToOneRows> {
-    let senders =
-        logged_in_clients(&format!("{prefix}s"), args.pairs, nodes, 0, false, tls).await?;
-    let receivers = logged_in_clients(
-        &format!("{prefix}r"),
-        args.pairs,
-        nodes,
-        1,
-        !args.classic,
-        tls,
-    )
-    .await?;
-    let receiver_ids: Vec<i64> = receivers.iter().map(|(id, _)| *id).collect();
-    let samples = Arc::new(Mutex::new(Vec::new()));
-    let received = Arc::new(AtomicU64::new(0));
-    for (_, client) in receivers {
-        spawn_receiver(client, samples.clone(), received.clone());
+    let mut pairs = Pairs::log_in(args, prefix, nodes, tls).await?;
+    let spent = |before: &procs::Snapshot, result: &RunResult| {
+        procs::spent(watched, before, result.delivered, 1e5, "100k delivered")
+    };
+    let Some(history) = history else {
+        let before = procs::snapshot(watched);
+        let fixed = pairs.run(args, run, Some(args.rate)).await?;
+        let cpu_fixed = spent(&before, &fixed);
+        let before = procs::snapshot(watched);
+        let saturated = pairs.run(args, run + 1, None).await?;
+        let cpu_saturated = spent(&before, &saturated);
+        return Ok(OneToOneRows {
+            fixed,
+            saturated,
+            cpu_fixed,
+            cpu_saturated,
+            history: None,
+        });
+    };
+
+    let mut rounds = Vec::new();
+    for round in 1..=args.history_rounds.max(1) {
+        eprintln!(
+            "history round {round} of {}: service running",
+            args.history_rounds.max(1)
+        );
+        let sampler = history.sample().await?;
+        let before = procs::snapshot(watched);
+        let fixed = pairs.run(args, run, Some(args.rate)).await?;
+        let cpu_fixed = spent(&before, &fixed);
+        let during_fixed = sampler.finish(fixed.delivered).await?;
+
+        eprintln!("history service stopped (SIGSTOP):");
+        let paused = history.pause().await?;
+        let fixed_stopped = pairs
+            .run(args, HISTORY_STOPPED_RUN, Some(args.rate))
+            .await?;
+        let saturated_stopped = pairs.run(args, HISTORY_STOPPED_RUN + 1, None).await?;
+        eprintln!("history service let go on (SIGCONT); draining what piled up ...");
+        let drain = paused.resume_and_drain(history).await?;
+
+        eprintln!("history service running:");
+        let sampler = history.sample().await?;
+        let before = procs::snapshot(watched);
+        let saturated = pairs.run(args, run + 1, None).await?;
+        let cpu_saturated = spent(&before, &saturated);
+        eprintln!("waiting for the history service to catch up ...");
+        let during_saturation = sampler.finish(saturated.delivered).await?;
+        rounds.push(HistoryRound {
+            fixed,
+            cpu_fixed,
+            during_fixed,
+            fixed_stopped,
+            saturated_stopped,
+            drain,
+            saturated,
+            cpu_saturated,
+            during_saturation,
+        });
     }
-    eprintln!(
-        "one-to-one at {} msg/s for {} s ...",
-        args.rate, args.duration
+    Ok(history_comparison(args, rounds))
+}
+
+/// The median of each side over the rounds, and every round in the JSON.
+/// The rows of the Markdown table are the median runs (by p99 at the
+/// offered rate, by throughput at saturation).
+fn history_comparison(args: &Args, mut rounds: Vec<HistoryRound>) -> OneToOneRows {
+    let per_sec = |r: &RunResult| r.delivered as f64 / r.seconds;
+    // Index of the median by `key` (the lower middle of an even count).
+    let median = |keys: Vec<f64>| {
+        let mut order: Vec<usize> = (0..keys.len()).collect();
+        order.sort_by(|&a, &b| keys[a].total_cmp(&keys[b]));
+        order[(order.len() - 1) / 2]
+    };
+    let p99s = |rounds: &mut [HistoryRound], stopped: bool| -> Vec<f64> {
+        rounds
+            .iter_mut()
+            .map(|r| {
+                let run = if stopped {
+                    &mut r.fixed_stopped
+                } else {
+                    &mut r.fixed
+                };
+                run.latencies.percentile_ms(0.99)
+            })
+            .collect()
+    };
+    let (p99_running, p99_stopped) = (p99s(&mut rounds, false), p99s(&mut rounds, true));
+    let saturation_running: Vec<f64> = rounds.iter().map(|r| per_sec(&r.saturated)).collect();
+    let saturation_stopped: Vec<f64> = rounds
+        .iter()
+        .map(|r| per_sec(&r.saturated_stopped))
+        .collect();
+    let (fixed_at, fixed_stopped_at) = (median(p99_running.clone()), median(p99_stopped.clone()));
+    let (saturated_at, saturated_stopped_at) = (
+        median(saturation_running.clone()),
+        median(saturation_stopped.clone()),
     );
-    let before = procs::snapshot(watched);
-    let (senders, fixed) = one_to_one(
-        senders,
-        &receiver_ids,
-        &samples,
-        &received,
-        run,
-        Some(args.rate),
-        args,
-    )
-    .await?;
-    let cpu_fixed = procs::spent(watched, &before, fixed.delivered, 1e5, "100k delivered");
-    eprintln!("one-to-one at saturation for {} s ...", args.duration);
-    let before = procs::snapshot(watched);
-    let (_, saturated) = one_to_one(
-        senders,
-        &receiver_ids,
-        &samples,
-        &received,
-        run + 1,
-        None,
-        args,
-    )
-    .await?;
-    let cpu_saturated = procs::spent(watched, &before, saturated.delivered, 1e5, "100k delivered");
-    Ok(OneToOneRows {
+    let side = |values: &[f64], at: usize| json!({"median": values[at], "rounds": values});
+    let difference = |running: f64, stopped: f64| (running - stopped) / stopped * 100.0;
+
+    let mut out = serde_json::Map::new();
+    out.insert(
+        "comparison".into(),
+        json!({
+            "rounds": rounds.len(),
+            "order": "each round: fixed rate running, fixed rate stopped, saturation stopped, (drain), saturation running",
+            "saturation_per_sec": {
+                "running": side(&saturation_running, saturated_at),
+                "stopped": side(&saturation_stopped, saturated_stopped_at),
+                "difference_pct": difference(saturation_running[saturated_at], saturation_stopped[saturated_stopped_at]),
+            },
+            "p99_ms_at_offered_rate": {
+                "offered_per_sec": args.rate,
+                "running": side(&p99_running, fixed_at),
+                "stopped": side(&p99_stopped, fixed_stopped_at),
+                "difference_pct": difference(p99_running[fixed_at], p99_stopped[fixed_stopped_at]),
+            },
+            "target": "within 10 %",
+        }),
+    );
+    out.insert(
+        "one_to_one_fixed_rate_stopped".into(),
+        json!({"offered_per_sec": args.rate, "result": rounds[fixed_stopped_at].fixed_stopped.json()}),
+    );
+    out.insert(
+        "one_to_one_saturation_stopped".into(),
+        rounds[saturated_stopped_at].saturated_stopped.json(),
+    );
+    // The lag of the median saturation run (every round's is in `rounds`).
+    out.insert(
+        "during_saturation".into(),
+        rounds[saturated_at].during_saturation.clone(),
+    );
+    out.insert(
+        "during_fixed_rate".into(),
+        rounds[fixed_at].during_fixed.clone(),
+    );
+    out.insert(
+        "drain_after_stopped_runs".into(),
+        rounds[saturated_stopped_at].drain.clone(),
+    );
+    let all: Vec<Value> = rounds
+        .iter_mut()
+        .map(|r| {
+            json!({
+                "fixed_rate_running": r.fixed.json(),
+                "fixed_rate_stopped": r.fixed_stopped.json(),
+                "saturation_stopped": r.saturated_stopped.json(),
+                "drain_after_stopped_runs": r.drain,
+                "saturation_running": r.saturated.json(),
+                "during_fixed_rate": r.during_fixed,
+                "during_saturation": r.during_saturation,
+            })
+        })
+        .collect();
+    out.insert("rounds".into(), all.into());
+    let (mut fixed, mut saturated) = (None, None);
+    for (i, round) in rounds.into_iter().enumerate() {
+        if i == fixed_at {
+            fixed = Some((round.fixed, round.cpu_fixed));
+        }
+        if i == saturated_at {
+            saturated = Some((round.saturated, round.cpu_saturated));
+        }
+    }
+    let ((fixed, cpu_fixed), (saturated, cpu_saturated)) = (
+        fixed.expect("the median is one of the rounds"),
+        saturated.expect("the median is one of the rounds"),
+    );
+    OneToOneRows {
         fixed,
         saturated,
         cpu_fixed,
         cpu_saturated,
-    })
+        history: Some(out),
+    }
 }
 
 async fn group_fanout(args: &Args, prefix: &str) -> anyhow::Result<Value> {
@@ -710,7 +1080,7 @@ async fn group_fanout(args: &Args, prefix: &str) -> anyhow::Result<Value> {
             .send(&json!({"msgid": 9, "id": id, "groupid": group, "seq": 2}))
             .await?;
         member.recv().await?;
-        spawn_receiver(member, samples.clone(), received.clone());
+        spawn_receiver(member, false, samples.clone(), received.clone());
     }
     let receivers = (members - 1) as u64;
     let rate = (args.rate / receivers).max(1);
@@ -1071,6 +1441,17 @@ fn markdown(report: &Value, args: &Args) -> String {
             &report["one_to_one_saturation"],
         ),
         (
+            format!(
+                "one-to-one cross-node, offered {}/s, history service stopped",
+                args.rate
+            ),
+            &report["history"]["one_to_one_fixed_rate_stopped"]["result"],
+        ),
+        (
+            "one-to-one cross-node, saturation, history service stopped".to_owned(),
+            &report["history"]["one_to_one_saturation_stopped"],
+        ),
+        (
             format!("group fan-out, {} members", args.group_members),
             &report["group_fanout"]["result"],
         ),
@@ -1155,6 +1536,9 @@ fn markdown(report: &Value, args: &Args) -> String {
             )),
         }
     }
+    if let Some(history) = report.get("history") {
+        out.push_str(&history_markdown(history));
+    }
     // Only runs that sample CPU time (one-to-one, logins) fill the table.
     if let Some(cpu) = report.get("cpu").filter(|cpu| {
         ["one_to_one_fixed_rate", "one_to_one_saturation", "logins"]
@@ -1162,6 +1546,131 @@ fn markdown(report: &Value, args: &Args) -> String {
             .any(|run| !cpu[run].is_null())
     }) {
         out.push_str(&cpu_markdown(cpu));
+    }
+    out
+}
+
+/// The history service's rows (issue 12's targets): what it costs chat,
+/// its lag under load, its ingest capacity, GetHistory on a large table.
+fn history_markdown(history: &Value) -> String {
+    let mut out = String::from("\nHistory service:\n\n");
+    if let Some(why) = history["skipped"].as_str() {
+        out.push_str(&format!("- not measured: {why}\n"));
+        return out;
+    }
+    let f = |v: &Value, digits: usize| {
+        v.as_f64()
+            .map_or_else(|| "-".to_owned(), |f| format!("{f:.digits$}"))
+    };
+    let verdict = |ok: Option<bool>| match ok {
+        Some(true) => "met",
+        Some(false) => "**missed**",
+        None => "-",
+    };
+    out.push_str("| history | measured | target | |\n|---|---|---|---|\n");
+    // "median (round 1, round 2, ...)" of one side.
+    let side = |v: &Value, digits: usize| {
+        let rounds: Vec<String> = v["rounds"]
+            .as_array()
+            .map(|r| r.iter().map(|x| f(x, digits)).collect())
+            .unwrap_or_default();
+        if rounds.len() > 1 {
+            format!("{} ({})", f(&v["median"], digits), rounds.join(", "))
+        } else {
+            f(&v["median"], digits)
+        }
+    };
+    let c = &history["comparison"];
+    if !c.is_null() {
+        let rounds = c["rounds"].as_u64().unwrap_or(1);
+        let s = &c["saturation_per_sec"];
+        let d = s["difference_pct"].as_f64();
+        out.push_str(&format!(
+            "| cross-node saturation msg/s, running vs stopped{} | {} vs {} ({:+.1} %) | within 10 % | {} |\n",
+            if rounds > 1 { format!(", median of {rounds} (each)") } else { String::new() },
+            side(&s["running"], 0),
+            side(&s["stopped"], 0),
+            d.unwrap_or(f64::NAN),
+            verdict(d.map(|d| d >= -10.0)),
+        ));
+        let p = &c["p99_ms_at_offered_rate"];
+        let d = p["difference_pct"].as_f64();
+        out.push_str(&format!(
+            "| p99 ms at {}/s, running vs stopped{} | {} vs {} ({:+.1} %) | within 10 % | {} |\n",
+            p["offered_per_sec"],
+            if rounds > 1 {
+                format!(", median of {rounds} (each)")
+            } else {
+                String::new()
+            },
+            side(&p["running"], 2),
+            side(&p["stopped"], 2),
+            d.unwrap_or(f64::NAN),
+            verdict(d.map(|d| d <= 10.0)),
+        ));
+    }
+    for (label, key) in [
+        ("during the saturation run", "during_saturation"),
+        ("during the offered-rate run", "during_fixed_rate"),
+    ] {
+        let r = &history[key];
+        if r.is_null() {
+            continue;
+        }
+        out.push_str(&format!(
+            "| ingest {label}: max lag / max backlog | {} ms / {} entries (service's gauge: {} ms) | | |\n",
+            f(&r["max_lag_ms"], 0),
+            f(&r["max_backlog_entries"], 0),
+            f(&r["max_service_lag_gauge_ms"], 0),
+        ));
+        out.push_str(&format!(
+            "| ingest {label}: backlog at its end, 0 after | {} entries, {} s | | |\n",
+            r["backlog_at_end"]["entries"],
+            f(&r["caught_up_after_end_seconds"], 1),
+        ));
+        out.push_str(&format!(
+            "| ingest {label}: stored/s during it / until caught up | {} / {} ({} delivered/s) | | |\n",
+            f(&r["stored_per_sec_during_run"], 0),
+            f(&r["stored_per_sec_until_caught_up"], 0),
+            f(&(r["delivered"].as_f64().unwrap_or(f64::NAN) / r["run_seconds"].as_f64().unwrap_or(f64::NAN)).into(), 0),
+        ));
+    }
+    let capacity = |label: String, d: &Value, out: &mut String| {
+        let rate = d["stored_per_sec"].as_f64();
+        out.push_str(&format!(
+            "| ingest capacity: {label} | {} msg/s ({} in {} s) | ≥ 20,000 msg/s | {} |\n",
+            f(&d["stored_per_sec"], 0),
+            d["stored"],
+            f(&d["seconds"], 1),
+            verdict(rate.map(|r| r >= 20_000.0)),
+        ));
+    };
+    if !history["drain_after_stopped_runs"].is_null() {
+        capacity(
+            "backlog of the runs it was stopped for, drained".to_owned(),
+            &history["drain_after_stopped_runs"],
+            &mut out,
+        );
+    }
+    let t = &history["table"];
+    if !t.is_null() {
+        capacity(
+            format!("{} entries written while stopped, drained", t["rows"]),
+            &t["drain"],
+            &mut out,
+        );
+        let g = &t["get_history"];
+        let p99 = g["latency"]["p99_ms"].as_f64();
+        out.push_str(&format!(
+            "| GetHistory({}), {} calls on {} rows: p50 / p99 / max | {} / {} / {} ms | p99 ≤ 5 ms | {} |\n",
+            g["limit"],
+            g["calls"],
+            t["table_rows"],
+            f(&g["latency"]["p50_ms"], 2),
+            f(&g["latency"]["p99_ms"], 2),
+            f(&g["latency"]["max_ms"], 2),
+            verdict(p99.map(|p| p <= 5.0)),
+        ));
     }
     out
 }

@@ -1,0 +1,668 @@
+//! The history service under load (`history` and `history-table`
+//! scenarios): what it costs live chat, how far behind it falls, how fast
+//! it stores, and how fast it answers on a large table.
+//!
+//! The gateways number every chat and append it to one of the history
+//! streams (`{prefix}{h:N}`, N < [`PARTITIONS`]) in the same Redis script
+//! whether or not the history service runs; the service reads them as the
+//! consumer group `history` and acknowledges after commit. So:
+//! - *not running* is the process stopped (SIGSTOP, [`Paused`]): chat goes
+//!   on unchanged, the streams fill, and SIGCONT lets it catch up, which
+//!   is also the cleanest measurement of its ingest capacity (a backlog
+//!   drained with nothing else running);
+//! - *how far behind* is read from Redis, not from the service: per
+//!   partition, XINFO GROUPS (`lag`: not yet read; `pending`: read, not yet
+//!   acknowledged, i.e. not yet committed), and the age of the oldest entry
+//!   that is either, from its stream id (a Redis clock in ms). The
+//!   service's own `/metrics` gives the stored-messages counter
+//!   (`clusterchat_history_ingested_messages_total`) and its lag gauge
+//!   (`clusterchat_history_ingest_lag_ms`);
+//! - the table: entries written straight to the streams as gateways write
+//!   them (1:1 conversations of users far above any the bench registers),
+//!   ingested by the running service, then `GetHistory` of 50 over gRPC.
+
+use std::{
+    net::SocketAddr,
+    process::Command,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::Context as _;
+use clusterchat_proto::history::v1::{
+    GetHistoryRequest, history_service_client::HistoryServiceClient,
+};
+use redis::{Value as Redis, aio::MultiplexedConnection};
+use serde_json::{Value, json};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpStream,
+};
+
+/// The gateways' and the service's partition count (the stream contract).
+pub const PARTITIONS: u32 = 16;
+/// The consumer group the history service reads as.
+const GROUP: &str = "history";
+/// What gateways give XADD as `MAXLEN ~` (the stream contract).
+const STREAM_MAX_LEN: u64 = 200_000;
+/// Users of the table's conversations start here (user ids the bench's
+/// registrations never reach).
+const TABLE_USERS_FROM: i64 = 1_000_000_000;
+/// First sequence number of every table conversation.
+const TABLE_SEQ_FROM: u64 = 1_000_000;
+/// How often the backlog is sampled while chat runs.
+const SAMPLE_EVERY: Duration = Duration::from_millis(200);
+
+/// Where the history service and its streams are.
+pub struct History {
+    redis: MultiplexedConnection,
+    prefix: String,
+    /// `/metrics` of the service (host:port).
+    metrics: SocketAddr,
+    pid: u32,
+    grpc: Option<String>,
+    token: Option<String>,
+}
+
+/// Not yet stored, over all partitions, at one instant.
+#[derive(Clone, Copy, Default)]
+pub struct Backlog {
+    /// Written by gateways, not yet read by the service.
+    unread: u64,
+    /// Read, not yet acknowledged (the service acknowledges after commit).
+    pending: u64,
+    /// Age of the oldest entry that is either, in ms (0 when none is).
+    oldest_ms: f64,
+}
+
+impl Backlog {
+    fn total(self) -> u64 {
+        self.unread + self.pending
+    }
+}
+
+/// What `/metrics` says at one instant.
+#[derive(Clone, Copy, Default)]
+struct Scrape {
+    ingested: u64,
+    lag_ms: f64,
+}
+
+impl History {
+    pub async fn connect(
+        redis_url: &str,
+        prefix: &str,
+        metrics: SocketAddr,
+        pid: u32,
+        grpc: Option<String>,
+        token_file: Option<&std::path::Path>,
+    ) -> anyhow::Result<Self> {
+        let client = redis::Client::open(redis_url)?;
+        let redis = client
+            .get_multiplexed_async_connection()
+            .await
+            .with_context(|| format!("history streams' Redis {redis_url}"))?;
+        let token = token_file
+            .map(|path| {
+                std::fs::read_to_string(path)
+                    .map(|t| t.trim().to_owned())
+                    .with_context(|| format!("cannot read the token in {}", path.display()))
+            })
+            .transpose()?;
+        let history = Self {
+            redis,
+            prefix: prefix.to_owned(),
+            metrics,
+            pid,
+            grpc,
+            token,
+        };
+        history
+            .scrape()
+            .await
+            .with_context(|| format!("the history service's /metrics on {metrics}"))?;
+        Ok(history)
+    }
+
+    fn key(&self, partition: u32) -> String {
+        format!("{}{{h:{partition}}}", self.prefix)
+    }
+
+    /// Unread and pending entries of every partition, and the oldest one's age.
+    pub async fn backlog(&self) -> anyhow::Result<Backlog> {
+        let mut pipe = redis::pipe();
+        for p in 0..PARTITIONS {
+            pipe.cmd("XINFO").arg("GROUPS").arg(self.key(p));
+            pipe.cmd("XLEN").arg(self.key(p));
+        }
+        let replies: Vec<Redis> = pipe.query_async(&mut self.redis.clone()).await?;
+        let mut backlog = Backlog::default();
+        let mut oldest: Option<u64> = None;
+        for (p, pair) in (0..PARTITIONS).zip(replies.chunks(2)) {
+            let length = int(&pair[1]).unwrap_or(0);
+            let Some(group) = group_info(&pair[0]) else {
+                // No group yet: the service never ran; all of it is unread.
+                backlog.unread += length;
+                continue;
+            };
+            let field = |name: &str| group.iter().find(|(k, _)| k == name).map(|(_, v)| v);
+            let pending = field("pending").and_then(int).unwrap_or(0);
+            // `lag` is nil when Redis cannot tell (entries deleted among the
+            // unread); the stream's length is then an upper bound.
+            let unread = field("lag")
+                .and_then(int)
+                .unwrap_or_else(|| length.saturating_sub(pending));
+            backlog.pending += pending;
+            backlog.unread += unread;
+            let first = if pending > 0 {
+                // [count, smallest id, greatest id, consumers]
+                let summary: Redis = redis::cmd("XPENDING")
+                    .arg(self.key(p))
+                    .arg(GROUP)
+                    .query_async(&mut self.redis.clone())
+                    .await?;
+                array(&summary).get(1).and_then(text)
+            } else if unread > 0 {
+                let after = field("last-delivered-id")
+                    .and_then(text)
+                    .unwrap_or_default();
+                let next: Redis = redis::cmd("XRANGE")
+                    .arg(self.key(p))
+                    .arg(format!("({after}"))
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(1)
+                    .query_async(&mut self.redis.clone())
+                    .await?;
+                array(&next)
+                    .first()
+                    .and_then(|entry| array(entry).first().and_then(text))
+            } else {
+                None
+            };
+            if let Some(ms) = first.as_deref().and_then(id_millis) {
+                oldest = Some(oldest.map_or(ms, |o| o.min(ms)));
+            }
+        }
+        backlog.oldest_ms = oldest.map_or(0.0, |ms| (now_millis().saturating_sub(ms)) as f64);
+        Ok(backlog)
+    }
+
+    /// `/metrics` of the service: a plain HTTP/1.0 GET (no chunks; the
+    /// server closes when done).
+    async fn scrape(&self) -> anyhow::Result<Scrape> {
+        let body = tokio::time::timeout(Duration::from_secs(2), async {
+            let mut stream = TcpStream::connect(self.metrics).await?;
+            stream
+                .write_all(
+                    format!("GET /metrics HTTP/1.0\r\nHost: {}\r\n\r\n", self.metrics).as_bytes(),
+                )
+                .await?;
+            let mut body = String::new();
+            stream.read_to_string(&mut body).await?;
+            anyhow::Ok(body)
+        })
+        .await
+        .context("no answer within 2 s")??;
+        let value = |name: &str| {
+            body.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        };
+        anyhow::ensure!(
+            body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200"),
+            "/metrics answered {}",
+            body.lines().next().unwrap_or_default()
+        );
+        // The service registers its metrics when it first ingests.
+        Ok(Scrape {
+            ingested: value("clusterchat_history_ingested_messages_total").unwrap_or(0.0) as u64,
+            lag_ms: value("clusterchat_history_ingest_lag_ms").unwrap_or(f64::NAN),
+        })
+    }
+
+    /// Messages the service has stored since it started (on the bench's
+    /// fresh stack: the rows of its table).
+    pub async fn stored_rows(&self) -> anyhow::Result<u64> {
+        Ok(self.scrape().await?.ingested)
+    }
+
+    /// Stops the service's process (SIGSTOP) until [`Paused::resume`] or
+    /// drop. It is caught up first, so its counter is what it has stored.
+    pub async fn pause(&self) -> anyhow::Result<Paused> {
+        self.caught_up(Duration::from_secs(300)).await?;
+        let before = self.scrape().await?;
+        signal(self.pid, "STOP")?;
+        Ok(Paused {
+            pid: Some(self.pid),
+            ingested: before.ingested,
+        })
+    }
+
+    /// Waits until nothing is unread or pending (every written entry is
+    /// stored); how long that took.
+    async fn caught_up(&self, limit: Duration) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        loop {
+            if self.backlog().await?.total() == 0 {
+                return Ok(started.elapsed());
+            }
+            anyhow::ensure!(
+                started.elapsed() < limit,
+                "the history service did not catch up within {} s",
+                limit.as_secs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Starts sampling the backlog and `/metrics` (see [`Sampler::finish`]).
+    pub async fn sample(self: &Arc<Self>) -> anyhow::Result<Sampler> {
+        let started = Instant::now();
+        let first = self.scrape().await?;
+        let points = Arc::new(Mutex::new(Vec::new()));
+        let (history, out) = (self.clone(), points.clone());
+        let task = tokio::spawn(async move {
+            let mut every = tokio::time::interval(SAMPLE_EVERY);
+            loop {
+                every.tick().await;
+                let (Ok(backlog), scrape) = (history.backlog().await, history.scrape().await)
+                else {
+                    continue;
+                };
+                out.lock().unwrap_or_else(|p| p.into_inner()).push(Point {
+                    at: started.elapsed().as_secs_f64(),
+                    backlog,
+                    lag_ms: scrape.map_or(f64::NAN, |s| s.lag_ms),
+                });
+            }
+        });
+        Ok(Sampler {
+            history: self.clone(),
+            started,
+            first,
+            points,
+            task,
+        })
+    }
+
+    /// Writes `rows` chats to the streams as gateways do, over
+    /// `conversations` 1:1 conversations (`rows / conversations` each),
+    /// with the service stopped, then lets it drain them: its ingest
+    /// capacity on a large backlog, and the table `GetHistory` is timed on.
+    pub async fn fill_table(
+        &self,
+        rows: u64,
+        conversations: u64,
+        size: usize,
+    ) -> anyhow::Result<Value> {
+        let paused = self.pause().await?;
+        let per_conversation = rows.div_ceil(conversations);
+        let text = "x".repeat(size);
+        let mark = now_millis();
+        let at = mark * 1000;
+        let started = Instant::now();
+        let mut redis = self.redis.clone();
+        let mut pipe = redis::pipe();
+        // Round by round, so every conversation grows at once as in life
+        // (and the streams interleave them).
+        for i in 0..rows {
+            let (c, round) = (i % conversations, i / conversations);
+            let (a, b) = table_users(c);
+            let conv = format!("d:{a}:{b}");
+            let seq = TABLE_SEQ_FROM + round;
+            let mid = format!("bench{mark}-{c}-{round}");
+            let (from, to) = if round % 2 == 0 { (a, b) } else { (b, a) };
+            let frame = format!(
+                r#"{{"msgid":6,"id":{from},"name":"u{from}","toid":{to},"msg":"{text}","time":"2026-01-01 00:00:00","conv":"{conv}","cseq":{seq},"mid":"{mid}"}}"#
+            );
+            pipe.cmd("XADD")
+                .arg(self.key(partition(&conv)))
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(STREAM_MAX_LEN)
+                .arg("*")
+                .arg("op")
+                .arg("m")
+                .arg("mid")
+                .arg(&mid)
+                .arg("conv")
+                .arg(&conv)
+                .arg("seq")
+                .arg(seq)
+                .arg("from")
+                .arg(from)
+                .arg("at")
+                .arg(at + i)
+                .arg("tp")
+                .arg("")
+                .arg("frame")
+                .arg(frame)
+                .ignore();
+            if (i + 1) % 2000 == 0 || i + 1 == rows {
+                let () = pipe.query_async(&mut redis).await?;
+                pipe = redis::pipe();
+            }
+        }
+        let written = rows;
+        let wrote_in = started.elapsed().as_secs_f64();
+        eprintln!("  wrote {written} entries in {wrote_in:.1} s; draining ...");
+        let drain = paused.resume_and_drain(self).await?;
+        Ok(json!({
+            "rows": written,
+            "conversations": conversations,
+            "per_conversation": per_conversation,
+            "text_bytes": size,
+            "written_in_seconds": wrote_in,
+            "drain": drain,
+        }))
+    }
+
+    /// `calls` GetHistory of `limit` one after another on the table
+    /// [`Self::fill_table`] made: random conversations, half the newest
+    /// page, half a full page before a random place.
+    pub async fn time_get_history(
+        &self,
+        conversations: u64,
+        per_conversation: u64,
+        calls: usize,
+        limit: u32,
+    ) -> anyhow::Result<Value> {
+        let url = self
+            .grpc
+            .clone()
+            .context("GetHistory needs --history-grpc")?;
+        let channel = tonic::transport::Endpoint::from_shared(url.clone())?
+            .connect()
+            .await
+            .with_context(|| format!("history service at {url}"))?;
+        let bearer: tonic::metadata::AsciiMetadataValue =
+            format!("Bearer {}", self.token.as_deref().unwrap_or_default()).parse()?;
+        let mut client = HistoryServiceClient::with_interceptor(
+            channel,
+            move |mut request: tonic::Request<()>| {
+                request
+                    .metadata_mut()
+                    .insert("authorization", bearer.clone());
+                Ok(request)
+            },
+        );
+        let limit_u64 = u64::from(limit);
+        let mut latencies = crate::Latencies::default();
+        let mut short = 0u64;
+        let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+        for i in 0..calls {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let c = state % conversations;
+            let (a, b) = table_users(c);
+            // A full page before: anywhere from `limit` messages in.
+            let before_seq = if i % 2 == 0 || per_conversation <= limit_u64 {
+                0
+            } else {
+                TABLE_SEQ_FROM + limit_u64 + (state >> 32) % (per_conversation - limit_u64 + 1)
+            };
+            let started = Instant::now();
+            let page = client
+                .get_history(GetHistoryRequest {
+                    user_id: a,
+                    conversation: format!("d:{a}:{b}"),
+                    before_seq,
+                    after_seq: 0,
+                    limit,
+                })
+                .await?
+                .into_inner();
+            latencies
+                .0
+                .push(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX));
+            if page.messages.len() < limit as usize {
+                short += 1;
+            }
+        }
+        Ok(json!({
+            "calls": calls,
+            "limit": limit,
+            "pages_shorter_than_limit": short,
+            "latency": latencies.summary(),
+        }))
+    }
+}
+
+/// The history service stopped (SIGSTOP); dropped, it is let go on.
+pub struct Paused {
+    pid: Option<u32>,
+    /// Its stored-messages counter when it was stopped.
+    ingested: u64,
+}
+
+impl Paused {
+    /// SIGCONT, then waits until the backlog built up meanwhile is stored:
+    /// how many entries, how long, how many per second.
+    pub async fn resume_and_drain(mut self, history: &History) -> anyhow::Result<Value> {
+        let backlog = history.backlog().await?;
+        if let Some(pid) = self.pid.take() {
+            signal(pid, "CONT")?;
+        }
+        let took = history.caught_up(Duration::from_secs(600)).await?;
+        let stored = history
+            .scrape()
+            .await?
+            .ingested
+            .saturating_sub(self.ingested);
+        let seconds = took.as_secs_f64().max(0.001);
+        Ok(json!({
+            "backlog_entries": backlog.total(),
+            "oldest_ms": backlog.oldest_ms,
+            "stored": stored,
+            "seconds": seconds,
+            "stored_per_sec": stored as f64 / seconds,
+        }))
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid.take() {
+            let _ = signal(pid, "CONT");
+        }
+    }
+}
+
+/// One sample taken while chat runs.
+#[derive(Clone, Copy)]
+struct Point {
+    /// Seconds since the sampler started.
+    at: f64,
+    backlog: Backlog,
+    /// The service's own `history_ingest_lag_ms`.
+    lag_ms: f64,
+}
+
+/// Samples the backlog every [`SAMPLE_EVERY`] while a run goes on.
+pub struct Sampler {
+    history: Arc<History>,
+    started: Instant,
+    first: Scrape,
+    points: Arc<Mutex<Vec<Point>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Sampler {
+    /// Call when the run is over (every chat delivered): the backlog then,
+    /// how long until it was 0, the worst lag seen, and how fast the
+    /// service stored meanwhile (`delivered`: what the run delivered).
+    pub async fn finish(self, delivered: u64) -> anyhow::Result<Value> {
+        let run_seconds = self.started.elapsed().as_secs_f64();
+        let at_end = self.history.backlog().await?;
+        let ingested_at_end = self.history.scrape().await?.ingested;
+        let catch_up = self.history.caught_up(Duration::from_secs(600)).await;
+        self.task.abort();
+        let catch_up = catch_up?.as_secs_f64();
+        let stored = self
+            .history
+            .scrape()
+            .await?
+            .ingested
+            .saturating_sub(self.first.ingested);
+        let points = self
+            .points
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let max = |f: fn(&Point) -> f64| {
+            points
+                .iter()
+                .map(f)
+                .filter(|v| v.is_finite())
+                .fold(0.0_f64, f64::max)
+        };
+        let stored_during_run = ingested_at_end.saturating_sub(self.first.ingested);
+        Ok(json!({
+            "samples": points.len(),
+            "sample_every_ms": SAMPLE_EVERY.as_millis(),
+            "run_seconds": run_seconds,
+            "delivered": delivered,
+            "max_backlog_entries": max(|p| p.backlog.total() as f64),
+            "max_lag_ms": max(|p| p.backlog.oldest_ms).max(at_end.oldest_ms),
+            "max_service_lag_gauge_ms": max(|p| p.lag_ms),
+            "backlog_at_end": {"unread": at_end.unread, "pending": at_end.pending, "entries": at_end.total(), "oldest_ms": at_end.oldest_ms},
+            "caught_up_after_end_seconds": catch_up,
+            // [seconds since the run started, entries not yet stored, age
+            // of the oldest in ms], every sample
+            "series": points.iter().map(|p| json!([
+                (p.at * 10.0).round() / 10.0,
+                p.backlog.total(),
+                p.backlog.oldest_ms,
+            ])).collect::<Vec<_>>(),
+            "stored": stored,
+            "stored_during_run": stored_during_run,
+            "stored_per_sec_during_run": stored_during_run as f64 / run_seconds.max(0.001),
+            "stored_per_sec_until_caught_up": stored as f64 / (run_seconds + catch_up).max(0.001),
+        }))
+    }
+}
+
+/// `kill -SIG PID` (the workspace forbids the `unsafe` of a libc call).
+fn signal(pid: u32, signal: &str) -> anyhow::Result<()> {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .context("running kill")?;
+    anyhow::ensure!(status.success(), "kill -{signal} {pid} failed");
+    Ok(())
+}
+
+/// The two users of table conversation `c`, ascending.
+fn table_users(c: u64) -> (i64, i64) {
+    let a = TABLE_USERS_FROM + 2 * i64::try_from(c).unwrap_or(0);
+    (a, a + 1)
+}
+
+/// A conversation's partition: FNV-1a (32 bits) of its id (the contract).
+fn partition(conversation: &str) -> u32 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for &b in conversation.as_bytes() {
+        hash ^= u32::from(b);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    hash % PARTITIONS
+}
+
+fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The milliseconds of a stream id (`MS-SEQ`).
+fn id_millis(id: &str) -> Option<u64> {
+    id.split_once('-')?.0.parse().ok()
+}
+
+fn array(value: &Redis) -> &[Redis] {
+    match value {
+        Redis::Array(items) | Redis::Set(items) => items,
+        _ => &[],
+    }
+}
+
+fn text(value: &Redis) -> Option<String> {
+    match value {
+        Redis::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
+        Redis::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn int(value: &Redis) -> Option<u64> {
+    match value {
+        Redis::Int(n) => u64::try_from(*n).ok(),
+        other => text(other)?.parse().ok(),
+    }
+}
+
+/// The fields of group [`GROUP`] in an XINFO GROUPS reply (RESP2: a flat
+/// array of name, value per group; RESP3: a map).
+fn group_info(reply: &Redis) -> Option<Vec<(String, Redis)>> {
+    array(reply).iter().find_map(|group| {
+        let fields: Vec<(String, Redis)> = match group {
+            Redis::Map(pairs) => pairs
+                .iter()
+                .filter_map(|(k, v)| Some((text(k)?, v.clone())))
+                .collect(),
+            other => array(other)
+                .chunks(2)
+                .filter_map(|kv| Some((text(&kv[0])?, kv.get(1)?.clone())))
+                .collect(),
+        };
+        fields
+            .iter()
+            .any(|(k, v)| k == "name" && text(v).as_deref() == Some(GROUP))
+            .then_some(fields)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Redis {
+        Redis::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn partition_is_fnv1a_32_mod_16() {
+        // Published FNV-1a 32-bit test vectors: "a" 0xe40c292c, "foobar" 0xbf9cf968.
+        assert_eq!(partition("a"), 0xe40c_292c % 16);
+        assert_eq!(partition("foobar"), 0xbf9c_f968 % 16);
+    }
+
+    #[test]
+    fn reads_the_history_group_of_xinfo_groups() {
+        let reply = Redis::Array(vec![
+            Redis::Array(vec![
+                bulk("name"),
+                bulk("other"),
+                bulk("lag"),
+                Redis::Int(9),
+            ]),
+            Redis::Array(vec![
+                bulk("name"),
+                bulk("history"),
+                bulk("pending"),
+                Redis::Int(3),
+                bulk("lag"),
+                Redis::Nil,
+            ]),
+        ]);
+        let group = group_info(&reply).expect("the history group");
+        let field = |name: &str| group.iter().find(|(k, _)| k == name).map(|(_, v)| v);
+        assert_eq!(field("pending").and_then(int), Some(3));
+        assert_eq!(field("lag").and_then(int), None);
+        assert!(group_info(&Redis::Array(vec![])).is_none());
+        assert_eq!(id_millis("1700000000123-4"), Some(1_700_000_000_123));
+    }
+}
