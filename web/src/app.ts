@@ -21,7 +21,7 @@ import {
   encode,
   groupConv,
 } from './protocol';
-import { type Message, Store } from './store';
+import { type Message, Store, TYPING_SHOWN_MS } from './store';
 import { formatServerTime } from './time';
 import { ConversationView } from './ui/conversation';
 import { h } from './ui/dom';
@@ -35,6 +35,11 @@ const PAGE = 50;
 const CATCH_UP_PAGE = 200;
 /** After a failed history request, wait this long before asking again. */
 const HISTORY_RETRY_MS = 5_000;
+/** The history service keeps group memberships this long (5 s by default),
+ *  so it may refuse a group's history just after joining it. */
+const JOIN_SETTLE_MS = 10_000;
+const SETTLE_RETRY_MS = 1_000;
+const ERRNO_FORBIDDEN = 4;
 /** History trails live delivery a little: look again this long after a reconnect. */
 const SECOND_CATCH_UP_MS = 3_000;
 
@@ -63,7 +68,10 @@ export class ChatSession {
   private readonly typingSentAt = new Map<string, number>();
   private readonly loadingHistory = new Set<string>();
   private readonly historyRetryAt = new Map<string, number>();
+  private readonly historyError = new Map<string, string>();
   private readonly inFlight = new Set<string>();
+  /** Groups created or joined here, and when. */
+  private readonly joinedAt = new Map<string, number>();
   private lastRosterError = '';
 
   constructor(
@@ -124,6 +132,8 @@ export class ChatSession {
         break;
       case 'typing':
         store.setTyping(frame.conv, frame.id, frame.name, now);
+        // Hidden again on time, unless another event comes first.
+        setTimeout(() => this.scheduleRender(), TYPING_SHOWN_MS + 20);
         break;
       case 'reply':
         // An error for a request that had no seq (typing, delivered): say it.
@@ -217,18 +227,27 @@ export class ChatSession {
     const store = this.store;
     if (!store || this.loadingHistory.has(conv) || this.connection.state !== 'connected') return;
     if ((this.historyRetryAt.get(conv) ?? 0) > Date.now()) return;
+    if (!store.conversations.get(conv)?.historyLoaded) direction = 'latest';
     const before = direction === 'older' ? store.oldestCseq(conv) : 0;
-    if (direction === 'older' && before === 0) direction = 'latest';
+    if (before === 0) direction = 'latest';
     this.loadingHistory.add(conv);
     if (direction === 'older' && this.view?.current === conv) this.view.setLoadingOlder(true);
     try {
       const body = await this.connection.request(encode.history(conv, { before, limit: PAGE }));
       const page = decodeHistory(body);
       this.received(store.applyHistoryPage(conv, page.messages, page.more, direction, Date.now()));
+      this.historyError.delete(conv);
     } catch (error) {
-      this.historyRetryAt.set(conv, Date.now() + HISTORY_RETRY_MS);
-      setTimeout(() => this.scheduleRender(), HISTORY_RETRY_MS + 50);
-      if (!(error instanceof ConnectionLost)) this.toast.show(messageOf(error));
+      const settling = this.joinSettling(conv, error);
+      const wait = settling ? SETTLE_RETRY_MS : HISTORY_RETRY_MS;
+      this.historyRetryAt.set(conv, Date.now() + wait);
+      setTimeout(() => this.scheduleRender(), wait + 50);
+      // Retried while the conversation is open: say each failure once.
+      const message = messageOf(error);
+      if (!(error instanceof ConnectionLost) && !settling && this.historyError.get(conv) !== message) {
+        this.historyError.set(conv, message);
+        this.toast.show(message);
+      }
     } finally {
       this.loadingHistory.delete(conv);
       if (this.view?.current === conv) this.view.setLoadingOlder(false);
@@ -258,7 +277,8 @@ export class ChatSession {
       })
       .catch((error: unknown) => {
         this.readSent.delete(conv);
-        if (!(error instanceof ConnectionLost)) this.toast.show(messageOf(error));
+        if (this.joinSettling(conv, error)) setTimeout(() => this.scheduleRender(), SETTLE_RETRY_MS);
+        else if (!(error instanceof ConnectionLost)) this.toast.show(messageOf(error));
       });
   }
 
@@ -342,6 +362,7 @@ export class ChatSession {
     const body = await this.request(encode.createGroup(store.me, name, description));
     const id = typeof body['groupid'] === 'number' ? body['groupid'] : null;
     if (id === null) throw new Error('The server did not say the new group’s id.');
+    this.joinedAt.set(groupConv(id), Date.now());
     const c = store.conversation(groupConv(id));
     if (c && !c.named) {
       c.name = name;
@@ -355,10 +376,26 @@ export class ChatSession {
   private async joinGroup(id: number): Promise<string> {
     const store = this.store!;
     await this.request(encode.joinGroup(store.me, id));
+    this.joinedAt.set(groupConv(id), Date.now());
     await this.refreshRoster();
     const c = store.conversation(groupConv(id));
     this.scheduleRender();
     return `You joined ${c?.name ?? `group ${id}`} (id ${id}).`;
+  }
+
+  /**
+   * Whether `error` is the history service not knowing yet that I am in a
+   * group I just created or joined (it keeps memberships for a few
+   * seconds): worth a quiet retry, not an error on screen.
+   */
+  private joinSettling(conv: string, error: unknown): boolean {
+    const joined = this.joinedAt.get(conv);
+    return (
+      joined !== undefined &&
+      Date.now() - joined < JOIN_SETTLE_MS &&
+      error instanceof ServerError &&
+      error.errno === ERRNO_FORBIDDEN
+    );
   }
 
   /** A request whose failure the user must see (toast as well as the form). */
@@ -446,12 +483,8 @@ export class ChatSession {
     this.timers.push(
       setInterval(() => void this.refreshRoster(), ROSTER_EVERY_MS),
       setInterval(() => this.flushDelivered(), DELIVERED_EVERY_MS),
-      // "typing…" fades out.
-      setInterval(() => {
-        for (const c of store.conversations.values()) {
-          if (c.typing.size > 0) return this.scheduleRender();
-        }
-      }, 1_000),
+      // Day labels ("Today") and list times age.
+      setInterval(() => this.scheduleRender(), 60_000),
     );
     document.addEventListener('visibilitychange', this.onVisibility);
     window.addEventListener('online', this.onOnline);

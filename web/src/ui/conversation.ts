@@ -224,11 +224,11 @@ export class ConversationView {
 
     setText(this.typingEl, typingText(this.store.typingNames(conv, now)));
 
-    // A first page that does not fill the view leaves nothing to scroll:
-    // fetch more until it does (or there is no more).
-    if (c.historyLoaded && c.hasOlder && !this.loadingOlder && box.scrollHeight <= box.clientHeight + OLDER_PX) {
-      this.actions.loadOlder(conv);
-    }
+    // The newest page until it came (the app retries a failure after a
+    // while); then, as a first page that does not fill the view leaves
+    // nothing to scroll, more until it does (or there is no more).
+    const unfilled = c.hasOlder && !this.loadingOlder && box.scrollHeight <= box.clientHeight + OLDER_PX;
+    if (!c.historyLoaded || unfilled) this.actions.loadOlder(conv);
   }
 
   /** Whether the newest message is on screen (for marking read). */
@@ -246,7 +246,8 @@ export class ConversationView {
     }
     let subtitle: string;
     if (c.kind === 'direct') {
-      subtitle = `${c.online ? 'online' : 'offline'} · id ${c.peer}`;
+      // Presence is known for friends only.
+      subtitle = c.inRoster ? `${c.online ? 'online' : 'offline'} · id ${c.peer}` : `id ${c.peer}`;
     } else {
       const members = c.members.size;
       const online = [...c.members.values()].filter((m) => m.online).length;
@@ -330,14 +331,14 @@ export class ConversationView {
     }
   }
 
-  /** The first message at least partly on screen, and where it is. */
+  /** The first message at least partly on screen, and where it is (not a
+   *  day separator: those are sticky, and move when older messages come). */
   private visibleAnchor(): { el: HTMLElement; top: number } | null {
     const boxTop = this.messagesEl.getBoundingClientRect().top;
     for (const child of this.messagesEl.children) {
+      if (!(child instanceof HTMLElement) || !child.classList.contains('msg')) continue;
       const rect = child.getBoundingClientRect();
-      if (rect.bottom > boxTop && child instanceof HTMLElement && child !== this.topNote) {
-        return { el: child, top: rect.top };
-      }
+      if (rect.bottom > boxTop) return { el: child, top: rect.top };
     }
     return null;
   }
@@ -367,7 +368,10 @@ export class ConversationView {
   }
 
   private autosize(): void {
-    this.composer.style.height = 'auto';
-    this.composer.style.height = `${Math.min(this.composer.scrollHeight, 160)}px`;
+    const box = this.composer;
+    box.style.height = 'auto';
+    // scrollHeight leaves out the borders, which border-box heights include.
+    const borders = box.offsetHeight - box.clientHeight;
+    box.style.height = `${Math.min(box.scrollHeight + borders, 160)}px`;
   }
 }
