@@ -1,7 +1,8 @@
 //! Fixtures for end-to-end tests: a whole clusterchat stack of real
 //! processes (user, offline and history services, gateway nodes, optionally
 //! nginx and a private Redis or Redis Cluster) on free loopback ports, and
-//! clients that speak the classic protocol over TCP or WebSocket.
+//! clients that speak the classic protocol over TCP or WebSocket, and
+//! (in [`browser`]) headless Chromium driving the web client.
 //!
 //! Every stack gets fresh databases and its own Redis key prefix, so tests
 //! run side by side against the shared test MariaDB and Redis that
@@ -25,6 +26,7 @@ use tokio::{
 
 pub use test_support::{PATIENCE, assert_eventually};
 
+pub mod browser;
 pub mod otlp;
 pub mod redis;
 
@@ -45,6 +47,15 @@ pub fn bin(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// The built web client (`web/dist`, made by `just test` before the tests
+/// run), when there is one: the gateways of every stack serve it.
+pub fn web_dist() -> Option<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../web/dist");
+    dir.join("index.html")
+        .is_file()
+        .then(|| dir.canonicalize().unwrap_or(dir))
 }
 
 /// Runs the `chat` binary with `args` (at most 30 s): whether it succeeded,
@@ -492,6 +503,13 @@ impl StackBuilder {
                     format!("http://{history_addr}"),
                 ),
             ];
+            // The web client at / (the browser tests load it through nginx).
+            if let Some(web) = web_dist() {
+                env.push((
+                    "CLUSTERCHAT_GATEWAY_WEB_DIR".into(),
+                    web.display().to_string(),
+                ));
+            }
             env.extend(self.gateway_env.iter().cloned());
             env.extend(otel(&format!("gateway-{}", i + 1)));
             let log = dir.join(format!("gateway-{}.log", i + 1));
