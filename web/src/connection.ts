@@ -38,6 +38,14 @@ export class ConnectionLost extends Error {
   }
 }
 
+/** A request the server did not answer in time (the connection is up). */
+export class RequestTimeout extends Error {
+  constructor() {
+    super('the server did not answer in time; try again');
+    this.name = 'RequestTimeout';
+  }
+}
+
 export const UNREACHABLE = 'cannot reach the server';
 
 export interface ConnectionHandlers {
@@ -57,6 +65,8 @@ export interface Timings {
   pingEveryMs: number;
   /** No frame for this long (pongs included): the connection is dead. */
   silenceMs: number;
+  /** A socket not open by then is given up (a black-holed address). */
+  openTimeoutMs: number;
   loginTimeoutMs: number;
   requestTimeoutMs: number;
   backoffMinMs: number;
@@ -67,6 +77,7 @@ export const DEFAULT_TIMINGS: Timings = {
   ackEveryMs: 100,
   pingEveryMs: 5000,
   silenceMs: 12000,
+  openTimeoutMs: 10000,
   loginTimeoutMs: 15000,
   requestTimeoutMs: 30000,
   backoffMinMs: 500,
@@ -129,7 +140,7 @@ export class Connection {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         this.waiting.delete(seq);
-        reject(new ConnectionLost('the server did not answer in time'));
+        reject(new RequestTimeout());
       }, this.timings.requestTimeoutMs);
       this.waiting.set(seq, { resolve, reject, timer });
       this.write({ ...body, seq });
@@ -172,8 +183,12 @@ export class Connection {
     }
     this.socket = socket;
     let opened = false;
+    // Until the login is answered, one timer: for the socket to open, then
+    // for the login ack.
+    this.loginTimer = setTimeout(() => this.drop(0, false), this.timings.openTimeoutMs);
     socket.onopen = () => {
       opened = true;
+      if (this.loginTimer) clearTimeout(this.loginTimer);
       this.lastFrameAt = Date.now();
       this.loginSeq = this.nextSeq++;
       this.write({ ...encode.login(this.credentials.id, this.credentials.password, this.rseqSeen), seq: this.loginSeq });
@@ -284,7 +299,7 @@ export class Connection {
 
   /** Gives up on the current socket at once (it may take long to close by
    *  itself) and reconnects, after `minWait` at least. */
-  private drop(minWait = 0): void {
+  private drop(minWait = 0, opened = true): void {
     const socket = this.socket;
     if (!socket) return;
     this.socket = null;
@@ -294,7 +309,7 @@ export class Connection {
     } catch {
       // already closing
     }
-    this.afterClose(true, minWait);
+    this.afterClose(opened, minWait);
   }
 
   private lost(opened: boolean): void {

@@ -170,3 +170,25 @@ test('backoff grows from 0.5 s to 5 s, with jitter', () => {
   assert.equal(backoffDelay(10, DEFAULT_TIMINGS, 0.5), 5000);
   assert.equal(backoffDelay(0, DEFAULT_TIMINGS, 0), 375);
 });
+
+test('a socket that never opens is given up, and tried again', async () => {
+  FakeSocket.all = [];
+  const { handlers } = recorder();
+  const connection = new Connection('ws://x/ws', { id: 1, password: 'pw' }, handlers, { ...FAST, openTimeoutMs: 20 });
+  const started = connection.start();
+  await assert.rejects(started, (e: unknown) => e instanceof Error && e.message === UNREACHABLE);
+  // After a first login, the same is a reconnect.
+  FakeSocket.all = [];
+  const again = new Connection('ws://x/ws', { id: 1, password: 'pw' }, handlers, { ...FAST, openTimeoutMs: 20 });
+  const ok = again.start();
+  last().open();
+  last().push({ msgid: 2, errno: 0, seq: last().sent[0]!['seq'], id: 1, name: 'alice' });
+  await ok;
+  last().drop();
+  await sleep(30); // backoff, then a socket that hangs
+  assert.equal(FakeSocket.all.length, 2);
+  await sleep(60);
+  assert.ok(FakeSocket.all.length >= 3, 'tried again after the open timeout');
+  assert.equal(again.state, 'reconnecting');
+  again.stop(false, 1);
+});

@@ -16,7 +16,6 @@ export function loginScreen(actions: LoginActions): HTMLElement {
     inputmode: 'numeric',
     autocomplete: 'username',
     required: true,
-    autofocus: true,
   });
   const loginPassword = h('input', {
     id: 'login-password',
