@@ -140,8 +140,8 @@ impl Ingest {
             if shutdown.is_requested() {
                 return Err(Stop::Shutdown);
             }
-            if poll.last_claim.elapsed() >= CLAIM_EVERY {
-                poll.last_claim = Instant::now();
+            if poll.last_claim.is_none_or(|at| at.elapsed() >= CLAIM_EVERY) {
+                poll.last_claim = Some(Instant::now());
                 self.claim_idle(streams, poll, shutdown).await?;
             }
             let entries = poll.read_round(streams, batch).await?;
@@ -370,8 +370,9 @@ struct Poll {
     dirty: BTreeSet<u32>,
     states: [GroupState; HISTORY_PARTITIONS as usize],
     last_trim: Instant,
-    last_gauges: Instant,
-    last_claim: Instant,
+    /// `None`: not yet (due at once).
+    last_gauges: Option<Instant>,
+    last_claim: Option<Instant>,
 }
 
 impl Poll {
@@ -382,9 +383,9 @@ impl Poll {
             dirty: BTreeSet::new(),
             states: [GroupState::default(); HISTORY_PARTITIONS as usize],
             last_trim: now,
-            last_gauges: now - GAUGES_EVERY,
+            last_gauges: None,
             // Claim once right after start (after our own pending entries).
-            last_claim: now - CLAIM_EVERY,
+            last_claim: None,
         }
     }
 
@@ -417,7 +418,9 @@ impl Poll {
     }
 
     async fn trim_if_due(&mut self, streams: &Streams) -> Result<(), Stop> {
-        let gauges = self.last_gauges.elapsed() >= GAUGES_EVERY;
+        let gauges = self
+            .last_gauges
+            .is_none_or(|at| at.elapsed() >= GAUGES_EVERY);
         if !gauges && (self.dirty.is_empty() || self.last_trim.elapsed() < TRIM_EVERY) {
             return Ok(());
         }
@@ -432,7 +435,7 @@ impl Poll {
         self.dirty.clear();
         self.last_trim = Instant::now();
         if gauges {
-            self.last_gauges = Instant::now();
+            self.last_gauges = Some(Instant::now());
         }
         let sum = |f: fn(&GroupState) -> u64| {
             i64::try_from(self.states.iter().map(f).sum::<u64>()).unwrap_or(i64::MAX)

@@ -606,3 +606,42 @@ fn now_unix_us() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(frame_bytes: usize) -> NewMessage {
+        NewMessage {
+            conversation: Conversation::Group(1),
+            seq: 1,
+            mid: "m".into(),
+            sender_id: 1,
+            sent_at_us: 1,
+            traceparent: String::new(),
+            frame: "x".repeat(frame_bytes),
+        }
+    }
+
+    #[test]
+    fn inserts_are_split_by_rows_and_by_bytes_never_empty() {
+        let small: Vec<NewMessage> = (0..1001).map(|_| message(10)).collect();
+        let refs: Vec<&NewMessage> = small.iter().collect();
+        let sizes: Vec<usize> = insert_chunks(&refs).iter().map(|c| c.len()).collect();
+        assert_eq!(sizes, [ROWS_PER_INSERT, ROWS_PER_INSERT, 1]);
+
+        let big: Vec<NewMessage> = (0..5).map(|_| message(BYTES_PER_INSERT / 2)).collect();
+        let refs: Vec<&NewMessage> = big.iter().collect();
+        let sizes: Vec<usize> = insert_chunks(&refs).iter().map(|c| c.len()).collect();
+        assert_eq!(sizes, [2, 2, 1]);
+
+        let huge = [message(BYTES_PER_INSERT * 2)];
+        let refs: Vec<&NewMessage> = huge.iter().collect();
+        assert_eq!(
+            insert_chunks(&refs).len(),
+            1,
+            "a frame larger than the bound goes alone"
+        );
+        assert!(insert_chunks(&[]).is_empty());
+    }
+}
