@@ -162,35 +162,47 @@ export class ChatSession {
     const store = this.store!;
     const current = () => generation === this.generation && !this.ended;
     for (const m of store.unsent()) this.transmit(m);
-    try {
-      if (resumed) await this.fetchNewer(current);
-      if (!current()) return;
-      await Promise.all([this.refreshConversations(), this.refreshRoster()]);
-      if (!current()) return;
-      if (this.selected) this.loadLatestIfNeeded(this.selected);
-      if (resumed) {
-        setTimeout(() => {
-          if (current()) void this.fetchNewer(current).catch(() => {});
-        }, SECOND_CATCH_UP_MS);
+    // One failing part (say, history of one group) does not stop the rest.
+    const problems: string[] = [];
+    const attempt = async (work: () => Promise<void>) => {
+      try {
+        await work();
+      } catch (error) {
+        if (!(error instanceof ConnectionLost)) problems.push(messageOf(error));
       }
-    } catch (error) {
-      if (!(error instanceof ConnectionLost)) this.toast.show(messageOf(error));
+    };
+    if (resumed) {
+      for (const c of [...store.conversations.values()]) {
+        if (!current()) return;
+        await attempt(() => this.fetchNewer(c.conv, current));
+      }
+    }
+    if (!current()) return;
+    await Promise.all([attempt(() => this.refreshConversations()), this.refreshRoster()]);
+    if (!current()) return;
+    if (this.selected) this.loadLatestIfNeeded(this.selected);
+    if (problems[0] !== undefined) this.toast.show(problems[0]);
+    if (resumed) {
+      setTimeout(async () => {
+        for (const c of [...store.conversations.values()]) {
+          if (!current()) return;
+          await this.fetchNewer(c.conv, current).catch(() => {});
+        }
+      }, SECOND_CATCH_UP_MS);
     }
   }
 
-  /** For every conversation with messages here: history after the newest. */
-  private async fetchNewer(current: () => boolean): Promise<void> {
+  /** History after the newest message here (none here: nothing to fill). */
+  private async fetchNewer(conv: string, current: () => boolean): Promise<void> {
     const store = this.store!;
-    for (const c of [...store.conversations.values()]) {
-      let after = store.newestCseq(c.conv);
-      for (let page = 0; after > 0 && page < 50 && current(); page++) {
-        const body = await this.connection.request(encode.history(c.conv, { after, limit: CATCH_UP_PAGE }));
-        const history = decodeHistory(body);
-        this.received(store.applyHistoryPage(c.conv, history.messages, history.more, 'newer', Date.now()));
-        const newest = store.newestCseq(c.conv);
-        if (!history.more || newest <= after) break;
-        after = newest;
-      }
+    let after = store.newestCseq(conv);
+    for (let page = 0; after > 0 && page < 50 && current(); page++) {
+      const body = await this.connection.request(encode.history(conv, { after, limit: CATCH_UP_PAGE }));
+      const history = decodeHistory(body);
+      this.received(store.applyHistoryPage(conv, history.messages, history.more, 'newer', Date.now()));
+      const newest = store.newestCseq(conv);
+      if (!history.more || newest <= after) break;
+      after = newest;
     }
   }
 
@@ -238,13 +250,15 @@ export class ChatSession {
       this.received(store.applyHistoryPage(conv, page.messages, page.more, direction, Date.now()));
       this.historyError.delete(conv);
     } catch (error) {
+      // Lost with the connection: the next login asks again.
+      if (error instanceof ConnectionLost) return;
       const settling = this.joinSettling(conv, error);
       const wait = settling ? SETTLE_RETRY_MS : HISTORY_RETRY_MS;
       this.historyRetryAt.set(conv, Date.now() + wait);
       setTimeout(() => this.scheduleRender(), wait + 50);
       // Retried while the conversation is open: say each failure once.
       const message = messageOf(error);
-      if (!(error instanceof ConnectionLost) && !settling && this.historyError.get(conv) !== message) {
+      if (!settling && this.historyError.get(conv) !== message) {
         this.historyError.set(conv, message);
         this.toast.show(message);
       }
@@ -352,7 +366,7 @@ export class ChatSession {
     if (id === store.me) throw new Error('That is your own id.');
     await this.request(encode.addFriend(store.me, id));
     await this.refreshRoster();
-    const c = store.conversation(directConv(store.me, id));
+    const c = store.touchConversation(directConv(store.me, id), Date.now());
     this.scheduleRender();
     return `${c?.name ?? `User ${id}`} (id ${id}) is now a friend.`;
   }
@@ -363,7 +377,7 @@ export class ChatSession {
     const id = typeof body['groupid'] === 'number' ? body['groupid'] : null;
     if (id === null) throw new Error('The server did not say the new group’s id.');
     this.joinedAt.set(groupConv(id), Date.now());
-    const c = store.conversation(groupConv(id));
+    const c = store.touchConversation(groupConv(id), Date.now());
     if (c && !c.named) {
       c.name = name;
       c.description = description;
@@ -378,7 +392,7 @@ export class ChatSession {
     await this.request(encode.joinGroup(store.me, id));
     this.joinedAt.set(groupConv(id), Date.now());
     await this.refreshRoster();
-    const c = store.conversation(groupConv(id));
+    const c = store.touchConversation(groupConv(id), Date.now());
     this.scheduleRender();
     return `You joined ${c?.name ?? `group ${id}`} (id ${id}).`;
   }

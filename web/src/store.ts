@@ -188,6 +188,17 @@ export class Store {
     });
   }
 
+  /** A conversation started here (a friend added, a group created or
+   *  joined) goes to the top of the list. */
+  touchConversation(conv: string, now: number): Conversation | null {
+    const c = this.conversation(conv);
+    if (c) {
+      c.activity = Math.max(c.activity, now);
+      c.touch = ++this.touches;
+    }
+    return c;
+  }
+
   /** Conversations, the most recently active first; those without messages
    *  after them, by name. */
   sortedConversations(): Conversation[] {

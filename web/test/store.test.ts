@@ -221,3 +221,10 @@ test('the last message: whichever is newer, loaded or from the list', () => {
   const pending = store.addOutgoing(DM, 'typed', 'c5', T0, '');
   assert.equal(store.lastMessage(DM), pending);
 });
+
+test('a conversation started here goes to the top', () => {
+  const store = new Store(ME, 'alice');
+  store.addChats([chat(5, { conv: 'd:1:4', from: 4 })], T0);
+  store.touchConversation('g:9', T0 + 1000);
+  assert.deepEqual(store.sortedConversations().map((c) => c.conv), ['g:9', 'd:1:4']);
+});
