@@ -1,5 +1,6 @@
-// Builds the web client into dist/ (what the gateway serves), or with
-// `--tests` the unit tests into .test-build/ (for `node --test`).
+// Builds the web client into dist/ (what the gateway serves; `--outdir DIR`
+// for another place), or with `--tests` the unit tests into .test-build/
+// (for `node --test`).
 //
 // esbuild only strips types: `npm run check` (tsc) is what type-checks.
 
@@ -28,8 +29,12 @@ if (process.argv.includes('--tests')) {
     logLevel: 'warning',
   });
 } else {
-  const out = at('dist');
-  rmSync(out, { recursive: true, force: true });
+  // `--outdir DIR` builds elsewhere (dist/ may be in use by a running stack,
+  // which reads it when a gateway starts).
+  const flag = process.argv.indexOf('--outdir');
+  const out = flag > 0 && process.argv[flag + 1] ? process.argv[flag + 1] : at('dist');
+  // Only our own dist/ is wiped first (no stale files in what is served).
+  if (out === at('dist')) rmSync(out, { recursive: true, force: true });
   mkdirSync(out, { recursive: true });
   await build({
     entryPoints: [at('src', 'main.ts')],

@@ -412,15 +412,14 @@ export class ChatSession {
     );
   }
 
-  /** A request whose failure the user must see (toast as well as the form). */
+  /** A request from a form: its failure is shown next to the form (the
+   *  server's errmsg as it is). */
   private async request(body: JsonObject): Promise<JsonObject> {
     try {
       return await this.connection.request(body);
     } catch (error) {
-      const message =
-        error instanceof ConnectionLost ? 'Not connected to the server; try again in a moment.' : messageOf(error);
-      this.toast.show(message);
-      throw new Error(message);
+      if (error instanceof ConnectionLost) throw new Error('Not connected to the server; try again in a moment.');
+      throw error;
     }
   }
 
