@@ -1,6 +1,6 @@
 // One logged-in device's WebSocket: logs in, answers requests by `seq`,
-// acknowledges inbox entries (msgid 12, every 100 ms), pings (msgid 13,
-// every 5 s), notices a silent server, and reconnects with backoff, logging
+// acknowledges inbox entries (msgid 12, within 100 ms), pings (msgid 13,
+// every 5 s), notices a server silent after a ping, and reconnects with backoff, logging
 // in again with `since` = the last inbox entry it has, so the server resends
 // only what it does not. What to fetch after a reconnect is the app's job
 // (the `loggedIn` handler is told `resumed`).
@@ -63,8 +63,8 @@ export interface ConnectionHandlers {
 export interface Timings {
   ackEveryMs: number;
   pingEveryMs: number;
-  /** No frame for this long (pongs included): the connection is dead. */
-  silenceMs: number;
+  /** No frame for this long after a ping: the connection is dead. */
+  pongWaitMs: number;
   /** A socket not open by then is given up (a black-holed address). */
   openTimeoutMs: number;
   loginTimeoutMs: number;
@@ -76,7 +76,7 @@ export interface Timings {
 export const DEFAULT_TIMINGS: Timings = {
   ackEveryMs: 100,
   pingEveryMs: 5000,
-  silenceMs: 12000,
+  pongWaitMs: 7000,
   openTimeoutMs: 10000,
   loginTimeoutMs: 15000,
   requestTimeoutMs: 30000,
@@ -109,8 +109,9 @@ export class Connection {
   private attempt = 0;
   private everLoggedIn = false;
   private stopped = false;
-  private lastFrameAt = 0;
-  private timers: ReturnType<typeof setInterval>[] = [];
+  private pingTimer: ReturnType<typeof setTimeout> | null = null;
+  private deadTimer: ReturnType<typeof setTimeout> | null = null;
+  private ackTimer: ReturnType<typeof setTimeout> | null = null;
   private retryTimer: ReturnType<typeof setTimeout> | null = null;
   private loginTimer: ReturnType<typeof setTimeout> | null = null;
   private first: { resolve(ack: LoginAck): void; reject(e: Error): void } | null = null;
@@ -189,14 +190,13 @@ export class Connection {
     socket.onopen = () => {
       opened = true;
       if (this.loginTimer) clearTimeout(this.loginTimer);
-      this.lastFrameAt = Date.now();
       this.loginSeq = this.nextSeq++;
       this.write({ ...encode.login(this.credentials.id, this.credentials.password, this.rseqSeen), seq: this.loginSeq });
       this.loginTimer = setTimeout(() => this.drop(), this.timings.loginTimeoutMs);
     };
     socket.onmessage = (event: MessageEvent) => {
       if (typeof event.data !== 'string') return;
-      this.lastFrameAt = Date.now();
+      this.heard();
       const frame = decodeFrame(event.data);
       if (frame) this.receive(frame);
     };
@@ -234,6 +234,7 @@ export class Connection {
     // is what this page has.
     if (frame.kind === 'chat' && frame.chat.rseq !== null) {
       this.rseqSeen = Math.max(this.rseqSeen, frame.chat.rseq);
+      this.armAck();
     }
   }
 
@@ -266,7 +267,7 @@ export class Connection {
     this.attempt = 0;
     this.rseqAcked = this.rseqSeen; // `since` acknowledged those
     this.setState('connected');
-    this.startTimers();
+    this.armPing();
     if (this.first) {
       this.first.resolve(ack);
       this.first = null;
@@ -275,26 +276,43 @@ export class Connection {
     for (const chat of ack.offline) {
       if (chat.rseq !== null) this.rseqSeen = Math.max(this.rseqSeen, chat.rseq);
     }
+    this.armAck();
   }
 
-  private startTimers(): void {
-    this.stopTimers();
-    this.timers.push(
-      setInterval(() => {
-        if (this.rseqSeen > this.rseqAcked && this.write(encode.ack(this.rseqSeen))) {
-          this.rseqAcked = this.rseqSeen;
-        }
-      }, this.timings.ackEveryMs),
-      setInterval(() => {
-        if (Date.now() - this.lastFrameAt > this.timings.silenceMs) this.drop();
-        else this.write(encode.ping());
-      }, this.timings.pingEveryMs),
-    );
+  // The timers are armed from socket events (a frame, the login ack), not
+  // run as intervals: a hidden tab's browser throttles chains of timers
+  // hard (to once a minute), timers started by events much less.
+
+  /** A frame came: the connection lives; the next ping is due in a while. */
+  private heard(): void {
+    if (this.deadTimer) clearTimeout(this.deadTimer);
+    this.deadTimer = null;
+    this.armPing();
+  }
+
+  private armPing(): void {
+    if (this.pingTimer || this.state !== 'connected') return;
+    this.pingTimer = setTimeout(() => {
+      this.pingTimer = null;
+      if (!this.write(encode.ping())) return;
+      this.deadTimer ??= setTimeout(() => this.drop(), this.timings.pongWaitMs);
+    }, this.timings.pingEveryMs);
+  }
+
+  /** Inbox entries are acknowledged together, a moment after they came. */
+  private armAck(): void {
+    if (this.ackTimer || this.rseqSeen <= this.rseqAcked) return;
+    this.ackTimer = setTimeout(() => {
+      this.ackTimer = null;
+      if (this.rseqSeen > this.rseqAcked && this.write(encode.ack(this.rseqSeen))) {
+        this.rseqAcked = this.rseqSeen;
+      }
+    }, this.timings.ackEveryMs);
   }
 
   private stopTimers(): void {
-    for (const t of this.timers) clearInterval(t);
-    this.timers = [];
+    for (const timer of [this.pingTimer, this.deadTimer, this.ackTimer]) if (timer) clearTimeout(timer);
+    this.pingTimer = this.deadTimer = this.ackTimer = null;
   }
 
   /** Gives up on the current socket at once (it may take long to close by

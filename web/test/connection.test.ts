@@ -192,3 +192,30 @@ test('a socket that never opens is given up, and tried again', async () => {
   assert.equal(again.state, 'reconnecting');
   again.stop(false, 1);
 });
+
+test('pings keep the connection; a server that stops answering is left', async () => {
+  FakeSocket.all = [];
+  const { log, handlers } = recorder();
+  const connection = new Connection('ws://x/ws', { id: 1, password: 'pw' }, handlers, {
+    ...FAST,
+    pingEveryMs: 10,
+    pongWaitMs: 30,
+  });
+  const started = connection.start();
+  last().open();
+  last().push({ msgid: 2, errno: 0, seq: last().sent[0]!['seq'], id: 1, name: 'alice' });
+  await started;
+  // The server answers each ping for a while.
+  for (let i = 0; i < 5; i++) {
+    await sleep(15);
+    if (last().sent.some((f) => f['msgid'] === 13)) {
+      last().sent = [];
+      last().push({ msgid: 14 });
+    }
+  }
+  assert.equal(connection.state, 'connected');
+  // Then it falls silent.
+  await sleep(80);
+  assert.equal(log.states.includes('reconnecting'), true);
+  connection.stop(false, 1);
+});
