@@ -73,6 +73,7 @@ export class ChatSession {
   /** Groups created or joined here, and when. */
   private readonly joinedAt = new Map<string, number>();
   private lastRosterError = '';
+  private deliveredTimer: ReturnType<typeof setTimeout> | null = null;
 
   constructor(
     url: string,
@@ -104,6 +105,7 @@ export class ChatSession {
     store.applyRoster(ack.friends, ack.groups);
     this.received(store.addChats(ack.offline, Date.now()));
     this.readSent.clear();
+    this.armDelivered();
     this.scheduleRender();
     void this.catchUp(++this.generation, resumed);
   }
@@ -152,6 +154,7 @@ export class ChatSession {
       const c = this.store?.conversations.get(m.conv);
       if (c?.kind !== 'direct') continue;
       this.deliveredWanted.set(m.conv, Math.max(this.deliveredWanted.get(m.conv) ?? 0, m.cseq));
+      this.armDelivered();
     }
     if (added.length > 0) this.scheduleRender();
   }
@@ -296,7 +299,18 @@ export class ChatSession {
       });
   }
 
+  /** DELIVERED goes out at most once a second per conversation, armed by
+   *  the frame that brought the messages (not an interval: see connection.ts). */
+  private armDelivered(): void {
+    if (this.deliveredTimer || this.ended) return;
+    this.deliveredTimer = setTimeout(() => {
+      this.deliveredTimer = null;
+      this.flushDelivered();
+    }, DELIVERED_EVERY_MS);
+  }
+
   private flushDelivered(): void {
+    // Not connected: the next login's catch-up arms it again.
     if (this.connection.state !== 'connected') return;
     for (const [conv, upto] of this.deliveredWanted) {
       if (upto > (this.deliveredSent.get(conv) ?? 0) && this.connection.notify(encode.delivered(conv, upto))) {
@@ -495,7 +509,6 @@ export class ChatSession {
     this.root.replaceChildren(this.shell);
     this.timers.push(
       setInterval(() => void this.refreshRoster(), ROSTER_EVERY_MS),
-      setInterval(() => this.flushDelivered(), DELIVERED_EVERY_MS),
       // Day labels ("Today") and list times age.
       setInterval(() => this.scheduleRender(), 60_000),
     );
@@ -512,6 +525,7 @@ export class ChatSession {
     this.ended = true;
     this.connection.stop(logout, this.store?.me ?? 0);
     for (const t of this.timers) clearInterval(t);
+    if (this.deliveredTimer) clearTimeout(this.deliveredTimer);
     document.removeEventListener('visibilitychange', this.onVisibility);
     window.removeEventListener('online', this.onOnline);
     document.title = 'clusterchat';
