@@ -65,6 +65,8 @@ export class ChatSession {
   private readonly deliveredWanted = new Map<string, number>();
   private readonly deliveredSent = new Map<string, number>();
   private readonly readSent = new Map<string, number>();
+  private readonly readRetryAt = new Map<string, number>();
+  private readonly readError = new Map<string, string>();
   private readonly typingSentAt = new Map<string, number>();
   private readonly loadingHistory = new Set<string>();
   private readonly historyRetryAt = new Map<string, number>();
@@ -252,12 +254,14 @@ export class ChatSession {
       const page = decodeHistory(body);
       this.received(store.applyHistoryPage(conv, page.messages, page.more, direction, Date.now()));
       this.historyError.delete(conv);
+      if (this.view?.current === conv) this.view.setHistoryTrouble(false);
     } catch (error) {
       // Lost with the connection: the next login asks again.
       if (error instanceof ConnectionLost) return;
       const settling = this.joinSettling(conv, error);
       const wait = settling ? SETTLE_RETRY_MS : HISTORY_RETRY_MS;
       this.historyRetryAt.set(conv, Date.now() + wait);
+      if (!settling && this.view?.current === conv) this.view.setHistoryTrouble(true);
       setTimeout(() => this.scheduleRender(), wait + 50);
       // Retried while the conversation is open: say each failure once.
       const message = messageOf(error);
@@ -283,6 +287,7 @@ export class ChatSession {
     const c = store.conversations.get(conv);
     const newest = store.newestCseq(conv);
     if (!c || newest <= c.readUpto || newest <= (this.readSent.get(conv) ?? 0)) return;
+    if ((this.readRetryAt.get(conv) ?? 0) > Date.now()) return;
     this.readSent.set(conv, newest);
     this.connection
       .request(encode.read(conv, newest))
@@ -290,12 +295,21 @@ export class ChatSession {
         const read = typeof body['read'] === 'number' ? body['read'] : newest;
         const unread = typeof body['unread'] === 'number' ? body['unread'] : 0;
         store.applyReadReply(conv, read, unread);
+        this.readError.delete(conv);
         this.scheduleRender();
       })
       .catch((error: unknown) => {
         this.readSent.delete(conv);
-        if (this.joinSettling(conv, error)) setTimeout(() => this.scheduleRender(), SETTLE_RETRY_MS);
-        else if (!(error instanceof ConnectionLost)) this.toast.show(messageOf(error));
+        if (error instanceof ConnectionLost) return; // the next login's render asks again
+        const settling = this.joinSettling(conv, error);
+        const wait = settling ? SETTLE_RETRY_MS : HISTORY_RETRY_MS;
+        this.readRetryAt.set(conv, Date.now() + wait);
+        setTimeout(() => this.scheduleRender(), wait + 50);
+        const message = messageOf(error);
+        if (!settling && this.readError.get(conv) !== message) {
+          this.readError.set(conv, message);
+          this.toast.show(message);
+        }
       });
   }
 

@@ -55,6 +55,7 @@ export class ConversationView {
   private nodes = new Map<string, MessageNode>();
   private days = new Map<string, HTMLElement>();
   private loadingOlder = false;
+  private historyTrouble = false;
 
   constructor(
     private readonly store: Store,
@@ -149,6 +150,7 @@ export class ConversationView {
     this.nodes = new Map();
     this.days = new Map();
     this.loadingOlder = false;
+    this.historyTrouble = false;
     this.messagesEl.replaceChildren();
     this.placeholder.hidden = conv !== null;
     this.panel.hidden = conv === null;
@@ -167,6 +169,11 @@ export class ConversationView {
   /** An older page is being fetched (or finished). */
   setLoadingOlder(on: boolean): void {
     this.loadingOlder = on;
+  }
+
+  /** History could not be fetched (the app tries again). */
+  setHistoryTrouble(on: boolean): void {
+    this.historyTrouble = on;
   }
 
   render(now: number, jumpToBottom = false): void {
@@ -202,16 +209,7 @@ export class ConversationView {
     for (const mid of [...this.nodes.keys()]) if (!keep.has(mid)) this.nodes.delete(mid);
     for (const day of [...this.days.keys()]) if (!keepDays.has(day)) this.days.delete(day);
 
-    setText(
-      this.topNote,
-      !c.historyLoaded || c.hasOlder
-        ? this.loadingOlder || !c.historyLoaded
-          ? 'Loading earlier messages…'
-          : ''
-        : c.messages.length > 0
-          ? 'This is the beginning of the conversation.'
-          : 'No messages yet. Say hello!',
-    );
+    setText(this.topNote, this.topNoteText(c));
     reconcile(box, children);
 
     const mineJustSent = lastBefore?.mine === true && lastBefore.pending === 'sending';
@@ -231,10 +229,12 @@ export class ConversationView {
     if (!c.historyLoaded || unfilled) this.actions.loadOlder(conv);
   }
 
-  /** Whether the newest message is on screen (for marking read). */
-  seesBottom(): boolean {
-    const box = this.messagesEl;
-    return box.scrollHeight - box.scrollTop - box.clientHeight < STICK_PX;
+  /** Above the oldest message: what is known of what comes before it. */
+  private topNoteText(c: Conversation): string {
+    const more = !c.historyLoaded || c.hasOlder;
+    if (more && this.historyTrouble) return 'Earlier messages could not be loaded; trying again…';
+    if (more) return this.loadingOlder || !c.historyLoaded ? 'Loading earlier messages…' : '';
+    return c.messages.length > 0 ? 'This is the beginning of the conversation.' : 'No messages yet. Say hello!';
   }
 
   private renderHead(c: Conversation): void {
