@@ -73,6 +73,20 @@ impl Memberships {
         if let Some(groups) = self.cached(user) {
             return Ok(groups);
         }
+        self.fetch(user).await
+    }
+
+    /// [`Self::of`], read again from the user service when the cached list
+    /// lacks `group`: a group created or joined a moment ago is not yet in
+    /// a list kept from before.
+    pub async fn of_with(&self, user: UserId, group: i64) -> Result<Groups, HistoryError> {
+        match self.cached(user) {
+            Some(groups) if groups.contains_key(&group) => Ok(groups),
+            _ => self.fetch(user).await,
+        }
+    }
+
+    async fn fetch(&self, user: UserId) -> Result<Groups, HistoryError> {
         let reply = self
             .client
             .clone()

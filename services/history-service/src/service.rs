@@ -34,13 +34,15 @@ impl History {
                     user.get()
                 ))),
             },
-            Conversation::Group(group) => match self.members.of(user).await?.get(&group) {
-                Some(&joined_at_us) => Ok(Visibility::SentFrom { joined_at_us }),
-                None => Err(HistoryError::PermissionDenied(format!(
-                    "user {} is not a member of group {group}",
-                    user.get()
-                ))),
-            },
+            Conversation::Group(group) => {
+                match self.members.of_with(user, group).await?.get(&group) {
+                    Some(&joined_at_us) => Ok(Visibility::SentFrom { joined_at_us }),
+                    None => Err(HistoryError::PermissionDenied(format!(
+                        "user {} is not a member of group {group}",
+                        user.get()
+                    ))),
+                }
+            }
         }
     }
 

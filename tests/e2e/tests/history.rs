@@ -479,6 +479,9 @@ async fn group_history_starts_when_a_member_joined() {
             .await;
         assert_eq!(reply["errno"], 0, "{reply}");
     }
+    // Carol's groups are looked up (and kept for a while) before she joins.
+    let before = carol.call(json!({"msgid": 17}), 3).await;
+    assert_eq!(before["conversations"], json!([]), "{before}");
     // Join times are kept in milliseconds: keep the join apart from the
     // messages around it by more than that.
     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -487,6 +490,16 @@ async fn group_history_starts_when_a_member_joined() {
             .call(json!({"msgid": 9, "id": c, "groupid": g}), 2)
             .await["errno"],
         0
+    );
+    let at_once = carol.call(json!({"msgid": 16, "groupid": g}), 4).await;
+    assert_eq!(
+        at_once["errno"], 0,
+        "a member at once, not after a cache expires: {at_once}"
+    );
+    assert_eq!(
+        at_once["messages"],
+        json!([]),
+        "nothing from before she joined"
     );
     tokio::time::sleep(Duration::from_millis(20)).await;
     for i in 0..2 {
