@@ -29,6 +29,8 @@ import { Sidebar } from './ui/sidebar';
 import { Toast } from './ui/toast';
 
 const ROSTER_EVERY_MS = 15_000;
+/** Extra roster refreshes (a stranger wrote) at most this often. */
+const ROSTER_SOON_MS = 3_000;
 const DELIVERED_EVERY_MS = 1_000;
 const TYPING_EVERY_MS = 2_000;
 const PAGE = 50;
@@ -75,6 +77,7 @@ export class ChatSession {
   /** Groups created or joined here, and when. */
   private readonly joinedAt = new Map<string, number>();
   private lastRosterError = '';
+  private rosterAskedAt = 0;
   private deliveredTimer: ReturnType<typeof setTimeout> | null = null;
 
   constructor(
@@ -122,9 +125,16 @@ export class ChatSession {
     if (!store) return;
     const now = Date.now();
     switch (frame.kind) {
-      case 'chat':
-        this.received(store.addChats([frame.chat], now));
+      case 'chat': {
+        const added = store.addChats([frame.chat], now);
+        this.received(added);
+        // Someone not in my roster wrote: they may have just added me as a
+        // friend (friendship goes both ways); the roster says, with presence.
+        if (added.some((m) => !m.mine && store.conversations.get(m.conv)?.inRoster === false)) {
+          this.refreshRosterSoon();
+        }
         break;
+      }
       case 'roster-page':
         store.applyRoster(frame.page.friends, frame.page.groups);
         break;
@@ -231,6 +241,14 @@ export class ChatSession {
         this.toast.show(error.message);
       }
     }
+  }
+
+  /** A roster refresh now, unless one was asked for in the last few seconds. */
+  private refreshRosterSoon(): void {
+    const now = Date.now();
+    if (now - this.rosterAskedAt < ROSTER_SOON_MS) return;
+    this.rosterAskedAt = now;
+    void this.refreshRoster();
   }
 
   // ---- history ----------------------------------------------------------------
