@@ -187,9 +187,17 @@ pub async fn delivered(
     up_to: u64,
 ) -> Result<Map<String, Value>, Failure> {
     let conversation = conversation_of(user, target)?;
-    if let Some(peer) = conversation.peer_of(user)
-        && up_to > 0
-    {
+    let Some(peer) = conversation.peer_of(user) else {
+        return Ok(Map::new());
+    };
+    // Not beyond the newest message, as for read marks.
+    let newest = node
+        .cluster
+        .newest_in(&conversation.to_string())
+        .await
+        .map_err(|e| Failure::new(errno::UNAVAILABLE, format!("cannot pass it on now: {e}")))?;
+    let up_to = up_to.min(newest);
+    if up_to > 0 {
         node.cluster
             .publish_live(
                 &[peer],
