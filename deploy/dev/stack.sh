@@ -609,6 +609,8 @@ test_() {
     cargo build --workspace --bins --tests
     # The gateways of the e2e stacks serve web/dist; the browser tests load it.
     build_web
+    log "web client: type check and unit tests"
+    (cd "$WEB" && npm run --silent check && npm test --silent) || die "the web client's checks failed (cd web && npm run check && npm test)"
     local failed=() took=()
     local started=$SECONDS
     log "backend 1/2: single Redis ($REDIS_URL): the whole workspace"

@@ -373,5 +373,6 @@ export class ConversationView {
     // scrollHeight leaves out the borders, which border-box heights include.
     const borders = box.offsetHeight - box.clientHeight;
     box.style.height = `${Math.min(box.scrollHeight + borders, 160)}px`;
+    box.style.overflowY = box.scrollHeight + borders > 160 ? 'auto' : 'hidden';
   }
 }
