@@ -45,6 +45,8 @@ export class Sidebar {
   private readonly actionError: HTMLElement;
   private readonly actionResult: HTMLElement;
   private readonly items = new Map<string, Item>();
+  /** The conversation open at the last render. */
+  private lastSelected: string | null = null;
 
   constructor(
     private readonly store: Store,
@@ -238,6 +240,13 @@ export class Sidebar {
     for (const conv of [...this.items.keys()]) if (!seen.has(conv)) this.items.delete(conv);
     reconcile(this.list, nodes);
     this.empty.hidden = conversations.length > 0;
+    // Back to the list (a phone's one column: the back control, Escape):
+    // the focus was in the conversation, now hidden; it goes to that
+    // conversation's item, where the keyboard left off, not to the page.
+    const back = this.lastSelected !== null && selected === null ? this.items.get(this.lastSelected) : undefined;
+    this.lastSelected = selected;
+    const active = document.activeElement;
+    if (back && (!active || active === document.body || active.getClientRects().length === 0)) back.button.focus();
   }
 
   private createItem(c: Conversation): Item {
