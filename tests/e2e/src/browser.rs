@@ -18,7 +18,11 @@
 
 use std::{path::PathBuf, process::Stdio, time::Duration};
 
-use fantoccini::{Client, ClientBuilder, Locator, elements::Element};
+use fantoccini::{
+    Client, ClientBuilder, Locator,
+    actions::{InputSource, KeyAction, KeyActions},
+    elements::Element,
+};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
@@ -30,8 +34,10 @@ use crate::{Stack, free_port, wait_for_port};
 /// machine running two browsers next to the stack.
 pub const BROWSER_PATIENCE: Duration = Duration::from_secs(30);
 
-/// WebDriver key codes (typed with `send_keys`).
+/// WebDriver key codes (typed with `send_keys` or [`Browser::press`]).
+pub const TAB: &str = "\u{E004}";
 pub const ENTER: &str = "\u{E007}";
+pub const ESCAPE: &str = "\u{E00C}";
 pub const SHIFT: &str = "\u{E008}";
 /// Releases the modifier keys pressed so far.
 pub const RELEASE: &str = "\u{E000}";
@@ -112,6 +118,27 @@ pub fn page_url(stack: &Stack) -> String {
     format!("http://{}/", nginx.ws)
 }
 
+/// The colour scheme the page is told the system prefers
+/// (`prefers-color-scheme`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ColorScheme {
+    #[default]
+    Light,
+    Dark,
+}
+
+/// How a [`Browser`] looks to the page: a desktop window of 1280x900 by
+/// default.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BrowserOptions {
+    /// A phone's viewport of this many CSS pixels (width, height) instead
+    /// of the desktop window: chromedriver's mobile emulation (a touch
+    /// screen, device pixel ratio 1, `<meta name="viewport">` obeyed).
+    pub phone: Option<(u32, u32)>,
+    /// Light (the default, pinned whatever the machine's theme) or dark.
+    pub color_scheme: ColorScheme,
+}
+
 /// A headless Chromium with its chromedriver, named for its screenshots.
 pub struct Browser {
     name: String,
@@ -123,8 +150,14 @@ pub struct Browser {
 }
 
 impl Browser {
-    /// Starts chromedriver on a free port and a Chromium session in it.
+    /// Starts chromedriver on a free port and a Chromium session in it: a
+    /// desktop window, light theme.
     pub async fn start(stack: &Stack, name: &str) -> Self {
+        Self::start_with(stack, name, BrowserOptions::default()).await
+    }
+
+    /// [`Browser::start`] with a phone's viewport and/or the dark theme.
+    pub async fn start_with(stack: &Stack, name: &str, options: BrowserOptions) -> Self {
         let dir = PathBuf::from(stack.logs()).join(format!("browser-{name}"));
         std::fs::create_dir_all(&dir).expect("browser dir");
         let port = free_port().await;
@@ -151,23 +184,40 @@ impl Browser {
             group,
         };
         wait_for_port(port, "chromedriver").await;
+        // Blink's preferredColorScheme: 0 is dark, 1 light (what
+        // `matchMedia('(prefers-color-scheme: dark)')` answers; the theme
+        // test checks that it does).
+        let scheme = match options.color_scheme {
+            ColorScheme::Dark => 0,
+            ColorScheme::Light => 1,
+        };
+        let mut chrome_options = json!({
+            "binary": "/usr/bin/chromium",
+            "args": [
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--window-size=1280,900",
+                "--no-first-run",
+                "--lang=en-US",
+                format!("--blink-settings=preferredColorScheme={scheme}"),
+                format!("--user-data-dir={}", dir.join("profile").display()),
+            ],
+        });
+        if let Some((width, height)) = options.phone {
+            chrome_options["mobileEmulation"] = json!({
+                "deviceMetrics": {
+                    "width": width,
+                    "height": height,
+                    "pixelRatio": 1,
+                    "mobile": true,
+                    "touch": true,
+                },
+            });
+        }
         let mut capabilities = serde_json::Map::new();
-        capabilities.insert(
-            "goog:chromeOptions".into(),
-            json!({
-                "binary": "/usr/bin/chromium",
-                "args": [
-                    "--headless=new",
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-dev-shm-usage",
-                    "--window-size=1280,900",
-                    "--no-first-run",
-                    "--lang=en-US",
-                    format!("--user-data-dir={}", dir.join("profile").display()),
-                ],
-            }),
-        );
+        capabilities.insert("goog:chromeOptions".into(), chrome_options);
         let client = tokio::time::timeout(
             Duration::from_secs(60),
             ClientBuilder::new(HttpConnector::new())
@@ -299,6 +349,44 @@ impl Browser {
             .send_keys(keys)
             .await
             .unwrap_or_else(|e| panic!("{}: type into {testid}: {e}", self.name));
+    }
+
+    /// Presses `keys` (text and key codes, each pressed and released in
+    /// turn) on whatever has the focus, as a keyboard does: unlike
+    /// [`Browser::type_keys`], nothing is focused first.
+    pub async fn press(&self, keys: &str) {
+        let mut keyboard = KeyActions::new("keyboard".into());
+        for key in keys.chars() {
+            keyboard = keyboard
+                .then(KeyAction::Down { value: key })
+                .then(KeyAction::Up { value: key });
+        }
+        self.client()
+            .perform_actions(keyboard)
+            .await
+            .unwrap_or_else(|e| panic!("{}: press {keys:?}: {e}", self.name));
+    }
+
+    /// Waits until the focused element is `testid`.
+    pub async fn wait_focused(&self, testid: &str) {
+        self.wait(
+            &format!("focus on [data-testid={testid}]"),
+            "const el = document.activeElement; \
+             return !!el && el.dataset.testid === arguments[0];",
+            vec![json!(testid)],
+        )
+        .await;
+    }
+
+    /// Clicks (taps) the first element matching the CSS `selector`.
+    pub async fn click_css(&self, selector: &str) {
+        self.client()
+            .find(Locator::Css(selector))
+            .await
+            .unwrap_or_else(|e| panic!("{}: find {selector}: {e}", self.name))
+            .click()
+            .await
+            .unwrap_or_else(|e| panic!("{}: click {selector}: {e}", self.name));
     }
 
     pub async fn click(&self, testid: &str) {

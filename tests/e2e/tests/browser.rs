@@ -4,7 +4,8 @@
 //! elements: register, log in, befriend, chat one-to-one and in a group
 //! with a user on a terminal (raw TCP), unread badges, read ticks, typing
 //! and a second device, a gateway killed under the page, history scrolled
-//! back through 300 messages, and the server's errors on the screen.
+//! back through 300 messages, the server's errors on the screen, and a
+//! phone-sized screen, the dark theme and the keyboard alone.
 //!
 //! Screenshots of the main screens are saved under
 //! target/browser-screenshots/<backend>/ (and of any screen a wait gave
@@ -15,8 +16,8 @@ use std::time::Duration;
 use e2e::{
     Client, RECV_TIMEOUT, Stack,
     browser::{
-        BROWSER_PATIENCE, Browser, RELEASE, SHIFT, ShownMessage, direct_conv, gateway_connections,
-        page_url,
+        BROWSER_PATIENCE, Browser, BrowserOptions, ColorScheme, ENTER, ESCAPE, RELEASE, SHIFT,
+        ShownMessage, TAB, direct_conv, gateway_connections, page_url,
     },
     chat, group_chat,
 };
@@ -674,4 +675,354 @@ async fn wrong_password_and_server_errors_are_shown() {
     browser.wait_text("login-error", &unavailable_msg).await;
     browser.screenshot("service-unavailable").await;
     browser.quit().await;
+}
+
+/// The layout as a phone shows it, for the phone test's waits: `L` has the
+/// viewport, whether the page overflows it sideways, and the boxes (CSS
+/// pixels; `null` when not shown) of the conversation list, the messages
+/// pane (the section holding `messages`), `messages`, its back control
+/// (the pane's button named "Back…"), the composer and the title.
+const LAYOUT: &str = r#"
+const box = (el) => {
+    if (!shown(el)) return null;
+    const r = el.getBoundingClientRect();
+    return { left: r.left, right: r.right, top: r.top, bottom: r.bottom, width: r.width };
+};
+const pane = q('messages') ? q('messages').closest('section') : null;
+const backControl = pane ? Array.from(pane.querySelectorAll('button')).find((b) =>
+    /^back/i.test(b.getAttribute('aria-label') || txt(b))) || null : null;
+const L = {
+    width: window.innerWidth,
+    height: window.innerHeight,
+    overflows: document.documentElement.scrollWidth > window.innerWidth + 1,
+    list: box(q('conversation-list')),
+    pane: box(pane),
+    messages: box(q('messages')),
+    back: box(backControl),
+    composer: box(q('composer')),
+    title: box(q('conversation-title')),
+};
+const fills = (b) => !!b && b.left <= 1 && b.right >= L.width - 1;
+const inside = (b) => !!b && b.left >= 0 && b.top >= 0 && b.right <= L.width + 0.5 && b.bottom <= L.height + 0.5;
+const listAlone = fills(L.list) && !L.pane && !L.messages && !L.overflows;
+const conversationAlone = !L.list && fills(L.pane) && fills(L.messages) && inside(L.back)
+    && inside(L.composer) && inside(L.title) && !L.overflows;
+"#;
+
+/// Colours as the page paints them: `theme()` gives whether the page
+/// matches `prefers-color-scheme: dark` and, for the page and the parts of
+/// the screen that are shown (a conversation's name in the list, the open
+/// conversation's title, a message of theirs, the composer), the relative
+/// luminance (WCAG) of the text and of what it stands on (the nearest
+/// backgrounds, composited), any CSS colour syntax read through a canvas.
+const THEME: &str = r#"
+const rgba = (css) => {
+    const canvas = document.createElement('canvas');
+    canvas.width = canvas.height = 1;
+    const g = canvas.getContext('2d', { willReadFrequently: true });
+    g.fillStyle = css;
+    g.fillRect(0, 0, 1, 1);
+    const d = g.getImageData(0, 0, 1, 1).data;
+    return [d[0], d[1], d[2], d[3] / 255];
+};
+const luminance = ([r, g, b]) => {
+    const lin = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); };
+    return 0.2126 * lin(r) + 0.7152 * lin(g) + 0.0722 * lin(b);
+};
+const background = (el) => {
+    const layers = [];
+    for (let e = el; e; e = e.parentElement) {
+        const c = rgba(getComputedStyle(e).backgroundColor);
+        if (c[3] > 0) layers.push(c);
+        if (c[3] >= 1) break;
+    }
+    let out = [255, 255, 255];
+    for (const [r, g, b, a] of layers.reverse()) out = [r * a + out[0] * (1 - a), g * a + out[1] * (1 - a), b * a + out[2] * (1 - a)];
+    return out;
+};
+const theme = () => {
+    const theirs = qa('message').find((m) => m.dataset.mine === 'false');
+    const parts = {
+        page: document.body,
+        'conversation-name': q('conversation-name'),
+        'conversation-title': q('conversation-title'),
+        'their message': theirs ? q('text', theirs) : null,
+        composer: q('composer'),
+    };
+    const out = {};
+    for (const [what, el] of Object.entries(parts)) {
+        if (!shown(el)) continue;
+        out[what] = { text: luminance(rgba(getComputedStyle(el).color)), background: luminance(background(el)) };
+    }
+    return { dark: matchMedia('(prefers-color-scheme: dark)').matches, parts: out };
+};
+"#;
+
+/// Checks what [`THEME`]'s `theme()` saw: dark backgrounds and light text
+/// in the dark theme, the opposite in the light one, and every part
+/// readable (a contrast of 4.5:1 at least).
+fn assert_theme(who: &str, seen: &Value, dark: bool, parts: &[&str]) {
+    assert_eq!(
+        seen["dark"],
+        json!(dark),
+        "{who}: matchMedia('(prefers-color-scheme: dark)') does not say {dark}: {seen}"
+    );
+    for part in parts {
+        let colours = &seen["parts"][part];
+        let text = colours["text"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{who}: {part} not shown: {seen}"));
+        let background = colours["background"].as_f64().expect("background");
+        let (lighter, darker) = (text.max(background), text.min(background));
+        let contrast = (lighter + 0.05) / (darker + 0.05);
+        if dark {
+            assert!(
+                background < 0.1 && text > 0.45,
+                "{who}: {part} in the dark theme: background luminance {background:.3} (want < 0.1), text {text:.3} (want > 0.45)"
+            );
+        } else {
+            assert!(
+                background > 0.6 && text < 0.1,
+                "{who}: {part} in the light theme: background luminance {background:.3} (want > 0.6), text {text:.3} (want < 0.1)"
+            );
+        }
+        assert!(
+            contrast >= 4.5,
+            "{who}: {part}: contrast {contrast:.1}:1 (want 4.5:1 at least)"
+        );
+    }
+}
+
+/// A phone (390x844, touch), the dark theme and the keyboard: on the phone
+/// Alice logs in with Tab and Enter only, sees the conversation list alone,
+/// opens a conversation full width with a back control, sends with the
+/// keyboard (the composer has the focus: type, Enter), and goes back to
+/// the list with the back control and with Escape. Bob, on a desktop in
+/// the dark theme, chats with her: dark backgrounds and light text there,
+/// the opposite on her (light) phone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phone_the_dark_theme_and_the_keyboard() {
+    let stack = Stack::builder().gateways(1).with_nginx().start().await;
+    let url = page_url(&stack);
+    let a = register_on_terminal(&stack, "alice", "alice-pw").await;
+    let b = register_on_terminal(&stack, "bob", "bob-pw").await;
+    befriend_on_terminal(&stack, a, "alice-pw", b).await;
+    let ab = direct_conv(a, b);
+    // Carol (a terminal) has written to Alice too: a second conversation,
+    // unread, in her list.
+    let mut carol = Client::connect(stack.gateways[0].tcp).await;
+    let c = carol.register("carol", "carol-pw").await;
+    let ack = carol.login_acking(c, "carol-pw", None).await;
+    assert_eq!(ack["errno"], 0, "{ack}");
+    let reply = carol
+        .call(json!({"msgid": 7, "id": c, "friendid": a}), 1)
+        .await;
+    assert_eq!(reply["errno"], 0, "add friend: {reply}");
+    // No "time": the gateway stamps it (now), as it does the page's.
+    let reply = carol
+        .call(
+            json!({"msgid": 6, "id": c, "toid": a, "msg": "lunch tomorrow?"}),
+            2,
+        )
+        .await;
+    assert_eq!(reply["errno"], 0, "{reply}");
+
+    let (phone, dark) = tokio::join!(
+        Browser::start_with(
+            &stack,
+            "phone",
+            BrowserOptions {
+                phone: Some((390, 844)),
+                color_scheme: ColorScheme::Light,
+            },
+        ),
+        Browser::start_with(
+            &stack,
+            "dark",
+            BrowserOptions {
+                phone: None,
+                color_scheme: ColorScheme::Dark,
+            },
+        )
+    );
+    tokio::join!(phone.open(&url), dark.open(&url));
+    dark.login(b, "bob-pw").await;
+
+    // The login form with the keyboard alone: the page puts the focus in
+    // the id; type it, Tab to the password, Tab to "Log in", Enter.
+    phone.wait_shown("login-id").await;
+    phone.wait_focused("login-id").await;
+    phone.press(&a.to_string()).await;
+    phone.press(TAB).await;
+    phone.wait_focused("login-password").await;
+    phone.press("alice-pw").await;
+    phone.press(TAB).await;
+    phone.wait_focused("login-submit").await;
+    phone.press(ENTER).await;
+    phone
+        .wait(
+            &format!("logged in as {a} with the keyboard"),
+            "const me = q('me'); const state = q('connection-state'); \
+             return shown(me) && me.dataset.id === String(arguments[0]) \
+                 && state && state.dataset.state === 'connected';",
+            vec![json!(a)],
+        )
+        .await;
+
+    // The list alone, the whole width; no messages pane.
+    let viewport = phone
+        .js("return [window.innerWidth, window.innerHeight];", vec![])
+        .await;
+    assert_eq!(viewport, json!([390, 844]), "the phone's viewport");
+    phone.wait_conversation(&ab).await;
+    phone.wait_conversation(&direct_conv(a, c)).await;
+    phone
+        .wait(
+            "phone: the conversation list alone, full width",
+            &format!("{LAYOUT}\nreturn listAlone;"),
+            vec![],
+        )
+        .await;
+
+    // Bob adds Carol by her id; his roster, refreshed, shows Alice online.
+    dark.fill("add-friend-id", &c.to_string()).await;
+    dark.click("add-friend-submit").await;
+    dark.wait_conversation(&direct_conv(b, c)).await;
+
+    // A conversation: full width, with a back control; the composer has
+    // the focus, and the keyboard sends.
+    phone.open_conversation(&ab).await;
+    phone.wait_text("conversation-title", "bob").await;
+    phone
+        .wait(
+            "phone: the conversation alone, full width, with a back control",
+            &format!("{LAYOUT}\nreturn conversationAlone;"),
+            vec![],
+        )
+        .await;
+    phone.wait_focused("composer").await;
+    phone.press(&format!("sent from my phone{ENTER}")).await;
+    phone.wait_message("sent from my phone", true).await;
+    phone
+        .wait(
+            "the composer emptied, the focus still in it",
+            "const c = q('composer'); return c.value === '' && document.activeElement === c;",
+            vec![],
+        )
+        .await;
+
+    dark.open_conversation(&ab).await;
+    dark.wait_message("sent from my phone", false).await;
+    dark.send("nice, it looks good in the dark too").await;
+    phone
+        .wait_message("nice, it looks good in the dark too", false)
+        .await;
+    phone.press(&format!("see you at 7{ENTER}")).await;
+    dark.wait_message("see you at 7", false).await;
+    phone.wait_ticks("see you at 7", "read").await;
+
+    // The themes: light on the phone, dark on Bob's desktop.
+    let light = phone.js(&format!("{THEME}\nreturn theme();"), vec![]).await;
+    assert_theme(
+        "phone (light)",
+        &light,
+        false,
+        &["page", "conversation-title", "their message", "composer"],
+    );
+    let seen = dark.js(&format!("{THEME}\nreturn theme();"), vec![]).await;
+    assert_theme(
+        "desktop (dark)",
+        &seen,
+        true,
+        &[
+            "page",
+            "conversation-name",
+            "conversation-title",
+            "their message",
+            "composer",
+        ],
+    );
+    // docs/web-client-phone.png.
+    phone.screenshot("conversation").await;
+
+    // Back to the list: the back control, then (opened again) Escape.
+    // The focus goes to the conversation's item in the list, where the
+    // keyboard left off.
+    let focus_on_item = "const el = document.activeElement; \
+        return !!el && el.dataset.testid === 'conversation' && el.dataset.conv === arguments[0];";
+    phone.click_css("button[aria-label^=\"Back\"]").await;
+    phone
+        .wait(
+            "phone: back to the list with the back control",
+            &format!("{LAYOUT}\nreturn listAlone;"),
+            vec![],
+        )
+        .await;
+    phone
+        .wait(
+            "focus on the conversation's item",
+            focus_on_item,
+            vec![json!(ab)],
+        )
+        .await;
+    phone
+        .wait(
+            "the list showing the last message of each conversation",
+            "const last = (c) => txt(q('last-message', conv(c))); \
+             return last(arguments[0]).includes('see you at 7') && last(arguments[1]).includes('lunch');",
+            vec![json!(ab), json!(direct_conv(a, c))],
+        )
+        .await;
+    phone.screenshot("list").await;
+    phone.open_conversation(&ab).await;
+    phone
+        .wait(
+            "phone: the conversation alone again",
+            &format!("{LAYOUT}\nreturn conversationAlone;"),
+            vec![],
+        )
+        .await;
+    phone.wait_focused("composer").await;
+    phone.press(ESCAPE).await;
+    phone
+        .wait(
+            "phone: back to the list with Escape",
+            &format!("{LAYOUT}\nreturn listAlone;"),
+            vec![],
+        )
+        .await;
+    phone
+        .wait(
+            "focus on the conversation's item",
+            focus_on_item,
+            vec![json!(ab)],
+        )
+        .await;
+    // Enter there opens it again, the focus in the composer.
+    phone.press(ENTER).await;
+    phone
+        .wait(
+            "phone: the conversation opened with Enter",
+            &format!("{LAYOUT}\nreturn conversationAlone;"),
+            vec![],
+        )
+        .await;
+    phone.wait_focused("composer").await;
+
+    // Bob's screen, once his page shows Alice online.
+    dark.wait(
+        "presence of Alice online on Bob's page",
+        "const p = q('presence', conv(arguments[0])); return p && p.dataset.online === 'true';",
+        vec![json!(ab)],
+    )
+    .await;
+    dark.wait(
+        "no toast over the dark screen",
+        "return !qa('toast').some(shown);",
+        vec![],
+    )
+    .await;
+    // docs/web-client-dark.png.
+    dark.screenshot("conversation").await;
+    tokio::join!(phone.quit(), dark.quit());
 }
