@@ -10,13 +10,16 @@
 //!   on unchanged, the streams fill, and SIGCONT lets it catch up, which
 //!   is also the cleanest measurement of its ingest capacity (a backlog
 //!   drained with nothing else running);
-//! - *how far behind* is read from Redis, not from the service: per
-//!   partition, XINFO GROUPS (`lag`: not yet read; `pending`: read, not yet
-//!   acknowledged, i.e. not yet committed), and the age of the oldest entry
-//!   that is either, from its stream id (a Redis clock in ms). The
-//!   service's own `/metrics` gives the stored-messages counter
-//!   (`clusterchat_history_ingested_messages_total`) and its lag gauge
-//!   (`clusterchat_history_ingest_lag_ms`);
+//! - *how far behind*: entries added to the streams (XINFO STREAM
+//!   `entries-added`, exact) minus entries the service acknowledged (its
+//!   counters on `/metrics`: stored, duplicate, retracted, malformed,
+//!   dropped), counted from an instant it was caught up; *caught up* is
+//!   read from the ids (nothing pending and the group's last delivered id
+//!   is the stream's last id, in every partition); the *lag* is the age of
+//!   the oldest entry not yet acknowledged, from its stream id (Redis's
+//!   clock, in ms). XINFO GROUPS' own `lag` is not used: Redis 7.0 lets
+//!   it drift once the service trims what it acknowledged (it read 121,203
+//!   on a stream it had read to the end);
 //! - the table: entries written straight to the streams as gateways write
 //!   them (1:1 conversations of users far above any the bench registers),
 //!   ingested by the running service, then `GetHistory` of 50 over gRPC.
@@ -64,28 +67,47 @@ pub struct History {
     token: Option<String>,
 }
 
-/// Not yet stored, over all partitions, at one instant.
+/// The streams at one instant, over all partitions.
 #[derive(Clone, Copy, Default)]
-pub struct Backlog {
-    /// Written by gateways, not yet read by the service.
-    unread: u64,
-    /// Read, not yet acknowledged (the service acknowledges after commit).
+struct Streams {
+    /// Entries ever added (by gateways, or by [`History::fill_table`]).
+    added: u64,
+    /// Read by the service, not yet acknowledged (it acknowledges after commit).
     pending: u64,
-    /// Age of the oldest entry that is either, in ms (0 when none is).
+    /// Every entry read and acknowledged.
+    caught_up: bool,
+    /// Age of the oldest entry not yet acknowledged, in ms (0 when caught up).
     oldest_ms: f64,
-}
-
-impl Backlog {
-    fn total(self) -> u64 {
-        self.unread + self.pending
-    }
 }
 
 /// What `/metrics` says at one instant.
 #[derive(Clone, Copy, Default)]
 struct Scrape {
-    ingested: u64,
+    /// Messages stored for the first time.
+    stored: u64,
+    /// Entries acknowledged for any reason (stored, duplicate, retracted,
+    /// malformed, dropped).
+    acknowledged: u64,
+    /// The service's `history_ingest_lag_ms` gauge.
     lag_ms: f64,
+}
+
+/// Counts at an instant the service was caught up, to count the backlog from.
+#[derive(Clone, Copy)]
+struct Baseline {
+    added: u64,
+    acknowledged: u64,
+    stored: u64,
+}
+
+impl Baseline {
+    /// Entries added since and not yet acknowledged.
+    fn backlog(&self, streams: &Streams, scrape: &Scrape) -> u64 {
+        streams
+            .added
+            .saturating_sub(self.added)
+            .saturating_sub(scrape.acknowledged.saturating_sub(self.acknowledged))
+    }
 }
 
 impl History {
@@ -128,32 +150,45 @@ impl History {
         format!("{}{{h:{partition}}}", self.prefix)
     }
 
-    /// Unread and pending entries of every partition, and the oldest one's age.
-    pub async fn backlog(&self) -> anyhow::Result<Backlog> {
+    /// Added and pending entries of every partition, whether all is
+    /// acknowledged, and the oldest unacknowledged entry's age.
+    async fn streams(&self) -> anyhow::Result<Streams> {
         let mut pipe = redis::pipe();
         for p in 0..PARTITIONS {
+            pipe.cmd("XINFO").arg("STREAM").arg(self.key(p));
             pipe.cmd("XINFO").arg("GROUPS").arg(self.key(p));
-            pipe.cmd("XLEN").arg(self.key(p));
         }
-        let replies: Vec<Redis> = pipe.query_async(&mut self.redis.clone()).await?;
-        let mut backlog = Backlog::default();
+        let replies: Vec<Redis> = pipe.query_async(&mut self.redis.clone()).await.context(
+            "XINFO of the history streams (the history service makes them when it starts)",
+        )?;
+        let mut out = Streams {
+            caught_up: true,
+            ..Streams::default()
+        };
         let mut oldest: Option<u64> = None;
         for (p, pair) in (0..PARTITIONS).zip(replies.chunks(2)) {
-            let length = int(&pair[1]).unwrap_or(0);
-            let Some(group) = group_info(&pair[0]) else {
-                // No group yet: the service never ran; all of it is unread.
-                backlog.unread += length;
-                continue;
+            let stream = fields(&pair[0]);
+            let field = |fields: &[(String, Redis)], name: &str| {
+                fields
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.clone())
             };
-            let field = |name: &str| group.iter().find(|(k, _)| k == name).map(|(_, v)| v);
-            let pending = field("pending").and_then(int).unwrap_or(0);
-            // `lag` is nil when Redis cannot tell (entries deleted among the
-            // unread); the stream's length is then an upper bound.
-            let unread = field("lag")
+            out.added += field(&stream, "entries-added")
+                .as_ref()
                 .and_then(int)
-                .unwrap_or_else(|| length.saturating_sub(pending));
-            backlog.pending += pending;
-            backlog.unread += unread;
+                .unwrap_or(0);
+            let last = field(&stream, "last-generated-id")
+                .as_ref()
+                .and_then(text)
+                .and_then(|id| stream_id(&id))
+                .unwrap_or((0, 0));
+            let group = group_info(&pair[1]).unwrap_or_default();
+            let pending = field(&group, "pending").as_ref().and_then(int).unwrap_or(0);
+            let delivered = field(&group, "last-delivered-id").as_ref().and_then(text);
+            out.pending += pending;
+            let unread = delivered.as_deref().and_then(stream_id).unwrap_or((0, 0)) < last;
+            out.caught_up &= pending == 0 && !unread;
             let first = if pending > 0 {
                 // [count, smallest id, greatest id, consumers]
                 let summary: Redis = redis::cmd("XPENDING")
@@ -162,13 +197,10 @@ impl History {
                     .query_async(&mut self.redis.clone())
                     .await?;
                 array(&summary).get(1).and_then(text)
-            } else if unread > 0 {
-                let after = field("last-delivered-id")
-                    .and_then(text)
-                    .unwrap_or_default();
+            } else if unread {
                 let next: Redis = redis::cmd("XRANGE")
                     .arg(self.key(p))
-                    .arg(format!("({after}"))
+                    .arg(format!("({}", delivered.as_deref().unwrap_or("0-0")))
                     .arg("+")
                     .arg("COUNT")
                     .arg(1)
@@ -180,12 +212,12 @@ impl History {
             } else {
                 None
             };
-            if let Some(ms) = first.as_deref().and_then(id_millis) {
+            if let Some((ms, _)) = first.as_deref().and_then(stream_id) {
                 oldest = Some(oldest.map_or(ms, |o| o.min(ms)));
             }
         }
-        backlog.oldest_ms = oldest.map_or(0.0, |ms| (now_millis().saturating_sub(ms)) as f64);
-        Ok(backlog)
+        out.oldest_ms = oldest.map_or(0.0, |ms| now_millis().saturating_sub(ms) as f64);
+        Ok(out)
     }
 
     /// `/metrics` of the service: a plain HTTP/1.0 GET (no chunks; the
@@ -215,8 +247,16 @@ impl History {
             body.lines().next().unwrap_or_default()
         );
         // The service registers its metrics when it first ingests.
+        let count =
+            |name: &str| value(&format!("clusterchat_history_{name}_total")).unwrap_or(0.0) as u64;
+        let stored = count("ingested_messages");
         Ok(Scrape {
-            ingested: value("clusterchat_history_ingested_messages_total").unwrap_or(0.0) as u64,
+            stored,
+            acknowledged: stored
+                + count("duplicate_messages")
+                + count("retracted_messages")
+                + count("malformed_entries")
+                + count("dropped_entries"),
             lag_ms: value("clusterchat_history_ingest_lag_ms").unwrap_or(f64::NAN),
         })
     }
@@ -224,27 +264,36 @@ impl History {
     /// Messages the service has stored since it started (on the bench's
     /// fresh stack: the rows of its table).
     pub async fn stored_rows(&self) -> anyhow::Result<u64> {
-        Ok(self.scrape().await?.ingested)
+        Ok(self.scrape().await?.stored)
     }
 
-    /// Stops the service's process (SIGSTOP) until [`Paused::resume`] or
-    /// drop. It is caught up first, so its counter is what it has stored.
-    pub async fn pause(&self) -> anyhow::Result<Paused> {
-        self.caught_up(Duration::from_secs(300)).await?;
-        let before = self.scrape().await?;
-        signal(self.pid, "STOP")?;
-        Ok(Paused {
-            pid: Some(self.pid),
-            ingested: before.ingested,
+    /// Waits until the service is caught up; the counts then.
+    async fn baseline(&self) -> anyhow::Result<Baseline> {
+        self.caught_up(Duration::from_secs(600)).await?;
+        let (streams, scrape) = (self.streams().await?, self.scrape().await?);
+        Ok(Baseline {
+            added: streams.added,
+            acknowledged: scrape.acknowledged,
+            stored: scrape.stored,
         })
     }
 
-    /// Waits until nothing is unread or pending (every written entry is
-    /// stored); how long that took.
+    /// Stops the service's process (SIGSTOP) until
+    /// [`Paused::resume_and_drain`] or drop, once it is caught up.
+    pub async fn pause(&self) -> anyhow::Result<Paused> {
+        let baseline = self.baseline().await?;
+        signal(self.pid, "STOP")?;
+        Ok(Paused {
+            pid: Some(self.pid),
+            baseline,
+        })
+    }
+
+    /// Waits until every entry is acknowledged; how long that took.
     async fn caught_up(&self, limit: Duration) -> anyhow::Result<Duration> {
         let started = Instant::now();
         loop {
-            if self.backlog().await?.total() == 0 {
+            if self.streams().await?.caught_up {
                 return Ok(started.elapsed());
             }
             anyhow::ensure!(
@@ -256,31 +305,34 @@ impl History {
         }
     }
 
-    /// Starts sampling the backlog and `/metrics` (see [`Sampler::finish`]).
+    /// Once caught up, starts sampling the streams and `/metrics` (see
+    /// [`Sampler::finish`]).
     pub async fn sample(self: &Arc<Self>) -> anyhow::Result<Sampler> {
+        let baseline = self.baseline().await?;
         let started = Instant::now();
-        let first = self.scrape().await?;
         let points = Arc::new(Mutex::new(Vec::new()));
         let (history, out) = (self.clone(), points.clone());
         let task = tokio::spawn(async move {
             let mut every = tokio::time::interval(SAMPLE_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 every.tick().await;
-                let (Ok(backlog), scrape) = (history.backlog().await, history.scrape().await)
+                let (Ok(streams), Ok(scrape)) = (history.streams().await, history.scrape().await)
                 else {
                     continue;
                 };
                 out.lock().unwrap_or_else(|p| p.into_inner()).push(Point {
                     at: started.elapsed().as_secs_f64(),
-                    backlog,
-                    lag_ms: scrape.map_or(f64::NAN, |s| s.lag_ms),
+                    backlog: baseline.backlog(&streams, &scrape),
+                    oldest_ms: streams.oldest_ms,
+                    lag_ms: scrape.lag_ms,
                 });
             }
         });
         Ok(Sampler {
             history: self.clone(),
+            baseline,
             started,
-            first,
             points,
             task,
         })
@@ -433,28 +485,33 @@ impl History {
 /// The history service stopped (SIGSTOP); dropped, it is let go on.
 pub struct Paused {
     pid: Option<u32>,
-    /// Its stored-messages counter when it was stopped.
-    ingested: u64,
+    /// When it was stopped (caught up).
+    baseline: Baseline,
 }
 
 impl Paused {
-    /// SIGCONT, then waits until the backlog built up meanwhile is stored:
-    /// how many entries, how long, how many per second.
+    /// SIGCONT, then waits until what was added meanwhile is acknowledged:
+    /// how many entries, how long, how many stored per second.
     pub async fn resume_and_drain(mut self, history: &History) -> anyhow::Result<Value> {
-        let backlog = history.backlog().await?;
+        let streams = history.streams().await?;
+        let backlog = streams.added.saturating_sub(self.baseline.added);
         if let Some(pid) = self.pid.take() {
             signal(pid, "CONT")?;
         }
-        let took = history.caught_up(Duration::from_secs(600)).await?;
-        let stored = history
-            .scrape()
-            .await?
-            .ingested
-            .saturating_sub(self.ingested);
+        let took = history.caught_up(Duration::from_secs(1200)).await?;
+        let after = history.scrape().await?;
+        let stored = after.stored.saturating_sub(self.baseline.stored);
+        let acknowledged = after
+            .acknowledged
+            .saturating_sub(self.baseline.acknowledged);
         let seconds = took.as_secs_f64().max(0.001);
         Ok(json!({
-            "backlog_entries": backlog.total(),
-            "oldest_ms": backlog.oldest_ms,
+            "backlog_entries": backlog,
+            "oldest_ms": streams.oldest_ms,
+            // Entries a gateway's XADD MAXLEN ~ (200,000 per partition)
+            // trimmed before the service read them: lost to history, by
+            // design, while the service is down.
+            "trimmed_unread": backlog.saturating_sub(acknowledged),
             "stored": stored,
             "seconds": seconds,
             "stored_per_sec": stored as f64 / seconds,
@@ -475,16 +532,19 @@ impl Drop for Paused {
 struct Point {
     /// Seconds since the sampler started.
     at: f64,
-    backlog: Backlog,
+    /// Entries added since it started and not yet acknowledged.
+    backlog: u64,
+    /// Age of the oldest of them, ms.
+    oldest_ms: f64,
     /// The service's own `history_ingest_lag_ms`.
     lag_ms: f64,
 }
 
-/// Samples the backlog every [`SAMPLE_EVERY`] while a run goes on.
+/// Samples the streams every [`SAMPLE_EVERY`] while a run goes on.
 pub struct Sampler {
     history: Arc<History>,
+    baseline: Baseline,
     started: Instant,
-    first: Scrape,
     points: Arc<Mutex<Vec<Point>>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -495,17 +555,14 @@ impl Sampler {
     /// service stored meanwhile (`delivered`: what the run delivered).
     pub async fn finish(self, delivered: u64) -> anyhow::Result<Value> {
         let run_seconds = self.started.elapsed().as_secs_f64();
-        let at_end = self.history.backlog().await?;
-        let ingested_at_end = self.history.scrape().await?.ingested;
+        let (streams, scrape) = (self.history.streams().await?, self.history.scrape().await?);
+        let at_end = self.baseline.backlog(&streams, &scrape);
         let catch_up = self.history.caught_up(Duration::from_secs(600)).await;
         self.task.abort();
         let catch_up = catch_up?.as_secs_f64();
-        let stored = self
-            .history
-            .scrape()
-            .await?
-            .ingested
-            .saturating_sub(self.first.ingested);
+        let after = self.history.scrape().await?;
+        let stored = after.stored.saturating_sub(self.baseline.stored);
+        let stored_during_run = scrape.stored.saturating_sub(self.baseline.stored);
         let points = self
             .points
             .lock()
@@ -518,23 +575,22 @@ impl Sampler {
                 .filter(|v| v.is_finite())
                 .fold(0.0_f64, f64::max)
         };
-        let stored_during_run = ingested_at_end.saturating_sub(self.first.ingested);
         Ok(json!({
             "samples": points.len(),
             "sample_every_ms": SAMPLE_EVERY.as_millis(),
             "run_seconds": run_seconds,
             "delivered": delivered,
-            "max_backlog_entries": max(|p| p.backlog.total() as f64),
-            "max_lag_ms": max(|p| p.backlog.oldest_ms).max(at_end.oldest_ms),
+            "max_backlog_entries": max(|p| p.backlog as f64).max(at_end as f64),
+            "max_lag_ms": max(|p| p.oldest_ms).max(streams.oldest_ms),
             "max_service_lag_gauge_ms": max(|p| p.lag_ms),
-            "backlog_at_end": {"unread": at_end.unread, "pending": at_end.pending, "entries": at_end.total(), "oldest_ms": at_end.oldest_ms},
+            "backlog_at_end": {"entries": at_end, "pending": streams.pending, "oldest_ms": streams.oldest_ms},
             "caught_up_after_end_seconds": catch_up,
-            // [seconds since the run started, entries not yet stored, age
-            // of the oldest in ms], every sample
+            // [seconds since the run started, entries not yet
+            // acknowledged, age of the oldest in ms], every sample
             "series": points.iter().map(|p| json!([
                 (p.at * 10.0).round() / 10.0,
-                p.backlog.total(),
-                p.backlog.oldest_ms,
+                p.backlog,
+                p.oldest_ms,
             ])).collect::<Vec<_>>(),
             "stored": stored,
             "stored_during_run": stored_during_run,
@@ -555,10 +611,16 @@ fn signal(pid: u32, signal: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The two users of table conversation `c`, ascending.
+/// The two users of table conversation `c`, ascending: a partner that
+/// looks random, as in life. Pairs of neighbouring ids would crowd a few
+/// partitions (FNV-1a mod 16 keeps only the low four bits of each byte,
+/// so "d:1000000000:1000000001", "d:1000000002:1000000003", ... all land in
+/// even partitions, a quarter of them in partition 0), which would fill one
+/// stream past the gateways' MAXLEN while the service is stopped.
 fn table_users(c: u64) -> (i64, i64) {
     let a = TABLE_USERS_FROM + 2 * i64::try_from(c).unwrap_or(0);
-    (a, a + 1)
+    let spread = i64::try_from(c.wrapping_mul(2_654_435_761) % 1_000_003).unwrap_or(0);
+    (a, a + 1 + 2 * spread)
 }
 
 /// A conversation's partition: FNV-1a (32 bits) of its id (the contract).
@@ -577,9 +639,10 @@ fn now_millis() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// The milliseconds of a stream id (`MS-SEQ`).
-fn id_millis(id: &str) -> Option<u64> {
-    id.split_once('-')?.0.parse().ok()
+/// A stream id (`MS-SEQ`) as (ms, seq), which orders as the ids do.
+fn stream_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
 }
 
 fn array(value: &Redis) -> &[Redis] {
@@ -604,24 +667,26 @@ fn int(value: &Redis) -> Option<u64> {
     }
 }
 
-/// The fields of group [`GROUP`] in an XINFO GROUPS reply (RESP2: a flat
-/// array of name, value per group; RESP3: a map).
+/// Name/value pairs of a reply (RESP2: a flat array; RESP3: a map).
+fn fields(reply: &Redis) -> Vec<(String, Redis)> {
+    match reply {
+        Redis::Map(pairs) => pairs
+            .iter()
+            .filter_map(|(k, v)| Some((text(k)?, v.clone())))
+            .collect(),
+        other => array(other)
+            .chunks(2)
+            .filter_map(|kv| Some((text(&kv[0])?, kv.get(1)?.clone())))
+            .collect(),
+    }
+}
+
+/// The fields of group [`GROUP`] in an XINFO GROUPS reply.
 fn group_info(reply: &Redis) -> Option<Vec<(String, Redis)>> {
-    array(reply).iter().find_map(|group| {
-        let fields: Vec<(String, Redis)> = match group {
-            Redis::Map(pairs) => pairs
-                .iter()
-                .filter_map(|(k, v)| Some((text(k)?, v.clone())))
-                .collect(),
-            other => array(other)
-                .chunks(2)
-                .filter_map(|kv| Some((text(&kv[0])?, kv.get(1)?.clone())))
-                .collect(),
-        };
-        fields
+    array(reply).iter().map(fields).find(|group| {
+        group
             .iter()
             .any(|(k, v)| k == "name" && text(v).as_deref() == Some(GROUP))
-            .then_some(fields)
     })
 }
 
@@ -663,6 +728,8 @@ mod tests {
         assert_eq!(field("pending").and_then(int), Some(3));
         assert_eq!(field("lag").and_then(int), None);
         assert!(group_info(&Redis::Array(vec![])).is_none());
-        assert_eq!(id_millis("1700000000123-4"), Some(1_700_000_000_123));
+        assert_eq!(stream_id("1700000000123-4"), Some((1_700_000_000_123, 4)));
+        assert!(stream_id("1700000000123-4") < stream_id("1700000000123-10"));
+        assert_eq!(stream_id("0-0"), Some((0, 0)));
     }
 }
