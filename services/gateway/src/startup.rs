@@ -9,10 +9,9 @@ use tokio::{
 };
 
 use crate::{
-    cluster::{Cluster, ClusterError},
     config::Config,
     node::Node,
-    transport,
+    redis::{Redis, RedisError},
     upstream::{UpstreamUrlError, Upstreams},
 };
 
@@ -21,22 +20,24 @@ pub enum StartupError {
     #[error("cannot listen on {0}")]
     Bind(SocketAddr, #[source] std::io::Error),
     #[error("cannot reach redis")]
-    Redis(#[from] ClusterError),
+    Redis(#[from] RedisError),
     #[error(transparent)]
     Upstream(#[from] UpstreamUrlError),
     #[error(transparent)]
-    Web(#[from] crate::web::WebFilesError),
+    Web(#[from] crate::net::web::WebFilesError),
 }
 
 pub struct Application {
     node: Arc<Node>,
+    /// The web client's files, served at `/` on the public HTTP port.
+    web: Option<Arc<crate::net::web::WebFiles>>,
     tcp: TcpListener,
     http: TcpListener,
     admin: TcpListener,
     tcp_addr: SocketAddr,
     http_addr: SocketAddr,
     admin_addr: SocketAddr,
-    bus_events: mpsc::Receiver<crate::cluster::BusEvent>,
+    bus_events: mpsc::Receiver<crate::redis::BusEvent>,
 }
 
 async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartupError> {
@@ -52,7 +53,7 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartupErro
 impl Application {
     pub async fn build(config: Config, shutdown: Shutdown) -> Result<Self, StartupError> {
         let (events_tx, bus_events) = mpsc::channel(65_536);
-        let cluster = Cluster::connect(
+        let redis = Redis::connect(
             &config.redis_url,
             &config.redis_prefix,
             events_tx,
@@ -71,17 +72,16 @@ impl Application {
         let (admin, admin_addr) = bind(config.admin_listen).await?;
         let web = match &config.web_dir {
             Some(dir) => {
-                let files = crate::web::WebFiles::load(dir)?;
+                let files = crate::net::web::WebFiles::load(dir)?;
                 tracing::info!(dir = %dir.display(), files = files.len(), "serving the web client");
                 Some(files)
             }
             None => None,
         };
-        let mut node = Node::new(config, cluster, upstreams, shutdown);
-        node.web = web;
-        let node = Arc::new(node);
+        let node = Arc::new(Node::new(config, redis, upstreams, shutdown));
         Ok(Self {
             node,
+            web,
             tcp,
             http,
             admin,
@@ -115,15 +115,20 @@ impl Application {
         tokio::spawn(node.clone().keep_presence());
         tokio::spawn(node.clone().run_trimmer());
         tokio::spawn(node.clone().send_offline_nudges());
-        let tcp = tokio::spawn(transport::serve_tcp(
+        let tcp = tokio::spawn(crate::net::serve_tcp(
             node.clone(),
             self.tcp,
             permits.clone(),
         ));
-        let http = tokio::spawn(transport::serve_http(node.clone(), self.http, permits));
+        let http = tokio::spawn(crate::net::serve_http(
+            node.clone(),
+            self.http,
+            permits,
+            self.web,
+        ));
         // The admin port answers until the process ends: probes see the
         // drain (`/healthz` says so) instead of a refused connection.
-        let admin = transport::admin_router(node.clone());
+        let admin = crate::net::admin_router(node.clone());
         tokio::spawn(async move {
             if let Err(e) = axum::serve(self.admin, admin).await {
                 tracing::error!(error = %e, "admin server failed");

@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
-use gateway::cluster::{
-    AppendTo, Appended, Claim, Cluster, RedisTarget, entry_tail,
+use gateway::protocol::conversation::{self, Conversation};
+use gateway::redis::{
+    AppendTo, Appended, Claim, Redis, RedisTarget, entry_tail,
     number::{NumberJob, partition},
 };
-use gateway::protocol::conversation::{self, Conversation};
 use shutdown::Shutdown;
 use tokio::sync::mpsc;
 
@@ -16,14 +16,14 @@ fn redis_url() -> String {
         .expect("CLUSTERCHAT_TEST_REDIS_URL: run with `just test`")
 }
 
-async fn cluster() -> Cluster {
+async fn cluster() -> Redis {
     cluster_with_prefix().await.0
 }
 
-async fn cluster_with_prefix() -> (Cluster, String) {
+async fn cluster_with_prefix() -> (Redis, String) {
     let prefix = format!("{}:", test_support::unique_name("inbox"));
     let (events, _) = mpsc::channel(16);
-    let cluster = Cluster::connect(&redis_url(), &prefix, events, Shutdown::new())
+    let cluster = Redis::connect(&redis_url(), &prefix, events, Shutdown::new())
         .await
         .expect("redis");
     (cluster, prefix)
@@ -57,12 +57,12 @@ async fn stream_entries(key: &str) -> Vec<std::collections::HashMap<String, Stri
         .collect()
 }
 
-async fn append(cluster: &Cluster, user: i64, mid: &str, text: &str, max: usize) -> Appended {
+async fn append(cluster: &Redis, user: i64, mid: &str, text: &str, max: usize) -> Appended {
     append_with(cluster, user, mid, text, max, None).await
 }
 
 async fn append_with(
-    cluster: &Cluster,
+    cluster: &Redis,
     user: i64,
     mid: &str,
     text: &str,
@@ -87,7 +87,7 @@ fn seq(appended: Appended) -> u64 {
     }
 }
 
-async fn texts_after(cluster: &Cluster, user: i64, after: u64) -> Vec<String> {
+async fn texts_after(cluster: &Redis, user: i64, after: u64) -> Vec<String> {
     let page = cluster.read_inbox(user, after, 100).await.expect("read");
     page.entries
         .iter()

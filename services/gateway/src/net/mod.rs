@@ -15,14 +15,14 @@
 //! connection uses the additions every frame is its own write. TCP sockets
 //! get keepalive probes, so a peer that vanished without closing is noticed.
 
+pub mod proxy_header;
+pub mod web;
+
 use std::{
     collections::VecDeque,
     io,
     net::SocketAddr,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -50,53 +50,20 @@ use tokio::{
 use tower::ServiceExt as _;
 
 use crate::{
+    delivery::writer::FrameSink,
     metrics::{label, metrics},
-    node::Node,
+    net::proxy_header::Outcome,
+    node::{
+        Node,
+        admission::{AnonymousSlot, ClientAddress},
+    },
     protocol::{
         classic::{self, Failure, errno},
         framing::{Frame, JsonSplitter},
         ws,
     },
-    proxy_header::{self, Outcome},
     session::{self, FrameSource, Transport},
-    writer::FrameSink,
 };
-
-/// Bytes held for unfinished requests by all the TCP connections of a node.
-#[derive(Debug)]
-pub struct ByteBudget {
-    used: AtomicUsize,
-    max: usize,
-}
-
-impl ByteBudget {
-    pub fn new(max: usize) -> Self {
-        Self {
-            used: AtomicUsize::new(0),
-            max,
-        }
-    }
-
-    /// Moves a holder's charge from `*held` to `want`; false (and nothing
-    /// changed) when growing it would pass the budget.
-    fn recharge(&self, held: &mut usize, want: usize) -> bool {
-        if want > *held {
-            let grow = want - *held;
-            if self.used.fetch_add(grow, Ordering::AcqRel) + grow > self.max {
-                self.used.fetch_sub(grow, Ordering::AcqRel);
-                return false;
-            }
-        } else {
-            self.used.fetch_sub(*held - want, Ordering::AcqRel);
-        }
-        *held = want;
-        true
-    }
-
-    pub fn used(&self) -> usize {
-        self.used.load(Ordering::Acquire)
-    }
-}
 
 struct TcpSource {
     node: Arc<Node>,
@@ -133,7 +100,7 @@ impl TcpSource {
 
 impl Drop for TcpSource {
     fn drop(&mut self) {
-        self.node.partial_bytes.recharge(&mut self.charged, 0);
+        self.node.admission.partial.recharge(&mut self.charged, 0);
     }
 }
 
@@ -181,7 +148,12 @@ impl FrameSource for TcpSource {
                     }
                     self.ready.extend(frames);
                     let held = self.splitter.buffered();
-                    if !self.node.partial_bytes.recharge(&mut self.charged, held) {
+                    if !self
+                        .node
+                        .admission
+                        .partial
+                        .recharge(&mut self.charged, held)
+                    {
                         metrics()
                             .refused
                             .get_or_create(&label("why", "partial_budget"))
@@ -438,6 +410,8 @@ impl FrameSink for WsSink {
 #[derive(Clone)]
 struct HttpState {
     node: Arc<Node>,
+    /// The web client's files, served at `/`.
+    web: Option<Arc<web::WebFiles>>,
 }
 
 /// What the accept loop knows of an HTTP connection, for its handler.
@@ -449,17 +423,17 @@ struct Connection {
 }
 
 /// The public HTTP port: `/ws` (WebSocket chat) and the web client's files.
-fn public_router(node: Arc<Node>) -> Router {
+fn public_router(node: Arc<Node>, web: Option<Arc<web::WebFiles>>) -> Router {
     Router::new()
         .route("/ws", get(websocket))
         .fallback(get(web_file))
-        .with_state(HttpState { node })
+        .with_state(HttpState { node, web })
 }
 
 async fn web_file(State(state): State<HttpState>, uri: axum::http::Uri) -> Response {
-    match &state.node.web {
+    match &state.web {
         Some(files) => files.respond(&uri),
-        None if uri.path() == "/" => crate::web::not_built(),
+        None if uri.path() == "/" => web::not_built(),
         None => (StatusCode::NOT_FOUND, "not found\n").into_response(),
     }
 }
@@ -477,14 +451,19 @@ pub fn admin_router(node: Arc<Node>) -> Router {
                 )
             }),
         )
-        .with_state(HttpState { node })
+        .with_state(HttpState { node, web: None })
 }
 
 /// Accepts WebSocket clients until shutdown. Each connection takes a permit
 /// at accept, may spend at most the handshake timeout on its PROXY header,
 /// its request headers and the upgrade, and serves one request.
-pub async fn serve_http(node: Arc<Node>, listener: TcpListener, permits: Arc<Semaphore>) {
-    let router = public_router(node.clone());
+pub async fn serve_http(
+    node: Arc<Node>,
+    listener: TcpListener,
+    permits: Arc<Semaphore>,
+    web: Option<Arc<web::WebFiles>>,
+) {
+    let router = public_router(node.clone(), web);
     while let Some(accepted) = accept(&node, &listener, &permits).await {
         let (mut stream, peer, permit) = match accepted {
             Accepted::Admitted(stream, peer, permit) => (stream, peer, permit),
@@ -520,14 +499,14 @@ pub async fn serve_http(node: Arc<Node>, listener: TcpListener, permits: Arc<Sem
             };
             // A handshake counts among its address's connections that have
             // not logged in (the session counts itself once it runs).
-            let Some(_anonymous) = session::AnonymousSlot::take(&node, client.ip()) else {
+            let Some(_anonymous) = AnonymousSlot::take(&node.admission, client.ip()) else {
                 metrics()
                     .refused
                     .get_or_create(&label("why", "anonymous_per_address"))
                     .inc();
                 let why = format!(
                     "{} has {} connections here that have not logged in",
-                    session::ClientAddress::of(client.ip()),
+                    ClientAddress::of(client.ip()),
                     node.config.limits.anonymous_per_address
                 );
                 return refuse_http_with(stream, "503 Service Unavailable", &why).await;
@@ -621,11 +600,11 @@ async fn healthz(State(state): State<HttpState>) -> Response {
     let body = serde_json::json!({
         "node": node.config.node_id,
         "sessions": node.registry.len(),
-        "redis": node.cluster.is_subscribed(),
+        "redis": node.redis.is_subscribed(),
         "draining": node.shutdown.is_requested(),
     })
     .to_string();
-    let status = if node.cluster.is_subscribed() && !node.shutdown.is_requested() {
+    let status = if node.redis.is_subscribed() && !node.shutdown.is_requested() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

@@ -14,10 +14,10 @@ use redis::{Value, cluster_routing::SingleNodeRoutingInfo};
 use tokio::sync::mpsc;
 
 use super::{
-    AppendJob, Appended, Cluster, ClusterError, Commands, REPLICA_WAIT, appended, slot, ttl_millis,
+    AppendJob, Appended, Commands, REPLICA_WAIT, Redis, RedisError, appended, slot, ttl_millis,
 };
 
-impl Cluster {
+impl Redis {
     /// Forms batches of append jobs (whatever waits while earlier batches
     /// are on their way) and runs each as one script call.
     pub(super) async fn run_appender(self, mut jobs: mpsc::UnboundedReceiver<AppendJob>) {
@@ -66,7 +66,7 @@ impl Cluster {
             receivers: &receivers,
             max_inbox,
         };
-        let results: Vec<Result<Vec<Appended>, ClusterError>> = if self.sharded {
+        let results: Vec<Result<Vec<Appended>, RedisError>> = if self.sharded {
             self.append_by_shard(&work, &groups).await
         } else {
             futures::future::join_all(groups.iter().map(|g| self.append_group(&work, g))).await
@@ -145,7 +145,7 @@ impl Cluster {
         &self,
         work: &Work<'_>,
         group: &[usize],
-    ) -> Result<Vec<Appended>, ClusterError> {
+    ) -> Result<Vec<Appended>, RedisError> {
         let wait = self.sharded
             && self
                 .replicas
@@ -178,7 +178,7 @@ impl Cluster {
         &self,
         work: &Work<'_>,
         groups: &[Vec<usize>],
-    ) -> Vec<Result<Vec<Appended>, ClusterError>> {
+    ) -> Vec<Result<Vec<Appended>, RedisError>> {
         let owners = self.owners();
         let mut by_shard: HashMap<Arc<str>, Vec<usize>> = HashMap::new();
         let mut alone = Vec::new();
@@ -189,7 +189,7 @@ impl Cluster {
                 None => alone.push(g),
             }
         }
-        let mut results: Vec<Option<Result<Vec<Appended>, ClusterError>>> =
+        let mut results: Vec<Option<Result<Vec<Appended>, RedisError>>> =
             (0..groups.len()).map(|_| None).collect();
         let shards = futures::future::join_all(
             by_shard
@@ -205,7 +205,7 @@ impl Cluster {
                 }
             }
         }
-        let retried: Vec<Result<Vec<Appended>, ClusterError>> = futures::future::join_all(
+        let retried: Vec<Result<Vec<Appended>, RedisError>> = futures::future::join_all(
             alone
                 .iter()
                 .map(|g| self.append_group(work, groups[*g].as_slice())),
@@ -216,7 +216,7 @@ impl Cluster {
         }
         results
             .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(ClusterError::new("append not attempted"))))
+            .map(|r| r.unwrap_or_else(|| Err(RedisError::new("append not attempted"))))
             .collect()
     }
 
@@ -229,7 +229,7 @@ impl Cluster {
         groups: &[Vec<usize>],
         shard: &str,
         gs: &[usize],
-    ) -> Vec<Option<Result<Vec<Appended>, ClusterError>>> {
+    ) -> Vec<Option<Result<Vec<Appended>, RedisError>>> {
         let wait = gs.iter().any(|&g| {
             self.replicas
                 .has_replica(slot::of_user(work.receivers[groups[g][0]].1))
@@ -262,12 +262,12 @@ impl Cluster {
         let published = self
             .publish(work, &recorded_groups, &mut recorded_appends, Some(shard))
             .await;
-        let mut out: Vec<Option<Result<Vec<Appended>, ClusterError>>> =
+        let mut out: Vec<Option<Result<Vec<Appended>, RedisError>>> =
             gs.iter().map(|_| None).collect();
         for (k, appends) in recorded.into_iter().zip(recorded_appends) {
             out[k] = Some(match &published {
                 Ok(()) => Ok(appends),
-                Err(e) => Err(ClusterError::new(e.0.clone())),
+                Err(e) => Err(RedisError::new(e.0.clone())),
             });
         }
         out
@@ -285,7 +285,7 @@ impl Cluster {
         groups: &[&[usize]],
         appended: &mut [Vec<Appended>],
         shard: Option<&str>,
-    ) -> Result<(), ClusterError> {
+    ) -> Result<(), RedisError> {
         let mut targets: Vec<(usize, usize)> = Vec::new();
         let mut pipe = redis::pipe();
         for (g, group) in groups.iter().enumerate() {
@@ -362,14 +362,14 @@ impl Cluster {
         &self,
         shard: &str,
         pipe: redis::Pipeline,
-    ) -> Result<Vec<Value>, ClusterError> {
+    ) -> Result<Vec<Value>, RedisError> {
         let Commands::Cluster(conn) = &self.commands else {
-            return Err(ClusterError::new("not a cluster"));
+            return Err(RedisError::new("not a cluster"));
         };
         let (host, port) = shard
             .rsplit_once(':')
             .and_then(|(h, p)| Some((h.to_owned(), p.parse().ok()?)))
-            .ok_or_else(|| ClusterError::new(format!("bad shard address {shard}")))?;
+            .ok_or_else(|| RedisError::new(format!("bad shard address {shard}")))?;
         let count = pipe.len();
         Ok(conn
             .clone()
@@ -413,9 +413,9 @@ impl RoutedEach<'_> {
     }
 }
 
-fn parse_appended(value: Option<Value>) -> Result<Vec<Appended>, ClusterError> {
+fn parse_appended(value: Option<Value>) -> Result<Vec<Appended>, RedisError> {
     let flat: Vec<i64> = redis::from_redis_value(value.unwrap_or(Value::Nil))
-        .map_err(|e| ClusterError::new(e.to_string()))?;
+        .map_err(|e| RedisError::new(e.to_string()))?;
     Ok(flat.chunks_exact(2).map(|p| appended(p[0], p[1])).collect())
 }
 

@@ -19,7 +19,7 @@ use futures::StreamExt as _;
 use redis::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Cluster, ClusterError, REPLICA_WAIT, slot, ttl_millis};
+use super::{REPLICA_WAIT, Redis, RedisError, slot, ttl_millis};
 
 /// How many history streams there are (the history service reads as many).
 pub const HISTORY_PARTITIONS: u32 = 16;
@@ -83,28 +83,28 @@ pub struct NumberJob {
     pub reply: oneshot::Sender<Result<u64, String>>,
 }
 
-impl Cluster {
+impl Redis {
     fn stream_key(&self, partition: u32) -> String {
         format!("{}{{h:{partition}}}", self.prefix)
     }
 
     /// Numbers a chat and records it for the history service; concurrent
     /// chats of this node share script calls.
-    pub async fn number(&self, job: NumberJob) -> Result<u64, ClusterError> {
+    pub async fn number(&self, job: NumberJob) -> Result<u64, RedisError> {
         let (reply, numbered) = oneshot::channel();
         let job = NumberJob { reply, ..job };
         if self.numberer.send(job).is_err() {
-            return Err(ClusterError::new("the numberer has stopped"));
+            return Err(RedisError::new("the numberer has stopped"));
         }
         numbered
             .await
-            .map_err(|_| ClusterError::new("the numberer has stopped"))?
-            .map_err(ClusterError::new)
+            .map_err(|_| RedisError::new("the numberer has stopped"))?
+            .map_err(RedisError::new)
     }
 
     /// The newest sequence number of a conversation (0: it has none): what
     /// a read mark may reach. History lags behind this a little.
-    pub async fn newest_in(&self, conversation: &str) -> Result<u64, ClusterError> {
+    pub async fn newest_in(&self, conversation: &str) -> Result<u64, RedisError> {
         let key = format!(
             "{}:c:{conversation}",
             self.stream_key(partition(conversation))
@@ -215,7 +215,7 @@ impl Cluster {
         &self,
         batch: &[NumberJob],
         group: &[usize],
-    ) -> Result<Vec<u64>, ClusterError> {
+    ) -> Result<Vec<u64>, RedisError> {
         let first = self.stream_key(partition(&batch[group[0]].conversation));
         let wait = self.sharded && self.replicas.has_replica(slot::of_key(first.as_bytes()));
         let replies: Vec<Value> = self
@@ -254,7 +254,7 @@ impl Cluster {
             .await?;
         let mut replies = replies.into_iter();
         let seqs: Vec<i64> = redis::from_redis_value(replies.next().unwrap_or(Value::Nil))
-            .map_err(|e| ClusterError::new(e.to_string()))?;
+            .map_err(|e| RedisError::new(e.to_string()))?;
         if wait && matches!(replies.next(), Some(Value::Int(0))) {
             crate::metrics::metrics().unreplicated_appends.inc();
         }

@@ -16,6 +16,9 @@
 //! group come from caches filled on first use and at login, and kept fresh
 //! by invalidations over Redis.
 
+pub mod admission;
+pub mod registry;
+
 use std::{
     collections::{HashMap, HashSet, hash_map::Entry},
     sync::{
@@ -35,24 +38,24 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
 use crate::{
-    cluster::{
-        AppendTo, Appended, BusEvent, Claim, Cluster, ClusterError, InboxEntry, OFFLINE_NUDGE,
-        entry_tail,
-    },
     config::Config,
     metrics::{label, metrics},
+    node::registry::{Delivery, Handoff, Registry},
     protocol::{
         classic::{Failure, errno},
         conversation::{self, Conversation},
     },
-    registry::{Delivery, Handoff, Registry},
+    redis::{
+        AppendTo, Appended, BusEvent, Claim, InboxEntry, OFFLINE_NUDGE, Redis, RedisError,
+        entry_tail,
+    },
     upstream::{Upstreams, failure_from_status},
 };
 
 pub struct Node {
     pub config: Config,
     pub registry: Registry,
-    pub cluster: Cluster,
+    pub redis: Redis,
     pub upstreams: Upstreams,
     pub shutdown: Shutdown,
     /// Every session and background hand-over, so shutdown can wait for them.
@@ -67,10 +70,8 @@ pub struct Node {
     /// another move was asked for meanwhile.
     moving: Mutex<HashMap<i64, bool>>,
     move_permits: Semaphore,
-    /// Bytes of unfinished requests held by this node's TCP connections.
-    pub partial_bytes: crate::transport::ByteBudget,
-    /// Connections with nobody logged in, per client address.
-    anonymous: Mutex<HashMap<std::net::IpAddr, u32>>,
+    /// Connections with nobody logged in, and unfinished requests.
+    pub admission: Arc<admission::Admission>,
     /// Remote receivers of messages stored offline because Redis was
     /// unreachable: their nodes are told once Redis answers again.
     nudges: Mutex<HashSet<i64>>,
@@ -84,8 +85,6 @@ pub struct Node {
     /// Unix epoch).
     failover_gave_up: AtomicU64,
     epoch: Instant,
-    /// The web client's files, served at `/` on the public HTTP port.
-    pub web: Option<Arc<crate::web::WebFiles>>,
 }
 
 /// How long delivered inbox entries wait to be trimmed, so trims are batched.
@@ -119,13 +118,16 @@ pub fn new_message_id() -> String {
 }
 
 impl Node {
-    pub fn new(config: Config, cluster: Cluster, upstreams: Upstreams, shutdown: Shutdown) -> Self {
+    pub fn new(config: Config, redis: Redis, upstreams: Upstreams, shutdown: Shutdown) -> Self {
         let groups = GroupCache::new(config.group_cache_ttl);
-        let partial_bytes = crate::transport::ByteBudget::new(config.limits.partial_budget_bytes);
+        let admission = Arc::new(admission::Admission::new(
+            config.limits.partial_budget_bytes,
+            config.limits.anonymous_per_address,
+        ));
         Self {
             config,
             registry: Registry::default(),
-            cluster,
+            redis,
             upstreams,
             shutdown,
             tasks: TaskTracker::new(),
@@ -137,34 +139,10 @@ impl Node {
             moving: Mutex::default(),
             nudges: Mutex::default(),
             move_permits: Semaphore::new(32),
-            partial_bytes,
-            anonymous: Mutex::default(),
+            admission,
             presence_confirmed: (0..16_384).map(|_| AtomicU64::new(0)).collect(),
             failover_gave_up: AtomicU64::new(0),
             epoch: Instant::now(),
-            web: None,
-        }
-    }
-
-    /// Counts a connection from `ip` with nobody logged in; false (nothing
-    /// counted) when `ip` has its limit of them already.
-    pub fn enter_anonymous(&self, ip: std::net::IpAddr) -> bool {
-        let mut counts = self.anonymous.lock().unwrap_or_else(|p| p.into_inner());
-        let count = counts.entry(ip).or_default();
-        if *count >= self.config.limits.anonymous_per_address {
-            return false;
-        }
-        *count += 1;
-        true
-    }
-
-    pub fn leave_anonymous(&self, ip: std::net::IpAddr) {
-        let mut counts = self.anonymous.lock().unwrap_or_else(|p| p.into_inner());
-        if let Entry::Occupied(mut count) = counts.entry(ip) {
-            *count.get_mut() -= 1;
-            if *count.get() == 0 {
-                count.remove();
-            }
         }
     }
 
@@ -239,7 +217,7 @@ impl Node {
     pub async fn invalidate_group(&self, group: i64) {
         self.groups.forget(group);
         if let Err(e) = self
-            .cluster
+            .redis
             .publish_control(format!("g:{group}").as_bytes())
             .await
         {
@@ -284,7 +262,7 @@ impl Node {
             && results.iter().all(Result::is_err)
         {
             // Nobody got it: history must not show it either.
-            self.cluster
+            self.redis
                 .retract(&message.conversation.to_string(), &message.mid, cseq)
                 .await;
         }
@@ -305,7 +283,7 @@ impl Node {
         let conv = message.conversation.to_string();
         let mut failing_since: Option<std::time::Instant> = None;
         loop {
-            let job = crate::cluster::number::NumberJob {
+            let job = crate::redis::number::NumberJob {
                 conversation: conv.clone(),
                 mid: message.mid.clone(),
                 ttl: if message.dedup {
@@ -319,7 +297,7 @@ impl Node {
                 head: head.clone(),
                 reply: tokio::sync::oneshot::channel().0,
             };
-            match self.cluster.number(job).await {
+            match self.redis.number(job).await {
                 Ok(cseq) => return Some((cseq, conversation::complete(&head, cseq))),
                 Err(e) => {
                     let since = *failing_since.get_or_insert_with(std::time::Instant::now);
@@ -327,7 +305,7 @@ impl Node {
                     if waited_out {
                         self.failover_gave_up.store(now_micros(), Ordering::Relaxed);
                     }
-                    if !self.cluster.number_failover_possible(&conv)
+                    if !self.redis.number_failover_possible(&conv)
                         || !self.may_wait_for_failover()
                         || waited_out
                     {
@@ -386,7 +364,7 @@ impl Node {
                 })
                 .collect();
             let results = self
-                .cluster
+                .redis
                 .append_each(
                     &attempt_targets,
                     &message.mid,
@@ -408,7 +386,7 @@ impl Node {
                 }
             }
             let Some(e) = error else { break };
-            if !(self.cluster.failover_possible(&failed) && self.may_wait_for_failover()) {
+            if !(self.redis.failover_possible(&failed) && self.may_wait_for_failover()) {
                 tracing::warn!(error = %e, receivers = failed.len(), "cannot record in redis; storing with the offline service");
                 break;
             }
@@ -616,10 +594,10 @@ impl Node {
     async fn move_inbox(&self, user: i64) -> Result<(), Failure> {
         const PAGE: usize = 100;
         let unavailable =
-            |e: crate::cluster::ClusterError| Failure::new(errno::UNAVAILABLE, e.to_string());
+            |e: crate::redis::RedisError| Failure::new(errno::UNAVAILABLE, e.to_string());
         loop {
             let page = self
-                .cluster
+                .redis
                 .read_inbox(user, 0, PAGE)
                 .await
                 .map_err(unavailable)?;
@@ -638,7 +616,7 @@ impl Node {
                 .await?;
             }
             if !self
-                .cluster
+                .redis
                 .trim_moved(user, last)
                 .await
                 .map_err(unavailable)?
@@ -655,7 +633,7 @@ impl Node {
         &self,
         user: i64,
         message: &offline_pb::OfflineMessage,
-    ) -> Result<(), ClusterError> {
+    ) -> Result<(), RedisError> {
         let mid = if message.client_msg_id.is_empty() {
             format!("offline-{}", message.position)
         } else {
@@ -669,7 +647,7 @@ impl Node {
             message.payload.as_bytes(),
         );
         let appended = self
-            .cluster
+            .redis
             .append(
                 &[AppendTo {
                     user,
@@ -682,9 +660,9 @@ impl Node {
             )
             .await?;
         match appended.first() {
-            Some(Appended::InboxFull) => Err(ClusterError::new(format!(
-                "the inbox of user {user} is full"
-            ))),
+            Some(Appended::InboxFull) => {
+                Err(RedisError::new(format!("the inbox of user {user} is full")))
+            }
             _ => Ok(()),
         }
     }
@@ -724,7 +702,7 @@ impl Node {
             std::mem::take(&mut *self.trims.lock().unwrap_or_else(|p| p.into_inner()))
                 .into_iter()
                 .collect();
-        if let Err(e) = self.cluster.trim_delivered(&batch).await {
+        if let Err(e) = self.redis.trim_delivered(&batch).await {
             tracing::warn!(error = %e, users = batch.len(), "cannot trim inboxes; will retry");
             let mut trims = self.trims.lock().unwrap_or_else(|p| p.into_inner());
             for (user, seq) in batch {
@@ -751,7 +729,7 @@ impl Node {
             if users.is_empty() {
                 continue;
             }
-            if self.cluster.nudge_offline(&users).await.is_ok() {
+            if self.redis.nudge_offline(&users).await.is_ok() {
                 let mut nudges = self.nudges.lock().unwrap_or_else(|p| p.into_inner());
                 for user in users {
                     nudges.remove(&user);
@@ -768,11 +746,11 @@ impl Node {
             BusEvent::ForUser { user, entry } if entry == OFFLINE_NUDGE => {
                 self.registry.sync_offline(user);
             }
-            BusEvent::ForUser { user, entry } if entry == crate::cluster::DEVICE_JOINED => {
+            BusEvent::ForUser { user, entry } if entry == crate::redis::DEVICE_JOINED => {
                 self.registry.device_joined(user);
             }
             BusEvent::ForUser { user, entry } if entry.starts_with(b"0 live ") => {
-                if let Some((except, frame)) = crate::cluster::parse_live(&entry) {
+                if let Some((except, frame)) = crate::redis::parse_live(&entry) {
                     let except = except
                         .strip_prefix(self.config.node_id.as_str())
                         .and_then(|rest| rest.strip_prefix('/'))
@@ -835,7 +813,7 @@ impl Node {
     /// node frozen (SIGSTOP, VM pause) past its TTL must not write what it
     /// received before it was frozen: the user may be online elsewhere.
     pub fn presence_lease_holds(&self, user: i64, claimed_at: Instant) -> bool {
-        let slot = usize::from(crate::cluster::slot::of_user(user));
+        let slot = usize::from(crate::redis::slot::of_user(user));
         let confirmed = self.epoch
             + Duration::from_micros(self.presence_confirmed[slot].load(Ordering::Acquire));
         let since = confirmed.max(claimed_at);
@@ -862,7 +840,7 @@ impl Node {
                 .map(|s| (s.user, self.owner(s.connection), s.device))
                 .collect();
             let held = self
-                .cluster
+                .redis
                 .refresh_presence(&claims, self.config.presence_ttl)
                 .await;
             for (session, held) in sessions.into_iter().zip(held) {
@@ -888,7 +866,7 @@ impl Node {
         let micros = u64::try_from(sent_at.duration_since(self.epoch).as_micros()).unwrap_or(0);
         match user {
             Some(user) => {
-                let slot = usize::from(crate::cluster::slot::of_user(user));
+                let slot = usize::from(crate::redis::slot::of_user(user));
                 self.presence_confirmed[slot].fetch_max(micros, Ordering::AcqRel);
             }
             None => {
@@ -908,7 +886,7 @@ impl Node {
     /// Hands what the subscriber received to the sessions; a session whose
     /// entry did not fit the subscriber's backlog reads its inbox instead.
     pub async fn dispatch_bus(self: Arc<Self>, mut events: mpsc::Receiver<BusEvent>) {
-        let backlog = self.cluster.backlog.clone();
+        let backlog = self.redis.backlog.clone();
         loop {
             tokio::select! {
                 event = events.recv() => {

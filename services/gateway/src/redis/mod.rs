@@ -11,7 +11,7 @@
 //!   with Redis's data restarts above every number it gave before). `:d` is
 //!   the highest sequence written to one of the user's connections.
 //! - **Routing**: the channel `{prefix}{u:ID}`, which the node holding the
-//!   user subscribes to. [`Cluster::append`] records a message in the inbox
+//!   user subscribes to. [`Redis::append`] records a message in the inbox
 //!   and publishes the same entry in one script: a message is never published
 //!   without being recorded.
 //! - **Presence** `{prefix}{u:ID}:p`: a hash of the sessions that hold the
@@ -38,7 +38,7 @@
 //! Every (un)subscribe goes through one ordered worker; subscriptions are
 //! restored after any failure and the users concerned read their stores.
 //!
-//! **API Boundary:** session code sees only [`Cluster`]'s methods.
+//! **API Boundary:** session code sees only [`Redis`]'s methods.
 
 use std::{
     collections::HashSet,
@@ -61,15 +61,15 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 #[derive(Debug, thiserror::Error)]
 #[error("redis is unavailable: {0}")]
-pub struct ClusterError(String);
+pub struct RedisError(String);
 
-impl ClusterError {
+impl RedisError {
     pub fn new(why: impl Into<String>) -> Self {
         Self(why.into())
     }
 }
 
-impl From<redis::RedisError> for ClusterError {
+impl From<redis::RedisError> for RedisError {
     fn from(e: redis::RedisError) -> Self {
         Self(e.to_string())
     }
@@ -251,7 +251,7 @@ pub fn entry_tail(
     out
 }
 
-/// What [`Cluster::append`] did for one receiver.
+/// What [`Redis::append`] did for one receiver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Appended {
     /// Recorded with this sequence; published to that many subscribers
@@ -263,14 +263,14 @@ pub enum Appended {
     InboxFull,
 }
 
-/// One receiver of [`Cluster::append`].
+/// One receiver of [`Redis::append`].
 pub struct AppendTo {
     pub user: i64,
     /// Publish to the user's channel (false: the caller delivers locally).
     pub publish: bool,
 }
 
-/// What [`Cluster::read_inbox`] found.
+/// What [`Redis::read_inbox`] found.
 #[derive(Debug, Default)]
 pub struct InboxPage {
     /// The user's counter: the sequence of the newest message ever recorded.
@@ -315,17 +315,17 @@ fn appended(seq: i64, subscribers: i64) -> Appended {
 }
 
 enum SubCommand {
-    Subscribe(String, oneshot::Sender<Result<(), ClusterError>>),
+    Subscribe(String, oneshot::Sender<Result<(), RedisError>>),
     Unsubscribe(String),
 }
 
 #[derive(Clone)]
-pub struct Cluster {
+pub struct Redis {
     prefix: Arc<str>,
     commands: Commands,
     /// A Redis Cluster (else a single Redis): see the module's docs.
     sharded: bool,
-    /// Cluster only: which slots have a replica to wait for.
+    /// Redis only: which slots have a replica to wait for.
     replicas: Arc<slot::ReplicaMap>,
     /// The shards and their slots, for the subscriber (one shard owning
     /// every slot on a single Redis).
@@ -589,7 +589,7 @@ return removed";
 /// How often the subscriber connection is pinged, and how long an answer may take.
 const SUBSCRIBER_PING: Duration = Duration::from_secs(2);
 
-impl Cluster {
+impl Redis {
     /// Connects the command connection and starts the subscriber task, which
     /// sends what arrives to `events`.
     pub async fn connect(
@@ -597,7 +597,7 @@ impl Cluster {
         prefix: &str,
         events: mpsc::Sender<BusEvent>,
         shutdown: Shutdown,
-    ) -> Result<Self, ClusterError> {
+    ) -> Result<Self, RedisError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let subscriber_up = Arc::new(AtomicBool::new(false));
         let backlog = BusBacklog::new(BUS_BACKLOG_BYTES);
@@ -614,7 +614,7 @@ impl Cluster {
         let (commands, topology, sharded) = match target {
             RedisTarget::Single(url) => {
                 let redis::ConnectionAddr::Tcp(host, port) = info.addr() else {
-                    return Err(ClusterError::new(format!(
+                    return Err(RedisError::new(format!(
                         "{url}: only plain TCP redis:// URLs are supported"
                     )));
                 };
@@ -778,7 +778,7 @@ impl Cluster {
     async fn run_scripts<T: redis::FromRedisValue>(
         &self,
         build: impl Fn(&mut redis::Pipeline),
-    ) -> Result<Vec<T>, ClusterError> {
+    ) -> Result<Vec<T>, RedisError> {
         let mut pipe = redis::pipe();
         build(&mut pipe);
         match pipe.query_async(&mut self.commands.clone()).await {
@@ -812,7 +812,7 @@ impl Cluster {
         &self,
         users: impl ExactSizeIterator<Item = i64>,
         build: impl Fn(&mut redis::Pipeline, &[usize]),
-    ) -> Result<Vec<(Vec<usize>, Vec<T>)>, ClusterError> {
+    ) -> Result<Vec<(Vec<usize>, Vec<T>)>, RedisError> {
         self.run_grouped_each(users, build)
             .await
             .into_iter()
@@ -899,7 +899,7 @@ impl Cluster {
         tail: &[u8],
         max_inbox: usize,
         dedup_ttl: Option<Duration>,
-    ) -> Result<Vec<Appended>, ClusterError> {
+    ) -> Result<Vec<Appended>, RedisError> {
         self.append_each(receivers, mid, tail, max_inbox, dedup_ttl)
             .await
             .into_iter()
@@ -915,7 +915,7 @@ impl Cluster {
         tail: &[u8],
         max_inbox: usize,
         dedup_ttl: Option<Duration>,
-    ) -> Vec<Result<Appended, ClusterError>> {
+    ) -> Vec<Result<Appended, RedisError>> {
         let (reply, appended) = oneshot::channel();
         let job = AppendJob {
             receivers: receivers
@@ -939,7 +939,7 @@ impl Cluster {
         };
         let stopped = || {
             (0..receivers.len())
-                .map(|_| Err(ClusterError::new("the appender has stopped")))
+                .map(|_| Err(RedisError::new("the appender has stopped")))
                 .collect()
         };
         if self.appender.send(job).is_err() {
@@ -948,14 +948,14 @@ impl Cluster {
         match appended.await {
             Ok(results) => results
                 .into_iter()
-                .map(|r| r.map_err(ClusterError::new))
+                .map(|r| r.map_err(RedisError::new))
                 .collect(),
             Err(_) => stopped(),
         }
     }
 }
 
-impl Cluster {
+impl Redis {
     /// Up to `count` inbox entries with a sequence above `after`, with the
     /// user's counter and delivered mark, read atomically.
     pub async fn read_inbox(
@@ -963,7 +963,7 @@ impl Cluster {
         user: i64,
         after: u64,
         count: usize,
-    ) -> Result<InboxPage, ClusterError> {
+    ) -> Result<InboxPage, RedisError> {
         let mut replies: Vec<Vec<redis::Value>> = self
             .run_scripts(|pipe| {
                 pipe.cmd("EVALSHA")
@@ -1008,7 +1008,7 @@ impl Cluster {
 
     /// Removes inbox entries that were written to their user's connection
     /// (or acknowledged by it), one script per user, in one pipeline.
-    pub async fn trim_delivered(&self, marks: &[(i64, u64)]) -> Result<(), ClusterError> {
+    pub async fn trim_delivered(&self, marks: &[(i64, u64)]) -> Result<(), RedisError> {
         if marks.is_empty() {
             return Ok(());
         }
@@ -1026,7 +1026,7 @@ impl Cluster {
     /// Removes entries up to `up_to` that were copied to the offline store,
     /// unless the user is online meanwhile. False when the user is online
     /// and nothing was removed.
-    pub async fn trim_moved(&self, user: i64, up_to: u64) -> Result<bool, ClusterError> {
+    pub async fn trim_moved(&self, user: i64, up_to: u64) -> Result<bool, RedisError> {
         let removed: Vec<Vec<i64>> = self
             .run_scripts(|pipe| self.trim_invocation(pipe, &[(user, up_to)], "s"))
             .await?;
@@ -1055,7 +1055,7 @@ impl Cluster {
     /// Tells the nodes holding these users that their offline store has
     /// messages they may not know of (stored while this node could not reach
     /// Redis). The entry `0 sync` is never in an inbox.
-    pub async fn nudge_offline(&self, users: &[i64]) -> Result<(), ClusterError> {
+    pub async fn nudge_offline(&self, users: &[i64]) -> Result<(), RedisError> {
         let _: Vec<(Vec<usize>, Vec<i64>)> = self
             .run_grouped(users.iter().copied(), |pipe, group| {
                 for &i in group {
@@ -1068,7 +1068,7 @@ impl Cluster {
         Ok(())
     }
 
-    pub async fn publish_control(&self, payload: &[u8]) -> Result<(), ClusterError> {
+    pub async fn publish_control(&self, payload: &[u8]) -> Result<(), RedisError> {
         let _: i64 = redis::cmd("SPUBLISH")
             .arg(format!("{}ctl", self.prefix))
             .arg(payload)
@@ -1079,13 +1079,13 @@ impl Cluster {
 
     /// Subscribes to a user's channel; returns once Redis confirmed it, so a
     /// message published afterwards reaches this node.
-    pub async fn subscribe_user(&self, user: i64) -> Result<(), ClusterError> {
+    pub async fn subscribe_user(&self, user: i64) -> Result<(), RedisError> {
         let (tx, rx) = oneshot::channel();
         self.subscriber
             .send(SubCommand::Subscribe(self.user_channel(user), tx))
-            .map_err(|_| ClusterError("the subscriber has stopped".into()))?;
+            .map_err(|_| RedisError("the subscriber has stopped".into()))?;
         rx.await
-            .map_err(|_| ClusterError("the subscriber has stopped".into()))?
+            .map_err(|_| RedisError("the subscriber has stopped".into()))?
     }
 
     pub fn unsubscribe_user(&self, user: i64) {
@@ -1102,7 +1102,7 @@ impl Cluster {
         name: &str,
         window: Duration,
         hit: bool,
-    ) -> Result<(u64, Duration), ClusterError> {
+    ) -> Result<(u64, Duration), RedisError> {
         let (count, ttl): (u64, i64) = Script::new(THROTTLE_SCRIPT)
             .key(format!("{}t:{name}", self.prefix))
             .arg(ttl_millis(window))
@@ -1124,7 +1124,7 @@ impl Cluster {
         owner: &str,
         device: bool,
         ttl: Duration,
-    ) -> Result<Claim, ClusterError> {
+    ) -> Result<Claim, RedisError> {
         let claimed: i64 = Script::new(CLAIM_SCRIPT)
             .key(self.presence_key(user))
             .arg(owner)
@@ -1139,7 +1139,7 @@ impl Cluster {
     /// (it is idempotent): a command right after Redis restarted can fail
     /// while the connection is re-established, and an unreleased claim
     /// locks the user out until it expires.
-    pub async fn release_presence(&self, user: i64, owner: &str) -> Result<(), ClusterError> {
+    pub async fn release_presence(&self, user: i64, owner: &str) -> Result<(), RedisError> {
         let mut attempt = 0;
         loop {
             let released: Result<i64, _> = Script::new(RELEASE_SCRIPT)
@@ -1228,7 +1228,7 @@ impl Cluster {
     /// Whether each user is online anywhere in the cluster.
     /// Users on a shard that does not answer (failing over) count as
     /// offline; only when no shard answers is it an error.
-    pub async fn online(&self, users: &[i64]) -> Result<Vec<bool>, ClusterError> {
+    pub async fn online(&self, users: &[i64]) -> Result<Vec<bool>, RedisError> {
         if users.is_empty() {
             return Ok(Vec::new());
         }
@@ -1265,7 +1265,7 @@ impl Cluster {
 }
 
 /// The item indices of one group and its replies.
-type Grouped<T> = (Vec<usize>, Result<Vec<T>, ClusterError>);
+type Grouped<T> = (Vec<usize>, Result<Vec<T>, RedisError>);
 
 /// What a presence claim (or refresh) found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

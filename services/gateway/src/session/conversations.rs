@@ -147,7 +147,7 @@ pub async fn mark_read(
     let conversation = conversation_of(user, target)?;
     // Not beyond the newest message (which history may not have yet).
     let newest = node
-        .cluster
+        .redis
         .newest_in(&conversation.to_string())
         .await
         .map_err(|e| Failure::new(errno::UNAVAILABLE, format!("cannot mark read now: {e}")))?;
@@ -168,7 +168,7 @@ pub async fn mark_read(
         let receipt = classic::read_receipt(&conversation, user, marked.read_seq);
         let mut to = vec![user];
         to.extend(conversation.peer_of(user));
-        node.cluster.publish_live(&to, owner, &receipt).await;
+        node.redis.publish_live(&to, owner, &receipt).await;
     }
     let mut reply = Map::new();
     reply.insert("read".into(), marked.read_seq.into());
@@ -192,13 +192,13 @@ pub async fn delivered(
     };
     // Not beyond the newest message, as for read marks.
     let newest = node
-        .cluster
+        .redis
         .newest_in(&conversation.to_string())
         .await
         .map_err(|e| Failure::new(errno::UNAVAILABLE, format!("cannot pass it on now: {e}")))?;
     let up_to = up_to.min(newest);
     if up_to > 0 {
-        node.cluster
+        node.redis
             .publish_live(
                 &[peer],
                 owner,
@@ -236,7 +236,7 @@ pub async fn typing(
     sent.retain(|_, at| now.duration_since(*at) < TYPING_EVERY);
     if let std::collections::hash_map::Entry::Vacant(slot) = sent.entry(conversation) {
         slot.insert(now);
-        node.cluster
+        node.redis
             .publish_live(&to, owner, &classic::typing(&conversation, user, name))
             .await;
     }

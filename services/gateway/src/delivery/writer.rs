@@ -27,8 +27,8 @@ use tokio::{
 use crate::{
     metrics::metrics,
     node::Node,
+    node::registry::{Delivery, SyncSignal},
     protocol::classic,
-    registry::{Delivery, SyncSignal},
 };
 
 /// The sending half of a transport.
@@ -222,7 +222,7 @@ impl Inbound {
             return Step::More;
         }
         let page = match node
-            .cluster
+            .redis
             .read_inbox(self.user, self.cursor, INBOX_PAGE)
             .await
         {
@@ -460,7 +460,7 @@ impl OfflinePage {
         floor: u64,
         acked: u64,
         messages: &[offline_pb::OfflineMessage],
-    ) -> Result<Self, crate::cluster::ClusterError> {
+    ) -> Result<Self, crate::redis::RedisError> {
         let mut page = Self {
             frames: Vec::new(),
             gate: 0,

@@ -35,7 +35,7 @@ use tokio::{
 };
 
 use super::{
-    BusBacklog, BusEvent, ClusterError, SUBSCRIBER_PING, SubCommand,
+    BusBacklog, BusEvent, RedisError, SUBSCRIBER_PING, SubCommand,
     resp::{self, Frame},
     slot::{self, Shard},
     user_of_channel,
@@ -58,7 +58,7 @@ pub(super) struct Subscriber {
     pub shutdown: Shutdown,
 }
 
-type Reply = oneshot::Sender<Result<(), ClusterError>>;
+type Reply = oneshot::Sender<Result<(), RedisError>>;
 
 enum ShardCmd {
     /// Subscribe; the login waiting for it, if any.
@@ -71,7 +71,7 @@ enum Report {
     Placed {
         channel: String,
         shard: Arc<str>,
-        result: Result<(), ClusterError>,
+        result: Result<(), RedisError>,
         reply: Option<Reply>,
     },
     /// Redis ended a subscription (its slot moved away).
@@ -186,7 +186,7 @@ impl Coordinator {
     fn subscribe(&mut self, channel: String, reply: Option<Reply>) {
         let Some(addr) = self.owner(&channel) else {
             self.refresh.notify_one();
-            let error = ClusterError::new("no redis master serves this user's slot right now");
+            let error = RedisError::new("no redis master serves this user's slot right now");
             self.on_report(Report::Placed {
                 channel,
                 shard: "".into(),
@@ -202,7 +202,7 @@ impl Coordinator {
             self.on_report(Report::Placed {
                 channel,
                 shard: addr,
-                result: Err(ClusterError::new("the shard's connection has stopped")),
+                result: Err(RedisError::new("the shard's connection has stopped")),
                 reply,
             });
         }
@@ -387,7 +387,7 @@ async fn run_shard(
             let _ = reports.send(Report::Placed {
                 channel,
                 shard: addr.clone(),
-                result: Err(ClusterError::new(why.0.clone())),
+                result: Err(RedisError::new(why.0.clone())),
                 reply,
             });
         }
@@ -395,11 +395,11 @@ async fn run_shard(
     let _ = reports.send(Report::Down(addr));
 }
 
-async fn connect(addr: &str, auth: &Auth) -> Result<TcpStream, ClusterError> {
+async fn connect(addr: &str, auth: &Auth) -> Result<TcpStream, RedisError> {
     let mut stream = tokio::time::timeout(SUBSCRIBER_PING, TcpStream::connect(addr))
         .await
-        .map_err(|_| ClusterError::new(format!("connecting to {addr} timed out")))?
-        .map_err(|e| ClusterError::new(format!("cannot connect to {addr}: {e}")))?;
+        .map_err(|_| RedisError::new(format!("connecting to {addr} timed out")))?
+        .map_err(|e| RedisError::new(format!("cannot connect to {addr}: {e}")))?;
     let _ = stream.set_nodelay(true);
     if let Some((user, password)) = auth {
         let command = match user {
@@ -409,22 +409,22 @@ async fn connect(addr: &str, auth: &Auth) -> Result<TcpStream, ClusterError> {
         stream
             .write_all(&command)
             .await
-            .map_err(|e| ClusterError::new(e.to_string()))?;
+            .map_err(|e| RedisError::new(e.to_string()))?;
         let mut buf = Vec::new();
         let frame = tokio::time::timeout(SUBSCRIBER_PING, read_frame(&mut stream, &mut buf))
             .await
-            .map_err(|_| ClusterError::new("AUTH timed out"))??;
+            .map_err(|_| RedisError::new("AUTH timed out"))??;
         if let Frame::Error(e) = frame {
-            return Err(ClusterError::new(format!("AUTH refused: {e}")));
+            return Err(RedisError::new(format!("AUTH refused: {e}")));
         }
     }
     Ok(stream)
 }
 
-async fn read_frame(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Frame, ClusterError> {
+async fn read_frame(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Frame, RedisError> {
     loop {
         if let Some((frame, used)) =
-            resp::parse(buf).map_err(|_| ClusterError::new("malformed reply"))?
+            resp::parse(buf).map_err(|_| RedisError::new("malformed reply"))?
         {
             buf.drain(..used);
             return Ok(frame);
@@ -432,10 +432,10 @@ async fn read_frame(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Frame, 
         if stream
             .read_buf(buf)
             .await
-            .map_err(|e| ClusterError::new(e.to_string()))?
+            .map_err(|e| RedisError::new(e.to_string()))?
             == 0
         {
-            return Err(ClusterError::new("connection closed"));
+            return Err(RedisError::new("connection closed"));
         }
     }
 }
@@ -448,7 +448,7 @@ async fn serve_shard(
     reports: &mpsc::UnboundedSender<Report>,
     sink: &Sink,
     waiting: &mut VecDeque<Waiting>,
-) -> ClusterError {
+) -> RedisError {
     let (mut reader, mut writer) = stream.into_split();
     let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut ping = tokio::time::interval(SUBSCRIBER_PING);
@@ -458,7 +458,7 @@ async fn serve_shard(
         let out = tokio::select! {
             command = commands.recv() => {
                 let Some(command) = command else {
-                    return ClusterError::new("no longer needed");
+                    return RedisError::new("no longer needed");
                 };
                 match command {
                     ShardCmd::Subscribe(channel, reply) => {
@@ -475,8 +475,8 @@ async fn serve_shard(
             }
             read = reader.read_buf(&mut buf) => {
                 match read {
-                    Ok(0) => return ClusterError::new("connection closed"),
-                    Err(e) => return ClusterError::new(e.to_string()),
+                    Ok(0) => return RedisError::new("connection closed"),
+                    Err(e) => return RedisError::new(e.to_string()),
                     Ok(_) => {}
                 }
                 let mut at = 0;
@@ -489,7 +489,7 @@ async fn serve_shard(
                             }
                         }
                         Ok(None) => break,
-                        Err(resp::Malformed) => return ClusterError::new("malformed reply"),
+                        Err(resp::Malformed) => return RedisError::new("malformed reply"),
                     }
                 }
                 buf.drain(..at);
@@ -497,7 +497,7 @@ async fn serve_shard(
             }
             _ = ping.tick() => {
                 if ping_sent.is_some_and(|sent| sent.elapsed() >= SUBSCRIBER_PING * 2) {
-                    return ClusterError::new("does not answer PING");
+                    return RedisError::new("does not answer PING");
                 }
                 if ping_sent.is_some() {
                     continue;
@@ -509,8 +509,8 @@ async fn serve_shard(
         };
         match tokio::time::timeout(SUBSCRIBER_PING * 2, writer.write_all(&out)).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return ClusterError::new(e.to_string()),
-            Err(_) => return ClusterError::new("writing timed out"),
+            Ok(Err(e)) => return RedisError::new(e.to_string()),
+            Err(_) => return RedisError::new("writing timed out"),
         }
     }
 }
@@ -524,8 +524,8 @@ fn on_frame(
     reports: &mpsc::UnboundedSender<Report>,
     sink: &Sink,
     ping_sent: &mut Option<Instant>,
-) -> Result<(), ClusterError> {
-    let stopped = || ClusterError::new("the node stopped listening");
+) -> Result<(), RedisError> {
+    let stopped = || RedisError::new("the node stopped listening");
     match frame {
         Frame::Array(Some(items)) => {
             let mut items = items.into_iter();
@@ -585,7 +585,7 @@ fn on_frame(
                 let _ = reports.send(Report::Placed {
                     channel,
                     shard: addr.clone(),
-                    result: Err(ClusterError::new(e)),
+                    result: Err(RedisError::new(e)),
                     reply,
                 });
             }

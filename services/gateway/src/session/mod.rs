@@ -14,6 +14,8 @@
 //! when they have been silent for the idle timeout (they are pinged, or
 //! ping, more often than that); classic TCP relies on TCP keepalive.
 
+pub mod conversations;
+
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use clusterchat_proto::{offline::v1 as offline_pb, user::v1 as user_pb};
@@ -26,20 +28,23 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::{
-    conversations,
+    delivery::writer::{
+        FrameSink, Inbound, OfflinePage, WriterCommand, acknowledge_offline, delivery_frame,
+        run_writer,
+    },
     metrics::{label, metrics},
-    node::{Node, Outgoing, new_message_id},
+    node::registry::{LocalSession, QueuedBytes, SyncSignal},
+    node::{
+        Node, Outgoing,
+        admission::{AnonymousSlot, ClientAddress},
+        new_message_id,
+    },
     protocol::{
         classic::{self, Failure, Request, errno},
         conversation::Conversation,
         framing::{Frame, FrameError},
     },
-    registry::{LocalSession, QueuedBytes, SyncSignal},
     upstream::{self, failure_from_status},
-    writer::{
-        FrameSink, Inbound, OfflinePage, WriterCommand, acknowledge_offline, delivery_frame,
-        run_writer,
-    },
 };
 
 /// The receiving half of a transport: complete frames, `None` at the end.
@@ -163,7 +168,7 @@ pub async fn run<R: FrameSource, W: FrameSink>(
         };
         match (&session.active, &session.anonymous) {
             (Some(_), Some(_)) => session.anonymous = None,
-            (None, None) => match AnonymousSlot::take(&node, client.ip()) {
+            (None, None) => match AnonymousSlot::take(&node.admission, client.ip()) {
                 Some(slot) => session.anonymous = Some(slot),
                 None => {
                     metrics()
@@ -450,7 +455,7 @@ impl Session {
             let owner = node.owner(self.connection);
             let me = sender.0;
             tokio::spawn(async move {
-                node.cluster.publish_live(&[me], &owner, &carbon).await;
+                node.redis.publish_live(&[me], &owner, &carbon).await;
             });
         }
         let failed: Vec<(i64, Failure)> = receivers
@@ -716,13 +721,13 @@ impl Session {
         let owner = node.owner(self.connection);
         let claimed_at = Instant::now();
         let others = match node
-            .cluster
+            .redis
             .claim_presence(user.id, &owner, acks, node.config.presence_ttl)
             .await
             .map_err(redis_unavailable)?
         {
-            crate::cluster::Claim::Held { others } => others,
-            crate::cluster::Claim::Refused => {
+            crate::redis::Claim::Held { others } => others,
+            crate::redis::Claim::Refused => {
                 return Err(Failure::new(errno::ACCOUNT_IN_USE, classic::CLASSIC_IN_USE));
             }
         };
@@ -741,7 +746,7 @@ impl Session {
             peers: peers.clone(),
         };
         if !node.registry.insert(user.id, local) {
-            let _ = node.cluster.release_presence(user.id, &owner).await;
+            let _ = node.redis.release_presence(user.id, &owner).await;
             return Err(Failure::new(errno::ACCOUNT_IN_USE, classic::CLASSIC_IN_USE));
         }
         metrics().online_users.inc();
@@ -757,14 +762,14 @@ impl Session {
         // From here on, failures must undo the login: end_active does.
         // Nothing queued for the user is lost by that: it is in the inbox.
         let prepared = async {
-            node.cluster
+            node.redis
                 .subscribe_user(user.id)
                 .await
                 .map_err(redis_unavailable)?;
             if others > 0 {
                 // The user's other devices start copying their chats here.
-                node.cluster
-                    .publish_raw(&[user.id], crate::cluster::DEVICE_JOINED)
+                node.redis
+                    .publish_raw(&[user.id], crate::redis::DEVICE_JOINED)
                     .await;
             }
             let pending = self.pending_at_login(user.id, acks, since).await?;
@@ -822,7 +827,7 @@ impl Session {
             .await
             .map(tonic::Response::into_inner);
         let inbox = node
-            .cluster
+            .redis
             .read_inbox(user, since, node.config.offline_batch as usize)
             .await
             .map_err(redis_unavailable)?;
@@ -838,7 +843,7 @@ impl Session {
             cursor,
             resumed_at,
             needs_sync: false,
-            recent: crate::writer::RecentMids::default(),
+            recent: crate::delivery::writer::RecentMids::default(),
         };
         match offline {
             Ok(page) => {
@@ -958,7 +963,7 @@ impl Session {
         self.node.remember_users(ids.iter().copied());
         let online = self
             .node
-            .cluster
+            .redis
             .online(&ids)
             .await
             .map_err(redis_unavailable)?;
@@ -1087,7 +1092,7 @@ impl Session {
         let node = &self.node;
         // The node stays subscribed while another of the user's devices is here.
         node.registry.remove(active.id, self.connection, || {
-            node.cluster.unsubscribe_user(active.id);
+            node.redis.unsubscribe_user(active.id);
         });
         metrics().online_users.dec();
         active.kick.cancel();
@@ -1098,7 +1103,7 @@ impl Session {
             let _ = tokio::time::timeout(Duration::from_secs(2), stopped).await;
         }
         if let Err(e) = node
-            .cluster
+            .redis
             .release_presence(active.id, &node.owner(self.connection))
             .await
         {
@@ -1125,55 +1130,6 @@ fn partial_failure(results: &Map<String, Value>) -> Option<Failure> {
             first["errmsg"].as_str().unwrap_or("not accepted")
         ),
     ))
-}
-
-/// What per-address limits count by: an IPv4 address, or an IPv6 /64 (one
-/// subscriber's network: one host can have all of its addresses).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientAddress(pub std::net::IpAddr);
-
-impl ClientAddress {
-    pub fn of(ip: std::net::IpAddr) -> Self {
-        match ip.to_canonical() {
-            std::net::IpAddr::V6(v6) => {
-                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
-                Self(std::net::Ipv6Addr::from(prefix).into())
-            }
-            v4 => Self(v4),
-        }
-    }
-}
-
-impl std::fmt::Display for ClientAddress {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            std::net::IpAddr::V6(v6) => write!(f, "{v6}/64"),
-            v4 => write!(f, "{v4}"),
-        }
-    }
-}
-
-/// A connection counted among its address's connections with nobody logged
-/// in; uncounted when dropped.
-pub struct AnonymousSlot {
-    node: Arc<Node>,
-    ip: std::net::IpAddr,
-}
-
-impl AnonymousSlot {
-    pub fn take(node: &Arc<Node>, ip: std::net::IpAddr) -> Option<Self> {
-        let ip = ClientAddress::of(ip).0;
-        node.enter_anonymous(ip).then(|| Self {
-            node: node.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for AnonymousSlot {
-    fn drop(&mut self) {
-        self.node.leave_anonymous(self.ip);
-    }
 }
 
 /// Encoded friends and groups in one frame, for a client that uses the
@@ -1242,7 +1198,7 @@ impl Session {
         let window = self.node.config.limits.throttle_window;
         match self
             .node
-            .cluster
+            .redis
             .throttle(&format!("{what}:a:{ip}"), window, true)
             .await
         {
@@ -1266,7 +1222,7 @@ impl Session {
         let limits = &self.node.config.limits;
         match self
             .node
-            .cluster
+            .redis
             .throttle(&format!("fail:u:{user}"), limits.throttle_window, false)
             .await
         {
@@ -1288,7 +1244,7 @@ impl Session {
         let window = self.node.config.limits.throttle_window;
         if let Err(e) = self
             .node
-            .cluster
+            .redis
             .throttle(&format!("fail:u:{user}"), window, true)
             .await
         {
@@ -1297,7 +1253,7 @@ impl Session {
     }
 }
 
-fn redis_unavailable(e: crate::cluster::ClusterError) -> Failure {
+fn redis_unavailable(e: crate::redis::RedisError) -> Failure {
     tracing::warn!(error = %e, "cannot reach redis");
     Failure::new(
         errno::UNAVAILABLE,
@@ -1324,7 +1280,7 @@ struct Pending {
     /// More waits than the ack carries.
     needs_sync: bool,
     /// Message ids in `frames`: the writer goes on from here.
-    recent: crate::writer::RecentMids,
+    recent: crate::delivery::writer::RecentMids,
 }
 
 struct LoginAck {
@@ -1395,16 +1351,6 @@ mod tests {
         assert_eq!(format_utc(0), "1970-01-01 00:00:00");
         assert_eq!(format_utc(1_795_609_815), "2026-11-25 12:30:15");
         assert_eq!(format_utc(951_782_400), "2000-02-29 00:00:00");
-    }
-
-    #[test]
-    fn per_address_limits_count_ipv6_by_its_64() {
-        let a = |s: &str| ClientAddress::of(s.parse().expect("ip"));
-        assert_eq!(a("2001:db8:1:2:aaaa::1"), a("2001:db8:1:2:bbbb::9"));
-        assert_ne!(a("2001:db8:1:2::1"), a("2001:db8:1:3::1"));
-        assert_eq!(a("2001:db8:1:2::1").to_string(), "2001:db8:1:2::/64");
-        assert_eq!(a("::ffff:203.0.113.7").to_string(), "203.0.113.7");
-        assert_ne!(a("203.0.113.7"), a("203.0.113.8"));
     }
 
     #[test]

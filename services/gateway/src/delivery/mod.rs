@@ -1,0 +1,3 @@
+//! One message to its receivers and onto one socket.
+
+pub mod writer;
