@@ -1,0 +1,339 @@
+//! The Markdown rendering of the JSON report: the results table and its
+//! notes, the history service's rows, and the CPU table.
+
+use serde_json::Value;
+
+use crate::Args;
+
+pub(crate) fn markdown(report: &Value, args: &Args) -> String {
+    let n = |v: &Value| {
+        v.as_f64().map_or_else(
+            || "-".to_owned(),
+            |f| {
+                if f >= 100.0 {
+                    format!("{f:.0}")
+                } else {
+                    format!("{f:.2}")
+                }
+            },
+        )
+    };
+    let mut out = String::new();
+    if !args.label.is_empty() {
+        out.push_str(&format!("**{}**\n\n", args.label));
+    }
+    out.push_str(
+        "| scenario | delivered/s | p50 ms | p90 ms | p99 ms | max ms | sent | lost |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    for (label, result) in [
+        (
+            format!("one-to-one cross-node, offered {}/s", args.rate),
+            &report["one_to_one_fixed_rate"]["result"],
+        ),
+        (
+            format!(
+                "one-to-one cross-node, saturation ({} receivers)",
+                report["receivers"].as_str().unwrap_or("?")
+            ),
+            &report["one_to_one_saturation"],
+        ),
+        (
+            format!(
+                "one-to-one cross-node, offered {}/s, history service stopped",
+                args.rate
+            ),
+            &report["history"]["one_to_one_fixed_rate_stopped"]["result"],
+        ),
+        (
+            "one-to-one cross-node, saturation, history service stopped".to_owned(),
+            &report["history"]["one_to_one_saturation_stopped"],
+        ),
+        (
+            format!("group fan-out, {} members", args.group_members),
+            &report["group_fanout"]["result"],
+        ),
+        (
+            format!("one-to-one cross-node over TLS, offered {}/s", args.rate),
+            &report["one_to_one_tls_fixed_rate"]["result"],
+        ),
+        (
+            "one-to-one cross-node over TLS, saturation".to_owned(),
+            &report["one_to_one_tls_saturation"],
+        ),
+    ] {
+        if result.is_null() {
+            continue;
+        }
+        let l = &result["latency"];
+        out.push_str(&format!(
+            "| {label} | {} | {} | {} | {} | {} | {} | {} |\n",
+            n(&result["delivered_per_sec"]),
+            n(&l["p50_ms"]),
+            n(&l["p90_ms"]),
+            n(&l["p99_ms"]),
+            n(&l["max_ms"]),
+            result["sent"],
+            result["lost"]
+        ));
+    }
+    out.push('\n');
+    out.push_str(&format!(
+        "- {} nodes; pair i: sender on node i mod {0}, receiver on node i+1 mod {0}\n",
+        args.nodes.len()
+    ));
+    if let Some(tls) = report.get("tls_nodes") {
+        out.push_str(&format!(
+            "- over TLS: senders through {}, receivers through {} (TLS terminated in front of each node)\n",
+            tls[0].as_str().unwrap_or("?"),
+            tls[1].as_str().unwrap_or("?")
+        ));
+    }
+    if let Some(idle) = report.get("idle_connections") {
+        out.push_str(&format!(
+            "- idle connections on one node: {} of {} opened{}, {} bytes resident each\n",
+            idle["opened"],
+            idle["requested"],
+            idle["stopped_by"]
+                .as_str()
+                .map(|s| format!(" (stopped by: {s})"))
+                .unwrap_or_default(),
+            n(&idle["bytes_per_connection"])
+        ));
+    }
+    if let Some(logins) = report.get("logins") {
+        out.push_str(&format!(
+            "- logins: {} per second ({} clients)\n",
+            n(&logins["logins_per_sec"]),
+            logins["clients"]
+        ));
+    }
+    if let Some(online) = report.get("online") {
+        out.push_str(&format!(
+            "- online: {} users logged in: {} bytes of Redis used_memory and {} bytes of gateway resident memory each; {} undelivered inbox entries: {} bytes of Redis used_memory each (masters only)\n",
+            online["users"],
+            n(&online["redis_bytes_per_online_user"]),
+            n(&online["gateway_bytes_per_online_user"]),
+            online["entries_sent"],
+            n(&online["redis_bytes_per_inbox_entry"]),
+        ));
+    }
+    if let Some(ceiling) = report.get("redis_ceiling") {
+        match (ceiling["skipped"].as_str(), ceiling["cross_node_ratio"].as_f64()) {
+            (Some(why), _) => {
+                out.push_str(&format!("- raw Redis ceiling not measured: {why}\n"));
+            }
+            (None, Some(ratio)) => out.push_str(&format!(
+                "- raw Redis publish→subscriber ceiling: {} msg/s; cross-node saturation is {:.0} % of it\n",
+                n(&ceiling["messages_per_sec"]),
+                ratio * 100.0
+            )),
+            (None, None) => out.push_str(&format!(
+                "- raw Redis publish→subscriber ceiling: {} msg/s\n",
+                n(&ceiling["messages_per_sec"]),
+            )),
+        }
+    }
+    if let Some(history) = report.get("history") {
+        out.push_str(&history_markdown(history));
+    }
+    // Only runs that sample CPU time (one-to-one, logins) fill the table.
+    if let Some(cpu) = report.get("cpu").filter(|cpu| {
+        ["one_to_one_fixed_rate", "one_to_one_saturation", "logins"]
+            .iter()
+            .any(|run| !cpu[run].is_null())
+    }) {
+        out.push_str(&cpu_markdown(cpu));
+    }
+    out
+}
+
+/// The history service's rows (issue 12's targets): what it costs chat,
+/// its lag under load, its ingest capacity, GetHistory on a large table.
+fn history_markdown(history: &Value) -> String {
+    let mut out = String::from("\nHistory service:\n\n");
+    if let Some(why) = history["skipped"].as_str() {
+        out.push_str(&format!("- not measured: {why}\n"));
+        return out;
+    }
+    let f = |v: &Value, digits: usize| {
+        v.as_f64()
+            .map_or_else(|| "-".to_owned(), |f| format!("{f:.digits$}"))
+    };
+    let verdict = |ok: Option<bool>| match ok {
+        Some(true) => "met",
+        Some(false) => "**missed**",
+        None => "-",
+    };
+    out.push_str("| history | measured | target | |\n|---|---|---|---|\n");
+    // "median (round 1, round 2, ...)" of one side.
+    let side = |v: &Value, digits: usize| {
+        let rounds: Vec<String> = v["rounds"]
+            .as_array()
+            .map(|r| r.iter().map(|x| f(x, digits)).collect())
+            .unwrap_or_default();
+        if rounds.len() > 1 {
+            format!("{} ({})", f(&v["median"], digits), rounds.join(", "))
+        } else {
+            f(&v["median"], digits)
+        }
+    };
+    let c = &history["comparison"];
+    if !c.is_null() {
+        let rounds = c["rounds"].as_u64().unwrap_or(1);
+        let s = &c["saturation_per_sec"];
+        let d = s["difference_pct"].as_f64();
+        out.push_str(&format!(
+            "| cross-node saturation msg/s, running vs stopped{} | {} vs {} ({:+.1} %) | within 10 % | {} |\n",
+            if rounds > 1 { format!(", median of {rounds} (each)") } else { String::new() },
+            side(&s["running"], 0),
+            side(&s["stopped"], 0),
+            d.unwrap_or(f64::NAN),
+            verdict(d.map(|d| d >= -10.0)),
+        ));
+        let p = &c["p99_ms_at_offered_rate"];
+        let d = p["difference_pct"].as_f64();
+        out.push_str(&format!(
+            "| p99 ms at {}/s, running vs stopped{} | {} vs {} ({:+.1} %) | within 10 % | {} |\n",
+            p["offered_per_sec"],
+            if rounds > 1 {
+                format!(", median of {rounds} (each)")
+            } else {
+                String::new()
+            },
+            side(&p["running"], 2),
+            side(&p["stopped"], 2),
+            d.unwrap_or(f64::NAN),
+            verdict(d.map(|d| d <= 10.0)),
+        ));
+    }
+    for (label, key) in [
+        ("during the saturation run", "during_saturation"),
+        ("during the offered-rate run", "during_fixed_rate"),
+    ] {
+        let r = &history[key];
+        if r.is_null() {
+            continue;
+        }
+        out.push_str(&format!(
+            "| ingest {label}: max lag / max backlog | {} ms / {} entries (service's gauge: {} ms) | | |\n",
+            f(&r["max_lag_ms"], 0),
+            f(&r["max_backlog_entries"], 0),
+            f(&r["max_service_lag_gauge_ms"], 0),
+        ));
+        out.push_str(&format!(
+            "| ingest {label}: backlog at its end, 0 after | {} entries, {} s | | |\n",
+            r["backlog_at_end"]["entries"],
+            f(&r["caught_up_after_end_seconds"], 1),
+        ));
+        out.push_str(&format!(
+            "| ingest {label}: stored/s during it / until caught up | {} / {} ({} delivered/s) | | |\n",
+            f(&r["stored_per_sec_during_run"], 0),
+            f(&r["stored_per_sec_until_caught_up"], 0),
+            f(&(r["delivered"].as_f64().unwrap_or(f64::NAN) / r["run_seconds"].as_f64().unwrap_or(f64::NAN)).into(), 0),
+        ));
+    }
+    let capacity = |label: String, d: &Value, out: &mut String| {
+        let rate = d["stored_per_sec"].as_f64();
+        let trimmed = d["trimmed_unread"].as_u64().unwrap_or(0);
+        out.push_str(&format!(
+            "| ingest capacity: {label} | {} msg/s ({} stored in {} s{}) | ≥ 20,000 msg/s | {} |\n",
+            f(&d["stored_per_sec"], 0),
+            d["stored"],
+            f(&d["seconds"], 1),
+            if trimmed > 0 {
+                format!(
+                    "; {trimmed} of {} entries were trimmed unread by the gateways' MAXLEN",
+                    d["backlog_entries"]
+                )
+            } else {
+                String::new()
+            },
+            verdict(rate.map(|r| r >= 20_000.0)),
+        ));
+    };
+    if !history["drain_after_stopped_runs"].is_null() {
+        capacity(
+            "backlog of the runs it was stopped for, drained".to_owned(),
+            &history["drain_after_stopped_runs"],
+            &mut out,
+        );
+    }
+    let t = &history["table"];
+    if !t.is_null() {
+        capacity(
+            format!("{} entries written while stopped, drained", t["rows"]),
+            &t["drain"],
+            &mut out,
+        );
+        let g = &t["get_history"];
+        let p99 = g["latency"]["p99_ms"].as_f64();
+        out.push_str(&format!(
+            "| GetHistory({}), {} calls on {} rows ({} pages short): p50 / p99 / max | {} / {} / {} ms | p99 ≤ 5 ms | {} |\n",
+            g["limit"],
+            g["calls"],
+            t["table_rows"],
+            g["pages_shorter_than_limit"],
+            f(&g["latency"]["p50_ms"], 2),
+            f(&g["latency"]["p99_ms"], 2),
+            f(&g["latency"]["max_ms"], 2),
+            verdict(p99.map(|p| p <= 5.0)),
+        ));
+    }
+    out
+}
+
+/// CPU and memory of the watched processes: per 100k delivered messages in
+/// the one-to-one runs, per login in the logins run.
+fn cpu_markdown(cpu: &Value) -> String {
+    let f = |v: &Value, digits: usize| {
+        v.as_f64()
+            .map_or_else(|| "-".to_owned(), |f| format!("{f:.digits$}"))
+    };
+    let mut out = format!(
+        "\nCPU (clock ticks: {}/s, {}):\n\n| process | CPU s per 100k msgs, offered rate | cores busy | CPU s per 100k msgs, saturation | cores busy | CPU ms per login | RSS MiB |\n|---|---|---|---|---|---|---|\n",
+        cpu["clock_ticks_per_sec"]["value"],
+        cpu["clock_ticks_per_sec"]["source"].as_str().unwrap_or("?"),
+    );
+    let (fixed, saturated, logins) = (
+        &cpu["one_to_one_fixed_rate"],
+        &cpu["one_to_one_saturation"],
+        &cpu["logins"],
+    );
+    let mut names: Vec<(String, &str)> = Vec::new();
+    if let Some(watched) = cpu["watched"].as_object() {
+        names.extend(watched.keys().map(|k| (k.clone(), "processes")));
+    }
+    for run in [fixed, saturated, logins] {
+        if let Some(groups) = run["groups"].as_object() {
+            for (name, g) in groups {
+                let entry = (name.clone(), "groups");
+                if g["processes"].as_u64().unwrap_or(0) > 1 && !names.contains(&entry) {
+                    names.push(entry);
+                }
+            }
+        }
+    }
+    for (name, kind) in names {
+        let row = |run: &Value| run[kind][&name].clone();
+        let rss = [saturated, logins, fixed]
+            .iter()
+            .find_map(|run| row(run)["rss_kib"].as_f64());
+        let label = if kind == "groups" {
+            format!("**all {name}**")
+        } else {
+            name.clone()
+        };
+        out.push_str(&format!(
+            "| {label} | {} | {} | {} | {} | {} | {} |\n",
+            f(&row(fixed)["cpu_seconds_per_unit"], 3),
+            f(&row(fixed)["cores_busy"], 2),
+            f(&row(saturated)["cpu_seconds_per_unit"], 3),
+            f(&row(saturated)["cores_busy"], 2),
+            row(logins)["cpu_seconds_per_unit"]
+                .as_f64()
+                .map_or_else(|| "-".to_owned(), |s| format!("{:.2}", s * 1000.0)),
+            rss.map_or_else(|| "-".to_owned(), |k| format!("{:.1}", k / 1024.0)),
+        ));
+    }
+    out
+}

@@ -1,0 +1,64 @@
+//! Scenario 2, `group`: group chat fan-out, the members spread over the
+//! nodes.
+
+use std::{
+    sync::{Arc, Mutex, atomic::AtomicU64},
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+
+use super::{PASSWORD, Target, chat_frame, drain, spawn_receiver};
+use crate::{Args, client::Client, stats::tally};
+
+pub(crate) async fn group_fanout(args: &Args, prefix: &str) -> anyhow::Result<Value> {
+    let members = args.group_members.max(2);
+    let mut creator = Client::connect(args.nodes[0]).await?;
+    let creator_id = creator.register(&format!("{prefix}g0"), PASSWORD).await?;
+    creator.login(creator_id, PASSWORD).await?;
+    creator.send(&json!({"msgid": 8, "id": creator_id, "groupname": format!("{prefix}group"), "groupdesc": "bench", "seq": 1})).await?;
+    let created = creator.recv().await?;
+    let group = created["groupid"]
+        .as_i64()
+        .ok_or_else(|| anyhow::anyhow!("create group: {created}"))?;
+    let samples = Arc::new(Mutex::new(Vec::new()));
+    let received = Arc::new(AtomicU64::new(0));
+    for i in 1..members {
+        let node = args.nodes[i % args.nodes.len()];
+        let mut setup = Client::connect(node).await?;
+        let id = setup.register(&format!("{prefix}g{i}"), PASSWORD).await?;
+        let mut member = Client::connect(node).await?;
+        member.login(id, PASSWORD).await?;
+        member
+            .send(&json!({"msgid": 9, "id": id, "groupid": group, "seq": 2}))
+            .await?;
+        member.recv().await?;
+        spawn_receiver(member, false, samples.clone(), received.clone());
+    }
+    let receivers = (members - 1) as u64;
+    let rate = (args.rate / receivers).max(1);
+    let pad = "x".repeat(args.size.saturating_sub(40));
+    let every = Duration::from_secs_f64(1.0 / rate as f64);
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let started = Instant::now();
+    let mut seq = 0u64;
+    while started.elapsed() < Duration::from_secs(args.duration) {
+        ticker.tick().await;
+        creator
+            .queue(&serde_json::from_str(&chat_frame(
+                creator_id,
+                Target::Group(group),
+                3,
+                0,
+                seq,
+                &pad,
+            ))?)
+            .await?;
+        creator.flush().await?;
+        seq += 1;
+    }
+    drain(&received, seq * receivers).await;
+    let mut result = tally(3, &samples, seq, receivers, started, Instant::now());
+    Ok(json!({"members": members, "messages_per_sec_offered": rate, "result": result.json()}))
+}
