@@ -10,6 +10,7 @@ use tokio::{
 
 use crate::{
     config::Config,
+    delivery,
     node::Node,
     redis::{Redis, RedisError},
     upstream::{UpstreamUrlError, Upstreams},
@@ -111,10 +112,25 @@ impl Application {
     pub async fn run_until_stopped(self) {
         let node = self.node;
         let permits = Arc::new(Semaphore::new(node.config.limits.max_connections));
-        tokio::spawn(node.clone().dispatch_bus(self.bus_events));
-        tokio::spawn(node.clone().keep_presence());
-        tokio::spawn(node.clone().run_trimmer());
-        tokio::spawn(node.clone().send_offline_nudges());
+        let bus_events = self.bus_events;
+        let on_bus = node.clone();
+        tokio::spawn(async move { delivery::bus::dispatch(&on_bus, bus_events).await });
+        let leases = node.clone();
+        tokio::spawn(async move {
+            let node = &leases;
+            (node.lease)
+                .keep(
+                    &node.registry,
+                    &node.redis,
+                    &node.config.node_id,
+                    &node.shutdown,
+                )
+                .await;
+        });
+        let trimmer = node.clone();
+        tokio::spawn(async move { trimmer.trimmer.run().await });
+        let nudges = node.clone();
+        tokio::spawn(async move { nudges.offline.send_nudges().await });
         let tcp = tokio::spawn(crate::net::serve_tcp(
             node.clone(),
             self.tcp,
@@ -148,6 +164,6 @@ impl Application {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), http).await;
         // Entries written but not yet trimmed would only be delivered again;
         // trim them now so a restart does not repeat them.
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), node.flush_trims()).await;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), node.trimmer.flush()).await;
     }
 }

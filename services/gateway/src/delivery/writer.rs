@@ -12,23 +12,25 @@
 //! is skipped or written twice by one session.
 //!
 //! Inbox entries are trimmed only after they reached the socket (classic
-//! clients) or after the client acknowledged them (clients that use the
-//! additions). Nothing the writer holds is the only copy of a message: a
+//! clients and those that use the additions) or after the client
+//! acknowledged them (devices). Nothing the writer holds is the only copy of a message: a
 //! writer that dies, blocks or is aborted loses nothing.
 
 use std::{collections::VecDeque, io, sync::Arc, time::Duration};
 
-use clusterchat_proto::offline::v1 as offline_pb;
 use tokio::{
     sync::{mpsc, oneshot},
     time::Instant,
 };
 
 use crate::{
+    delivery::sync::{self, OfflinePage},
     metrics::metrics,
-    node::Node,
-    node::registry::{Delivery, SyncSignal},
-    protocol::classic,
+    node::{
+        Node,
+        registry::{Delivery, SyncSignal},
+    },
+    protocol::client::{ClientKind, delivery_frame},
 };
 
 /// The sending half of a transport.
@@ -48,7 +50,7 @@ pub enum WriterCommand {
     /// Write and flush, then say whether it reached the socket.
     Confirmed(Vec<u8>, oneshot::Sender<bool>),
     /// Start writing deliveries for a logged-in user.
-    Attach(Box<Inbound>),
+    Attach(Box<DeliveryState>),
     /// Stop writing deliveries (the session ends); answered once stopped.
     Detach(oneshot::Sender<()>),
     /// The client acknowledged its deliveries up to this sequence.
@@ -60,15 +62,13 @@ pub enum WriterCommand {
 }
 
 /// The delivery state of a logged-in session.
-pub struct Inbound {
+pub struct DeliveryState {
     pub node: Arc<Node>,
     pub user: i64,
-    /// The client acknowledges (`msgid` 12): frames carry `mid` and `rseq`,
-    /// and the inbox is trimmed on its acks rather than on writes.
-    pub acks: bool,
-    /// The client uses the additions: chat frames keep `conv` and `cseq`
-    /// (a classic client gets exactly the classic frame).
-    pub modern: bool,
+    /// What the client gets: a client that acknowledges (`msgid` 12) gets
+    /// frames with `mid` and `rseq`, and its inbox is trimmed on its acks
+    /// rather than on writes; a classic one gets exactly the classic frame.
+    pub kind: ClientKind,
     /// The highest inbox sequence written to this connection.
     pub cursor: u64,
     /// Clients that acknowledge: the highest sequence they have
@@ -139,52 +139,30 @@ enum Step {
     Broken,
 }
 
-/// A chat frame as this client gets it: as stored for a classic client;
-/// with `mid` and `rseq` for a client that acknowledges; without `conv`
-/// and `cseq` for a classic one.
-pub fn delivery_frame(acks: bool, modern: bool, frame: Vec<u8>, mid: &str, seq: u64) -> Vec<u8> {
-    if acks {
-        classic::with_delivery_fields(&frame, mid, seq)
-    } else if modern {
-        frame
-    } else {
-        crate::protocol::conversation::strip(frame)
-    }
-}
-
-impl Inbound {
-    /// One step of a sync: a page of the offline store, else a page of the inbox.
+impl DeliveryState {
+    /// One step of a sync: a page of the offline store, else a page of the
+    /// inbox (read in that order: `sync.rs`).
     async fn sync_step<W: FrameSink>(&mut self, sink: &mut W) -> Step {
         let node = self.node.clone();
-        if !node.presence_lease_holds(self.user, self.claimed_at) {
+        if !node.lease.holds(self.user, self.claimed_at) {
             return Step::Retry(Duration::from_millis(100));
         }
         if let Some(after) = self.offline_after {
-            let page = node
-                .upstreams
-                .offline
-                .clone()
-                .fetch(offline_pb::FetchRequest {
-                    receiver_id: self.user,
-                    after,
-                    limit: node.config.offline_batch,
-                })
-                .await;
-            let page = match page {
-                Ok(page) => page.into_inner(),
+            let page = match sync::fetch_offline(&node, self.user, after).await {
+                Ok(page) => page,
                 Err(status) => {
                     tracing::warn!(user = self.user, code = ?status.code(), "offline fetch failed; retrying");
                     return Step::Retry(Duration::from_millis(500));
                 }
             };
             let floor = self.delivered_floor.max(self.cursor);
+            let acked = self.delivered_floor.max(self.acked);
             let prepared = match OfflinePage::prepare(
                 &node,
                 self.user,
-                (self.acks, self.modern),
-                floor,
-                self.delivered_floor.max(self.acked),
-                &page.messages,
+                self.kind,
+                (floor, acked),
+                &page,
             )
             .await
             {
@@ -208,16 +186,15 @@ impl Inbound {
             }
             metrics().offline_delivered.inc_by(written);
             self.cursor = self.cursor.max(prepared.gate);
-            if let Some(last) = page.messages.last() {
-                self.offline_after = Some(last.position);
-                self.acknowledge_offline_page(prepared.gate, last.position)
-                    .await;
+            if let Some(last) = prepared.last_position {
+                self.offline_after = Some(last);
+                self.acknowledge_offline_page(prepared.gate, last).await;
             }
-            if !page.more {
+            if !prepared.more {
                 self.offline_after = None;
             }
-            if !self.acks {
-                node.note_delivered(self.user, self.cursor);
+            if !self.kind.acknowledges() {
+                node.trimmer.note_delivered(self.user, self.cursor);
             }
             return Step::More;
         }
@@ -233,16 +210,20 @@ impl Inbound {
             }
         };
         let complete = page.complete;
-        for entry in page.entries {
-            let seq = entry.seq;
-            if self.recent.first_time(&entry.mid) {
-                let frame = delivery_frame(self.acks, self.modern, entry.frame, &entry.mid, seq);
-                if sink.send(frame).await.is_err() {
-                    return Step::Broken;
-                }
+        let taken = sync::inbox_frames(
+            self.kind,
+            page.entries,
+            self.cursor,
+            &mut self.recent,
+            usize::MAX,
+            false,
+        );
+        for frame in taken.frames {
+            if sink.send(frame).await.is_err() {
+                return Step::Broken;
             }
-            self.cursor = seq;
         }
+        self.cursor = taken.cursor;
         if sink.flush().await.is_err() {
             return Step::Broken;
         }
@@ -252,8 +233,8 @@ impl Inbound {
             // offline store before this session claimed the user.
             self.cursor = self.cursor.max(page.last_seq);
         }
-        if !self.acks {
-            node.note_delivered(self.user, self.cursor);
+        if !self.kind.acknowledges() {
+            node.trimmer.note_delivered(self.user, self.cursor);
         }
         if complete { Step::Done } else { Step::More }
     }
@@ -261,11 +242,11 @@ impl Inbound {
     /// Acknowledges offline-store messages up to `position` now (classic
     /// clients: they were written; or nothing in the page waits for the
     /// client), or once the client acknowledged `gate`.
-    async fn acknowledge_offline_page(&mut self, gate: u64, position: u64) {
-        if self.acks && gate > 0 {
+    pub async fn acknowledge_offline_page(&mut self, gate: u64, position: u64) {
+        if self.kind.acknowledges() && gate > 0 {
             self.offline_acks.push_back((gate, position));
         } else {
-            acknowledge_offline(&self.node, self.user, position).await;
+            self.node.offline.acknowledge(self.user, position).await;
         }
     }
 
@@ -274,7 +255,7 @@ impl Inbound {
     async fn client_acknowledged(&mut self, up_to: u64) {
         let up_to = up_to.min(self.cursor);
         self.acked = self.acked.max(up_to);
-        self.node.note_delivered(self.user, up_to);
+        self.node.trimmer.note_delivered(self.user, up_to);
         let mut release = None;
         while let Some(&(gate, position)) = self.offline_acks.front() {
             if gate > up_to {
@@ -284,7 +265,7 @@ impl Inbound {
             self.offline_acks.pop_front();
         }
         if let Some(position) = release {
-            acknowledge_offline(&self.node, self.user, position).await;
+            self.node.offline.acknowledge(self.user, position).await;
         }
     }
 
@@ -297,20 +278,12 @@ impl Inbound {
         if delivery.seq <= self.cursor {
             return true;
         }
-        if delivery.seq != self.cursor + 1
-            || !self.node.presence_lease_holds(self.user, self.claimed_at)
-        {
+        if delivery.seq != self.cursor + 1 || !self.node.lease.holds(self.user, self.claimed_at) {
             self.needs_sync = true;
             return true;
         }
         if self.recent.first_time(&delivery.mid) {
-            let frame = delivery_frame(
-                self.acks,
-                self.modern,
-                delivery.frame,
-                &delivery.mid,
-                delivery.seq,
-            );
+            let frame = delivery_frame(self.kind, delivery.frame, &delivery.mid, delivery.seq);
             if sink.send(frame).await.is_err() {
                 return false;
             }
@@ -322,25 +295,25 @@ impl Inbound {
 
 /// Writes until every command sender is gone.
 pub async fn run_writer<W: FrameSink>(mut sink: W, mut commands: mpsc::Receiver<WriterCommand>) {
-    let mut inbound: Option<Inbound> = None;
+    let mut state: Option<DeliveryState> = None;
     let mut broken = false;
     let mut retry_at: Option<Instant> = None;
     let mut retry_delay = Duration::from_millis(100);
     // The cursor last trimmed for (classic clients: after a flush).
     let mut trimmed = 0u64;
     loop {
-        if let Some(ib) = inbound.as_mut().filter(|_| !broken) {
-            if ib.sync.take() {
-                ib.needs_sync = true;
+        if let Some(st) = state.as_mut().filter(|_| !broken) {
+            if st.sync.take() {
+                st.needs_sync = true;
             }
-            if ib.sync.take_offline() {
-                ib.offline_after.get_or_insert(0);
+            if st.sync.take_offline() {
+                st.offline_after.get_or_insert(0);
             }
             let due = retry_at.is_none_or(|at| at <= Instant::now());
-            if ib.needs_sync && due {
-                match ib.sync_step(&mut sink).await {
+            if st.needs_sync && due {
+                match st.sync_step(&mut sink).await {
                     Step::Done => {
-                        ib.needs_sync = false;
+                        st.needs_sync = false;
                         retry_at = None;
                         retry_delay = Duration::from_millis(100);
                     }
@@ -351,9 +324,9 @@ pub async fn run_writer<W: FrameSink>(mut sink: W, mut commands: mpsc::Receiver<
                     }
                     Step::Broken => broken = true,
                 }
-                trimmed = ib.cursor;
+                trimmed = st.cursor;
                 // Serve commands between pages.
-                if ib.needs_sync && retry_at.is_none() && commands.is_empty() {
+                if st.needs_sync && retry_at.is_none() && commands.is_empty() {
                     continue;
                 }
             }
@@ -363,11 +336,11 @@ pub async fn run_writer<W: FrameSink>(mut sink: W, mut commands: mpsc::Receiver<
             Delivery(Option<Delivery>),
             Wake,
         }
-        let signal = inbound.as_ref().map(|ib| ib.sync.clone());
-        let live = inbound
+        let signal = state.as_ref().map(|st| st.sync.clone());
+        let live = state
             .as_mut()
-            .filter(|ib| !ib.needs_sync && !broken)
-            .map(|ib| &mut ib.queue);
+            .filter(|st| !st.needs_sync && !broken)
+            .map(|st| &mut st.queue);
         let event = tokio::select! {
             biased;
             command = commands.recv() => Event::Command(command),
@@ -388,17 +361,17 @@ pub async fn run_writer<W: FrameSink>(mut sink: W, mut commands: mpsc::Receiver<
                 broken |= !ok;
                 let _ = done.send(ok);
             }
-            Event::Command(Some(WriterCommand::Attach(ib))) => {
-                trimmed = ib.cursor;
-                inbound = Some(*ib);
+            Event::Command(Some(WriterCommand::Attach(st))) => {
+                trimmed = st.cursor;
+                state = Some(*st);
             }
             Event::Command(Some(WriterCommand::Detach(done))) => {
-                inbound = None;
+                state = None;
                 let _ = done.send(());
             }
             Event::Command(Some(WriterCommand::ClientAck(up_to))) => {
-                if let Some(ib) = inbound.as_mut().filter(|ib| ib.acks) {
-                    ib.client_acknowledged(up_to).await;
+                if let Some(st) = state.as_mut().filter(|st| st.kind.acknowledges()) {
+                    st.client_acknowledged(up_to).await;
                 }
             }
             Event::Command(Some(WriterCommand::AllowBatching)) => sink.allow_batching(),
@@ -407,107 +380,29 @@ pub async fn run_writer<W: FrameSink>(mut sink: W, mut commands: mpsc::Receiver<
                     broken = true;
                 }
             }
-            Event::Delivery(None) => inbound = None,
+            Event::Delivery(None) => state = None,
             Event::Delivery(Some(delivery)) => {
-                if let Some(ib) = inbound.as_mut()
-                    && !ib.live(delivery, &mut sink).await
+                if let Some(st) = state.as_mut()
+                    && !st.live(delivery, &mut sink).await
                 {
                     broken = true;
                 }
             }
         }
         let idle = commands.is_empty()
-            && inbound
+            && state
                 .as_ref()
-                .is_none_or(|ib| ib.needs_sync || ib.queue.is_empty());
+                .is_none_or(|st| st.needs_sync || st.queue.is_empty());
         if idle && !broken {
             if sink.flush().await.is_err() {
                 broken = true;
-            } else if let Some(ib) = inbound
+            } else if let Some(st) = state
                 .as_ref()
-                .filter(|ib| !ib.acks && ib.cursor > trimmed)
+                .filter(|st| !st.kind.acknowledges() && st.cursor > trimmed)
             {
-                ib.node.note_delivered(ib.user, ib.cursor);
-                trimmed = ib.cursor;
+                st.node.trimmer.note_delivered(st.user, st.cursor);
+                trimmed = st.cursor;
             }
         }
     }
-}
-
-/// A page of the offline store, ready for one session.
-pub struct OfflinePage {
-    /// The frames to write, oldest first, with their message ids.
-    pub frames: Vec<(String, Vec<u8>)>,
-    /// The highest inbox sequence among them (0: none had one).
-    pub gate: u64,
-    /// How many were appended to the inbox instead.
-    pub appended: u64,
-}
-
-impl OfflinePage {
-    /// Leaves out what was written from the inbox already (sequence at or
-    /// below `floor`). For a client that acknowledges, what it has not
-    /// acknowledged yet (above `acked`) still gates the page: the offline
-    /// store keeps it until the client acknowledges it (its inbox copy may
-    /// be gone already). A message without an inbox sequence (stored while
-    /// Redis was unreachable) is appended to the inbox instead, once (its
-    /// id is the idempotency key), and reaches the client from there with
-    /// a sequence it can acknowledge.
-    pub async fn prepare(
-        node: &Node,
-        user: i64,
-        (acks, modern): (bool, bool),
-        floor: u64,
-        acked: u64,
-        messages: &[offline_pb::OfflineMessage],
-    ) -> Result<Self, crate::redis::RedisError> {
-        let mut page = Self {
-            frames: Vec::new(),
-            gate: 0,
-            appended: 0,
-        };
-        for m in messages {
-            if m.inbox_seq != 0 && m.inbox_seq <= floor {
-                if acks && m.inbox_seq > acked {
-                    page.gate = page.gate.max(m.inbox_seq);
-                }
-                continue;
-            }
-            if acks && m.inbox_seq == 0 {
-                node.append_to_own_inbox(user, m).await?;
-                page.appended += 1;
-                continue;
-            }
-            page.frames.push((
-                m.client_msg_id.clone(),
-                delivery_frame(
-                    acks,
-                    modern,
-                    m.payload.clone().into_bytes(),
-                    &m.client_msg_id,
-                    m.inbox_seq,
-                ),
-            ));
-            page.gate = page.gate.max(m.inbox_seq);
-        }
-        Ok(page)
-    }
-}
-
-pub async fn acknowledge_offline(node: &Node, user: i64, up_to: u64) {
-    let request = offline_pb::AckRequest {
-        receiver_id: user,
-        up_to,
-    };
-    for attempt in 1..=3u64 {
-        match node.upstreams.offline.clone().ack(request).await {
-            Ok(_) => return,
-            Err(status) => {
-                tracing::warn!(user, attempt, code = ?status.code(), "offline ack failed");
-                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
-            }
-        }
-    }
-    // Not acknowledged: the messages stay stored and come again at the next
-    // login. A duplicate is better than a loss.
 }

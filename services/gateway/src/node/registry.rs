@@ -6,13 +6,16 @@ use std::{
     collections::HashMap,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
 };
 
 use tokio::sync::{Notify, mpsc};
 
-use crate::metrics::{label, metrics};
+use crate::{
+    metrics::{label, metrics},
+    protocol::client::ClientKind,
+};
 use tokio_util::sync::CancellationToken;
 
 /// A message on its way to a local session's writer: one inbox entry.
@@ -139,12 +142,11 @@ pub struct LocalSession {
     pub sync: Arc<SyncSignal>,
     /// Cancelled to end the session from outside (presence lost, shutdown).
     pub kick: CancellationToken,
-    /// A device session (the client acknowledges): it shares the user with
-    /// other device sessions. A classic one holds the user alone.
-    pub device: bool,
-    /// The client uses the additions: it gets live events (receipts, typing,
-    /// its own chats sent from other devices).
-    pub modern: bool,
+    /// A device session (the client acknowledges) shares the user with
+    /// other device sessions; any other holds the user alone. A client
+    /// that uses the additions gets live events (receipts, typing, its own
+    /// chats sent from other devices).
+    pub kind: ClientKind,
     /// Other sessions of the user exist (here or elsewhere), as last seen:
     /// the chats it sends go to them too.
     pub peers: Arc<AtomicBool>,
@@ -171,9 +173,22 @@ pub struct Snapshot {
 #[derive(Default)]
 pub struct Registry {
     sessions: Mutex<HashMap<i64, Vec<LocalSession>>>,
+    /// The last connection id handed out.
+    last_connection: AtomicU64,
+}
+
+/// The cluster-wide address of one of a node's connections, `NODE/CONNECTION`:
+/// the field of its presence claim, and the `except` of live events it sends.
+pub fn session_address(node_id: &str, connection: u64) -> String {
+    format!("{node_id}/{connection}")
 }
 
 impl Registry {
+    /// A number unique within this node's life, for a new connection.
+    pub fn next_connection(&self) -> u64 {
+        self.last_connection.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Vec<LocalSession>>> {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -183,10 +198,11 @@ impl Registry {
     pub fn insert(&self, user: i64, session: LocalSession) -> bool {
         let mut sessions = self.lock();
         let here = sessions.entry(user).or_default();
-        if here
-            .iter()
-            .any(|s| s.connection == session.connection || !s.device || !session.device)
-        {
+        if here.iter().any(|s| {
+            s.connection == session.connection
+                || !s.kind.acknowledges()
+                || !session.kind.acknowledges()
+        }) {
             return false;
         }
         if !here.is_empty() {
@@ -233,7 +249,7 @@ impl Registry {
     pub fn holds_alone(&self, user: i64) -> bool {
         self.lock()
             .get(&user)
-            .is_some_and(|here| here.iter().any(|s| !s.device))
+            .is_some_and(|here| here.iter().any(|s| !s.kind.acknowledges()))
     }
 
     /// Queues a delivery for each of the user's sessions without waiting;
@@ -274,7 +290,7 @@ impl Registry {
         let targets: Vec<_> = match self.lock().get(&user) {
             Some(here) => here
                 .iter()
-                .filter(|s| s.modern && Some(s.connection) != except)
+                .filter(|s| s.kind.uses_additions() && Some(s.connection) != except)
                 .map(|s| (s.deliveries.clone(), s.queued.clone()))
                 .collect(),
             None => return,
@@ -317,7 +333,7 @@ impl Registry {
                 here.iter().map(|s| Snapshot {
                     user: *user,
                     connection: s.connection,
-                    device: s.device,
+                    device: s.kind.acknowledges(),
                     kick: s.kick.clone(),
                     peers: s.peers.clone(),
                 })
@@ -353,8 +369,7 @@ mod tests {
             queued: QueuedBytes::new(1 << 20),
             sync: sync.clone(),
             kick: CancellationToken::new(),
-            device: false,
-            modern: false,
+            kind: ClientKind::Classic,
             peers: Arc::default(),
         };
         assert!(registry.insert(1, session));
@@ -405,8 +420,7 @@ mod tests {
             queued: queued.clone(),
             sync: sync.clone(),
             kick: CancellationToken::new(),
-            device: false,
-            modern: false,
+            kind: ClientKind::Classic,
             peers: Arc::default(),
         };
         assert!(registry.insert(1, session));
@@ -436,8 +450,11 @@ mod tests {
                 queued: QueuedBytes::new(1 << 20),
                 sync: Arc::new(SyncSignal::default()),
                 kick: CancellationToken::new(),
-                device,
-                modern: true,
+                kind: if device {
+                    ClientKind::Device
+                } else {
+                    ClientKind::Additions
+                },
                 peers: Arc::default(),
             };
             (session, queue)

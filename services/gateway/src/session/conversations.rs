@@ -222,7 +222,7 @@ pub async fn typing(
     let to: Vec<i64> = match conversation {
         Conversation::Direct(..) => conversation.peer_of(user).into_iter().collect(),
         Conversation::Group(group) => {
-            let members = node.group_members(group).await?;
+            let members = node.directory.group_members(group).await?;
             if !members.contains(&user) {
                 return Err(Failure::new(
                     errno::FORBIDDEN,

@@ -1,0 +1,115 @@
+//! What arrives on the bus (the Redis subscriptions of this node's users,
+//! and the control channel), handed to the sessions here. A user who has
+//! left has the message in their inbox; it is moved to the offline store.
+
+use tokio::sync::mpsc;
+
+use crate::{
+    metrics::{label, metrics},
+    node::{
+        Node,
+        failover::now_micros,
+        registry::{Delivery, Handoff},
+    },
+    redis::{BusEvent, InboxEntry, OFFLINE_NUDGE},
+};
+
+/// Hands what the subscriber received to the sessions, until the
+/// subscriber stops; a session whose entry did not fit the subscriber's
+/// backlog reads its stores instead.
+pub async fn dispatch(node: &Node, mut events: mpsc::Receiver<BusEvent>) {
+    let backlog = node.redis.backlog.clone();
+    loop {
+        tokio::select! {
+            event = events.recv() => {
+                let Some(event) = event else { return };
+                backlog.taken(&event);
+                on_event(node, event);
+            }
+            users = backlog.overflowed() => {
+                for user in users {
+                    // What was left out may have been a chat (in the
+                    // inbox) or an offline nudge (in the offline store):
+                    // the session reads both. A user who left has the
+                    // inbox moved, as a publish that reached nobody.
+                    if node.registry.contains(user) {
+                        node.registry.sync_offline(user);
+                    } else {
+                        node.offline.move_inbox_later(user);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn on_event(node: &Node, event: BusEvent) {
+    match event {
+        BusEvent::ForUser { user, entry } if entry == OFFLINE_NUDGE => {
+            node.registry.sync_offline(user);
+        }
+        BusEvent::ForUser { user, entry } if entry == crate::redis::DEVICE_JOINED => {
+            node.registry.device_joined(user);
+        }
+        BusEvent::ForUser { user, entry } if entry.starts_with(b"0 live ") => {
+            if let Some((except, frame)) = crate::redis::parse_live(&entry) {
+                hand_live(node, user, except, frame);
+            }
+        }
+        BusEvent::ForUser { user, entry } => {
+            let Some(entry) = InboxEntry::parse(entry) else {
+                tracing::warn!(user, "dropping a malformed bus message");
+                return;
+            };
+            hand_entry(node, user, entry);
+        }
+        BusEvent::Control(payload) => {
+            if let Some(group) = std::str::from_utf8(&payload)
+                .ok()
+                .and_then(|s| s.strip_prefix("g:"))
+                .and_then(|g| g.parse().ok())
+            {
+                node.directory.forget_group(group);
+            }
+        }
+        // Whatever was published while a subscription was away is in
+        // the inbox (or, if Redis was down, the offline store).
+        BusEvent::Resync(users) => {
+            for user in users {
+                node.registry.sync_offline(user);
+            }
+        }
+    }
+}
+
+/// A live event for every session of the user here but the one that sent
+/// it (`except`, a session address).
+fn hand_live(node: &Node, user: i64, except: &str, frame: &[u8]) {
+    let except = except
+        .strip_prefix(node.config.node_id.as_str())
+        .and_then(|rest| rest.strip_prefix('/'))
+        .and_then(|conn| conn.parse().ok());
+    node.registry.hand_live(user, except, frame);
+}
+
+/// A chat from the user's inbox, to the user's session here.
+fn hand_entry(node: &Node, user: i64, entry: InboxEntry) {
+    let span = tracing::info_span!("chat.deliver", otel.kind = "consumer", receiver = user);
+    telemetry::propagation::set_parent_from_traceparent(&span, &entry.traceparent);
+    let _entered = span.enter();
+    let sent_micros = entry.sent_micros;
+    let handoff = node.registry.hand_off(user, || {
+        Delivery::new(entry.seq, entry.mid.clone(), entry.frame.clone())
+    });
+    match handoff {
+        Handoff::Queued => {
+            let waited = now_micros().saturating_sub(sent_micros);
+            metrics()
+                .delivery_latency
+                .get_or_create(&label("path", "remote"))
+                .observe(waited as f64 / 1e6);
+        }
+        Handoff::Busy => {}
+        Handoff::Absent => node.offline.move_inbox_later(user),
+    }
+}

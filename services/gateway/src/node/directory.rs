@@ -1,0 +1,148 @@
+//! Who exists and who is in which group, as this node knows it: caches
+//! filled on first use and at login. Users are never deleted, so a user
+//! known to exist is known for good; a group's members are kept for the
+//! cache TTL and forgotten at once when a node says the group changed.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use clusterchat_proto::user::v1::{self as user_pb, user_service_client::UserServiceClient};
+use tokio::time::Instant;
+
+use crate::{
+    protocol::classic::{Failure, errno},
+    upstream::{Traced, failure_from_status},
+};
+
+pub struct Directory {
+    users: UserServiceClient<Traced>,
+    groups: GroupCache,
+    known_users: Mutex<HashSet<i64>>,
+}
+
+impl Directory {
+    pub fn new(users: UserServiceClient<Traced>, group_ttl: Duration) -> Self {
+        Self {
+            users,
+            groups: GroupCache::new(group_ttl),
+            known_users: Mutex::default(),
+        }
+    }
+
+    pub fn remember_users(&self, users: impl IntoIterator<Item = i64>) {
+        let mut known = self.known_users.lock().unwrap_or_else(|p| p.into_inner());
+        known.extend(users);
+    }
+
+    /// Whether the user exists: from the cache, else one look-up.
+    pub async fn user_exists(&self, user: i64) -> Result<bool, Failure> {
+        if user <= 0 {
+            return Ok(false);
+        }
+        if self
+            .known_users
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&user)
+        {
+            return Ok(true);
+        }
+        let reply = self
+            .users
+            .clone()
+            .get_users(user_pb::GetUsersRequest { ids: vec![user] })
+            .await
+            .map_err(|s| failure_from_status(&s, "the user service"))?;
+        let exists = reply.into_inner().users.iter().any(|u| u.id == user);
+        if exists {
+            self.remember_users([user]);
+        }
+        Ok(exists)
+    }
+
+    /// The members of a group, cached.
+    pub async fn group_members(&self, group: i64) -> Result<Arc<[i64]>, Failure> {
+        if let Some(members) = self.groups.get(group) {
+            return Ok(members);
+        }
+        if group <= 0 {
+            return Err(Failure::new(
+                errno::NOT_FOUND,
+                format!("group {group} does not exist"),
+            ));
+        }
+        let reply = self
+            .users
+            .clone()
+            .list_group_members(user_pb::ListGroupMembersRequest { group_id: group })
+            .await
+            .map_err(|s| failure_from_status(&s, "the user service"))?;
+        let members: Arc<[i64]> = reply.into_inner().member_ids.into();
+        self.remember_users(members.iter().copied());
+        self.groups.put(group, members.clone());
+        Ok(members)
+    }
+
+    pub fn cache_group(&self, group: i64, members: Vec<i64>) {
+        self.groups.put(group, members.into());
+    }
+
+    /// Forgets a group's members here (the group changed).
+    pub fn forget_group(&self, group: i64) {
+        self.groups.forget(group);
+    }
+}
+
+/// When a group's member list was fetched, and the list.
+type CachedMembers = (Instant, Arc<[i64]>);
+
+struct GroupCache {
+    ttl: Duration,
+    entries: Mutex<HashMap<i64, CachedMembers>>,
+}
+
+impl GroupCache {
+    fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            entries: Mutex::default(),
+        }
+    }
+
+    fn get(&self, group: i64) -> Option<Arc<[i64]>> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries
+            .get(&group)
+            .filter(|(at, _)| at.elapsed() < self.ttl)
+            .map(|(_, members)| members.clone())
+    }
+
+    fn put(&self, group: i64, members: Arc<[i64]>) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.insert(group, (Instant::now(), members));
+    }
+
+    fn forget(&self, group: i64) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&group);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn group_cache_expires() {
+        let cache = GroupCache::new(Duration::from_secs(30));
+        cache.put(1, vec![1, 2].into());
+        assert!(cache.get(1).is_some());
+        tokio::time::advance(Duration::from_secs(31)).await;
+        assert!(cache.get(1).is_none());
+    }
+}

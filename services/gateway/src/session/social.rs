@@ -1,0 +1,88 @@
+//! Friends and groups: adding a friend (msgid 6), creating (7) and joining
+//! (8) a group, through the user service. A group change is told to every
+//! node, whose caches of its members forget it.
+
+use clusterchat_proto::user::v1 as user_pb;
+use serde_json::Map;
+
+use super::Session;
+use crate::{protocol::classic::Failure, upstream::failure_from_status};
+
+impl Session {
+    pub(super) async fn add_friend(
+        &self,
+        user: i64,
+        friend: i64,
+    ) -> Result<Map<String, serde_json::Value>, Failure> {
+        self.node
+            .upstreams
+            .users
+            .clone()
+            .add_friend(user_pb::AddFriendRequest {
+                user_id: user,
+                friend_id: friend,
+            })
+            .await
+            .map_err(|s| failure_from_status(&s, "the user service"))?;
+        self.node.directory.remember_users([friend]);
+        Ok(Map::new())
+    }
+
+    pub(super) async fn create_group(
+        &self,
+        user: i64,
+        name: String,
+        description: String,
+    ) -> Result<Map<String, serde_json::Value>, Failure> {
+        let group = self
+            .node
+            .upstreams
+            .users
+            .clone()
+            .create_group(user_pb::CreateGroupRequest {
+                creator_id: user,
+                name,
+                description,
+            })
+            .await
+            .map_err(|s| failure_from_status(&s, "the user service"))?
+            .into_inner()
+            .group_id;
+        self.invalidate_group(group).await;
+        let mut results = Map::new();
+        results.insert("groupid".into(), group.into());
+        Ok(results)
+    }
+
+    pub(super) async fn join_group(
+        &self,
+        user: i64,
+        group: i64,
+    ) -> Result<Map<String, serde_json::Value>, Failure> {
+        self.node
+            .upstreams
+            .users
+            .clone()
+            .join_group(user_pb::JoinGroupRequest {
+                user_id: user,
+                group_id: group,
+            })
+            .await
+            .map_err(|s| failure_from_status(&s, "the user service"))?;
+        self.invalidate_group(group).await;
+        Ok(Map::new())
+    }
+
+    /// Forgets a group's members here and on every other node.
+    async fn invalidate_group(&self, group: i64) {
+        self.node.directory.forget_group(group);
+        if let Err(e) = self
+            .node
+            .redis
+            .publish_control(format!("g:{group}").as_bytes())
+            .await
+        {
+            tracing::warn!(error = %e, group, "cannot broadcast a group change; other nodes refresh within the cache TTL");
+        }
+    }
+}
