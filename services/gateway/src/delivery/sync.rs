@@ -8,7 +8,7 @@
 use clusterchat_proto::offline::v1 as offline_pb;
 
 use crate::{
-    delivery::writer::RecentMids,
+    delivery::recent::RecentMids,
     node::{Node, failover::now_micros},
     protocol::{
         classic::{Failure, errno},

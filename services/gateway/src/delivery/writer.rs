@@ -24,7 +24,10 @@ use tokio::{
 };
 
 use crate::{
-    delivery::sync::{self, OfflinePage},
+    delivery::{
+        recent::RecentMids,
+        sync::{self, OfflinePage},
+    },
     metrics::metrics,
     node::{
         Node,
@@ -88,41 +91,6 @@ pub struct DeliveryState {
     pub queue: mpsc::Receiver<Delivery>,
     pub sync: Arc<SyncSignal>,
     pub needs_sync: bool,
-}
-
-/// Message ids written lately on one connection. A message can reach a
-/// session twice: a sender whose append failed after Redis had recorded it
-/// (the reply lost in a failover) stores it with the offline service too.
-/// Such a copy arrives within seconds of the first; it is skipped (its
-/// sequence still counts as written). Grows with what is written, so an
-/// idle session costs nothing.
-#[derive(Default)]
-pub struct RecentMids {
-    order: VecDeque<String>,
-    seen: std::collections::HashSet<String>,
-}
-
-impl RecentMids {
-    const CAPACITY: usize = 1024;
-
-    /// True the first time `mid` is seen (and always for an empty one).
-    pub fn first_time(&mut self, mid: &str) -> bool {
-        if mid.is_empty() {
-            return true;
-        }
-        if self.seen.contains(mid) {
-            metrics().duplicates_skipped.inc();
-            return false;
-        }
-        if self.order.len() >= Self::CAPACITY
-            && let Some(oldest) = self.order.pop_front()
-        {
-            self.seen.remove(&oldest);
-        }
-        self.order.push_back(mid.to_owned());
-        self.seen.insert(mid.to_owned());
-        true
-    }
 }
 
 /// Inbox entries read per step of a sync.

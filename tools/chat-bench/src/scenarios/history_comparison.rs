@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use super::one_to_one::OneToOneRows;
+use super::OneToOneRows;
 use crate::{Args, stats::RunResult};
 
 /// Run ids of scenario 1 with the history service stopped.

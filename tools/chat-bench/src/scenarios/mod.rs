@@ -23,7 +23,10 @@ use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt as _;
 use tokio_rustls::TlsConnector;
 
-use crate::{client::Client, stats::Sample};
+use crate::{
+    client::Client,
+    stats::{RunResult, Sample},
+};
 
 const PASSWORD: &str = "bench-password";
 
@@ -171,4 +174,15 @@ async fn drain(received: &AtomicU64, expected: u64) {
             return;
         }
     }
+}
+
+/// Scenario 1 in both runs, and what the watched processes spent in each.
+pub(crate) struct OneToOneRows {
+    pub(crate) fixed: RunResult,
+    pub(crate) saturated: RunResult,
+    pub(crate) cpu_fixed: Value,
+    pub(crate) cpu_saturated: Value,
+    /// With `history`: the runs with the history service stopped and what
+    /// the service did; `fixed` and `saturated` are then the median runs.
+    pub(crate) history: Option<serde_json::Map<String, Value>>,
 }

@@ -12,12 +12,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::Value;
 use tokio::io::AsyncWriteExt as _;
 use tokio_rustls::TlsConnector;
 
 use super::{
-    Target, chat_frame, drain,
+    OneToOneRows, Target, chat_frame, drain,
     history_comparison::{HISTORY_STOPPED_RUN, HistoryRound, history_comparison},
     logged_in_clients, spawn_receiver,
 };
@@ -106,17 +105,6 @@ async fn one_to_one(
         .min(result.seconds)
         .max(0.001);
     Ok((senders, result))
-}
-
-/// Scenario 1 in both runs, and what the watched processes spent in each.
-pub(crate) struct OneToOneRows {
-    pub(crate) fixed: RunResult,
-    pub(crate) saturated: RunResult,
-    pub(crate) cpu_fixed: Value,
-    pub(crate) cpu_saturated: Value,
-    /// With `history`: the runs with the history service stopped and what
-    /// the service did; `fixed` and `saturated` are then the median runs.
-    pub(crate) history: Option<serde_json::Map<String, Value>>,
 }
 
 /// Logged-in senders and receivers of scenario 1, reused from run to run.
