@@ -1,5 +1,5 @@
-//! The conversation requests of the additions (msgid 16 to 19): history
-//! pages, the conversation list, read marks and typing. History and read
+//! The conversation requests of the additions (msgid 16 to 20): history
+//! pages, the conversation list, read marks, typing and delivery receipts. History and read
 //! marks live in the history service (asked over gRPC: these requests are
 //! not on the path of a chat); receipts and typing go to the other party's
 //! sessions as live events over Redis pub/sub, never stored.

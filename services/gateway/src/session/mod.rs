@@ -1,5 +1,9 @@
-//! One client connection, whatever its transport: the request loop. The
-//! writer task (`writer.rs`) owns the socket's sending half.
+//! One client connection, whatever its transport: the request loop (read,
+//! pace, authorize, dispatch), with a room per request kind beside it:
+//! `login` (register, login, logout), `chat`, `social` (friends and
+//! groups), `roster`, `conversations` (history, read marks, typing,
+//! receipts); `throttle` and `rate` pace them. The writer task
+//! (`delivery::writer`) owns the socket's sending half.
 //!
 //! A connection acts only as the user who logged in on it: before login only
 //! register and login are accepted, an `id` in a request must be that user's,
@@ -10,9 +14,10 @@
 //! client; a group chat costs one token per `fanout_per_token` receivers.
 //! A connection must log in within the login deadline. Logins and
 //! registrations are throttled per client address, and failed logins per
-//! account, across the cluster (errno 7 with `retry_after`). WebSocket connections and clients that acknowledge are closed
-//! when they have been silent for the idle timeout (they are pinged, or
-//! ping, more often than that); classic TCP relies on TCP keepalive.
+//! account, across the cluster (errno 7 with `retry_after`). WebSocket
+//! connections and clients that acknowledge are closed when they have been
+//! silent for the idle timeout (they are pinged, or ping, more often than
+//! that); classic TCP relies on TCP keepalive.
 
 mod chat;
 pub mod conversations;
