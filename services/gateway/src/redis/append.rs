@@ -11,11 +11,49 @@ use std::{collections::HashMap, fmt::Write as _, sync::Arc, time::Duration};
 
 use futures::StreamExt as _;
 use redis::{Value, cluster_routing::SingleNodeRoutingInfo};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    AppendJob, Appended, Commands, REPLICA_WAIT, Redis, RedisError, appended, slot, ttl_millis,
+    Commands, REPLICA_WAIT, Redis, RedisError, inbox::Appended, presence::ttl_millis, slot,
 };
+
+/// Records messages in inboxes, for many receivers in one call (a node
+/// batches what its sessions send at the same moment: one script call costs
+/// Redis far more than the few commands in it).
+/// KEYS: per receiver, counter, inbox, dedup key. ARGV[1]: inbox limit;
+/// then per receiver, channel ('' = do not publish), dedup TTL in seconds
+/// ('0' = no dedup key) and the index (from 0) of its entry tail; then the tails.
+/// Returns {seq, subscribers} per receiver; subscribers -1: inbox full,
+/// -2: duplicate, -3: not published.
+pub(super) const APPEND_SCRIPT: &str = include_str!("scripts/append.lua");
+
+/// One [`Redis::append_each`] call, for the appender.
+pub(super) struct AppendJob {
+    /// (user, channel to publish on or '').
+    pub(super) receivers: Vec<(i64, String)>,
+    pub(super) mid: String,
+    pub(super) tail: Vec<u8>,
+    pub(super) max_inbox: usize,
+    pub(super) ttl: u64,
+    /// One result per receiver.
+    pub(super) reply: oneshot::Sender<Vec<Result<Appended, String>>>,
+}
+
+fn appended(seq: i64, subscribers: i64) -> Appended {
+    let seq = u64::try_from(seq).unwrap_or(0);
+    match subscribers {
+        -1 => Appended::InboxFull,
+        -2 => Appended::Duplicate { seq },
+        -3 => Appended::Recorded {
+            seq,
+            subscribers: None,
+        },
+        n => Appended::Recorded {
+            seq,
+            subscribers: Some(u64::try_from(n).unwrap_or(0)),
+        },
+    }
+}
 
 impl Redis {
     /// Forms batches of append jobs (whatever waits while earlier batches

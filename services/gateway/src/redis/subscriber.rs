@@ -35,11 +35,20 @@ use tokio::{
 };
 
 use super::{
-    BusBacklog, BusEvent, RedisError, SUBSCRIBER_PING, SubCommand,
+    BusBacklog, BusEvent, RedisError,
+    bus::user_of_channel,
     resp::{self, Frame},
     slot::{self, Shard},
-    user_of_channel,
 };
+
+/// What [`Redis`](super::Redis) asks of the subscriber.
+pub(super) enum SubCommand {
+    Subscribe(String, oneshot::Sender<Result<(), RedisError>>),
+    Unsubscribe(String),
+}
+
+/// How often the subscriber connection is pinged, and how long an answer may take.
+const SUBSCRIBER_PING: Duration = Duration::from_secs(2);
 
 /// Credentials for the subscriber connections: (username, password).
 pub(super) type Auth = Option<(Option<String>, String)>;

@@ -1,0 +1,371 @@
+//! The bus: what travels on users' channels and the control channel.
+//!
+//! A user's channel `{prefix}{u:ID}` carries the inbox entries published by
+//! APPEND and a few messages never recorded anywhere (an offline-store
+//! nudge, a device's arrival, live frames), all understood by
+//! [`ChannelMessage::parse`]. `{prefix}ctl` carries cache invalidations
+//! between nodes. The subscriber (`subscriber.rs`) hands what arrives to
+//! the node as [`BusEvent`]s through a [`BusBacklog`] bounded in bytes.
+
+use std::{
+    collections::HashSet,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Grouped, Redis, RedisError, inbox::InboxEntry, subscriber::SubCommand};
+
+/// What the subscriber hands to the node.
+#[derive(Debug)]
+pub enum BusEvent {
+    /// An inbox entry published for a user this node subscribed to.
+    ForUser { user: i64, entry: Vec<u8> },
+    /// A cache invalidation from some node (maybe this one).
+    Control(Vec<u8>),
+    /// These users' subscriptions were restored (a connection dropped, a
+    /// shard failed over, a slot moved): whatever was published meanwhile
+    /// must be read from their stores.
+    Resync(Vec<i64>),
+}
+
+/// The user whose channel this is (`{prefix}{u:ID}`), given `{prefix}{u:`.
+pub(super) fn user_of_channel(user_prefix: &str, channel: &str) -> Option<i64> {
+    channel
+        .strip_prefix(user_prefix)
+        .and_then(|rest| rest.strip_suffix('}'))
+        .and_then(|id| id.parse().ok())
+}
+
+/// What waits between the subscriber and the node, bounded in bytes: past
+/// the bound an entry is not queued (it is in the inbox) and its user is
+/// noted, for the node to make that session read its inbox. The subscriber
+/// never waits for the node, so redis-rs's own buffer stays empty.
+#[derive(Debug)]
+pub struct BusBacklog {
+    bytes: AtomicUsize,
+    max: usize,
+    overflowed: Mutex<HashSet<i64>>,
+    notify: tokio::sync::Notify,
+}
+
+/// Bytes of published entries the subscriber may hold for the node.
+pub const BUS_BACKLOG_BYTES: usize = 32 * 1024 * 1024;
+
+impl BusBacklog {
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            bytes: AtomicUsize::new(0),
+            max,
+            overflowed: Mutex::default(),
+            notify: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// Queues a user's entry unless the backlog is full (in bytes or count).
+    pub(super) fn offer(
+        &self,
+        events: &mpsc::Sender<BusEvent>,
+        user: i64,
+        entry: Vec<u8>,
+    ) -> Result<(), ()> {
+        let len = entry.len();
+        if self.bytes.fetch_add(len, Ordering::AcqRel) + len > self.max {
+            self.bytes.fetch_sub(len, Ordering::AcqRel);
+            self.overflow(user);
+            return Ok(());
+        }
+        match events.try_send(BusEvent::ForUser { user, entry }) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.bytes.fetch_sub(len, Ordering::AcqRel);
+                self.overflow(user);
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(()),
+        }
+    }
+
+    fn overflow(&self, user: i64) {
+        crate::metrics::metrics()
+            .overflowed
+            .get_or_create(&crate::metrics::label("queue", "bus"))
+            .inc();
+        self.overflowed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(user);
+        self.notify.notify_one();
+    }
+
+    /// The node took an entry off the queue.
+    pub fn taken(&self, event: &BusEvent) {
+        if let BusEvent::ForUser { entry, .. } = event {
+            self.bytes.fetch_sub(entry.len(), Ordering::AcqRel);
+        }
+    }
+
+    /// Waits until some user's entry was left out, then says whose.
+    pub async fn overflowed(&self) -> Vec<i64> {
+        loop {
+            let users: Vec<i64> = self
+                .overflowed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .drain()
+                .collect();
+            if !users.is_empty() {
+                return users;
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
+/// Published on a user's channel (never recorded): "read your offline store".
+pub const OFFLINE_NUDGE: &[u8] = b"0 sync\n";
+
+/// Published on a user's channel, never recorded: a frame for the user's
+/// sessions that use the additions (a read receipt, typing, a chat sent
+/// from another device), except the session `except` (`node/connection`).
+pub fn live_entry(except: &str, frame: &[u8]) -> Vec<u8> {
+    let mut entry = format!("0 live {except}\n").into_bytes();
+    entry.extend_from_slice(frame);
+    entry
+}
+
+/// Published on a user's channel when one of their devices logs in: the
+/// sessions of the user elsewhere start sending their own chats to their
+/// other devices.
+pub const DEVICE_JOINED: &[u8] = b"0 peers\n";
+
+/// (except, frame) of a [`live_entry`]; `None` for anything else.
+pub fn parse_live(entry: &[u8]) -> Option<(&str, &[u8])> {
+    let rest = entry.strip_prefix(b"0 live ")?;
+    let newline = rest.iter().position(|&b| b == b'\n')?;
+    Some((
+        std::str::from_utf8(&rest[..newline]).ok()?,
+        &rest[newline + 1..],
+    ))
+}
+
+/// A message on a user's channel, understood: the one place where the
+/// bytes published there are told apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChannelMessage {
+    /// An inbox entry, published by APPEND with its recording.
+    Entry(InboxEntry),
+    /// [`OFFLINE_NUDGE`]: the user's offline store has messages to read.
+    SyncOffline,
+    /// [`DEVICE_JOINED`]: one of the user's devices logged in.
+    PeersJoined,
+    /// A [`live_entry`]: a frame for the user's sessions except `except`
+    /// (`node/connection`).
+    Live { except: String, frame: Vec<u8> },
+}
+
+impl ChannelMessage {
+    /// What `bytes` published on a user's channel are; `None` when
+    /// malformed. In this order: [`OFFLINE_NUDGE`] and [`DEVICE_JOINED`]
+    /// exactly, anything starting `0 live ` as a [`live_entry`], anything
+    /// else as an inbox entry. The buffer becomes the frame (no copy of it).
+    pub fn parse(bytes: Vec<u8>) -> Option<Self> {
+        if bytes == OFFLINE_NUDGE {
+            Some(Self::SyncOffline)
+        } else if bytes == DEVICE_JOINED {
+            Some(Self::PeersJoined)
+        } else if bytes.starts_with(b"0 live ") {
+            let (except, header) = parse_live(&bytes)
+                .map(|(except, frame)| (except.to_owned(), bytes.len() - frame.len()))?;
+            let mut frame = bytes;
+            frame.drain(..header);
+            Some(Self::Live { except, frame })
+        } else {
+            InboxEntry::parse(bytes).map(Self::Entry)
+        }
+    }
+}
+
+impl Redis {
+    /// True while the subscriber connection is up.
+    pub fn is_subscribed(&self) -> bool {
+        self.subscriber_up.load(Ordering::Relaxed)
+    }
+
+    /// Tells the nodes holding these users that their offline store has
+    /// messages they may not know of (stored while this node could not reach
+    /// Redis). The entry `0 sync` is never in an inbox.
+    pub async fn nudge_offline(&self, users: &[i64]) -> Result<(), RedisError> {
+        let _: Vec<(Vec<usize>, Vec<i64>)> = self
+            .run_grouped(users.iter().copied(), |pipe, group| {
+                for &i in group {
+                    pipe.cmd("SPUBLISH")
+                        .arg(self.user_channel(users[i]))
+                        .arg(OFFLINE_NUDGE);
+                }
+            })
+            .await?;
+        Ok(())
+    }
+
+    pub async fn publish_control(&self, payload: &[u8]) -> Result<(), RedisError> {
+        let _: i64 = redis::cmd("SPUBLISH")
+            .arg(format!("{}ctl", self.prefix))
+            .arg(payload)
+            .query_async(&mut self.commands.clone())
+            .await?;
+        Ok(())
+    }
+
+    /// Subscribes to a user's channel; returns once Redis confirmed it, so a
+    /// message published afterwards reaches this node.
+    pub async fn subscribe_user(&self, user: i64) -> Result<(), RedisError> {
+        let (tx, rx) = oneshot::channel();
+        self.subscriber
+            .send(SubCommand::Subscribe(self.user_channel(user), tx))
+            .map_err(|_| RedisError("the subscriber has stopped".into()))?;
+        rx.await
+            .map_err(|_| RedisError("the subscriber has stopped".into()))?
+    }
+
+    pub fn unsubscribe_user(&self, user: i64) {
+        let _ = self
+            .subscriber
+            .send(SubCommand::Unsubscribe(self.user_channel(user)));
+    }
+
+    /// Publishes a [`live_entry`] to each user's channel. Best effort (it is
+    /// never recorded anywhere): a failure is logged.
+    pub async fn publish_live(&self, users: &[i64], except: &str, frame: &[u8]) {
+        self.publish_raw(users, &live_entry(except, frame)).await;
+    }
+
+    /// Publishes `entry` as it is to each user's channel, best effort.
+    pub async fn publish_raw(&self, users: &[i64], entry: &[u8]) {
+        if users.is_empty() {
+            return;
+        }
+        let replies: Vec<Grouped<i64>> = self
+            .run_grouped_each(users.iter().copied(), |pipe, group| {
+                for &i in group {
+                    pipe.cmd("SPUBLISH")
+                        .arg(self.user_channel(users[i]))
+                        .arg(entry);
+                }
+            })
+            .await;
+        for (group, replies) in replies {
+            if let Err(e) = replies {
+                tracing::debug!(error = %e, users = group.len(), "a live event was not published");
+            }
+        }
+    }
+
+    /// Tells the user's sessions elsewhere that one of their devices logged
+    /// in ([`DEVICE_JOINED`]), best effort.
+    pub async fn announce_device_joined(&self, user: i64) {
+        self.publish_raw(&[user], DEVICE_JOINED).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::redis::entry_tail;
+
+    /// What the node did with a channel's bytes before [`ChannelMessage`].
+    fn as_the_node_did(entry: Vec<u8>) -> Option<ChannelMessage> {
+        if entry == OFFLINE_NUDGE {
+            Some(ChannelMessage::SyncOffline)
+        } else if entry == DEVICE_JOINED {
+            Some(ChannelMessage::PeersJoined)
+        } else if entry.starts_with(b"0 live ") {
+            parse_live(&entry).map(|(except, frame)| ChannelMessage::Live {
+                except: except.to_owned(),
+                frame: frame.to_vec(),
+            })
+        } else {
+            InboxEntry::parse(entry).map(ChannelMessage::Entry)
+        }
+    }
+
+    #[test]
+    fn channel_messages_round_trip() {
+        assert_eq!(
+            ChannelMessage::parse(OFFLINE_NUDGE.to_vec()),
+            Some(ChannelMessage::SyncOffline)
+        );
+        assert_eq!(
+            ChannelMessage::parse(DEVICE_JOINED.to_vec()),
+            Some(ChannelMessage::PeersJoined)
+        );
+        let frame = b"{\"t\":\"typing\",\"x\":\"a\nb\"}";
+        assert_eq!(
+            ChannelMessage::parse(live_entry("node-1/42", frame)),
+            Some(ChannelMessage::Live {
+                except: "node-1/42".into(),
+                frame: frame.to_vec(),
+            })
+        );
+        assert_eq!(
+            ChannelMessage::parse(live_entry("", b"")),
+            Some(ChannelMessage::Live {
+                except: String::new(),
+                frame: Vec::new(),
+            })
+        );
+        let mut entry = b"1795600000000042 ".to_vec();
+        entry.extend(entry_tail("abc", 42, 7, "00-abc-def-01", frame));
+        assert_eq!(
+            ChannelMessage::parse(entry.clone()),
+            Some(ChannelMessage::Entry(InboxEntry {
+                seq: 1_795_600_000_000_042,
+                mid: "abc".into(),
+                sender_id: 42,
+                sent_micros: 7,
+                traceparent: "00-abc-def-01".into(),
+                frame: frame.to_vec(),
+            }))
+        );
+    }
+
+    #[test]
+    fn channel_messages_are_read_as_the_node_read_them() {
+        let mut entry = b"5 ".to_vec();
+        entry.extend(entry_tail("m", 7, 1, "", b"{}"));
+        let inputs: Vec<Vec<u8>> = vec![
+            OFFLINE_NUDGE.to_vec(),
+            DEVICE_JOINED.to_vec(),
+            live_entry("n/1", b"{}"),
+            entry,
+            // Not exactly a nudge: read as inbox entries (malformed).
+            b"0 sync\n{}".to_vec(),
+            b"0 sync".to_vec(),
+            b"0 peers\nx".to_vec(),
+            // A live prefix without its newline, or not UTF-8: nothing,
+            // not an inbox entry.
+            b"0 live n/1".to_vec(),
+            b"0 live \xff\n{}".to_vec(),
+            b"0 live".to_vec(),
+            b"0 livestock 1 2\n{}".to_vec(),
+            // An inbox entry numbered 0 would look like the rest.
+            b"0 m 7 1 \n{}".to_vec(),
+            b"".to_vec(),
+            b"\n".to_vec(),
+            b"no header".to_vec(),
+        ];
+        for input in inputs {
+            assert_eq!(
+                ChannelMessage::parse(input.clone()),
+                as_the_node_did(input.clone()),
+                "{:?}",
+                String::from_utf8_lossy(&input)
+            );
+        }
+        assert_eq!(ChannelMessage::parse(b"0 live n/1".to_vec()), None);
+        assert_eq!(ChannelMessage::parse(b"0 sync\n{}".to_vec()), None);
+    }
+}

@@ -1,0 +1,310 @@
+//! Inboxes: each user's accepted messages not yet known to be delivered.
+//!
+//! `{prefix}{u:ID}:in` is a list of entries, oldest first, numbered by the
+//! counter `:n`; `:d` is the delivered mark (see the module's docs). This
+//! file holds the entry format, recording ([`Redis::append`], which hands
+//! the work to the batching appender in `append.rs`), reading a page
+//! ([`Redis::read_inbox`]) and trimming what was delivered or moved to the
+//! offline store.
+
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use super::{Redis, RedisError, append::AppendJob};
+
+/// One inbox entry, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxEntry {
+    pub seq: u64,
+    pub mid: String,
+    pub sender_id: i64,
+    pub sent_micros: u64,
+    pub traceparent: String,
+    pub frame: Vec<u8>,
+}
+
+impl InboxEntry {
+    /// `SEQ MID SENDER MICROS TRACEPARENT\nFRAME`; `None` when malformed.
+    /// The entry's buffer becomes the frame (no copy of it).
+    pub fn parse(mut entry: Vec<u8>) -> Option<Self> {
+        let newline = entry.iter().position(|&b| b == b'\n')?;
+        let header = std::str::from_utf8(&entry[..newline]).ok()?;
+        let mut fields = header.splitn(5, ' ');
+        let seq = fields.next()?.parse().ok()?;
+        let mid = fields.next()?.to_owned();
+        let sender_id = fields.next()?.parse().ok()?;
+        let sent_micros = fields.next()?.parse().ok()?;
+        let traceparent = fields.next().unwrap_or("").to_owned();
+        entry.drain(..=newline);
+        Some(Self {
+            seq,
+            mid,
+            sender_id,
+            sent_micros,
+            traceparent,
+            frame: entry,
+        })
+    }
+}
+
+/// The part of an entry that is the same for every receiver (all but `SEQ `).
+pub fn entry_tail(
+    mid: &str,
+    sender_id: i64,
+    sent_micros: u64,
+    traceparent: &str,
+    frame: &[u8],
+) -> Vec<u8> {
+    let mut out = format!("{mid} {sender_id} {sent_micros} {traceparent}\n").into_bytes();
+    out.extend_from_slice(frame);
+    out
+}
+
+/// What [`Redis::append`] did for one receiver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// Recorded with this sequence; published to that many subscribers
+    /// (`None`: not published, the caller hands it over itself).
+    Recorded { seq: u64, subscribers: Option<u64> },
+    /// A retry of a message already recorded (same message id).
+    Duplicate { seq: u64 },
+    /// The receiver's inbox is at its limit; nothing was recorded.
+    InboxFull,
+}
+
+/// One receiver of [`Redis::append`].
+pub struct AppendTo {
+    pub user: i64,
+    /// Publish to the user's channel (false: the caller delivers locally).
+    pub publish: bool,
+}
+
+/// What [`Redis::read_inbox`] found.
+#[derive(Debug, Default)]
+pub struct InboxPage {
+    /// The user's counter: the sequence of the newest message ever recorded.
+    pub last_seq: u64,
+    /// The highest sequence known to have been written to a connection.
+    pub delivered: u64,
+    /// Entries with a sequence above the one asked for, oldest first.
+    pub entries: Vec<InboxEntry>,
+    /// Nothing after the last entry: the page reached the newest message.
+    pub complete: bool,
+}
+
+/// A page of the inbox holds at most this many bytes of entries (and at
+/// least one entry): what a slow reader's writer holds at once.
+pub const READ_PAGE_BYTES: usize = 1024 * 1024;
+
+/// KEYS: counter, inbox, delivered. ARGV: after, count, byte budget.
+/// Returns {last_seq, delivered, entries...} with entries after `after`:
+/// at most `count`, and no more than the budget in bytes (at least one).
+pub(super) const READ_SCRIPT: &str = include_str!("scripts/read.lua");
+
+/// Removes inbox entries with a sequence <= up_to, for many users in one
+/// call. KEYS: per user, inbox, delivered, presence. ARGV[1]: mode; then
+/// per user, up_to. Mode 'd' (delivered): also raises the delivered mark.
+/// Mode 's' (moved to the offline store): only while nobody holds the
+/// user's presence, else -1 for that user and nothing removed (a session
+/// that logged in meanwhile reads the inbox itself). Returns per user how
+/// many entries went (or -1).
+pub(super) const TRIM_SCRIPT: &str = include_str!("scripts/trim.lua");
+
+impl Redis {
+    /// Records a message in each receiver's inbox and publishes it to those
+    /// marked `publish`. `dedup_ttl`: when set, the message id is remembered
+    /// per receiver for that long and a retry with the same id records
+    /// nothing new. Concurrent appends of this node share script calls.
+    pub async fn append(
+        &self,
+        receivers: &[AppendTo],
+        mid: &str,
+        tail: &[u8],
+        max_inbox: usize,
+        dedup_ttl: Option<Duration>,
+    ) -> Result<Vec<Appended>, RedisError> {
+        self.append_each(receivers, mid, tail, max_inbox, dedup_ttl)
+            .await
+            .into_iter()
+            .collect()
+    }
+
+    /// [`Self::append`] with a result per receiver: on a cluster, a shard
+    /// that fails fails only its own receivers.
+    pub async fn append_each(
+        &self,
+        receivers: &[AppendTo],
+        mid: &str,
+        tail: &[u8],
+        max_inbox: usize,
+        dedup_ttl: Option<Duration>,
+    ) -> Vec<Result<Appended, RedisError>> {
+        let (reply, appended) = oneshot::channel();
+        let job = AppendJob {
+            receivers: receivers
+                .iter()
+                .map(|to| {
+                    (
+                        to.user,
+                        if to.publish {
+                            self.user_channel(to.user)
+                        } else {
+                            String::new()
+                        },
+                    )
+                })
+                .collect(),
+            mid: mid.to_owned(),
+            tail: tail.to_vec(),
+            max_inbox,
+            ttl: dedup_ttl.map_or(0, |t| t.as_secs().max(1)),
+            reply,
+        };
+        let stopped = || {
+            (0..receivers.len())
+                .map(|_| Err(RedisError::new("the appender has stopped")))
+                .collect()
+        };
+        if self.appender.send(job).is_err() {
+            return stopped();
+        }
+        match appended.await {
+            Ok(results) => results
+                .into_iter()
+                .map(|r| r.map_err(RedisError::new))
+                .collect(),
+            Err(_) => stopped(),
+        }
+    }
+
+    /// Up to `count` inbox entries with a sequence above `after`, with the
+    /// user's counter and delivered mark, read atomically.
+    pub async fn read_inbox(
+        &self,
+        user: i64,
+        after: u64,
+        count: usize,
+    ) -> Result<InboxPage, RedisError> {
+        let mut replies: Vec<Vec<redis::Value>> = self
+            .run_scripts(|pipe| {
+                pipe.cmd("EVALSHA")
+                    .arg(self.scripts.read.get_hash())
+                    .arg(3)
+                    .arg(self.user_key(user, "n"))
+                    .arg(self.user_key(user, "in"))
+                    .arg(self.user_key(user, "d"))
+                    .arg(after)
+                    .arg(count.max(1))
+                    .arg(READ_PAGE_BYTES);
+            })
+            .await?;
+        let values = replies.pop().unwrap_or_default();
+        let mut values = values.into_iter();
+        let number = |v: Option<redis::Value>| match v {
+            Some(redis::Value::Int(n)) => u64::try_from(n).unwrap_or(0),
+            _ => 0,
+        };
+        let last_seq = number(values.next());
+        let delivered = number(values.next());
+        let mut entries = Vec::new();
+        for value in values {
+            if let redis::Value::BulkString(bytes) = value {
+                match InboxEntry::parse(bytes) {
+                    Some(entry) if entry.seq > after => entries.push(entry),
+                    Some(_) => {}
+                    None => tracing::warn!(user, "skipping a malformed inbox entry"),
+                }
+            }
+        }
+        // The newest entry is the counter's (APPEND numbers and pushes in
+        // one script), so a page ending at the counter ended the inbox.
+        let complete = entries.last().is_none_or(|e| e.seq >= last_seq);
+        Ok(InboxPage {
+            last_seq,
+            delivered,
+            entries,
+            complete,
+        })
+    }
+
+    /// Removes inbox entries that were written to their user's connection
+    /// (or acknowledged by it), one script per user, in one pipeline.
+    pub async fn trim_delivered(&self, marks: &[(i64, u64)]) -> Result<(), RedisError> {
+        if marks.is_empty() {
+            return Ok(());
+        }
+        let _: Vec<(Vec<usize>, Vec<Vec<i64>>)> = self
+            .run_grouped(marks.iter().map(|m| m.0), |pipe, group| {
+                for chunk in group.chunks(256) {
+                    let chunk: Vec<(i64, u64)> = chunk.iter().map(|&i| marks[i]).collect();
+                    self.trim_invocation(pipe, &chunk, "d");
+                }
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Removes entries up to `up_to` that were copied to the offline store,
+    /// unless the user is online meanwhile. False when the user is online
+    /// and nothing was removed.
+    pub async fn trim_moved(&self, user: i64, up_to: u64) -> Result<bool, RedisError> {
+        let removed: Vec<Vec<i64>> = self
+            .run_scripts(|pipe| self.trim_invocation(pipe, &[(user, up_to)], "s"))
+            .await?;
+        Ok(removed
+            .first()
+            .and_then(|r| r.first())
+            .is_some_and(|n| *n >= 0))
+    }
+
+    fn trim_invocation(&self, pipe: &mut redis::Pipeline, marks: &[(i64, u64)], mode: &str) {
+        let cmd = pipe
+            .cmd("EVALSHA")
+            .arg(self.scripts.trim.get_hash())
+            .arg(marks.len() * 3);
+        for (user, _) in marks {
+            cmd.arg(self.user_key(*user, "in"))
+                .arg(self.user_key(*user, "d"))
+                .arg(self.presence_key(*user));
+        }
+        cmd.arg(mode);
+        for (_, up_to) in marks {
+            cmd.arg(*up_to);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inbox_entries_round_trip() {
+        let mut entry = b"1795600000000042 ".to_vec();
+        entry.extend(entry_tail(
+            "abc",
+            42,
+            7,
+            "00-abc-def-01",
+            b"{\"msg\":\"a\nb\"}",
+        ));
+        let parsed = InboxEntry::parse(entry.clone()).expect("valid");
+        assert_eq!(
+            parsed,
+            InboxEntry {
+                seq: 1_795_600_000_000_042,
+                mid: "abc".into(),
+                sender_id: 42,
+                sent_micros: 7,
+                traceparent: "00-abc-def-01".into(),
+                frame: b"{\"msg\":\"a\nb\"}".to_vec(),
+            }
+        );
+        let mut untraced = b"5 ".to_vec();
+        untraced.extend(entry_tail("m", 7, 1, "", b"{}"));
+        assert_eq!(InboxEntry::parse(untraced).expect("valid").traceparent, "");
+        assert!(InboxEntry::parse(b"no header".to_vec()).is_none());
+        assert!(InboxEntry::parse(b"x m 1 2 \n{}".to_vec()).is_none());
+    }
+}

@@ -1,0 +1,182 @@
+//! Presence: which sessions hold a user, `{prefix}{u:ID}:p`.
+//!
+//! A hash per user, one field per session (`node/connection`), refreshed by
+//! the session's node: one classic session alone, or any number of device
+//! sessions (the scripts below). [`Redis::online`] asks whether users are
+//! held anywhere.
+
+use std::time::Duration;
+
+use redis::Script;
+
+use super::{Grouped, Redis, RedisError};
+
+/// Presence is a hash per user: one field per session that holds the user
+/// (`node/connection`), valued `KIND:EXPIRY_MS` (KIND `c` a classic
+/// session, `d` a device session); the key itself expires with its latest
+/// field. A classic session holds the user alone; device sessions share it.
+/// KEYS: presence. ARGV: owner, kind, TTL in ms. Claims (or refreshes) the
+/// owner's field, dropping expired ones; 0 when the user is held by a
+/// session it may not share with (then nothing changes), else 1 + how many
+/// other sessions hold the user.
+const CLAIM_SCRIPT: &str = include_str!("scripts/claim.lua");
+
+/// KEYS: presence. ARGV: owner. Drops the owner's field (the key with the last).
+const RELEASE_SCRIPT: &str = include_str!("scripts/release.lua");
+
+impl Redis {
+    /// Claims the user for `owner` unless a session it may not share with
+    /// holds them: a classic session (`device` false) holds the user alone,
+    /// device sessions share it with each other.
+    pub async fn claim_presence(
+        &self,
+        user: i64,
+        owner: &str,
+        device: bool,
+        ttl: Duration,
+    ) -> Result<Claim, RedisError> {
+        let claimed: i64 = Script::new(CLAIM_SCRIPT)
+            .key(self.presence_key(user))
+            .arg(owner)
+            .arg(presence_kind(device))
+            .arg(ttl_millis(ttl))
+            .invoke_async(&mut self.commands.clone())
+            .await?;
+        Ok(Claim::from_reply(claimed))
+    }
+
+    /// Releases the claim if `owner` still holds it. Retried a few times
+    /// (it is idempotent): a command right after Redis restarted can fail
+    /// while the connection is re-established, and an unreleased claim
+    /// locks the user out until it expires.
+    pub async fn release_presence(&self, user: i64, owner: &str) -> Result<(), RedisError> {
+        let mut attempt = 0;
+        loop {
+            let released: Result<i64, _> = Script::new(RELEASE_SCRIPT)
+                .key(self.presence_key(user))
+                .arg(owner)
+                .invoke_async(&mut self.commands.clone())
+                .await;
+            match released {
+                Ok(_) => return Ok(()),
+                Err(e) if attempt >= 3 => return Err(e.into()),
+                Err(_) => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+                }
+            }
+        }
+    }
+
+    /// Extends each claim (re-creating it after a Redis restart). For each,
+    /// false when another owner has taken the user meanwhile, `None` when
+    /// its shard did not answer.
+    pub async fn refresh_presence(
+        &self,
+        claims: &[(i64, String, bool)],
+        ttl: Duration,
+    ) -> Vec<Option<Claim>> {
+        let replies: Vec<Grouped<i64>> = self
+            .run_grouped_each(claims.iter().map(|c| c.0), |pipe, group| {
+                for &i in group {
+                    let (user, owner, device) = &claims[i];
+                    // EVALSHA would fail with NOSCRIPT after a Redis restart;
+                    // claims are refreshed seconds apart, so plain EVAL is fine.
+                    pipe.cmd("EVAL")
+                        .arg(CLAIM_SCRIPT)
+                        .arg(1)
+                        .arg(self.presence_key(*user))
+                        .arg(owner)
+                        .arg(presence_kind(*device))
+                        .arg(ttl_millis(ttl));
+                }
+            })
+            .await;
+        let mut held = vec![None; claims.len()];
+        for (group, replies) in replies {
+            match replies {
+                Ok(replies) => {
+                    for (i, reply) in group.into_iter().zip(replies) {
+                        held[i] = Some(Claim::from_reply(reply));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, users = group.len(), "cannot refresh presence")
+                }
+            }
+        }
+        held
+    }
+
+    /// Whether each user is online anywhere in the cluster.
+    /// Users on a shard that does not answer (failing over) count as
+    /// offline; only when no shard answers is it an error.
+    pub async fn online(&self, users: &[i64]) -> Result<Vec<bool>, RedisError> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let replies: Vec<Grouped<bool>> = self
+            .run_grouped_each(users.iter().copied(), |pipe, group| {
+                for &i in group {
+                    pipe.exists(self.presence_key(users[i]));
+                }
+            })
+            .await;
+        let mut online = vec![false; users.len()];
+        let mut failure = None;
+        let mut answered = false;
+        for (group, replies) in replies {
+            match replies {
+                Ok(replies) => {
+                    answered = true;
+                    for (i, reply) in group.into_iter().zip(replies) {
+                        online[i] = reply;
+                    }
+                }
+                Err(e) => failure = Some(e),
+            }
+        }
+        match failure {
+            Some(e) if !answered => Err(e),
+            Some(e) => {
+                tracing::warn!(error = %e, "some presence unknown (a shard does not answer); shown offline");
+                Ok(online)
+            }
+            None => Ok(online),
+        }
+    }
+}
+
+/// What a presence claim (or refresh) found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// Held by a session this one may not share with.
+    Refused,
+    /// Held, by this session and that many others (device sessions).
+    Held { others: u32 },
+}
+
+impl Claim {
+    fn from_reply(reply: i64) -> Self {
+        match reply {
+            n if n >= 1 => Self::Held {
+                others: u32::try_from(n - 1).unwrap_or(u32::MAX),
+            },
+            _ => Self::Refused,
+        }
+    }
+
+    pub fn is_held(self) -> bool {
+        matches!(self, Self::Held { .. })
+    }
+}
+
+fn presence_kind(device: bool) -> &'static str {
+    if device { "d" } else { "c" }
+}
+
+/// A duration in milliseconds for Redis (also the appender's and the
+/// numberer's `WAIT`), at least 1: to `WAIT`, 0 is forever.
+pub(super) fn ttl_millis(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}

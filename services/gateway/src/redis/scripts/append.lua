@@ -1,0 +1,38 @@
+
+local n = #KEYS / 3
+local max = tonumber(ARGV[1])
+local tails = 2 + 3 * n
+local out = {}
+for i = 0, n - 1 do
+  local k, a = 3 * i, 1 + 3 * i
+  local channel, ttl = ARGV[a + 1], ARGV[a + 2]
+  local prev = false
+  if ttl ~= '0' then prev = redis.call('GET', KEYS[k + 3]) end
+  local seq, subscribers
+  if prev then
+    seq, subscribers = tonumber(prev), -2
+  else
+    seq = redis.call('INCR', KEYS[k + 1])
+    if seq == 1 then
+      local t = redis.call('TIME')
+      seq = tonumber(t[1]) * 1000000 + tonumber(t[2])
+      redis.call('SET', KEYS[k + 1], string.format('%d', seq))
+    end
+    local s = string.format('%d', seq)
+    local entry = s .. ' ' .. ARGV[tails + tonumber(ARGV[a + 3])]
+    if redis.call('RPUSH', KEYS[k + 2], entry) > max then
+      -- Over the limit: take it back, and the number (entries must stay
+      -- numbered without gaps: READ and TRIM find them by position).
+      redis.call('RPOP', KEYS[k + 2])
+      redis.call('DECR', KEYS[k + 1])
+      seq, subscribers = 0, -1
+    else
+      if ttl ~= '0' then redis.call('SET', KEYS[k + 3], s, 'EX', ttl) end
+      subscribers = -3
+      if channel ~= '' then subscribers = redis.call('SPUBLISH', channel, entry) end
+    end
+  end
+  out[#out + 1] = seq
+  out[#out + 1] = subscribers
+end
+return out

@@ -1,0 +1,26 @@
+
+local out = {}
+for i = 0, #KEYS / 3 - 1 do
+  local k, a = 3 * i, 1 + 7 * i
+  local ttl = ARGV[a + 1]
+  local prev = false
+  if ttl ~= '0' then prev = redis.call('GET', KEYS[k + 2]) end
+  if prev then
+    out[i + 1] = tonumber(prev)
+  else
+    local seq = redis.call('INCR', KEYS[k + 1])
+    if seq == 1 then
+      local t = redis.call('TIME')
+      seq = tonumber(t[1]) * 1000000 + tonumber(t[2])
+      redis.call('SET', KEYS[k + 1], string.format('%d', seq))
+    end
+    local s = string.format('%d', seq)
+    if ttl ~= '0' then redis.call('SET', KEYS[k + 2], s, 'EX', ttl) end
+    redis.call('XADD', KEYS[k + 3], 'MAXLEN', '~', ARGV[1], '*',
+      'op', 'm', 'mid', ARGV[a + 2], 'conv', ARGV[a + 3], 'seq', s,
+      'from', ARGV[a + 4], 'at', ARGV[a + 5], 'tp', ARGV[a + 6],
+      'frame', ARGV[a + 7] .. s .. '}')
+    out[i + 1] = seq
+  end
+end
+return out
