@@ -11,7 +11,7 @@ use crate::{
         failover::now_micros,
         registry::{Delivery, Handoff},
     },
-    redis::{BusEvent, InboxEntry, OFFLINE_NUDGE},
+    redis::{BusEvent, ChannelMessage, InboxEntry},
 };
 
 /// Hands what the subscriber received to the sessions, until the
@@ -45,24 +45,13 @@ pub async fn dispatch(node: &Node, mut events: mpsc::Receiver<BusEvent>) {
 
 fn on_event(node: &Node, event: BusEvent) {
     match event {
-        BusEvent::ForUser { user, entry } if entry == OFFLINE_NUDGE => {
-            node.registry.sync_offline(user);
-        }
-        BusEvent::ForUser { user, entry } if entry == crate::redis::DEVICE_JOINED => {
-            node.registry.device_joined(user);
-        }
-        BusEvent::ForUser { user, entry } if entry.starts_with(b"0 live ") => {
-            if let Some((except, frame)) = crate::redis::parse_live(&entry) {
-                hand_live(node, user, except, frame);
-            }
-        }
-        BusEvent::ForUser { user, entry } => {
-            let Some(entry) = InboxEntry::parse(entry) else {
-                tracing::warn!(user, "dropping a malformed bus message");
-                return;
-            };
-            hand_entry(node, user, entry);
-        }
+        BusEvent::ForUser { user, entry } => match ChannelMessage::parse(entry) {
+            Some(ChannelMessage::SyncOffline) => node.registry.sync_offline(user),
+            Some(ChannelMessage::PeersJoined) => node.registry.device_joined(user),
+            Some(ChannelMessage::Live { except, frame }) => hand_live(node, user, &except, &frame),
+            Some(ChannelMessage::Entry(entry)) => hand_entry(node, user, entry),
+            None => tracing::warn!(user, "dropping a malformed bus message"),
+        },
         BusEvent::Control(payload) => {
             if let Some(group) = std::str::from_utf8(&payload)
                 .ok()

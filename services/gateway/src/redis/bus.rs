@@ -126,12 +126,12 @@ impl BusBacklog {
 }
 
 /// Published on a user's channel (never recorded): "read your offline store".
-pub const OFFLINE_NUDGE: &[u8] = b"0 sync\n";
+const OFFLINE_NUDGE: &[u8] = b"0 sync\n";
 
 /// Published on a user's channel, never recorded: a frame for the user's
 /// sessions that use the additions (a read receipt, typing, a chat sent
 /// from another device), except the session `except` (`node/connection`).
-pub fn live_entry(except: &str, frame: &[u8]) -> Vec<u8> {
+fn live_entry(except: &str, frame: &[u8]) -> Vec<u8> {
     let mut entry = format!("0 live {except}\n").into_bytes();
     entry.extend_from_slice(frame);
     entry
@@ -140,10 +140,10 @@ pub fn live_entry(except: &str, frame: &[u8]) -> Vec<u8> {
 /// Published on a user's channel when one of their devices logs in: the
 /// sessions of the user elsewhere start sending their own chats to their
 /// other devices.
-pub const DEVICE_JOINED: &[u8] = b"0 peers\n";
+const DEVICE_JOINED: &[u8] = b"0 peers\n";
 
 /// (except, frame) of a [`live_entry`]; `None` for anything else.
-pub fn parse_live(entry: &[u8]) -> Option<(&str, &[u8])> {
+fn parse_live(entry: &[u8]) -> Option<(&str, &[u8])> {
     let rest = entry.strip_prefix(b"0 live ")?;
     let newline = rest.iter().position(|&b| b == b'\n')?;
     Some((
@@ -244,7 +244,7 @@ impl Redis {
     }
 
     /// Publishes `entry` as it is to each user's channel, best effort.
-    pub async fn publish_raw(&self, users: &[i64], entry: &[u8]) {
+    async fn publish_raw(&self, users: &[i64], entry: &[u8]) {
         if users.is_empty() {
             return;
         }

@@ -84,10 +84,7 @@ mod subscriber;
 mod throttle;
 mod topology;
 
-pub use bus::{
-    BUS_BACKLOG_BYTES, BusBacklog, BusEvent, ChannelMessage, DEVICE_JOINED, OFFLINE_NUDGE,
-    live_entry, parse_live,
-};
+pub use bus::{BUS_BACKLOG_BYTES, BusBacklog, BusEvent, ChannelMessage};
 pub use inbox::{AppendTo, Appended, InboxEntry, InboxPage, READ_PAGE_BYTES, entry_tail};
 pub use presence::Claim;
 

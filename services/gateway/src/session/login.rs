@@ -171,9 +171,7 @@ impl Session {
                 .map_err(redis_unavailable)?;
             if others > 0 {
                 // The user's other devices start copying their chats here.
-                node.redis
-                    .publish_raw(&[user.id], crate::redis::DEVICE_JOINED)
-                    .await;
+                node.redis.announce_device_joined(user.id).await;
             }
             let pending = sync::at_login(&node, user.id, kind, since).await?;
             self.login_ack(&user, pending, seq).await
