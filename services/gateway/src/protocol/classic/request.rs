@@ -1,0 +1,406 @@
+//! Requests: a frame's JSON parsed into a [`Request`] (or the [`Failure`]
+//! that says why it is not one), with its `seq` and `msgid`.
+
+use serde_json::{Map, Value};
+
+use super::{
+    ACK_MSG, ADD_FRIEND_MSG, ADD_GROUP_MSG, CONVERSATIONS_MSG, CREATE_GROUP_MSG, Conversation,
+    DELIVERED_MSG, Failure, GROUP_CHAT_MSG, HISTORY_MSG, LOGIN_MSG, LOGIN_MSG_ACK, LOGINOUT_MSG,
+    MAX_PAGE, ONE_CHAT_MSG, PING_MSG, PONG_MSG, READ_MSG, REG_MSG, REG_MSG_ACK, REPLY_MSG,
+    ROSTER_MSG, TYPING_MSG,
+};
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    Login {
+        id: i64,
+        password: String,
+        /// The client acknowledges deliveries (`acks` or `since` given).
+        acks: bool,
+        /// Resume after this receiver sequence (what the client has).
+        since: u64,
+    },
+    Logout {
+        id: Option<i64>,
+    },
+    Register {
+        name: String,
+        password: String,
+    },
+    OneChat {
+        id: Option<i64>,
+        to: i64,
+        body: Map<String, Value>,
+        cmid: Option<String>,
+    },
+    AddFriend {
+        id: Option<i64>,
+        friend: i64,
+    },
+    CreateGroup {
+        id: Option<i64>,
+        name: String,
+        description: String,
+    },
+    AddGroup {
+        id: Option<i64>,
+        group: i64,
+    },
+    GroupChat {
+        id: Option<i64>,
+        group: i64,
+        body: Map<String, Value>,
+        cmid: Option<String>,
+    },
+    Ack {
+        up_to: u64,
+    },
+    Ping,
+    History {
+        target: Target,
+        before: u64,
+        after: u64,
+        limit: u32,
+    },
+    Conversations {
+        limit: u32,
+    },
+    MarkRead {
+        target: Target,
+        up_to: u64,
+    },
+    Typing {
+        target: Target,
+    },
+    Delivered {
+        target: Target,
+        up_to: u64,
+    },
+    Roster,
+}
+
+/// Which conversation a request is about: `toid`, `groupid` or `conv`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Peer(i64),
+    Group(i64),
+    Conversation(Conversation),
+}
+
+impl Target {
+    /// The conversation, as seen by `user`.
+    pub fn conversation(self, user: i64) -> Conversation {
+        match self {
+            Self::Peer(peer) => Conversation::direct(user, peer),
+            Self::Group(group) => Conversation::Group(group),
+            Self::Conversation(c) => c,
+        }
+    }
+}
+
+/// A parsed frame: its `seq` (if any could be read) and the request or why
+/// it is not one.
+#[derive(Debug)]
+pub struct Parsed {
+    pub seq: Option<i64>,
+    pub msgid: Option<i64>,
+    pub request: Result<Request, Failure>,
+}
+
+pub fn parse(frame: &[u8]) -> Parsed {
+    let object = match serde_json::from_slice::<Value>(frame) {
+        Ok(Value::Object(object)) => object,
+        Ok(_) => {
+            return Parsed {
+                seq: None,
+                msgid: None,
+                request: Err(Failure::bad_request("a request must be a JSON object")),
+            };
+        }
+        Err(e) => {
+            return Parsed {
+                seq: None,
+                msgid: None,
+                request: Err(Failure::bad_request(format!("malformed JSON: {e}"))),
+            };
+        }
+    };
+    let seq = object.get("seq").and_then(Value::as_i64);
+    let msgid = object.get("msgid").and_then(Value::as_i64);
+    let request = if object.get("seq").is_some_and(|s| !s.is_i64()) {
+        Err(Failure::bad_request("seq must be an integer"))
+    } else {
+        parse_request(object)
+    };
+    Parsed {
+        seq,
+        msgid,
+        request,
+    }
+}
+
+fn parse_request(mut object: Map<String, Value>) -> Result<Request, Failure> {
+    let msgid = match object.get("msgid") {
+        None => return Err(Failure::bad_request("msgid is missing")),
+        Some(v) => v
+            .as_i64()
+            .ok_or_else(|| Failure::bad_request("msgid must be an integer"))?,
+    };
+    let request = match msgid {
+        LOGIN_MSG => {
+            let since = optional_int(&object, "since")?;
+            let acks = match object.get("acks") {
+                None | Some(Value::Null) => false,
+                Some(Value::Bool(b)) => *b,
+                Some(_) => return Err(Failure::bad_request("acks must be true or false")),
+            };
+            Request::Login {
+                id: required_int(&object, "id")?,
+                password: required_str(&object, "password")?,
+                acks: acks || since.is_some(),
+                since: non_negative(since.unwrap_or(0), "since")?,
+            }
+        }
+        LOGINOUT_MSG => Request::Logout {
+            id: optional_int(&object, "id")?,
+        },
+        REG_MSG => Request::Register {
+            name: required_str(&object, "name")?,
+            password: required_str(&object, "password")?,
+        },
+        ONE_CHAT_MSG => {
+            let id = optional_int(&object, "id")?;
+            let to = required_int(&object, "toid")?;
+            require_msg(&object)?;
+            object.remove("seq");
+            let cmid = take_cmid(&mut object)?;
+            Request::OneChat {
+                id,
+                to,
+                body: object,
+                cmid,
+            }
+        }
+        ADD_FRIEND_MSG => Request::AddFriend {
+            id: optional_int(&object, "id")?,
+            friend: required_int(&object, "friendid")?,
+        },
+        CREATE_GROUP_MSG => Request::CreateGroup {
+            id: optional_int(&object, "id")?,
+            name: required_str(&object, "groupname")?,
+            description: optional_str(&object, "groupdesc")?.unwrap_or_default(),
+        },
+        ADD_GROUP_MSG => Request::AddGroup {
+            id: optional_int(&object, "id")?,
+            group: required_int(&object, "groupid")?,
+        },
+        GROUP_CHAT_MSG => {
+            let id = optional_int(&object, "id")?;
+            let group = required_int(&object, "groupid")?;
+            require_msg(&object)?;
+            object.remove("seq");
+            let cmid = take_cmid(&mut object)?;
+            Request::GroupChat {
+                id,
+                group,
+                body: object,
+                cmid,
+            }
+        }
+        ACK_MSG => Request::Ack {
+            up_to: non_negative(required_int(&object, "ack")?, "ack")?,
+        },
+        PING_MSG => Request::Ping,
+        HISTORY_MSG => {
+            let before = non_negative(optional_int(&object, "before")?.unwrap_or(0), "before")?;
+            let after = non_negative(optional_int(&object, "after")?.unwrap_or(0), "after")?;
+            if before > 0 && after > 0 {
+                return Err(Failure::bad_request("give before or after, not both"));
+            }
+            Request::History {
+                target: target(&object)?,
+                before,
+                after,
+                limit: page_limit(&object)?,
+            }
+        }
+        CONVERSATIONS_MSG => Request::Conversations {
+            limit: page_limit(&object)?,
+        },
+        READ_MSG => Request::MarkRead {
+            target: target(&object)?,
+            up_to: non_negative(required_int(&object, "upto")?, "upto")?,
+        },
+        TYPING_MSG => Request::Typing {
+            target: target(&object)?,
+        },
+        DELIVERED_MSG => Request::Delivered {
+            target: target(&object)?,
+            up_to: non_negative(required_int(&object, "upto")?, "upto")?,
+        },
+        ROSTER_MSG => Request::Roster,
+        LOGIN_MSG_ACK | REG_MSG_ACK | REPLY_MSG | PONG_MSG => {
+            return Err(Failure::bad_request(format!(
+                "msgid {msgid} is sent by the server, not to it"
+            )));
+        }
+        other => return Err(Failure::bad_request(format!("unknown msgid {other}"))),
+    };
+    Ok(request)
+}
+
+/// `toid`, `groupid` or `conv` (exactly one).
+fn target(object: &Map<String, Value>) -> Result<Target, Failure> {
+    let peer = optional_int(object, "toid")?;
+    let group = optional_int(object, "groupid")?;
+    let conv = optional_str(object, "conv")?;
+    match (peer, group, conv) {
+        (Some(peer), None, None) if peer > 0 => Ok(Target::Peer(peer)),
+        (None, Some(group), None) if group > 0 => Ok(Target::Group(group)),
+        (None, None, Some(conv)) => Conversation::parse(&conv)
+            .map(Target::Conversation)
+            .ok_or_else(|| {
+                Failure::bad_request(format!(
+                    "conv {conv:?} is not a conversation (d:LOW:HIGH or g:GROUP)"
+                ))
+            }),
+        (None, None, None) => Err(Failure::bad_request("toid, groupid or conv is missing")),
+        (Some(_), None, None) | (None, Some(_), None) => {
+            Err(Failure::bad_request("toid and groupid must be positive"))
+        }
+        _ => Err(Failure::bad_request("give one of toid, groupid and conv")),
+    }
+}
+
+/// `limit`: 1 to [`MAX_PAGE`]; absent or 0 means 50.
+fn page_limit(object: &Map<String, Value>) -> Result<u32, Failure> {
+    match optional_int(object, "limit")? {
+        None | Some(0) => Ok(50),
+        Some(n) if (1..=i64::from(MAX_PAGE)).contains(&n) => Ok(n as u32),
+        Some(_) => Err(Failure::bad_request(format!(
+            "limit must be between 1 and {MAX_PAGE}"
+        ))),
+    }
+}
+
+fn non_negative(value: i64, field: &str) -> Result<u64, Failure> {
+    u64::try_from(value).map_err(|_| Failure::bad_request(format!("{field} must not be negative")))
+}
+
+/// The client's id for a chat: 1 to 64 characters of `A-Z a-z 0-9 - _`.
+fn take_cmid(object: &mut Map<String, Value>) -> Result<Option<String>, Failure> {
+    let Some(cmid) = optional_str(object, "cmid")? else {
+        return Ok(None);
+    };
+    object.remove("cmid");
+    let valid = (1..=64).contains(&cmid.len())
+        && cmid
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if valid {
+        Ok(Some(cmid))
+    } else {
+        Err(Failure::bad_request(
+            "cmid must be 1 to 64 characters of A-Z, a-z, 0-9, - and _",
+        ))
+    }
+}
+
+fn required_int(object: &Map<String, Value>, field: &str) -> Result<i64, Failure> {
+    optional_int(object, field)?.ok_or_else(|| Failure::bad_request(format!("{field} is missing")))
+}
+
+fn optional_int(object: &Map<String, Value>, field: &str) -> Result<Option<i64>, Failure> {
+    match object.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_i64()
+            .map(Some)
+            .ok_or_else(|| Failure::bad_request(format!("{field} must be an integer"))),
+    }
+}
+
+fn required_str(object: &Map<String, Value>, field: &str) -> Result<String, Failure> {
+    optional_str(object, field)?.ok_or_else(|| Failure::bad_request(format!("{field} is missing")))
+}
+
+fn optional_str(object: &Map<String, Value>, field: &str) -> Result<Option<String>, Failure> {
+    match object.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(Failure::bad_request(format!("{field} must be a string"))),
+    }
+}
+
+fn require_msg(object: &Map<String, Value>) -> Result<(), Failure> {
+    match object.get("msg") {
+        Some(Value::String(_)) => Ok(()),
+        None => Err(Failure::bad_request("msg is missing")),
+        Some(_) => Err(Failure::bad_request("msg must be a string")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_with_clear_errors() {
+        let p = parse(br#"{"msgid":1,"id":3,"password":"x","seq":4}"#);
+        assert_eq!(p.seq, Some(4));
+        assert_eq!(
+            p.request,
+            Ok(Request::Login {
+                id: 3,
+                password: "x".into(),
+                acks: false,
+                since: 0,
+            })
+        );
+        let p = parse(br#"{"msgid":1,"id":3,"password":"x","since":17}"#);
+        assert!(matches!(
+            p.request,
+            Ok(Request::Login {
+                acks: true,
+                since: 17,
+                ..
+            })
+        ));
+        let p = parse(br#"{"msgid":12,"ack":-1}"#);
+        assert_eq!(
+            p.request,
+            Err(Failure::bad_request("ack must not be negative"))
+        );
+        assert_eq!(
+            parse(br#"{"msgid":12,"ack":5}"#).request,
+            Ok(Request::Ack { up_to: 5 })
+        );
+        assert_eq!(parse(br#"{"msgid":13}"#).request, Ok(Request::Ping));
+        let p = parse(br#"{"msgid":6,"toid":2,"msg":"m","cmid":"a b"}"#);
+        assert!(p.request.is_err(), "a cmid with a space is refused");
+
+        let p = parse(br#"{"msgid":1,"id":"3","password":"x"}"#);
+        assert_eq!(
+            p.request,
+            Err(Failure::bad_request("id must be an integer"))
+        );
+        let p = parse(br#"{"msgid":6,"toid":2}"#);
+        assert_eq!(p.request, Err(Failure::bad_request("msg is missing")));
+        let p = parse(br#"{"msgid":99}"#);
+        assert_eq!(p.request, Err(Failure::bad_request("unknown msgid 99")));
+        let p = parse(br#"{"id":1}"#);
+        assert_eq!(p.request, Err(Failure::bad_request("msgid is missing")));
+        let p = parse(br#"{"msgid":1,"#);
+        assert!(
+            p.request
+                .expect_err("malformed")
+                .errmsg
+                .starts_with("malformed JSON")
+        );
+        let p = parse(br#"{"msgid":3,"seq":"x"}"#);
+        assert_eq!(
+            p.request,
+            Err(Failure::bad_request("seq must be an integer"))
+        );
+    }
+}
