@@ -13,9 +13,19 @@ use futures::StreamExt as _;
 use redis::{Value, cluster_routing::SingleNodeRoutingInfo};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{
-    Commands, REPLICA_WAIT, Redis, RedisError, inbox::Appended, presence::ttl_millis, slot,
-};
+use super::{Commands, REPLICA_WAIT, Redis, RedisError, presence::ttl_millis, slot};
+
+/// What [`Redis::append`](super::Redis::append) did for one receiver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// Recorded with this sequence; published to that many subscribers
+    /// (`None`: not published, the caller hands it over itself).
+    Recorded { seq: u64, subscribers: Option<u64> },
+    /// A retry of a message already recorded (same message id).
+    Duplicate { seq: u64 },
+    /// The receiver's inbox is at its limit; nothing was recorded.
+    InboxFull,
+}
 
 /// Records messages in inboxes, for many receivers in one call (a node
 /// batches what its sessions send at the same moment: one script call costs

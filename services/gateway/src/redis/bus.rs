@@ -17,7 +17,7 @@ use std::{
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Grouped, Redis, RedisError, inbox::InboxEntry, subscriber::SubCommand};
+use super::{Grouped, Redis, RedisError, inbox::InboxEntry};
 
 /// What the subscriber hands to the node.
 #[derive(Debug)]
@@ -30,6 +30,12 @@ pub enum BusEvent {
     /// shard failed over, a slot moved): whatever was published meanwhile
     /// must be read from their stores.
     Resync(Vec<i64>),
+}
+
+/// What [`Redis`](super::Redis) asks of the subscriber.
+pub(super) enum SubCommand {
+    Subscribe(String, oneshot::Sender<Result<(), RedisError>>),
+    Unsubscribe(String),
 }
 
 /// The user whose channel this is (`{prefix}{u:ID}`), given `{prefix}{u:`.

@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use super::{Redis, RedisError, append::AppendJob};
+use super::{
+    Redis, RedisError,
+    append::{AppendJob, Appended},
+};
 
 /// One inbox entry, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,18 +62,6 @@ pub fn entry_tail(
     let mut out = format!("{mid} {sender_id} {sent_micros} {traceparent}\n").into_bytes();
     out.extend_from_slice(frame);
     out
-}
-
-/// What [`Redis::append`] did for one receiver.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Appended {
-    /// Recorded with this sequence; published to that many subscribers
-    /// (`None`: not published, the caller hands it over itself).
-    Recorded { seq: u64, subscribers: Option<u64> },
-    /// A retry of a message already recorded (same message id).
-    Duplicate { seq: u64 },
-    /// The receiver's inbox is at its limit; nothing was recorded.
-    InboxFull,
 }
 
 /// One receiver of [`Redis::append`].

@@ -68,9 +68,9 @@ use std::{
 };
 
 use append::AppendJob;
+use bus::SubCommand;
 use redis::{Script, aio::ConnectionManager};
 use shutdown::Shutdown;
-use subscriber::SubCommand;
 use tokio::sync::{mpsc, watch};
 
 mod append;
@@ -84,8 +84,9 @@ mod subscriber;
 mod throttle;
 mod topology;
 
+pub use append::Appended;
 pub use bus::{BUS_BACKLOG_BYTES, BusBacklog, BusEvent, ChannelMessage};
-pub use inbox::{AppendTo, Appended, InboxEntry, InboxPage, READ_PAGE_BYTES, entry_tail};
+pub use inbox::{AppendTo, InboxEntry, InboxPage, READ_PAGE_BYTES, entry_tail};
 pub use presence::Claim;
 
 #[derive(Debug, thiserror::Error)]

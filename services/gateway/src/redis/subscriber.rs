@@ -36,16 +36,10 @@ use tokio::{
 
 use super::{
     BusBacklog, BusEvent, RedisError,
-    bus::user_of_channel,
+    bus::{SubCommand, user_of_channel},
     resp::{self, Frame},
     slot::{self, Shard},
 };
-
-/// What [`Redis`](super::Redis) asks of the subscriber.
-pub(super) enum SubCommand {
-    Subscribe(String, oneshot::Sender<Result<(), RedisError>>),
-    Unsubscribe(String),
-}
 
 /// How often the subscriber connection is pinged, and how long an answer may take.
 const SUBSCRIBER_PING: Duration = Duration::from_secs(2);

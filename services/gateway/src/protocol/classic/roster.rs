@@ -4,8 +4,6 @@
 
 use serde_json::{Map, Value, json};
 
-use super::reply::object;
-
 pub struct FriendEntry {
     pub id: i64,
     pub name: String,
@@ -68,7 +66,10 @@ pub fn roster_results(friends: &[FriendEntry], groups: &[GroupEntry]) -> Map<Str
             json!({"id": g.id, "name": g.name, "description": g.description, "members": members})
         })
         .collect();
-    object(json!({"friends": friends, "groups": groups}))
+    let mut results = Map::new();
+    results.insert("friends".into(), friends.into());
+    results.insert("groups".into(), groups.into());
+    results
 }
 
 #[cfg(test)]
