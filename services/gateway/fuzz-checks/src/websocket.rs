@@ -2,7 +2,7 @@
 //!
 //! The server side is `tokio-tungstenite` in the server role over an
 //! in-memory duplex stream, configured as axum's `WebSocketUpgrade` is in
-//! `transport.rs` (`websocket`): tungstenite's defaults with a maximum
+//! `net/http.rs` (`websocket`): tungstenite's defaults with a maximum
 //! message size of twice the request limit. Each message is then mapped by
 //! the gateway's own `protocol::ws` (what its `WsSource` calls: a text longer
 //! than the request limit is refused as too large, else it is a frame for

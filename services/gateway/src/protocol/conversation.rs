@@ -3,7 +3,7 @@
 //!
 //! A one-to-one conversation is `d:LOW:HIGH` (the two user ids, ascending),
 //! a group's is `g:GID`. Its messages are numbered by `cseq`, one counter
-//! per conversation (see `cluster/number.rs`).
+//! per conversation (see `redis/number.rs`).
 
 use std::fmt;
 
