@@ -1,3 +1,6 @@
+//! The gateway binary: reads its configuration, builds a node and serves
+//! until a signal asks it to stop (then drains).
+
 use gateway::{Application, Config};
 
 // Messages are allocated on one worker thread and freed on another; glibc's
