@@ -47,6 +47,10 @@ pub struct Limits {
     /// `..._ANONYMOUS_PER_ADDRESS`: connections from one client address
     /// that have not logged in, per node; one more is refused (errno 12).
     pub anonymous_per_address: u32,
+    /// `..._MAX_DEVICES`: device sessions (logins with `acks`) one user may
+    /// hold at once, across the cluster; one more is refused (errno 6). It
+    /// also bounds what one user's presence refresh costs Redis.
+    pub max_devices: u32,
 }
 
 impl Default for Limits {
@@ -66,6 +70,7 @@ impl Default for Limits {
             registers_per_address: 20,
             login_failures_per_account: 10,
             anonymous_per_address: 64,
+            max_devices: 16,
         }
     }
 }
@@ -299,6 +304,8 @@ impl Config {
                     defaults.anonymous_per_address,
                 )?
                 .max(1),
+                max_devices: var_or("CLUSTERCHAT_GATEWAY_MAX_DEVICES", defaults.max_devices)?
+                    .max(1),
             },
         })
     }

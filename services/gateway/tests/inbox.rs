@@ -164,7 +164,7 @@ async fn moving_to_the_offline_store_trims_only_while_the_user_is_away() {
     let ttl = Duration::from_secs(30);
     assert!(
         cluster
-            .claim_presence(4, "gw/1", false, ttl)
+            .claim_presence(4, "gw/1", false, (ttl, 16))
             .await
             .expect("claim")
             .is_held()
@@ -247,7 +247,7 @@ async fn a_classic_session_holds_a_user_alone_and_devices_share_one() {
         let cluster = cluster.clone();
         async move {
             cluster
-                .claim_presence(user, owner, device, ttl)
+                .claim_presence(user, owner, device, (ttl, 16))
                 .await
                 .expect("claim")
                 .is_held()
@@ -261,7 +261,7 @@ async fn a_classic_session_holds_a_user_alone_and_devices_share_one() {
     );
     assert_eq!(
         cluster
-            .claim_presence(5, "gw/1", true, ttl)
+            .claim_presence(5, "gw/1", true, (ttl, 16))
             .await
             .expect("claim"),
         Claim::Held { others: 1 },
@@ -285,13 +285,46 @@ async fn a_classic_session_holds_a_user_alone_and_devices_share_one() {
     // A claim that expired is no obstacle (a frozen or dead node's).
     assert!(
         cluster
-            .claim_presence(6, "gw/9", false, Duration::from_millis(50))
+            .claim_presence(6, "gw/9", false, (Duration::from_millis(50), 16))
             .await
             .expect("claim")
             .is_held()
     );
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(claim(6, "gw/1", true).await);
+}
+
+#[tokio::test]
+async fn device_sessions_are_capped_and_a_refresh_keeps_its_place() {
+    let cluster = cluster().await;
+    let limits = (Duration::from_secs(30), 2);
+    let claim = |owner: &'static str| {
+        let cluster = cluster.clone();
+        async move {
+            cluster
+                .claim_presence(7, owner, true, limits)
+                .await
+                .expect("claim")
+        }
+    };
+    assert_eq!(claim("gw/1").await, Claim::Held { others: 0 });
+    assert_eq!(claim("gw/2").await, Claim::Held { others: 1 });
+    assert_eq!(claim("gw/3").await, Claim::TooManyDevices, "a third device");
+    assert_eq!(
+        claim("gw/1").await,
+        Claim::Held { others: 1 },
+        "a device on refreshes its own claim at the cap"
+    );
+    let refreshed = cluster
+        .refresh_presence(&[(7, "gw/2".to_owned(), true)], limits)
+        .await;
+    assert_eq!(refreshed, [Some(Claim::Held { others: 1 })]);
+    cluster.release_presence(7, "gw/1").await.expect("release");
+    assert_eq!(
+        claim("gw/3").await,
+        Claim::Held { others: 1 },
+        "a place freed"
+    );
 }
 
 fn number_job(conv: &Conversation, mid: &str, ttl: u64, text: &str) -> NumberJob {

@@ -561,3 +561,76 @@ async fn a_steady_stream_whose_reads_split_requests_is_not_cut_off() {
         assert_eq!(pong, json!({"msgid": 14, "seq": i - 1}), "after {i} writes");
     }
 }
+
+/// A user's device sessions are capped across the cluster
+/// (`CLUSTERCHAT_GATEWAY_MAX_DEVICES`): one more device login, on either
+/// node, is refused with errno 6 and says why, while chats sent meanwhile
+/// keep reaching the devices that are on; a logout frees a place.
+#[tokio::test]
+async fn device_logins_past_the_cap_are_refused_with_a_reason_while_chats_go_on() {
+    let stack = Stack::builder()
+        .gateways(2)
+        .gateway_env("CLUSTERCHAT_GATEWAY_MAX_DEVICES", "2")
+        .start()
+        .await;
+    let mut alice = Client::connect(stack.gateways[0].tcp).await;
+    let a = alice.register("alice", "pa").await;
+    alice.login_ok(a, "pa").await;
+    let mut setup = Client::connect(stack.gateways[1].tcp).await;
+    let b = setup.register("bob", "pb").await;
+    drop(setup);
+
+    let mut phone = Client::connect(stack.gateways[0].tcp).await;
+    let ack = phone.login_acking(b, "pb", None).await;
+    assert_eq!(ack["errno"], 0, "first device: {ack}");
+    let mut laptop = Client::connect(stack.gateways[1].tcp).await;
+    let ack = laptop.login_acking(b, "pb", None).await;
+    assert_eq!(ack["errno"], 0, "second device: {ack}");
+
+    // Alice keeps sending while a third and a fourth device try, one on
+    // each node.
+    let mut sent = Vec::new();
+    for (i, node) in [0usize, 1].into_iter().enumerate() {
+        let text = format!("during refusal {i}");
+        alice.send(&chat(a, b, &text)).await;
+        sent.push(text);
+        let mut tablet = Client::connect(stack.gateways[node].tcp).await;
+        let refused = tablet.login_acking(b, "pb", None).await;
+        assert_eq!(
+            refused["errno"], 6,
+            "a third device on node {node}: {refused}"
+        );
+        let why = refused["errmsg"].as_str().unwrap_or_default();
+        assert!(
+            why.contains("2 devices") && why.contains("log out"),
+            "the refusal says why: {why}"
+        );
+    }
+    // Both devices on get every chat, in order.
+    for device in [&mut phone, &mut laptop] {
+        let mut got = Vec::new();
+        while got.len() < sent.len() {
+            let frame = device.recv().await;
+            if frame["msgid"] == 6 {
+                got.push(frame["msg"].as_str().unwrap_or_default().to_owned());
+            }
+        }
+        assert_eq!(got, sent);
+    }
+
+    // A logout frees a place at once.
+    phone.send(&json!({"msgid": 3, "id": b})).await;
+    let mut tablet = Client::connect(stack.gateways[1].tcp).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let ack = tablet.login_acking(b, "pb", None).await;
+        if ack["errno"] == 0 {
+            break;
+        }
+        assert!(
+            ack["errno"] == 6 && Instant::now() < deadline,
+            "after a logout a device may log in: {ack}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -19,6 +19,9 @@ use crate::{
 
 pub struct Lease {
     ttl: Duration,
+    /// Device sessions one user may hold (a refresh that would re-create a
+    /// claim past it ends that session).
+    max_devices: u32,
     /// Per hash slot (of the users' tags), when this node's claims there
     /// were last confirmed (µs since `epoch`), measured from the moment the
     /// refresh was sent: a shard that fails over holds up only its own
@@ -28,9 +31,10 @@ pub struct Lease {
 }
 
 impl Lease {
-    pub fn new(ttl: Duration) -> Self {
+    pub fn new(ttl: Duration, max_devices: u32) -> Self {
         Self {
             ttl,
+            max_devices,
             confirmed: (0..16_384).map(|_| AtomicU64::new(0)).collect(),
             epoch: Instant::now(),
         }
@@ -71,7 +75,9 @@ impl Lease {
                 .iter()
                 .map(|s| (s.user, session_address(node_id, s.connection), s.device))
                 .collect();
-            let held = redis.refresh_presence(&claims, self.ttl).await;
+            let held = redis
+                .refresh_presence(&claims, (self.ttl, self.max_devices))
+                .await;
             for (session, held) in sessions.into_iter().zip(held) {
                 let user = session.user;
                 match held {
@@ -81,6 +87,15 @@ impl Lease {
                     }
                     Some(Claim::Refused) => {
                         tracing::warn!(user, "presence taken by another session; ending ours");
+                        session.kick.cancel();
+                    }
+                    // Its claim was gone (Redis lost it) and the user's
+                    // other devices filled every place meanwhile.
+                    Some(Claim::TooManyDevices) => {
+                        tracing::warn!(
+                            user,
+                            "presence lost to the user's other devices; ending ours"
+                        );
                         session.kick.cancel();
                     }
                     // Its shard did not answer: the lease runs down.

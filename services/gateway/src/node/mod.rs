@@ -65,7 +65,7 @@ impl Node {
                 config.limits.partial_budget_bytes,
                 config.limits.anonymous_per_address,
             )),
-            lease: Lease::new(config.presence_ttl),
+            lease: Lease::new(config.presence_ttl, config.limits.max_devices),
             trimmer: Trimmer::new(redis.clone()),
             offline: Arc::new(OfflineStore::new(
                 upstreams.offline.clone(),

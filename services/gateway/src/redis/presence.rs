@@ -15,10 +15,11 @@ use super::{Grouped, Redis, RedisError};
 /// (`node/connection`), valued `KIND:EXPIRY_MS` (KIND `c` a classic
 /// session, `d` a device session); the key itself expires with its latest
 /// field. A classic session holds the user alone; device sessions share it.
-/// KEYS: presence. ARGV: owner, kind, TTL in ms. Claims (or refreshes) the
-/// owner's field, dropping expired ones; 0 when the user is held by a
-/// session it may not share with (then nothing changes), else 1 + how many
-/// other sessions hold the user.
+/// KEYS: presence. ARGV: owner, kind, TTL in ms, the most sessions a user
+/// may hold. Claims (or refreshes) the owner's field, dropping expired
+/// ones; 0 when the user is held by a session it may not share with, -1
+/// when a new field would pass the most (then nothing changes), else 1 +
+/// how many other sessions hold the user.
 const CLAIM_SCRIPT: &str = include_str!("scripts/claim.lua");
 
 /// KEYS: presence. ARGV: owner. Drops the owner's field (the key with the last).
@@ -27,19 +28,21 @@ const RELEASE_SCRIPT: &str = include_str!("scripts/release.lua");
 impl Redis {
     /// Claims the user for `owner` unless a session it may not share with
     /// holds them: a classic session (`device` false) holds the user alone,
-    /// device sessions share it with each other.
+    /// device sessions share it with each other, at most `max_devices` of
+    /// them.
     pub async fn claim_presence(
         &self,
         user: i64,
         owner: &str,
         device: bool,
-        ttl: Duration,
+        (ttl, max_devices): (Duration, u32),
     ) -> Result<Claim, RedisError> {
         let claimed: i64 = Script::new(CLAIM_SCRIPT)
             .key(self.presence_key(user))
             .arg(owner)
             .arg(presence_kind(device))
             .arg(ttl_millis(ttl))
+            .arg(max_devices)
             .invoke_async(&mut self.commands.clone())
             .await?;
         Ok(Claim::from_reply(claimed))
@@ -74,7 +77,7 @@ impl Redis {
     pub async fn refresh_presence(
         &self,
         claims: &[(i64, String, bool)],
-        ttl: Duration,
+        (ttl, max_devices): (Duration, u32),
     ) -> Vec<Option<Claim>> {
         let replies: Vec<Grouped<i64>> = self
             .run_grouped_each(claims.iter().map(|c| c.0), |pipe, group| {
@@ -88,7 +91,8 @@ impl Redis {
                         .arg(self.presence_key(*user))
                         .arg(owner)
                         .arg(presence_kind(*device))
-                        .arg(ttl_millis(ttl));
+                        .arg(ttl_millis(ttl))
+                        .arg(max_devices);
                 }
             })
             .await;
@@ -152,6 +156,8 @@ impl Redis {
 pub enum Claim {
     /// Held by a session this one may not share with.
     Refused,
+    /// The user's device sessions are as many as they may be.
+    TooManyDevices,
     /// Held, by this session and that many others (device sessions).
     Held { others: u32 },
 }
@@ -162,6 +168,7 @@ impl Claim {
             n if n >= 1 => Self::Held {
                 others: u32::try_from(n - 1).unwrap_or(u32::MAX),
             },
+            -1 => Self::TooManyDevices,
             _ => Self::Refused,
         }
     }

@@ -22,9 +22,10 @@ use crate::{
         sync::{self, Pending, redis_unavailable},
         writer::{DeliveryState, WriterCommand},
     },
-    metrics::metrics,
+    metrics::{label, metrics},
     node::registry::{LocalSession, QueuedBytes, SyncSignal},
     protocol::classic::{self, Failure, errno},
+    redis::Claim,
     upstream::{self, failure_from_status},
 };
 
@@ -124,15 +125,29 @@ impl Session {
         };
         let me = node.session_address(self.connection);
         let claimed_at = Instant::now();
+        let limits = (node.config.presence_ttl, node.config.limits.max_devices);
         let others = match node
             .redis
-            .claim_presence(user.id, &me, kind.acknowledges(), node.config.presence_ttl)
+            .claim_presence(user.id, &me, kind.acknowledges(), limits)
             .await
             .map_err(redis_unavailable)?
         {
-            crate::redis::Claim::Held { others } => others,
-            crate::redis::Claim::Refused => {
+            Claim::Held { others } => others,
+            Claim::Refused => {
                 return Err(Failure::new(errno::ACCOUNT_IN_USE, classic::CLASSIC_IN_USE));
+            }
+            Claim::TooManyDevices => {
+                metrics()
+                    .refused
+                    .get_or_create(&label("why", "max_devices"))
+                    .inc();
+                return Err(Failure::new(
+                    errno::TOO_LARGE,
+                    format!(
+                        "user {} has {} devices logged in, the most there may be; log out on one of them first",
+                        user.id, node.config.limits.max_devices
+                    ),
+                ));
             }
         };
         let peers = Arc::new(std::sync::atomic::AtomicBool::new(others > 0));
