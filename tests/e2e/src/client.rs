@@ -163,13 +163,19 @@ impl Client {
 
     /// Chat frames (msgid 6 or 10) until nothing arrives for `quiet`.
     pub async fn chats_until_quiet(&mut self, quiet: Duration) -> Vec<Value> {
+        let mut frames = self.frames_until_quiet(quiet).await;
+        frames.retain(|value| matches!(value["msgid"].as_i64(), Some(6 | 10)));
+        frames
+    }
+
+    /// Every frame received until nothing more comes for `quiet`: replies
+    /// and errors as well as chats.
+    pub async fn frames_until_quiet(&mut self, quiet: Duration) -> Vec<Value> {
         let mut got = Vec::new();
         while let Some(line) = self.try_recv_line(quiet).await {
             let value: Value = serde_json::from_str(&line)
                 .unwrap_or_else(|e| panic!("server sent invalid JSON {line:?}: {e}"));
-            if matches!(value["msgid"].as_i64(), Some(6 | 10)) {
-                got.push(value);
-            }
+            got.push(value);
         }
         got
     }

@@ -338,8 +338,10 @@ async fn a_receiver_that_does_not_read_costs_bounded_memory_and_loses_nothing() 
             worst = worst.max(round_trip(&mut carol, c, &mut dave, d).await);
         }
     }
-    // Every one was accepted (a refusal would be an error reply to Alice).
-    let replies = alice.chats_until_quiet(Duration::from_millis(500)).await;
+    // Every one was accepted (a refusal would be an error reply to Alice,
+    // msgid 11 with an errno: she sends without `seq`, so an accepted chat
+    // gets no reply at all).
+    let replies = alice.frames_until_quiet(Duration::from_millis(500)).await;
     assert!(replies.is_empty(), "no refusal: {replies:?}");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = rss_kib(pid);
