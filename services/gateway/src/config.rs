@@ -28,6 +28,10 @@ pub struct Limits {
     /// beyond it (as beyond the count) the writer reads them from the inbox
     /// when the client catches up.
     pub outbound_bytes: usize,
+    /// `..._OUTBOUND_NODE_BYTES`: live messages queued for all of a node's
+    /// clients together; past it a delivery waits in the inbox, as it does
+    /// past one client's bound.
+    pub outbound_node_bytes: usize,
     /// `..._PARTIAL_BUDGET_BYTES`: bytes this node holds, over all TCP
     /// connections, for requests that have not arrived whole; a connection
     /// that would go past it is refused and closed.
@@ -63,6 +67,7 @@ impl Default for Limits {
             outbound_queue: 1024,
             max_inbox: 10_000,
             outbound_bytes: 4 * 1024 * 1024,
+            outbound_node_bytes: 256 * 1024 * 1024,
             partial_budget_bytes: 64 * 1024 * 1024,
             fanout_per_token: 10,
             throttle_window: Duration::from_secs(60),
@@ -272,6 +277,10 @@ impl Config {
                 outbound_bytes: var_or(
                     "CLUSTERCHAT_GATEWAY_OUTBOUND_BYTES",
                     defaults.outbound_bytes,
+                )?,
+                outbound_node_bytes: var_or(
+                    "CLUSTERCHAT_GATEWAY_OUTBOUND_NODE_BYTES",
+                    defaults.outbound_node_bytes,
                 )?,
                 partial_budget_bytes: var_or(
                     "CLUSTERCHAT_GATEWAY_PARTIAL_BUDGET_BYTES",

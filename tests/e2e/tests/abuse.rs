@@ -636,3 +636,66 @@ async fn device_logins_past_the_cap_are_refused_with_a_reason_while_chats_go_on(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Many slow receivers on one node: all their live queues together are
+/// bounded by the node's budget (`CLUSTERCHAT_GATEWAY_OUTBOUND_NODE_BYTES`),
+/// not only each by its own; what does not fit waits in the inboxes, and
+/// every message reaches every receiver once, in order, when they read.
+#[tokio::test]
+async fn slow_receivers_together_stay_within_the_nodes_queue_budget_and_lose_nothing() {
+    let stack = Stack::builder()
+        .gateways(1)
+        .gateway_env("CLUSTERCHAT_GATEWAY_OUTBOUND_NODE_BYTES", "1048576")
+        .start()
+        .await;
+    let gateway = &stack.gateways[0];
+    let mut alice = Client::connect(gateway.tcp).await;
+    let a = alice.register("alice", "pa").await;
+    alice.login_ok(a, "pa").await;
+    // Four receivers that stop reading.
+    let mut receivers = Vec::new();
+    for i in 0..4 {
+        let mut r = Client::connect(gateway.tcp).await;
+        let id = r.register(&format!("slow{i}"), "ps").await;
+        r.login_ok(id, "ps").await;
+        receivers.push((r, id));
+    }
+    // 200 chats of 30 KB to each (24 MB in all): each queue alone (4 MiB
+    // by default) would take 4 MiB of them, the node 1 MiB in all.
+    const COUNT: usize = 200;
+    let big = "y".repeat(30_000);
+    for i in 0..COUNT {
+        for (_, id) in &receivers {
+            alice.send(&chat(a, *id, &format!("{i:04} {big}"))).await;
+        }
+    }
+    let replies = alice.frames_until_quiet(Duration::from_millis(500)).await;
+    assert!(replies.is_empty(), "no refusal: {replies:?}");
+    let (_, metrics) = e2e::http_get(gateway.admin, "/metrics")
+        .await
+        .expect("metrics");
+    let overflowed = metrics
+        .lines()
+        .find(|l| l.starts_with("clusterchat_gateway_overflowed_deliveries_total{queue=\"node\"}"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(
+        overflowed > 0,
+        "the node's budget left deliveries in the inboxes:\n{metrics}"
+    );
+    let expected: Vec<String> = (0..COUNT).map(|i| format!("{i:04}")).collect();
+    for (mut r, id) in receivers {
+        let mut got = Vec::new();
+        while got.len() < COUNT {
+            let chats = r.chats_until_quiet(Duration::from_secs(2)).await;
+            assert!(
+                !chats.is_empty(),
+                "user {id} stalled after {} messages",
+                got.len()
+            );
+            got.extend(texts(&chats).into_iter().map(|t| t[..4].to_owned()));
+        }
+        assert_eq!(got, expected, "user {id}: every message once, in order");
+    }
+}

@@ -1,6 +1,7 @@
-//! Who may hold what on this node before logging in: connections with
-//! nobody logged in, per client address, and the bytes of unfinished TCP
-//! requests of all connections together.
+//! What this node lets its clients hold: connections with nobody logged
+//! in, per client address; the bytes of unfinished TCP requests of all
+//! connections together; the bytes of live deliveries queued for all
+//! sessions together.
 
 use std::{
     collections::{HashMap, hash_map::Entry},
@@ -15,15 +16,22 @@ use std::{
 pub struct Admission {
     /// Bytes of unfinished requests held by this node's TCP connections.
     pub partial: ByteBudget,
+    /// Bytes of live deliveries queued for all of this node's sessions.
+    pub live_queues: Arc<ByteBudget>,
     /// Connections with nobody logged in, per client address.
     anonymous: Mutex<HashMap<IpAddr, u32>>,
     anonymous_per_address: u32,
 }
 
 impl Admission {
-    pub fn new(partial_budget_bytes: usize, anonymous_per_address: u32) -> Self {
+    pub fn new(
+        partial_budget_bytes: usize,
+        live_queue_bytes: usize,
+        anonymous_per_address: u32,
+    ) -> Self {
         Self {
             partial: ByteBudget::new(partial_budget_bytes),
+            live_queues: Arc::new(ByteBudget::new(live_queue_bytes)),
             anonymous: Mutex::default(),
             anonymous_per_address,
         }
@@ -153,7 +161,7 @@ mod tests {
 
     #[test]
     fn anonymous_connections_are_counted_per_address_and_released() {
-        let admission = Arc::new(Admission::new(1024, 2));
+        let admission = Arc::new(Admission::new(1024, 1024, 2));
         let ip: IpAddr = "203.0.113.7".parse().expect("ip");
         let first = AnonymousSlot::take(&admission, ip);
         let second = AnonymousSlot::take(&admission, ip);

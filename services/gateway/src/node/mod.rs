@@ -63,6 +63,7 @@ impl Node {
             directory: Directory::new(upstreams.users.clone(), config.group_cache_ttl),
             admission: Arc::new(Admission::new(
                 config.limits.partial_budget_bytes,
+                config.limits.outbound_node_bytes,
                 config.limits.anonymous_per_address,
             )),
             lease: Lease::new(config.presence_ttl, config.limits.max_devices),

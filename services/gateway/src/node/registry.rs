@@ -14,6 +14,7 @@ use tokio::sync::{Notify, mpsc};
 
 use crate::{
     metrics::{label, metrics},
+    node::admission::ByteBudget,
     protocol::client::ClientKind,
 };
 use tokio_util::sync::CancellationToken;
@@ -52,27 +53,54 @@ impl Delivery {
     }
 }
 
-/// Bytes of live deliveries queued for one session, and its bound.
+/// Bytes of live deliveries queued for one session, and its bound; each
+/// charge also counts against the node's budget for all its sessions'
+/// queues together.
 #[derive(Debug)]
 pub struct QueuedBytes {
     used: AtomicUsize,
     max: usize,
+    node: Arc<ByteBudget>,
+}
+
+/// Which bound a delivery did not fit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Full {
+    /// The session's queue.
+    Session,
+    /// The node's budget for all queues.
+    Node,
+}
+
+impl Full {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Session => "session",
+            Self::Node => "node",
+        }
+    }
 }
 
 impl QueuedBytes {
-    pub fn new(max: usize) -> Arc<Self> {
+    pub fn new(max: usize, node: Arc<ByteBudget>) -> Arc<Self> {
         Arc::new(Self {
             used: AtomicUsize::new(0),
             max,
+            node,
         })
     }
 
-    fn charge(self: &Arc<Self>, bytes: usize) -> Option<Charge> {
+    fn charge(self: &Arc<Self>, bytes: usize) -> Result<Charge, Full> {
         if self.used.fetch_add(bytes, Ordering::AcqRel) + bytes > self.max {
             self.used.fetch_sub(bytes, Ordering::AcqRel);
-            return None;
+            return Err(Full::Session);
         }
-        Some(Charge {
+        let mut on_node = 0;
+        if !self.node.recharge(&mut on_node, bytes) {
+            self.used.fetch_sub(bytes, Ordering::AcqRel);
+            return Err(Full::Node);
+        }
+        Ok(Charge {
             bytes,
             queue: self.clone(),
         })
@@ -92,6 +120,8 @@ struct Charge {
 impl Drop for Charge {
     fn drop(&mut self) {
         self.queue.used.fetch_sub(self.bytes, Ordering::AcqRel);
+        let mut on_node = self.bytes;
+        self.queue.node.recharge(&mut on_node, 0);
     }
 }
 
@@ -268,15 +298,25 @@ impl Registry {
         let mut outcome = Handoff::Busy;
         for (tx, queued, sync) in targets {
             let mut delivery = make();
-            delivery.charge = queued.charge(delivery.frame.len() + delivery.mid.len());
-            if delivery.charge.is_some() && tx.try_send(delivery).is_ok() {
-                outcome = Handoff::Queued;
-            } else {
-                metrics()
-                    .overflowed
-                    .get_or_create(&label("queue", "session"))
-                    .inc();
-                sync.raise();
+            let full = match queued.charge(delivery.frame.len() + delivery.mid.len()) {
+                Ok(charge) => {
+                    delivery.charge = Some(charge);
+                    match tx.try_send(delivery) {
+                        Ok(()) => None,
+                        Err(_) => Some(Full::Session),
+                    }
+                }
+                Err(full) => Some(full),
+            };
+            match full {
+                None => outcome = Handoff::Queued,
+                Some(full) => {
+                    metrics()
+                        .overflowed
+                        .get_or_create(&label("queue", full.label()))
+                        .inc();
+                    sync.raise();
+                }
             }
         }
         outcome
@@ -297,7 +337,7 @@ impl Registry {
         };
         for (tx, queued) in targets {
             let mut delivery = Delivery::live(frame.to_vec());
-            delivery.charge = queued.charge(delivery.frame.len());
+            delivery.charge = queued.charge(delivery.frame.len()).ok();
             if delivery.charge.is_none() || tx.try_send(delivery).is_err() {
                 metrics()
                     .overflowed
@@ -355,6 +395,29 @@ impl Registry {
 mod tests {
     use super::*;
 
+    fn unbounded() -> Arc<ByteBudget> {
+        Arc::new(ByteBudget::new(usize::MAX))
+    }
+
+    #[test]
+    fn the_node_budget_bounds_all_queues_together() {
+        let node = Arc::new(ByteBudget::new(150));
+        let first = QueuedBytes::new(100, node.clone());
+        let second = QueuedBytes::new(100, node.clone());
+        let held = first.charge(80).expect("within both bounds");
+        assert_eq!(
+            first.charge(30).err(),
+            Some(Full::Session),
+            "the session's own bound"
+        );
+        assert_eq!(second.charge(80).err(), Some(Full::Node), "80 + 80 > 150");
+        assert_eq!(second.used(), 0, "a refused charge holds nothing");
+        assert_eq!(node.used(), 80);
+        drop(held);
+        assert_eq!(node.used(), 0, "given back with the delivery");
+        let _held = second.charge(80).expect("room again");
+    }
+
     #[test]
     fn hand_off_tells_queued_busy_and_absent_apart() {
         let delivery = |seq: u64| move || Delivery::new(seq, format!("m{seq}"), b"{}".to_vec());
@@ -366,7 +429,7 @@ mod tests {
         let session = LocalSession {
             connection: 7,
             deliveries,
-            queued: QueuedBytes::new(1 << 20),
+            queued: QueuedBytes::new(1 << 20, unbounded()),
             sync: sync.clone(),
             kick: CancellationToken::new(),
             kind: ClientKind::Classic,
@@ -413,7 +476,7 @@ mod tests {
         let registry = Registry::default();
         let (deliveries, mut queue) = mpsc::channel(100);
         let sync = Arc::new(SyncSignal::default());
-        let queued = QueuedBytes::new(100);
+        let queued = QueuedBytes::new(100, unbounded());
         let session = LocalSession {
             connection: 1,
             deliveries,
@@ -447,7 +510,7 @@ mod tests {
             let session = LocalSession {
                 connection,
                 deliveries,
-                queued: QueuedBytes::new(1 << 20),
+                queued: QueuedBytes::new(1 << 20, unbounded()),
                 sync: Arc::new(SyncSignal::default()),
                 kick: CancellationToken::new(),
                 kind: if device {

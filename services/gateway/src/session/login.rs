@@ -157,7 +157,10 @@ impl Session {
         let local = LocalSession {
             connection: self.connection,
             deliveries,
-            queued: QueuedBytes::new(node.config.limits.outbound_bytes),
+            queued: QueuedBytes::new(
+                node.config.limits.outbound_bytes,
+                node.admission.live_queues.clone(),
+            ),
             sync: sync.clone(),
             kick: kick.clone(),
             kind,
