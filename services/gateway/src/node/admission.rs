@@ -60,7 +60,8 @@ impl Admission {
     }
 }
 
-/// Bytes held for unfinished requests by all the TCP connections of a node.
+/// A count of bytes held against a bound: the unfinished requests of a
+/// node's TCP connections, one session's live queue, all of them together.
 #[derive(Debug)]
 pub struct ByteBudget {
     used: AtomicUsize,
@@ -75,17 +76,29 @@ impl ByteBudget {
         }
     }
 
+    /// Takes `bytes`; false (and nothing taken) when that would pass the bound.
+    pub fn take(&self, bytes: usize) -> bool {
+        if self.used.fetch_add(bytes, Ordering::AcqRel) + bytes > self.max {
+            self.used.fetch_sub(bytes, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    /// Gives back `bytes` taken before.
+    pub fn give_back(&self, bytes: usize) {
+        self.used.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
     /// Moves a holder's charge from `*held` to `want`; false (and nothing
     /// changed) when growing it would pass the budget.
     pub fn recharge(&self, held: &mut usize, want: usize) -> bool {
         if want > *held {
-            let grow = want - *held;
-            if self.used.fetch_add(grow, Ordering::AcqRel) + grow > self.max {
-                self.used.fetch_sub(grow, Ordering::AcqRel);
+            if !self.take(want - *held) {
                 return false;
             }
         } else {
-            self.used.fetch_sub(*held - want, Ordering::AcqRel);
+            self.give_back(*held - want);
         }
         *held = want;
         true

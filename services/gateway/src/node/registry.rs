@@ -6,7 +6,7 @@ use std::{
     collections::HashMap,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
 };
 
@@ -58,8 +58,7 @@ impl Delivery {
 /// queues together.
 #[derive(Debug)]
 pub struct QueuedBytes {
-    used: AtomicUsize,
-    max: usize,
+    own: ByteBudget,
     node: Arc<ByteBudget>,
 }
 
@@ -84,20 +83,17 @@ impl Full {
 impl QueuedBytes {
     pub fn new(max: usize, node: Arc<ByteBudget>) -> Arc<Self> {
         Arc::new(Self {
-            used: AtomicUsize::new(0),
-            max,
+            own: ByteBudget::new(max),
             node,
         })
     }
 
     fn charge(self: &Arc<Self>, bytes: usize) -> Result<Charge, Full> {
-        if self.used.fetch_add(bytes, Ordering::AcqRel) + bytes > self.max {
-            self.used.fetch_sub(bytes, Ordering::AcqRel);
+        if !self.own.take(bytes) {
             return Err(Full::Session);
         }
-        let mut on_node = 0;
-        if !self.node.recharge(&mut on_node, bytes) {
-            self.used.fetch_sub(bytes, Ordering::AcqRel);
+        if !self.node.take(bytes) {
+            self.own.give_back(bytes);
             return Err(Full::Node);
         }
         Ok(Charge {
@@ -107,7 +103,7 @@ impl QueuedBytes {
     }
 
     pub fn used(&self) -> usize {
-        self.used.load(Ordering::Acquire)
+        self.own.used()
     }
 }
 
@@ -119,9 +115,8 @@ struct Charge {
 
 impl Drop for Charge {
     fn drop(&mut self) {
-        self.queue.used.fetch_sub(self.bytes, Ordering::AcqRel);
-        let mut on_node = self.bytes;
-        self.queue.node.recharge(&mut on_node, 0);
+        self.queue.own.give_back(self.bytes);
+        self.queue.node.give_back(self.bytes);
     }
 }
 
