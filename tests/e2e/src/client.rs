@@ -60,6 +60,23 @@ impl Client {
         }
     }
 
+    /// Connects with a receive buffer of about `bytes`: what the server
+    /// writes beyond it waits unacknowledged in the server's socket while
+    /// this client does not read.
+    pub async fn connect_with_receive_buffer(addr: SocketAddr, bytes: u32) -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(bytes).expect("SO_RCVBUF");
+        let stream = socket
+            .connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        let (read, writer) = stream.into_split();
+        Self {
+            reader: BufReader::new(read),
+            writer,
+        }
+    }
+
     /// This end's address (what a proxy in between sees as the client).
     pub fn local_addr(&self) -> SocketAddr {
         self.reader.get_ref().local_addr().expect("local addr")

@@ -535,6 +535,48 @@ async fn a_backlog_page_racing_a_logout_goes_to_nobody_else() {
 }
 
 #[tokio::test]
+async fn a_classic_client_gone_with_deliveries_its_tcp_never_took_gets_them_at_its_next_login() {
+    let stack = Stack::builder().gateways(2).start().await;
+    let mut alice = Client::connect(stack.gateways[0].tcp).await;
+    let a = alice.register("alice", "pa").await;
+    alice.login_ok(a, "pa").await;
+    // Bob's classic client has a small receive buffer and stops reading
+    // after its login: most of what is written to him waits in the
+    // gateway's socket, unacknowledged by his TCP.
+    let mut bob = Client::connect_with_receive_buffer(stack.gateways[1].tcp, 2048).await;
+    let b = bob.register("bob", "pb").await;
+    bob.login_ok(b, "pb").await;
+
+    let padding = "x".repeat(1000);
+    let sent: Vec<String> = (0..60).map(|i| format!("{i:02} {padding}")).collect();
+    for (i, text) in sent.iter().enumerate() {
+        assert_eq!(alice.call(chat(a, b, text), i as i64).await["errno"], 0);
+    }
+    // Let the gateway write them (the writes succeed: they fit its send
+    // buffer), then Bob's client vanishes with a reset.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    bob.reset();
+
+    // He can log in again at once (the reset ended the session), and gets
+    // every chat his TCP never acknowledged, in order. What it did
+    // acknowledge (at most his small receive buffer, a few chats) counted
+    // as delivered: a classic client does not say what it read.
+    let mut bob_again = Client::connect(stack.gateways[0].tcp).await;
+    let ack = bob_again.login_within(b, "pb", PATIENCE).await;
+    let got = texts(&everything_at_login(&mut bob_again, &ack).await);
+    assert!(
+        got.len() >= 50,
+        "{} of 60 came back: frames his TCP never took were counted as delivered",
+        got.len()
+    );
+    assert_eq!(
+        got,
+        sent[sent.len() - got.len()..],
+        "the tail, in order, each once"
+    );
+}
+
+#[tokio::test]
 async fn silently_dead_clients_are_noticed_and_their_users_can_log_in_again_within_15_s() {
     // Default idle timeout: this is the promise made to users.
     let stack = Stack::builder().gateways(2).start().await;

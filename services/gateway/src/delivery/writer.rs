@@ -11,10 +11,13 @@
 //! its stores instead ("sync"), so the order is the inbox's order and nothing
 //! is skipped or written twice by one session.
 //!
-//! Inbox entries are trimmed only after they reached the socket (classic
-//! clients and those that use the additions) or after the client
-//! acknowledged them (devices). Nothing the writer holds is the only copy of a message: a
-//! writer that dies, blocks or is aborted loses nothing.
+//! Inbox entries are trimmed only after the client's TCP acknowledged every
+//! byte of them (classic clients and those that use the additions; a
+//! transport that cannot tell, WebSocket, counts the write) or after the
+//! client acknowledged them (devices). A frame written to a peer that closed
+//! or vanished is not acknowledged, so it stays for the next login. Nothing
+//! the writer holds is the only copy of a message: a writer that dies,
+//! blocks or is aborted loses nothing.
 
 use std::{collections::VecDeque, io, sync::Arc, time::Duration};
 
@@ -45,6 +48,16 @@ pub trait FrameSink: Send + 'static {
     /// Proves the connection alive (a WebSocket ping); TCP does nothing.
     fn heartbeat(&mut self) -> impl Future<Output = io::Result<()>> + Send {
         async { Ok(()) }
+    }
+    /// Bytes handed to the connection so far (frames still gathered for a
+    /// flush are not).
+    fn written(&self) -> u64 {
+        0
+    }
+    /// Bytes of those the peer acknowledged; `None` when the transport
+    /// cannot tell (then a write counts as delivered).
+    fn acknowledged(&self) -> Option<u64> {
+        None
     }
 }
 
@@ -91,7 +104,34 @@ pub struct DeliveryState {
     pub queue: mpsc::Receiver<Delivery>,
     pub sync: Arc<SyncSignal>,
     pub needs_sync: bool,
+    /// Classic clients: what the login ack carried (inbox sequence,
+    /// offline-store position), confirmed like any write once attached.
+    pub login_written: Option<(u64, Option<u64>)>,
+    /// Classic clients: writes that count as delivered once the peer's TCP
+    /// acknowledged them.
+    pub unconfirmed: VecDeque<Unconfirmed>,
 }
+
+/// Written to a classic client, not yet acknowledged by its TCP: once
+/// `bytes` are, the inbox is trimmed up to `inbox` and the offline store
+/// acknowledged up to `offline`.
+pub struct Unconfirmed {
+    bytes: u64,
+    inbox: u64,
+    offline: Option<u64>,
+}
+
+/// Unconfirmed writes kept apart at most; past this, new ones join the
+/// newest (confirmed a little later, never earlier).
+const UNCONFIRMED_MARKS: usize = 64;
+
+/// How often a writer with unconfirmed writes asks the kernel what the peer
+/// acknowledged.
+const CONFIRM_EVERY: Duration = Duration::from_millis(20);
+
+/// How long a classic session that ends waits for the peer to acknowledge
+/// its last writes (else they are delivered again at the next login).
+const CONFIRM_AT_END: Duration = Duration::from_millis(200);
 
 /// Inbox entries read per step of a sync.
 const INBOX_PAGE: usize = 200;
@@ -156,13 +196,16 @@ impl DeliveryState {
             self.cursor = self.cursor.max(prepared.gate);
             if let Some(last) = prepared.last_position {
                 self.offline_after = Some(last);
-                self.acknowledge_offline_page(prepared.gate, last).await;
+            }
+            if self.kind.acknowledges() {
+                if let Some(last) = prepared.last_position {
+                    self.acknowledge_offline_page(prepared.gate, last).await;
+                }
+            } else {
+                self.written(sink, self.cursor, prepared.last_position);
             }
             if !prepared.more {
                 self.offline_after = None;
-            }
-            if !self.kind.acknowledges() {
-                node.trimmer.note_delivered(self.user, self.cursor);
             }
             return Step::More;
         }
@@ -202,14 +245,78 @@ impl DeliveryState {
             self.cursor = self.cursor.max(page.last_seq);
         }
         if !self.kind.acknowledges() {
-            node.trimmer.note_delivered(self.user, self.cursor);
+            self.written(sink, self.cursor, None);
         }
         if complete { Step::Done } else { Step::More }
     }
 
-    /// Acknowledges offline-store messages up to `position` now (classic
-    /// clients: they were written; or nothing in the page waits for the
-    /// client), or once the client acknowledged `gate`.
+    /// Classic clients: inbox entries up to `inbox` and offline-store
+    /// messages up to `offline` were written (and flushed); they count as
+    /// delivered once the peer acknowledged every byte written so far.
+    fn written<W: FrameSink>(&mut self, sink: &W, inbox: u64, offline: Option<u64>) {
+        let bytes = sink.written();
+        let full = self.unconfirmed.len() >= UNCONFIRMED_MARKS;
+        match self.unconfirmed.back_mut() {
+            Some(last) if last.bytes == bytes || full => {
+                last.bytes = bytes;
+                last.inbox = last.inbox.max(inbox);
+                last.offline = last.offline.max(offline);
+            }
+            _ => self.unconfirmed.push_back(Unconfirmed {
+                bytes,
+                inbox,
+                offline,
+            }),
+        }
+    }
+
+    /// Classic clients: trims the inbox and acknowledges the offline store
+    /// for what the peer's TCP acknowledged (everything written, when the
+    /// transport cannot tell).
+    async fn confirm<W: FrameSink>(&mut self, sink: &mut W) {
+        if self.unconfirmed.is_empty() {
+            return;
+        }
+        let acked = sink.acknowledged().unwrap_or(u64::MAX);
+        let (mut inbox, mut offline) = (0, None);
+        while let Some(mark) = self.unconfirmed.front() {
+            if mark.bytes > acked {
+                break;
+            }
+            inbox = inbox.max(mark.inbox);
+            offline = offline.max(mark.offline);
+            self.unconfirmed.pop_front();
+        }
+        self.node.trimmer.note_delivered(self.user, inbox);
+        if let Some(position) = offline {
+            self.node.offline.acknowledge(self.user, position).await;
+        }
+    }
+
+    /// The session ends: what the peer acknowledges within a moment counts
+    /// as delivered; the rest waits in the stores for the next login.
+    async fn confirm_at_end<W: FrameSink>(&mut self, sink: &mut W) {
+        let until = Instant::now() + CONFIRM_AT_END;
+        loop {
+            self.confirm(sink).await;
+            if self.unconfirmed.is_empty() || Instant::now() >= until {
+                break;
+            }
+            tokio::time::sleep(CONFIRM_EVERY / 2).await;
+        }
+        if !self.unconfirmed.is_empty() {
+            let left = self.unconfirmed.back().map_or(0, |m| m.inbox);
+            tracing::info!(
+                user = self.user,
+                up_to = left,
+                "the client's TCP did not acknowledge the last deliveries; they wait for the next login"
+            );
+        }
+    }
+
+    /// Clients that acknowledge: acknowledges offline-store messages up to
+    /// `position` now (nothing in the page waits for the client), or once
+    /// the client acknowledged `gate`.
     pub async fn acknowledge_offline_page(&mut self, gate: u64, position: u64) {
         if self.kind.acknowledges() && gate > 0 {
             self.offline_acks.push_back((gate, position));
@@ -267,12 +374,16 @@ pub async fn run_writer<W: FrameSink>(mut sink: W, mut commands: mpsc::Receiver<
     let mut broken = false;
     let mut retry_at: Option<Instant> = None;
     let mut retry_delay = Duration::from_millis(100);
-    // The cursor last trimmed for (classic clients: after a flush).
-    let mut trimmed = 0u64;
+    // Classic clients: the cursor last marked written (after a flush).
+    let mut marked = 0u64;
     loop {
         if let Some(st) = state.as_mut().filter(|_| !broken) {
             if st.sync.take() {
                 st.needs_sync = true;
+                // Asked for now (Redis is back, a gap): try at once, not
+                // after the backoff of failures before.
+                retry_at = None;
+                retry_delay = Duration::from_millis(100);
             }
             if st.sync.take_offline() {
                 st.offline_after.get_or_insert(0);
@@ -292,7 +403,7 @@ pub async fn run_writer<W: FrameSink>(mut sink: W, mut commands: mpsc::Receiver<
                     }
                     Step::Broken => broken = true,
                 }
-                trimmed = st.cursor;
+                marked = st.cursor;
                 // Serve commands between pages.
                 if st.needs_sync && retry_at.is_none() && commands.is_empty() {
                     continue;
@@ -305,6 +416,7 @@ pub async fn run_writer<W: FrameSink>(mut sink: W, mut commands: mpsc::Receiver<
             Wake,
         }
         let signal = state.as_ref().map(|st| st.sync.clone());
+        let confirming = !broken && state.as_ref().is_some_and(|st| !st.unconfirmed.is_empty());
         let live = state
             .as_mut()
             .filter(|st| !st.needs_sync && !broken)
@@ -314,10 +426,23 @@ pub async fn run_writer<W: FrameSink>(mut sink: W, mut commands: mpsc::Receiver<
             command = commands.recv() => Event::Command(command),
             () = async { match &signal { Some(s) => s.raised().await, None => std::future::pending().await } } => Event::Wake,
             () = async { match retry_at { Some(at) => tokio::time::sleep_until(at).await, None => std::future::pending().await } } => Event::Wake,
+            () = async { if confirming { tokio::time::sleep(CONFIRM_EVERY).await } else { std::future::pending().await } } => Event::Wake,
             delivery = async { match live { Some(q) => q.recv().await, None => std::future::pending().await } } => Event::Delivery(delivery),
         };
         match event {
-            Event::Wake => {}
+            Event::Wake => {
+                if let Some(st) = state.as_mut().filter(|_| !broken) {
+                    if !st.kind.acknowledges() && st.cursor > marked {
+                        if sink.flush().await.is_err() {
+                            broken = true;
+                            continue;
+                        }
+                        st.written(&sink, st.cursor, None);
+                        marked = st.cursor;
+                    }
+                    st.confirm(&mut sink).await;
+                }
+            }
             Event::Command(None) => break,
             Event::Command(Some(WriterCommand::Frame(frame))) => {
                 if !broken && sink.send(frame).await.is_err() {
@@ -329,12 +454,17 @@ pub async fn run_writer<W: FrameSink>(mut sink: W, mut commands: mpsc::Receiver<
                 broken |= !ok;
                 let _ = done.send(ok);
             }
-            Event::Command(Some(WriterCommand::Attach(st))) => {
-                trimmed = st.cursor;
+            Event::Command(Some(WriterCommand::Attach(mut st))) => {
+                marked = st.cursor;
+                if let Some((inbox, offline)) = st.login_written.take() {
+                    st.written(&sink, inbox, offline);
+                }
                 state = Some(*st);
             }
             Event::Command(Some(WriterCommand::Detach(done))) => {
-                state = None;
+                if let Some(mut st) = state.take() {
+                    st.confirm_at_end(&mut sink).await;
+                }
                 let _ = done.send(());
             }
             Event::Command(Some(WriterCommand::ClientAck(up_to))) => {
@@ -348,7 +478,11 @@ pub async fn run_writer<W: FrameSink>(mut sink: W, mut commands: mpsc::Receiver<
                     broken = true;
                 }
             }
-            Event::Delivery(None) => state = None,
+            Event::Delivery(None) => {
+                if let Some(mut st) = state.take() {
+                    st.confirm_at_end(&mut sink).await;
+                }
+            }
             Event::Delivery(Some(delivery)) => {
                 if let Some(st) = state.as_mut()
                     && !st.live(delivery, &mut sink).await
@@ -364,12 +498,12 @@ pub async fn run_writer<W: FrameSink>(mut sink: W, mut commands: mpsc::Receiver<
         if idle && !broken {
             if sink.flush().await.is_err() {
                 broken = true;
-            } else if let Some(st) = state
-                .as_ref()
-                .filter(|st| !st.kind.acknowledges() && st.cursor > trimmed)
-            {
-                st.node.trimmer.note_delivered(st.user, st.cursor);
-                trimmed = st.cursor;
+            } else if let Some(st) = state.as_mut() {
+                if !st.kind.acknowledges() && st.cursor > marked {
+                    st.written(&sink, st.cursor, None);
+                    marked = st.cursor;
+                }
+                st.confirm(&mut sink).await;
             }
         }
     }

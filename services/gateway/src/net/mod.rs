@@ -107,13 +107,21 @@ pub(crate) async fn client_address(
 }
 
 /// Keepalive probes after `idle`, then 3 probes `idle / 3` apart: a peer
-/// gone without closing is noticed after about twice `idle`.
+/// gone without closing is noticed after about twice `idle`. Keepalive
+/// probes only an idle connection; one with data the peer never
+/// acknowledges would be retransmitted for about 15 minutes
+/// (`tcp_retries2`), so `TCP_USER_TIMEOUT` gives up on it after the same
+/// twice `idle`.
 fn set_keepalive(stream: &TcpStream, idle: std::time::Duration) {
     let keepalive = socket2::TcpKeepalive::new()
         .with_time(idle)
         .with_interval(idle / 3)
         .with_retries(3);
-    if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive) {
+    let socket = socket2::SockRef::from(stream);
+    if let Err(e) = socket.set_tcp_keepalive(&keepalive) {
         tracing::debug!(error = %e, "cannot set tcp keepalive");
+    }
+    if let Err(e) = socket.set_tcp_user_timeout(Some(idle * 2)) {
+        tracing::debug!(error = %e, "cannot set tcp user timeout");
     }
 }

@@ -152,6 +152,8 @@ struct TcpSink {
     write: OwnedWriteHalf,
     pending: Vec<u8>,
     batching: bool,
+    /// Bytes written to the socket so far.
+    written: u64,
 }
 
 /// Past this, frames are written without waiting for the flush.
@@ -161,7 +163,9 @@ impl FrameSink for TcpSink {
     async fn send(&mut self, mut frame: Vec<u8>) -> io::Result<()> {
         if !self.batching {
             frame.push(b'\n');
-            return self.write.write_all(&frame).await;
+            self.write.write_all(&frame).await?;
+            self.written += frame.len() as u64;
+            return Ok(());
         }
         self.pending.extend_from_slice(&frame);
         self.pending.push(b'\n');
@@ -178,9 +182,27 @@ impl FrameSink for TcpSink {
     async fn flush(&mut self) -> io::Result<()> {
         if !self.pending.is_empty() {
             self.write.write_all(&self.pending).await?;
+            self.written += self.pending.len() as u64;
             self.pending = Vec::new();
         }
         Ok(())
+    }
+
+    fn written(&self) -> u64 {
+        self.written
+    }
+
+    fn acknowledged(&self) -> Option<u64> {
+        // Nothing here is written before the session's first frame (a
+        // refusal closes the socket), so the kernel's count and ours start
+        // together.
+        match tcp_acked::bytes_acked(self.write.as_ref()) {
+            Ok(acked) => Some(acked),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read TCP_INFO; counting writes as delivered");
+                None
+            }
+        }
     }
 }
 
@@ -225,6 +247,7 @@ pub async fn serve_tcp(node: Arc<Node>, listener: TcpListener, permits: Arc<Sema
                 write,
                 pending: Vec::new(),
                 batching: false,
+                written: 0,
             };
             tracing::debug!(%client, %peer, "tcp connection");
             let open = metrics()

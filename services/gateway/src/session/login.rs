@@ -210,6 +210,8 @@ impl Session {
                     queue,
                     sync,
                     needs_sync: ack.pending.needs_sync,
+                    login_written: None,
+                    unconfirmed: std::collections::VecDeque::new(),
                 }));
                 Ok(ack)
             }
@@ -281,19 +283,20 @@ impl Session {
         let Some(mut deliveries) = ack.deliveries else {
             return;
         };
-        if let Some(up_to) = pending.offline_up_to {
-            deliveries
-                .acknowledge_offline_page(pending.offline_gate, up_to)
-                .await;
-        }
-        // Classic clients: what the ack carried was delivered. Clients that
-        // acknowledge: what they said they have (`since`).
-        let delivered = if deliveries.kind.acknowledges() {
-            pending.resumed_at
+        if deliveries.kind.acknowledges() {
+            if let Some(up_to) = pending.offline_up_to {
+                deliveries
+                    .acknowledge_offline_page(pending.offline_gate, up_to)
+                    .await;
+            }
+            // What they said they have (`since`).
+            self.node
+                .trimmer
+                .note_delivered(ack.user_id, pending.resumed_at);
         } else {
-            pending.cursor
-        };
-        self.node.trimmer.note_delivered(ack.user_id, delivered);
+            // What the ack carried, once the client's TCP acknowledged it.
+            deliveries.login_written = Some((pending.cursor, pending.offline_up_to));
+        }
         let _ = self.writer.send(WriterCommand::Attach(deliveries)).await;
     }
 
