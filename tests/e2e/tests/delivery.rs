@@ -208,6 +208,75 @@ async fn redis_killed_while_the_receiver_stays_online_he_gets_everything_live_in
 }
 
 #[tokio::test]
+async fn redis_killed_while_a_device_stays_online_it_gets_every_chat_once_in_the_order_sent() {
+    let mut stack = Stack::builder()
+        .gateways(2)
+        .with_private_redis()
+        .start()
+        .await;
+    let mut alice = Client::connect(stack.gateways[0].tcp).await;
+    let mut bob = Client::connect(stack.gateways[1].tcp).await;
+    let a = alice.register("alice", "pa").await;
+    let b = bob.register("bob", "pb").await;
+    alice.login_ok(a, "pa").await;
+    assert_eq!(bob.login_acking(b, "pb", None).await["errno"], 0);
+    alice.send(&chat(a, b, "warm-up")).await;
+    let warm = bob.recv().await;
+    assert_eq!(warm["msg"], "warm-up");
+    bob.send(&json!({"msgid": 12, "ack": warm["rseq"]})).await;
+
+    stack.kill_redis().await;
+    let mut accepted = Vec::new();
+    for (i, text) in numbered("during the outage", 10).into_iter().enumerate() {
+        let reply = alice.call(chat(a, b, &text), i as i64).await;
+        assert_eq!(
+            reply["errno"], 0,
+            "stored with the offline service: {reply}"
+        );
+        accepted.push(text);
+        // A device pings, or is closed after 10 s of silence.
+        bob.send(&json!({"msgid": 13})).await;
+    }
+    bob.send(&json!({"msgid": 13})).await;
+    stack.start_redis().await;
+    // Sent as soon as Redis takes chats again: the race this is about is
+    // between these and the ones stored during the outage.
+    for (i, text) in numbered("after the outage", 10).into_iter().enumerate() {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let reply = alice.call(chat(a, b, &text), 100 + i as i64).await;
+            if reply["errno"] == 0 {
+                accepted.push(text);
+                break;
+            }
+            assert!(Instant::now() < deadline, "never accepted again: {reply}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // The same connection: every chat once, in the order Alice sent them,
+    // with increasing rseq, each acknowledged.
+    let mut got = Vec::new();
+    let mut last_rseq = warm["rseq"].as_u64().expect("rseq");
+    let deadline = Instant::now() + PATIENCE;
+    while got.len() < accepted.len() && Instant::now() < deadline {
+        let Some(line) = bob.try_recv_line(Duration::from_secs(1)).await else {
+            bob.send(&json!({"msgid": 13})).await;
+            continue;
+        };
+        let m: Value = serde_json::from_str(&line).expect("json");
+        if m["msgid"] != 6 {
+            continue;
+        }
+        let rseq = m["rseq"].as_u64().expect("rseq on every chat");
+        assert!(rseq > last_rseq, "increasing rseq: {m}");
+        last_rseq = rseq;
+        bob.send(&json!({"msgid": 12, "ack": rseq})).await;
+        got.push(m["msg"].as_str().expect("msg").to_owned());
+    }
+    assert_eq!(got, accepted, "every chat once, in the order sent");
+}
+
+#[tokio::test]
 async fn a_cut_subscriber_connection_loses_nothing_and_repeats_nothing() {
     let mut stack = Stack::builder()
         .gateways(2)

@@ -64,6 +64,9 @@ fn on_event(node: &Node, event: BusEvent) {
         // Whatever was published while a subscription was away is in
         // the inbox (or, if Redis was down, the offline store).
         BusEvent::Resync(users) => {
+            // Leases that ran down while Redis was away hold these
+            // sessions' writes until the next refresh: now, not later.
+            node.lease.refresh_now();
             for user in users {
                 node.registry.sync_offline(user);
             }

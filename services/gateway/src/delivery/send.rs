@@ -11,6 +11,7 @@ use clusterchat_proto::offline::v1 as offline_pb;
 use tracing::Instrument as _;
 
 use crate::{
+    delivery::sync,
     metrics::{label, metrics},
     node::{
         Node,
@@ -174,6 +175,21 @@ async fn record(
         })
         .collect();
     let dedup = message.dedup.then_some(node.config.dedup_ttl);
+    // A receiver this node stored chats for while Redis was unreachable
+    // gets those in their inbox first (the sender's order); while that
+    // fails, this chat joins them in the offline store.
+    let mut held = vec![false; targets.len()];
+    for (i, to) in targets.iter().enumerate() {
+        if node.offline.owes(to.user) {
+            match sync::repay_offline(node, to.user).await {
+                Ok(()) => node.offline.repaid(to.user),
+                Err(e) => {
+                    tracing::debug!(error = %e, user = to.user, "cannot move chats stored offline to the inbox yet");
+                    held[i] = true;
+                }
+            }
+        }
+    }
     // On a cluster, a shard failing over answers again within seconds:
     // waiting for it keeps this sender's chats in order (a copy the
     // failed attempt may have left is written once, by message id).
@@ -182,8 +198,11 @@ async fn record(
     let mut failing_since: Option<std::time::Instant> = None;
     loop {
         let pending: Vec<usize> = (0..targets.len())
-            .filter(|&i| appended[i].is_none())
+            .filter(|&i| appended[i].is_none() && !held[i])
             .collect();
+        if pending.is_empty() {
+            break;
+        }
         let attempt_targets: Vec<AppendTo> = pending
             .iter()
             .map(|&i| AppendTo {
@@ -332,6 +351,9 @@ async fn store_all_offline(
     // Receivers on this node read it from there now; the nodes of
     // those elsewhere are told as soon as Redis answers again.
     for (&receiver, stored) in receivers.iter().zip(&results) {
+        if stored.is_ok() {
+            node.offline.owe(receiver);
+        }
         if stored.is_ok() && !node.registry.contains(receiver) {
             node.offline.nudge_later(receiver);
         } else if stored.is_ok() {

@@ -81,7 +81,7 @@ impl OfflinePage {
                 continue;
             }
             if acks && m.inbox_seq == 0 {
-                append_to_own_inbox(node, user, m).await?;
+                append_to_inbox(node, user, m, false).await?;
                 prepared.appended += 1;
                 continue;
             }
@@ -100,12 +100,34 @@ impl OfflinePage {
     }
 }
 
+/// Appends every message of the user's offline store that has no inbox
+/// sequence (stored while Redis was unreachable) to their inbox, in the
+/// store's order, each once, published to their sessions. A sender's node
+/// does this before its next chat to the user goes to the inbox, so the
+/// sender's chats keep their order.
+pub async fn repay_offline(node: &Node, user: i64) -> Result<(), RedisError> {
+    let mut after = 0;
+    loop {
+        let page = fetch_offline(node, user, after).await.map_err(|status| {
+            RedisError::new(format!("offline fetch failed: {}", status.message()))
+        })?;
+        for m in page.messages.iter().filter(|m| m.inbox_seq == 0) {
+            append_to_inbox(node, user, m, true).await?;
+        }
+        match page.messages.last() {
+            Some(last) if page.more => after = last.position,
+            _ => return Ok(()),
+        }
+    }
+}
+
 /// Appends a message from the user's offline store to their inbox, once
-/// (the message id is the idempotency key), without publishing it.
-async fn append_to_own_inbox(
+/// (the message id is the idempotency key).
+async fn append_to_inbox(
     node: &Node,
     user: i64,
     message: &offline_pb::OfflineMessage,
+    publish: bool,
 ) -> Result<(), RedisError> {
     let mid = if message.client_msg_id.is_empty() {
         format!("offline-{}", message.position)
@@ -122,10 +144,7 @@ async fn append_to_own_inbox(
     let appended = node
         .redis
         .append(
-            &[AppendTo {
-                user,
-                publish: false,
-            }],
+            &[AppendTo { user, publish }],
             &mid,
             &tail,
             node.config.limits.max_inbox,

@@ -10,12 +10,15 @@ use std::{
 };
 
 use shutdown::Shutdown;
-use tokio::time::Instant;
+use tokio::{sync::Notify, time::Instant};
 
 use crate::{
     node::registry::{Registry, session_address},
     redis::{Claim, Redis, slot},
 };
+
+/// How soon a refresh that failed somewhere is tried again.
+const RETRY_SOON: Duration = Duration::from_millis(250);
 
 pub struct Lease {
     ttl: Duration,
@@ -28,6 +31,9 @@ pub struct Lease {
     /// users' leases.
     confirmed: Box<[AtomicU64]>,
     epoch: Instant,
+    /// Asks for a refresh now, not at the next period (Redis is back: the
+    /// sessions whose leases ran down wait for it before they write).
+    refresh: Notify,
 }
 
 impl Lease {
@@ -37,7 +43,13 @@ impl Lease {
             max_devices,
             confirmed: (0..16_384).map(|_| AtomicU64::new(0)).collect(),
             epoch: Instant::now(),
+            refresh: Notify::new(),
         }
+    }
+
+    /// Refreshes the claims now (after Redis came back).
+    pub fn refresh_now(&self) {
+        self.refresh.notify_one();
     }
 
     /// Whether this node may still write to a session that claimed its user
@@ -60,9 +72,13 @@ impl Lease {
         shutdown: &Shutdown,
     ) {
         let period = self.ttl / 4;
+        // After a refresh that did not reach every shard, the next one comes
+        // sooner: a lease that ran down holds its sessions' writes.
+        let mut next = period;
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(period) => {}
+                _ = tokio::time::sleep(next) => {}
+                _ = self.refresh.notified() => {}
                 _ = shutdown.requested() => return,
             }
             let sent_at = Instant::now();
@@ -78,6 +94,11 @@ impl Lease {
             let held = redis
                 .refresh_presence(&claims, (self.ttl, self.max_devices))
                 .await;
+            next = if held.iter().any(Option::is_none) {
+                period.min(RETRY_SOON)
+            } else {
+                period
+            };
             for (session, held) in sessions.into_iter().zip(held) {
                 let user = session.user;
                 match held {

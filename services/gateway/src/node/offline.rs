@@ -34,6 +34,11 @@ pub struct OfflineStore {
     /// Remote receivers of messages stored offline because Redis was
     /// unreachable: their nodes are told once Redis answers again.
     nudges: Mutex<HashSet<i64>>,
+    /// Receivers this node stored chats for while Redis was unreachable
+    /// (without an inbox sequence): their next chat from here reaches their
+    /// inbox only after those did, so what one sender sent stays in order
+    /// for clients that acknowledge too (`delivery::send`).
+    owed: Mutex<HashSet<i64>>,
 }
 
 impl OfflineStore {
@@ -45,7 +50,31 @@ impl OfflineStore {
             moving: Mutex::default(),
             move_permits: Semaphore::new(32),
             nudges: Mutex::default(),
+            owed: Mutex::default(),
         }
+    }
+
+    /// This node stored a chat for `user` without an inbox sequence.
+    pub fn owe(&self, user: i64) {
+        self.owed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(user);
+    }
+
+    /// Whether chats for `user` stored here without an inbox sequence may
+    /// not be in their inbox yet.
+    pub fn owes(&self, user: i64) -> bool {
+        let owed = self.owed.lock().unwrap_or_else(|p| p.into_inner());
+        !owed.is_empty() && owed.contains(&user)
+    }
+
+    /// What was owed to `user` is in their inbox now.
+    pub fn repaid(&self, user: i64) {
+        self.owed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&user);
     }
 
     /// The offline service's client, for reading a user's stored messages.
