@@ -251,11 +251,16 @@ impl Redis {
                     )));
                 };
                 let client = redis::Client::open(url)?;
+                // One connection attempt per reconnect: every command waits
+                // for the reconnect under way, so retries with backoff
+                // here made each command take a second while Redis was
+                // down (a chat then waited that long to be stored offline).
+                // The callers retry by themselves where it helps
+                // (`node::failover`), and the next command reconnects.
                 let config = redis::aio::ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(Duration::from_secs(2)))
                     .set_response_timeout(Some(Duration::from_secs(2)))
-                    .set_number_of_retries(2)
-                    .set_max_delay(Duration::from_secs(1));
+                    .set_number_of_retries(0);
                 let commands = ConnectionManager::new_with_config(client, config).await?;
                 // One shard that owns every slot.
                 let everything = slot::Shard {
