@@ -277,6 +277,97 @@ async fn redis_killed_while_a_device_stays_online_it_gets_every_chat_once_in_the
 }
 
 #[tokio::test]
+async fn a_device_whose_inbox_is_full_still_logs_in_and_gets_what_waits_offline_too() {
+    let mut stack = Stack::builder()
+        .gateways(2)
+        .with_private_redis()
+        .gateway_env("CLUSTERCHAT_GATEWAY_MAX_INBOX", "5")
+        .start()
+        .await;
+    let mut alice = Client::connect(stack.gateways[0].tcp).await;
+    let mut carol = Client::connect(stack.gateways[1].tcp).await;
+    let mut bob = Client::connect(stack.gateways[0].tcp).await;
+    let a = alice.register("alice", "pa").await;
+    let c = carol.register("carol", "pc").await;
+    let b = bob.register("bob", "pb").await;
+    alice.login_ok(a, "pa").await;
+    carol.login_ok(c, "pc").await;
+    // Bob's device shows what it gets but never acknowledges: his inbox
+    // fills up.
+    assert_eq!(bob.login_acking(b, "pb", None).await["errno"], 0);
+    let mut from_alice = Vec::new();
+    loop {
+        let text = format!("from alice {}", from_alice.len());
+        let reply = alice.call(chat(a, b, &text), 10).await;
+        match reply["errno"].as_i64() {
+            Some(0) => from_alice.push(text),
+            _ => {
+                assert_eq!(reply["errno"], 13, "refused: inbox full: {reply}");
+                break;
+            }
+        }
+    }
+    assert_eq!(from_alice.len(), 5, "the inbox holds 5");
+    bob.send(&json!({"msgid": 13})).await;
+
+    // Carol's chat while Redis is down: stored with the offline service,
+    // with no inbox sequence, and it does not fit his inbox afterwards.
+    stack.kill_redis().await;
+    assert_eq!(
+        carol.call(chat(c, b, "from carol"), 1).await["errno"],
+        0,
+        "stored offline"
+    );
+    bob.send(&json!({"msgid": 13})).await;
+    stack.start_redis().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    bob.reset();
+
+    // Bob's device logs in again (it could not: errno 8, for the message
+    // that did not fit), acknowledges, and gets all six, Alice's in order.
+    let mut bob = Client::connect(stack.gateways[1].tcp).await;
+    let ack = loop {
+        let ack = bob.login_acking(b, "pb", None).await;
+        if ack["errno"] != 2 {
+            break ack;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(ack["errno"], 0, "{ack}");
+    let mut got = texts(&offline_messages(&ack));
+    let mut last_rseq = 0;
+    let deadline = Instant::now() + PATIENCE;
+    while got.len() < 6 && Instant::now() < deadline {
+        let Some(line) = bob.try_recv_line(Duration::from_secs(1)).await else {
+            bob.send(&json!({"msgid": 13})).await;
+            continue;
+        };
+        let m: Value = serde_json::from_str(&line).expect("json");
+        if m["msgid"] != 6 {
+            continue;
+        }
+        let rseq = m["rseq"].as_u64().expect("rseq");
+        assert!(rseq > last_rseq, "increasing: {m}");
+        last_rseq = rseq;
+        bob.send(&json!({"msgid": 12, "ack": rseq})).await;
+        got.push(m["msg"].as_str().expect("msg").to_owned());
+    }
+    let mut want = from_alice.clone();
+    want.push("from carol".to_owned());
+    assert_eq!(
+        got.iter()
+            .filter(|t| t.starts_with("from alice"))
+            .cloned()
+            .collect::<Vec<_>>(),
+        from_alice,
+        "Alice's in order"
+    );
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "each once");
+}
+
+#[tokio::test]
 async fn a_cut_subscriber_connection_loses_nothing_and_repeats_nothing() {
     let mut stack = Stack::builder()
         .gateways(2)

@@ -182,7 +182,9 @@ async fn record(
     for (i, to) in targets.iter().enumerate() {
         if node.offline.owes(to.user) {
             match sync::repay_offline(node, to.user).await {
-                Ok(()) => node.offline.repaid(to.user),
+                Ok(true) => node.offline.repaid(to.user),
+                // Full: this chat is refused for the same reason.
+                Ok(false) => {}
                 Err(e) => {
                     tracing::debug!(error = %e, user = to.user, "cannot move chats stored offline to the inbox yet");
                     held[i] = true;

@@ -29,6 +29,10 @@ pub struct OfflinePage {
     pub last_position: Option<u64>,
     /// The store holds more after this page.
     pub more: bool,
+    /// The inbox was full: the page stops before a message that could not
+    /// be appended to it (it is read again once the client acknowledged
+    /// some of the inbox).
+    pub inbox_full: bool,
 }
 
 /// Reads the page of the user's offline store after `after`.
@@ -71,9 +75,12 @@ impl OfflinePage {
             appended: 0,
             last_position: page.messages.last().map(|m| m.position),
             more: page.more,
+            inbox_full: false,
         };
         let acks = kind.acknowledges();
+        let mut before = None;
         for m in &page.messages {
+            let position = std::mem::replace(&mut before, Some(m.position));
             if m.inbox_seq != 0 && m.inbox_seq <= floor {
                 if acks && m.inbox_seq > acked {
                     prepared.gate = prepared.gate.max(m.inbox_seq);
@@ -81,7 +88,14 @@ impl OfflinePage {
                 continue;
             }
             if acks && m.inbox_seq == 0 {
-                append_to_inbox(node, user, m, false).await?;
+                if !append_to_inbox(node, user, m, false).await? {
+                    // Not an error: the client must be able to log in and
+                    // acknowledge what fills its inbox.
+                    prepared.last_position = position;
+                    prepared.more = true;
+                    prepared.inbox_full = true;
+                    break;
+                }
                 prepared.appended += 1;
                 continue;
             }
@@ -104,31 +118,35 @@ impl OfflinePage {
 /// sequence (stored while Redis was unreachable) to their inbox, in the
 /// store's order, each once, published to their sessions. A sender's node
 /// does this before its next chat to the user goes to the inbox, so the
-/// sender's chats keep their order.
-pub async fn repay_offline(node: &Node, user: i64) -> Result<(), RedisError> {
+/// sender's chats keep their order. False when the inbox is full (what did
+/// not fit stays in the offline store; the chat that follows is refused
+/// for the same reason).
+pub async fn repay_offline(node: &Node, user: i64) -> Result<bool, RedisError> {
     let mut after = 0;
     loop {
         let page = fetch_offline(node, user, after).await.map_err(|status| {
             RedisError::new(format!("offline fetch failed: {}", status.message()))
         })?;
         for m in page.messages.iter().filter(|m| m.inbox_seq == 0) {
-            append_to_inbox(node, user, m, true).await?;
+            if !append_to_inbox(node, user, m, true).await? {
+                return Ok(false);
+            }
         }
         match page.messages.last() {
             Some(last) if page.more => after = last.position,
-            _ => return Ok(()),
+            _ => return Ok(true),
         }
     }
 }
 
 /// Appends a message from the user's offline store to their inbox, once
-/// (the message id is the idempotency key).
+/// (the message id is the idempotency key). False when the inbox is full.
 async fn append_to_inbox(
     node: &Node,
     user: i64,
     message: &offline_pb::OfflineMessage,
     publish: bool,
-) -> Result<(), RedisError> {
+) -> Result<bool, RedisError> {
     let mid = if message.client_msg_id.is_empty() {
         format!("offline-{}", message.position)
     } else {
@@ -151,12 +169,7 @@ async fn append_to_inbox(
             Some(node.config.dedup_ttl),
         )
         .await?;
-    match appended.first() {
-        Some(Appended::InboxFull) => {
-            Err(RedisError::new(format!("the inbox of user {user} is full")))
-        }
-        _ => Ok(()),
-    }
+    Ok(!matches!(appended.first(), Some(Appended::InboxFull)))
 }
 
 /// Inbox entries as frames for one client.
@@ -276,7 +289,7 @@ pub async fn at_login(
             pending.cursor = pending.cursor.max(prepared.gate);
             pending.offline_up_to = prepared.last_position;
             if prepared.more {
-                pending.offline_after = pending.offline_up_to;
+                pending.offline_after = Some(prepared.last_position.unwrap_or(0));
             }
             if prepared.appended > 0 {
                 // Moved to the inbox after it was read: the writer

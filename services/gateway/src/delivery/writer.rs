@@ -92,6 +92,9 @@ pub struct DeliveryState {
     pub acked: u64,
     /// Where to continue reading the offline store; `None` when drained.
     pub offline_after: Option<u64>,
+    /// The inbox was too full to take an offline-store message: the inbox
+    /// is read (and acknowledged) first, the offline store again after this.
+    pub offline_paused_until: Option<Instant>,
     /// Offline-store entries moved from the inbox at or below this sequence
     /// were delivered from the inbox already.
     pub delivered_floor: u64,
@@ -133,6 +136,10 @@ const CONFIRM_EVERY: Duration = Duration::from_millis(20);
 /// its last writes (else they are delivered again at the next login).
 const CONFIRM_AT_END: Duration = Duration::from_millis(200);
 
+/// How long the offline store waits when the inbox was too full to take
+/// its messages.
+const OFFLINE_PAUSE: Duration = Duration::from_secs(1);
+
 /// Inbox entries read per step of a sync.
 const INBOX_PAGE: usize = 200;
 
@@ -155,7 +162,10 @@ impl DeliveryState {
         if !node.lease.holds(self.user, self.claimed_at) {
             return Step::Retry(Duration::from_millis(100));
         }
-        if let Some(after) = self.offline_after {
+        let paused = self
+            .offline_paused_until
+            .is_some_and(|until| until > Instant::now());
+        if let Some(after) = self.offline_after.filter(|_| !paused) {
             let page = match sync::fetch_offline(&node, self.user, after).await {
                 Ok(page) => page,
                 Err(status) => {
@@ -207,6 +217,9 @@ impl DeliveryState {
             if !prepared.more {
                 self.offline_after = None;
             }
+            if prepared.inbox_full {
+                self.offline_paused_until = Some(Instant::now() + OFFLINE_PAUSE);
+            }
             return Step::More;
         }
         let page = match node
@@ -247,7 +260,14 @@ impl DeliveryState {
         if !self.kind.acknowledges() {
             self.written(sink, self.cursor, None);
         }
-        if complete { Step::Done } else { Step::More }
+        if !complete {
+            Step::More
+        } else if self.offline_after.is_some() {
+            // Paused for a full inbox: the offline store again in a moment.
+            Step::Retry(OFFLINE_PAUSE)
+        } else {
+            Step::Done
+        }
     }
 
     /// Classic clients: inbox entries up to `inbox` and offline-store

@@ -203,6 +203,7 @@ impl Session {
                     cursor: ack.pending.cursor,
                     acked: ack.pending.resumed_at.max(ack.pending.delivered_floor),
                     offline_after: ack.pending.offline_after,
+                    offline_paused_until: None,
                     delivered_floor: ack.pending.delivered_floor,
                     claimed_at,
                     offline_acks: std::collections::VecDeque::new(),
