@@ -35,6 +35,8 @@ const DELIVERED_EVERY_MS = 1_000;
 const TYPING_EVERY_MS = 2_000;
 const PAGE = 50;
 const CATCH_UP_PAGE = 200;
+/** A catch-up looks for gaps among this many of a conversation's newest numbers. */
+const GAP_WINDOW = 1_000;
 /** After a failed history request, wait this long before asking again. */
 const HISTORY_RETRY_MS = 5_000;
 /** The history service keeps group memberships this long (5 s by default),
@@ -207,17 +209,18 @@ export class ChatSession {
     }
   }
 
-  /** History after the newest message here (none here: nothing to fill). */
+  /** History after the first gap among the newest messages here, else
+   *  after the newest (none here: nothing to fill). */
   private async fetchNewer(conv: string, current: () => boolean): Promise<void> {
     const store = this.store!;
-    let after = store.newestCseq(conv);
+    let after = store.catchUpAfter(conv, GAP_WINDOW);
     for (let page = 0; after > 0 && page < 50 && current(); page++) {
       const body = await this.connection.request(encode.history(conv, { after, limit: CATCH_UP_PAGE }));
       const history = decodeHistory(body);
       this.received(store.applyHistoryPage(conv, history.messages, history.more, 'newer', Date.now()));
-      const newest = store.newestCseq(conv);
-      if (!history.more || newest <= after) break;
-      after = newest;
+      const top = Math.max(after, ...history.messages.map((m) => m.cseq ?? 0));
+      if (!history.more || top <= after) break;
+      after = top;
     }
   }
 

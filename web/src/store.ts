@@ -398,6 +398,31 @@ export class Store {
     return 0;
   }
 
+  /** Where catching up starts: after the last cseq up to which this
+   *  conversation holds every message, looking back at most `window`
+   *  numbers from the newest. Not simply the newest: in a group, a message
+   *  numbered earlier may reach the inbox later than one numbered after it,
+   *  and another device may have taken it meanwhile; asking for what comes
+   *  after the newest would never fill that gap. A number history never
+   *  had (a chat refused altogether) is asked for again at each catch-up,
+   *  within the window. */
+  catchUpAfter(conv: string, window: number): number {
+    const c = this.conversations.get(conv);
+    if (!c) return 0;
+    const cseqs = [...new Set(c.messages.flatMap((m) => (m.cseq === null ? [] : [m.cseq])))].sort(
+      (a, b) => a - b,
+    );
+    const newest = cseqs[cseqs.length - 1];
+    if (newest === undefined) return 0;
+    const floor = newest - window;
+    let prev: number | null = null;
+    for (const cseq of cseqs) {
+      if (prev !== null && cseq > floor && cseq !== prev + 1) return Math.max(prev, floor);
+      prev = cseq;
+    }
+    return newest;
+  }
+
   oldestCseq(conv: string): number {
     const c = this.conversations.get(conv);
     const first = c?.messages.find((m) => m.cseq !== null);

@@ -228,3 +228,19 @@ test('a conversation started here goes to the top', () => {
   store.touchConversation('g:9', T0 + 1000);
   assert.deepEqual(store.sortedConversations().map((c) => c.conv), ['g:9', 'd:1:4']);
 });
+
+test('catching up starts at the first gap among the newest, not after the newest', () => {
+  const store = new Store(ME, 'alice');
+  assert.equal(store.catchUpAfter(DM, 1000), 0, 'nothing here: nothing to fill');
+  store.addChats([chat(10), chat(11), chat(12)], T0);
+  assert.equal(store.catchUpAfter(DM, 1000), 12, 'no gap: after the newest');
+  // 14 came live; 13, numbered earlier, reached another device later.
+  store.addChats([chat(14), chat(15)], T0);
+  assert.equal(store.catchUpAfter(DM, 1000), 12, 'after the gap: 13 is fetched');
+  store.addChats([chat(13)], T0);
+  assert.equal(store.catchUpAfter(DM, 1000), 15);
+  // A gap further back than the window is not looked for.
+  store.addChats([chat(2000)], T0);
+  assert.equal(store.catchUpAfter(DM, 100), 1900);
+  assert.equal(store.catchUpAfter(DM, 5000), 15);
+});

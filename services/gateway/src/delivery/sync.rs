@@ -87,28 +87,40 @@ impl OfflinePage {
                 }
                 continue;
             }
-            if acks && m.inbox_seq == 0 {
-                if !append_to_inbox(node, user, m, false).await? {
-                    // Not an error: the client must be able to log in and
-                    // acknowledge what fills its inbox.
-                    prepared.last_position = position;
-                    prepared.more = true;
-                    prepared.inbox_full = true;
-                    break;
+            let mut seq = m.inbox_seq;
+            if acks && seq == 0 {
+                match append_to_inbox(node, user, m, false).await? {
+                    ToInbox::Full => {
+                        // Not an error: the client must be able to log in
+                        // and acknowledge what fills its inbox.
+                        prepared.last_position = position;
+                        prepared.more = true;
+                        prepared.inbox_full = true;
+                        break;
+                    }
+                    ToInbox::Appended => {
+                        prepared.appended += 1;
+                        continue;
+                    }
+                    // Appended before (by the sender's node, or an earlier
+                    // read of this page): it is this inbox entry. Its
+                    // inbox copy may be gone (moved here, where the store
+                    // kept only this copy of the id), so it is written
+                    // from here unless it was delivered already.
+                    ToInbox::AlreadyAt(at) if at <= floor => {
+                        if at > acked {
+                            prepared.gate = prepared.gate.max(at);
+                        }
+                        continue;
+                    }
+                    ToInbox::AlreadyAt(at) => seq = at,
                 }
-                prepared.appended += 1;
-                continue;
             }
             prepared.frames.push((
                 m.client_msg_id.clone(),
-                delivery_frame(
-                    kind,
-                    m.payload.clone().into_bytes(),
-                    &m.client_msg_id,
-                    m.inbox_seq,
-                ),
+                delivery_frame(kind, m.payload.clone().into_bytes(), &m.client_msg_id, seq),
             ));
-            prepared.gate = prepared.gate.max(m.inbox_seq);
+            prepared.gate = prepared.gate.max(seq);
         }
         Ok(prepared)
     }
@@ -128,7 +140,7 @@ pub async fn repay_offline(node: &Node, user: i64) -> Result<bool, RedisError> {
             RedisError::new(format!("offline fetch failed: {}", status.message()))
         })?;
         for m in page.messages.iter().filter(|m| m.inbox_seq == 0) {
-            if !append_to_inbox(node, user, m, true).await? {
+            if let ToInbox::Full = append_to_inbox(node, user, m, true).await? {
                 return Ok(false);
             }
         }
@@ -139,14 +151,22 @@ pub async fn repay_offline(node: &Node, user: i64) -> Result<bool, RedisError> {
     }
 }
 
-/// Appends a message from the user's offline store to their inbox, once
-/// (the message id is the idempotency key). False when the inbox is full.
+/// What [`append_to_inbox`] did.
+enum ToInbox {
+    Appended,
+    /// Appended before, with this sequence (the message id is the
+    /// idempotency key).
+    AlreadyAt(u64),
+    Full,
+}
+
+/// Appends a message from the user's offline store to their inbox, once.
 async fn append_to_inbox(
     node: &Node,
     user: i64,
     message: &offline_pb::OfflineMessage,
     publish: bool,
-) -> Result<bool, RedisError> {
+) -> Result<ToInbox, RedisError> {
     let mid = if message.client_msg_id.is_empty() {
         format!("offline-{}", message.position)
     } else {
@@ -169,7 +189,11 @@ async fn append_to_inbox(
             Some(node.config.dedup_ttl),
         )
         .await?;
-    Ok(!matches!(appended.first(), Some(Appended::InboxFull)))
+    Ok(match appended.first() {
+        Some(Appended::InboxFull) => ToInbox::Full,
+        Some(Appended::Duplicate { seq }) => ToInbox::AlreadyAt(*seq),
+        _ => ToInbox::Appended,
+    })
 }
 
 /// Inbox entries as frames for one client.
