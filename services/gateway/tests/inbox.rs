@@ -403,3 +403,78 @@ async fn chats_are_numbered_per_conversation_and_recorded_for_history() {
     assert_eq!(entries[2]["op"], "x");
     assert_eq!(entries[2]["mid"], "m2");
 }
+
+#[tokio::test]
+async fn a_retracted_chat_retried_with_its_client_id_is_numbered_and_recorded_afresh() {
+    // Issue 20, hole 2: a chat refused altogether is retracted; the client
+    // retries it with the same cmid (so the same mid). The retry must reach
+    // history: a new number and an `op=m` entry of its own.
+    let (cluster, prefix) = cluster_with_prefix().await;
+    let conv = Conversation::direct(4, 3);
+    let name = conv.to_string();
+    let first = cluster
+        .number(number_job(&conv, "r1", 60, "refused, then retried"))
+        .await
+        .expect("number");
+    cluster.retract(&name, "r1", first).await;
+    let retried = cluster
+        .number(number_job(&conv, "r1", 60, "refused, then retried"))
+        .await
+        .expect("number");
+    assert_eq!(
+        retried,
+        first + 1,
+        "the retry of a retracted chat is numbered afresh"
+    );
+    let again = cluster
+        .number(number_job(&conv, "r1", 60, "refused, then retried"))
+        .await
+        .expect("number");
+    assert_eq!(again, retried, "and a retry of the retry keeps that number");
+    // A retraction of the first number arriving late (another attempt of
+    // the same chat refused) leaves the retry's number standing.
+    cluster.retract(&name, "r1", first).await;
+    let late = cluster
+        .number(number_job(&conv, "r1", 60, "refused, then retried"))
+        .await
+        .expect("number");
+    assert_eq!(late, retried);
+
+    let key = format!("{prefix}{{h:{}}}", partition(&name));
+    let entries = stream_entries(&key).await;
+    let ops: Vec<(&str, &str)> = entries
+        .iter()
+        .map(|e| (e["op"].as_str(), e["seq"].as_str()))
+        .collect();
+    let (first, retried) = (first.to_string(), retried.to_string());
+    assert_eq!(
+        ops,
+        [
+            ("m", first.as_str()),
+            ("x", first.as_str()),
+            ("m", retried.as_str()),
+            ("x", first.as_str()),
+        ],
+        "{entries:?}"
+    );
+    assert!(entries.iter().all(|e| e["mid"] == "r1"));
+    let frame: serde_json::Value =
+        serde_json::from_str(&entries[2]["frame"]).expect("the frame is JSON");
+    assert_eq!(
+        frame["cseq"].to_string(),
+        retried,
+        "the frame carries the new number"
+    );
+
+    // A chat without a client id has no dedup key; its retraction is the
+    // entry alone.
+    let plain = cluster
+        .number(number_job(&conv, "r2", 0, "no client id"))
+        .await
+        .expect("number");
+    cluster.retract(&name, "r2", plain).await;
+    let entries = stream_entries(&key).await;
+    assert_eq!(entries.len(), 6);
+    assert_eq!(entries[5]["op"], "x");
+    assert_eq!(entries[5]["seq"], plain.to_string());
+}

@@ -235,8 +235,9 @@ pub struct ReadState {
 pub enum Entry {
     /// `op=m`: a message to keep.
     Message(NewMessage),
-    /// `op=x`: the message with this mid was numbered and then refused:
-    /// delete it if stored, never store it later.
+    /// `op=x`: the message with this mid was given this number and then
+    /// refused: delete it if stored under this number, never store it
+    /// under this number later (a retry of it comes with a new number).
     Retract(Retraction),
 }
 

@@ -9,7 +9,7 @@
 //! first message sent at or after their join time, found once per request
 //! on `(conv, sent_at_us)`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use sqlx::{MySql, MySqlConnection, MySqlPool, QueryBuilder, Row as _, mysql::MySqlRow};
 
@@ -60,9 +60,11 @@ impl HistoryStore {
 
     /// Stores a batch of stream entries in one transaction: messages (each
     /// once, by `(conv, seq)` and by mid), the conversations' heads, the
-    /// parties of 1:1 conversations, and retractions (which win over their
-    /// message in whatever order the two arrive). Idempotent: the same
-    /// batch again changes nothing.
+    /// parties of 1:1 conversations, and retractions. A retraction removes
+    /// one number of a message (its mid and seq), whichever of the two
+    /// arrives first; a retry of a retracted chat (same mid, a new number)
+    /// is stored, whether it arrives before or after that retraction (see
+    /// [`retract`]). Idempotent: the same batch again changes nothing.
     #[tracing::instrument(name = "sql.ingest", skip_all, fields(otel.kind = "client", db.system = "mysql", entries = entries.len()))]
     pub async fn ingest(&self, entries: &[Entry]) -> Result<Ingested, sqlx::Error> {
         let retractions: Vec<&Retraction> = entries
@@ -72,11 +74,14 @@ impl HistoryStore {
                 Entry::Message(_) => None,
             })
             .collect();
-        let retracted_here: HashSet<&str> = retractions.iter().map(|r| r.mid.as_str()).collect();
+        let retracted_here: HashSet<(&str, u64)> = retractions
+            .iter()
+            .map(|r| (r.mid.as_str(), r.seq))
+            .collect();
         let mut messages: Vec<&NewMessage> = entries
             .iter()
             .filter_map(|e| match e {
-                Entry::Message(m) if !retracted_here.contains(m.mid.as_str()) => Some(m),
+                Entry::Message(m) if !retracted_here.contains(&(m.mid.as_str(), m.seq)) => Some(m),
                 _ => None,
             })
             .collect();
@@ -88,13 +93,22 @@ impl HistoryStore {
         let mut tx = self.pool.begin().await?;
         // Retractions processed in an earlier batch. A shared lock: a
         // retraction being written by another consumer right now either is
-        // seen here or waits until this transaction ends, so its DELETE
-        // finds what this one stores.
-        let tombstones = retracted_mids(&mut tx, &messages).await?;
+        // seen here or waits until this transaction ends, so what it does
+        // (its DELETE, taking a renumbered message's place) finds what this
+        // one stores.
+        let tombstones = retracted_numbers(&mut tx, &messages).await?;
         if !tombstones.is_empty() {
             let before = messages.len();
-            messages.retain(|m| !tombstones.contains(&m.mid));
+            messages.retain(|m| !tombstones.contains(&(m.mid.clone(), m.seq)));
             outcome.retracted += (before - messages.len()) as u64;
+        }
+
+        // Retractions before messages: a retry in this batch finds its mid
+        // free once the number it replaces is gone.
+        if !retractions.is_empty() {
+            let (deleted, promoted) = retract(&mut tx, &retractions).await?;
+            outcome.retracted += deleted;
+            outcome.stored += promoted;
         }
 
         for chunk in insert_chunks(&messages) {
@@ -112,6 +126,9 @@ impl HistoryStore {
             let stored = insert.build().execute(&mut *tx).await?.rows_affected();
             outcome.stored += stored;
             outcome.duplicates += chunk.len() as u64 - stored;
+            if stored < chunk.len() as u64 {
+                hold_renumbered(&mut tx, chunk).await?;
+            }
         }
 
         let mut heads: BTreeMap<Conversation, (u64, i64)> = BTreeMap::new();
@@ -151,29 +168,6 @@ impl HistoryStore {
             insert.build().execute(&mut *tx).await?;
         }
 
-        if !retractions.is_empty() {
-            let now = now_unix_us();
-            for chunk in retractions.chunks(ROWS_PER_INSERT) {
-                let mut insert = QueryBuilder::<MySql>::new(
-                    "INSERT IGNORE INTO history_retracted (mid, conv, seq, retracted_at_us) ",
-                );
-                insert.push_values(chunk, |mut row, r| {
-                    row.push_bind(r.mid.clone())
-                        .push_bind(r.conversation.to_string())
-                        .push_bind(r.seq)
-                        .push_bind(now);
-                });
-                insert.build().execute(&mut *tx).await?;
-                let mut delete =
-                    QueryBuilder::<MySql>::new("DELETE FROM history_messages WHERE mid IN (");
-                let mut list = delete.separated(", ");
-                for r in chunk {
-                    list.push_bind(r.mid.clone());
-                }
-                delete.push(")");
-                outcome.retracted += delete.build().execute(&mut *tx).await?.rows_affected();
-            }
-        }
         tx.commit().await?;
         Ok(outcome)
     }
@@ -394,6 +388,13 @@ impl HistoryStore {
         .bind(chunk)
         .execute(&self.pool)
         .await?;
+        sqlx::query(
+            "DELETE FROM history_renumbered WHERE sent_at_us < ? ORDER BY sent_at_us LIMIT ?",
+        )
+        .bind(cutoff_us)
+        .bind(chunk)
+        .execute(&self.pool)
+        .await?;
         Ok(messages)
     }
 }
@@ -419,24 +420,177 @@ fn insert_chunks<'a>(messages: &'a [&'a NewMessage]) -> Vec<&'a [&'a NewMessage]
     chunks
 }
 
-async fn retracted_mids(
+/// The retracted numbers, `(mid, seq)`, among the mids of `messages`
+/// (read with a shared lock: see [`HistoryStore::ingest`]).
+async fn retracted_numbers(
     conn: &mut MySqlConnection,
     messages: &[&NewMessage],
-) -> Result<HashSet<String>, sqlx::Error> {
+) -> Result<HashSet<(String, u64)>, sqlx::Error> {
     let mut found = HashSet::new();
     for chunk in messages.chunks(IDS_PER_LOOKUP) {
         let mut query =
-            QueryBuilder::<MySql>::new("SELECT mid FROM history_retracted WHERE mid IN (");
+            QueryBuilder::<MySql>::new("SELECT mid, seq FROM history_retracted WHERE mid IN (");
         let mut list = query.separated(", ");
         for m in chunk {
             list.push_bind(m.mid.clone());
         }
         query.push(") LOCK IN SHARE MODE");
         for row in query.build().fetch_all(&mut *conn).await? {
-            found.insert(row.get::<String, _>(0));
+            found.insert((row.get::<String, _>(0), row.get::<u64, _>(1)));
         }
     }
     Ok(found)
+}
+
+/// Records the tombstones of `retractions` and deletes the numbers they
+/// retract, stored or held in `history_renumbered`; a mid whose stored
+/// number went is then stored under the lowest number held for it (a retry
+/// that came before the retraction of the number it replaces). Returns the
+/// messages deleted and those stored in their place.
+async fn retract(
+    conn: &mut MySqlConnection,
+    retractions: &[&Retraction],
+) -> Result<(u64, u64), sqlx::Error> {
+    let now = now_unix_us();
+    let mut deleted = 0;
+    for chunk in retractions.chunks(ROWS_PER_INSERT) {
+        let mut insert = QueryBuilder::<MySql>::new(
+            "INSERT IGNORE INTO history_retracted (mid, conv, seq, retracted_at_us) ",
+        );
+        insert.push_values(chunk, |mut row, r| {
+            row.push_bind(r.mid.clone())
+                .push_bind(r.conversation.to_string())
+                .push_bind(r.seq)
+                .push_bind(now);
+        });
+        insert.build().execute(&mut *conn).await?;
+        // Primary-key points, each only if it is this mid's number.
+        let mut delete = QueryBuilder::<MySql>::new("DELETE FROM history_messages WHERE ");
+        let mut any = delete.separated(" OR ");
+        for r in chunk {
+            any.push("(conv = ")
+                .push_bind_unseparated(r.conversation.to_string())
+                .push_unseparated(" AND seq = ")
+                .push_bind_unseparated(r.seq)
+                .push_unseparated(" AND mid = ")
+                .push_bind_unseparated(r.mid.clone())
+                .push_unseparated(")");
+        }
+        deleted += delete.build().execute(&mut *conn).await?.rows_affected();
+        let mut delete = QueryBuilder::<MySql>::new("DELETE FROM history_renumbered WHERE ");
+        let mut any = delete.separated(" OR ");
+        for r in chunk {
+            any.push("(mid = ")
+                .push_bind_unseparated(r.mid.clone())
+                .push_unseparated(" AND seq = ")
+                .push_bind_unseparated(r.seq)
+                .push_unseparated(")");
+        }
+        delete.build().execute(&mut *conn).await?;
+    }
+
+    let mids: BTreeSet<&str> = retractions.iter().map(|r| r.mid.as_str()).collect();
+    let mids: Vec<&str> = mids.into_iter().collect();
+    // The lowest number held for each mid (rows come ordered by the key).
+    let mut held: BTreeMap<String, MySqlRow> = BTreeMap::new();
+    for chunk in mids.chunks(IDS_PER_LOOKUP) {
+        let mut query = QueryBuilder::<MySql>::new(
+            "SELECT mid, seq, conv, sender_id, sent_at_us, frame FROM history_renumbered \
+             WHERE mid IN (",
+        );
+        let mut list = query.separated(", ");
+        for mid in chunk {
+            list.push_bind(*mid);
+        }
+        query.push(") ORDER BY mid, seq FOR UPDATE");
+        for row in query.build().fetch_all(&mut *conn).await? {
+            held.entry(row.get::<String, _>(0)).or_insert(row);
+        }
+    }
+    if held.is_empty() {
+        return Ok((deleted, 0));
+    }
+    let names: Vec<&String> = held.keys().collect();
+    let mut still_stored = HashSet::new();
+    for chunk in names.chunks(IDS_PER_LOOKUP) {
+        let mut query =
+            QueryBuilder::<MySql>::new("SELECT mid FROM history_messages WHERE mid IN (");
+        let mut list = query.separated(", ");
+        for mid in chunk {
+            list.push_bind(mid.as_str());
+        }
+        query.push(")");
+        for row in query.build().fetch_all(&mut *conn).await? {
+            still_stored.insert(row.get::<String, _>(0));
+        }
+    }
+    let mut promoted = 0;
+    for (mid, row) in held.iter().filter(|(mid, _)| !still_stored.contains(*mid)) {
+        let seq: u64 = row.get(1);
+        promoted += sqlx::query(
+            "INSERT IGNORE INTO history_messages (conv, seq, mid, sender_id, sent_at_us, frame) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(row.get::<String, _>(2))
+        .bind(seq)
+        .bind(mid)
+        .bind(row.get::<i64, _>(3))
+        .bind(row.get::<i64, _>(4))
+        .bind(row.get::<String, _>(5))
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        sqlx::query("DELETE FROM history_renumbered WHERE mid = ? AND seq = ?")
+            .bind(mid)
+            .bind(seq)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok((deleted, promoted))
+}
+
+/// After an INSERT IGNORE of `chunk` skipped some: keeps aside those whose
+/// mid is stored under another number (see `history_renumbered`), so that
+/// one can take the stored one's place if that is retracted. A redelivery
+/// (same mid, same number) or another mid under a taken number is dropped.
+async fn hold_renumbered(
+    conn: &mut MySqlConnection,
+    chunk: &[&NewMessage],
+) -> Result<(), sqlx::Error> {
+    let mut query =
+        QueryBuilder::<MySql>::new("SELECT mid, seq FROM history_messages WHERE mid IN (");
+    let mut list = query.separated(", ");
+    for m in chunk {
+        list.push_bind(m.mid.clone());
+    }
+    query.push(")");
+    let stored: HashMap<String, u64> = query
+        .build()
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    let renumbered: Vec<&&NewMessage> = chunk
+        .iter()
+        .filter(|m| stored.get(&m.mid).is_some_and(|&seq| seq != m.seq))
+        .collect();
+    if renumbered.is_empty() {
+        return Ok(());
+    }
+    let mut insert = QueryBuilder::<MySql>::new(
+        "INSERT IGNORE INTO history_renumbered (mid, seq, conv, sender_id, sent_at_us, frame) ",
+    );
+    insert.push_values(renumbered, |mut row, m| {
+        row.push_bind(m.mid.clone())
+            .push_bind(m.seq)
+            .push_bind(m.conversation.to_string())
+            .push_bind(m.sender_id)
+            .push_bind(m.sent_at_us)
+            .push_bind(m.frame.clone());
+    });
+    insert.build().execute(&mut *conn).await?;
+    Ok(())
 }
 
 /// Where `visibility` starts in `conversation`: the lowest seq to read

@@ -668,6 +668,125 @@ async fn a_retraction_deletes_its_message_and_wins_when_it_comes_first() {
     );
 }
 
+/// The entries of a chat refused altogether and retried with its client id
+/// (issue 20, hole 2): its first number, that number's retraction, and the
+/// retry under a new number, with the same mid.
+#[derive(Clone, Copy, Debug)]
+enum Retried {
+    First,
+    Retract,
+    Retry,
+}
+
+impl Stack {
+    /// Writes `step` of the retried chat of `conv` to the stream, as a
+    /// gateway does.
+    async fn retried(&mut self, conv: &str, step: Retried) {
+        let mid = format!("retried-{conv}");
+        match step {
+            Retried::First => {
+                let first = Chat::new(conv, SEQ + 1, 41, "retried").mid(&mid);
+                self.append(&[first]).await;
+            }
+            Retried::Retract => self.retract(conv, SEQ + 1, &mid).await,
+            Retried::Retry => {
+                let retry = Chat::new(conv, SEQ + 2, 41, "retried").mid(&mid);
+                self.append(&[retry]).await;
+            }
+        }
+    }
+
+    /// Waits until everything written to `conv` before is processed: a
+    /// marker after it is stored.
+    async fn settle(&mut self, conv: &str, marker: u64) {
+        let marker = Chat::new(conv, SEQ + 10 + marker, 42, "marker");
+        self.append(std::slice::from_ref(&marker)).await;
+        self.wait_for(41, conv, &marker.mid).await;
+    }
+
+    /// The retried chat of `conv` as history holds it: (seq, text) of each
+    /// message with its mid.
+    async fn retried_chat(&mut self, conv: &str) -> Vec<(u64, String)> {
+        let mid = format!("retried-{conv}");
+        self.newest(41, conv)
+            .await
+            .iter()
+            .filter(|m| m.mid == mid)
+            .map(|m| (m.seq, m.frame.clone()))
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn a_retracted_chat_retried_under_a_new_number_is_stored_once_in_any_order() {
+    use Retried::{First, Retract, Retry};
+    let mut stack = Stack::new().await;
+    // The order a stream has (first, retraction, retry) and every other
+    // one: entries read again after a crash, or taken over from another
+    // consumer, come after later ones.
+    let orders = [
+        [First, Retract, Retry],
+        [First, Retry, Retract],
+        [Retry, First, Retract],
+        [Retry, Retract, First],
+        [Retract, First, Retry],
+        [Retract, Retry, First],
+    ];
+    let conv = |batching: usize, order: usize| format!("d:41:{}", 100 + batching * 10 + order);
+    // All three in one batch (the service is not running yet).
+    for (i, order) in orders.iter().enumerate() {
+        for &step in order {
+            stack.retried(&conv(0, i), step).await;
+        }
+    }
+    stack.start().await;
+    // Each in a batch of its own.
+    for (i, order) in orders.iter().enumerate() {
+        for (n, &step) in order.iter().enumerate() {
+            stack.retried(&conv(1, i), step).await;
+            stack.settle(&conv(1, i), n as u64).await;
+        }
+    }
+    for batching in 0..2 {
+        for (i, order) in orders.iter().enumerate() {
+            let conv = conv(batching, i);
+            stack.settle(&conv, 9).await;
+            let stored = stack.retried_chat(&conv).await;
+            assert_eq!(
+                stored.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
+                [SEQ + 2],
+                "{order:?} in {}: once, under the retry's number: {stored:?}",
+                ["one batch", "separate batches"][batching],
+            );
+            let frame: serde_json::Value =
+                serde_json::from_str(&stored[0].1).expect("the frame is JSON");
+            assert_eq!(frame["msg"], "retried");
+        }
+    }
+
+    // A retraction still removes a chat that is never retried, and a
+    // retraction of another number of a stored mid leaves it.
+    let never = "d:41:200";
+    stack.retried(never, First).await;
+    stack.settle(never, 0).await;
+    stack.retried(never, Retract).await;
+    stack.settle(never, 1).await;
+    assert_eq!(stack.retried_chat(never).await, []);
+    let kept = "d:41:201";
+    stack.retried(kept, Retry).await;
+    stack.retried(kept, Retract).await;
+    stack.settle(kept, 0).await;
+    assert_eq!(
+        stack
+            .retried_chat(kept)
+            .await
+            .iter()
+            .map(|(seq, _)| *seq)
+            .collect::<Vec<_>>(),
+        [SEQ + 2]
+    );
+}
+
 #[tokio::test]
 async fn conversations_are_newest_first_with_unread_counts_and_read_marks() {
     let mut stack = Stack::started().await;

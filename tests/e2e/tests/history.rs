@@ -205,6 +205,70 @@ async fn history_pages_both_ways_through_thousands_of_messages_without_a_gap_or_
 }
 
 #[tokio::test]
+async fn a_chat_refused_altogether_then_retried_with_its_cmid_is_in_history_once() {
+    // Issue 20, hole 2: the web client's "retry" resends a refused chat
+    // with the same cmid. Bob's inbox holds two messages at most and he
+    // acknowledges nothing until told: the third chat is refused
+    // altogether (numbered, then retracted), and retried once he has room.
+    let stack = Stack::builder()
+        .gateways(2)
+        .gateway_env("CLUSTERCHAT_GATEWAY_MAX_INBOX", "2")
+        .start()
+        .await;
+    let a = registered(&stack, "alice").await;
+    let b = registered(&stack, "bob").await;
+    let mut alice = device(&stack, 0, a, "pw").await;
+    let mut bob = Client::connect(stack.gateways[1].tcp).await;
+    assert_eq!(bob.login_acking(b, "pw", None).await["errno"], 0);
+    let mut bob_rseq = 0;
+    for (n, text) in ["one", "two"].into_iter().enumerate() {
+        let reply = alice.call(chat(a, b, text), 1 + n as i64).await;
+        assert_eq!(reply["errno"], 0, "{reply}");
+        let got = bob.recv().await;
+        assert_eq!(got["msg"], text);
+        bob_rseq = got["rseq"].as_u64().expect("rseq");
+    }
+    let retried = || {
+        let mut m = chat(a, b, "refused, then retried");
+        m["cmid"] = "the-retried-one".into();
+        m
+    };
+    let refused = alice.call(retried(), 10).await;
+    assert_eq!(refused["errno"], 13, "bob's inbox is full: {refused}");
+
+    // Bob acknowledges: room again. The retry (same cmid) goes through.
+    bob.send(&json!({"msgid": 12, "ack": bob_rseq})).await;
+    let deadline = Instant::now() + PATIENCE;
+    let accepted = loop {
+        let reply = alice.call(retried(), 11).await;
+        if reply["errno"] == 0 {
+            break reply;
+        }
+        assert_eq!(reply["errno"], 13, "{reply}");
+        assert!(Instant::now() < deadline, "bob's inbox never emptied");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let got = bob.recv().await;
+    assert_eq!(got["msg"], "refused, then retried");
+    assert_eq!(
+        got["cseq"], accepted["cseq"],
+        "bob sees the number alice was told"
+    );
+
+    // History has it once, under the number the retry was given.
+    let back = whole_history_backwards(&mut alice, json!({"toid": b}), 3, 50).await;
+    assert_eq!(texts(&back), ["one", "two", "refused, then retried"]);
+    assert_eq!(back[2]["cseq"], accepted["cseq"], "{back:?}");
+    assert_eq!(back[2]["mid"], accepted["mid"], "{back:?}");
+    let numbers = cseqs(&back);
+    assert!(numbers.windows(2).all(|w| w[0] < w[1]), "{numbers:?}");
+    // Still so once nothing more can arrive late.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let again = whole_history_backwards(&mut bob, json!({"toid": a}), 3, 50).await;
+    assert_eq!(cseqs(&again), numbers);
+}
+
+#[tokio::test]
 async fn unread_counts_and_read_receipts_cross_nodes() {
     let stack = Stack::builder().gateways(2).start().await;
     let a = registered(&stack, "alice").await;

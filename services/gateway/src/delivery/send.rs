@@ -94,7 +94,8 @@ pub async fn deliver(node: &Node, receivers: &[i64], message: &Outgoing<'_>) -> 
     if let Some(cseq) = cseq
         && results.iter().all(Result::is_err)
     {
-        // Nobody got it: history must not show it either.
+        // Nobody got it: history must not show it either. Its number is
+        // forgotten with it, so a retry (same mid) is numbered afresh.
         node.redis
             .retract(&message.conversation.to_string(), &message.mid, cseq)
             .await;

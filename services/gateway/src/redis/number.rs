@@ -11,7 +11,12 @@
 //!
 //! A chat is numbered before it is appended to the receivers' inboxes (the
 //! frames they get carry `conv` and `cseq`). One that is then refused
-//! altogether is retracted with an `op=x` entry.
+//! altogether is retracted with an `op=x` entry, and in the same script its
+//! dedup key is dropped: a retry of it (same client id, so same mid) is a
+//! new chat for history, numbered afresh with an `op=m` entry of its own,
+//! which the tombstone of the first number (keyed by mid and seq) does not
+//! hide. Keeping the key would answer the retry with the retracted number
+//! and no entry, and history would never get the chat.
 
 use std::{collections::BTreeMap, fmt::Write as _};
 
@@ -43,6 +48,12 @@ pub fn partition(conversation: &str) -> u32 {
 /// micros, traceparent, and the frame's head (the frame up to `"cseq":`).
 /// Returns the sequence number of each chat (a retry: the first one's).
 pub(super) const NUMBER_SCRIPT: &str = include_str!("scripts/number.lua");
+
+/// KEYS: stream, dedup key. ARGV: the streams' MAXLEN, mid, conv, seq.
+/// Appends the `op=x` entry and drops the dedup key if it still holds this
+/// number (a retry numbered meanwhile keeps its own). Returns whether it
+/// dropped the key.
+const RETRACT_SCRIPT: &str = include_str!("scripts/retract.lua");
 
 /// One chat to number.
 pub struct NumberJob {
@@ -102,23 +113,23 @@ impl Redis {
     }
 
     /// Tells the history service that a numbered chat was refused after
-    /// all (nobody got it). Best effort: logged when it fails.
+    /// all (nobody got it), and forgets its number, so that a retry of it
+    /// is numbered and recorded afresh (see the module's docs). One script
+    /// in the stream's slot: the entry and the dedup key go together, so a
+    /// retry never reuses a retracted number, and a retraction that failed
+    /// leaves both the number and its `op=m` entry standing. Best effort:
+    /// logged when it fails. Only a chat refused altogether gets here, so
+    /// this adds nothing to an accepted chat's Redis calls.
     pub async fn retract(&self, conversation: &str, mid: &str, cseq: u64) {
-        let result: Result<String, _> = redis::cmd("XADD")
-            .arg(self.stream_key(partition(conversation)))
-            .arg("MAXLEN")
-            .arg("~")
+        let stream = self.stream_key(partition(conversation));
+        let result: Result<i64, _> = redis::Script::new(RETRACT_SCRIPT)
+            .key(&stream)
+            .key(format!("{stream}:m:{mid}"))
             .arg(STREAM_MAX_LEN)
-            .arg("*")
-            .arg("op")
-            .arg("x")
-            .arg("mid")
             .arg(mid)
-            .arg("conv")
             .arg(conversation)
-            .arg("seq")
             .arg(cseq)
-            .query_async(&mut self.commands.clone())
+            .invoke_async(&mut self.commands.clone())
             .await;
         if let Err(e) = result {
             tracing::warn!(error = %e, mid, "cannot retract a refused chat from history");
