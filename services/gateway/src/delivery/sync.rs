@@ -80,7 +80,7 @@ impl OfflinePage {
         let acks = kind.acknowledges();
         let mut before = None;
         for m in &page.messages {
-            let position = std::mem::replace(&mut before, Some(m.position));
+            let position = before.replace(m.position);
             if m.inbox_seq != 0 && m.inbox_seq <= floor {
                 if acks && m.inbox_seq > acked {
                     prepared.gate = prepared.gate.max(m.inbox_seq);
