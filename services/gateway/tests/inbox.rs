@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use gateway::protocol::conversation::{self, Conversation};
 use gateway::redis::{
-    AppendTo, Appended, Claim, Redis, RedisTarget, entry_tail,
+    AppendTo, Appended, Claim, Dedup, Redis, RedisTarget, entry_tail,
     number::{NumberJob, partition},
 };
 use shutdown::Shutdown;
@@ -155,6 +155,52 @@ async fn a_retry_with_the_same_message_id_is_recorded_once() {
         Appended::Duplicate { seq: first }
     );
     assert_eq!(texts_after(&cluster, 3, 0).await, ["hi"]);
+}
+
+#[tokio::test]
+async fn a_retry_of_an_append_whose_reply_was_lost_is_recorded_once_without_a_client_id() {
+    let cluster = cluster().await;
+    // The first attempt landed (no client id: no dedup key), its reply was
+    // lost; two more chats came after it; the retry finds it by id.
+    let first = seq(append(&cluster, 5, "srv-1", "one", 100).await);
+    seq(append(&cluster, 5, "srv-2", "two", 100).await);
+    seq(append(&cluster, 5, "srv-3", "three", 100).await);
+    let tail = entry_tail("srv-1", 7, 1, "", b"one");
+    let to = [AppendTo {
+        user: 5,
+        publish: false,
+    }];
+    let retried = cluster
+        .append_each(
+            &to,
+            "srv-1",
+            &tail,
+            100,
+            Dedup::Retry(Duration::from_secs(60)),
+        )
+        .await
+        .remove(0)
+        .expect("append");
+    assert_eq!(retried, Appended::Duplicate { seq: first });
+    assert_eq!(texts_after(&cluster, 5, 0).await, ["one", "two", "three"]);
+    // A retry of one that never landed records it.
+    let tail = entry_tail("srv-4", 7, 1, "", b"four");
+    let retried = cluster
+        .append_each(
+            &to,
+            "srv-4",
+            &tail,
+            100,
+            Dedup::Retry(Duration::from_secs(60)),
+        )
+        .await
+        .remove(0)
+        .expect("append");
+    assert!(matches!(retried, Appended::Recorded { .. }), "{retried:?}");
+    assert_eq!(
+        texts_after(&cluster, 5, 0).await,
+        ["one", "two", "three", "four"]
+    );
 }
 
 #[tokio::test]

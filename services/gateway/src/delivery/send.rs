@@ -22,7 +22,7 @@ use crate::{
         classic::{Failure, errno},
         conversation::{self, Conversation},
     },
-    redis::{AppendTo, Appended, entry_tail},
+    redis::{AppendTo, Appended, Dedup, entry_tail},
 };
 
 /// A chat on its way: the frame receivers see and the message's identity.
@@ -175,7 +175,11 @@ async fn record(
             publish: !node.registry.holds_alone(user),
         })
         .collect();
-    let dedup = message.dedup.then_some(node.config.dedup_ttl);
+    let mut dedup = if message.dedup {
+        Dedup::Key(node.config.dedup_ttl)
+    } else {
+        Dedup::None
+    };
     // A receiver this node stored chats for while Redis was unreachable
     // gets those in their inbox first (the sender's order); while that
     // fails, this chat joins them in the offline store.
@@ -237,6 +241,8 @@ async fn record(
         }
         let Some(e) = error else { break };
         tracing::debug!(error = %e, "append failed");
+        // The failed attempt may have landed (a reply that timed out).
+        dedup = Dedup::Retry(node.config.dedup_ttl);
         let possible = node.redis.failover_possible(&failed);
         match node
             .failover

@@ -32,7 +32,9 @@ pub enum Appended {
 /// Redis far more than the few commands in it).
 /// KEYS: per receiver, counter, inbox, dedup key. ARGV[1]: inbox limit;
 /// then per receiver, channel ('' = do not publish), dedup TTL in seconds
-/// ('0' = no dedup key) and the index (from 0) of its entry tail; then the tails.
+/// ('0' = no dedup key; '-TTL': a retry, which also looks for the message
+/// id among the inbox's newest entries) and the index (from 0) of its entry
+/// tail; then the tails.
 /// Returns {seq, subscribers} per receiver; subscribers -1: inbox full,
 /// -2: duplicate, -3: not published.
 pub(super) const APPEND_SCRIPT: &str = include_str!("scripts/append.lua");
@@ -45,6 +47,9 @@ pub(super) struct AppendJob {
     pub(super) tail: Vec<u8>,
     pub(super) max_inbox: usize,
     pub(super) ttl: u64,
+    /// A retry: look for the message id among the inbox's newest entries
+    /// when no dedup key has it.
+    pub(super) scan: bool,
     /// One result per receiver.
     pub(super) reply: oneshot::Sender<Vec<Result<Appended, String>>>,
 }
@@ -179,7 +184,12 @@ impl Redis {
             // On a cluster, published after the WAIT instead.
             let channel = if self.sharded { "" } else { channel };
             let tail = tails.binary_search(&j).unwrap_or(0);
-            cmd.arg(channel).arg(work.batch[j].ttl).arg(tail);
+            let job = &work.batch[j];
+            if job.scan {
+                cmd.arg(channel).arg(format!("-{}", job.ttl)).arg(tail);
+            } else {
+                cmd.arg(channel).arg(job.ttl).arg(tail);
+            }
         }
         for &j in &tails {
             cmd.arg(&work.batch[j].tail[..]);

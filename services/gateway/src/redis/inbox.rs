@@ -102,6 +102,21 @@ pub(super) const READ_SCRIPT: &str = include_str!("scripts/read.lua");
 /// many entries went (or -1).
 pub(super) const TRIM_SCRIPT: &str = include_str!("scripts/trim.lua");
 
+/// How an append recognises a message it recorded before.
+#[derive(Debug, Clone, Copy)]
+pub enum Dedup {
+    /// It does not: no client message id, every append is new.
+    None,
+    /// By a key that remembers the message id this long (the chat carries
+    /// a `cmid`).
+    Key(Duration),
+    /// A retry of an append whose outcome is unknown (its reply timed out,
+    /// its connection was cut): by the key, else by the message id among
+    /// the inbox's newest entries, so a chat without a `cmid` is not
+    /// recorded twice with a new `rseq` either.
+    Retry(Duration),
+}
+
 impl Redis {
     /// Records a message in each receiver's inbox and publishes it to those
     /// marked `publish`. `dedup_ttl`: when set, the message id is remembered
@@ -115,7 +130,8 @@ impl Redis {
         max_inbox: usize,
         dedup_ttl: Option<Duration>,
     ) -> Result<Vec<Appended>, RedisError> {
-        self.append_each(receivers, mid, tail, max_inbox, dedup_ttl)
+        let dedup = dedup_ttl.map_or(Dedup::None, Dedup::Key);
+        self.append_each(receivers, mid, tail, max_inbox, dedup)
             .await
             .into_iter()
             .collect()
@@ -129,7 +145,7 @@ impl Redis {
         mid: &str,
         tail: &[u8],
         max_inbox: usize,
-        dedup_ttl: Option<Duration>,
+        dedup: Dedup,
     ) -> Vec<Result<Appended, RedisError>> {
         let (reply, appended) = oneshot::channel();
         let job = AppendJob {
@@ -149,7 +165,11 @@ impl Redis {
             mid: mid.to_owned(),
             tail: tail.to_vec(),
             max_inbox,
-            ttl: dedup_ttl.map_or(0, |t| t.as_secs().max(1)),
+            ttl: match dedup {
+                Dedup::None => 0,
+                Dedup::Key(ttl) | Dedup::Retry(ttl) => ttl.as_secs().max(1),
+            },
+            scan: matches!(dedup, Dedup::Retry(_)),
             reply,
         };
         let stopped = || {

@@ -86,7 +86,7 @@ mod topology;
 
 pub use append::Appended;
 pub use bus::{BUS_BACKLOG_BYTES, BusBacklog, BusEvent, ChannelMessage};
-pub use inbox::{AppendTo, InboxEntry, InboxPage, READ_PAGE_BYTES, entry_tail};
+pub use inbox::{AppendTo, Dedup, InboxEntry, InboxPage, READ_PAGE_BYTES, entry_tail};
 pub use presence::Claim;
 
 #[derive(Debug, thiserror::Error)]

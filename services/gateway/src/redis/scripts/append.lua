@@ -6,8 +6,18 @@ local out = {}
 for i = 0, n - 1 do
   local k, a = 3 * i, 1 + 3 * i
   local channel, ttl = ARGV[a + 1], ARGV[a + 2]
+  local scan = string.sub(ttl, 1, 1) == '-'
+  if scan then ttl = string.sub(ttl, 2) end
   local prev = false
   if ttl ~= '0' then prev = redis.call('GET', KEYS[k + 3]) end
+  if scan and not prev then
+    -- A retry whose first attempt may have landed without a dedup key.
+    local mid = string.match(ARGV[tails + tonumber(ARGV[a + 3])], '^(%S+) ')
+    for _, e in ipairs(redis.call('LRANGE', KEYS[k + 2], -64, -1)) do
+      local s, m = string.match(e, '^(%d+) (%S+) ')
+      if m == mid then prev = s end
+    end
+  end
   local seq, subscribers
   if prev then
     seq, subscribers = tonumber(prev), -2
