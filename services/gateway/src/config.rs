@@ -24,6 +24,13 @@ pub struct Limits {
     /// `..._MAX_INBOX`: undelivered messages one user may have in Redis;
     /// beyond it a send to that user is refused (errno 13).
     pub max_inbox: usize,
+    /// `..._MAX_INBOX_BYTES`: the bytes those may take in Redis (measured
+    /// once 32 wait); beyond it a send to that user is refused (errno 13).
+    pub max_inbox_bytes: u64,
+    /// `..._STREAM_MAX_BYTES`: the bytes one of the 16 history streams may
+    /// take in Redis; beyond it its oldest entries go (read long before by
+    /// the history service, unless it is down).
+    pub stream_max_bytes: u64,
     /// `..._OUTBOUND_BYTES`: bytes of live messages queued for one client;
     /// beyond it (as beyond the count) the writer reads them from the inbox
     /// when the client catches up.
@@ -66,6 +73,8 @@ impl Default for Limits {
             rate_burst: 400,
             outbound_queue: 1024,
             max_inbox: 10_000,
+            max_inbox_bytes: crate::redis::DEFAULT_INBOX_BYTES,
+            stream_max_bytes: crate::redis::DEFAULT_STREAM_BYTES,
             outbound_bytes: 4 * 1024 * 1024,
             outbound_node_bytes: 256 * 1024 * 1024,
             partial_budget_bytes: 64 * 1024 * 1024,
@@ -274,6 +283,14 @@ impl Config {
                     defaults.outbound_queue,
                 )?,
                 max_inbox: var_or("CLUSTERCHAT_GATEWAY_MAX_INBOX", defaults.max_inbox)?,
+                max_inbox_bytes: var_or(
+                    "CLUSTERCHAT_GATEWAY_MAX_INBOX_BYTES",
+                    defaults.max_inbox_bytes,
+                )?,
+                stream_max_bytes: var_or(
+                    "CLUSTERCHAT_GATEWAY_STREAM_MAX_BYTES",
+                    defaults.stream_max_bytes,
+                )?,
                 outbound_bytes: var_or(
                     "CLUSTERCHAT_GATEWAY_OUTBOUND_BYTES",
                     defaults.outbound_bytes,

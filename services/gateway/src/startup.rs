@@ -61,6 +61,10 @@ impl Application {
             shutdown.clone(),
         )
         .await?;
+        redis.set_budgets(
+            config.limits.max_inbox_bytes,
+            config.limits.stream_max_bytes,
+        );
         let upstreams = Upstreams::new(
             &config.user_service,
             &config.offline_service,

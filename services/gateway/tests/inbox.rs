@@ -204,6 +204,60 @@ async fn a_retry_of_an_append_whose_reply_was_lost_is_recorded_once_without_a_cl
 }
 
 #[tokio::test]
+async fn an_inbox_is_bounded_by_bytes_as_well_as_by_count() {
+    let cluster = cluster().await;
+    cluster.set_budgets(100_000, 1 << 30);
+    let big = "z".repeat(10_000);
+    // Measured once a backlog of 32 waits: 32 of 10 KB are over 100 KB.
+    let mut accepted = 0;
+    let refused = loop {
+        match append(&cluster, 6, &format!("b{accepted}"), &big, 10_000).await {
+            Appended::Recorded { .. } => accepted += 1,
+            other => break other,
+        }
+        assert!(accepted <= 32, "never refused");
+    };
+    assert_eq!(refused, Appended::InboxBytesFull);
+    assert_eq!(accepted, 32);
+    // Small ones are refused as well: the bytes are what is full.
+    assert_eq!(
+        append(&cluster, 6, "small", "s", 10_000).await,
+        Appended::InboxBytesFull
+    );
+    // Delivered and trimmed: room again, and the numbering has no gap.
+    let page = cluster.read_inbox(6, 0, 100).await.expect("read");
+    let last = page.last_seq;
+    cluster.trim_delivered(&[(6, last)]).await.expect("trim");
+    assert_eq!(
+        append(&cluster, 6, "after", "after", 10_000).await,
+        Appended::Recorded {
+            seq: last + 1,
+            subscribers: None
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_history_stream_is_bounded_by_bytes() {
+    let (cluster, prefix) = cluster_with_prefix().await;
+    cluster.set_budgets(1 << 30, 128 * 1024);
+    let conv = Conversation::direct(1, 2);
+    let text = "h".repeat(2_000);
+    for i in 0..640 {
+        cluster
+            .number(number_job(&conv, &format!("s{i}"), 0, &text))
+            .await
+            .expect("number");
+    }
+    let stream = format!("{prefix}{{h:{}}}", partition(&conv.to_string()));
+    let kept = stream_entries(&stream).await.len();
+    assert!(
+        (1..=128).contains(&kept),
+        "about 128 KB of 2 KB entries kept, not all 640: {kept}"
+    );
+}
+
+#[tokio::test]
 async fn moving_to_the_offline_store_trims_only_while_the_user_is_away() {
     let cluster = cluster().await;
     let s = seq(append(&cluster, 4, "x", "x", 100).await);

@@ -637,6 +637,67 @@ async fn device_logins_past_the_cap_are_refused_with_a_reason_while_chats_go_on(
     }
 }
 
+/// A device that never acknowledges keeps everything in its inbox: the
+/// inbox's budget in bytes (`CLUSTERCHAT_GATEWAY_MAX_INBOX_BYTES`) stops it
+/// long before its count would, with a refusal that says so; once the
+/// device acknowledges, chats are taken again.
+#[tokio::test]
+async fn a_receiver_that_never_acknowledges_is_bounded_by_bytes_and_the_sender_is_told() {
+    let stack = Stack::builder()
+        .gateways(2)
+        .gateway_env("CLUSTERCHAT_GATEWAY_MAX_INBOX_BYTES", "1048576")
+        .start()
+        .await;
+    let mut alice = Client::connect(stack.gateways[0].tcp).await;
+    let mut bob = Client::connect(stack.gateways[1].tcp).await;
+    let a = alice.register("alice", "pa").await;
+    let b = bob.register("bob", "pb").await;
+    alice.login_ok(a, "pa").await;
+    assert_eq!(bob.login_acking(b, "pb", None).await["errno"], 0);
+    let big = "q".repeat(60_000);
+    let mut accepted = 0;
+    let refusal = loop {
+        let reply = alice
+            .call(chat(a, b, &format!("{accepted} {big}")), 1)
+            .await;
+        if reply["errno"] != 0 {
+            break reply;
+        }
+        accepted += 1;
+        assert!(
+            accepted <= 40,
+            "60 KB chats past a 1 MiB budget were all taken"
+        );
+        if accepted % 10 == 0 {
+            bob.send(&json!({"msgid": 13})).await;
+        }
+    };
+    assert_eq!(refusal["errno"], 13, "{refusal}");
+    let why = refusal["errmsg"].as_str().unwrap_or_default();
+    assert!(why.contains("bytes"), "the refusal says why: {why}");
+    assert!(accepted < 40, "stopped by bytes, not by the 10,000 count");
+    // Bob reads and acknowledges all of it; Alice's chats are taken again.
+    let mut last = 0;
+    let mut got = 0;
+    while got < accepted {
+        let m = bob.recv().await;
+        if m["msgid"] == 6 {
+            got += 1;
+            last = m["rseq"].as_u64().expect("rseq");
+        }
+    }
+    bob.send(&json!({"msgid": 12, "ack": last})).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let reply = alice.call(chat(a, b, "room again"), 2).await;
+        if reply["errno"] == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{reply}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Many slow receivers on one node: all their live queues together are
 /// bounded by the node's budget (`CLUSTERCHAT_GATEWAY_OUTBOUND_NODE_BYTES`),
 /// not only each by its own; what does not fit waits in the inboxes, and

@@ -329,6 +329,13 @@ async fn record(
                         to.user, node.config.limits.max_inbox
                     ),
                 )),
+                Appended::InboxBytesFull => Err(Failure::new(
+                    errno::BACKLOG_FULL,
+                    format!(
+                        "user {}'s undelivered messages take {} bytes; this one was not accepted",
+                        to.user, node.config.limits.max_inbox_bytes
+                    ),
+                )),
             },
         })
         .collect()

@@ -190,7 +190,7 @@ async fn append_to_inbox(
         )
         .await?;
     Ok(match appended.first() {
-        Some(Appended::InboxFull) => ToInbox::Full,
+        Some(Appended::InboxFull | Appended::InboxBytesFull) => ToInbox::Full,
         Some(Appended::Duplicate { seq }) => ToInbox::AlreadyAt(*seq),
         _ => ToInbox::Appended,
     })

@@ -25,18 +25,21 @@ pub enum Appended {
     Duplicate { seq: u64 },
     /// The receiver's inbox is at its limit; nothing was recorded.
     InboxFull,
+    /// The receiver's inbox holds its budget of bytes; nothing was recorded.
+    InboxBytesFull,
 }
 
 /// Records messages in inboxes, for many receivers in one call (a node
 /// batches what its sessions send at the same moment: one script call costs
 /// Redis far more than the few commands in it).
-/// KEYS: per receiver, counter, inbox, dedup key. ARGV[1]: inbox limit;
+/// KEYS: per receiver, counter, inbox, dedup key. ARGV[1]: inbox limit,
+/// ARGV[2]: its budget in bytes (measured once the inbox holds a backlog);
 /// then per receiver, channel ('' = do not publish), dedup TTL in seconds
 /// ('0' = no dedup key; '-TTL': a retry, which also looks for the message
 /// id among the inbox's newest entries) and the index (from 0) of its entry
 /// tail; then the tails.
 /// Returns {seq, subscribers} per receiver; subscribers -1: inbox full,
-/// -2: duplicate, -3: not published.
+/// -2: duplicate, -3: not published, -4: inbox over its bytes.
 pub(super) const APPEND_SCRIPT: &str = include_str!("scripts/append.lua");
 
 /// One [`Redis::append_each`] call, for the appender.
@@ -58,6 +61,7 @@ fn appended(seq: i64, subscribers: i64) -> Appended {
     let seq = u64::try_from(seq).unwrap_or(0);
     match subscribers {
         -1 => Appended::InboxFull,
+        -4 => Appended::InboxBytesFull,
         -2 => Appended::Duplicate { seq },
         -3 => Appended::Recorded {
             seq,
@@ -178,7 +182,7 @@ impl Redis {
             }
             cmd.arg(key.as_str());
         }
-        cmd.arg(work.max_inbox);
+        cmd.arg(work.max_inbox).arg(self.budgets.inbox_bytes());
         for &i in group {
             let (j, _, channel) = work.receivers[i];
             // On a cluster, published after the WAIT instead.

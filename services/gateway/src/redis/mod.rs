@@ -126,6 +126,27 @@ pub struct Redis {
     numberer: mpsc::UnboundedSender<number::NumberJob>,
     /// What the subscriber holds for the node.
     pub backlog: Arc<BusBacklog>,
+    /// Bytes one inbox and one history stream may hold.
+    budgets: Arc<Budgets>,
+}
+
+/// What Redis may hold, in bytes, besides the counts: one receiver's inbox
+/// (a send past it is refused, errno 13) and one history stream (past it,
+/// its oldest entries go; the history service reads them long before,
+/// unless it is down for long). Set from the configuration at start.
+pub struct Budgets {
+    inbox_bytes: std::sync::atomic::AtomicU64,
+    stream_bytes: std::sync::atomic::AtomicU64,
+}
+
+impl Budgets {
+    fn inbox_bytes(&self) -> u64 {
+        self.inbox_bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn stream_bytes(&self) -> u64 {
+        self.stream_bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// The command connection: one multiplexed connection to a single Redis,
@@ -212,6 +233,10 @@ impl RedisTarget {
 }
 
 /// How long an append waits for a replica of its shard (cluster only).
+/// [`Budgets`] until [`Redis::set_budgets`] says otherwise.
+pub const DEFAULT_INBOX_BYTES: u64 = 16 * 1024 * 1024;
+pub const DEFAULT_STREAM_BYTES: u64 = 64 * 1024 * 1024;
+
 const REPLICA_WAIT: Duration = Duration::from_millis(500);
 
 struct Scripts {
@@ -315,6 +340,10 @@ impl Redis {
             appender,
             numberer,
             backlog,
+            budgets: Arc::new(Budgets {
+                inbox_bytes: DEFAULT_INBOX_BYTES.into(),
+                stream_bytes: DEFAULT_STREAM_BYTES.into(),
+            }),
         };
         tokio::spawn(cluster.clone().run_appender(jobs));
         tokio::spawn(cluster.clone().run_numberer(number_jobs));
@@ -323,6 +352,16 @@ impl Redis {
             tokio::spawn(cluster.clone().watch_slot_map(refresh));
         }
         Ok(cluster)
+    }
+
+    /// Sets the byte budgets (see [`Budgets`]) for every clone of this handle.
+    pub fn set_budgets(&self, inbox_bytes: u64, stream_bytes: u64) {
+        self.budgets
+            .inbox_bytes
+            .store(inbox_bytes.max(1), std::sync::atomic::Ordering::Relaxed);
+        self.budgets
+            .stream_bytes
+            .store(stream_bytes.max(1), std::sync::atomic::Ordering::Relaxed);
     }
 
     fn user_channel(&self, user: i64) -> String {

@@ -43,7 +43,8 @@ pub fn partition(conversation: &str) -> u32 {
     hash % HISTORY_PARTITIONS
 }
 
-/// KEYS per chat: counter, dedup key, stream. ARGV[1]: the streams' MAXLEN;
+/// KEYS per chat: counter, dedup key, stream. ARGV[1]: the streams' MAXLEN,
+/// ARGV[2]: their budget in bytes (checked every 64th entry);
 /// then per chat: dedup TTL in seconds ('0': none), mid, conv, sender,
 /// micros, traceparent, and the frame's head (the frame up to `"cseq":`).
 /// Returns the sequence number of each chat (a retry: the first one's).
@@ -222,7 +223,7 @@ impl Redis {
                     cmd.arg(key.as_str());
                     cmd.arg(stream);
                 }
-                cmd.arg(STREAM_MAX_LEN);
+                cmd.arg(STREAM_MAX_LEN).arg(self.budgets.stream_bytes());
                 for &i in group {
                     let job = &batch[i];
                     cmd.arg(job.ttl)

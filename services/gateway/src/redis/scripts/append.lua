@@ -1,10 +1,10 @@
 
 local n = #KEYS / 3
-local max = tonumber(ARGV[1])
-local tails = 2 + 3 * n
+local max, maxbytes = tonumber(ARGV[1]), tonumber(ARGV[2])
+local tails = 3 + 3 * n
 local out = {}
 for i = 0, n - 1 do
-  local k, a = 3 * i, 1 + 3 * i
+  local k, a = 3 * i, 2 + 3 * i
   local channel, ttl = ARGV[a + 1], ARGV[a + 2]
   local scan = string.sub(ttl, 1, 1) == '-'
   if scan then ttl = string.sub(ttl, 2) end
@@ -30,7 +30,13 @@ for i = 0, n - 1 do
     end
     local s = string.format('%d', seq)
     local entry = s .. ' ' .. ARGV[tails + tonumber(ARGV[a + 3])]
-    if redis.call('RPUSH', KEYS[k + 2], entry) > max then
+    -- Bytes are measured only for a backlog (an inbox being read stays
+    -- short): MEMORY USAGE walks the list's nodes.
+    if redis.call('LLEN', KEYS[k + 2]) >= 32
+      and redis.call('MEMORY', 'USAGE', KEYS[k + 2], 'SAMPLES', '0') + #entry > maxbytes then
+      redis.call('DECR', KEYS[k + 1])
+      seq, subscribers = 0, -4
+    elseif redis.call('RPUSH', KEYS[k + 2], entry) > max then
       -- Over the limit: take it back, and the number (entries must stay
       -- numbered without gaps: READ and TRIM find them by position).
       redis.call('RPOP', KEYS[k + 2])
