@@ -56,6 +56,10 @@ bench *args:
 bench-cluster *args:
     @deploy/dev/stack.sh bench-cluster "$@"
 
+# Jepsen-style chaos run as root: the stack in network namespaces, random faults and partitions for SECONDS while clients chat, then the checker (BACKEND: single, cluster or all)
+chaos seconds="120" backend="single":
+    @deploy/dev/stack.sh chaos {{seconds}} {{backend}}
+
 # the terminal client (e.g. `just chat`, `just chat --ws ws://127.0.0.1:8080/ws`, `just chat --tls`)
 [positional-arguments]
 chat *args:

@@ -1,0 +1,434 @@
+//! The checker: reads a run's history (`manifest.json`, every client's
+//! JSONL events, `faults.jsonl`) and judges it.
+//!
+//! - **lost**: a chat the server accepted (errno 0) that its receiver never
+//!   showed. For clients that acknowledge, "showed" follows the README's
+//!   rule: a chat whose `rseq` is not above every `rseq` shown before is a
+//!   repeat and dropped (a chat without `rseq` is shown). A lost chat that
+//!   was received but dropped by that rule says so.
+//! - **twice**: a chat shown more than once by a client that acknowledges.
+//! - **out of order**: per (sender, receiver), the first showing of each
+//!   chat in the order the sender's chats were accepted (a sender has one
+//!   chat in flight at a time, so that is its sending order).
+//! - **classic_dups** (not a failure): a classic receiver got a chat again.
+//! - **classic_window** (not a failure, bounded): a chat a vanished classic
+//!   client's TCP had acknowledged before it vanished but the client never
+//!   read (recorded as `window` when it vanished), and never got later.
+//! - **misdelivered**: a chat shown by a client it was not sent to.
+//!
+//! One summary line; the details of every violation above it.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    path::Path,
+};
+
+use anyhow::Context as _;
+use serde_json::Value;
+
+use crate::client::Kind;
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Manifest {
+    pub backend: String,
+    pub seconds: u64,
+    pub seed: u64,
+    pub started_ms: u64,
+    pub go_ms: u64,
+    pub stop_ms: u64,
+    pub faults: usize,
+    pub clients: Vec<ClientInfo>,
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct ClientInfo {
+    pub name: String,
+    pub kind: Kind,
+    pub user: i64,
+    /// Senders: the receiver's user id.
+    pub to: i64,
+    pub gateways: Vec<String>,
+}
+
+pub struct Outcome {
+    pub pass: bool,
+    pub summary: String,
+}
+
+fn read_jsonl(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+struct Accepted {
+    cmid: String,
+    sender: String,
+    receiver: String,
+    t: u64,
+    index: usize,
+}
+
+struct Fault {
+    id: u64,
+    kind: String,
+    target: String,
+    start: u64,
+    end: u64,
+}
+
+struct History {
+    manifest: Manifest,
+    events: HashMap<String, Vec<Value>>,
+    faults: Vec<Fault>,
+}
+
+impl History {
+    fn load(dir: &Path) -> anyhow::Result<Self> {
+        let manifest: Manifest = serde_json::from_str(
+            &std::fs::read_to_string(dir.join("manifest.json")).context("read manifest.json")?,
+        )?;
+        let events = manifest
+            .clients
+            .iter()
+            .map(|c| (c.name.clone(), read_jsonl(&dir.join("clients").join(format!("{}.jsonl", c.name)))))
+            .collect();
+        let mut faults: BTreeMap<u64, Fault> = BTreeMap::new();
+        for e in read_jsonl(&dir.join("faults.jsonl")) {
+            let id = e["fault"].as_u64().unwrap_or(0);
+            let f = faults.entry(id).or_insert_with(|| Fault {
+                id,
+                kind: e["kind"].as_str().unwrap_or("").to_owned(),
+                target: e["target"].as_str().unwrap_or("").to_owned(),
+                start: e["t"].as_u64().unwrap_or(0),
+                end: u64::MAX,
+            });
+            if e["phase"] == "end" {
+                f.end = e["healthy"].as_u64().unwrap_or(u64::MAX);
+            }
+        }
+        Ok(Self {
+            manifest,
+            events,
+            faults: faults.into_values().collect(),
+        })
+    }
+
+    fn receiver_of_user(&self) -> HashMap<i64, String> {
+        self.manifest
+            .clients
+            .iter()
+            .filter(|c| c.kind != Kind::Sender)
+            .map(|c| (c.user, c.name.clone()))
+            .collect()
+    }
+
+    fn accepted(&self) -> Vec<Accepted> {
+        let receivers = self.receiver_of_user();
+        let mut out = Vec::new();
+        for c in self.manifest.clients.iter().filter(|c| c.kind == Kind::Sender) {
+            let Some(receiver) = receivers.get(&c.to) else { continue };
+            let mut seen = HashSet::new();
+            for e in self.events.get(&c.name).into_iter().flatten() {
+                if e["ev"] == "accepted" {
+                    let cmid = e["cmid"].as_str().unwrap_or("").to_owned();
+                    if seen.insert(cmid.clone()) {
+                        out.push(Accepted {
+                            cmid,
+                            sender: c.name.clone(),
+                            receiver: receiver.clone(),
+                            t: e["t"].as_u64().unwrap_or(0),
+                            index: seen.len(),
+                        });
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn count(&self, kind: Kind, ev: &str) -> usize {
+        self.manifest
+            .clients
+            .iter()
+            .filter(|c| c.kind == kind)
+            .map(|c| self.events.get(&c.name).map_or(0, |es| es.iter().filter(|e| e["ev"] == ev).count()))
+            .sum()
+    }
+
+    fn rel(&self, t: u64) -> f64 {
+        t.saturating_sub(self.manifest.started_ms) as f64 / 1000.0
+    }
+
+    fn faults_at(&self, t: u64) -> String {
+        let active: Vec<String> = self
+            .faults
+            .iter()
+            .filter(|f| f.start <= t && t <= f.end)
+            .map(|f| {
+                let end = if f.end == u64::MAX { "?".to_owned() } else { format!("{:.1}", self.rel(f.end)) };
+                format!("#{} {} {} {:.1}-{} s", f.id, f.kind, f.target, self.rel(f.start), end)
+            })
+            .collect();
+        if active.is_empty() { "none".into() } else { active.join(", ") }
+    }
+
+    /// The receiver's connection events around `t` (logins, closes, vanishes).
+    fn receiver_story(&self, receiver: &str, from: u64, to: u64) -> String {
+        let parts: Vec<String> = self
+            .events
+            .get(receiver)
+            .into_iter()
+            .flatten()
+            .filter(|e| {
+                let t = e["t"].as_u64().unwrap_or(0);
+                t + 5_000 >= from && t <= to + 30_000
+            })
+            .filter(|e| {
+                matches!(e["ev"].as_str(), Some("login" | "conn-lost" | "silence-close" | "vanish" | "back" | "final-start"))
+                    && !(e["ev"] == "login" && e["errno"] != 0)
+            })
+            .take(8)
+            .map(|e| {
+                let gw = e["gw"].as_str().map(|g| format!(" {g}")).unwrap_or_default();
+                format!("{} {:.1}{gw}", e["ev"].as_str().unwrap_or(""), self.rel(e["t"].as_u64().unwrap_or(0)))
+            })
+            .collect();
+        parts.join("; ")
+    }
+}
+
+/// Accepted chats with no receipt at all yet (the drain waits for none).
+pub fn missing(dir: &Path) -> anyhow::Result<(usize, usize)> {
+    let history = History::load(dir)?;
+    let accepted = history.accepted();
+    let mut got: HashSet<(String, String)> = HashSet::new();
+    for (name, events) in &history.events {
+        for e in events {
+            if e["ev"] == "recv" || e["ev"] == "window" {
+                got.insert((name.clone(), e["cmid"].as_str().unwrap_or("").to_owned()));
+            }
+        }
+    }
+    let missing = accepted
+        .iter()
+        .filter(|a| !got.contains(&(a.receiver.clone(), a.cmid.clone())))
+        .count();
+    Ok((accepted.len(), missing))
+}
+
+/// Shows at most this many lines of one kind of violation.
+const MAX_DETAILS: usize = 25;
+
+pub fn check(dir: &Path, could_not_run: Option<&str>) -> anyhow::Result<Outcome> {
+    let history = History::load(dir)?;
+    let accepted = history.accepted();
+    let kinds: HashMap<String, Kind> = history.manifest.clients.iter().map(|c| (c.name.clone(), c.kind)).collect();
+    let users: HashMap<String, i64> = history.manifest.clients.iter().map(|c| (c.name.clone(), c.user)).collect();
+    let sender_of_cmid = |cmid: &str| cmid.split('-').next().unwrap_or("").to_owned();
+
+    // Per receiver: what it showed (in order), dropped repeats, windows.
+    struct Shown {
+        cmid: String,
+        t: u64,
+        via: String,
+    }
+    let mut shown: HashMap<String, Vec<Shown>> = HashMap::new();
+    let mut dropped: HashMap<(String, String), u64> = HashMap::new();
+    let mut window: HashSet<(String, String)> = HashSet::new();
+    let mut window_max = 0usize;
+    let mut window_total_events = 0usize;
+    let mut final_failed = Vec::new();
+    for c in history.manifest.clients.iter().filter(|c| c.kind != Kind::Sender) {
+        let mut max_rseq = 0u64;
+        let mut this_window = 0usize;
+        let mut finished = false;
+        for e in history.events.get(&c.name).into_iter().flatten() {
+            match e["ev"].as_str() {
+                Some("recv") => {
+                    let cmid = e["cmid"].as_str().unwrap_or("").to_owned();
+                    let t = e["t"].as_u64().unwrap_or(0);
+                    if c.kind.acks() {
+                        if let Some(rseq) = e["rseq"].as_u64() {
+                            if rseq <= max_rseq {
+                                dropped.insert((c.name.clone(), cmid), rseq);
+                                continue;
+                            }
+                            max_rseq = rseq;
+                        }
+                    }
+                    shown.entry(c.name.clone()).or_default().push(Shown {
+                        cmid,
+                        t,
+                        via: e["via"].as_str().unwrap_or("").to_owned(),
+                    });
+                }
+                Some("vanish") => this_window = 0,
+                Some("window") => {
+                    this_window += 1;
+                    window_total_events += 1;
+                    window_max = window_max.max(this_window);
+                    window.insert((c.name.clone(), e["cmid"].as_str().unwrap_or("").to_owned()));
+                }
+                Some("final-done") => finished = e["ok"] == true,
+                _ => {}
+            }
+        }
+        if !finished {
+            final_failed.push(c.name.clone());
+        }
+    }
+
+    let mut details: Vec<String> = Vec::new();
+    let mut section = |title: &str, lines: Vec<String>| {
+        if lines.is_empty() {
+            return;
+        }
+        details.push(format!("{title} ({}):", lines.len()));
+        for line in lines.iter().take(MAX_DETAILS) {
+            details.push(format!("  {line}"));
+        }
+        if lines.len() > MAX_DETAILS {
+            details.push(format!("  ... and {} more", lines.len() - MAX_DETAILS));
+        }
+    };
+
+    // Counts per (receiver, cmid).
+    let mut times: HashMap<(String, String), Vec<&Shown>> = HashMap::new();
+    for (receiver, list) in &shown {
+        for s in list {
+            times.entry((receiver.clone(), s.cmid.clone())).or_default().push(s);
+        }
+    }
+    let accepted_set: HashMap<(String, String), &Accepted> =
+        accepted.iter().map(|a| ((a.receiver.clone(), a.cmid.clone()), a)).collect();
+
+    // (i) lost, (v) classic window.
+    let mut lost = Vec::new();
+    let mut classic_window = 0usize;
+    for a in &accepted {
+        let key = (a.receiver.clone(), a.cmid.clone());
+        if times.contains_key(&key) {
+            continue;
+        }
+        if window.contains(&key) {
+            classic_window += 1;
+            continue;
+        }
+        let kind = kinds.get(&a.receiver).copied().unwrap_or(Kind::Device);
+        let note = match dropped.get(&key) {
+            Some(rseq) => format!(" (received with rseq {rseq}, not above an rseq already shown: dropped as a repeat)"),
+            None => String::new(),
+        };
+        lost.push(format!(
+            "{} ({} user {} -> {} user {}, {:?}) accepted at {:.1} s{note}; faults then: {}; receiver: {}",
+            a.cmid, a.sender, users.get(&a.sender).unwrap_or(&0), a.receiver,
+            users.get(&a.receiver).unwrap_or(&0), kind, history.rel(a.t), history.faults_at(a.t),
+            history.receiver_story(&a.receiver, a.t, a.t),
+        ));
+    }
+
+    // (ii) twice, (iv) classic duplicates, misdelivered.
+    let mut twice = Vec::new();
+    let mut classic_dups = 0usize;
+    let mut misdelivered = Vec::new();
+    let mut unconfirmed = 0usize;
+    let mut sorted: Vec<_> = times.iter().collect();
+    sorted.sort_by_key(|((r, c), _)| (r.clone(), c.clone()));
+    for ((receiver, cmid), list) in sorted {
+        let kind = kinds.get(receiver).copied().unwrap_or(Kind::Device);
+        let sent_to = history
+            .manifest
+            .clients
+            .iter()
+            .find(|c| c.name == sender_of_cmid(cmid))
+            .map(|c| c.to);
+        if sent_to != users.get(receiver).copied() {
+            misdelivered.push(format!("{cmid} shown by {receiver} (user {:?}); it was sent to user {sent_to:?}", users.get(receiver)));
+            continue;
+        }
+        if !accepted_set.contains_key(&(receiver.clone(), cmid.clone())) {
+            unconfirmed += 1;
+        }
+        if list.len() > 1 {
+            if kind.acks() {
+                let at: Vec<String> = list.iter().map(|s| format!("{:.1} s ({})", history.rel(s.t), s.via)).collect();
+                twice.push(format!(
+                    "{cmid} shown {} times by {receiver} ({kind:?}) at {}; faults then: {}",
+                    list.len(), at.join(", "), history.faults_at(list[1].t)
+                ));
+            } else {
+                classic_dups += 1;
+            }
+        }
+    }
+
+    // (iii) order per (sender, receiver).
+    let mut out_of_order = Vec::new();
+    for (receiver, list) in &shown {
+        let mut first_seen = HashSet::new();
+        // sender -> (highest acceptance index shown so far, its cmid, time)
+        let mut highest: HashMap<String, (usize, String, u64)> = HashMap::new();
+        for s in list {
+            if !first_seen.insert(s.cmid.clone()) {
+                continue;
+            }
+            let Some(a) = accepted_set.get(&(receiver.clone(), s.cmid.clone())) else {
+                continue;
+            };
+            match highest.get(&a.sender) {
+                Some((index, after, at)) if *index > a.index => {
+                    out_of_order.push(format!(
+                        "{} (accepted #{} at {:.1} s) first shown by {receiver} at {:.1} s ({}), after {after} (#{index}, shown at {:.1} s); faults then: {}",
+                        s.cmid, a.index, history.rel(a.t), history.rel(s.t), s.via, history.rel(*at), history.faults_at(a.t)
+                    ));
+                }
+                _ => {
+                    highest.insert(a.sender.clone(), (a.index, s.cmid.clone(), s.t));
+                }
+            }
+        }
+    }
+    out_of_order.sort();
+
+    let refused = history.count(Kind::Sender, "refused");
+    let unresolved = history.count(Kind::Sender, "unresolved");
+    section("LOST: accepted, never shown by its receiver", lost.clone());
+    section("TWICE: shown more than once by a client that acknowledges", twice.clone());
+    section("OUT OF ORDER: first shown after a chat its sender sent later", out_of_order.clone());
+    section("MISDELIVERED: shown by a client it was not sent to", misdelivered.clone());
+    section(
+        "FINAL LOGIN FAILED: receivers that could not log in once more at the end",
+        final_failed.clone(),
+    );
+    let mut problems = Vec::new();
+    if let Some(why) = could_not_run {
+        problems.push(format!("could not run: {why}"));
+    }
+    if accepted.is_empty() {
+        problems.push("no chat was accepted".to_owned());
+    }
+    for d in &details {
+        println!("{d}");
+    }
+    for p in &problems {
+        println!("{p}");
+    }
+    let pass = problems.is_empty()
+        && lost.is_empty()
+        && twice.is_empty()
+        && out_of_order.is_empty()
+        && misdelivered.is_empty()
+        && final_failed.is_empty();
+    let m = &history.manifest;
+    let summary = format!(
+        "chaos backend={} seconds={} seed={} faults={} accepted={} refused={} unresolved={} unconfirmed_shown={} lost={} twice={} out_of_order={} misdelivered={} final_login_failed={} classic_dups={} classic_window={} (max {} per vanish, {} frames held at vanishes) -> {}",
+        m.backend, m.seconds, m.seed, m.faults, accepted.len(), refused, unresolved, unconfirmed,
+        lost.len(), twice.len(), out_of_order.len(), misdelivered.len(), final_failed.len(),
+        classic_dups, classic_window, window_max, window_total_events,
+        if pass { "PASS" } else { "FAIL" }
+    );
+    Ok(Outcome { pass, summary })
+}
