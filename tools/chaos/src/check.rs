@@ -305,8 +305,9 @@ pub fn check(dir: &Path, could_not_run: Option<&str>) -> anyhow::Result<Outcome>
     let accepted_set: HashMap<(String, String), &Accepted> =
         accepted.iter().map(|a| ((a.receiver.clone(), a.cmid.clone()), a)).collect();
 
-    // (i) lost, (v) classic window.
-    let mut lost = Vec::new();
+    // (i) lost, (v) classic window. Lost chats are shown in runs: one
+    // line per stretch of consecutive chats of one sender.
+    let mut lost_chats: Vec<(&Accepted, Option<u64>)> = Vec::new();
     let mut classic_window = 0usize;
     for a in &accepted {
         let key = (a.receiver.clone(), a.cmid.clone());
@@ -317,18 +318,42 @@ pub fn check(dir: &Path, could_not_run: Option<&str>) -> anyhow::Result<Outcome>
             classic_window += 1;
             continue;
         }
-        let kind = kinds.get(&a.receiver).copied().unwrap_or(Kind::Device);
-        let note = match dropped.get(&key) {
-            Some(rseq) => format!(" (received with rseq {rseq}, not above an rseq already shown: dropped as a repeat)"),
-            None => String::new(),
+        lost_chats.push((a, dropped.get(&key).copied()));
+    }
+    lost_chats.sort_by_key(|(a, _)| (a.sender.clone(), a.index));
+    let mut lost = Vec::new();
+    let mut i = 0;
+    while i < lost_chats.len() {
+        let (first, first_dropped) = lost_chats[i];
+        let mut j = i;
+        while j + 1 < lost_chats.len()
+            && lost_chats[j + 1].0.sender == first.sender
+            && lost_chats[j + 1].0.index == lost_chats[j].0.index + 1
+            && lost_chats[j + 1].1.is_some() == first_dropped.is_some()
+        {
+            j += 1;
+        }
+        let last = lost_chats[j].0;
+        let kind = kinds.get(&first.receiver).copied().unwrap_or(Kind::Device);
+        let what = if i == j {
+            first.cmid.clone()
+        } else {
+            format!("{}..{} ({} chats)", first.cmid, last.cmid, j - i + 1)
+        };
+        let note = if first_dropped.is_some() {
+            " (received, but with an rseq not above one already shown: dropped as a repeat)"
+        } else {
+            ""
         };
         lost.push(format!(
-            "{} ({} user {} -> {} user {}, {:?}) accepted at {:.1} s{note}; faults then: {}; receiver: {}",
-            a.cmid, a.sender, users.get(&a.sender).unwrap_or(&0), a.receiver,
-            users.get(&a.receiver).unwrap_or(&0), kind, history.rel(a.t), history.faults_at(a.t),
-            history.receiver_story(&a.receiver, a.t, a.t),
+            "{what} ({} user {} -> {} user {}, {:?}) accepted {:.1}-{:.1} s{note}; faults then: {}; receiver: {}",
+            first.sender, users.get(&first.sender).unwrap_or(&0), first.receiver,
+            users.get(&first.receiver).unwrap_or(&0), kind, history.rel(first.t), history.rel(last.t),
+            history.faults_at(first.t), history.receiver_story(&first.receiver, first.t, last.t),
         ));
+        i = j + 1;
     }
+    let lost_count = lost_chats.len();
 
     // (ii) twice, (iv) classic duplicates, misdelivered.
     let mut twice = Vec::new();
@@ -395,7 +420,7 @@ pub fn check(dir: &Path, could_not_run: Option<&str>) -> anyhow::Result<Outcome>
 
     let refused = history.count(Kind::Sender, "refused");
     let unresolved = history.count(Kind::Sender, "unresolved");
-    section("LOST: accepted, never shown by its receiver", lost.clone());
+    section(&format!("LOST: {lost_count} accepted chats never shown by their receiver, in runs"), lost.clone());
     section("TWICE: shown more than once by a client that acknowledges", twice.clone());
     section("OUT OF ORDER: first shown after a chat its sender sent later", out_of_order.clone());
     section("MISDELIVERED: shown by a client it was not sent to", misdelivered.clone());
@@ -417,7 +442,7 @@ pub fn check(dir: &Path, could_not_run: Option<&str>) -> anyhow::Result<Outcome>
         println!("{p}");
     }
     let pass = problems.is_empty()
-        && lost.is_empty()
+        && lost_count == 0
         && twice.is_empty()
         && out_of_order.is_empty()
         && misdelivered.is_empty()
@@ -426,7 +451,7 @@ pub fn check(dir: &Path, could_not_run: Option<&str>) -> anyhow::Result<Outcome>
     let summary = format!(
         "chaos backend={} seconds={} seed={} faults={} accepted={} refused={} unresolved={} unconfirmed_shown={} lost={} twice={} out_of_order={} misdelivered={} final_login_failed={} classic_dups={} classic_window={} (max {} per vanish, {} frames held at vanishes) -> {}",
         m.backend, m.seconds, m.seed, m.faults, accepted.len(), refused, unresolved, unconfirmed,
-        lost.len(), twice.len(), out_of_order.len(), misdelivered.len(), final_failed.len(),
+        lost_count, twice.len(), out_of_order.len(), misdelivered.len(), final_failed.len(),
         classic_dups, classic_window, window_max, window_total_events,
         if pass { "PASS" } else { "FAIL" }
     );

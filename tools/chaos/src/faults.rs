@@ -80,6 +80,7 @@ pub struct Shared {
     busy: std::sync::Mutex<HashSet<String>>,
     active: AtomicUsize,
     log: std::sync::Mutex<std::fs::File>,
+    ss_log: Option<std::path::PathBuf>,
     pub started_ms: u64,
 }
 
@@ -90,6 +91,7 @@ impl Shared {
         vanishers: Vec<String>,
         stdins: HashMap<String, ChildStdin>,
         log: std::fs::File,
+        ss_log: Option<std::path::PathBuf>,
         started_ms: u64,
     ) -> Self {
         Self {
@@ -100,6 +102,7 @@ impl Shared {
             busy: std::sync::Mutex::new(HashSet::new()),
             active: AtomicUsize::new(0),
             log: std::sync::Mutex::new(log),
+            ss_log,
             started_ms,
         }
     }
@@ -129,9 +132,43 @@ impl Shared {
 
     fn record(&self, event: serde_json::Value) {
         let rel = (now_ms().saturating_sub(self.started_ms)) as f64 / 1000.0;
-        println!("  [{rel:7.1} s] {}", event);
+        let phase = event["phase"].as_str().unwrap_or("");
+        let extra = match phase {
+            "start" => format!("for {:.1} s", event["planned_ms"].as_u64().unwrap_or(0) as f64 / 1000.0),
+            _ => "healed".to_owned(),
+        };
+        let error = event["error"].as_str().map(|e| format!(" ERROR: {e}")).unwrap_or_default();
+        println!(
+            "  [{rel:6.1} s] fault #{} {} {} {extra}{error}",
+            event["fault"], event["kind"].as_str().unwrap_or(""), event["target"].as_str().unwrap_or("")
+        );
         if let Ok(mut log) = self.log.lock() {
             let _ = writeln!(log, "{event}");
+        }
+    }
+
+    /// What the gateways' TCP stacks hold (`ss -tnoi` in each gateway's
+    /// namespace) into `logs/ss.log`: the evidence for a connection that
+    /// stays open, retransmits, or lingers after a fault.
+    pub async fn snapshot_sockets(&self, why: &str) {
+        let namespaces: Vec<(String, String)> = {
+            let stack = self.stack.lock().await;
+            stack.gateways.iter().map(|g| (g.name.clone(), stack.net.ns(&g.host))).collect()
+        };
+        let mut text = format!("==== {} ({why})\n", now_ms());
+        for (name, ns) in namespaces {
+            let out = tokio::process::Command::new("ip")
+                .args(["netns", "exec", &ns, "ss", "-tnoi", "state", "established"])
+                .output()
+                .await;
+            if let Ok(out) = out {
+                text.push_str(&format!("--- {name}\n{}", String::from_utf8_lossy(&out.stdout)));
+            }
+        }
+        if let Some(path) = &self.ss_log {
+            if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+                let _ = f.write_all(text.as_bytes());
+            }
         }
     }
 
@@ -282,8 +319,10 @@ async fn run_fault(shared: &Shared, fault: Fault, mut end: watch::Receiver<bool>
             _ = end.wait_for(|e| *e) => {}
         }
     }
+    shared.snapshot_sockets(&format!("fault #{} {} {} before healing", fault.id, fault.kind.name(), fault.target)).await;
     let heal_at = now_ms();
     let healed = heal(shared, &fault, &node).await;
+    shared.snapshot_sockets(&format!("fault #{} {} {} healed", fault.id, fault.kind.name(), fault.target)).await;
     shared.record(json!({
         "fault": fault.id, "kind": fault.kind.name(), "target": fault.target, "phase": "end",
         "t": start, "heal": heal_at, "healthy": now_ms(), "ok": healed.is_ok(),

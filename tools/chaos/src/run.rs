@@ -301,7 +301,7 @@ async fn body(args: &RunArgs, seed: u64, dir: &Path) -> anyhow::Result<()> {
     let vanishers: Vec<String> =
         infos.iter().filter(|c| c.kind == Kind::ClassicVanish).map(|c| c.name.clone()).collect();
     let faults_log = std::fs::File::create(dir.join("faults.jsonl"))?;
-    let shared = Arc::new(Shared::new(stack, ctl.clone(), vanishers, stdins, faults_log, go_ms));
+    let shared = Arc::new(Shared::new(stack, ctl.clone(), vanishers, stdins, faults_log, Some(dir.join("logs/ss.log")), go_ms));
     for c in infos.iter().filter(|c| c.kind == Kind::Sender) {
         shared.tell(&c.name, "go").await;
     }
@@ -309,6 +309,15 @@ async fn body(args: &RunArgs, seed: u64, dir: &Path) -> anyhow::Result<()> {
     let until = Instant::now() + Duration::from_secs(args.seconds);
     let (end_tx, end_rx) = watch::channel(false);
     let scheduler = tokio::spawn(faults::schedule(Arc::clone(&shared), seed, until, end_rx));
+    let snapshots = {
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                shared.snapshot_sockets("every 5 s").await;
+            }
+        })
+    };
     tokio::time::sleep_until(until).await;
     let _ = end_tx.send(true);
     println!("time is up: healing every fault");
@@ -317,6 +326,7 @@ async fn body(args: &RunArgs, seed: u64, dir: &Path) -> anyhow::Result<()> {
         _ => bail!("the faults did not heal within 180 s"),
     };
     manifest.faults = count;
+    snapshots.abort();
     heal_everything(&shared).await?;
 
     // ---- stop, drain, last login
