@@ -65,6 +65,9 @@ const PASSWORD: &str = "chaos-pw";
 /// How long receivers get to receive what is owed after the senders stop
 /// (ends early once every accepted chat arrived).
 const DRAIN: Duration = Duration::from_secs(40);
+/// Setup, healing, draining and the last logins together take at most
+/// this much more than SECONDS (they take about a minute).
+const OVERHEAD_LIMIT_SECS: u64 = 600;
 
 struct ClientProc {
     info: ClientInfo,
@@ -115,8 +118,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<bool> {
         args.seconds,
         dir.display()
     );
+    // Every wait inside is bounded; this bounds the whole as well.
+    let limit = Duration::from_secs(args.seconds + OVERHEAD_LIMIT_SECS);
     let result = tokio::select! {
-        r = body(&args, seed, &dir) => r,
+        r = tokio::time::timeout(limit, body(&args, seed, &dir)) => {
+            r.unwrap_or_else(|_| Err(anyhow::anyhow!("the run did not end within {limit:?}")))
+        }
         _ = interrupted() => Err(anyhow::anyhow!("interrupted")),
     };
     // The body's processes and namespaces are gone by now (dropped);
