@@ -321,6 +321,28 @@ pub fn check(dir: &Path, could_not_run: Option<&str>) -> anyhow::Result<Outcome>
         lost_chats.push((a, dropped.get(&key).copied()));
     }
     lost_chats.sort_by_key(|(a, _)| (a.sender.clone(), a.index));
+    // Where the server still holds chats at the end (dumped by the run).
+    let held_in = |file: &str| -> HashSet<String> {
+        std::fs::read_to_string(dir.join(file))
+            .unwrap_or_default()
+            .split("chaos ")
+            .skip(1)
+            .filter_map(|rest| {
+                let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))?;
+                Some(rest[..end].to_owned())
+            })
+            .collect()
+    };
+    let in_redis = held_in("redis_inboxes.txt");
+    let in_offline = held_in("offline_messages.tsv");
+    let whereabouts = |cmid: &str| -> &'static str {
+        match (in_redis.contains(cmid), in_offline.contains(cmid)) {
+            (true, true) => "still in its Redis inbox and in the offline store",
+            (true, false) => "still in its Redis inbox",
+            (false, true) => "still in the offline store",
+            (false, false) => "in neither the Redis inbox nor the offline store: counted as delivered",
+        }
+    };
     let mut lost = Vec::new();
     let mut i = 0;
     while i < lost_chats.len() {
@@ -340,11 +362,19 @@ pub fn check(dir: &Path, could_not_run: Option<&str>) -> anyhow::Result<Outcome>
         } else {
             format!("{}..{} ({} chats)", first.cmid, last.cmid, j - i + 1)
         };
-        let note = if first_dropped.is_some() {
-            " (received, but with an rseq not above one already shown: dropped as a repeat)"
+        let mut note = if first_dropped.is_some() {
+            " (received, but with an rseq not above one already shown: dropped as a repeat)".to_owned()
         } else {
-            ""
+            String::new()
         };
+        if dir.join("redis_inboxes.txt").exists() {
+            let (w_first, w_last) = (whereabouts(&first.cmid), whereabouts(&last.cmid));
+            if w_first == w_last {
+                note.push_str(&format!("; at the end {w_first}"));
+            } else {
+                note.push_str(&format!("; at the end, the first {w_first}, the last {w_last}"));
+            }
+        }
         lost.push(format!(
             "{what} ({} user {} -> {} user {}, {:?}) accepted {:.1}-{:.1} s{note}; faults then: {}; receiver: {}",
             first.sender, users.get(&first.sender).unwrap_or(&0), first.receiver,

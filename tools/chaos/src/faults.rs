@@ -172,6 +172,78 @@ impl Shared {
         }
     }
 
+    /// Waits until gateway `i` is healthy, starting it again whenever it
+    /// exits meanwhile (a gateway that cannot reach Redis at start exits;
+    /// a supervisor would start it again, and so does this).
+    pub async fn keep_gateway_up(&self, i: usize, patience: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + patience;
+        loop {
+            {
+                let mut stack = self.stack.lock().await;
+                let gateway = &mut stack.gateways[i];
+                if gateway.exited() {
+                    let name = gateway.name.clone();
+                    gateway.spawn()?;
+                    self.note_exit(&name, "exited while coming up; started again");
+                }
+            }
+            if stack::probe(&self.ctl, stack::gateway_health(i), Some("/healthz")).await {
+                return Ok(());
+            }
+            anyhow::ensure!(Instant::now() < deadline, "gateway-{} not healthy within {patience:?}", i + 1);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// A process that exited when no fault was on it: printed and kept in
+    /// `logs/exits.log` (the checker shows them).
+    pub fn note_exit(&self, name: &str, what: &str) {
+        let rel = (now_ms().saturating_sub(self.started_ms)) as f64 / 1000.0;
+        println!("  [{rel:6.1} s] {name} {what}");
+        if let Some(dir) = self.ss_log.as_ref().and_then(|p| p.parent()) {
+            if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("exits.log")) {
+                let _ = writeln!(f, "{rel:.1} s: {name} {what}");
+            }
+        }
+    }
+
+    /// Every second, starts again a process that exited with no fault on
+    /// it (and says so): the run goes on as under a supervisor.
+    pub async fn supervise(&self) {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let busy = self.busy();
+            let mut stack = self.stack.lock().await;
+            let redis_busy = busy.contains("redis");
+            let mut exited = Vec::new();
+            for (i, g) in stack.gateways.iter_mut().enumerate() {
+                if !busy.contains(&format!("gateway-{}", i + 1)) && g.exited() {
+                    exited.push(g.name.clone());
+                    let _ = g.spawn();
+                }
+            }
+            for p in stack.services.iter_mut() {
+                let key = if p.name == "history-service" { "history" } else { "" };
+                if !busy.contains(key) && p.exited() {
+                    exited.push(p.name.clone());
+                    let _ = p.spawn();
+                }
+            }
+            if !redis_busy {
+                for p in stack.redis.iter_mut() {
+                    if p.exited() {
+                        exited.push(p.name.clone());
+                        let _ = p.spawn();
+                    }
+                }
+            }
+            drop(stack);
+            for name in exited {
+                self.note_exit(&name, "exited with no fault on it; started again");
+            }
+        }
+    }
+
     pub fn active(&self) -> usize {
         self.active.load(Ordering::SeqCst)
     }
@@ -422,11 +494,7 @@ async fn heal(shared: &Shared, fault: &Fault, node: &str) -> anyhow::Result<()> 
                     }
                 }
             }
-            anyhow::ensure!(
-                stack::gateway_healthy(&ctl, i, Duration::from_secs(60)).await,
-                "gateway-{} not healthy within 60 s",
-                i + 1
-            );
+            shared.keep_gateway_up(i, Duration::from_secs(60)).await?;
         }
         Kind::RedisKill | Kind::MasterKill => {
             let (ip, backend) = {
@@ -453,14 +521,21 @@ async fn heal(shared: &Shared, fault: &Fault, node: &str) -> anyhow::Result<()> 
             wait_redis(&ctl, backend, ip).await?;
         }
         Kind::HistoryKill => {
-            {
-                let mut stack = shared.stack.lock().await;
-                stack.service("history-service").spawn()?;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                {
+                    let mut stack = shared.stack.lock().await;
+                    let history = stack.service("history-service");
+                    if history.exited() {
+                        history.spawn()?;
+                    }
+                }
+                if stack::probe(&ctl, stack::history_addr(), None).await {
+                    break;
+                }
+                anyhow::ensure!(Instant::now() < deadline, "history service not up within 60 s");
+                tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            anyhow::ensure!(
-                stack::eventually(Duration::from_secs(60), || stack::probe(&ctl, stack::history_addr(), None)).await,
-                "history service not up within 60 s"
-            );
         }
         Kind::ClientVanish => {
             {

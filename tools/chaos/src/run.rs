@@ -128,6 +128,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<bool> {
     };
     // The body's processes and namespaces are gone by now (dropped);
     // anything a fault task still held goes with the runtime.
+    dump_offline_store(&args.mysql_socket, &db_prefix(), &dir);
     drop_databases(&args.mysql_socket, &db_prefix());
     let could_not_run = match &result {
         Ok(()) => None,
@@ -160,6 +161,42 @@ async fn interrupted() {
 
 fn db_prefix() -> String {
     format!("chaos_{}", std::process::id())
+}
+
+/// What the offline service still holds at the end, into
+/// `offline_messages.tsv` (the checker says which lost chats are there).
+fn dump_offline_store(socket: &Path, prefix: &str, dir: &Path) {
+    let Ok(out) = std::fs::File::create(dir.join("offline_messages.tsv")) else {
+        return;
+    };
+    let sql = format!(
+        "SELECT receiver_id, position, sender_id, client_msg_id, stored_at_ms, payload FROM {prefix}_offline.offline_messages ORDER BY receiver_id, position"
+    );
+    let _ = std::process::Command::new("mariadb")
+        .args(["--no-defaults", "-uroot", "--batch", "-S"])
+        .arg(socket)
+        .args(["-e", &sql])
+        .stdout(out)
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Every inbox Redis still holds at the end (`LRANGE` of each `*:in` key
+/// on every node that answers), into `redis_inboxes.txt`.
+async fn dump_redis_inboxes(shared: &Shared, dir: &Path) {
+    let backend = shared.stack.lock().await.backend;
+    let mut text = String::new();
+    for (host, ip) in backend.redis_hosts() {
+        let Some(keys) = stack::redis_cli(&shared.ctl, ip, &["--scan", "--pattern", "*:in"]).await else {
+            continue;
+        };
+        for key in keys.lines().filter(|k| !k.is_empty()) {
+            if let Some(entries) = stack::redis_cli(&shared.ctl, ip, &["lrange", key, "0", "-1"]).await {
+                text.push_str(&format!("==== {host} {key}\n{entries}"));
+            }
+        }
+    }
+    let _ = std::fs::write(dir.join("redis_inboxes.txt"), text);
 }
 
 fn drop_databases(socket: &Path, prefix: &str) {
@@ -316,6 +353,10 @@ async fn body(args: &RunArgs, seed: u64, dir: &Path) -> anyhow::Result<()> {
     let until = Instant::now() + Duration::from_secs(args.seconds);
     let (end_tx, end_rx) = watch::channel(false);
     let scheduler = tokio::spawn(faults::schedule(Arc::clone(&shared), seed, until, end_rx));
+    let supervisor = {
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move { shared.supervise().await })
+    };
     let snapshots = {
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {
@@ -334,6 +375,7 @@ async fn body(args: &RunArgs, seed: u64, dir: &Path) -> anyhow::Result<()> {
     };
     manifest.faults = count;
     snapshots.abort();
+    supervisor.abort();
     heal_everything(&shared).await?;
 
     // ---- stop, drain, last login
@@ -373,6 +415,7 @@ async fn body(args: &RunArgs, seed: u64, dir: &Path) -> anyhow::Result<()> {
             let _ = c.child.kill().await;
         }
     }
+    dump_redis_inboxes(&shared, dir).await;
     let mut stack = shared.stack.lock().await;
     stack.stop_all().await;
     stack.net.destroy();
@@ -471,11 +514,7 @@ async fn heal_everything(shared: &Shared) -> anyhow::Result<()> {
         );
     }
     for i in 0..gateways {
-        anyhow::ensure!(
-            stack::gateway_healthy(&ctl, i, Duration::from_secs(60)).await,
-            "gateway-{} not healthy after the faults",
-            i + 1
-        );
+        shared.keep_gateway_up(i, Duration::from_secs(60)).await?;
     }
     Ok(())
 }
