@@ -420,8 +420,17 @@ pub fn check(dir: &Path, could_not_run: Option<&str>) -> anyhow::Result<Outcome>
         }
     }
 
-    // (iii) order per (sender, receiver).
-    let mut out_of_order = Vec::new();
+    // (iii) order per (sender, receiver): one line per stretch of
+    // consecutive chats shown late after the same later chat.
+    struct Late<'a> {
+        receiver: String,
+        a: &'a Accepted,
+        shown_at: u64,
+        via: String,
+        after: String,
+        after_at: u64,
+    }
+    let mut late: Vec<Late> = Vec::new();
     for (receiver, list) in &shown {
         let mut first_seen = HashSet::new();
         // sender -> (highest acceptance index shown so far, its cmid, time)
@@ -434,25 +443,61 @@ pub fn check(dir: &Path, could_not_run: Option<&str>) -> anyhow::Result<Outcome>
                 continue;
             };
             match highest.get(&a.sender) {
-                Some((index, after, at)) if *index > a.index => {
-                    out_of_order.push(format!(
-                        "{} (accepted #{} at {:.1} s) first shown by {receiver} at {:.1} s ({}), after {after} (#{index}, shown at {:.1} s); faults then: {}",
-                        s.cmid, a.index, history.rel(a.t), history.rel(s.t), s.via, history.rel(*at), history.faults_at(a.t)
-                    ));
-                }
+                Some((index, after, at)) if *index > a.index => late.push(Late {
+                    receiver: receiver.clone(),
+                    a,
+                    shown_at: s.t,
+                    via: s.via.clone(),
+                    after: after.clone(),
+                    after_at: *at,
+                }),
                 _ => {
                     highest.insert(a.sender.clone(), (a.index, s.cmid.clone(), s.t));
                 }
             }
         }
     }
-    out_of_order.sort();
+    late.sort_by_key(|l| (l.receiver.clone(), l.a.sender.clone(), l.a.index));
+    let out_of_order_count = late.len();
+    let mut out_of_order = Vec::new();
+    let mut i = 0;
+    while i < late.len() {
+        let first = &late[i];
+        let mut j = i;
+        while j + 1 < late.len()
+            && late[j + 1].receiver == first.receiver
+            && late[j + 1].a.sender == first.a.sender
+            && late[j + 1].a.index == late[j].a.index + 1
+            && late[j + 1].after == first.after
+        {
+            j += 1;
+        }
+        let last = &late[j];
+        let what = if i == j {
+            format!("{} (accepted at {:.1} s)", first.a.cmid, history.rel(first.a.t))
+        } else {
+            format!(
+                "{}..{} ({} chats, accepted {:.1}-{:.1} s)",
+                first.a.cmid, last.a.cmid, j - i + 1, history.rel(first.a.t), history.rel(last.a.t)
+            )
+        };
+        out_of_order.push(format!(
+            "{what} first shown by {} ({:?}) at {:.1} s ({}), after {} (shown at {:.1} s); faults then: {}",
+            first.receiver, kinds.get(&first.receiver).copied().unwrap_or(Kind::Device),
+            history.rel(first.shown_at), first.via, first.after, history.rel(first.after_at),
+            history.faults_at(first.a.t)
+        ));
+        i = j + 1;
+    }
 
     let refused = history.count(Kind::Sender, "refused");
     let unresolved = history.count(Kind::Sender, "unresolved");
     section(&format!("LOST: {lost_count} accepted chats never shown by their receiver, in runs"), lost.clone());
     section("TWICE: shown more than once by a client that acknowledges", twice.clone());
-    section("OUT OF ORDER: first shown after a chat its sender sent later", out_of_order.clone());
+    section(
+        &format!("OUT OF ORDER: {out_of_order_count} chats first shown after a chat their sender sent later, in runs"),
+        out_of_order.clone(),
+    );
     section("MISDELIVERED: shown by a client it was not sent to", misdelivered.clone());
     section(
         "FINAL LOGIN FAILED: receivers that could not log in once more at the end",
@@ -474,14 +519,14 @@ pub fn check(dir: &Path, could_not_run: Option<&str>) -> anyhow::Result<Outcome>
     let pass = problems.is_empty()
         && lost_count == 0
         && twice.is_empty()
-        && out_of_order.is_empty()
+        && out_of_order_count == 0
         && misdelivered.is_empty()
         && final_failed.is_empty();
     let m = &history.manifest;
     let summary = format!(
         "chaos backend={} seconds={} seed={} faults={} accepted={} refused={} unresolved={} unconfirmed_shown={} lost={} twice={} out_of_order={} misdelivered={} final_login_failed={} classic_dups={} classic_window={} (max {} per vanish, {} frames held at vanishes) -> {}",
         m.backend, m.seconds, m.seed, m.faults, accepted.len(), refused, unresolved, unconfirmed,
-        lost_count, twice.len(), out_of_order.len(), misdelivered.len(), final_failed.len(),
+        lost_count, twice.len(), out_of_order_count, misdelivered.len(), final_failed.len(),
         classic_dups, classic_window, window_max, window_total_events,
         if pass { "PASS" } else { "FAIL" }
     );

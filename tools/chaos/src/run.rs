@@ -170,7 +170,7 @@ fn dump_offline_store(socket: &Path, prefix: &str, dir: &Path) {
         return;
     };
     let sql = format!(
-        "SELECT receiver_id, position, sender_id, client_msg_id, stored_at_ms, payload FROM {prefix}_offline.offline_messages ORDER BY receiver_id, position"
+        "SELECT COUNT(*) AS rows_left FROM {prefix}_offline.offline_messages; SELECT receiver_id, position, sender_id, client_msg_id, stored_at_ms, payload FROM {prefix}_offline.offline_messages ORDER BY receiver_id, position"
     );
     let _ = std::process::Command::new("mariadb")
         .args(["--no-defaults", "-uroot", "--batch", "-S"])
@@ -188,8 +188,11 @@ async fn dump_redis_inboxes(shared: &Shared, dir: &Path) {
     let mut text = String::new();
     for (host, ip) in backend.redis_hosts() {
         let Some(keys) = stack::redis_cli(&shared.ctl, ip, &["--scan", "--pattern", "*:in"]).await else {
+            text.push_str(&format!("==== {host}: no answer\n"));
             continue;
         };
+        let size = stack::redis_cli(&shared.ctl, ip, &["dbsize"]).await.unwrap_or_default();
+        text.push_str(&format!("==== {host}: {} keys, {} inboxes\n", size.trim(), keys.lines().filter(|k| !k.is_empty()).count()));
         for key in keys.lines().filter(|k| !k.is_empty()) {
             if let Some(entries) = stack::redis_cli(&shared.ctl, ip, &["lrange", key, "0", "-1"]).await {
                 text.push_str(&format!("==== {host} {key}\n{entries}"));
