@@ -93,7 +93,12 @@ impl History {
         let events = manifest
             .clients
             .iter()
-            .map(|c| (c.name.clone(), read_jsonl(&dir.join("clients").join(format!("{}.jsonl", c.name)))))
+            .map(|c| {
+                (
+                    c.name.clone(),
+                    read_jsonl(&dir.join("clients").join(format!("{}.jsonl", c.name))),
+                )
+            })
             .collect();
         let mut faults: BTreeMap<u64, Fault> = BTreeMap::new();
         for e in read_jsonl(&dir.join("faults.jsonl")) {
@@ -128,8 +133,15 @@ impl History {
     fn accepted(&self) -> Vec<Accepted> {
         let receivers = self.receiver_of_user();
         let mut out = Vec::new();
-        for c in self.manifest.clients.iter().filter(|c| c.kind == Kind::Sender) {
-            let Some(receiver) = receivers.get(&c.to) else { continue };
+        for c in self
+            .manifest
+            .clients
+            .iter()
+            .filter(|c| c.kind == Kind::Sender)
+        {
+            let Some(receiver) = receivers.get(&c.to) else {
+                continue;
+            };
             let mut seen = HashSet::new();
             for e in self.events.get(&c.name).into_iter().flatten() {
                 if e["ev"] == "accepted" {
@@ -154,7 +166,11 @@ impl History {
             .clients
             .iter()
             .filter(|c| c.kind == kind)
-            .map(|c| self.events.get(&c.name).map_or(0, |es| es.iter().filter(|e| e["ev"] == ev).count()))
+            .map(|c| {
+                self.events
+                    .get(&c.name)
+                    .map_or(0, |es| es.iter().filter(|e| e["ev"] == ev).count())
+            })
             .sum()
     }
 
@@ -168,11 +184,26 @@ impl History {
             .iter()
             .filter(|f| f.start <= t && t <= f.end)
             .map(|f| {
-                let end = if f.end == u64::MAX { "?".to_owned() } else { format!("{:.1}", self.rel(f.end)) };
-                format!("#{} {} {} {:.1}-{} s", f.id, f.kind, f.target, self.rel(f.start), end)
+                let end = if f.end == u64::MAX {
+                    "?".to_owned()
+                } else {
+                    format!("{:.1}", self.rel(f.end))
+                };
+                format!(
+                    "#{} {} {} {:.1}-{} s",
+                    f.id,
+                    f.kind,
+                    f.target,
+                    self.rel(f.start),
+                    end
+                )
             })
             .collect();
-        if active.is_empty() { "none".into() } else { active.join(", ") }
+        if active.is_empty() {
+            "none".into()
+        } else {
+            active.join(", ")
+        }
     }
 
     /// The receiver's connection events around `t` (logins, closes, vanishes).
@@ -187,13 +218,24 @@ impl History {
                 t + 5_000 >= from && t <= to + 30_000
             })
             .filter(|e| {
-                matches!(e["ev"].as_str(), Some("login" | "conn-lost" | "silence-close" | "vanish" | "back" | "final-start"))
-                    && !(e["ev"] == "login" && e["errno"] != 0)
+                matches!(
+                    e["ev"].as_str(),
+                    Some(
+                        "login" | "conn-lost" | "silence-close" | "vanish" | "back" | "final-start"
+                    )
+                ) && !(e["ev"] == "login" && e["errno"] != 0)
             })
             .take(8)
             .map(|e| {
-                let gw = e["gw"].as_str().map(|g| format!(" {g}")).unwrap_or_default();
-                format!("{} {:.1}{gw}", e["ev"].as_str().unwrap_or(""), self.rel(e["t"].as_u64().unwrap_or(0)))
+                let gw = e["gw"]
+                    .as_str()
+                    .map(|g| format!(" {g}"))
+                    .unwrap_or_default();
+                format!(
+                    "{} {:.1}{gw}",
+                    e["ev"].as_str().unwrap_or(""),
+                    self.rel(e["t"].as_u64().unwrap_or(0))
+                )
             })
             .collect();
         parts.join("; ")
@@ -225,8 +267,18 @@ const MAX_DETAILS: usize = 25;
 pub fn check(dir: &Path, could_not_run: Option<&str>) -> anyhow::Result<Outcome> {
     let history = History::load(dir)?;
     let accepted = history.accepted();
-    let kinds: HashMap<String, Kind> = history.manifest.clients.iter().map(|c| (c.name.clone(), c.kind)).collect();
-    let users: HashMap<String, i64> = history.manifest.clients.iter().map(|c| (c.name.clone(), c.user)).collect();
+    let kinds: HashMap<String, Kind> = history
+        .manifest
+        .clients
+        .iter()
+        .map(|c| (c.name.clone(), c.kind))
+        .collect();
+    let users: HashMap<String, i64> = history
+        .manifest
+        .clients
+        .iter()
+        .map(|c| (c.name.clone(), c.user))
+        .collect();
     let sender_of_cmid = |cmid: &str| cmid.split('-').next().unwrap_or("").to_owned();
 
     // Per receiver: what it showed (in order), dropped repeats, windows.
@@ -241,7 +293,12 @@ pub fn check(dir: &Path, could_not_run: Option<&str>) -> anyhow::Result<Outcome>
     let mut window_max = 0usize;
     let mut window_total_events = 0usize;
     let mut final_failed = Vec::new();
-    for c in history.manifest.clients.iter().filter(|c| c.kind != Kind::Sender) {
+    for c in history
+        .manifest
+        .clients
+        .iter()
+        .filter(|c| c.kind != Kind::Sender)
+    {
         let mut max_rseq = 0u64;
         let mut this_window = 0usize;
         let mut finished = false;
@@ -250,14 +307,14 @@ pub fn check(dir: &Path, could_not_run: Option<&str>) -> anyhow::Result<Outcome>
                 Some("recv") => {
                     let cmid = e["cmid"].as_str().unwrap_or("").to_owned();
                     let t = e["t"].as_u64().unwrap_or(0);
-                    if c.kind.acks() {
-                        if let Some(rseq) = e["rseq"].as_u64() {
-                            if rseq <= max_rseq {
-                                dropped.insert((c.name.clone(), cmid), rseq);
-                                continue;
-                            }
-                            max_rseq = rseq;
+                    if c.kind.acks()
+                        && let Some(rseq) = e["rseq"].as_u64()
+                    {
+                        if rseq <= max_rseq {
+                            dropped.insert((c.name.clone(), cmid), rseq);
+                            continue;
                         }
+                        max_rseq = rseq;
                     }
                     shown.entry(c.name.clone()).or_default().push(Shown {
                         cmid,
@@ -299,11 +356,16 @@ pub fn check(dir: &Path, could_not_run: Option<&str>) -> anyhow::Result<Outcome>
     let mut times: HashMap<(String, String), Vec<&Shown>> = HashMap::new();
     for (receiver, list) in &shown {
         for s in list {
-            times.entry((receiver.clone(), s.cmid.clone())).or_default().push(s);
+            times
+                .entry((receiver.clone(), s.cmid.clone()))
+                .or_default()
+                .push(s);
         }
     }
-    let accepted_set: HashMap<(String, String), &Accepted> =
-        accepted.iter().map(|a| ((a.receiver.clone(), a.cmid.clone()), a)).collect();
+    let accepted_set: HashMap<(String, String), &Accepted> = accepted
+        .iter()
+        .map(|a| ((a.receiver.clone(), a.cmid.clone()), a))
+        .collect();
 
     // (i) lost, (v) classic window. Lost chats are shown in runs: one
     // line per stretch of consecutive chats of one sender.
@@ -340,7 +402,9 @@ pub fn check(dir: &Path, could_not_run: Option<&str>) -> anyhow::Result<Outcome>
             (true, true) => "still in its Redis inbox and in the offline store",
             (true, false) => "still in its Redis inbox",
             (false, true) => "still in the offline store",
-            (false, false) => "in neither the Redis inbox nor the offline store: counted as delivered",
+            (false, false) => {
+                "in neither the Redis inbox nor the offline store: counted as delivered"
+            }
         }
     };
     let mut lost = Vec::new();
@@ -363,7 +427,8 @@ pub fn check(dir: &Path, could_not_run: Option<&str>) -> anyhow::Result<Outcome>
             format!("{}..{} ({} chats)", first.cmid, last.cmid, j - i + 1)
         };
         let mut note = if first_dropped.is_some() {
-            " (received, but with an rseq not above one already shown: dropped as a repeat)".to_owned()
+            " (received, but with an rseq not above one already shown: dropped as a repeat)"
+                .to_owned()
         } else {
             String::new()
         };
@@ -372,7 +437,9 @@ pub fn check(dir: &Path, could_not_run: Option<&str>) -> anyhow::Result<Outcome>
             if w_first == w_last {
                 note.push_str(&format!("; at the end {w_first}"));
             } else {
-                note.push_str(&format!("; at the end, the first {w_first}, the last {w_last}"));
+                note.push_str(&format!(
+                    "; at the end, the first {w_first}, the last {w_last}"
+                ));
             }
         }
         lost.push(format!(
@@ -401,7 +468,10 @@ pub fn check(dir: &Path, could_not_run: Option<&str>) -> anyhow::Result<Outcome>
             .find(|c| c.name == sender_of_cmid(cmid))
             .map(|c| c.to);
         if sent_to != users.get(receiver).copied() {
-            misdelivered.push(format!("{cmid} shown by {receiver} (user {:?}); it was sent to user {sent_to:?}", users.get(receiver)));
+            misdelivered.push(format!(
+                "{cmid} shown by {receiver} (user {:?}); it was sent to user {sent_to:?}",
+                users.get(receiver)
+            ));
             continue;
         }
         if !accepted_set.contains_key(&(receiver.clone(), cmid.clone())) {
@@ -409,10 +479,15 @@ pub fn check(dir: &Path, could_not_run: Option<&str>) -> anyhow::Result<Outcome>
         }
         if list.len() > 1 {
             if kind.acks() {
-                let at: Vec<String> = list.iter().map(|s| format!("{:.1} s ({})", history.rel(s.t), s.via)).collect();
+                let at: Vec<String> = list
+                    .iter()
+                    .map(|s| format!("{:.1} s ({})", history.rel(s.t), s.via))
+                    .collect();
                 twice.push(format!(
                     "{cmid} shown {} times by {receiver} ({kind:?}) at {}; faults then: {}",
-                    list.len(), at.join(", "), history.faults_at(list[1].t)
+                    list.len(),
+                    at.join(", "),
+                    history.faults_at(list[1].t)
                 ));
             } else {
                 classic_dups += 1;
@@ -474,11 +549,19 @@ pub fn check(dir: &Path, could_not_run: Option<&str>) -> anyhow::Result<Outcome>
         }
         let last = &late[j];
         let what = if i == j {
-            format!("{} (accepted at {:.1} s)", first.a.cmid, history.rel(first.a.t))
+            format!(
+                "{} (accepted at {:.1} s)",
+                first.a.cmid,
+                history.rel(first.a.t)
+            )
         } else {
             format!(
                 "{}..{} ({} chats, accepted {:.1}-{:.1} s)",
-                first.a.cmid, last.a.cmid, j - i + 1, history.rel(first.a.t), history.rel(last.a.t)
+                first.a.cmid,
+                last.a.cmid,
+                j - i + 1,
+                history.rel(first.a.t),
+                history.rel(last.a.t)
             )
         };
         out_of_order.push(format!(
@@ -492,13 +575,24 @@ pub fn check(dir: &Path, could_not_run: Option<&str>) -> anyhow::Result<Outcome>
 
     let refused = history.count(Kind::Sender, "refused");
     let unresolved = history.count(Kind::Sender, "unresolved");
-    section(&format!("LOST: {lost_count} accepted chats never shown by their receiver, in runs"), lost.clone());
-    section("TWICE: shown more than once by a client that acknowledges", twice.clone());
     section(
-        &format!("OUT OF ORDER: {out_of_order_count} chats first shown after a chat their sender sent later, in runs"),
+        &format!("LOST: {lost_count} accepted chats never shown by their receiver, in runs"),
+        lost.clone(),
+    );
+    section(
+        "TWICE: shown more than once by a client that acknowledges",
+        twice.clone(),
+    );
+    section(
+        &format!(
+            "OUT OF ORDER: {out_of_order_count} chats first shown after a chat their sender sent later, in runs"
+        ),
         out_of_order.clone(),
     );
-    section("MISDELIVERED: shown by a client it was not sent to", misdelivered.clone());
+    section(
+        "MISDELIVERED: shown by a client it was not sent to",
+        misdelivered.clone(),
+    );
     section(
         "FINAL LOGIN FAILED: receivers that could not log in once more at the end",
         final_failed.clone(),
@@ -525,10 +619,167 @@ pub fn check(dir: &Path, could_not_run: Option<&str>) -> anyhow::Result<Outcome>
     let m = &history.manifest;
     let summary = format!(
         "chaos backend={} seconds={} seed={} faults={} accepted={} refused={} unresolved={} unconfirmed_shown={} lost={} twice={} out_of_order={} misdelivered={} final_login_failed={} classic_dups={} classic_window={} (max {} per vanish, {} frames held at vanishes) -> {}",
-        m.backend, m.seconds, m.seed, m.faults, accepted.len(), refused, unresolved, unconfirmed,
-        lost_count, twice.len(), out_of_order_count, misdelivered.len(), final_failed.len(),
-        classic_dups, classic_window, window_max, window_total_events,
+        m.backend,
+        m.seconds,
+        m.seed,
+        m.faults,
+        accepted.len(),
+        refused,
+        unresolved,
+        unconfirmed,
+        lost_count,
+        twice.len(),
+        out_of_order_count,
+        misdelivered.len(),
+        final_failed.len(),
+        classic_dups,
+        classic_window,
+        window_max,
+        window_total_events,
         if pass { "PASS" } else { "FAIL" }
     );
     Ok(Outcome { pass, summary })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A run directory with `events` (client, JSON fields) for two pairs:
+    /// s1 -> r1 (a device, user 2) and s2 -> r2 (classic, user 4).
+    fn run_dir(name: &str, events: &[(&str, Value)]) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("chaos-check-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("clients")).expect("dir");
+        let client = |name: &str, kind, user, to| ClientInfo {
+            name: name.into(),
+            kind,
+            user,
+            to,
+            gateways: Vec::new(),
+        };
+        let manifest = Manifest {
+            backend: "single".into(),
+            seconds: 1,
+            seed: 7,
+            started_ms: 0,
+            go_ms: 0,
+            stop_ms: 0,
+            faults: 0,
+            clients: vec![
+                client("s1", Kind::Sender, 1, 2),
+                client("r1", Kind::Device, 2, 0),
+                client("s2", Kind::Sender, 3, 4),
+                client("r2", Kind::ClassicVanish, 4, 0),
+            ],
+        };
+        std::fs::write(
+            dir.join("manifest.json"),
+            serde_json::to_vec(&manifest).expect("json"),
+        )
+        .expect("write");
+        let mut files: HashMap<&str, String> = HashMap::new();
+        for (t, (client, fields)) in events.iter().enumerate() {
+            let mut fields = fields.clone();
+            fields["t"] = (t as u64 * 100).into();
+            files
+                .entry(client)
+                .or_default()
+                .push_str(&format!("{fields}\n"));
+        }
+        for (client, text) in files {
+            std::fs::write(dir.join("clients").join(format!("{client}.jsonl")), text)
+                .expect("write");
+        }
+        dir
+    }
+
+    fn accepted(cmid: &str) -> Value {
+        serde_json::json!({"ev": "accepted", "cmid": cmid})
+    }
+
+    fn recv(cmid: &str, rseq: Option<u64>) -> Value {
+        serde_json::json!({"ev": "recv", "cmid": cmid, "rseq": rseq, "via": "live"})
+    }
+
+    fn done() -> Value {
+        serde_json::json!({"ev": "final-done", "ok": true})
+    }
+
+    #[test]
+    fn every_violation_is_counted() {
+        let dir = run_dir(
+            "violations",
+            &[
+                ("s1", accepted("s1-1")),
+                ("s1", accepted("s1-2")),
+                ("s1", accepted("s1-3")),
+                ("s1", accepted("s1-4")),
+                ("r1", recv("s1-2", Some(1))),
+                // Shown after a later one: out of order.
+                ("r1", recv("s1-1", Some(2))),
+                // Again with a new rseq: shown twice.
+                ("r1", recv("s1-2", Some(3))),
+                // An rseq already passed: dropped as a repeat, so lost; s1-4 never came.
+                ("r1", recv("s1-3", Some(2))),
+                ("r1", done()),
+                ("s2", accepted("s2-1")),
+                ("s2", accepted("s2-2")),
+                ("s2", accepted("s2-3")),
+                ("r2", recv("s2-1", None)),
+                ("r2", recv("s2-1", None)),
+                ("r2", recv("s2-2", None)),
+                ("r2", serde_json::json!({"ev": "vanish"})),
+                ("r2", serde_json::json!({"ev": "window", "cmid": "s2-3"})),
+                ("r2", done()),
+            ],
+        );
+        let outcome = check(&dir, None).expect("check");
+        assert!(!outcome.pass, "{}", outcome.summary);
+        for expected in [
+            "accepted=7 ",
+            "lost=2 ",
+            "twice=1 ",
+            "out_of_order=1 ",
+            "classic_dups=1 ",
+            "classic_window=1 ",
+        ] {
+            assert!(
+                outcome.summary.contains(expected),
+                "{expected} in {}",
+                outcome.summary
+            );
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_clean_history_passes_and_an_unfinished_one_does_not() {
+        let events = [
+            ("s1", accepted("s1-1")),
+            ("s1", accepted("s1-2")),
+            ("r1", recv("s1-1", Some(1))),
+            ("r1", recv("s1-2", None)),
+            ("r1", done()),
+            ("s2", accepted("s2-1")),
+            ("r2", recv("s2-1", None)),
+            ("r2", done()),
+        ];
+        let dir = run_dir("clean", &events);
+        let outcome = check(&dir, None).expect("check");
+        assert!(outcome.pass, "{}", outcome.summary);
+        // The same history from a run that could not finish is no pass.
+        assert!(!check(&dir, Some("interrupted")).expect("check").pass);
+        let _ = std::fs::remove_dir_all(dir);
+        // A receiver that never logged in at the end fails the run.
+        let dir = run_dir("unfinished", &events[..7]);
+        let outcome = check(&dir, None).expect("check");
+        assert!(
+            outcome.summary.contains("final_login_failed=1 "),
+            "{}",
+            outcome.summary
+        );
+        assert!(!outcome.pass);
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

@@ -55,7 +55,9 @@ const STOP_GRACE: Duration = Duration::from_secs(20);
 const FINAL_LOGIN_PATIENCE: Duration = Duration::from_secs(45);
 const FINAL_QUIET: Duration = Duration::from_secs(3);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Kind {
     /// Sends chats.
@@ -230,9 +232,10 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
         exit: false,
         final_requested: false,
     };
-    client
-        .events
-        .log("start", json!({"kind": client.args.kind, "user": client.args.user}));
+    client.events.log(
+        "start",
+        json!({"kind": client.args.kind, "user": client.args.user}),
+    );
     if client.args.kind == Kind::Sender {
         client.sender().await;
     } else {
@@ -294,13 +297,19 @@ impl Client {
             };
             let wait = match conn {
                 Err(e) => {
-                    self.events.log("connect-failed", json!({"gw": addr.to_string(), "why": format!("{e:#}")}));
+                    self.events.log(
+                        "connect-failed",
+                        json!({"gw": addr.to_string(), "why": format!("{e:#}")}),
+                    );
                     gateway += 1;
                     Duration::from_millis(300)
                 }
                 Ok(mut conn) => match self.login(&mut conn).await {
                     Ok(ack) if ack["errno"] == 0 => {
-                        self.events.log("login", json!({"gw": addr.to_string(), "errno": 0, "since": self.max_rseq}));
+                        self.events.log(
+                            "login",
+                            json!({"gw": addr.to_string(), "errno": 0, "since": self.max_rseq}),
+                        );
                         return Some((conn, ack));
                     }
                     Ok(ack) => {
@@ -309,7 +318,10 @@ impl Client {
                         Duration::from_secs(1)
                     }
                     Err(e) => {
-                        self.events.log("login-failed", json!({"gw": addr.to_string(), "why": format!("{e:#}")}));
+                        self.events.log(
+                            "login-failed",
+                            json!({"gw": addr.to_string(), "why": format!("{e:#}")}),
+                        );
                         gateway += 1;
                         Duration::from_millis(300)
                     }
@@ -374,7 +386,8 @@ impl Client {
 
     async fn ack(&mut self, conn: &mut Conn) -> anyhow::Result<()> {
         if self.kind().acks() && self.max_rseq > self.acked {
-            conn.send(&json!({"msgid": 12, "ack": self.max_rseq})).await?;
+            conn.send(&json!({"msgid": 12, "ack": self.max_rseq}))
+                .await?;
             self.acked = self.max_rseq;
         }
         Ok(())
@@ -514,7 +527,8 @@ impl Client {
                         }
                         Ok(None) => break,
                         Err(e) => {
-                            self.events.log("conn-lost", json!({"why": format!("{e:#}")}));
+                            self.events
+                                .log("conn-lost", json!({"why": format!("{e:#}")}));
                             ok = false;
                             break;
                         }
@@ -555,7 +569,10 @@ impl Client {
         let mut next = Instant::now();
         let mut n = 0u64;
         while !self.stop && !self.exit {
-            if let Some(cmd) = self.pause(next.saturating_duration_since(Instant::now())).await {
+            if let Some(cmd) = self
+                .pause(next.saturating_duration_since(Instant::now()))
+                .await
+            {
                 self.note(Some(cmd));
                 continue;
             }
@@ -587,7 +604,8 @@ impl Client {
                 deadline = Some(Instant::now() + STOP_GRACE);
             }
             if self.exit || deadline.is_some_and(|d| Instant::now() > d) {
-                self.events.log("unresolved", json!({"cmid": cmid, "to": self.args.to}));
+                self.events
+                    .log("unresolved", json!({"cmid": cmid, "to": self.args.to}));
                 return;
             }
             let mut current = match conn.take() {
@@ -604,7 +622,10 @@ impl Client {
                 "msgid": 6, "id": self.args.user, "name": self.args.name, "toid": self.args.to,
                 "msg": format!("chaos {cmid}"), "time": "chaos", "cmid": cmid, "seq": seq,
             });
-            self.events.log("send", json!({"cmid": cmid, "to": self.args.to, "attempt": attempt}));
+            self.events.log(
+                "send",
+                json!({"cmid": cmid, "to": self.args.to, "attempt": attempt}),
+            );
             match self.reply(&mut current, &request, seq).await {
                 Ok(reply) if reply["errno"] == 0 => {
                     self.events.log("accepted", json!({"cmid": cmid, "to": self.args.to, "mid": reply["mid"], "cseq": reply["cseq"]}));
@@ -621,7 +642,10 @@ impl Client {
                 Err(e) => {
                     // The gateway died, froze or was cut off: reconnect and
                     // send the same cmid again.
-                    self.events.log("unclear", json!({"cmid": cmid, "to": self.args.to, "why": format!("{e:#}")}));
+                    self.events.log(
+                        "unclear",
+                        json!({"cmid": cmid, "to": self.args.to, "why": format!("{e:#}")}),
+                    );
                 }
             }
         }
@@ -636,7 +660,9 @@ impl Client {
         loop {
             let now = Instant::now();
             anyhow::ensure!(now < deadline, "no reply within {REPLY_TIMEOUT:?}");
-            let wait = deadline.min(last_ping + PING_EVERY).saturating_duration_since(now);
+            let wait = deadline
+                .min(last_ping + PING_EVERY)
+                .saturating_duration_since(now);
             tokio::select! {
                 frame = conn.recv_within(wait) => match frame? {
                     Some(frame) if frame["msgid"] == 11 && frame["seq"] == seq => return Ok(frame),
@@ -660,13 +686,20 @@ impl Client {
 
 /// Registers `count` users through the gateway at `gateway`; prints their
 /// ids as a JSON array.
-pub async fn register(gateway: IpAddr, prefix: &str, count: usize, password: &str) -> anyhow::Result<()> {
+pub async fn register(
+    gateway: IpAddr,
+    prefix: &str,
+    count: usize,
+    password: &str,
+) -> anyhow::Result<()> {
     let mut conn = Conn::tcp(SocketAddr::new(gateway, GATEWAY_TCP_PORT)).await?;
     let mut ids = Vec::with_capacity(count);
     for i in 0..count {
         let seq = i64::try_from(i).unwrap_or(0) + 1;
-        conn.send(&json!({"msgid": 4, "name": format!("{prefix}-{i}"), "password": password, "seq": seq}))
-            .await?;
+        conn.send(
+            &json!({"msgid": 4, "name": format!("{prefix}-{i}"), "password": password, "seq": seq}),
+        )
+        .await?;
         loop {
             let frame = conn
                 .recv_within(REPLY_TIMEOUT)
@@ -689,9 +722,10 @@ pub async fn register(gateway: IpAddr, prefix: &str, count: usize, password: &st
 /// HTTP GET of it with 200).
 pub async fn probe(addr: SocketAddr, path: Option<&str>) -> anyhow::Result<()> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
-        .await
-        .context("connect timed out")??;
+    let mut stream =
+        tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+            .await
+            .context("connect timed out")??;
     if let Some(path) = path {
         let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await?;
@@ -700,7 +734,11 @@ pub async fn probe(addr: SocketAddr, path: Option<&str>) -> anyhow::Result<()> {
             .await
             .context("no answer")??;
         let text = String::from_utf8_lossy(&response);
-        anyhow::ensure!(text.starts_with("HTTP/1.1 200"), "not 200: {}", text.lines().next().unwrap_or(""));
+        anyhow::ensure!(
+            text.starts_with("HTTP/1.1 200"),
+            "not 200: {}",
+            text.lines().next().unwrap_or("")
+        );
     }
     Ok(())
 }

@@ -139,11 +139,20 @@ mod tests {
     #[test]
     fn values_are_taken_whatever_separates_them() {
         let mut buf = b"{\"a\":1}\n{\"b\":2}{\"c\"".to_vec();
-        assert_eq!(take_value(&mut buf).ok().flatten(), Some(serde_json::json!({"a":1})));
-        assert_eq!(take_value(&mut buf).ok().flatten(), Some(serde_json::json!({"b":2})));
+        assert_eq!(
+            take_value(&mut buf).ok().flatten(),
+            Some(serde_json::json!({"a":1}))
+        );
+        assert_eq!(
+            take_value(&mut buf).ok().flatten(),
+            Some(serde_json::json!({"b":2}))
+        );
         assert_eq!(take_value(&mut buf).ok().flatten(), None);
         buf.extend_from_slice(b":3}\0");
-        assert_eq!(take_value(&mut buf).ok().flatten(), Some(serde_json::json!({"c":3})));
+        assert_eq!(
+            take_value(&mut buf).ok().flatten(),
+            Some(serde_json::json!({"c":3}))
+        );
         assert_eq!(take_value(&mut buf).ok().flatten(), None);
     }
 }

@@ -134,13 +134,21 @@ impl Shared {
         let rel = (now_ms().saturating_sub(self.started_ms)) as f64 / 1000.0;
         let phase = event["phase"].as_str().unwrap_or("");
         let extra = match phase {
-            "start" => format!("for {:.1} s", event["planned_ms"].as_u64().unwrap_or(0) as f64 / 1000.0),
+            "start" => format!(
+                "for {:.1} s",
+                event["planned_ms"].as_u64().unwrap_or(0) as f64 / 1000.0
+            ),
             _ => "healed".to_owned(),
         };
-        let error = event["error"].as_str().map(|e| format!(" ERROR: {e}")).unwrap_or_default();
+        let error = event["error"]
+            .as_str()
+            .map(|e| format!(" ERROR: {e}"))
+            .unwrap_or_default();
         println!(
             "  [{rel:6.1} s] fault #{} {} {} {extra}{error}",
-            event["fault"], event["kind"].as_str().unwrap_or(""), event["target"].as_str().unwrap_or("")
+            event["fault"],
+            event["kind"].as_str().unwrap_or(""),
+            event["target"].as_str().unwrap_or("")
         );
         if let Ok(mut log) = self.log.lock() {
             let _ = writeln!(log, "{event}");
@@ -153,7 +161,11 @@ impl Shared {
     pub async fn snapshot_sockets(&self, why: &str) {
         let namespaces: Vec<(String, String)> = {
             let stack = self.stack.lock().await;
-            stack.gateways.iter().map(|g| (g.name.clone(), stack.net.ns(&g.host))).collect()
+            stack
+                .gateways
+                .iter()
+                .map(|g| (g.name.clone(), stack.net.ns(&g.host)))
+                .collect()
         };
         let mut text = format!("==== {} ({why})\n", now_ms());
         for (name, ns) in namespaces {
@@ -162,13 +174,19 @@ impl Shared {
                 .output()
                 .await;
             if let Ok(out) = out {
-                text.push_str(&format!("--- {name}\n{}", String::from_utf8_lossy(&out.stdout)));
+                text.push_str(&format!(
+                    "--- {name}\n{}",
+                    String::from_utf8_lossy(&out.stdout)
+                ));
             }
         }
-        if let Some(path) = &self.ss_log {
-            if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
-                let _ = f.write_all(text.as_bytes());
-            }
+        if let Some(path) = &self.ss_log
+            && let Ok(mut f) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+        {
+            let _ = f.write_all(text.as_bytes());
         }
     }
 
@@ -190,7 +208,11 @@ impl Shared {
             if stack::probe(&self.ctl, stack::gateway_health(i), Some("/healthz")).await {
                 return Ok(());
             }
-            anyhow::ensure!(Instant::now() < deadline, "gateway-{} not healthy within {patience:?}", i + 1);
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "gateway-{} not healthy within {patience:?}",
+                i + 1
+            );
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
@@ -200,10 +222,13 @@ impl Shared {
     pub fn note_exit(&self, name: &str, what: &str) {
         let rel = (now_ms().saturating_sub(self.started_ms)) as f64 / 1000.0;
         println!("  [{rel:6.1} s] {name} {what}");
-        if let Some(dir) = self.ss_log.as_ref().and_then(|p| p.parent()) {
-            if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("exits.log")) {
-                let _ = writeln!(f, "{rel:.1} s: {name} {what}");
-            }
+        if let Some(dir) = self.ss_log.as_ref().and_then(|p| p.parent())
+            && let Ok(mut f) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join("exits.log"))
+        {
+            let _ = writeln!(f, "{rel:.1} s: {name} {what}");
         }
     }
 
@@ -223,7 +248,11 @@ impl Shared {
                 }
             }
             for p in stack.services.iter_mut() {
-                let key = if p.name == "history-service" { "history" } else { "" };
+                let key = if p.name == "history-service" {
+                    "history"
+                } else {
+                    ""
+                };
                 if !busy.contains(key) && p.exited() {
                     exited.push(p.name.clone());
                     let _ = p.spawn();
@@ -258,7 +287,12 @@ struct Fault {
 
 /// Starts faults until `until`, then lets the running ones heal (at once,
 /// when `end` turns true). Returns how many faults were started.
-pub async fn schedule(shared: Arc<Shared>, seed: u64, until: Instant, end: watch::Receiver<bool>) -> usize {
+pub async fn schedule(
+    shared: Arc<Shared>,
+    seed: u64,
+    until: Instant,
+    end: watch::Receiver<bool>,
+) -> usize {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut count = 0usize;
     let mut tasks = Vec::new();
@@ -269,18 +303,18 @@ pub async fn schedule(shared: Arc<Shared>, seed: u64, until: Instant, end: watch
             break;
         }
         let concurrency = if rng.random_bool(0.5) { 1 } else { 2 };
-        if shared.active() < concurrency {
-            if let Some(fault) = pick(&shared, &mut rng, count + 1).await {
-                count += 1;
-                shared.set_busy(busy_key(&fault.target), true);
-                shared.active.fetch_add(1, Ordering::SeqCst);
-                let shared = Arc::clone(&shared);
-                let end = end.clone();
-                tasks.push(tokio::spawn(async move {
-                    run_fault(&shared, fault, end).await;
-                    shared.active.fetch_sub(1, Ordering::SeqCst);
-                }));
-            }
+        if shared.active() < concurrency
+            && let Some(fault) = pick(&shared, &mut rng, count + 1).await
+        {
+            count += 1;
+            shared.set_busy(busy_key(&fault.target), true);
+            shared.active.fetch_add(1, Ordering::SeqCst);
+            let shared = Arc::clone(&shared);
+            let end = end.clone();
+            tasks.push(tokio::spawn(async move {
+                run_fault(&shared, fault, end).await;
+                shared.active.fetch_sub(1, Ordering::SeqCst);
+            }));
         }
         next = Instant::now() + Duration::from_millis(rng.random_range(1500..5000));
     }
@@ -297,7 +331,9 @@ async fn pick(shared: &Shared, rng: &mut StdRng, id: usize) -> Option<Fault> {
         let stack = shared.stack.lock().await;
         (stack.backend, stack.gateways.len())
     };
-    let gateways_down = (1..=gateways).filter(|i| busy.contains(&format!("gateway-{i}"))).count();
+    let gateways_down = (1..=gateways)
+        .filter(|i| busy.contains(&format!("gateway-{i}")))
+        .count();
     let redis_free = !busy.contains("redis");
     // A cluster fault only on a cluster that is whole (a second one before
     // the first healed could take a shard's last copy or the majority).
@@ -305,12 +341,18 @@ async fn pick(shared: &Shared, rng: &mut StdRng, id: usize) -> Option<Fault> {
         let ips: Vec<_> = backend.redis_hosts().iter().map(|(_, ip)| *ip).collect();
         redis_free && stack::cluster_ready(&shared.ctl, &ips).await.is_ok()
     };
-    let free_vanishers: Vec<&String> = shared.vanishers.iter().filter(|v| !busy.contains(*v)).collect();
+    let free_vanishers: Vec<&String> = shared
+        .vanishers
+        .iter()
+        .filter(|v| !busy.contains(*v))
+        .collect();
     let possible: Vec<Kind> = ALL
         .iter()
         .copied()
         .filter(|kind| match kind {
-            Kind::GatewayKill | Kind::GatewayTerm | Kind::GatewayStop | Kind::GatewayCut => gateways_down + 1 < gateways,
+            Kind::GatewayKill | Kind::GatewayTerm | Kind::GatewayStop | Kind::GatewayCut => {
+                gateways_down + 1 < gateways
+            }
             Kind::RedisKill => backend == Backend::Single && redis_free,
             Kind::MasterKill => backend == Backend::Cluster && redis_free && cluster_whole,
             Kind::RedisCut => redis_free && cluster_whole,
@@ -322,10 +364,14 @@ async fn pick(shared: &Shared, rng: &mut StdRng, id: usize) -> Option<Fault> {
         return None;
     }
     let kind = possible[rng.random_range(0..possible.len())];
-    let secs = |rng: &mut StdRng, lo: u64, hi: u64| Duration::from_millis(rng.random_range(lo * 1000..=hi * 1000));
+    let secs = |rng: &mut StdRng, lo: u64, hi: u64| {
+        Duration::from_millis(rng.random_range(lo * 1000..=hi * 1000))
+    };
     let (target, duration) = match kind {
         Kind::GatewayKill | Kind::GatewayTerm | Kind::GatewayStop | Kind::GatewayCut => {
-            let up: Vec<usize> = (1..=gateways).filter(|i| !busy.contains(&format!("gateway-{i}"))).collect();
+            let up: Vec<usize> = (1..=gateways)
+                .filter(|i| !busy.contains(&format!("gateway-{i}")))
+                .collect();
             let i = up[rng.random_range(0..up.len())];
             let duration = match kind {
                 Kind::GatewayStop => secs(rng, 12, 20),
@@ -334,7 +380,9 @@ async fn pick(shared: &Shared, rng: &mut StdRng, id: usize) -> Option<Fault> {
             };
             (format!("gateway-{i}"), duration)
         }
-        Kind::RedisKill | Kind::MasterKill | Kind::RedisCut => ("redis".to_owned(), secs(rng, 3, 15)),
+        Kind::RedisKill | Kind::MasterKill | Kind::RedisCut => {
+            ("redis".to_owned(), secs(rng, 3, 15))
+        }
         Kind::HistoryKill => ("history".to_owned(), secs(rng, 2, 15)),
         Kind::ClientVanish => {
             let v = free_vanishers[rng.random_range(0..free_vanishers.len())].clone();
@@ -391,10 +439,24 @@ async fn run_fault(shared: &Shared, fault: Fault, mut end: watch::Receiver<bool>
             _ = end.wait_for(|e| *e) => {}
         }
     }
-    shared.snapshot_sockets(&format!("fault #{} {} {} before healing", fault.id, fault.kind.name(), fault.target)).await;
+    shared
+        .snapshot_sockets(&format!(
+            "fault #{} {} {} before healing",
+            fault.id,
+            fault.kind.name(),
+            fault.target
+        ))
+        .await;
     let heal_at = now_ms();
     let healed = heal(shared, &fault, &node).await;
-    shared.snapshot_sockets(&format!("fault #{} {} {} healed", fault.id, fault.kind.name(), fault.target)).await;
+    shared
+        .snapshot_sockets(&format!(
+            "fault #{} {} {} healed",
+            fault.id,
+            fault.kind.name(),
+            fault.target
+        ))
+        .await;
     shared.record(json!({
         "fault": fault.id, "kind": fault.kind.name(), "target": fault.target, "phase": "end",
         "t": start, "heal": heal_at, "healthy": now_ms(), "ok": healed.is_ok(),
@@ -506,7 +568,11 @@ async fn heal(shared: &Shared, fault: &Fault, node: &str) -> anyhow::Result<()> 
                     .find(|p| p.host == node)
                     .ok_or_else(|| anyhow::anyhow!("no redis {node}"))?;
                 p.spawn()?;
-                let ip = backend.redis_hosts().into_iter().find(|(h, _)| h == node).map(|(_, ip)| ip);
+                let ip = backend
+                    .redis_hosts()
+                    .into_iter()
+                    .find(|(h, _)| h == node)
+                    .map(|(_, ip)| ip);
                 (ip, backend)
             };
             wait_redis(&ctl, backend, ip).await?;
@@ -517,7 +583,11 @@ async fn heal(shared: &Shared, fault: &Fault, node: &str) -> anyhow::Result<()> 
                 stack.net.set_link(node, true)?;
                 stack.backend
             };
-            let ip = backend.redis_hosts().into_iter().find(|(h, _)| h == node).map(|(_, ip)| ip);
+            let ip = backend
+                .redis_hosts()
+                .into_iter()
+                .find(|(h, _)| h == node)
+                .map(|(_, ip)| ip);
             wait_redis(&ctl, backend, ip).await?;
         }
         Kind::HistoryKill => {
@@ -533,7 +603,10 @@ async fn heal(shared: &Shared, fault: &Fault, node: &str) -> anyhow::Result<()> 
                 if stack::probe(&ctl, stack::history_addr(), None).await {
                     break;
                 }
-                anyhow::ensure!(Instant::now() < deadline, "history service not up within 60 s");
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "history service not up within 60 s"
+                );
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
@@ -550,11 +623,17 @@ async fn heal(shared: &Shared, fault: &Fault, node: &str) -> anyhow::Result<()> 
 
 /// Redis serves again: the node answers PING and, on a cluster, the
 /// cluster is whole (the old master rejoined as a replica and synced).
-async fn wait_redis(ctl: &str, backend: Backend, ip: Option<std::net::Ipv4Addr>) -> anyhow::Result<()> {
+async fn wait_redis(
+    ctl: &str,
+    backend: Backend,
+    ip: Option<std::net::Ipv4Addr>,
+) -> anyhow::Result<()> {
     let ip = ip.ok_or_else(|| anyhow::anyhow!("unknown redis node"))?;
     anyhow::ensure!(
         stack::eventually(Duration::from_secs(30), || async {
-            stack::redis_cli(ctl, ip, &["ping"]).await.is_some_and(|o| o.contains("PONG"))
+            stack::redis_cli(ctl, ip, &["ping"])
+                .await
+                .is_some_and(|o| o.contains("PONG"))
         })
         .await,
         "redis {ip} does not answer within 30 s"
@@ -567,7 +646,10 @@ async fn wait_redis(ctl: &str, backend: Backend, ip: Option<std::net::Ipv4Addr>)
         })
         .await;
         if !ok {
-            let why = stack::cluster_ready(ctl, &ips).await.err().unwrap_or_default();
+            let why = stack::cluster_ready(ctl, &ips)
+                .await
+                .err()
+                .unwrap_or_default();
             anyhow::bail!("the cluster is not whole within 60 s: {why}");
         }
     }

@@ -72,9 +72,14 @@ async fn main() -> ExitCode {
             Ok(true)
         }
         Cmd::Client(args) => client::run(args).await.map(|()| true),
-        Cmd::Register { gateway, prefix, count, password } => {
-            client::register(gateway, &prefix, count, &password).await.map(|()| true)
-        }
+        Cmd::Register {
+            gateway,
+            prefix,
+            count,
+            password,
+        } => client::register(gateway, &prefix, count, &password)
+            .await
+            .map(|()| true),
         Cmd::Probe { addr, http } => client::probe(addr, http.as_deref()).await.map(|()| true),
     };
     match result {

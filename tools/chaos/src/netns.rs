@@ -114,10 +114,29 @@ impl Net {
             net.hosts.push((name.clone(), *addr));
             let port = format!("p{i}");
             ip(&[
-                "-n", &net.switch, "link", "add", &port, "type", "veth", "peer", "name", DEV,
-                "netns", &ns,
+                "-n",
+                &net.switch,
+                "link",
+                "add",
+                &port,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                DEV,
+                "netns",
+                &ns,
             ])?;
-            ip(&["-n", &net.switch, "link", "set", &port, "master", "br0", "up"])?;
+            ip(&[
+                "-n",
+                &net.switch,
+                "link",
+                "set",
+                &port,
+                "master",
+                "br0",
+                "up",
+            ])?;
             ip(&["-n", &ns, "link", "set", "lo", "up"])?;
             ip(&["-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", DEV])?;
             ip(&["-n", &ns, "link", "set", DEV, "up"])?;

@@ -60,7 +60,12 @@ pub struct RunArgs {
     pub rate: f64,
 }
 
-const RECEIVER_KINDS: [Kind; 4] = [Kind::ClassicReconnect, Kind::ClassicVanish, Kind::Device, Kind::Websocket];
+const RECEIVER_KINDS: [Kind; 4] = [
+    Kind::ClassicReconnect,
+    Kind::ClassicVanish,
+    Kind::Device,
+    Kind::Websocket,
+];
 const PASSWORD: &str = "chaos-pw";
 /// How long receivers get to receive what is owed after the senders stop
 /// (ends early once every accepted chat arrived).
@@ -187,14 +192,23 @@ async fn dump_redis_inboxes(shared: &Shared, dir: &Path) {
     let backend = shared.stack.lock().await.backend;
     let mut text = String::new();
     for (host, ip) in backend.redis_hosts() {
-        let Some(keys) = stack::redis_cli(&shared.ctl, ip, &["--scan", "--pattern", "*:in"]).await else {
+        let Some(keys) = stack::redis_cli(&shared.ctl, ip, &["--scan", "--pattern", "*:in"]).await
+        else {
             text.push_str(&format!("==== {host}: no answer\n"));
             continue;
         };
-        let size = stack::redis_cli(&shared.ctl, ip, &["dbsize"]).await.unwrap_or_default();
-        text.push_str(&format!("==== {host}: {} keys, {} inboxes\n", size.trim(), keys.lines().filter(|k| !k.is_empty()).count()));
+        let size = stack::redis_cli(&shared.ctl, ip, &["dbsize"])
+            .await
+            .unwrap_or_default();
+        text.push_str(&format!(
+            "==== {host}: {} keys, {} inboxes\n",
+            size.trim(),
+            keys.lines().filter(|k| !k.is_empty()).count()
+        ));
         for key in keys.lines().filter(|k| !k.is_empty()) {
-            if let Some(entries) = stack::redis_cli(&shared.ctl, ip, &["lrange", key, "0", "-1"]).await {
+            if let Some(entries) =
+                stack::redis_cli(&shared.ctl, ip, &["lrange", key, "0", "-1"]).await
+            {
                 text.push_str(&format!("==== {host} {key}\n{entries}"));
             }
         }
@@ -218,10 +232,26 @@ fn drop_databases(socket: &Path, prefix: &str) {
 
 async fn body(args: &RunArgs, seed: u64, dir: &Path) -> anyhow::Result<()> {
     anyhow::ensure!(is_root(), "needs root (network namespaces)");
-    anyhow::ensure!(args.mysql_socket.exists(), "no MariaDB socket at {}", args.mysql_socket.display());
-    let bin_dir = args.bin_dir.canonicalize().with_context(|| format!("{}", args.bin_dir.display()))?;
-    for bin in ["gateway", "user-service", "offline-service", "history-service"] {
-        anyhow::ensure!(bin_dir.join(bin).exists(), "{} is missing: build it first", bin_dir.join(bin).display());
+    anyhow::ensure!(
+        args.mysql_socket.exists(),
+        "no MariaDB socket at {}",
+        args.mysql_socket.display()
+    );
+    let bin_dir = args
+        .bin_dir
+        .canonicalize()
+        .with_context(|| format!("{}", args.bin_dir.display()))?;
+    for bin in [
+        "gateway",
+        "user-service",
+        "offline-service",
+        "history-service",
+    ] {
+        anyhow::ensure!(
+            bin_dir.join(bin).exists(),
+            "{} is missing: build it first",
+            bin_dir.join(bin).display()
+        );
     }
     let stale = netns::remove_stale();
     if stale > 0 {
@@ -256,7 +286,10 @@ async fn body(args: &RunArgs, seed: u64, dir: &Path) -> anyhow::Result<()> {
     let mut stack = Stack::new(net, &settings)?;
 
     // ---- the stack
-    println!("starting redis ({}), the services and {gateways} gateways", backend.name());
+    println!(
+        "starting redis ({}), the services and {gateways} gateways",
+        backend.name()
+    );
     stack::start_redis(&mut stack, &ctl, dir).await?;
     stack::start_services(&mut stack, &ctl).await?;
     for i in 0..gateways {
@@ -276,13 +309,22 @@ async fn body(args: &RunArgs, seed: u64, dir: &Path) -> anyhow::Result<()> {
     let out = Command::new("ip")
         .args(["netns", "exec", &stack.net.ns("ctl")])
         .arg(&exe)
-        .args(["register", "--gateway", &gateway_ip(0).to_string(), "--prefix"])
+        .args([
+            "register",
+            "--gateway",
+            &gateway_ip(0).to_string(),
+            "--prefix",
+        ])
         .arg(format!("chaos{}", std::process::id()))
         .args(["--count", &(2 * pairs).to_string(), "--password", PASSWORD])
         .stdin(Stdio::null())
         .output()
         .await?;
-    anyhow::ensure!(out.status.success(), "registering users failed: {}", String::from_utf8_lossy(&out.stderr));
+    anyhow::ensure!(
+        out.status.success(),
+        "registering users failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let ids: Vec<i64> = serde_json::from_slice(&out.stdout).context("register's output")?;
     anyhow::ensure!(ids.len() == 2 * pairs, "registered {} users", ids.len());
 
@@ -291,9 +333,15 @@ async fn body(args: &RunArgs, seed: u64, dir: &Path) -> anyhow::Result<()> {
         // Pairs 2k and 2k+1 share the sender's node; the even one's
         // receiver is on the next node, the odd one's on the same.
         let sender_gw = (i / 2) % gateways;
-        let receiver_gw = if i % 2 == 0 { (sender_gw + 1) % gateways } else { sender_gw };
+        let receiver_gw = if i % 2 == 0 {
+            (sender_gw + 1) % gateways
+        } else {
+            sender_gw
+        };
         let order = |home: usize| -> Vec<String> {
-            (0..gateways).map(|k| gateway_ip((home + k) % gateways).to_string()).collect()
+            (0..gateways)
+                .map(|k| gateway_ip((home + k) % gateways).to_string())
+                .collect()
         };
         let kind = RECEIVER_KINDS[(i / 2) % RECEIVER_KINDS.len()];
         infos.push(ClientInfo {
@@ -327,7 +375,11 @@ async fn body(args: &RunArgs, seed: u64, dir: &Path) -> anyhow::Result<()> {
             info.name,
             format!("{:?}", info.kind),
             info.user,
-            if info.kind == Kind::Sender { format!("-> user {:<4}", info.to) } else { "          ".into() },
+            if info.kind == Kind::Sender {
+                format!("-> user {:<4}", info.to)
+            } else {
+                "          ".into()
+            },
             info.gateways.first().map(String::as_str).unwrap_or("")
         );
     }
@@ -345,10 +397,21 @@ async fn body(args: &RunArgs, seed: u64, dir: &Path) -> anyhow::Result<()> {
         clients: infos.clone(),
     };
     write_manifest(dir, &manifest)?;
-    let vanishers: Vec<String> =
-        infos.iter().filter(|c| c.kind == Kind::ClassicVanish).map(|c| c.name.clone()).collect();
+    let vanishers: Vec<String> = infos
+        .iter()
+        .filter(|c| c.kind == Kind::ClassicVanish)
+        .map(|c| c.name.clone())
+        .collect();
     let faults_log = std::fs::File::create(dir.join("faults.jsonl"))?;
-    let shared = Arc::new(Shared::new(stack, ctl.clone(), vanishers, stdins, faults_log, Some(dir.join("logs/ss.log")), go_ms));
+    let shared = Arc::new(Shared::new(
+        stack,
+        ctl.clone(),
+        vanishers,
+        stdins,
+        faults_log,
+        Some(dir.join("logs/ss.log")),
+        go_ms,
+    ));
     for c in infos.iter().filter(|c| c.kind == Kind::Sender) {
         shared.tell(&c.name, "go").await;
     }
@@ -414,7 +477,10 @@ async fn body(args: &RunArgs, seed: u64, dir: &Path) -> anyhow::Result<()> {
     // ---- tear down
     shared.stdins.lock().await.clear();
     for c in &mut clients {
-        if tokio::time::timeout(Duration::from_secs(5), c.child.wait()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), c.child.wait())
+            .await
+            .is_err()
+        {
             let _ = c.child.kill().await;
         }
     }
@@ -426,7 +492,10 @@ async fn body(args: &RunArgs, seed: u64, dir: &Path) -> anyhow::Result<()> {
 }
 
 fn write_manifest(dir: &Path, manifest: &Manifest) -> anyhow::Result<()> {
-    std::fs::write(dir.join("manifest.json"), serde_json::to_vec_pretty(manifest)?)?;
+    std::fs::write(
+        dir.join("manifest.json"),
+        serde_json::to_vec_pretty(manifest)?,
+    )?;
     Ok(())
 }
 
@@ -448,8 +517,23 @@ fn spawn_client(
     let mut child = Command::new("ip")
         .args(["netns", "exec", &net.ns(&info.name)])
         .arg(exe)
-        .args(["client", "--name", &info.name, "--kind", kind, "--user", &info.user.to_string()])
-        .args(["--password", PASSWORD, "--to", &info.to.to_string(), "--rate", &rate.to_string()])
+        .args([
+            "client",
+            "--name",
+            &info.name,
+            "--kind",
+            kind,
+            "--user",
+            &info.user.to_string(),
+        ])
+        .args([
+            "--password",
+            PASSWORD,
+            "--to",
+            &info.to.to_string(),
+            "--rate",
+            &rate.to_string(),
+        ])
         .args(["--gateways", &info.gateways.join(",")])
         .arg("--log")
         .arg(dir.join("clients").join(format!("{}.jsonl", info.name)))

@@ -117,7 +117,9 @@ impl Proc {
     }
 
     pub fn signal(&self, signal: &str) -> anyhow::Result<()> {
-        let pid = self.pid().with_context(|| format!("{} is not running", self.name))?;
+        let pid = self
+            .pid()
+            .with_context(|| format!("{} is not running", self.name))?;
         let status = std::process::Command::new("kill")
             .args([format!("-{signal}"), pid.to_string()])
             .status()?;
@@ -181,7 +183,11 @@ impl Stack {
         };
         let logs = settings.dir.join("logs");
         std::fs::create_dir_all(&logs)?;
-        let mk = |name: &str, host: &str, program: PathBuf, args: Vec<String>, env: Vec<(String, String)>| Proc {
+        let mk = |name: &str,
+                  host: &str,
+                  program: PathBuf,
+                  args: Vec<String>,
+                  env: Vec<(String, String)>| Proc {
             name: name.to_owned(),
             host: host.to_owned(),
             ns: net.ns(host),
@@ -196,9 +202,22 @@ impl Stack {
             let dir = settings.dir.join("redis").join(&host);
             std::fs::create_dir_all(&dir)?;
             let mut args: Vec<String> = [
-                "--port", &REDIS_PORT.to_string(), "--bind", &ip.to_string(), "--protected-mode", "no",
-                "--save", "", "--appendonly", "yes", "--appendfsync", "everysec",
-                "--maxmemory-policy", "noeviction", "--daemonize", "no",
+                "--port",
+                &REDIS_PORT.to_string(),
+                "--bind",
+                &ip.to_string(),
+                "--protected-mode",
+                "no",
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+                "--maxmemory-policy",
+                "noeviction",
+                "--daemonize",
+                "no",
             ]
             .iter()
             .map(|s| (*s).to_owned())
@@ -207,15 +226,22 @@ impl Stack {
             args.push(dir.display().to_string());
             if backend == Backend::Cluster {
                 for a in [
-                    "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                    "--cluster-node-timeout", "2000",
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "2000",
                 ] {
                     args.push(a.into());
                 }
             }
             redis.push(mk(&host, &host, "redis-server".into(), args, Vec::new()));
         }
-        let token = ("CLUSTERCHAT_INTERNAL_TOKEN".to_owned(), settings.token.clone());
+        let token = (
+            "CLUSTERCHAT_INTERNAL_TOKEN".to_owned(),
+            settings.token.clone(),
+        );
         let db = |name: &str| {
             format!(
                 "mysql://root@localhost/{}_{name}?socket={}",
@@ -227,49 +253,100 @@ impl Stack {
         let bin = |name: &str| settings.bin_dir.join(name);
         let user_url = format!("http://{CORE}:{USER_PORT}");
         let services = vec![
-            mk("user-service", "core", bin("user-service"), Vec::new(), vec![
-                token.clone(),
-                e("CLUSTERCHAT_USER_LISTEN", format!("{CORE}:{USER_PORT}")),
-                e("CLUSTERCHAT_USER_METRICS_LISTEN", "127.0.0.1:9101".into()),
-                e("CLUSTERCHAT_USER_DATABASE_URL", db("user")),
-            ]),
-            mk("offline-service", "core", bin("offline-service"), Vec::new(), vec![
-                token.clone(),
-                e("CLUSTERCHAT_OFFLINE_LISTEN", format!("{CORE}:{OFFLINE_PORT}")),
-                e("CLUSTERCHAT_OFFLINE_METRICS_LISTEN", "127.0.0.1:9102".into()),
-                e("CLUSTERCHAT_OFFLINE_DATABASE_URL", db("offline")),
-            ]),
-            mk("history-service", "core", bin("history-service"), Vec::new(), vec![
-                token.clone(),
-                e("CLUSTERCHAT_HISTORY_LISTEN", format!("{CORE}:{HISTORY_PORT}")),
-                e("CLUSTERCHAT_HISTORY_METRICS_LISTEN", "127.0.0.1:9103".into()),
-                e("CLUSTERCHAT_HISTORY_DATABASE_URL", db("history")),
-                e("CLUSTERCHAT_HISTORY_REDIS_URL", redis_url.clone()),
-                e("CLUSTERCHAT_HISTORY_USER_SERVICE", user_url.clone()),
-                e("CLUSTERCHAT_HISTORY_CONSUMER", "chaos".into()),
-            ]),
+            mk(
+                "user-service",
+                "core",
+                bin("user-service"),
+                Vec::new(),
+                vec![
+                    token.clone(),
+                    e("CLUSTERCHAT_USER_LISTEN", format!("{CORE}:{USER_PORT}")),
+                    e("CLUSTERCHAT_USER_METRICS_LISTEN", "127.0.0.1:9101".into()),
+                    e("CLUSTERCHAT_USER_DATABASE_URL", db("user")),
+                ],
+            ),
+            mk(
+                "offline-service",
+                "core",
+                bin("offline-service"),
+                Vec::new(),
+                vec![
+                    token.clone(),
+                    e(
+                        "CLUSTERCHAT_OFFLINE_LISTEN",
+                        format!("{CORE}:{OFFLINE_PORT}"),
+                    ),
+                    e(
+                        "CLUSTERCHAT_OFFLINE_METRICS_LISTEN",
+                        "127.0.0.1:9102".into(),
+                    ),
+                    e("CLUSTERCHAT_OFFLINE_DATABASE_URL", db("offline")),
+                ],
+            ),
+            mk(
+                "history-service",
+                "core",
+                bin("history-service"),
+                Vec::new(),
+                vec![
+                    token.clone(),
+                    e(
+                        "CLUSTERCHAT_HISTORY_LISTEN",
+                        format!("{CORE}:{HISTORY_PORT}"),
+                    ),
+                    e(
+                        "CLUSTERCHAT_HISTORY_METRICS_LISTEN",
+                        "127.0.0.1:9103".into(),
+                    ),
+                    e("CLUSTERCHAT_HISTORY_DATABASE_URL", db("history")),
+                    e("CLUSTERCHAT_HISTORY_REDIS_URL", redis_url.clone()),
+                    e("CLUSTERCHAT_HISTORY_USER_SERVICE", user_url.clone()),
+                    e("CLUSTERCHAT_HISTORY_CONSUMER", "chaos".into()),
+                ],
+            ),
         ];
         let gateways = (0..backend.gateways())
             .map(|i| {
                 let ip = gateway_ip(i);
-                mk(&format!("gateway-{}", i + 1), &format!("gw{}", i + 1), bin("gateway"), Vec::new(), vec![
-                    token.clone(),
-                    e("CLUSTERCHAT_GATEWAY_NODE_ID", format!("gw-{}", i + 1)),
-                    e("CLUSTERCHAT_GATEWAY_TCP_LISTEN", format!("{ip}:{GATEWAY_TCP_PORT}")),
-                    e("CLUSTERCHAT_GATEWAY_HTTP_LISTEN", format!("{ip}:{GATEWAY_HTTP_PORT}")),
-                    e("CLUSTERCHAT_GATEWAY_ADMIN_LISTEN", format!("{ip}:{GATEWAY_ADMIN_PORT}")),
-                    e("CLUSTERCHAT_GATEWAY_REDIS_URL", redis_url.clone()),
-                    e("CLUSTERCHAT_GATEWAY_USER_SERVICE", user_url.clone()),
-                    e("CLUSTERCHAT_GATEWAY_OFFLINE_SERVICE", format!("http://{CORE}:{OFFLINE_PORT}")),
-                    e("CLUSTERCHAT_GATEWAY_HISTORY_SERVICE", format!("http://{CORE}:{HISTORY_PORT}")),
-                    // Every client has an address of its own, but reconnects
-                    // come often: the internet's per-address limits raised,
-                    // as on the dev stack.
-                    e("CLUSTERCHAT_GATEWAY_LOGINS_PER_ADDRESS", "1000".into()),
-                    e("CLUSTERCHAT_GATEWAY_REGISTERS_PER_ADDRESS", "1000".into()),
-                    e("CLUSTERCHAT_GATEWAY_ANONYMOUS_PER_ADDRESS", "1000".into()),
-                    e("CLUSTERCHAT_GATEWAY_DRAIN_TIMEOUT_MS", "5000".into()),
-                ])
+                mk(
+                    &format!("gateway-{}", i + 1),
+                    &format!("gw{}", i + 1),
+                    bin("gateway"),
+                    Vec::new(),
+                    vec![
+                        token.clone(),
+                        e("CLUSTERCHAT_GATEWAY_NODE_ID", format!("gw-{}", i + 1)),
+                        e(
+                            "CLUSTERCHAT_GATEWAY_TCP_LISTEN",
+                            format!("{ip}:{GATEWAY_TCP_PORT}"),
+                        ),
+                        e(
+                            "CLUSTERCHAT_GATEWAY_HTTP_LISTEN",
+                            format!("{ip}:{GATEWAY_HTTP_PORT}"),
+                        ),
+                        e(
+                            "CLUSTERCHAT_GATEWAY_ADMIN_LISTEN",
+                            format!("{ip}:{GATEWAY_ADMIN_PORT}"),
+                        ),
+                        e("CLUSTERCHAT_GATEWAY_REDIS_URL", redis_url.clone()),
+                        e("CLUSTERCHAT_GATEWAY_USER_SERVICE", user_url.clone()),
+                        e(
+                            "CLUSTERCHAT_GATEWAY_OFFLINE_SERVICE",
+                            format!("http://{CORE}:{OFFLINE_PORT}"),
+                        ),
+                        e(
+                            "CLUSTERCHAT_GATEWAY_HISTORY_SERVICE",
+                            format!("http://{CORE}:{HISTORY_PORT}"),
+                        ),
+                        // Every client has an address of its own, but reconnects
+                        // come often: the internet's per-address limits raised,
+                        // as on the dev stack.
+                        e("CLUSTERCHAT_GATEWAY_LOGINS_PER_ADDRESS", "1000".into()),
+                        e("CLUSTERCHAT_GATEWAY_REGISTERS_PER_ADDRESS", "1000".into()),
+                        e("CLUSTERCHAT_GATEWAY_ANONYMOUS_PER_ADDRESS", "1000".into()),
+                        e("CLUSTERCHAT_GATEWAY_DRAIN_TIMEOUT_MS", "5000".into()),
+                    ],
+                )
             })
             .collect();
         Ok(Self {
@@ -335,7 +412,16 @@ pub async fn redis_cli(ctl: &str, ip: Ipv4Addr, args: &[&str]) -> Option<String>
     let out = tokio::time::timeout(
         Duration::from_secs(5),
         Command::new("ip")
-            .args(["netns", "exec", ctl, "redis-cli", "-h", &ip.to_string(), "-p", &REDIS_PORT.to_string()])
+            .args([
+                "netns",
+                "exec",
+                ctl,
+                "redis-cli",
+                "-h",
+                &ip.to_string(),
+                "-p",
+                &REDIS_PORT.to_string(),
+            ])
             .args(args)
             .stdin(Stdio::null())
             .kill_on_drop(true)
@@ -418,20 +504,44 @@ pub async fn start_redis(stack: &mut Stack, ctl: &str, dir: &Path) -> anyhow::Re
     let hosts = stack.backend.redis_hosts();
     for (host, ip) in &hosts {
         if !eventually(Duration::from_secs(30), || async {
-            redis_cli(ctl, *ip, &["ping"]).await.is_some_and(|o| o.contains("PONG"))
+            redis_cli(ctl, *ip, &["ping"])
+                .await
+                .is_some_and(|o| o.contains("PONG"))
         })
         .await
         {
-            bail!("redis {host} did not come up (see {})", dir.join("logs").display());
+            bail!(
+                "redis {host} did not come up (see {})",
+                dir.join("logs").display()
+            );
         }
     }
     if stack.backend == Backend::Cluster {
-        let mut args = vec!["netns".to_owned(), "exec".into(), ctl.to_owned(), "redis-cli".into(), "--cluster".into(), "create".into()];
+        let mut args = vec![
+            "netns".to_owned(),
+            "exec".into(),
+            ctl.to_owned(),
+            "redis-cli".into(),
+            "--cluster".into(),
+            "create".into(),
+        ];
         args.extend(hosts.iter().map(|(_, ip)| format!("{ip}:{REDIS_PORT}")));
-        args.extend(["--cluster-replicas".into(), "1".into(), "--cluster-yes".into()]);
-        let out = Command::new("ip").args(&args).stdin(Stdio::null()).output().await?;
+        args.extend([
+            "--cluster-replicas".into(),
+            "1".into(),
+            "--cluster-yes".into(),
+        ]);
+        let out = Command::new("ip")
+            .args(&args)
+            .stdin(Stdio::null())
+            .output()
+            .await?;
         std::fs::write(dir.join("logs/redis-cluster-create.log"), &out.stdout)?;
-        anyhow::ensure!(out.status.success(), "redis-cli --cluster create failed: {}", String::from_utf8_lossy(&out.stdout));
+        anyhow::ensure!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
         let ips: Vec<Ipv4Addr> = hosts.iter().map(|(_, ip)| *ip).collect();
         let ok = eventually(Duration::from_secs(60), || {
             let ips = ips.clone();
@@ -445,7 +555,11 @@ pub async fn start_redis(stack: &mut Stack, ctl: &str, dir: &Path) -> anyhow::Re
 }
 
 pub async fn start_services(stack: &mut Stack, ctl: &str) -> anyhow::Result<()> {
-    for (name, port) in [("user-service", USER_PORT), ("offline-service", OFFLINE_PORT), ("history-service", HISTORY_PORT)] {
+    for (name, port) in [
+        ("user-service", USER_PORT),
+        ("offline-service", OFFLINE_PORT),
+        ("history-service", HISTORY_PORT),
+    ] {
         stack.service(name).spawn()?;
         let addr = SocketAddr::from((CORE, port));
         anyhow::ensure!(
