@@ -181,7 +181,7 @@ impl Shared {
         let mut text = format!("==== {} ({why})\n", now_ms());
         for (name, ns) in namespaces {
             let out = tokio::process::Command::new("ip")
-                .args(["netns", "exec", &ns, "ss", "-tnoi", "state", "established"])
+                .args(["netns", "exec", &ns, "ss", "-tnoi", "state", "connected"])
                 .output()
                 .await;
             if let Ok(out) = out {
