@@ -66,11 +66,12 @@ impl OfflineStore {
         if let Some(client_id) = &message.client_msg_id {
             let existing = sqlx::query(
                 "SELECT position FROM offline_messages \
-                 WHERE receiver_id = ? AND sender_id = ? AND client_msg_id = ?",
+                 WHERE receiver_id = ? AND sender_id = ? AND client_msg_id = ? AND inbox_seq = ?",
             )
             .bind(message.receiver.get())
             .bind(message.sender_id)
             .bind(client_id)
+            .bind(message.inbox_seq)
             .fetch_optional(&mut *tx)
             .await?;
             if let Some(row) = existing {

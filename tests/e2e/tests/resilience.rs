@@ -205,6 +205,9 @@ async fn a_client_that_stops_reading_gets_everything_in_order_once_it_reads_agai
         .gateways(1)
         .gateway_env("CLUSTERCHAT_GATEWAY_OUTBOUND_QUEUE", "4")
         .gateway_env("CLUSTERCHAT_GATEWAY_RATE_BURST", "1000")
+        // 15 MB wait for one receiver here, near the inbox's 16 MiB budget
+        // (its own test is in abuse.rs).
+        .gateway_env("CLUSTERCHAT_GATEWAY_MAX_INBOX_BYTES", "67108864")
         .start()
         .await;
     let mut fast = Client::connect(stack.gateways[0].tcp).await;

@@ -60,8 +60,9 @@ impl OfflinePage {
     /// store keeps it until the client acknowledges it (its inbox copy may
     /// be gone already). A message without an inbox sequence (stored while
     /// Redis was unreachable) is appended to the inbox instead, once (its
-    /// id is the idempotency key), and reaches the client from there with
-    /// a sequence it can acknowledge.
+    /// id is the idempotency key), for every kind of client: it reaches the
+    /// client from there, after the older messages the inbox holds, and
+    /// with a sequence a client can acknowledge.
     pub async fn prepare(
         node: &Node,
         user: i64,
@@ -87,8 +88,7 @@ impl OfflinePage {
                 }
                 continue;
             }
-            let mut seq = m.inbox_seq;
-            if acks && seq == 0 {
+            if m.inbox_seq == 0 {
                 match append_to_inbox(node, user, m, false).await? {
                     ToInbox::Full => {
                         // Not an error: the client must be able to log in
@@ -98,29 +98,30 @@ impl OfflinePage {
                         prepared.inbox_full = true;
                         break;
                     }
-                    ToInbox::Appended => {
-                        prepared.appended += 1;
-                        continue;
-                    }
+                    ToInbox::Appended => prepared.appended += 1,
                     // Appended before (by the sender's node, or an earlier
-                    // read of this page): it is this inbox entry. Its
-                    // inbox copy may be gone (moved here, where the store
-                    // kept only this copy of the id), so it is written
-                    // from here unless it was delivered already.
-                    ToInbox::AlreadyAt(at) if at <= floor => {
-                        if at > acked {
+                    // read of this page): delivered, in the inbox, or moved
+                    // to this store as its own entry with that sequence
+                    // (read in its place); never written from here, ahead
+                    // of older messages.
+                    ToInbox::AlreadyAt(at) => {
+                        if acks && at <= floor && at > acked {
                             prepared.gate = prepared.gate.max(at);
                         }
-                        continue;
                     }
-                    ToInbox::AlreadyAt(at) => seq = at,
                 }
+                continue;
             }
             prepared.frames.push((
                 m.client_msg_id.clone(),
-                delivery_frame(kind, m.payload.clone().into_bytes(), &m.client_msg_id, seq),
+                delivery_frame(
+                    kind,
+                    m.payload.clone().into_bytes(),
+                    &m.client_msg_id,
+                    m.inbox_seq,
+                ),
             ));
-            prepared.gate = prepared.gate.max(seq);
+            prepared.gate = prepared.gate.max(m.inbox_seq);
         }
         Ok(prepared)
     }
