@@ -7,3 +7,7 @@
 ALTER TABLE offline_messages
     DROP INDEX uq_offline_messages_client_id,
     ADD UNIQUE KEY uq_offline_messages_client_id (receiver_id, sender_id, client_msg_id, inbox_seq);
+
+-- Which receivers have messages without an inbox sequence (a gateway asks
+-- after a Redis outage and at start).
+ALTER TABLE offline_messages ADD INDEX ix_offline_messages_unsequenced (inbox_seq, receiver_id);

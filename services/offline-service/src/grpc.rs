@@ -78,4 +78,20 @@ impl pb::offline_service_server::OfflineService for OfflineGrpc {
         let removed = self.store.ack(receiver, req.up_to).await?;
         Ok(Response::new(pb::AckResponse { removed }))
     }
+
+    #[tracing::instrument(skip_all)]
+    async fn unsequenced(
+        &self,
+        request: Request<pb::UnsequencedRequest>,
+    ) -> Result<Response<pb::UnsequencedResponse>, Status> {
+        let limit = match request.into_inner().limit {
+            0 => 100_000,
+            n => n.min(100_000),
+        };
+        let (receiver_ids, more) = self.store.unsequenced(limit).await?;
+        Ok(Response::new(pb::UnsequencedResponse {
+            receiver_ids,
+            more,
+        }))
+    }
 }

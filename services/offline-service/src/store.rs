@@ -158,6 +158,23 @@ impl OfflineStore {
         Ok((messages, more))
     }
 
+    /// Receivers with messages that have no inbox sequence, at most
+    /// `limit`, and whether there are more.
+    #[tracing::instrument(name = "sql.unsequenced", skip_all, fields(otel.kind = "client", db.system = "mysql"))]
+    pub async fn unsequenced(&self, limit: u32) -> Result<(Vec<i64>, bool), OfflineError> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT receiver_id FROM offline_messages WHERE inbox_seq = 0 \
+             ORDER BY receiver_id LIMIT ?",
+        )
+        .bind(limit + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut receivers: Vec<i64> = rows.iter().map(|row| row.get(0)).collect();
+        let more = receivers.len() > limit as usize;
+        receivers.truncate(limit as usize);
+        Ok((receivers, more))
+    }
+
     /// Removes the receiver's messages at or below `up_to`. Acknowledging a
     /// position that was never handed out is refused: it could only come
     /// from a reader that has not seen those messages.

@@ -67,6 +67,8 @@ fn on_event(node: &Node, event: BusEvent) {
             // Leases that ran down while Redis was away hold these
             // sessions' writes until the next refresh: now, not later.
             node.lease.refresh_now();
+            // Other nodes may have stored chats offline meanwhile.
+            node.offline.outage_seen();
             for user in users {
                 node.registry.sync_offline(user);
             }

@@ -184,6 +184,7 @@ async fn record(
     // gets those in their inbox first (the sender's order); while that
     // fails, this chat joins them in the offline store.
     let mut held = vec![false; targets.len()];
+    node.offline.refresh_owed().await;
     for (i, to) in targets.iter().enumerate() {
         if node.offline.owes(to.user) {
             match sync::repay_offline(node, to.user).await {
@@ -364,6 +365,7 @@ async fn store_all_offline(
             .collect();
         results.extend(futures::future::join_all(stores).await);
     }
+    node.offline.outage_seen();
     // Receivers on this node read it from there now; the nodes of
     // those elsewhere are told as soon as Redis answers again.
     for (&receiver, stored) in receivers.iter().zip(&results) {

@@ -34,11 +34,19 @@ pub struct OfflineStore {
     /// Remote receivers of messages stored offline because Redis was
     /// unreachable: their nodes are told once Redis answers again.
     nudges: Mutex<HashSet<i64>>,
-    /// Receivers this node stored chats for while Redis was unreachable
-    /// (without an inbox sequence): their next chat from here reaches their
-    /// inbox only after those did, so what one sender sent stays in order
-    /// for clients that acknowledge too (`delivery::send`).
+    /// Receivers with chats stored while Redis was unreachable (without an
+    /// inbox sequence): their next chat from here reaches their inbox only
+    /// after those did, so what one sender sent stays in order
+    /// (`delivery::send`). Filled by this node's own offline stores, and
+    /// from the offline service's list at start and after each outage (a
+    /// sender may go on through another node than the one that stored
+    /// its chats).
     owed: Mutex<HashSet<i64>>,
+    /// The list must be read from the offline service before the next
+    /// chat is recorded.
+    owed_stale: std::sync::atomic::AtomicBool,
+    /// One reading of the list at a time; when the last attempt failed.
+    owed_reading: tokio::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl OfflineStore {
@@ -51,6 +59,60 @@ impl OfflineStore {
             move_permits: Semaphore::new(32),
             nudges: Mutex::default(),
             owed: Mutex::default(),
+            owed_stale: std::sync::atomic::AtomicBool::new(true),
+            owed_reading: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Redis was (or may have been) unreachable: chats may have been stored
+    /// without an inbox sequence by any node; read the list again.
+    pub fn outage_seen(&self) {
+        self.owed_stale
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Reads the receivers with chats without an inbox sequence from the
+    /// offline service, when an outage (or this node's start) made the list
+    /// stale. One call per outage for the whole node. When the offline
+    /// service does not answer, chats go on (tried again a second later).
+    pub async fn refresh_owed(&self) {
+        use std::sync::atomic::Ordering;
+        if !self.owed_stale.load(Ordering::Acquire) {
+            return;
+        }
+        let mut reading = self.owed_reading.lock().await;
+        if !self.owed_stale.load(Ordering::Acquire)
+            || reading.is_some_and(|failed| failed.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        // Cleared first: an outage seen during the call marks it stale again.
+        self.owed_stale.store(false, Ordering::Release);
+        match self
+            .client
+            .clone()
+            .unsequenced(offline_pb::UnsequencedRequest { limit: 0 })
+            .await
+        {
+            Ok(list) => {
+                let list = list.into_inner();
+                if list.more {
+                    tracing::warn!(
+                        receivers = list.receiver_ids.len(),
+                        "more receivers have chats stored during an outage than one reading takes"
+                    );
+                }
+                self.owed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend(list.receiver_ids);
+                *reading = None;
+            }
+            Err(status) => {
+                tracing::warn!(code = ?status.code(), "cannot read which receivers have chats stored during an outage");
+                self.owed_stale.store(true, Ordering::Release);
+                *reading = Some(std::time::Instant::now());
+            }
         }
     }
 
