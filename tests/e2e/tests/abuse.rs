@@ -314,6 +314,10 @@ async fn a_receiver_that_does_not_read_costs_bounded_memory_and_loses_nothing() 
     let stack = Stack::builder()
         .gateways(1)
         .gateway_env("CLUSTERCHAT_GATEWAY_OUTBOUND_BYTES", "1048576")
+        // The gateway's memory is what this is about: 60 MB wait for Bob in
+        // Redis, past the inbox's default 16 MiB budget (its own test is
+        // a_receiver_that_never_acknowledges_is_bounded_by_bytes_...).
+        .gateway_env("CLUSTERCHAT_GATEWAY_MAX_INBOX_BYTES", "134217728")
         .start()
         .await;
     let gateway = &stack.gateways[0];
