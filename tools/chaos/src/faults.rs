@@ -56,6 +56,11 @@ impl Kind {
     }
 }
 
+/// The names `--without` takes.
+pub fn kind_names() -> Vec<&'static str> {
+    ALL.iter().map(|k| k.name()).collect()
+}
+
 const ALL: [Kind; 9] = [
     Kind::GatewayKill,
     Kind::GatewayTerm,
@@ -82,6 +87,8 @@ pub struct Shared {
     log: std::sync::Mutex<std::fs::File>,
     ss_log: Option<std::path::PathBuf>,
     pub started_ms: u64,
+    /// Fault kinds left out of this run (`--without`), by name.
+    pub without: Vec<String>,
 }
 
 impl Shared {
@@ -104,6 +111,7 @@ impl Shared {
             log: std::sync::Mutex::new(log),
             ss_log,
             started_ms,
+            without: Vec::new(),
         }
     }
 
@@ -360,6 +368,7 @@ async fn pick(shared: &Shared, rng: &mut StdRng, id: usize) -> Option<Fault> {
     let possible: Vec<Kind> = ALL
         .iter()
         .copied()
+        .filter(|kind| !shared.without.iter().any(|w| w == kind.name()))
         .filter(|kind| match kind {
             Kind::GatewayKill | Kind::GatewayTerm | Kind::GatewayStop | Kind::GatewayCut => {
                 gateways_down + 1 < gateways

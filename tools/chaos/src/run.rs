@@ -58,6 +58,9 @@ pub struct RunArgs {
     /// Chats per second per sender.
     #[arg(long, default_value_t = 10.0)]
     pub rate: f64,
+    /// Leaves a kind of fault out (repeatable), e.g. `redis-partition`.
+    #[arg(long)]
+    pub without: Vec<String>,
 }
 
 const RECEIVER_KINDS: [Kind; 4] = [
@@ -108,6 +111,16 @@ fn is_root() -> bool {
 
 /// The run; returns whether the checker passed. Prints the summary line.
 pub async fn run(args: RunArgs) -> anyhow::Result<bool> {
+    let names = faults::kind_names();
+    if let Some(unknown) = args.without.iter().find(|w| !names.contains(&w.as_str())) {
+        anyhow::bail!(
+            "--without {unknown}: no such fault (faults: {})",
+            names.join(", ")
+        );
+    }
+    if !args.without.is_empty() {
+        println!("left out of this run: {}", args.without.join(", "));
+    }
     let seed = args.seed.unwrap_or_else(rand::random);
     let dir = args.out.join(format!(
         "{}-{}-{}",
@@ -403,7 +416,7 @@ async fn body(args: &RunArgs, seed: u64, dir: &Path) -> anyhow::Result<()> {
         .map(|c| c.name.clone())
         .collect();
     let faults_log = std::fs::File::create(dir.join("faults.jsonl"))?;
-    let shared = Arc::new(Shared::new(
+    let mut shared = Shared::new(
         stack,
         ctl.clone(),
         vanishers,
@@ -411,7 +424,9 @@ async fn body(args: &RunArgs, seed: u64, dir: &Path) -> anyhow::Result<()> {
         faults_log,
         Some(dir.join("logs/ss.log")),
         go_ms,
-    ));
+    );
+    shared.without = args.without.clone();
+    let shared = Arc::new(shared);
     for c in infos.iter().filter(|c| c.kind == Kind::Sender) {
         shared.tell(&c.name, "go").await;
     }

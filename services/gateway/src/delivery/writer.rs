@@ -113,6 +113,9 @@ pub struct DeliveryState {
     /// Classic clients: writes that count as delivered once the peer's TCP
     /// acknowledged them.
     pub unconfirmed: VecDeque<Unconfirmed>,
+    /// The presence lease lapsed (a freeze, a partition): the next sync
+    /// reads the offline store first.
+    pub lapsed: bool,
 }
 
 /// Written to a classic client, not yet acknowledged by its TCP: once
@@ -160,7 +163,14 @@ impl DeliveryState {
     async fn sync_step<W: FrameSink>(&mut self, sink: &mut W) -> Step {
         let node = self.node.clone();
         if !node.lease.holds(self.user, self.claimed_at) {
+            self.lapsed = true;
             return Step::Retry(Duration::from_millis(100));
+        }
+        if std::mem::take(&mut self.lapsed) {
+            // The claim may have expired meanwhile, and with nobody holding
+            // the user a sender's node may have moved the inbox to the
+            // offline store: read that first, as a login does.
+            self.offline_after.get_or_insert(0);
         }
         let paused = self
             .offline_paused_until
@@ -373,7 +383,12 @@ impl DeliveryState {
         if delivery.seq <= self.cursor {
             return true;
         }
-        if delivery.seq != self.cursor + 1 || !self.node.lease.holds(self.user, self.claimed_at) {
+        if !self.node.lease.holds(self.user, self.claimed_at) {
+            self.lapsed = true;
+            self.needs_sync = true;
+            return true;
+        }
+        if delivery.seq != self.cursor + 1 {
             self.needs_sync = true;
             return true;
         }

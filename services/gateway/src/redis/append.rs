@@ -222,8 +222,8 @@ impl Redis {
             .await?;
         let mut replies = replies.into_iter();
         let mut appended = parse_appended(replies.next())?;
-        if wait {
-            note_replicas(replies.next());
+        if wait && !replica_confirmed(replies.next()) {
+            return Err(unconfirmed());
         }
         if self.sharded {
             self.publish(work, &[group], std::slice::from_mut(&mut appended), None)
@@ -311,8 +311,8 @@ impl Redis {
             .iter()
             .map(|_| parse_appended(values.next()).ok())
             .collect();
-        if wait {
-            note_replicas(values.next());
+        if wait && !replica_confirmed(values.next()) {
+            return gs.iter().map(|_| Some(Err(unconfirmed()))).collect();
         }
         let recorded: Vec<usize> = (0..gs.len()).filter(|&k| appended[k].is_some()).collect();
         let recorded_groups: Vec<&[usize]> =
@@ -481,9 +481,20 @@ fn parse_appended(value: Option<Value>) -> Result<Vec<Appended>, RedisError> {
     Ok(flat.chunks_exact(2).map(|p| appended(p[0], p[1])).collect())
 }
 
-fn note_replicas(value: Option<Value>) {
+/// Whether the WAIT after an append says a replica has it. One that does
+/// not (a lagging replica, or a master cut off that a failover has already
+/// replaced: it answers until it learns so, then drops what it took) is not
+/// accepted: the caller tries again, and the retry finds the first copy by
+/// its message id if it survived.
+fn replica_confirmed(value: Option<Value>) -> bool {
     if let Some(Value::Int(0)) = value {
-        tracing::warn!("no replica confirmed an append in time; a failover now could lose it");
+        tracing::warn!("no replica confirmed an append in time; trying again");
         crate::metrics::metrics().unreplicated_appends.inc();
+        return false;
     }
+    true
+}
+
+fn unconfirmed() -> RedisError {
+    RedisError::new("no replica confirmed the append in time")
 }

@@ -213,6 +213,7 @@ impl Session {
                     needs_sync: ack.pending.needs_sync,
                     login_written: None,
                     unconfirmed: std::collections::VecDeque::new(),
+                    lapsed: false,
                 }));
                 Ok(ack)
             }
