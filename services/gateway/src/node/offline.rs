@@ -42,6 +42,8 @@ pub struct OfflineStore {
     /// sender may go on through another node than the one that stored
     /// its chats).
     owed: Mutex<HashSet<i64>>,
+    /// `owed` is not empty (read without its lock on every chat).
+    any_owed: std::sync::atomic::AtomicBool,
     /// The list must be read from the offline service before the next
     /// chat is recorded.
     owed_stale: std::sync::atomic::AtomicBool,
@@ -59,6 +61,7 @@ impl OfflineStore {
             move_permits: Semaphore::new(32),
             nudges: Mutex::default(),
             owed: Mutex::default(),
+            any_owed: std::sync::atomic::AtomicBool::new(false),
             owed_stale: std::sync::atomic::AtomicBool::new(true),
             owed_reading: tokio::sync::Mutex::new(None),
         }
@@ -102,10 +105,10 @@ impl OfflineStore {
                         "more receivers have chats stored during an outage than one reading takes"
                     );
                 }
-                self.owed
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .extend(list.receiver_ids);
+                let mut owed = self.owed.lock().unwrap_or_else(|p| p.into_inner());
+                owed.extend(list.receiver_ids);
+                self.any_owed
+                    .store(!owed.is_empty(), std::sync::atomic::Ordering::Release);
                 *reading = None;
             }
             Err(status) => {
@@ -118,25 +121,33 @@ impl OfflineStore {
 
     /// This node stored a chat for `user` without an inbox sequence.
     pub fn owe(&self, user: i64) {
-        self.owed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(user);
+        let mut owed = self.owed.lock().unwrap_or_else(|p| p.into_inner());
+        owed.insert(user);
+        self.any_owed
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// Whether chats for `user` stored here without an inbox sequence may
     /// not be in their inbox yet.
     pub fn owes(&self, user: i64) -> bool {
-        let owed = self.owed.lock().unwrap_or_else(|p| p.into_inner());
-        !owed.is_empty() && owed.contains(&user)
+        // Almost always nobody: no lock per receiver of every chat then.
+        if !self.any_owed.load(std::sync::atomic::Ordering::Acquire) {
+            return false;
+        }
+        self.owed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&user)
     }
 
     /// What was owed to `user` is in their inbox now.
     pub fn repaid(&self, user: i64) {
-        self.owed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&user);
+        let mut owed = self.owed.lock().unwrap_or_else(|p| p.into_inner());
+        owed.remove(&user);
+        if owed.is_empty() {
+            self.any_owed
+                .store(false, std::sync::atomic::Ordering::Release);
+        }
     }
 
     /// The offline service's client, for reading a user's stored messages.
