@@ -633,8 +633,10 @@ test_() {
     # lose chats (a shard's sequence numbers go back after the failover,
     # issue 20's open "counter epochs" item; `just chaos 120 cluster` shows
     # it). Every other fault, master kill -9 included, is in.
-    local backend without
-    for backend in single cluster; do
+    # A run given arguments (`just test -E 'test(NAME)'`) runs what it names.
+    local backend without chaos=(single cluster)
+    [ $# -eq 0 ] || { chaos=(); log "arguments given: no chaos run"; }
+    for backend in "${chaos[@]}"; do
         started=$SECONDS
         without=()
         [ "$backend" = cluster ] && without=(--without redis-partition)

@@ -29,18 +29,16 @@ async fn cluster_with_prefix() -> (Redis, String) {
     (cluster, prefix)
 }
 
-/// A stream's entries as field maps, over a connection of our own (routed
-/// by key on a cluster).
-async fn stream_entries(key: &str) -> Vec<std::collections::HashMap<String, String>> {
-    let command = redis::cmd("XRANGE").arg(key).arg("-").arg("+").clone();
-    let reply: Vec<(String, Vec<(String, String)>)> = match RedisTarget::parse(&redis_url()) {
+/// A command over a connection of our own (routed by key on a cluster).
+async fn raw<T: redis::FromRedisValue>(command: redis::Cmd) -> T {
+    match RedisTarget::parse(&redis_url()) {
         RedisTarget::Single(url) => {
             let mut conn = redis::Client::open(url)
                 .expect("url")
                 .get_multiplexed_async_connection()
                 .await
                 .expect("connect");
-            command.query_async(&mut conn).await.expect("xrange")
+            command.query_async(&mut conn).await.expect("command")
         }
         RedisTarget::Cluster(nodes) => {
             let mut conn = redis::cluster::ClusterClient::new(nodes)
@@ -48,9 +46,15 @@ async fn stream_entries(key: &str) -> Vec<std::collections::HashMap<String, Stri
                 .get_async_connection()
                 .await
                 .expect("connect");
-            command.query_async(&mut conn).await.expect("xrange")
+            command.query_async(&mut conn).await.expect("command")
         }
-    };
+    }
+}
+
+/// A stream's entries as field maps.
+async fn stream_entries(key: &str) -> Vec<std::collections::HashMap<String, String>> {
+    let reply: Vec<(String, Vec<(String, String)>)> =
+        raw(redis::cmd("XRANGE").arg(key).arg("-").arg("+").clone()).await;
     reply
         .into_iter()
         .map(|(_, fields)| fields.into_iter().collect())
@@ -129,6 +133,81 @@ async fn sequences_grow_without_gaps_from_redis_clock_and_trims_keep_positions()
         seq(append(&cluster, 1, "m5", "five", 100).await),
         fourth + 1,
         "an emptied inbox keeps counting"
+    );
+}
+
+/// What Redis holds after it restarted from older data, or after a replica
+/// took over before it had the newest writes: a counter and an inbox as they
+/// were a while ago, written in an epoch that has ended.
+async fn roll_back(counter: &str, to: u64) {
+    let _: () = raw(redis::cmd("HSET")
+        .arg(counter)
+        .arg("n")
+        .arg(to)
+        .arg("e")
+        .arg("0123456789abcdef:1700000000")
+        .clone())
+    .await;
+}
+
+#[tokio::test]
+async fn a_counter_that_went_back_jumps_above_every_number_it_gave() {
+    let (cluster, prefix) = cluster_with_prefix().await;
+    let user = 21;
+    let a = seq(append(&cluster, user, "a", "a", 100).await);
+    let b = seq(append(&cluster, user, "b", "b", 100).await);
+    let c = seq(append(&cluster, user, "c", "c", 100).await);
+    assert_eq!((b, c), (a + 1, a + 2));
+    // b and c were delivered (a writer's cursor, a device's `since` are at
+    // c), then lost with the counter.
+    roll_back(&format!("{prefix}{{u:{user}}}:sq"), a).await;
+    let inbox = format!("{prefix}{{u:{user}}}:in");
+    let _: Vec<String> = raw(redis::cmd("RPOP").arg(&inbox).arg(2).clone()).await;
+
+    let d = seq(append(&cluster, user, "d", "d", 100).await);
+    assert!(
+        d > c,
+        "a new number is above every one given: {d} after {c}"
+    );
+    let e = seq(append(&cluster, user, "e", "e", 100).await);
+    assert_eq!(e, d + 1, "then it counts on without gaps");
+    // Reading and trimming find entries by number across the jump.
+    assert_eq!(texts_after(&cluster, user, c).await, ["d", "e"]);
+    assert_eq!(texts_after(&cluster, user, a).await, ["d", "e"]);
+    assert_eq!(texts_after(&cluster, user, d).await, ["e"]);
+    assert_eq!(texts_after(&cluster, user, 0).await, ["a", "d", "e"]);
+    let page = cluster.read_inbox(user, c, 100).await.expect("read");
+    assert_eq!((page.last_seq, page.complete), (e, true));
+    cluster.trim_delivered(&[(user, c)]).await.expect("trim");
+    assert_eq!(texts_after(&cluster, user, 0).await, ["d", "e"]);
+    cluster.trim_delivered(&[(user, d)]).await.expect("trim");
+    assert_eq!(texts_after(&cluster, user, 0).await, ["e"]);
+
+    // Conversation numbers (history's `cseq`) too.
+    let conv = Conversation::direct(21, 22);
+    let first = cluster
+        .number(number_job(&conv, "m1", 0, "x"))
+        .await
+        .expect("number");
+    let second = cluster
+        .number(number_job(&conv, "m2", 0, "y"))
+        .await
+        .expect("number");
+    let stream = format!("{prefix}{{h:{}}}", partition(&conv.to_string()));
+    roll_back(&format!("{stream}:sq:{conv}"), first).await;
+    let third = cluster
+        .number(number_job(&conv, "m3", 0, "z"))
+        .await
+        .expect("number");
+    assert!(third > second, "{third} after {second}");
+    let fourth = cluster
+        .number(number_job(&conv, "m4", 0, "w"))
+        .await
+        .expect("number");
+    assert_eq!(fourth, third + 1);
+    assert_eq!(
+        cluster.newest_in(&conv.to_string()).await.expect("newest"),
+        fourth
     );
 }
 

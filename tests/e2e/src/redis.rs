@@ -300,6 +300,47 @@ impl PrivateRedis {
         first.expect("a running redis")
     }
 
+    /// Copies every node's data as it is now (its append-only file, rewritten
+    /// first), for [`PrivateRedis::restore_snapshot`].
+    pub async fn snapshot(&self) {
+        for node in &self.nodes {
+            let _ = raw_command(node.port, &["BGREWRITEAOF"]).await;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let info = self
+                    .cli_on(node.port, &["INFO", "persistence"])
+                    .await
+                    .unwrap_or_default();
+                if info.contains("aof_rewrite_in_progress:0")
+                    && info.contains("aof_rewrite_scheduled:0")
+                {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "AOF rewrite: {info}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let snapshot = node.dir.join("snapshot");
+            let _ = std::fs::remove_dir_all(&snapshot);
+            copy_dir(&node.dir.join("appendonlydir"), &snapshot);
+        }
+    }
+
+    /// kill -9 every node and start it again from the data of the last
+    /// [`PrivateRedis::snapshot`]: Redis after a crash that lost its newest
+    /// writes (a power loss, a disk restored from a backup).
+    pub async fn restore_snapshot(&mut self) {
+        self.kill().await;
+        for node in &self.nodes {
+            let aof = node.dir.join("appendonlydir");
+            std::fs::remove_dir_all(&aof).expect("remove the append-only files");
+            copy_dir(&node.dir.join("snapshot"), &aof);
+        }
+        self.start_all().await;
+    }
+
     // ------------------------------------------------------------ cluster
 
     /// kill -9 one node of a cluster.
@@ -504,6 +545,14 @@ async fn run_redis_cli(dir: &Path, args: &[&str], limit: Duration) -> Option<std
         .await
         .ok()
         .map(|out| out.expect("redis-cli (installed by `just test`)"))
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("create a directory");
+    for entry in std::fs::read_dir(from).expect("read a directory") {
+        let entry = entry.expect("a directory entry");
+        std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy a file");
+    }
 }
 
 /// Sends one command (RESP) and returns the first line of the reply.

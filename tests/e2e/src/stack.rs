@@ -572,6 +572,16 @@ impl Stack {
         self.private_redis().restart().await;
     }
 
+    /// Copies the private Redis's data as it is now.
+    pub async fn snapshot_redis(&mut self) {
+        self.private_redis().snapshot().await;
+    }
+
+    /// kill -9 the private Redis and start it from the last snapshot.
+    pub async fn restore_redis_snapshot(&mut self) {
+        self.private_redis().restore_snapshot().await;
+    }
+
     /// kill -9 the private Redis; [`Stack::start_redis`] brings it back
     /// from its append-only file.
     pub async fn kill_redis(&mut self) {

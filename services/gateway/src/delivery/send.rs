@@ -103,6 +103,9 @@ pub async fn deliver(node: &Node, receivers: &[i64], message: &Outgoing<'_>) -> 
     Delivered { results, cseq }
 }
 
+/// How long a numbering that failed once waits before its second attempt.
+const RECONNECT_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Numbers the chat in its conversation and records it for the history
 /// service (the frame gets `conv` and `cseq`). On a cluster a failing
 /// shard is waited for as an append is; `None` when it cannot be done
@@ -116,6 +119,7 @@ async fn number(
     let head = conversation::numbered_head(message.frame, &message.conversation)?;
     let conv = message.conversation.to_string();
     let mut failing_since: Option<std::time::Instant> = None;
+    let mut reconnected = false;
     loop {
         let job = crate::redis::number::NumberJob {
             conversation: conv.clone(),
@@ -139,6 +143,13 @@ async fn number(
                     .failover
                     .after_failure(possible, &mut failing_since)
                     .await;
+                if verdict == Verdict::Hopeless && !reconnected {
+                    // The first command after Redis restarted fails on the
+                    // old connection; the next one reconnects.
+                    reconnected = true;
+                    tokio::time::sleep(RECONNECT_PAUSE).await;
+                    continue;
+                }
                 if verdict != Verdict::Retry {
                     tracing::warn!(error = %e, conversation = conv, "cannot number a chat; it goes out without a conversation number");
                     metrics().unnumbered.inc();

@@ -40,7 +40,10 @@ pub enum Appended {
 /// tail; then the tails.
 /// Returns {seq, subscribers} per receiver; subscribers -1: inbox full,
 /// -2: duplicate, -3: not published, -4: inbox over its bytes.
-pub(super) const APPEND_SCRIPT: &str = include_str!("scripts/append.lua");
+pub(super) const APPEND_SCRIPT: &str = concat!(
+    include_str!("scripts/counter.lua"),
+    include_str!("scripts/append.lua")
+);
 
 /// One [`Redis::append_each`] call, for the appender.
 pub(super) struct AppendJob {
@@ -169,7 +172,7 @@ impl Redis {
             key.clear();
             let _ = write!(key, "{}{{u:{user}}}:", self.prefix);
             let tag = key.len();
-            key.push('n');
+            key.push_str("sq");
             cmd.arg(key.as_str());
             key.truncate(tag);
             key.push_str("in");

@@ -91,7 +91,10 @@ pub const READ_PAGE_BYTES: usize = 1024 * 1024;
 /// KEYS: counter, inbox, delivered. ARGV: after, count, byte budget.
 /// Returns {last_seq, delivered, entries...} with entries after `after`:
 /// at most `count`, and no more than the budget in bytes (at least one).
-pub(super) const READ_SCRIPT: &str = include_str!("scripts/read.lua");
+pub(super) const READ_SCRIPT: &str = concat!(
+    include_str!("scripts/locate.lua"),
+    include_str!("scripts/read.lua")
+);
 
 /// Removes inbox entries with a sequence <= up_to, for many users in one
 /// call. KEYS: per user, inbox, delivered, presence. ARGV[1]: mode; then
@@ -100,7 +103,10 @@ pub(super) const READ_SCRIPT: &str = include_str!("scripts/read.lua");
 /// user's presence, else -1 for that user and nothing removed (a session
 /// that logged in meanwhile reads the inbox itself). Returns per user how
 /// many entries went (or -1).
-pub(super) const TRIM_SCRIPT: &str = include_str!("scripts/trim.lua");
+pub(super) const TRIM_SCRIPT: &str = concat!(
+    include_str!("scripts/locate.lua"),
+    include_str!("scripts/trim.lua")
+);
 
 /// How an append recognises a message it recorded before.
 #[derive(Debug, Clone, Copy)]
@@ -202,7 +208,7 @@ impl Redis {
                 pipe.cmd("EVALSHA")
                     .arg(self.scripts.read.get_hash())
                     .arg(3)
-                    .arg(self.user_key(user, "n"))
+                    .arg(self.user_key(user, "sq"))
                     .arg(self.user_key(user, "in"))
                     .arg(self.user_key(user, "d"))
                     .arg(after)

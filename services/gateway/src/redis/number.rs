@@ -48,7 +48,10 @@ pub fn partition(conversation: &str) -> u32 {
 /// then per chat: dedup TTL in seconds ('0': none), mid, conv, sender,
 /// micros, traceparent, and the frame's head (the frame up to `"cseq":`).
 /// Returns the sequence number of each chat (a retry: the first one's).
-pub(super) const NUMBER_SCRIPT: &str = include_str!("scripts/number.lua");
+pub(super) const NUMBER_SCRIPT: &str = concat!(
+    include_str!("scripts/counter.lua"),
+    include_str!("scripts/number.lua")
+);
 
 /// KEYS: stream, dedup key. ARGV: the streams' MAXLEN, mid, conv, seq.
 /// Appends the `op=x` entry and drops the dedup key if it still holds this
@@ -93,11 +96,12 @@ impl Redis {
     /// a read mark may reach. History lags behind this a little.
     pub async fn newest_in(&self, conversation: &str) -> Result<u64, RedisError> {
         let key = format!(
-            "{}:c:{conversation}",
+            "{}:sq:{conversation}",
             self.stream_key(partition(conversation))
         );
-        let newest: Option<u64> = redis::cmd("GET")
+        let newest: Option<u64> = redis::cmd("HGET")
             .arg(key)
+            .arg("n")
             .query_async(&mut self.commands.clone())
             .await?;
         Ok(newest.unwrap_or(0))
@@ -216,7 +220,7 @@ impl Redis {
                     let job = &batch[i];
                     let stream = self.stream_key(partition(&job.conversation));
                     key.clear();
-                    let _ = write!(key, "{stream}:c:{}", job.conversation);
+                    let _ = write!(key, "{stream}:sq:{}", job.conversation);
                     cmd.arg(key.as_str());
                     key.clear();
                     let _ = write!(key, "{stream}:m:{}", job.mid);

@@ -22,25 +22,20 @@ for i = 0, n - 1 do
   if prev then
     seq, subscribers = tonumber(prev), -2
   else
-    seq = redis.call('INCR', KEYS[k + 1])
-    if seq == 1 then
-      local t = redis.call('TIME')
-      seq = tonumber(t[1]) * 1000000 + tonumber(t[2])
-      redis.call('SET', KEYS[k + 1], string.format('%d', seq))
-    end
+    seq = next_number(KEYS[k + 1])
     local s = string.format('%d', seq)
     local entry = s .. ' ' .. ARGV[tails + tonumber(ARGV[a + 3])]
     -- Bytes are measured only for a backlog (an inbox being read stays
     -- short): MEMORY USAGE walks the list's nodes.
     if redis.call('LLEN', KEYS[k + 2]) >= 32
       and redis.call('MEMORY', 'USAGE', KEYS[k + 2], 'SAMPLES', '0') + #entry > maxbytes then
-      redis.call('DECR', KEYS[k + 1])
+      take_back(KEYS[k + 1], seq)
       seq, subscribers = 0, -4
     elseif redis.call('RPUSH', KEYS[k + 2], entry) > max then
-      -- Over the limit: take it back, and the number (entries must stay
-      -- numbered without gaps: READ and TRIM find them by position).
+      -- Over the limit: take it back, and the number (numbers jump only
+      -- between epochs).
       redis.call('RPOP', KEYS[k + 2])
-      redis.call('DECR', KEYS[k + 1])
+      take_back(KEYS[k + 1], seq)
       seq, subscribers = 0, -1
     else
       if ttl ~= '0' then redis.call('SET', KEYS[k + 3], s, 'EX', ttl) end

@@ -8,12 +8,7 @@ for i = 0, #KEYS / 3 - 1 do
   if prev then
     out[i + 1] = tonumber(prev)
   else
-    local seq = redis.call('INCR', KEYS[k + 1])
-    if seq == 1 then
-      local t = redis.call('TIME')
-      seq = tonumber(t[1]) * 1000000 + tonumber(t[2])
-      redis.call('SET', KEYS[k + 1], string.format('%d', seq))
-    end
+    local seq = next_number(KEYS[k + 1])
     local s = string.format('%d', seq)
     if ttl ~= '0' then redis.call('SET', KEYS[k + 2], s, 'EX', ttl) end
     redis.call('XADD', KEYS[k + 3], 'MAXLEN', '~', ARGV[1], '*',

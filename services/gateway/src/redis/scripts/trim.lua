@@ -11,19 +11,14 @@ for i = 1, #KEYS / 3 do
       local d = tonumber(redis.call('GET', delivered) or '0')
       if tonumber(up_to) > d then redis.call('SET', delivered, up_to) end
     end
-    local first = redis.call('LINDEX', inbox, 0)
-    if first then
-      local n = tonumber(up_to) - tonumber(string.match(first, '^%d+')) + 1
-      if n > 0 then
-        local len = redis.call('LLEN', inbox)
-        if n >= len then
-          redis.call('DEL', inbox)
-          removed = len
-        else
-          redis.call('LTRIM', inbox, n, -1)
-          removed = n
-        end
+    local n = first_above(inbox, tonumber(up_to))
+    if n > 0 then
+      if n >= redis.call('LLEN', inbox) then
+        redis.call('DEL', inbox)
+      else
+        redis.call('LTRIM', inbox, n, -1)
       end
+      removed = n
     end
   end
   out[i] = removed
