@@ -628,20 +628,15 @@ test_() {
     run_tests cluster "$REDIS_CLUSTER_URL" "$REDIS_CLUSTER_TESTS" "$@" || failed+=("Redis Cluster")
     took+=("Redis Cluster $((SECONDS - started)) s")
     # The chaos run (issue 20): 120 s of faults on each backend, against
-    # the test MariaDB (its socket crosses the run's network namespaces).
-    # On the cluster it leaves out partitions of Redis nodes: they still
-    # lose chats (a shard's sequence numbers go back after the failover,
-    # issue 20's open "counter epochs" item; `just chaos 120 cluster` shows
-    # it). Every other fault, master kill -9 included, is in.
+    # the test MariaDB (its socket crosses the run's network namespaces),
+    # every kind of fault in.
     # A run given arguments (`just test -E 'test(NAME)'`) runs what it names.
-    local backend without chaos=(single cluster)
+    local backend chaos=(single cluster)
     [ $# -eq 0 ] || { chaos=(); log "arguments given: no chaos run"; }
     for backend in "${chaos[@]}"; do
         started=$SECONDS
-        without=()
-        [ "$backend" = cluster ] && without=(--without redis-partition)
-        log "chaos run: 120 s on $backend ${without[*]}"
-        run_chaos 120 "$backend" "${without[@]}" || failed+=("chaos $backend")
+        log "chaos run: 120 s on $backend"
+        run_chaos 120 "$backend" || failed+=("chaos $backend")
         took+=("chaos $backend $((SECONDS - started)) s")
     done
     log "test runs: ${took[*]}"

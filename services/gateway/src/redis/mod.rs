@@ -7,9 +7,10 @@
 //!
 //! - **Inbox** `{prefix}{u:ID}:in`: a list of the user's accepted messages
 //!   not yet known to be delivered, oldest first, each entry
-//!   `SEQ MID SENDER MICROS TRACEPARENT\nFRAME`. `:n` is the user's sequence
-//!   counter (it starts at Redis's clock in microseconds, so a counter lost
-//!   with Redis's data restarts above every number it gave before). `:d` is
+//!   `SEQ MID SENDER MICROS TRACEPARENT\nFRAME`. `:sq` is the user's sequence
+//!   counter, a hash of the last number and its epoch
+//!   (`scripts/counter.lua`: a counter Redis rolled back jumps above every
+//!   number it gave before). `:d` is
 //!   the highest sequence written to one of the user's connections.
 //!   `:m:MID` remembers a message id for a while, so that a retry is not
 //!   recorded twice.

@@ -3,7 +3,7 @@
 //!
 //! Conversations are spread over [`HISTORY_PARTITIONS`] streams,
 //! `{prefix}{h:N}`, each in one hash slot; the conversation's counter
-//! (`{prefix}{h:N}:c:CONV`) and the dedup key of a retried chat
+//! (`{prefix}{h:N}:sq:CONV`, with epochs: `scripts/counter.lua`) and the dedup key of a retried chat
 //! (`{prefix}{h:N}:m:MID`) share its slot, so one script numbers a chat and
 //! appends it to the stream atomically: a number is never handed out
 //! without its stream entry. The history service consumes the streams
