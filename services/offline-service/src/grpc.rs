@@ -84,11 +84,13 @@ impl pb::offline_service_server::OfflineService for OfflineGrpc {
         &self,
         request: Request<pb::UnsequencedRequest>,
     ) -> Result<Response<pb::UnsequencedResponse>, Status> {
-        let limit = match request.into_inner().limit {
+        let request = request.into_inner();
+        let limit = match request.limit {
             0 => 100_000,
             n => n.min(100_000),
         };
-        let (receiver_ids, more) = self.store.unsequenced(limit).await?;
+        let sender = (request.sender_id != 0).then_some(request.sender_id);
+        let (receiver_ids, more) = self.store.unsequenced(limit, sender).await?;
         Ok(Response::new(pb::UnsequencedResponse {
             receiver_ids,
             more,

@@ -161,11 +161,17 @@ impl OfflineStore {
     /// Receivers with messages that have no inbox sequence, at most
     /// `limit`, and whether there are more.
     #[tracing::instrument(name = "sql.unsequenced", skip_all, fields(otel.kind = "client", db.system = "mysql"))]
-    pub async fn unsequenced(&self, limit: u32) -> Result<(Vec<i64>, bool), OfflineError> {
+    pub async fn unsequenced(
+        &self,
+        limit: u32,
+        sender: Option<i64>,
+    ) -> Result<(Vec<i64>, bool), OfflineError> {
         let rows = sqlx::query(
             "SELECT DISTINCT receiver_id FROM offline_messages WHERE inbox_seq = 0 \
-             ORDER BY receiver_id LIMIT ?",
+             AND (? IS NULL OR sender_id = ?) ORDER BY receiver_id LIMIT ?",
         )
+        .bind(sender)
+        .bind(sender)
         .bind(limit + 1)
         .fetch_all(&self.pool)
         .await?;

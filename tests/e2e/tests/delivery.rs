@@ -995,3 +995,63 @@ async fn redis_restarted_from_older_data_loses_no_chat_sent_after_it() {
     assert_eq!(history_texts(&mut alice, b, &all).await, all);
     assert_eq!(history_texts(&mut alice, c, &all).await, all);
 }
+
+#[tokio::test]
+async fn a_sender_who_moved_nodes_after_an_outage_keeps_their_order() {
+    // A node cut off from Redis stored Alice's chat to Bob with the offline
+    // service (no inbox sequence), then died; the other node had read the
+    // list of receivers owed such chats before that. Alice logs in there and
+    // sends on: her earlier chat must reach Bob first.
+    let stack = Stack::builder()
+        .gateways(2)
+        .with_private_redis()
+        .start()
+        .await;
+    let mut alice = Client::connect(stack.gateways[1].tcp).await;
+    let mut bob = Client::connect(stack.gateways[1].tcp).await;
+    let mut carol = Client::connect(stack.gateways[1].tcp).await;
+    let a = alice.register("alice", "pa").await;
+    let b = bob.register("bob", "pb").await;
+    let c = carol.register("carol", "pc").await;
+    assert_eq!(bob.login_acking(b, "pb", None).await["errno"], 0);
+    let mut last_rseq = 0;
+    // The node reads whom chats stored during an outage are owed to before
+    // its first chat: that list is read now, without Bob.
+    carol.login_ok(c, "pc").await;
+    assert_eq!(carol.call(chat(c, b, "warm-up"), 1).await["errno"], 0);
+    let warm = ["warm-up".to_owned()];
+    assert_eq!(receive_until(&mut bob, &warm, &mut last_rseq).await, warm);
+
+    let endpoint =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", stack.offline_addr))
+            .expect("endpoint");
+    let mut offline =
+        clusterchat_proto::offline::v1::offline_service_client::OfflineServiceClient::new(
+            endpoint.connect().await.expect("offline service"),
+        );
+    let mut request = tonic::Request::new(clusterchat_proto::offline::v1::StoreRequest {
+        receiver_id: b,
+        sender_id: a,
+        client_msg_id: "from-the-node-that-died".into(),
+        payload: chat(a, b, "stored during the outage").to_string(),
+        inbox_seq: 0,
+    });
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", stack.internal_token)
+            .parse()
+            .expect("header"),
+    );
+    offline.store(request).await.expect("stored");
+
+    alice.login_ok(a, "pa").await;
+    let after = numbered("after the move", 3);
+    for (i, text) in after.iter().enumerate() {
+        let reply = alice.call(chat(a, b, text), i as i64 + 1).await;
+        assert_eq!(reply["errno"], 0, "{reply}");
+    }
+    let mut want = vec!["stored during the outage".to_owned()];
+    want.extend(after);
+    let got = receive_until(&mut bob, &want, &mut last_rseq).await;
+    assert_eq!(got, want, "in the order Alice sent them, once each");
+}

@@ -94,7 +94,10 @@ impl OfflineStore {
         match self
             .client
             .clone()
-            .unsequenced(offline_pb::UnsequencedRequest { limit: 0 })
+            .unsequenced(offline_pb::UnsequencedRequest {
+                limit: 0,
+                sender_id: 0,
+            })
             .await
         {
             Ok(list) => {
@@ -115,6 +118,32 @@ impl OfflineStore {
                 tracing::warn!(code = ?status.code(), "cannot read which receivers have chats stored during an outage");
                 self.owed_stale.store(true, Ordering::Release);
                 *reading = Some(std::time::Instant::now());
+            }
+        }
+    }
+
+    /// The receivers `sender` has chats for that were stored without an
+    /// inbox sequence (during a Redis outage, maybe through another node the
+    /// sender has left since): this node owes them too, so the sender's next
+    /// chats keep their place behind those. Asked at each login, before its
+    /// ack; when the offline service does not answer, the login goes on.
+    pub async fn owe_what_sender_left(&self, sender: i64) {
+        match self
+            .client
+            .clone()
+            .unsequenced(offline_pb::UnsequencedRequest {
+                limit: 0,
+                sender_id: sender,
+            })
+            .await
+        {
+            Ok(list) => {
+                for receiver in list.into_inner().receiver_ids {
+                    self.owe(receiver);
+                }
+            }
+            Err(status) => {
+                tracing::warn!(sender, code = ?status.code(), "cannot read whom a sender has chats stored during an outage for");
             }
         }
     }

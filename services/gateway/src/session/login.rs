@@ -191,6 +191,7 @@ impl Session {
                 // The user's other devices start copying their chats here.
                 node.redis.announce_device_joined(user.id).await;
             }
+            node.offline.owe_what_sender_left(user.id).await;
             let pending = sync::at_login(&node, user.id, kind, since).await?;
             self.login_ack(&user, pending, seq).await
         };
