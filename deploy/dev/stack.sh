@@ -723,6 +723,12 @@ bench_() { # profile (bench or bench-cluster), chat-bench args...
         [ "$name" = nginx ] || pids+="${pids:+,}$name=$(cat "$pidfile")"
     done
     local args=(--nodes "$(addrs $(gateway_ports 1))" --pids "$pids" --label "$PROFILE")
+    # Redis calls per message: INFO commandstats of every instance.
+    if [ -n "$REDIS_PORT" ]; then
+        args+=(--redis-info "127.0.0.1:$REDIS_PORT")
+    else
+        args+=(--redis-info "$(printf '127.0.0.1:%s,' "${REDIS_CLUSTER_PORTS[@]}" | sed 's/,$//')")
+    fi
     if [ -n "$REDIS_PORT" ]; then
         args+=(--redis "$REDIS_URL" --tls-nodes "$(addrs "${NGINX[@]}")" --ca "$STATE/tls/ca.pem")
         # The history rows: chat with the history service running and

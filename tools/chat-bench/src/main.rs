@@ -39,6 +39,7 @@
 mod client;
 mod history;
 mod procs;
+mod redis_calls;
 mod report;
 mod scenarios;
 mod stats;
@@ -107,8 +108,9 @@ struct Args {
     /// A name for this run, put in the output (e.g. "3 shards, 2 gateways").
     #[arg(long, default_value = "")]
     label: String,
-    /// Redis instances (host:port, the masters) whose INFO memory the
-    /// `online` scenario reads.
+    /// Redis instances (host:port): the `online` scenario reads their INFO
+    /// memory (name the masters), the one-to-one rows their INFO
+    /// commandstats (name masters and replicas: Redis calls per message).
     #[arg(long, value_delimiter = ',')]
     redis_info: Vec<SocketAddr>,
     /// Users the `online` scenario logs in (spread over the nodes).

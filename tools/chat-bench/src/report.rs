@@ -290,7 +290,7 @@ fn cpu_markdown(cpu: &Value) -> String {
             .map_or_else(|| "-".to_owned(), |f| format!("{f:.digits$}"))
     };
     let mut out = format!(
-        "\nCPU (clock ticks: {}/s, {}):\n\n| process | CPU s per 100k msgs, offered rate | cores busy | CPU s per 100k msgs, saturation | cores busy | CPU ms per login | RSS MiB |\n|---|---|---|---|---|---|---|\n",
+        "\nCPU (clock ticks: {}/s, {}):\n\n| process | CPU µs per msg, offered rate | cores busy | CPU µs per msg, saturation | cores busy | CPU ms per login | RSS MiB |\n|---|---|---|---|---|---|---|\n",
         cpu["clock_ticks_per_sec"]["value"],
         cpu["clock_ticks_per_sec"]["source"].as_str().unwrap_or("?"),
     );
@@ -325,14 +325,59 @@ fn cpu_markdown(cpu: &Value) -> String {
         };
         out.push_str(&format!(
             "| {label} | {} | {} | {} | {} | {} | {} |\n",
-            f(&row(fixed)["cpu_seconds_per_unit"], 3),
+            micros_per_message(&row(fixed)["cpu_seconds_per_unit"]),
             f(&row(fixed)["cores_busy"], 2),
-            f(&row(saturated)["cpu_seconds_per_unit"], 3),
+            micros_per_message(&row(saturated)["cpu_seconds_per_unit"]),
             f(&row(saturated)["cores_busy"], 2),
             row(logins)["cpu_seconds_per_unit"]
                 .as_f64()
                 .map_or_else(|| "-".to_owned(), |s| format!("{:.2}", s * 1000.0)),
             rss.map_or_else(|| "-".to_owned(), |k| format!("{:.1}", k / 1024.0)),
+        ));
+    }
+    out.push_str(&redis_calls_markdown(fixed, saturated));
+    out
+}
+
+/// CPU seconds per 100k messages as microseconds per message.
+fn micros_per_message(per_100k: &Value) -> String {
+    per_100k
+        .as_f64()
+        .map_or_else(|| "-".to_owned(), |s| format!("{:.1}", s * 10.0))
+}
+
+/// Redis calls per message by command (INFO commandstats deltas over every
+/// instance), at the offered rate and at saturation.
+fn redis_calls_markdown(fixed: &Value, saturated: &Value) -> String {
+    let (Some(at_rate), Some(at_saturation)) = (
+        fixed["redis_calls"].as_array(),
+        saturated["redis_calls"].as_array(),
+    ) else {
+        return String::new();
+    };
+    let mut out = "\nRedis calls per message (INFO commandstats of every instance; commands inside scripts count too):\n\n| command | per msg, offered rate | µs per call | per msg, saturation | µs per call |\n|---|---|---|---|---|\n".to_owned();
+    let find = |rows: &[Value], name: &str| rows.iter().find(|r| r["command"] == name).cloned();
+    let mut names: Vec<&str> = at_saturation
+        .iter()
+        .filter_map(|r| r["command"].as_str())
+        .collect();
+    for r in at_rate {
+        if let Some(name) = r["command"].as_str().filter(|n| !names.contains(n)) {
+            names.push(name);
+        }
+    }
+    let cell = |row: Option<Value>, key: &str, digits: usize| {
+        row.and_then(|r| r[key].as_f64())
+            .map_or_else(|| "-".to_owned(), |v| format!("{v:.digits$}"))
+    };
+    for name in names {
+        let (a, b) = (find(at_rate, name), find(at_saturation, name));
+        out.push_str(&format!(
+            "| {name} | {} | {} | {} | {} |\n",
+            cell(a.clone(), "per_message", 3),
+            cell(a, "usec_per_call", 2),
+            cell(b.clone(), "per_message", 3),
+            cell(b, "usec_per_call", 2),
         ));
     }
     out

@@ -12,6 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use serde_json::Value;
 use tokio::io::AsyncWriteExt as _;
 use tokio_rustls::TlsConnector;
 
@@ -25,6 +26,7 @@ use crate::{
     client::Client,
     history::History,
     procs::{self, Watched},
+    redis_calls,
     stats::{RunResult, Sample, tally},
 };
 
@@ -149,6 +151,25 @@ impl Pairs {
         })
     }
 
+    /// [`Pairs::run`], and what it cost: the watched processes' CPU per
+    /// 100k delivered and (with `--redis-info`) Redis calls per message.
+    async fn measured(
+        &mut self,
+        args: &Args,
+        run: u32,
+        rate: Option<u64>,
+        watched: &[Watched],
+    ) -> anyhow::Result<(RunResult, Value)> {
+        let calls = redis_calls::snapshot(&args.redis_info).await;
+        let before = procs::snapshot(watched);
+        let result = self.run(args, run, rate).await?;
+        let mut cpu = procs::spent(watched, &before, result.delivered, 1e5, "100k delivered");
+        if let (Some(calls), Some(now)) = (calls, redis_calls::snapshot(&args.redis_info).await) {
+            cpu["redis_calls"] = redis_calls::per_unit(&calls, &now, result.delivered);
+        }
+        Ok((result, cpu))
+    }
+
     /// One run at `rate` (`None`: saturation).
     async fn run(&mut self, args: &Args, run: u32, rate: Option<u64>) -> anyhow::Result<RunResult> {
         match rate {
@@ -186,16 +207,9 @@ pub(crate) async fn one_to_one_rows(
     history: Option<&Arc<History>>,
 ) -> anyhow::Result<OneToOneRows> {
     let mut pairs = Pairs::log_in(args, prefix, nodes, tls).await?;
-    let spent = |before: &procs::Snapshot, result: &RunResult| {
-        procs::spent(watched, before, result.delivered, 1e5, "100k delivered")
-    };
     let Some(history) = history else {
-        let before = procs::snapshot(watched);
-        let fixed = pairs.run(args, run, Some(args.rate)).await?;
-        let cpu_fixed = spent(&before, &fixed);
-        let before = procs::snapshot(watched);
-        let saturated = pairs.run(args, run + 1, None).await?;
-        let cpu_saturated = spent(&before, &saturated);
+        let (fixed, cpu_fixed) = pairs.measured(args, run, Some(args.rate), watched).await?;
+        let (saturated, cpu_saturated) = pairs.measured(args, run + 1, None, watched).await?;
         return Ok(OneToOneRows {
             fixed,
             saturated,
@@ -212,9 +226,7 @@ pub(crate) async fn one_to_one_rows(
             args.history_rounds.max(1)
         );
         let sampler = history.sample().await?;
-        let before = procs::snapshot(watched);
-        let fixed = pairs.run(args, run, Some(args.rate)).await?;
-        let cpu_fixed = spent(&before, &fixed);
+        let (fixed, cpu_fixed) = pairs.measured(args, run, Some(args.rate), watched).await?;
         let during_fixed = sampler.finish(fixed.delivered).await?;
 
         eprintln!("history service stopped (SIGSTOP):");
@@ -228,9 +240,7 @@ pub(crate) async fn one_to_one_rows(
 
         eprintln!("history service running:");
         let sampler = history.sample().await?;
-        let before = procs::snapshot(watched);
-        let saturated = pairs.run(args, run + 1, None).await?;
-        let cpu_saturated = spent(&before, &saturated);
+        let (saturated, cpu_saturated) = pairs.measured(args, run + 1, None, watched).await?;
         eprintln!("waiting for the history service to catch up ...");
         let during_saturation = sampler.finish(saturated.delivered).await?;
         rounds.push(HistoryRound {
