@@ -7,6 +7,7 @@ use gateway::protocol::conversation::{self, Conversation};
 use gateway::redis::{
     AppendTo, Appended, Claim, Dedup, Redis, RedisTarget, entry_tail,
     number::{NumberJob, partition},
+    slot,
 };
 use shutdown::Shutdown;
 use tokio::sync::mpsc;
@@ -137,17 +138,12 @@ async fn sequences_grow_without_gaps_from_redis_clock_and_trims_keep_positions()
 }
 
 /// What Redis holds after it restarted from older data, or after a replica
-/// took over before it had the newest writes: a counter and an inbox as they
-/// were a while ago, written in an epoch that has ended.
-async fn roll_back(counter: &str, to: u64) {
-    let _: () = raw(redis::cmd("HSET")
-        .arg(counter)
-        .arg("n")
-        .arg(to)
-        .arg("e")
-        .arg("0123456789abcdef:1700000000")
-        .clone())
-    .await;
+/// took over before it had the newest writes: a counter as it was a while
+/// ago, marked with an epoch that has ended (here: no mark at all).
+async fn roll_back(cluster: &Redis, counter: &str, to: u64) {
+    let _: () = raw(redis::cmd("SET").arg(counter).arg(to).clone()).await;
+    let mark = cluster.epoch_mark_key(slot::of_key(counter.as_bytes()));
+    let _: () = raw(redis::cmd("DEL").arg(mark).clone()).await;
 }
 
 #[tokio::test]
@@ -160,7 +156,7 @@ async fn a_counter_that_went_back_jumps_above_every_number_it_gave() {
     assert_eq!((b, c), (a + 1, a + 2));
     // b and c were delivered (a writer's cursor, a device's `since` are at
     // c), then lost with the counter.
-    roll_back(&format!("{prefix}{{u:{user}}}:sq"), a).await;
+    roll_back(&cluster, &format!("{prefix}{{u:{user}}}:n"), a).await;
     let inbox = format!("{prefix}{{u:{user}}}:in");
     let _: Vec<String> = raw(redis::cmd("RPOP").arg(&inbox).arg(2).clone()).await;
 
@@ -194,7 +190,7 @@ async fn a_counter_that_went_back_jumps_above_every_number_it_gave() {
         .await
         .expect("number");
     let stream = format!("{prefix}{{h:{}}}", partition(&conv.to_string()));
-    roll_back(&format!("{stream}:sq:{conv}"), first).await;
+    roll_back(&cluster, &format!("{stream}:c:{conv}"), first).await;
     let third = cluster
         .number(number_job(&conv, "m3", 0, "z"))
         .await

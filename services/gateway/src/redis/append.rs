@@ -32,7 +32,8 @@ pub enum Appended {
 /// Records messages in inboxes, for many receivers in one call (a node
 /// batches what its sessions send at the same moment: one script call costs
 /// Redis far more than the few commands in it).
-/// KEYS: per receiver, counter, inbox, dedup key. ARGV[1]: inbox limit,
+/// KEYS: per receiver, counter, inbox, dedup key; then the slot's epoch mark
+/// (`counter.lua`). ARGV[1]: inbox limit,
 /// ARGV[2]: its budget in bytes (measured once the inbox holds a backlog);
 /// then per receiver, channel ('' = do not publish), dedup TTL in seconds
 /// ('0' = no dedup key; '-TTL': a retry, which also looks for the message
@@ -163,7 +164,7 @@ impl Redis {
         let cmd = pipe
             .cmd("EVALSHA")
             .arg(self.scripts.append.get_hash())
-            .arg(group.len() * 3);
+            .arg(group.len() * 3 + 1);
         let mut key = String::with_capacity(self.prefix.len() + 64);
         for &i in group {
             let (j, user, _) = work.receivers[i];
@@ -172,7 +173,7 @@ impl Redis {
             key.clear();
             let _ = write!(key, "{}{{u:{user}}}:", self.prefix);
             let tag = key.len();
-            key.push_str("sq");
+            key.push('n');
             cmd.arg(key.as_str());
             key.truncate(tag);
             key.push_str("in");
@@ -185,6 +186,8 @@ impl Redis {
             }
             cmd.arg(key.as_str());
         }
+        // The group is one slot: the first receiver's.
+        cmd.arg(self.epoch_mark_key(slot::of_user(work.receivers[group[0]].1)));
         cmd.arg(work.max_inbox).arg(self.budgets.inbox_bytes());
         for &i in group {
             let (j, _, channel) = work.receivers[i];
@@ -428,7 +431,7 @@ impl Redis {
         shard: &str,
         pipe: redis::Pipeline,
     ) -> Result<Vec<Value>, RedisError> {
-        let Commands::Cluster(conn) = &self.commands else {
+        let Commands::Cluster(conn) = self.commands.clone() else {
             return Err(RedisError::new("not a cluster"));
         };
         let (host, port) = shard
@@ -436,7 +439,8 @@ impl Redis {
             .and_then(|(h, p)| Some((h.to_owned(), p.parse().ok()?)))
             .ok_or_else(|| RedisError::new(format!("bad shard address {shard}")))?;
         let count = pipe.len();
-        Ok(conn
+        let reply = conn
+            .conn
             .clone()
             .route_pipeline(
                 pipe,
@@ -444,7 +448,9 @@ impl Redis {
                 count,
                 SingleNodeRoutingInfo::ByAddress { host, port },
             )
-            .await?)
+            .await;
+        conn.shared.note(reply.as_ref().map(|_| ()));
+        Ok(reply?)
     }
 }
 

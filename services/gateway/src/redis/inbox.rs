@@ -1,7 +1,7 @@
 //! Inboxes: each user's accepted messages not yet known to be delivered.
 //!
 //! `{prefix}{u:ID}:in` is a list of entries, oldest first, numbered by the
-//! counter `:sq` (`scripts/counter.lua`); `:d` is the delivered mark (see the module's docs). This
+//! counter `:n` (`scripts/counter.lua`); `:d` is the delivered mark (see the module's docs). This
 //! file holds the entry format, recording ([`Redis::append`], which hands
 //! the work to the batching appender in `append.rs`), reading a page
 //! ([`Redis::read_inbox`]) and trimming what was delivered or moved to the
@@ -208,7 +208,7 @@ impl Redis {
                 pipe.cmd("EVALSHA")
                     .arg(self.scripts.read.get_hash())
                     .arg(3)
-                    .arg(self.user_key(user, "sq"))
+                    .arg(self.user_key(user, "n"))
                     .arg(self.user_key(user, "in"))
                     .arg(self.user_key(user, "d"))
                     .arg(after)

@@ -7,10 +7,9 @@
 //!
 //! - **Inbox** `{prefix}{u:ID}:in`: a list of the user's accepted messages
 //!   not yet known to be delivered, oldest first, each entry
-//!   `SEQ MID SENDER MICROS TRACEPARENT\nFRAME`. `:sq` is the user's sequence
-//!   counter, a hash of the last number and its epoch
-//!   (`scripts/counter.lua`: a counter Redis rolled back jumps above every
-//!   number it gave before). `:d` is
+//!   `SEQ MID SENDER MICROS TRACEPARENT\nFRAME`. `:n` is the user's sequence
+//!   counter (`scripts/counter.lua`: a counter Redis rolled back jumps above
+//!   every number it gave before, by the slot's epoch mark). `:d` is
 //!   the highest sequence written to one of the user's connections.
 //!   `:m:MID` remembers a message id for a while, so that a retry is not
 //!   recorded twice.
@@ -154,10 +153,82 @@ impl Budgets {
 /// or redis-rs's cluster connection, which routes each command (or
 /// single-slot pipeline) to the shard owning its key's slot, follows
 /// MOVED/ASK and finds the new master after a failover.
-#[derive(Clone)]
 enum Commands {
     Single(ConnectionManager),
-    Cluster(redis::cluster_async::ClusterConnection),
+    Cluster(ClusterCommands),
+}
+
+/// A cluster connection as of its clone, and the shared handle that replaces
+/// it. After every node of a cluster restarted at once, redis-rs's cluster
+/// connection can keep answering "no connections found" (seen for 25 s and
+/// more); when it does for [`CLUSTER_REBUILD_AFTER`], a new one is made from
+/// the seed nodes, and every clone taken after that uses it.
+struct ClusterCommands {
+    conn: redis::cluster_async::ClusterConnection,
+    shared: Arc<ClusterShared>,
+}
+
+struct ClusterShared {
+    client: redis::cluster::ClusterClient,
+    current: std::sync::RwLock<redis::cluster_async::ClusterConnection>,
+    /// When commands started failing for want of any connection.
+    lost_since: std::sync::Mutex<Option<std::time::Instant>>,
+    rebuilding: AtomicBool,
+}
+
+/// How long a cluster connection may find no connection before it is
+/// made again.
+const CLUSTER_REBUILD_AFTER: Duration = Duration::from_secs(2);
+
+impl ClusterShared {
+    fn note(self: &Arc<Self>, result: Result<(), &redis::RedisError>) {
+        use std::sync::atomic::Ordering;
+        let mut lost = self.lost_since.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Err(e) if e.kind() == redis::ErrorKind::ClusterConnectionNotFound => {
+                let since = *lost.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() >= CLUSTER_REBUILD_AFTER
+                    && !self.rebuilding.swap(true, Ordering::AcqRel)
+                {
+                    let shared = self.clone();
+                    tokio::spawn(async move {
+                        match shared.client.get_async_connection().await {
+                            Ok(conn) => {
+                                tracing::warn!(
+                                    "redis cluster connection found no node for 2 s; made a new one"
+                                );
+                                *shared.current.write().unwrap_or_else(|p| p.into_inner()) = conn;
+                                *shared.lost_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cannot make a new redis cluster connection yet")
+                            }
+                        }
+                        shared.rebuilding.store(false, Ordering::Release);
+                    });
+                }
+            }
+            Err(_) => {}
+            Ok(()) => *lost = None,
+        }
+    }
+}
+
+impl Clone for Commands {
+    fn clone(&self) -> Self {
+        match self {
+            Self::Single(c) => Self::Single(c.clone()),
+            Self::Cluster(c) => Self::Cluster(ClusterCommands {
+                conn: c
+                    .shared
+                    .current
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone(),
+                shared: c.shared.clone(),
+            }),
+        }
+    }
 }
 
 impl redis::aio::ConnectionLike for Commands {
@@ -167,7 +238,15 @@ impl redis::aio::ConnectionLike for Commands {
     ) -> redis::RedisFuture<'a, redis::Value> {
         match self {
             Self::Single(c) => c.req_packed_command(cmd),
-            Self::Cluster(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => {
+                let shared = c.shared.clone();
+                let reply = c.conn.req_packed_command(cmd);
+                Box::pin(async move {
+                    let reply = reply.await;
+                    shared.note(reply.as_ref().map(|_| ()));
+                    reply
+                })
+            }
         }
     }
 
@@ -179,14 +258,22 @@ impl redis::aio::ConnectionLike for Commands {
     ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
         match self {
             Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => {
+                let shared = c.shared.clone();
+                let replies = c.conn.req_packed_commands(pipeline, offset, count);
+                Box::pin(async move {
+                    let replies = replies.await;
+                    shared.note(replies.as_ref().map(|_| ()));
+                    replies
+                })
+            }
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
             Self::Single(c) => c.get_db(),
-            Self::Cluster(c) => c.get_db(),
+            Self::Cluster(c) => c.conn.get_db(),
         }
     }
 }
@@ -298,15 +385,24 @@ impl Redis {
                 (Commands::Single(commands), topology, false)
             }
             RedisTarget::Cluster(nodes) => {
-                let commands = redis::cluster::ClusterClientBuilder::new(nodes)
+                let client = redis::cluster::ClusterClientBuilder::new(nodes)
                     .connection_timeout(Duration::from_secs(1))
                     .response_timeout(Duration::from_secs(2))
                     .retries(3)
-                    .build()?
-                    .get_async_connection()
-                    .await?;
+                    .build()?;
+                let conn = client.get_async_connection().await?;
+                let shared = Arc::new(ClusterShared {
+                    client,
+                    current: std::sync::RwLock::new(conn.clone()),
+                    lost_since: std::sync::Mutex::new(None),
+                    rebuilding: AtomicBool::new(false),
+                });
                 let topology = watch::channel(Arc::new(Vec::new())).0;
-                (Commands::Cluster(commands), topology, true)
+                (
+                    Commands::Cluster(ClusterCommands { conn, shared }),
+                    topology,
+                    true,
+                )
             }
         };
         let refresh = Arc::new(tokio::sync::Notify::new());
@@ -371,6 +467,13 @@ impl Redis {
 
     fn user_key(&self, user: i64, suffix: &str) -> String {
         format!("{}{{u:{user}}}:{suffix}", self.prefix)
+    }
+
+    /// The epoch mark of a slot's counters (`scripts/counter.lua`), named
+    /// with a hash tag of that slot; on a single Redis one for all.
+    pub fn epoch_mark_key(&self, slot: u16) -> String {
+        let slot = if self.sharded { slot } else { 0 };
+        format!("{}{{{}}}:epoch", self.prefix, slot::tag_of_slot(slot))
     }
 
     fn presence_key(&self, user: i64) -> String {

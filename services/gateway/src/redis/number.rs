@@ -3,7 +3,7 @@
 //!
 //! Conversations are spread over [`HISTORY_PARTITIONS`] streams,
 //! `{prefix}{h:N}`, each in one hash slot; the conversation's counter
-//! (`{prefix}{h:N}:sq:CONV`, with epochs: `scripts/counter.lua`) and the dedup key of a retried chat
+//! (`{prefix}{h:N}:c:CONV`, with epochs: `scripts/counter.lua`) and the dedup key of a retried chat
 //! (`{prefix}{h:N}:m:MID`) share its slot, so one script numbers a chat and
 //! appends it to the stream atomically: a number is never handed out
 //! without its stream entry. The history service consumes the streams
@@ -43,7 +43,8 @@ pub fn partition(conversation: &str) -> u32 {
     hash % HISTORY_PARTITIONS
 }
 
-/// KEYS per chat: counter, dedup key, stream. ARGV[1]: the streams' MAXLEN,
+/// KEYS per chat: counter, dedup key, stream; then the slot's epoch mark
+/// (`counter.lua`). ARGV[1]: the streams' MAXLEN,
 /// ARGV[2]: their budget in bytes (checked every 64th entry);
 /// then per chat: dedup TTL in seconds ('0': none), mid, conv, sender,
 /// micros, traceparent, and the frame's head (the frame up to `"cseq":`).
@@ -96,12 +97,11 @@ impl Redis {
     /// a read mark may reach. History lags behind this a little.
     pub async fn newest_in(&self, conversation: &str) -> Result<u64, RedisError> {
         let key = format!(
-            "{}:sq:{conversation}",
+            "{}:c:{conversation}",
             self.stream_key(partition(conversation))
         );
-        let newest: Option<u64> = redis::cmd("HGET")
+        let newest: Option<u64> = redis::cmd("GET")
             .arg(key)
-            .arg("n")
             .query_async(&mut self.commands.clone())
             .await?;
         Ok(newest.unwrap_or(0))
@@ -214,19 +214,20 @@ impl Redis {
                 let cmd = pipe
                     .cmd("EVALSHA")
                     .arg(self.scripts.number.get_hash())
-                    .arg(group.len() * 3);
+                    .arg(group.len() * 3 + 1);
                 let mut key = String::with_capacity(self.prefix.len() + 80);
                 for &i in group {
                     let job = &batch[i];
                     let stream = self.stream_key(partition(&job.conversation));
                     key.clear();
-                    let _ = write!(key, "{stream}:sq:{}", job.conversation);
+                    let _ = write!(key, "{stream}:c:{}", job.conversation);
                     cmd.arg(key.as_str());
                     key.clear();
                     let _ = write!(key, "{stream}:m:{}", job.mid);
                     cmd.arg(key.as_str());
                     cmd.arg(stream);
                 }
+                cmd.arg(self.epoch_mark_key(slot::of_key(first.as_bytes())));
                 cmd.arg(STREAM_MAX_LEN).arg(self.budgets.stream_bytes());
                 for &i in group {
                     let job = &batch[i];

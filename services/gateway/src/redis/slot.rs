@@ -25,6 +25,29 @@ pub fn of_user(user: i64) -> u16 {
     of_key(format!("{{u:{user}}}").as_bytes())
 }
 
+/// A hash tag of slot `slot`: `{TAG}` puts a key there. Keys that hold one
+/// value per slot (the counters' epoch marks) are named with it. Found once
+/// by trying short tags until every slot has one.
+pub fn tag_of_slot(slot: u16) -> &'static str {
+    static TAGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let tags = TAGS.get_or_init(|| {
+        let mut tags: Vec<Option<String>> = vec![None; 16_384];
+        let mut left = tags.len();
+        let mut i = 0u32;
+        while left > 0 {
+            let tag = format!("s{i:x}");
+            let slot = usize::from(crc16(tag.as_bytes()) % 16_384);
+            if tags[slot].is_none() {
+                tags[slot] = Some(tag);
+                left -= 1;
+            }
+            i += 1;
+        }
+        tags.into_iter().map(Option::unwrap_or_default).collect()
+    });
+    &tags[usize::from(slot % 16_384)]
+}
+
 /// The part of a key that is hashed: the first `{...}` with something
 /// inside, else the whole key.
 fn hash_tag(key: &[u8]) -> &[u8] {
@@ -240,6 +263,19 @@ fn int(value: &Value) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_slot_has_a_tag_that_hashes_to_it() {
+        for slot in [0u16, 1, 866, 5_000, 16_383] {
+            let tag = tag_of_slot(slot);
+            assert_eq!(
+                of_key(format!("x{{{tag}}}:epoch").as_bytes()),
+                slot,
+                "{tag}"
+            );
+        }
+        assert!((0..16_384u16).all(|s| !tag_of_slot(s).is_empty()));
+    }
 
     #[test]
     fn slots_match_redis_cluster() {

@@ -1,5 +1,5 @@
 
-local n = #KEYS / 3
+local n = (#KEYS - 1) / 3
 local max, maxbytes = tonumber(ARGV[1]), tonumber(ARGV[2])
 local tails = 3 + 3 * n
 local out = {}
@@ -22,20 +22,20 @@ for i = 0, n - 1 do
   if prev then
     seq, subscribers = tonumber(prev), -2
   else
-    seq = next_number(KEYS[k + 1])
+    seq = next_number(KEYS[k + 1], KEYS[#KEYS])
     local s = string.format('%d', seq)
     local entry = s .. ' ' .. ARGV[tails + tonumber(ARGV[a + 3])]
     -- Bytes are measured only for a backlog (an inbox being read stays
     -- short): MEMORY USAGE walks the list's nodes.
     if redis.call('LLEN', KEYS[k + 2]) >= 32
       and redis.call('MEMORY', 'USAGE', KEYS[k + 2], 'SAMPLES', '0') + #entry > maxbytes then
-      take_back(KEYS[k + 1], seq)
+      redis.call('DECR', KEYS[k + 1])
       seq, subscribers = 0, -4
     elseif redis.call('RPUSH', KEYS[k + 2], entry) > max then
       -- Over the limit: take it back, and the number (numbers jump only
       -- between epochs).
       redis.call('RPOP', KEYS[k + 2])
-      take_back(KEYS[k + 1], seq)
+      redis.call('DECR', KEYS[k + 1])
       seq, subscribers = 0, -1
     else
       if ttl ~= '0' then redis.call('SET', KEYS[k + 3], s, 'EX', ttl) end

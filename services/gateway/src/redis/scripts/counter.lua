@@ -1,43 +1,44 @@
 
 -- Counters that never go back (prefixed to the scripts that number).
--- A counter is a hash: n, the last number given; e, the epoch it was given
--- in: the data's history (master_replid: new at every start from the
--- append-only file and at every promotion of a replica) and its last save
--- (LASTSAVE: when the process started, or last saved). A Redis that
--- restarted from older data, or a replica that took over before it had
--- the newest writes, holds counters behind numbers already handed out; the
--- first number a counter gives in a new epoch therefore jumps to the clock
--- (microseconds), above every number given before. In the second a save
--- or start happened the epoch is not yet told apart from the one before,
--- so a number given then jumps again at the next one.
-local epoch_now, clock_now
-local function epoch()
-  if epoch_now == nil then
+-- Redis can come back with older data than the numbers it handed out (a
+-- restart that lost the last second, a backup put back, a replica promoted
+-- before it had the newest writes); a number given again would be dropped as
+-- a repeat. So each slot has an epoch mark (the last key of the call):
+-- the epoch, the data's history (master_replid: new at every start from
+-- the append-only file and at every promotion) and its last save
+-- (LASTSAVE), and the floor, Redis's clock in microseconds when the epoch
+-- was first seen, above every number given before. A counter still below
+-- the floor jumps over it; within an epoch numbers run without gaps. In the
+-- second a save or start happened the epoch is not yet told apart from the
+-- one before, so the floor then moves with the clock at every call.
+local floor_now
+local function floor(mark_key)
+  if floor_now == nil then
     local t = redis.call('TIME')
-    clock_now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+    local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
     local saved = redis.call('LASTSAVE')
+    local epoch = '-'
     if saved < tonumber(t[1]) then
-      local info = redis.call('INFO', 'replication')
-      epoch_now = string.match(info, 'master_replid:(%x+)') .. ':' .. saved
+      epoch = string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)') .. ':' .. saved
+    end
+    local mark = redis.call('GET', mark_key)
+    local e, f
+    if mark then e, f = string.match(mark, '^(%S+) (%d+)$') end
+    if epoch ~= '-' and e == epoch then
+      floor_now = tonumber(f)
     else
-      epoch_now = '-'
+      floor_now = now
+      redis.call('SET', mark_key, epoch .. ' ' .. string.format('%d', now))
     end
   end
-  return epoch_now
+  return floor_now
 end
-local function next_number(key)
-  local v = redis.call('HMGET', key, 'n', 'e')
-  local n, e = tonumber(v[1]), epoch()
-  if n == nil or e == '-' or v[2] ~= e then
-    n = math.max((n or 0) + 1, clock_now)
-    redis.call('HSET', key, 'n', string.format('%d', n), 'e', e)
-  else
-    n = n + 1
-    redis.call('HSET', key, 'n', string.format('%d', n))
+local function next_number(key, mark_key)
+  local n = redis.call('INCR', key)
+  local f = floor(mark_key)
+  if n <= f then
+    n = f + 1
+    redis.call('SET', key, string.format('%d', n))
   end
   return n
-end
--- Gives back the number just given (a refused append).
-local function take_back(key, n)
-  redis.call('HSET', key, 'n', string.format('%d', n - 1))
 end

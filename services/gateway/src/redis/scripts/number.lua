@@ -1,6 +1,6 @@
 
 local out = {}
-for i = 0, #KEYS / 3 - 1 do
+for i = 0, (#KEYS - 1) / 3 - 1 do
   local k, a = 3 * i, 2 + 7 * i
   local ttl = ARGV[a + 1]
   local prev = false
@@ -8,7 +8,7 @@ for i = 0, #KEYS / 3 - 1 do
   if prev then
     out[i + 1] = tonumber(prev)
   else
-    local seq = next_number(KEYS[k + 1])
+    local seq = next_number(KEYS[k + 1], KEYS[#KEYS])
     local s = string.format('%d', seq)
     if ttl ~= '0' then redis.call('SET', KEYS[k + 2], s, 'EX', ttl) end
     redis.call('XADD', KEYS[k + 3], 'MAXLEN', '~', ARGV[1], '*',

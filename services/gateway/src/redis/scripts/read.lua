@@ -1,5 +1,5 @@
 
-local last = tonumber(redis.call('HGET', KEYS[1], 'n') or '0')
+local last = tonumber(redis.call('GET', KEYS[1]) or '0')
 local delivered = tonumber(redis.call('GET', KEYS[3]) or '0')
 local out = {last, delivered}
 local start = first_above(KEYS[2], tonumber(ARGV[1]))
