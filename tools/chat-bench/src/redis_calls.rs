@@ -8,9 +8,10 @@ use std::{collections::BTreeMap, net::SocketAddr};
 
 use serde_json::{Value, json};
 
-/// Per command: calls and microseconds, summed over the instances.
+/// Per command: calls and microseconds, summed over the instances; and
+/// how many instances were read.
 #[derive(Default)]
-pub struct Calls(BTreeMap<String, (u64, u64)>);
+pub struct Calls(BTreeMap<String, (u64, u64)>, u64);
 
 /// The counters now; `None` without instances or when one cannot be read.
 pub async fn snapshot(addrs: &[SocketAddr]) -> Option<Calls> {
@@ -27,6 +28,7 @@ pub async fn snapshot(addrs: &[SocketAddr]) -> Option<Calls> {
             .await
             .ok()?;
         calls.add(&info);
+        calls.1 += 1;
     }
     Some(calls)
 }
@@ -57,7 +59,8 @@ impl Calls {
 
 /// What ran between `before` and `after`, per unit of work (`units` were
 /// done): calls per command, ordered by calls, and their microseconds. The
-/// bench's own INFO calls are left out.
+/// bench's own INFO call (one per instance between two readings) is taken
+/// out; the scripts' INFO calls stay.
 pub fn per_unit(before: &Calls, after: &Calls, units: u64) -> Value {
     if units == 0 {
         return Value::Null;
@@ -65,10 +68,10 @@ pub fn per_unit(before: &Calls, after: &Calls, units: u64) -> Value {
     let mut rows: Vec<(String, u64, u64)> = after
         .0
         .iter()
-        .filter(|(name, _)| name.as_str() != "info")
         .filter_map(|(name, &(calls, usec))| {
             let (c0, u0) = before.0.get(name).copied().unwrap_or_default();
-            let calls = calls.saturating_sub(c0);
+            let own = if name == "info" { before.1 } else { 0 };
+            let calls = calls.saturating_sub(c0).saturating_sub(own);
             (calls > 0).then(|| (name.clone(), calls, usec.saturating_sub(u0)))
         })
         .collect();
@@ -91,7 +94,7 @@ mod tests {
 
     #[test]
     fn counts_calls_per_command_between_two_readings() {
-        let mut before = Calls::default();
+        let mut before = Calls(BTreeMap::new(), 1);
         before.add("# Commandstats\r\ncmdstat_evalsha:calls=10,usec=50,usec_per_call=5.00,rejected_calls=0,failed_calls=0\r\n");
         let mut after = Calls::default();
         after.add("# Commandstats\r\ncmdstat_evalsha:calls=30,usec=150,usec_per_call=5.00,rejected_calls=0,failed_calls=0\r\ncmdstat_rpush:calls=40,usec=40,usec_per_call=1.00\r\ncmdstat_info:calls=3,usec=9\r\n");
@@ -101,6 +104,7 @@ mod tests {
             json!([
                 {"command": "rpush", "per_message": 2.0, "usec_per_call": 1.0},
                 {"command": "evalsha", "per_message": 1.0, "usec_per_call": 5.0},
+                {"command": "info", "per_message": 0.1, "usec_per_call": 4.5},
             ])
         );
         assert_eq!(per_unit(&before, &after, 0), Value::Null);

@@ -329,6 +329,9 @@ const REPLICA_WAIT: Duration = Duration::from_millis(500);
 
 struct Scripts {
     append: Script,
+    /// The same, allowed keys of several slots of one node (a cluster
+    /// shard's receivers in one call).
+    append_cross: Script,
     read: Script,
     trim: Script,
     number: Script,
@@ -430,6 +433,7 @@ impl Redis {
             subscriber_up,
             scripts: Arc::new(Scripts {
                 append: Script::new(append::APPEND_SCRIPT),
+                append_cross: Script::new(append::APPEND_CROSS_SLOT_SCRIPT),
                 read: Script::new(inbox::READ_SCRIPT),
                 trim: Script::new(inbox::TRIM_SCRIPT),
                 number: Script::new(number::NUMBER_SCRIPT),
@@ -496,6 +500,7 @@ impl Redis {
                 let mut pipe = redis::pipe();
                 for script in [
                     &self.scripts.append,
+                    &self.scripts.append_cross,
                     &self.scripts.read,
                     &self.scripts.trim,
                     &self.scripts.number,
