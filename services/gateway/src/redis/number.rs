@@ -18,7 +18,7 @@
 //! hide. Keeping the key would answer the retry with the retracted number
 //! and no entry, and history would never get the chat.
 
-use std::{collections::BTreeMap, fmt::Write as _};
+use std::{collections::BTreeMap, fmt::Write as _, sync::Arc};
 
 use futures::StreamExt as _;
 use redis::Value;
@@ -50,6 +50,13 @@ pub fn partition(conversation: &str) -> u32 {
 /// micros, traceparent, and the frame's head (the frame up to `"cseq":`).
 /// Returns the sequence number of each chat (a retry: the first one's).
 pub(super) const NUMBER_SCRIPT: &str = concat!(
+    include_str!("scripts/counter.lua"),
+    include_str!("scripts/number.lua")
+);
+
+/// [`NUMBER_SCRIPT`] for the partitions of several slots of one cluster node.
+pub(super) const NUMBER_CROSS_SLOT_SCRIPT: &str = concat!(
+    "#!lua flags=allow-cross-slot-keys\n",
     include_str!("scripts/counter.lua"),
     include_str!("scripts/number.lua")
 );
@@ -166,8 +173,9 @@ impl Redis {
     }
 
     /// One script call for the batch on a single Redis; on a cluster one
-    /// per partition (each in its slot), followed by a `WAIT 1` where the
-    /// slot has a replica, concurrently.
+    /// per node (its partitions' slots together), followed by a `WAIT 1`
+    /// where a slot has a replica, concurrently. A node's call that fails (a
+    /// slot moved) is tried again per partition.
     async fn number_batch(&self, batch: Vec<NumberJob>) {
         let mut by_partition: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
         for (i, job) in batch.iter().enumerate() {
@@ -177,12 +185,24 @@ impl Redis {
                 .push(i);
         }
         let groups: Vec<Vec<usize>> = if self.sharded {
-            by_partition.into_values().collect()
+            let owners = self.owners();
+            let mut by_node: BTreeMap<Arc<str>, Vec<usize>> = BTreeMap::new();
+            let mut groups = Vec::new();
+            for (p, group) in by_partition {
+                let slot = slot::of_key(self.stream_key(p).as_bytes());
+                match owners.get(usize::from(slot)).cloned().flatten() {
+                    Some(node) => by_node.entry(node).or_default().extend(group),
+                    None => groups.push(group),
+                }
+            }
+            groups.extend(by_node.into_values());
+            groups
         } else {
             vec![by_partition.into_values().flatten().collect()]
         };
         let results =
-            futures::future::join_all(groups.iter().map(|g| self.number_group(&batch, g))).await;
+            futures::future::join_all(groups.iter().map(|g| self.number_node_group(&batch, g)))
+                .await;
         let mut outcome: Vec<Option<Result<u64, String>>> = batch.iter().map(|_| None).collect();
         for (group, result) in groups.iter().zip(results) {
             for (k, &i) in group.iter().enumerate() {
@@ -202,18 +222,58 @@ impl Redis {
         }
     }
 
-    async fn number_group(
+    /// A group of one partition's chats, or of several partitions of one
+    /// node (tried again per partition when that fails).
+    async fn number_node_group(
         &self,
         batch: &[NumberJob],
         group: &[usize],
     ) -> Result<Vec<u64>, RedisError> {
+        let mut partitions: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+        for (k, &i) in group.iter().enumerate() {
+            partitions
+                .entry(partition(&batch[i].conversation))
+                .or_default()
+                .push(k);
+        }
+        if !self.sharded || partitions.len() == 1 {
+            return self.number_group(batch, group, false).await;
+        }
+        if let Ok(seqs) = self.number_group(batch, group, true).await {
+            return Ok(seqs);
+        }
+        let mut seqs = vec![0; group.len()];
+        for positions in partitions.values() {
+            let alone: Vec<usize> = positions.iter().map(|&k| group[k]).collect();
+            let numbered = self.number_group(batch, &alone, false).await?;
+            for (&k, seq) in positions.iter().zip(numbered) {
+                seqs[k] = seq;
+            }
+        }
+        Ok(seqs)
+    }
+
+    async fn number_group(
+        &self,
+        batch: &[NumberJob],
+        group: &[usize],
+        cross_slot: bool,
+    ) -> Result<Vec<u64>, RedisError> {
         let first = self.stream_key(partition(&batch[group[0]].conversation));
-        let wait = self.sharded && self.replicas.has_replica(slot::of_key(first.as_bytes()));
+        let wait = self.sharded
+            && group.iter().any(|&i| {
+                let stream = self.stream_key(partition(&batch[i].conversation));
+                self.replicas.has_replica(slot::of_key(stream.as_bytes()))
+            });
         let replies: Vec<Value> = self
             .run_scripts(|pipe| {
                 let cmd = pipe
                     .cmd("EVALSHA")
-                    .arg(self.scripts.number.get_hash())
+                    .arg(if cross_slot {
+                        self.scripts.number_cross.get_hash()
+                    } else {
+                        self.scripts.number.get_hash()
+                    })
                     .arg(group.len() * 3 + 1);
                 let mut key = String::with_capacity(self.prefix.len() + 80);
                 for &i in group {
