@@ -184,7 +184,8 @@ impl Redis {
                 .or_default()
                 .push(i);
         }
-        let groups: Vec<Vec<usize>> = if self.sharded {
+        // (the node to send to, or None: routed by redis-rs; the chats)
+        let groups: Vec<(Option<Arc<str>>, Vec<usize>)> = if self.sharded {
             let owners = self.owners();
             let mut by_node: BTreeMap<Arc<str>, Vec<usize>> = BTreeMap::new();
             let mut groups = Vec::new();
@@ -192,27 +193,24 @@ impl Redis {
                 let slot = slot::of_key(self.stream_key(p).as_bytes());
                 match owners.get(usize::from(slot)).cloned().flatten() {
                     Some(node) => by_node.entry(node).or_default().extend(group),
-                    None => groups.push(group),
+                    None => groups.push((None, group)),
                 }
             }
-            groups.extend(by_node.into_values());
+            groups.extend(by_node.into_iter().map(|(node, group)| (Some(node), group)));
             groups
         } else {
-            vec![by_partition.into_values().flatten().collect()]
+            vec![(None, by_partition.into_values().flatten().collect())]
         };
-        let results =
-            futures::future::join_all(groups.iter().map(|g| self.number_node_group(&batch, g)))
-                .await;
+        let results = futures::future::join_all(
+            groups
+                .iter()
+                .map(|(node, g)| self.number_node_group(&batch, g, node.as_deref())),
+        )
+        .await;
         let mut outcome: Vec<Option<Result<u64, String>>> = batch.iter().map(|_| None).collect();
-        for (group, result) in groups.iter().zip(results) {
-            for (k, &i) in group.iter().enumerate() {
-                outcome[i] = Some(match &result {
-                    Ok(seqs) => seqs
-                        .get(k)
-                        .copied()
-                        .ok_or_else(|| "redis answered fewer numbers than asked".to_owned()),
-                    Err(e) => Err(e.to_string()),
-                });
+        for ((_, group), results) in groups.iter().zip(results) {
+            for (&i, result) in group.iter().zip(results) {
+                outcome[i] = Some(result);
             }
         }
         for (job, outcome) in batch.into_iter().zip(outcome) {
@@ -223,12 +221,14 @@ impl Redis {
     }
 
     /// A group of one partition's chats, or of several partitions of one
-    /// node (tried again per partition when that fails).
+    /// node (sent to that node in one call; tried again per partition,
+    /// concurrently, when that fails). A result per chat of the group.
     async fn number_node_group(
         &self,
         batch: &[NumberJob],
         group: &[usize],
-    ) -> Result<Vec<u64>, RedisError> {
+        node: Option<&str>,
+    ) -> Vec<Result<u64, String>> {
         let mut partitions: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
         for (k, &i) in group.iter().enumerate() {
             partitions
@@ -236,74 +236,102 @@ impl Redis {
                 .or_default()
                 .push(k);
         }
-        if !self.sharded || partitions.len() == 1 {
-            return self.number_group(batch, group, false).await;
+        let per_chat =
+            |result: Result<Vec<u64>, RedisError>, n: usize| -> Vec<Result<u64, String>> {
+                match result {
+                    Ok(seqs) if seqs.len() == n => seqs.into_iter().map(Ok).collect(),
+                    Ok(_) => vec![Err("redis answered fewer numbers than asked".to_owned()); n],
+                    Err(e) => vec![Err(e.to_string()); n],
+                }
+            };
+        if let (Some(node), true) = (node, partitions.len() > 1)
+            && let Ok(seqs) = self.number_group(batch, group, Some(node)).await
+            && seqs.len() == group.len()
+        {
+            return seqs.into_iter().map(Ok).collect();
         }
-        if let Ok(seqs) = self.number_group(batch, group, true).await {
-            return Ok(seqs);
+        if partitions.len() == 1 {
+            return per_chat(self.number_group(batch, group, None).await, group.len());
         }
-        let mut seqs = vec![0; group.len()];
-        for positions in partitions.values() {
-            let alone: Vec<usize> = positions.iter().map(|&k| group[k]).collect();
-            let numbered = self.number_group(batch, &alone, false).await?;
-            for (&k, seq) in positions.iter().zip(numbered) {
-                seqs[k] = seq;
+        let alone: Vec<Vec<usize>> = partitions
+            .values()
+            .map(|positions| positions.iter().map(|&k| group[k]).collect())
+            .collect();
+        let numbered = futures::future::join_all(
+            alone
+                .iter()
+                .map(|chats| self.number_group(batch, chats, None)),
+        )
+        .await;
+        let mut out: Vec<Result<u64, String>> = vec![Err(String::new()); group.len()];
+        for (positions, (chats, result)) in partitions.values().zip(alone.iter().zip(numbered)) {
+            for (&k, r) in positions.iter().zip(per_chat(result, chats.len())) {
+                out[k] = r;
             }
         }
-        Ok(seqs)
+        out
     }
 
+    /// One NUMBER call for `group`: routed by redis-rs, or (several slots of
+    /// one node) sent to `node` with the cross-slot script.
     async fn number_group(
         &self,
         batch: &[NumberJob],
         group: &[usize],
-        cross_slot: bool,
+        node: Option<&str>,
     ) -> Result<Vec<u64>, RedisError> {
+        let cross_slot = node.is_some();
         let first = self.stream_key(partition(&batch[group[0]].conversation));
         let wait = self.sharded
             && group.iter().any(|&i| {
                 let stream = self.stream_key(partition(&batch[i].conversation));
                 self.replicas.has_replica(slot::of_key(stream.as_bytes()))
             });
-        let replies: Vec<Value> = self
-            .run_scripts(|pipe| {
-                let cmd = pipe
-                    .cmd("EVALSHA")
-                    .arg(if cross_slot {
-                        self.scripts.number_cross.get_hash()
-                    } else {
-                        self.scripts.number.get_hash()
-                    })
-                    .arg(group.len() * 3 + 1);
-                let mut key = String::with_capacity(self.prefix.len() + 80);
-                for &i in group {
-                    let job = &batch[i];
-                    let stream = self.stream_key(partition(&job.conversation));
-                    key.clear();
-                    let _ = write!(key, "{stream}:c:{}", job.conversation);
-                    cmd.arg(key.as_str());
-                    key.clear();
-                    let _ = write!(key, "{stream}:m:{}", job.mid);
-                    cmd.arg(key.as_str());
-                    cmd.arg(stream);
-                }
-                cmd.arg(self.epoch_mark_key(slot::of_key(first.as_bytes())));
-                cmd.arg(STREAM_MAX_LEN).arg(self.budgets.stream_bytes());
-                for &i in group {
-                    let job = &batch[i];
-                    cmd.arg(job.ttl)
-                        .arg(&job.mid)
-                        .arg(&job.conversation)
-                        .arg(job.sender)
-                        .arg(job.micros)
-                        .arg(&job.traceparent)
-                        .arg(&job.head[..]);
-                }
-                if wait {
-                    pipe.cmd("WAIT").arg(1).arg(ttl_millis(REPLICA_WAIT));
-                }
-            })
-            .await?;
+        let build = |pipe: &mut redis::Pipeline| {
+            let cmd = pipe
+                .cmd("EVALSHA")
+                .arg(if cross_slot {
+                    self.scripts.number_cross.get_hash()
+                } else {
+                    self.scripts.number.get_hash()
+                })
+                .arg(group.len() * 3 + 1);
+            let mut key = String::with_capacity(self.prefix.len() + 80);
+            for &i in group {
+                let job = &batch[i];
+                let stream = self.stream_key(partition(&job.conversation));
+                key.clear();
+                let _ = write!(key, "{stream}:c:{}", job.conversation);
+                cmd.arg(key.as_str());
+                key.clear();
+                let _ = write!(key, "{stream}:m:{}", job.mid);
+                cmd.arg(key.as_str());
+                cmd.arg(stream);
+            }
+            cmd.arg(self.epoch_mark_key(slot::of_key(first.as_bytes())));
+            cmd.arg(STREAM_MAX_LEN).arg(self.budgets.stream_bytes());
+            for &i in group {
+                let job = &batch[i];
+                cmd.arg(job.ttl)
+                    .arg(&job.mid)
+                    .arg(&job.conversation)
+                    .arg(job.sender)
+                    .arg(job.micros)
+                    .arg(&job.traceparent)
+                    .arg(&job.head[..]);
+            }
+            if wait {
+                pipe.cmd("WAIT").arg(1).arg(ttl_millis(REPLICA_WAIT));
+            }
+        };
+        let replies: Vec<Value> = match node {
+            Some(node) => {
+                let mut pipe = redis::pipe();
+                build(&mut pipe);
+                self.on_shard(node, pipe).await?
+            }
+            None => self.run_scripts(build).await?,
+        };
         let mut replies = replies.into_iter();
         let seqs: Vec<i64> = redis::from_redis_value(replies.next().unwrap_or(Value::Nil))
             .map_err(|e| RedisError::new(e.to_string()))?;
