@@ -46,14 +46,6 @@ pub(super) const APPEND_SCRIPT: &str = concat!(
     include_str!("scripts/append.lua")
 );
 
-/// [`APPEND_SCRIPT`] for the receivers of several slots of one cluster
-/// node in one call (Redis 7 lets a script with this flag touch them).
-pub(super) const APPEND_CROSS_SLOT_SCRIPT: &str = concat!(
-    "#!lua flags=allow-cross-slot-keys\n",
-    include_str!("scripts/counter.lua"),
-    include_str!("scripts/append.lua")
-);
-
 /// One [`Redis::append_each`] call, for the appender.
 pub(super) struct AppendJob {
     /// (user, channel to publish on or '').
@@ -163,26 +155,15 @@ impl Redis {
         }
     }
 
-    /// Adds one APPEND invocation for the receivers of `group` (one slot, or
-    /// with `cross_slot` several slots of one cluster node).
-    fn append_invocation(
-        &self,
-        pipe: &mut redis::Pipeline,
-        work: &Work<'_>,
-        group: &[usize],
-        cross_slot: bool,
-    ) {
+    /// Adds one APPEND invocation for the receivers of `group` (one slot).
+    fn append_invocation(&self, pipe: &mut redis::Pipeline, work: &Work<'_>, group: &[usize]) {
         // The jobs this group needs the tails of, renumbered from 0.
         let mut tails: Vec<usize> = group.iter().map(|&i| work.receivers[i].0).collect();
         tails.sort_unstable();
         tails.dedup();
         let cmd = pipe
             .cmd("EVALSHA")
-            .arg(if cross_slot {
-                self.scripts.append_cross.get_hash()
-            } else {
-                self.scripts.append.get_hash()
-            })
+            .arg(self.scripts.append.get_hash())
             .arg(group.len() * 3 + 1);
         let mut key = String::with_capacity(self.prefix.len() + 64);
         for &i in group {
@@ -239,7 +220,7 @@ impl Redis {
                 .has_replica(slot::of_user(work.receivers[group[0]].1));
         let replies: Vec<Value> = self
             .run_scripts(|pipe| {
-                self.append_invocation(pipe, work, group, false);
+                self.append_invocation(pipe, work, group);
                 if wait {
                     pipe.cmd("WAIT").arg(1).arg(ttl_millis(REPLICA_WAIT));
                 }
@@ -321,11 +302,10 @@ impl Redis {
             self.replicas
                 .has_replica(slot::of_user(work.receivers[groups[g][0]].1))
         });
-        // Every receiver of the shard in one script call (one slot's work
-        // or many, the same cost to Redis per call).
-        let all: Vec<usize> = gs.iter().flat_map(|&g| groups[g].iter().copied()).collect();
         let mut pipe = redis::pipe();
-        self.append_invocation(&mut pipe, work, &all, gs.len() > 1);
+        for &g in gs {
+            self.append_invocation(&mut pipe, work, &groups[g]);
+        }
         if wait {
             pipe.cmd("WAIT").arg(1).arg(ttl_millis(REPLICA_WAIT));
         }
@@ -333,15 +313,10 @@ impl Redis {
             return gs.iter().map(|_| None).collect();
         };
         let mut values = values.into_iter();
-        let mut appended: Vec<Option<Vec<Appended>>> = match parse_appended(values.next()) {
-            Ok(flat) if flat.len() == all.len() => {
-                let mut flat = flat.into_iter();
-                gs.iter()
-                    .map(|&g| Some(flat.by_ref().take(groups[g].len()).collect()))
-                    .collect()
-            }
-            _ => gs.iter().map(|_| None).collect(),
-        };
+        let mut appended: Vec<Option<Vec<Appended>>> = gs
+            .iter()
+            .map(|_| parse_appended(values.next()).ok())
+            .collect();
         if wait && !replica_confirmed(values.next()) {
             return gs.iter().map(|_| Some(Err(unconfirmed()))).collect();
         }

@@ -329,11 +329,6 @@ const REPLICA_WAIT: Duration = Duration::from_millis(500);
 
 struct Scripts {
     append: Script,
-    /// The same, allowed keys of several slots of one node (a cluster
-    /// shard's receivers in one call).
-    append_cross: Script,
-    /// NUMBER for the partitions of several slots of one cluster node.
-    number_cross: Script,
     read: Script,
     trim: Script,
     number: Script,
@@ -435,8 +430,6 @@ impl Redis {
             subscriber_up,
             scripts: Arc::new(Scripts {
                 append: Script::new(append::APPEND_SCRIPT),
-                append_cross: Script::new(append::APPEND_CROSS_SLOT_SCRIPT),
-                number_cross: Script::new(number::NUMBER_CROSS_SLOT_SCRIPT),
                 read: Script::new(inbox::READ_SCRIPT),
                 trim: Script::new(inbox::TRIM_SCRIPT),
                 number: Script::new(number::NUMBER_SCRIPT),
@@ -503,8 +496,6 @@ impl Redis {
                 let mut pipe = redis::pipe();
                 for script in [
                     &self.scripts.append,
-                    &self.scripts.append_cross,
-                    &self.scripts.number_cross,
                     &self.scripts.read,
                     &self.scripts.trim,
                     &self.scripts.number,

@@ -18,7 +18,7 @@
 //! hide. Keeping the key would answer the retry with the retracted number
 //! and no entry, and history would never get the chat.
 
-use std::{collections::BTreeMap, fmt::Write as _, sync::Arc};
+use std::{collections::BTreeMap, fmt::Write as _};
 
 use futures::StreamExt as _;
 use redis::Value;
@@ -50,13 +50,6 @@ pub fn partition(conversation: &str) -> u32 {
 /// micros, traceparent, and the frame's head (the frame up to `"cseq":`).
 /// Returns the sequence number of each chat (a retry: the first one's).
 pub(super) const NUMBER_SCRIPT: &str = concat!(
-    include_str!("scripts/counter.lua"),
-    include_str!("scripts/number.lua")
-);
-
-/// [`NUMBER_SCRIPT`] for the partitions of several slots of one cluster node.
-pub(super) const NUMBER_CROSS_SLOT_SCRIPT: &str = concat!(
-    "#!lua flags=allow-cross-slot-keys\n",
     include_str!("scripts/counter.lua"),
     include_str!("scripts/number.lua")
 );
@@ -173,9 +166,8 @@ impl Redis {
     }
 
     /// One script call for the batch on a single Redis; on a cluster one
-    /// per node (its partitions' slots together), followed by a `WAIT 1`
-    /// where a slot has a replica, concurrently. A node's call that fails (a
-    /// slot moved) is tried again per partition.
+    /// per partition (each in its slot), followed by a `WAIT 1` where the
+    /// slot has a replica, concurrently.
     async fn number_batch(&self, batch: Vec<NumberJob>) {
         let mut by_partition: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
         for (i, job) in batch.iter().enumerate() {
@@ -184,33 +176,23 @@ impl Redis {
                 .or_default()
                 .push(i);
         }
-        // (the node to send to, or None: routed by redis-rs; the chats)
-        let groups: Vec<(Option<Arc<str>>, Vec<usize>)> = if self.sharded {
-            let owners = self.owners();
-            let mut by_node: BTreeMap<Arc<str>, Vec<usize>> = BTreeMap::new();
-            let mut groups = Vec::new();
-            for (p, group) in by_partition {
-                let slot = slot::of_key(self.stream_key(p).as_bytes());
-                match owners.get(usize::from(slot)).cloned().flatten() {
-                    Some(node) => by_node.entry(node).or_default().extend(group),
-                    None => groups.push((None, group)),
-                }
-            }
-            groups.extend(by_node.into_iter().map(|(node, group)| (Some(node), group)));
-            groups
+        let groups: Vec<Vec<usize>> = if self.sharded {
+            by_partition.into_values().collect()
         } else {
-            vec![(None, by_partition.into_values().flatten().collect())]
+            vec![by_partition.into_values().flatten().collect()]
         };
-        let results = futures::future::join_all(
-            groups
-                .iter()
-                .map(|(node, g)| self.number_node_group(&batch, g, node.as_deref())),
-        )
-        .await;
+        let results =
+            futures::future::join_all(groups.iter().map(|g| self.number_group(&batch, g))).await;
         let mut outcome: Vec<Option<Result<u64, String>>> = batch.iter().map(|_| None).collect();
-        for ((_, group), results) in groups.iter().zip(results) {
-            for (&i, result) in group.iter().zip(results) {
-                outcome[i] = Some(result);
+        for (group, result) in groups.iter().zip(results) {
+            for (k, &i) in group.iter().enumerate() {
+                outcome[i] = Some(match &result {
+                    Ok(seqs) => seqs
+                        .get(k)
+                        .copied()
+                        .ok_or_else(|| "redis answered fewer numbers than asked".to_owned()),
+                    Err(e) => Err(e.to_string()),
+                });
             }
         }
         for (job, outcome) in batch.into_iter().zip(outcome) {
@@ -220,118 +202,48 @@ impl Redis {
         }
     }
 
-    /// A group of one partition's chats, or of several partitions of one
-    /// node (sent to that node in one call; tried again per partition,
-    /// concurrently, when that fails). A result per chat of the group.
-    async fn number_node_group(
-        &self,
-        batch: &[NumberJob],
-        group: &[usize],
-        node: Option<&str>,
-    ) -> Vec<Result<u64, String>> {
-        let mut partitions: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
-        for (k, &i) in group.iter().enumerate() {
-            partitions
-                .entry(partition(&batch[i].conversation))
-                .or_default()
-                .push(k);
-        }
-        let per_chat =
-            |result: Result<Vec<u64>, RedisError>, n: usize| -> Vec<Result<u64, String>> {
-                match result {
-                    Ok(seqs) if seqs.len() == n => seqs.into_iter().map(Ok).collect(),
-                    Ok(_) => vec![Err("redis answered fewer numbers than asked".to_owned()); n],
-                    Err(e) => vec![Err(e.to_string()); n],
-                }
-            };
-        if let (Some(node), true) = (node, partitions.len() > 1)
-            && let Ok(seqs) = self.number_group(batch, group, Some(node)).await
-            && seqs.len() == group.len()
-        {
-            return seqs.into_iter().map(Ok).collect();
-        }
-        if partitions.len() == 1 {
-            return per_chat(self.number_group(batch, group, None).await, group.len());
-        }
-        let alone: Vec<Vec<usize>> = partitions
-            .values()
-            .map(|positions| positions.iter().map(|&k| group[k]).collect())
-            .collect();
-        let numbered = futures::future::join_all(
-            alone
-                .iter()
-                .map(|chats| self.number_group(batch, chats, None)),
-        )
-        .await;
-        let mut out: Vec<Result<u64, String>> = vec![Err(String::new()); group.len()];
-        for (positions, (chats, result)) in partitions.values().zip(alone.iter().zip(numbered)) {
-            for (&k, r) in positions.iter().zip(per_chat(result, chats.len())) {
-                out[k] = r;
-            }
-        }
-        out
-    }
-
-    /// One NUMBER call for `group`: routed by redis-rs, or (several slots of
-    /// one node) sent to `node` with the cross-slot script.
     async fn number_group(
         &self,
         batch: &[NumberJob],
         group: &[usize],
-        node: Option<&str>,
     ) -> Result<Vec<u64>, RedisError> {
-        let cross_slot = node.is_some();
         let first = self.stream_key(partition(&batch[group[0]].conversation));
-        let wait = self.sharded
-            && group.iter().any(|&i| {
-                let stream = self.stream_key(partition(&batch[i].conversation));
-                self.replicas.has_replica(slot::of_key(stream.as_bytes()))
-            });
-        let build = |pipe: &mut redis::Pipeline| {
-            let cmd = pipe
-                .cmd("EVALSHA")
-                .arg(if cross_slot {
-                    self.scripts.number_cross.get_hash()
-                } else {
-                    self.scripts.number.get_hash()
-                })
-                .arg(group.len() * 3 + 1);
-            let mut key = String::with_capacity(self.prefix.len() + 80);
-            for &i in group {
-                let job = &batch[i];
-                let stream = self.stream_key(partition(&job.conversation));
-                key.clear();
-                let _ = write!(key, "{stream}:c:{}", job.conversation);
-                cmd.arg(key.as_str());
-                key.clear();
-                let _ = write!(key, "{stream}:m:{}", job.mid);
-                cmd.arg(key.as_str());
-                cmd.arg(stream);
-            }
-            cmd.arg(self.epoch_mark_key(slot::of_key(first.as_bytes())));
-            cmd.arg(STREAM_MAX_LEN).arg(self.budgets.stream_bytes());
-            for &i in group {
-                let job = &batch[i];
-                cmd.arg(job.ttl)
-                    .arg(&job.mid)
-                    .arg(&job.conversation)
-                    .arg(job.sender)
-                    .arg(job.micros)
-                    .arg(&job.traceparent)
-                    .arg(&job.head[..]);
-            }
-            if wait {
-                pipe.cmd("WAIT").arg(1).arg(ttl_millis(REPLICA_WAIT));
-            }
-        };
-        let replies: Vec<Value> = match node {
-            Some(node) => {
-                let mut pipe = redis::pipe();
-                build(&mut pipe);
-                self.on_shard(node, pipe).await?
-            }
-            None => self.run_scripts(build).await?,
-        };
+        let wait = self.sharded && self.replicas.has_replica(slot::of_key(first.as_bytes()));
+        let replies: Vec<Value> = self
+            .run_scripts(|pipe| {
+                let cmd = pipe
+                    .cmd("EVALSHA")
+                    .arg(self.scripts.number.get_hash())
+                    .arg(group.len() * 3 + 1);
+                let mut key = String::with_capacity(self.prefix.len() + 80);
+                for &i in group {
+                    let job = &batch[i];
+                    let stream = self.stream_key(partition(&job.conversation));
+                    key.clear();
+                    let _ = write!(key, "{stream}:c:{}", job.conversation);
+                    cmd.arg(key.as_str());
+                    key.clear();
+                    let _ = write!(key, "{stream}:m:{}", job.mid);
+                    cmd.arg(key.as_str());
+                    cmd.arg(stream);
+                }
+                cmd.arg(self.epoch_mark_key(slot::of_key(first.as_bytes())));
+                cmd.arg(STREAM_MAX_LEN).arg(self.budgets.stream_bytes());
+                for &i in group {
+                    let job = &batch[i];
+                    cmd.arg(job.ttl)
+                        .arg(&job.mid)
+                        .arg(&job.conversation)
+                        .arg(job.sender)
+                        .arg(job.micros)
+                        .arg(&job.traceparent)
+                        .arg(&job.head[..]);
+                }
+                if wait {
+                    pipe.cmd("WAIT").arg(1).arg(ttl_millis(REPLICA_WAIT));
+                }
+            })
+            .await?;
         let mut replies = replies.into_iter();
         let seqs: Vec<i64> = redis::from_redis_value(replies.next().unwrap_or(Value::Nil))
             .map_err(|e| RedisError::new(e.to_string()))?;
