@@ -13,6 +13,20 @@ use e2e::{
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+/// Sends `request` until it is accepted (errno 0), as a client retries
+/// while Redis comes back; panics after PATIENCE.
+async fn call_until_accepted(client: &mut Client, request: Value, seq: i64) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let reply = client.call(request.clone(), seq).await;
+        if reply["errno"] == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never accepted: {reply}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn numbered(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix} {i}")).collect()
 }
@@ -242,16 +256,8 @@ async fn redis_killed_while_a_device_stays_online_it_gets_every_chat_once_in_the
     // Sent as soon as Redis takes chats again: the race this is about is
     // between these and the ones stored during the outage.
     for (i, text) in numbered("after the outage", 10).into_iter().enumerate() {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let reply = alice.call(chat(a, b, &text), 100 + i as i64).await;
-            if reply["errno"] == 0 {
-                accepted.push(text);
-                break;
-            }
-            assert!(Instant::now() < deadline, "never accepted again: {reply}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        call_until_accepted(&mut alice, chat(a, b, &text), 100 + i as i64).await;
+        accepted.push(text);
     }
     // The same connection: every chat once, in the order Alice sent them,
     // with increasing rseq, each acknowledged.
@@ -918,16 +924,8 @@ async fn redis_restarted_from_older_data_loses_no_chat_sent_after_it() {
     let mut send = async |alice: &mut Client, texts: &[String]| {
         for text in texts {
             for to in [b, c] {
-                let deadline = Instant::now() + PATIENCE;
-                loop {
-                    seq += 1;
-                    let reply = alice.call(chat(a, to, text), seq).await;
-                    if reply["errno"] == 0 {
-                        break;
-                    }
-                    assert!(Instant::now() < deadline, "never accepted: {reply}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+                seq += 1;
+                call_until_accepted(alice, chat(a, to, text), seq).await;
             }
         }
     };
