@@ -653,3 +653,79 @@ async fn a_retracted_chat_retried_with_its_client_id_is_numbered_and_recorded_af
     assert_eq!(entries[5]["op"], "x");
     assert_eq!(entries[5]["seq"], plain.to_string());
 }
+
+#[tokio::test]
+async fn a_single_redis_numbers_a_chat_in_the_call_that_appends_it() {
+    let (cluster, prefix) = cluster_with_prefix().await;
+    if !cluster.numbers_as_it_appends() {
+        // A cluster numbers apart (the counter is in another slot); the
+        // two-step path is what the other tests here cover there.
+        assert!(matches!(
+            RedisTarget::parse(&redis_url()),
+            RedisTarget::Cluster(_)
+        ));
+        return;
+    }
+    let conv = Conversation::direct(11, 12);
+    let frame = r#"{"id":11,"msg":"hi","msgid":6,"toid":12}"#;
+    let head = conversation::numbered_head(frame.as_bytes(), &conv).expect("an object");
+    let tail = entry_tail("n1", 11, 42, "", &head);
+    let frame_at = tail.len() - head.len();
+    let numbering = gateway::redis::Numbering {
+        conversation: conv.to_string(),
+        ttl: 60,
+        sender: 11,
+        micros: 42,
+        traceparent: String::new(),
+    };
+    let to = [12, 13].map(|user| AppendTo {
+        user,
+        publish: false,
+    });
+    let dedup = Dedup::Key(Duration::from_secs(60));
+    let (cseq, results) = cluster
+        .number_and_append(&to, "n1", &tail, frame_at, numbering.clone(), 100, dedup)
+        .await;
+    let cseq = cseq.expect("numbered");
+    assert!(
+        results
+            .iter()
+            .all(|r| matches!(r, Ok(Appended::Recorded { .. }))),
+        "{results:?}"
+    );
+    // The receivers' entries carry the frame with its number.
+    let numbered = String::from_utf8(conversation::complete(&head, cseq)).expect("utf8");
+    assert_eq!(texts_after(&cluster, 12, 0).await, [numbered.clone()]);
+    assert_eq!(texts_after(&cluster, 13, 0).await, [numbered.clone()]);
+    // So does history's entry.
+    let key = format!("{prefix}{{h:{}}}", partition(&conv.to_string()));
+    let entries = stream_entries(&key).await;
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0]["seq"], cseq.to_string());
+    assert_eq!(entries[0]["frame"], numbered);
+    // A retry (same client id): the same number, recorded once everywhere.
+    let (again, results) = cluster
+        .number_and_append(&to, "n1", &tail, frame_at, numbering.clone(), 100, dedup)
+        .await;
+    assert_eq!(again, Some(cseq));
+    assert!(
+        results
+            .iter()
+            .all(|r| matches!(r, Ok(Appended::Duplicate { .. }))),
+        "{results:?}"
+    );
+    assert_eq!(stream_entries(&key).await.len(), 1);
+    assert_eq!(texts_after(&cluster, 12, 0).await.len(), 1);
+    // The next chat of the conversation is the next number; a plain append
+    // in the same batch is not numbered.
+    let (next, _) = cluster
+        .number_and_append(&to[..1], "n2", &tail, frame_at, numbering, 100, Dedup::None)
+        .await;
+    assert_eq!(next, Some(cseq + 1));
+    assert!(matches!(
+        append(&cluster, 12, "n3", "plain", 100).await,
+        Appended::Recorded { .. }
+    ));
+    assert_eq!(stream_entries(&key).await.len(), 2);
+    assert_eq!(texts_after(&cluster, 12, 0).await.len(), 3);
+}

@@ -155,7 +155,7 @@ impl Ingest {
             // Let a trickle gather into a batch; nothing at all: idle.
             let pause = match read {
                 0 => self.settings.poll_idle,
-                n if n < batch / 4 => self.settings.poll_idle / 5,
+                n if n < batch / 4 => self.settings.linger,
                 _ => Duration::ZERO,
             };
             if !pause.is_zero() && sleep_or_shutdown(pause, shutdown).await {
@@ -404,15 +404,22 @@ impl Poll {
                 }
             })
             .collect();
-        let reads = streams
-            .partitions()
-            .map(|p| streams.read_new(p, counts[p as usize]));
+        // Partitions asked for as many entries share a command (on one
+        // Redis: usually one or two commands a round instead of 16).
+        let mut by_count: std::collections::BTreeMap<usize, Vec<u32>> = Default::default();
+        for (partition, &count) in streams.partitions().zip(&counts) {
+            by_count.entry(count).or_default().push(partition);
+        }
+        let reads = by_count
+            .iter()
+            .map(|(&count, partitions)| streams.read_new_from(partitions, count));
         let results = futures::future::join_all(reads).await;
         let mut entries = Vec::new();
-        for ((partition, result), count) in (0..).zip(results).zip(counts) {
-            let read = result?;
-            self.hot[partition] = read.len() >= count;
-            entries.extend(read);
+        for ((&count, partitions), result) in by_count.iter().zip(results) {
+            for (&partition, read) in partitions.iter().zip(result?) {
+                self.hot[partition as usize] = read.len() >= count;
+                entries.extend(read);
+            }
         }
         Ok(entries)
     }

@@ -3,10 +3,11 @@
 //! the few commands the ingest needs (create the group, read new and pending
 //! entries, take over entries a vanished consumer left, acknowledge, trim).
 //!
-//! Works the same on one Redis and on a Redis Cluster: every command names
-//! one partition's key, and the hash tag `{h:N}` keeps a partition in one
-//! slot, so redis-rs's cluster connection sends it to that slot's master
-//! (and follows MOVED/ASK and failovers). No command spans two partitions.
+//! Works the same on one Redis and on a Redis Cluster: on a cluster every
+//! command names one partition's key, and the hash tag `{h:N}` keeps a
+//! partition in one slot, so redis-rs's cluster connection sends it to that
+//! slot's master (and follows MOVED/ASK and failovers). On one Redis the
+//! read of new entries names every partition in one command.
 //!
 //! Entry fields are the contract's (`op`, `mid`, `conv`, `seq`, `from`,
 //! `at`, `tp`, `frame`); they are turned into domain values in
@@ -222,6 +223,42 @@ impl Streams {
         self.read_group(partition, ">", count).await
     }
 
+    /// Entries never delivered to any consumer, at most `count` from each
+    /// of `partitions`, in that order. One command on a single Redis; on a
+    /// cluster one per partition (each is its own slot).
+    pub async fn read_new_from(
+        &self,
+        partitions: &[u32],
+        count: usize,
+    ) -> redis::RedisResult<Vec<Vec<RawEntry>>> {
+        if matches!(self.connection, Connection::Cluster(_)) || partitions.len() < 2 {
+            let reads = partitions.iter().map(|&p| self.read_new(p, count));
+            return futures::future::join_all(reads).await.into_iter().collect();
+        }
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(GROUP)
+            .arg(&self.consumer)
+            .arg("COUNT")
+            .arg(count)
+            .arg("STREAMS");
+        for &partition in partitions {
+            cmd.arg(self.key(partition));
+        }
+        for _ in partitions {
+            cmd.arg(">");
+        }
+        let reply: Value = cmd.query_async(&mut self.connection.clone()).await?;
+        let mut read: Vec<Vec<RawEntry>> = partitions.iter().map(|_| Vec::new()).collect();
+        for (key, entries) in streams_of(reply) {
+            let Some(at) = partitions.iter().position(|&p| self.key(p) == key) else {
+                continue;
+            };
+            read[at] = parse_entries(partitions[at], entries);
+        }
+        Ok(read)
+    }
+
     /// This consumer's own pending entries with an id above `after` (`"0"`
     /// for all): what it read before and may not have stored.
     pub async fn read_pending(
@@ -373,22 +410,28 @@ fn string(value: Value) -> Option<String> {
     }
 }
 
-/// XREADGROUP: nil, or `[[key, [entry ...]]]` (a map of key to entries on RESP3).
+/// XREADGROUP of one partition.
 fn parse_read_reply(partition: u32, reply: Value) -> Vec<RawEntry> {
+    streams_of(reply)
+        .into_iter()
+        .flat_map(|(_, entries)| parse_entries(partition, entries))
+        .collect()
+}
+
+/// XREADGROUP: nil, or `[[key, [entry ...]] ...]` (a map of key to entries
+/// on RESP3), as (key, entries) per stream.
+fn streams_of(reply: Value) -> Vec<(String, Value)> {
     match reply {
         Value::Map(pairs) => pairs
             .into_iter()
-            .flat_map(|(_, entries)| parse_entries(partition, entries))
+            .map(|(key, entries)| (string(key).unwrap_or_default(), entries))
             .collect(),
         other => array(other)
             .into_iter()
-            .flat_map(|stream| {
+            .filter_map(|stream| {
                 let mut parts = array(stream).into_iter();
-                let _key = parts.next();
-                parts
-                    .next()
-                    .map(|entries| parse_entries(partition, entries))
-                    .unwrap_or_default()
+                let key = parts.next().and_then(string).unwrap_or_default();
+                Some((key, parts.next()?))
             })
             .collect(),
     }

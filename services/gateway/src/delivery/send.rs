@@ -1,5 +1,6 @@
-//! One chat to its receivers: numbered in its conversation (for history),
-//! then recorded in each receiver's inbox, which publishes it to the node
+//! One chat to its receivers: numbered in its conversation (for history)
+//! and recorded in each receiver's inbox (on a single Redis in one script
+//! call; on a cluster one after the other), which publishes it to the node
 //! holding the receiver; handed straight to receivers on this node; moved
 //! to the offline store for receivers nobody holds. When Redis is down the
 //! offline service stores it instead. Only then is the sender answered.
@@ -22,7 +23,7 @@ use crate::{
         classic::{Failure, errno},
         conversation::{self, Conversation},
     },
-    redis::{AppendTo, Appended, Dedup, entry_tail},
+    redis::{AppendTo, Appended, Dedup, Numbering, entry_tail},
 };
 
 /// A chat on its way: the frame receivers see and the message's identity.
@@ -67,9 +68,18 @@ pub async fn deliver(node: &Node, receivers: &[i64], message: &Outgoing<'_>) -> 
     );
     let micros = now_micros();
     let traceparent = telemetry::propagation::traceparent(&span);
-    let numbered = number(node, message, micros, &traceparent)
-        .instrument(span.clone())
-        .await;
+    let head = conversation::numbered_head(message.frame, &message.conversation);
+    // On a single Redis the chat is numbered in the call that appends it;
+    // on a cluster first, in its conversation's slot.
+    let (numbered, head) = match head {
+        Some(head) if !node.redis.numbers_as_it_appends() => (
+            number(node, message, &head, micros, &traceparent)
+                .instrument(span.clone())
+                .await,
+            None,
+        ),
+        head => (None, head),
+    };
     let frame = numbered
         .as_ref()
         .map_or(message.frame, |(_, frame)| frame.as_slice());
@@ -80,17 +90,20 @@ pub async fn deliver(node: &Node, receivers: &[i64], message: &Outgoing<'_>) -> 
         dedup: message.dedup,
         conversation: message.conversation,
     };
-    let results = record(
+    let (results, merged) = record(
         node,
         receivers,
         message,
-        micros,
-        &traceparent,
-        &span,
-        started,
+        head,
+        Stamp {
+            micros,
+            traceparent: &traceparent,
+            span: &span,
+            started,
+        },
     )
     .await;
-    let cseq = numbered.as_ref().map(|(cseq, _)| *cseq);
+    let cseq = numbered.as_ref().map(|(cseq, _)| *cseq).or(merged);
     if let Some(cseq) = cseq
         && results.iter().all(Result::is_err)
     {
@@ -113,10 +126,10 @@ const RECONNECT_PAUSE: std::time::Duration = std::time::Duration::from_millis(50
 async fn number(
     node: &Node,
     message: &Outgoing<'_>,
+    head: &[u8],
     micros: u64,
     traceparent: &str,
 ) -> Option<(u64, Vec<u8>)> {
-    let head = conversation::numbered_head(message.frame, &message.conversation)?;
     let conv = message.conversation.to_string();
     let mut failing_since: Option<std::time::Instant> = None;
     let mut reconnected = false;
@@ -132,11 +145,11 @@ async fn number(
             sender: message.sender_id,
             micros,
             traceparent: traceparent.to_owned(),
-            head: head.clone(),
+            head: head.to_vec(),
             reply: tokio::sync::oneshot::channel().0,
         };
         match node.redis.number(job).await {
-            Ok(cseq) => return Some((cseq, conversation::complete(&head, cseq))),
+            Ok(cseq) => return Some((cseq, conversation::complete(head, cseq))),
             Err(e) => {
                 let possible = node.redis.number_failover_possible(&conv);
                 let verdict = node
@@ -160,23 +173,41 @@ async fn number(
     }
 }
 
-/// Records one message for each receiver (see [`deliver`]).
+/// When and in which trace a chat was sent.
+struct Stamp<'a> {
+    micros: u64,
+    traceparent: &'a str,
+    span: &'a tracing::Span,
+    started: std::time::Instant,
+}
+
+/// Records one message for each receiver (see [`deliver`]). With `head`
+/// (the frame's numbered head, single Redis only) the first attempt
+/// numbers the chat too; returns its number then.
 async fn record(
     node: &Node,
     receivers: &[i64],
     message: &Outgoing<'_>,
-    micros: u64,
-    traceparent: &str,
-    span: &tracing::Span,
-    started: std::time::Instant,
-) -> Vec<Result<(), Failure>> {
-    let tail = entry_tail(
+    mut head: Option<Vec<u8>>,
+    stamp: Stamp<'_>,
+) -> (Vec<Result<(), Failure>>, Option<u64>) {
+    let Stamp {
+        micros,
+        traceparent,
+        span,
+        started,
+    } = stamp;
+    let mut tail = entry_tail(
         &message.mid,
         message.sender_id,
         micros,
         traceparent,
-        message.frame,
+        head.as_deref().unwrap_or(message.frame),
     );
+    let frame_at = tail.len() - head.as_ref().map_or(message.frame.len(), Vec::len);
+    let mut cseq = None;
+    // The frame as receivers get it (numbered once the first call numbered it).
+    let mut frame = message.frame.to_vec();
     let targets: Vec<AppendTo> = receivers
         .iter()
         .map(|&user| AppendTo {
@@ -215,6 +246,7 @@ async fn record(
     // Only the receivers whose append failed are tried again.
     let mut appended: Vec<Option<Appended>> = vec![None; targets.len()];
     let mut failing_since: Option<std::time::Instant> = None;
+    let mut merged_attempts = 0;
     loop {
         let pending: Vec<usize> = (0..targets.len())
             .filter(|&i| appended[i].is_none() && !held[i])
@@ -229,17 +261,59 @@ async fn record(
                 publish: targets[i].publish,
             })
             .collect();
-        let results = node
-            .redis
-            .append_each(
-                &attempt_targets,
-                &message.mid,
-                &tail,
-                node.config.limits.max_inbox,
-                dedup,
-            )
-            .instrument(span.clone())
-            .await;
+        let results = match head.take() {
+            Some(numbered_head) => {
+                let numbering = Numbering {
+                    conversation: message.conversation.to_string(),
+                    ttl: if message.dedup {
+                        node.config.dedup_ttl.as_secs().max(1)
+                    } else {
+                        0
+                    },
+                    sender: message.sender_id,
+                    micros,
+                    traceparent: traceparent.to_owned(),
+                };
+                let (numbered, results) = node
+                    .redis
+                    .number_and_append(
+                        &attempt_targets,
+                        &message.mid,
+                        &tail,
+                        frame_at,
+                        numbering,
+                        node.config.limits.max_inbox,
+                        dedup,
+                    )
+                    .instrument(span.clone())
+                    .await;
+                match numbered {
+                    Some(n) => {
+                        // Retries append the numbered frame.
+                        cseq = Some(n);
+                        frame = conversation::complete(&numbered_head, n);
+                        tail.truncate(frame_at);
+                        tail.extend_from_slice(&frame);
+                    }
+                    // The call failed: the next attempt numbers it again.
+                    None => head = Some(numbered_head),
+                }
+                merged_attempts += 1;
+                results
+            }
+            None => {
+                node.redis
+                    .append_each(
+                        &attempt_targets,
+                        &message.mid,
+                        &tail,
+                        node.config.limits.max_inbox,
+                        dedup,
+                    )
+                    .instrument(span.clone())
+                    .await
+            }
+        };
         let mut failed = Vec::new();
         let mut error = None;
         for (&i, result) in pending.iter().zip(results) {
@@ -262,6 +336,12 @@ async fn record(
             .await
         {
             Verdict::Retry => {}
+            // The first command after Redis restarted fails on the old
+            // connection; the next one reconnects (for a chat numbered as
+            // it is appended, as a numbering on its own is retried).
+            Verdict::Hopeless if head.is_some() && merged_attempts == 1 => {
+                tokio::time::sleep(RECONNECT_PAUSE).await;
+            }
             Verdict::Hopeless => {
                 tracing::warn!(error = %e, receivers = failed.len(), "cannot record in redis; storing with the offline service");
                 break;
@@ -272,6 +352,34 @@ async fn record(
             }
         }
     }
+    if let Some(numbered_head) = head {
+        let numbered = if merged_attempts == 0 {
+            // Nobody to append to (every receiver waits for chats stored
+            // offline): numbered on its own.
+            let message = &Outgoing {
+                frame: message.frame,
+                mid: message.mid.clone(),
+                ..*message
+            };
+            number(node, message, &numbered_head, micros, traceparent)
+                .instrument(span.clone())
+                .await
+        } else {
+            // Redis is down: the chat goes on without a number.
+            tracing::warn!(conversation = %message.conversation, "cannot number a chat; it goes out without a conversation number");
+            metrics().unnumbered.inc();
+            None
+        };
+        if let Some((n, numbered_frame)) = numbered {
+            cseq = Some(n);
+            frame = numbered_frame;
+        }
+    }
+    let message = &Outgoing {
+        frame: &frame,
+        mid: message.mid.clone(),
+        ..*message
+    };
     // Receivers Redis did not take: the offline service instead.
     let unrecorded: Vec<i64> = (0..targets.len())
         .filter(|&i| appended[i].is_none())
@@ -289,7 +397,7 @@ async fn record(
             .get_or_create(&label("route", route))
             .inc();
     };
-    targets
+    let results = targets
         .iter()
         .zip(appended)
         .map(|(to, appended)| match appended {
@@ -350,7 +458,8 @@ async fn record(
                 )),
             },
         })
-        .collect()
+        .collect();
+    (results, cseq)
 }
 
 /// Redis is down: each receiver's copy goes to the offline service, a few

@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 
 use super::{
     Redis, RedisError,
-    append::{AppendJob, Appended},
+    append::{AppendJob, Appended, Numbering},
 };
 
 /// One inbox entry, parsed.
@@ -153,6 +153,60 @@ impl Redis {
         max_inbox: usize,
         dedup: Dedup,
     ) -> Vec<Result<Appended, RedisError>> {
+        self.append_job(receivers, mid, tail, 0, None, max_inbox, dedup)
+            .await
+            .1
+    }
+
+    /// Whether [`Self::number_and_append`] may be used: on a single Redis
+    /// (on a cluster the conversation's counter is in another slot than the
+    /// inboxes; number first, [`Self::number`], then append).
+    pub fn numbers_as_it_appends(&self) -> bool {
+        !self.sharded
+    }
+
+    /// [`Self::number`] and [`Self::append_each`] in one script call: the
+    /// chat gets its number in `numbering.conversation` and each receiver's
+    /// entry the frame completed with it. `tail` is
+    /// [`entry_tail`] of the frame's numbered head
+    /// ([`crate::protocol::conversation::numbered_head`]), which starts at
+    /// `frame_at`. Returns the number (`None`: the call failed, and every
+    /// result with it) and a result per receiver. Single Redis only
+    /// ([`Self::numbers_as_it_appends`]).
+    pub async fn number_and_append(
+        &self,
+        receivers: &[AppendTo],
+        mid: &str,
+        tail: &[u8],
+        frame_at: usize,
+        numbering: Numbering,
+        max_inbox: usize,
+        dedup: Dedup,
+    ) -> (Option<u64>, Vec<Result<Appended, RedisError>>) {
+        debug_assert!(!self.sharded, "a cluster numbers apart");
+        self.append_job(
+            receivers,
+            mid,
+            tail,
+            frame_at,
+            Some(numbering),
+            max_inbox,
+            dedup,
+        )
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn append_job(
+        &self,
+        receivers: &[AppendTo],
+        mid: &str,
+        tail: &[u8],
+        frame_at: usize,
+        number: Option<Numbering>,
+        max_inbox: usize,
+        dedup: Dedup,
+    ) -> (Option<u64>, Vec<Result<Appended, RedisError>>) {
         let (reply, appended) = oneshot::channel();
         let job = AppendJob {
             receivers: receivers
@@ -176,21 +230,29 @@ impl Redis {
                 Dedup::Key(ttl) | Dedup::Retry(ttl) => ttl.as_secs().max(1),
             },
             scan: matches!(dedup, Dedup::Retry(_)),
+            number,
+            frame_at,
             reply,
         };
         let stopped = || {
-            (0..receivers.len())
-                .map(|_| Err(RedisError::new("the appender has stopped")))
-                .collect()
+            (
+                None,
+                (0..receivers.len())
+                    .map(|_| Err(RedisError::new("the appender has stopped")))
+                    .collect(),
+            )
         };
         if self.appender.send(job).is_err() {
             return stopped();
         }
         match appended.await {
-            Ok(results) => results
-                .into_iter()
-                .map(|r| r.map_err(RedisError::new))
-                .collect(),
+            Ok((cseq, results)) => (
+                cseq,
+                results
+                    .into_iter()
+                    .map(|r| r.map_err(RedisError::new))
+                    .collect(),
+            ),
             Err(_) => stopped(),
         }
     }

@@ -84,7 +84,7 @@ mod subscriber;
 mod throttle;
 mod topology;
 
-pub use append::Appended;
+pub use append::{Appended, Numbering};
 pub use bus::{BUS_BACKLOG_BYTES, BusBacklog, BusEvent, ChannelMessage};
 pub use inbox::{AppendTo, Dedup, InboxEntry, InboxPage, READ_PAGE_BYTES, entry_tail};
 pub use presence::Claim;
@@ -332,6 +332,7 @@ struct Scripts {
     read: Script,
     trim: Script,
     number: Script,
+    deliver: Script,
 }
 
 impl Redis {
@@ -433,6 +434,7 @@ impl Redis {
                 read: Script::new(inbox::READ_SCRIPT),
                 trim: Script::new(inbox::TRIM_SCRIPT),
                 number: Script::new(number::NUMBER_SCRIPT),
+                deliver: Script::new(append::DELIVER_SCRIPT),
             }),
             appender,
             numberer,
@@ -499,6 +501,7 @@ impl Redis {
                     &self.scripts.read,
                     &self.scripts.trim,
                     &self.scripts.number,
+                    &self.scripts.deliver,
                 ] {
                     pipe.load_script(script).ignore();
                 }

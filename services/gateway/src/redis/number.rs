@@ -45,13 +45,14 @@ pub fn partition(conversation: &str) -> u32 {
 
 /// KEYS per chat: counter, dedup key, stream; then the slot's epoch mark
 /// (`counter.lua`). ARGV[1]: the streams' MAXLEN,
-/// ARGV[2]: their budget in bytes (checked every 64th entry);
+/// ARGV[2]: their budget in bytes (checked at every 64th chat of a conversation);
 /// then per chat: dedup TTL in seconds ('0': none), mid, conv, sender,
 /// micros, traceparent, and the frame's head (the frame up to `"cseq":`).
 /// Returns the sequence number of each chat (a retry: the first one's).
 pub(super) const NUMBER_SCRIPT: &str = concat!(
     include_str!("scripts/counter.lua"),
-    include_str!("scripts/number.lua")
+    include_str!("scripts/number.lua"),
+    include_str!("scripts/number_each.lua")
 );
 
 /// KEYS: stream, dedup key. ARGV: the streams' MAXLEN, mid, conv, seq.
@@ -75,7 +76,7 @@ pub struct NumberJob {
 }
 
 impl Redis {
-    fn stream_key(&self, partition: u32) -> String {
+    pub(super) fn stream_key(&self, partition: u32) -> String {
         format!("{}{{h:{partition}}}", self.prefix)
     }
 

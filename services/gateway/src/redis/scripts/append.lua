@@ -1,49 +1,44 @@
-
-local n = (#KEYS - 1) / 3
-local max, maxbytes = tonumber(ARGV[1]), tonumber(ARGV[2])
-local tails = 3 + 3 * n
-local out = {}
-for i = 0, n - 1 do
-  local k, a = 3 * i, 2 + 3 * i
-  local channel, ttl = ARGV[a + 1], ARGV[a + 2]
+-- Records one entry in one receiver's inbox (prefixed, after counter.lua,
+-- to the scripts that append). KEYS of the receiver: counter, inbox, dedup
+-- key; `mark` is the slot's epoch mark. `ttl`: dedup TTL in seconds ('0':
+-- no dedup key; '-TTL': a retry, which also looks for the message id among
+-- the inbox's newest entries). `channel`: where to publish ('' = do not).
+-- `tail`: the entry after its sequence ("mid sender micros tp\nframe").
+-- Returns seq, subscribers; subscribers -1: inbox full, -2: duplicate,
+-- -3: not published, -4: inbox over its bytes.
+local function append_one(counter, inbox, dedup, mark, max, maxbytes, channel, ttl, tail)
   local scan = string.sub(ttl, 1, 1) == '-'
   if scan then ttl = string.sub(ttl, 2) end
   local prev = false
-  if ttl ~= '0' then prev = redis.call('GET', KEYS[k + 3]) end
+  if ttl ~= '0' then prev = redis.call('GET', dedup) end
   if scan and not prev then
     -- A retry whose first attempt may have landed without a dedup key.
-    local mid = string.match(ARGV[tails + tonumber(ARGV[a + 3])], '^(%S+) ')
-    for _, e in ipairs(redis.call('LRANGE', KEYS[k + 2], -64, -1)) do
+    local mid = string.match(tail, '^(%S+) ')
+    for _, e in ipairs(redis.call('LRANGE', inbox, -64, -1)) do
       local s, m = string.match(e, '^(%d+) (%S+) ')
       if m == mid then prev = s end
     end
   end
-  local seq, subscribers
-  if prev then
-    seq, subscribers = tonumber(prev), -2
-  else
-    seq = next_number(KEYS[k + 1], KEYS[#KEYS])
-    local s = string.format('%d', seq)
-    local entry = s .. ' ' .. ARGV[tails + tonumber(ARGV[a + 3])]
-    -- Bytes are measured only for a backlog (an inbox being read stays
-    -- short): MEMORY USAGE walks the list's nodes.
-    if redis.call('LLEN', KEYS[k + 2]) >= 32
-      and redis.call('MEMORY', 'USAGE', KEYS[k + 2], 'SAMPLES', '0') + #entry > maxbytes then
-      redis.call('DECR', KEYS[k + 1])
-      seq, subscribers = 0, -4
-    elseif redis.call('RPUSH', KEYS[k + 2], entry) > max then
-      -- Over the limit: take it back, and the number (numbers jump only
-      -- between epochs).
-      redis.call('RPOP', KEYS[k + 2])
-      redis.call('DECR', KEYS[k + 1])
-      seq, subscribers = 0, -1
-    else
-      if ttl ~= '0' then redis.call('SET', KEYS[k + 3], s, 'EX', ttl) end
-      subscribers = -3
-      if channel ~= '' then subscribers = redis.call('SPUBLISH', channel, entry) end
-    end
+  if prev then return tonumber(prev), -2 end
+  local seq = next_number(counter, mark)
+  local s = string.format('%d', seq)
+  local entry = s .. ' ' .. tail
+  local len = redis.call('RPUSH', inbox, entry)
+  -- Over the limit: take it back, and the number (numbers jump only
+  -- between epochs). Bytes are measured only for a backlog (an inbox
+  -- being read stays short): MEMORY USAGE walks the list's nodes.
+  local refused = false
+  if len > max then
+    refused = -1
+  elseif len > 32 and redis.call('MEMORY', 'USAGE', inbox, 'SAMPLES', '0') > maxbytes then
+    refused = -4
   end
-  out[#out + 1] = seq
-  out[#out + 1] = subscribers
+  if refused then
+    redis.call('RPOP', inbox)
+    redis.call('DECR', counter)
+    return 0, refused
+  end
+  if ttl ~= '0' then redis.call('SET', dedup, s, 'EX', ttl) end
+  if channel == '' then return seq, -3 end
+  return seq, redis.call('SPUBLISH', channel, entry)
 end
-return out

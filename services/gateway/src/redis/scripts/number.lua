@@ -1,31 +1,28 @@
-
-local out = {}
-for i = 0, (#KEYS - 1) / 3 - 1 do
-  local k, a = 3 * i, 2 + 7 * i
-  local ttl = ARGV[a + 1]
+-- Numbers one chat in its conversation and appends it to the history
+-- stream (prefixed, after counter.lua, to the scripts that number). KEYS of
+-- the chat: the conversation's counter, the dedup key, the stream; `mark`
+-- is the slot's epoch mark. `ttl`: dedup TTL in seconds ('0': none).
+-- `head`: the frame up to its "cseq":. Returns the chat's number (a retry:
+-- the first one's).
+local function number_chat(counter, dedup, stream, mark, maxlen, maxbytes, ttl, mid, conv, from, at, tp, head)
   local prev = false
-  if ttl ~= '0' then prev = redis.call('GET', KEYS[k + 2]) end
-  if prev then
-    out[i + 1] = tonumber(prev)
-  else
-    local seq = next_number(KEYS[k + 1], KEYS[#KEYS])
-    local s = string.format('%d', seq)
-    if ttl ~= '0' then redis.call('SET', KEYS[k + 2], s, 'EX', ttl) end
-    redis.call('XADD', KEYS[k + 3], 'MAXLEN', '~', ARGV[1], '*',
-      'op', 'm', 'mid', ARGV[a + 2], 'conv', ARGV[a + 3], 'seq', s,
-      'from', ARGV[a + 4], 'at', ARGV[a + 5], 'tp', ARGV[a + 6],
-      'frame', ARGV[a + 7] .. s .. '}')
-    -- Bytes too: now and then, a stream over its budget loses its oldest
-    -- entries (the history service has read them, unless it is down).
-    local len = redis.call('XLEN', KEYS[k + 3])
-    if len % 64 == 0 then
-      local bytes = redis.call('MEMORY', 'USAGE', KEYS[k + 3])
-      if bytes > tonumber(ARGV[2]) then
-        redis.call('XTRIM', KEYS[k + 3], 'MAXLEN',
-          math.floor(len * tonumber(ARGV[2]) / bytes * 0.9))
-      end
+  if ttl ~= '0' then prev = redis.call('GET', dedup) end
+  if prev then return tonumber(prev) end
+  local seq = next_number(counter, mark)
+  local s = string.format('%d', seq)
+  if ttl ~= '0' then redis.call('SET', dedup, s, 'EX', ttl) end
+  redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*',
+    'op', 'm', 'mid', mid, 'conv', conv, 'seq', s,
+    'from', from, 'at', at, 'tp', tp, 'frame', head .. s .. '}')
+  -- Bytes too: now and then (every 64th chat of a conversation), a stream
+  -- over its budget loses its oldest entries (the history service has read
+  -- them, unless it is down).
+  if seq % 64 == 0 then
+    local len = redis.call('XLEN', stream)
+    local bytes = redis.call('MEMORY', 'USAGE', stream)
+    if bytes > tonumber(maxbytes) then
+      redis.call('XTRIM', stream, 'MAXLEN', math.floor(len * tonumber(maxbytes) / bytes * 0.9))
     end
-    out[i + 1] = seq
   end
+  return seq
 end
-return out
