@@ -677,6 +677,7 @@ async fn a_single_redis_numbers_a_chat_in_the_call_that_appends_it() {
         sender: 11,
         micros: 42,
         traceparent: String::new(),
+        head_at: frame_at,
     };
     let to = [12, 13].map(|user| AppendTo {
         user,
@@ -684,7 +685,7 @@ async fn a_single_redis_numbers_a_chat_in_the_call_that_appends_it() {
     });
     let dedup = Dedup::Key(Duration::from_secs(60));
     let (cseq, results) = cluster
-        .number_and_append(&to, "n1", &tail, frame_at, numbering.clone(), 100, dedup)
+        .number_and_append(&to, "n1", &tail, numbering.clone(), 100, dedup)
         .await;
     let cseq = cseq.expect("numbered");
     assert!(
@@ -695,8 +696,14 @@ async fn a_single_redis_numbers_a_chat_in_the_call_that_appends_it() {
     );
     // The receivers' entries carry the frame with its number.
     let numbered = String::from_utf8(conversation::complete(&head, cseq)).expect("utf8");
-    assert_eq!(texts_after(&cluster, 12, 0).await, [numbered.clone()]);
-    assert_eq!(texts_after(&cluster, 13, 0).await, [numbered.clone()]);
+    assert_eq!(
+        texts_after(&cluster, 12, 0).await,
+        std::slice::from_ref(&numbered)
+    );
+    assert_eq!(
+        texts_after(&cluster, 13, 0).await,
+        std::slice::from_ref(&numbered)
+    );
     // So does history's entry.
     let key = format!("{prefix}{{h:{}}}", partition(&conv.to_string()));
     let entries = stream_entries(&key).await;
@@ -705,7 +712,7 @@ async fn a_single_redis_numbers_a_chat_in_the_call_that_appends_it() {
     assert_eq!(entries[0]["frame"], numbered);
     // A retry (same client id): the same number, recorded once everywhere.
     let (again, results) = cluster
-        .number_and_append(&to, "n1", &tail, frame_at, numbering.clone(), 100, dedup)
+        .number_and_append(&to, "n1", &tail, numbering.clone(), 100, dedup)
         .await;
     assert_eq!(again, Some(cseq));
     assert!(
@@ -719,7 +726,7 @@ async fn a_single_redis_numbers_a_chat_in_the_call_that_appends_it() {
     // The next chat of the conversation is the next number; a plain append
     // in the same batch is not numbered.
     let (next, _) = cluster
-        .number_and_append(&to[..1], "n2", &tail, frame_at, numbering, 100, Dedup::None)
+        .number_and_append(&to[..1], "n2", &tail, numbering, 100, Dedup::None)
         .await;
     assert_eq!(next, Some(cseq + 1));
     assert!(matches!(

@@ -273,6 +273,7 @@ async fn record(
                     sender: message.sender_id,
                     micros,
                     traceparent: traceparent.to_owned(),
+                    head_at: frame_at,
                 };
                 let (numbered, results) = node
                     .redis
@@ -280,7 +281,6 @@ async fn record(
                         &attempt_targets,
                         &message.mid,
                         &tail,
-                        frame_at,
                         numbering,
                         node.config.limits.max_inbox,
                         dedup,

@@ -85,9 +85,11 @@ pub(super) struct AppendJob {
     pub(super) number: Option<Numbering>,
     /// Where the frame starts in `tail`.
     pub(super) frame_at: usize,
-    /// The chat's number when it was numbered, and one result per receiver.
-    pub(super) reply: oneshot::Sender<(Option<u64>, Vec<Result<Appended, String>>)>,
+    pub(super) reply: oneshot::Sender<JobReply>,
 }
+
+/// The chat's number when it was numbered, and one result per receiver.
+pub(super) type JobReply = (Option<u64>, Vec<Result<Appended, String>>);
 
 /// A chat to number in its conversation as it is appended
 /// ([`Redis::number_and_append`](super::Redis::number_and_append)).
@@ -99,6 +101,8 @@ pub struct Numbering {
     pub sender: i64,
     pub micros: u64,
     pub traceparent: String,
+    /// Where the frame's numbered head starts in the entry's tail.
+    pub head_at: usize,
 }
 
 fn appended(seq: i64, subscribers: i64) -> Appended {

@@ -153,7 +153,7 @@ impl Redis {
         max_inbox: usize,
         dedup: Dedup,
     ) -> Vec<Result<Appended, RedisError>> {
-        self.append_job(receivers, mid, tail, 0, None, max_inbox, dedup)
+        self.append_job(receivers, mid, tail, None, max_inbox, dedup)
             .await
             .1
     }
@@ -170,7 +170,7 @@ impl Redis {
     /// entry the frame completed with it. `tail` is
     /// [`entry_tail`] of the frame's numbered head
     /// ([`crate::protocol::conversation::numbered_head`]), which starts at
-    /// `frame_at`. Returns the number (`None`: the call failed, and every
+    /// `numbering.head_at`. Returns the number (`None`: the call failed, and every
     /// result with it) and a result per receiver. Single Redis only
     /// ([`Self::numbers_as_it_appends`]).
     pub async fn number_and_append(
@@ -178,31 +178,20 @@ impl Redis {
         receivers: &[AppendTo],
         mid: &str,
         tail: &[u8],
-        frame_at: usize,
         numbering: Numbering,
         max_inbox: usize,
         dedup: Dedup,
     ) -> (Option<u64>, Vec<Result<Appended, RedisError>>) {
         debug_assert!(!self.sharded, "a cluster numbers apart");
-        self.append_job(
-            receivers,
-            mid,
-            tail,
-            frame_at,
-            Some(numbering),
-            max_inbox,
-            dedup,
-        )
-        .await
+        self.append_job(receivers, mid, tail, Some(numbering), max_inbox, dedup)
+            .await
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn append_job(
         &self,
         receivers: &[AppendTo],
         mid: &str,
         tail: &[u8],
-        frame_at: usize,
         number: Option<Numbering>,
         max_inbox: usize,
         dedup: Dedup,
@@ -230,8 +219,8 @@ impl Redis {
                 Dedup::Key(ttl) | Dedup::Retry(ttl) => ttl.as_secs().max(1),
             },
             scan: matches!(dedup, Dedup::Retry(_)),
+            frame_at: number.as_ref().map_or(0, |n| n.head_at),
             number,
-            frame_at,
             reply,
         };
         let stopped = || {
