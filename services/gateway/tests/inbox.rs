@@ -502,6 +502,40 @@ async fn device_sessions_are_capped_and_a_refresh_keeps_its_place() {
     );
 }
 
+#[tokio::test]
+async fn one_refresh_renews_many_sessions_and_answers_each() {
+    let cluster = cluster().await;
+    let limits = (Duration::from_secs(30), 16);
+    // More sessions than one script call takes (256), over many slots.
+    let mut claims: Vec<(i64, String, bool)> = (1000..1600)
+        .map(|user| (user, format!("gw/{user}"), true))
+        .collect();
+    // Taken by a classic session elsewhere meanwhile: refused.
+    cluster
+        .claim_presence(2000, "gw/other", false, limits)
+        .await
+        .expect("claim");
+    claims.push((2000, "gw/mine".to_owned(), true));
+    // A device beside another device: held, with one other.
+    cluster
+        .claim_presence(2001, "gw/phone", true, limits)
+        .await
+        .expect("claim");
+    claims.push((2001, "gw/laptop".to_owned(), true));
+    let refreshed = cluster.refresh_presence(&claims, limits).await;
+    assert_eq!(refreshed.len(), claims.len());
+    assert!(
+        refreshed[..600]
+            .iter()
+            .all(|r| *r == Some(Claim::Held { others: 0 })),
+        "every session re-created and held"
+    );
+    assert_eq!(refreshed[600], Some(Claim::Refused));
+    assert_eq!(refreshed[601], Some(Claim::Held { others: 1 }));
+    let users: Vec<i64> = (1000..1600).collect();
+    assert!(cluster.online(&users).await.expect("online").iter().all(|o| *o));
+}
+
 fn number_job(conv: &Conversation, mid: &str, ttl: u64, text: &str) -> NumberJob {
     let frame = format!(r#"{{"id":1,"msg":"{text}","msgid":6,"toid":2}}"#);
     NumberJob {

@@ -333,6 +333,7 @@ struct Scripts {
     trim: Script,
     number: Script,
     deliver: Script,
+    claim_each: Script,
 }
 
 impl Redis {
@@ -435,6 +436,7 @@ impl Redis {
                 trim: Script::new(inbox::TRIM_SCRIPT),
                 number: Script::new(number::NUMBER_SCRIPT),
                 deliver: Script::new(append::DELIVER_SCRIPT),
+                claim_each: Script::new(presence::CLAIM_EACH_SCRIPT),
             }),
             appender,
             numberer,
@@ -502,6 +504,7 @@ impl Redis {
                     &self.scripts.trim,
                     &self.scripts.number,
                     &self.scripts.deliver,
+                    &self.scripts.claim_each,
                 ] {
                     pipe.load_script(script).ignore();
                 }

@@ -20,7 +20,21 @@ use super::{Grouped, Redis, RedisError};
 /// ones; 0 when the user is held by a session it may not share with, -1
 /// when a new field would pass the most (then nothing changes), else 1 +
 /// how many other sessions hold the user.
-const CLAIM_SCRIPT: &str = include_str!("scripts/claim.lua");
+const CLAIM_SCRIPT: &str = concat!(
+    include_str!("scripts/claim.lua"),
+    include_str!("scripts/claim_one.lua")
+);
+
+/// The same for many sessions in one call (a node's refresh): KEYS: their
+/// presence hashes; ARGV: TTL in ms, the most sessions, then owner and kind
+/// per key. Returns CLAIM's answer per key.
+pub(super) const CLAIM_EACH_SCRIPT: &str = concat!(
+    include_str!("scripts/claim.lua"),
+    include_str!("scripts/claim_each.lua")
+);
+
+/// Sessions refreshed in one script call: Redis runs nothing else meanwhile.
+const CLAIMS_PER_CALL: usize = 256;
 
 /// KEYS: presence. ARGV: owner. Drops the owner's field (the key with the last).
 const RELEASE_SCRIPT: &str = include_str!("scripts/release.lua");
@@ -79,20 +93,24 @@ impl Redis {
         claims: &[(i64, String, bool)],
         (ttl, max_devices): (Duration, u32),
     ) -> Vec<Option<Claim>> {
-        let replies: Vec<Grouped<i64>> = self
+        // One call per slot group (on a single Redis: per 256 sessions), not
+        // one per session: a script call costs Redis far more than the few
+        // commands of a claim.
+        let replies: Vec<Grouped<Vec<i64>>> = self
             .run_grouped_each(claims.iter().map(|c| c.0), |pipe, group| {
-                for &i in group {
-                    let (user, owner, device) = &claims[i];
-                    // EVALSHA would fail with NOSCRIPT after a Redis restart;
-                    // claims are refreshed seconds apart, so plain EVAL is fine.
-                    pipe.cmd("EVAL")
-                        .arg(CLAIM_SCRIPT)
-                        .arg(1)
-                        .arg(self.presence_key(*user))
-                        .arg(owner)
-                        .arg(presence_kind(*device))
-                        .arg(ttl_millis(ttl))
-                        .arg(max_devices);
+                for chunk in group.chunks(CLAIMS_PER_CALL) {
+                    let cmd = pipe
+                        .cmd("EVALSHA")
+                        .arg(self.scripts.claim_each.get_hash())
+                        .arg(chunk.len());
+                    for &i in chunk {
+                        cmd.arg(self.presence_key(claims[i].0));
+                    }
+                    cmd.arg(ttl_millis(ttl)).arg(max_devices);
+                    for &i in chunk {
+                        let (_, owner, device) = &claims[i];
+                        cmd.arg(owner).arg(presence_kind(*device));
+                    }
                 }
             })
             .await;
@@ -100,6 +118,7 @@ impl Redis {
         for (group, replies) in replies {
             match replies {
                 Ok(replies) => {
+                    let replies = replies.into_iter().flatten();
                     for (i, reply) in group.into_iter().zip(replies) {
                         held[i] = Some(Claim::from_reply(reply));
                     }

@@ -1,22 +1,31 @@
-
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local fields = redis.call('HGETALL', KEYS[1])
-local others = 0
-local mine = false
-for i = 1, #fields, 2 do
-  local kind, expiry = string.match(fields[i + 1], '^(%a):(%d+)$')
-  if not expiry or tonumber(expiry) <= now then
-    redis.call('HDEL', KEYS[1], fields[i])
-  elseif fields[i] ~= ARGV[1] then
-    if kind == 'c' or ARGV[2] == 'c' then return 0 end
-    others = others + 1
-  else
-    mine = true
+-- Claims (or refreshes) one session's place in a user's presence hash
+-- (prefixed to the scripts that claim). `key`: the presence hash; `owner`:
+-- the session (`node/connection`); `kind`: 'c' classic (holds the user
+-- alone) or 'd' device; `ttl` in ms; `max`: the most sessions a user may
+-- hold; `now`: Redis's clock in ms. Drops expired fields. Returns 0 when a
+-- session it may not share with holds the user, -1 when a new field would
+-- pass `max` (nothing changes), else 1 + how many other sessions hold it.
+local function claim_one(key, owner, kind, ttl, max, now)
+  local fields = redis.call('HGETALL', key)
+  local others = 0
+  local mine = false
+  for i = 1, #fields, 2 do
+    local held, expiry = string.match(fields[i + 1], '^(%a):(%d+)$')
+    if not expiry or tonumber(expiry) <= now then
+      redis.call('HDEL', key, fields[i])
+    elseif fields[i] ~= owner then
+      if held == 'c' or kind == 'c' then return 0 end
+      others = others + 1
+    else
+      mine = true
+    end
   end
+  if not mine and others >= max then return -1 end
+  redis.call('HSET', key, owner, kind .. ':' .. string.format('%d', now + ttl))
+  if redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, ttl) end
+  return 1 + others
 end
-if not mine and others >= tonumber(ARGV[4]) then return -1 end
-local ttl = tonumber(ARGV[3])
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ':' .. string.format('%d', now + ttl))
-if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
-return 1 + others
+local function clock_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
