@@ -533,7 +533,14 @@ async fn one_refresh_renews_many_sessions_and_answers_each() {
     assert_eq!(refreshed[600], Some(Claim::Refused));
     assert_eq!(refreshed[601], Some(Claim::Held { others: 1 }));
     let users: Vec<i64> = (1000..1600).collect();
-    assert!(cluster.online(&users).await.expect("online").iter().all(|o| *o));
+    assert!(
+        cluster
+            .online(&users)
+            .await
+            .expect("online")
+            .iter()
+            .all(|o| *o)
+    );
 }
 
 fn number_job(conv: &Conversation, mid: &str, ttl: u64, text: &str) -> NumberJob {
