@@ -23,7 +23,7 @@ pub(crate) fn markdown(report: &Value, args: &Args) -> String {
         out.push_str(&format!("**{}**\n\n", args.label));
     }
     out.push_str(
-        "| scenario | delivered/s | p50 ms | p90 ms | p99 ms | max ms | sent | lost |\n|---|---|---|---|---|---|---|---|\n",
+        "| scenario | delivered/s | p50 ms | p90 ms | p99 ms | max ms | sent | not delivered within 180 s |\n|---|---|---|---|---|---|---|---|\n",
     );
     for (label, result) in [
         (
@@ -133,6 +133,7 @@ pub(crate) fn markdown(report: &Value, args: &Args) -> String {
             )),
         }
     }
+    out.push_str(&summary_markdown(report, args));
     if let Some(history) = report.get("history") {
         out.push_str(&history_markdown(history));
     }
@@ -339,6 +340,74 @@ fn cpu_markdown(cpu: &Value) -> String {
     out
 }
 
+/// One row of what a chat cost in this run, at the offered rate and at
+/// saturation: throughput, its share of the raw Redis ceiling, latency, CPU
+/// per message of each part of the stack (summed over a group's processes:
+/// every gateway, every Redis of a cluster) and the script calls and WAITs
+/// per message. The tables below have the detail.
+fn summary_markdown(report: &Value, args: &Args) -> String {
+    let cpu = &report["cpu"];
+    let (fixed, saturated) = (&cpu["one_to_one_fixed_rate"], &cpu["one_to_one_saturation"]);
+    if fixed.is_null() || saturated.is_null() {
+        return String::new();
+    }
+    let both = |group: &str| {
+        format!(
+            "{} / {}",
+            micros_per_message(&fixed["groups"][group]["cpu_seconds_per_unit"]),
+            micros_per_message(&saturated["groups"][group]["cpu_seconds_per_unit"])
+        )
+    };
+    let calls = |run: &Value, commands: &[&str]| {
+        run["redis_calls"].as_array().map_or_else(
+            || "-".to_owned(),
+            |rows| {
+                let sum: f64 = rows
+                    .iter()
+                    .filter(|r| commands.iter().any(|c| r["command"] == *c))
+                    .filter_map(|r| r["per_message"].as_f64())
+                    .sum();
+                // An empty sum is -0.0: a command never called shows 0.
+                let sum = if sum == 0.0 { 0.0 } else { sum };
+                format!("{sum:.3}")
+            },
+        )
+    };
+    let per_message = |commands: &[&str]| {
+        format!(
+            "{} / {}",
+            calls(fixed, commands),
+            calls(saturated, commands)
+        )
+    };
+    let ms = |v: &Value| {
+        v.as_f64()
+            .map_or_else(|| "-".to_owned(), |f| format!("{f:.2}"))
+    };
+    let latency = &report["one_to_one_fixed_rate"]["result"]["latency"];
+    let share = report["redis_ceiling"]["cross_node_ratio"]
+        .as_f64()
+        .map_or_else(|| "-".to_owned(), |r| format!("{:.1} %", r * 100.0));
+    format!(
+        "\nCost per message (offered {rate}/s / saturation; CPU summed over each part's processes):\n\n\
+         | saturation msg/s | share of the raw Redis ceiling | p50 / p99 at {rate}/s, ms | gateways µs | Redis µs | history service µs | MariaDB µs | script calls | WAIT |\n\
+         |---|---|---|---|---|---|---|---|---|\n\
+         | {} | {share} | {} / {} | {} | {} | {} | {} | {} | {} |\n",
+        report["one_to_one_saturation"]["delivered_per_sec"]
+            .as_f64()
+            .map_or_else(|| "-".to_owned(), |f| format!("{f:.0}")),
+        ms(&latency["p50_ms"]),
+        ms(&latency["p99_ms"]),
+        both("gateway"),
+        both("redis"),
+        both("history-service"),
+        both("mariadb"),
+        per_message(&["evalsha", "eval"]),
+        per_message(&["wait"]),
+        rate = args.rate,
+    )
+}
+
 /// CPU seconds per 100k messages as microseconds per message.
 fn micros_per_message(per_100k: &Value) -> String {
     per_100k
@@ -381,4 +450,47 @@ fn redis_calls_markdown(fixed: &Value, saturated: &Value) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn the_summary_row_sums_each_part_and_counts_script_calls() {
+        let args = Args::try_parse_from(["chat-bench", "--rate", "5000"]).expect("args");
+        let run = |gateway: f64, calls: f64| {
+            json!({
+                "groups": {
+                    "gateway": {"cpu_seconds_per_unit": gateway, "processes": 2},
+                    "redis": {"cpu_seconds_per_unit": 2.5, "processes": 1},
+                    "history-service": {"cpu_seconds_per_unit": 1.0, "processes": 1},
+                    "mariadb": {"cpu_seconds_per_unit": 0.5, "processes": 1},
+                },
+                "redis_calls": [
+                    {"command": "evalsha", "per_message": calls},
+                    {"command": "eval", "per_message": 0.01},
+                    {"command": "incr", "per_message": 2.0},
+                ],
+            })
+        };
+        let report = json!({
+            "one_to_one_fixed_rate": {"result": {"latency": {"p50_ms": 2.431, "p99_ms": 6.2}}},
+            "one_to_one_saturation": {"delivered_per_sec": 22445.4},
+            "redis_ceiling": {"cross_node_ratio": 0.066},
+            "cpu": {"one_to_one_fixed_rate": run(5.73, 0.114), "one_to_one_saturation": run(3.15, 0.079)},
+        });
+        let summary = summary_markdown(&report, &args);
+        assert!(
+            summary.contains(
+                "| 22445 | 6.6 % | 2.43 / 6.20 | 57.3 / 31.5 | 25.0 / 25.0 | 10.0 / 10.0 | 5.0 / 5.0 | 0.124 / 0.089 | 0.000 / 0.000 |"
+            ),
+            "{summary}"
+        );
+        // Without CPU figures there is nothing to sum up.
+        assert!(summary_markdown(&json!({}), &args).is_empty());
+    }
 }
