@@ -13,7 +13,9 @@ use futures::StreamExt as _;
 use redis::{Value, cluster_routing::SingleNodeRoutingInfo};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Commands, REPLICA_WAIT, Redis, RedisError, presence::ttl_millis, slot};
+use super::{
+    Commands, REPLICA_WAIT, Redis, RedisError, deliver::Numbering, presence::ttl_millis, slot,
+};
 
 /// What [`Redis::append`](super::Redis::append) did for one receiver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,28 +49,6 @@ pub(super) const APPEND_SCRIPT: &str = concat!(
     include_str!("scripts/append_each.lua")
 );
 
-/// A single Redis's batch in one call: each chat numbered in its
-/// conversation (as [`NUMBER_SCRIPT`](super::number::NUMBER_SCRIPT) does)
-/// and appended to its receivers' inboxes (as [`APPEND_SCRIPT`] does) with
-/// the frame that carries its number. Half the script calls of numbering
-/// and appending apart, and one round trip instead of two; a cluster cannot
-/// (a conversation's counter and its receivers' inboxes are in other slots).
-/// KEYS: per chat, when it is numbered, its counter, dedup key and stream;
-/// then per receiver counter, inbox, dedup key; last the epoch mark.
-/// ARGV[1..4]: inbox limit, inbox bytes, the streams' MAXLEN and bytes;
-/// then per chat: its receivers, the numbering's dedup TTL ('-': not
-/// numbered), the append's dedup TTL (as APPEND's), mid, conv, sender,
-/// micros, traceparent, the entry's head ("mid sender micros tp\n") and the
-/// frame (numbered: up to its `"cseq":`); then each receiver's channel.
-/// Returns per chat its number (0: not numbered), then {seq, subscribers}
-/// per receiver.
-pub(super) const DELIVER_SCRIPT: &str = concat!(
-    include_str!("scripts/counter.lua"),
-    include_str!("scripts/number.lua"),
-    include_str!("scripts/append.lua"),
-    include_str!("scripts/deliver_each.lua")
-);
-
 /// One [`Redis::append_each`] call, for the appender.
 pub(super) struct AppendJob {
     /// (user, channel to publish on or '').
@@ -91,21 +71,7 @@ pub(super) struct AppendJob {
 /// The chat's number when it was numbered, and one result per receiver.
 pub(super) type JobReply = (Option<u64>, Vec<Result<Appended, String>>);
 
-/// A chat to number in its conversation as it is appended
-/// ([`Redis::number_and_append`](super::Redis::number_and_append)).
-#[derive(Debug, Clone)]
-pub struct Numbering {
-    pub conversation: String,
-    /// Dedup TTL in seconds (0: the chat has no client id).
-    pub ttl: u64,
-    pub sender: i64,
-    pub micros: u64,
-    pub traceparent: String,
-    /// Where the frame's numbered head starts in the entry's tail.
-    pub head_at: usize,
-}
-
-fn appended(seq: i64, subscribers: i64) -> Appended {
+pub(super) fn appended(seq: i64, subscribers: i64) -> Appended {
     let seq = u64::try_from(seq).unwrap_or(0);
     match subscribers {
         -1 => Appended::InboxFull,
@@ -202,124 +168,30 @@ impl Redis {
         }
     }
 
-    /// A single Redis's batch: one call of [`DELIVER_SCRIPT`] numbers and
-    /// appends every chat of it.
-    async fn deliver_batch(&self, batch: Vec<AppendJob>) {
-        let max_inbox = batch.iter().map(|j| j.max_inbox).max().unwrap_or(1);
-        let reply: Result<Vec<Value>, RedisError> = self
-            .run_scripts(|pipe| self.deliver_invocation(pipe, &batch, max_inbox))
-            .await;
-        let flat: Result<Vec<i64>, String> = reply
-            .and_then(|values| {
-                redis::from_redis_value(values.into_iter().next().unwrap_or(Value::Nil))
-                    .map_err(|e| RedisError::new(e.to_string()))
-            })
-            .map_err(|e| e.to_string());
-        let mut flat = match flat {
-            Ok(flat) => flat.into_iter(),
-            Err(e) => {
-                for job in batch {
-                    let failed = job.receivers.iter().map(|_| Err(e.clone())).collect();
-                    let _ = job.reply.send((None, failed));
-                }
-                return;
-            }
-        };
-        for job in batch {
-            let cseq = flat
-                .next()
-                .and_then(|n| u64::try_from(n).ok())
-                .filter(|&n| n > 0);
-            let results = job
-                .receivers
-                .iter()
-                .map(|_| match (flat.next(), flat.next()) {
-                    (Some(seq), Some(subscribers)) => Ok(appended(seq, subscribers)),
-                    _ => Err("redis answered fewer appends than asked".to_owned()),
-                })
-                .collect();
-            let _ = job
-                .reply
-                .send((cseq.filter(|_| job.number.is_some()), results));
-        }
-    }
-
-    /// Adds the one DELIVER invocation of a single Redis's batch.
-    fn deliver_invocation(
+    /// A receiver's three keys in an append: counter, inbox, dedup key.
+    pub(super) fn inbox_keys(
         &self,
-        pipe: &mut redis::Pipeline,
-        batch: &[AppendJob],
-        max_inbox: usize,
+        cmd: &mut redis::Pipeline,
+        key: &mut String,
+        user: i64,
+        job: &AppendJob,
     ) {
-        let keys: usize = batch
-            .iter()
-            .map(|j| 3 * j.receivers.len() + if j.number.is_some() { 3 } else { 0 })
-            .sum();
-        let cmd = pipe
-            .cmd("EVALSHA")
-            .arg(self.scripts.deliver.get_hash())
-            .arg(keys + 1);
-        let mut key = String::with_capacity(self.prefix.len() + 80);
-        for job in batch {
-            if let Some(number) = &job.number {
-                let stream = self.stream_key(super::number::partition(&number.conversation));
-                key.clear();
-                let _ = write!(key, "{stream}:c:{}", number.conversation);
-                cmd.arg(key.as_str());
-                key.clear();
-                let _ = write!(key, "{stream}:m:{}", job.mid);
-                cmd.arg(key.as_str());
-                cmd.arg(stream);
-            }
-            for (user, _) in &job.receivers {
-                key.clear();
-                let _ = write!(key, "{}{{u:{user}}}:", self.prefix);
-                let tag = key.len();
-                key.push('n');
-                cmd.arg(key.as_str());
-                key.truncate(tag);
-                key.push_str("in");
-                cmd.arg(key.as_str());
-                // Without dedup the third key is never touched.
-                if job.ttl != 0 {
-                    key.truncate(tag);
-                    key.push_str("m:");
-                    key.push_str(&job.mid);
-                }
-                cmd.arg(key.as_str());
-            }
+        // `{prefix}{u:ID}:` once, then each suffix in turn.
+        key.clear();
+        let _ = write!(key, "{}{{u:{user}}}:", self.prefix);
+        let tag = key.len();
+        key.push('n');
+        cmd.arg(key.as_str());
+        key.truncate(tag);
+        key.push_str("in");
+        cmd.arg(key.as_str());
+        // Without dedup the third key is never touched.
+        if job.ttl != 0 {
+            key.truncate(tag);
+            key.push_str("m:");
+            key.push_str(&job.mid);
         }
-        cmd.arg(self.epoch_mark_key(0));
-        cmd.arg(max_inbox)
-            .arg(self.budgets.inbox_bytes())
-            .arg(super::number::STREAM_MAX_LEN)
-            .arg(self.budgets.stream_bytes());
-        for job in batch {
-            cmd.arg(job.receivers.len());
-            match &job.number {
-                Some(number) => cmd.arg(number.ttl),
-                None => cmd.arg("-"),
-            };
-            if job.scan {
-                cmd.arg(format!("-{}", job.ttl));
-            } else {
-                cmd.arg(job.ttl);
-            }
-            match &job.number {
-                Some(number) => cmd
-                    .arg(&job.mid)
-                    .arg(&number.conversation)
-                    .arg(number.sender)
-                    .arg(number.micros)
-                    .arg(&number.traceparent),
-                None => cmd.arg("").arg("").arg("").arg("").arg(""),
-            };
-            cmd.arg(&job.tail[..job.frame_at])
-                .arg(&job.tail[job.frame_at..]);
-            for (_, channel) in &job.receivers {
-                cmd.arg(channel.as_str());
-            }
-        }
+        cmd.arg(key.as_str());
     }
 
     /// Adds one APPEND invocation for the receivers of `group` (one slot).
@@ -335,23 +207,7 @@ impl Redis {
         let mut key = String::with_capacity(self.prefix.len() + 64);
         for &i in group {
             let (j, user, _) = work.receivers[i];
-            let job = &work.batch[j];
-            // `{prefix}{u:ID}:` once, then each suffix in turn.
-            key.clear();
-            let _ = write!(key, "{}{{u:{user}}}:", self.prefix);
-            let tag = key.len();
-            key.push('n');
-            cmd.arg(key.as_str());
-            key.truncate(tag);
-            key.push_str("in");
-            cmd.arg(key.as_str());
-            // Without dedup the third key is never touched.
-            if job.ttl != 0 {
-                key.truncate(tag);
-                key.push_str("m:");
-                key.push_str(&job.mid);
-            }
-            cmd.arg(key.as_str());
+            self.inbox_keys(cmd, &mut key, user, &work.batch[j]);
         }
         // The group is one slot: the first receiver's.
         cmd.arg(self.epoch_mark_key(slot::of_user(work.receivers[group[0]].1)));

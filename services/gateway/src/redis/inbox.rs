@@ -13,7 +13,8 @@ use tokio::sync::oneshot;
 
 use super::{
     Redis, RedisError,
-    append::{AppendJob, Appended, Numbering},
+    append::{AppendJob, Appended},
+    deliver::Numbering,
 };
 
 /// One inbox entry, parsed.

@@ -48,7 +48,10 @@
 //!   [`RedisTarget`], the command connection, key names, and running
 //!   scripts and pipelines grouped by slot (with NOSCRIPT recovery);
 //! - `inbox.rs`: the entry format, appending, reading and trimming inboxes;
-//! - `append.rs`: the appender, which batches concurrent appends;
+//! - `append.rs`: the appender, which batches concurrent appends (on a
+//!   cluster one APPEND call per slot);
+//! - `deliver.rs`: on a single Redis, the appender's batch numbered and
+//!   appended in one DELIVER call;
 //! - `presence.rs`: claiming, refreshing and releasing users, who is online;
 //! - `bus.rs`: what users' channels carry, publishing, (un)subscribing;
 //! - `subscriber.rs`: the subscriber connections (`resp.rs`: their RESP);
@@ -75,6 +78,7 @@ use tokio::sync::{mpsc, watch};
 
 mod append;
 mod bus;
+mod deliver;
 mod inbox;
 pub mod number;
 mod presence;
@@ -84,8 +88,9 @@ mod subscriber;
 mod throttle;
 mod topology;
 
-pub use append::{Appended, Numbering};
+pub use append::Appended;
 pub use bus::{BUS_BACKLOG_BYTES, BusBacklog, BusEvent, ChannelMessage};
+pub use deliver::Numbering;
 pub use inbox::{AppendTo, Dedup, InboxEntry, InboxPage, READ_PAGE_BYTES, entry_tail};
 pub use presence::Claim;
 
@@ -435,7 +440,7 @@ impl Redis {
                 read: Script::new(inbox::READ_SCRIPT),
                 trim: Script::new(inbox::TRIM_SCRIPT),
                 number: Script::new(number::NUMBER_SCRIPT),
-                deliver: Script::new(append::DELIVER_SCRIPT),
+                deliver: Script::new(deliver::DELIVER_SCRIPT),
                 claim_each: Script::new(presence::CLAIM_EACH_SCRIPT),
             }),
             appender,
