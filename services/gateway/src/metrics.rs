@@ -38,6 +38,10 @@ pub struct GatewayMetrics {
     /// Chats delivered without a conversation number (Redis could not
     /// number them): they carry no `cseq` and are missing from history.
     pub unnumbered: Counter,
+    /// Script calls that record chats (`append`, `number`, `deliver`): per
+    /// message, what Redis charges most for (one call per shard per batch
+    /// on a cluster, one per batch on a single Redis).
+    pub script_calls: Family<Labels, Counter>,
 }
 
 pub fn metrics() -> &'static GatewayMetrics {
@@ -57,6 +61,7 @@ pub fn metrics() -> &'static GatewayMetrics {
             unreplicated_appends: Counter::default(),
             duplicates_skipped: Counter::default(),
             unnumbered: Counter::default(),
+            script_calls: Family::default(),
         };
         register(
             "gateway_connections",
@@ -123,8 +128,21 @@ pub fn metrics() -> &'static GatewayMetrics {
             "Second copies of a message a session had written already (an append whose reply was lost, stored offline too)",
             m.duplicates_skipped.clone(),
         );
+        register(
+            "gateway_redis_script_calls",
+            "Redis script calls that record chats, by script (append, number, deliver)",
+            m.script_calls.clone(),
+        );
         m
     })
+}
+
+/// Counts one script call that records chats.
+pub fn script_call(script: &'static str) {
+    metrics()
+        .script_calls
+        .get_or_create(&label("script", script))
+        .inc();
 }
 
 pub fn label(key: &'static str, value: &'static str) -> Labels {

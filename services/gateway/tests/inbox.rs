@@ -777,3 +777,113 @@ async fn a_single_redis_numbers_a_chat_in_the_call_that_appends_it() {
     assert_eq!(stream_entries(&key).await.len(), 2);
     assert_eq!(texts_after(&cluster, 12, 0).await.len(), 3);
 }
+
+/// Script calls that recorded chats in this process so far.
+fn script_calls() -> u64 {
+    let m = gateway::metrics::metrics();
+    ["append", "number", "deliver"]
+        .iter()
+        .map(|s| {
+            m.script_calls
+                .get_or_create(&gateway::metrics::label("script", s))
+                .get()
+        })
+        .sum()
+}
+
+/// How many masters serve the slots (1 on a single Redis).
+async fn masters() -> u64 {
+    match RedisTarget::parse(&redis_url()) {
+        RedisTarget::Single(_) => 1,
+        RedisTarget::Cluster(_) => {
+            let nodes: String = raw(redis::cmd("CLUSTER").arg("NODES").clone()).await;
+            nodes
+                .lines()
+                .filter(|l| l.contains("master") && !l.contains("fail") && l.split(' ').count() > 8)
+                .count() as u64
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_batch_costs_one_script_call_per_shard_and_keeps_each_slots_epoch() {
+    // Sixty receivers are sixty slots on a cluster; their appends go in one
+    // call per shard, not one per slot.
+    let (cluster, prefix) = cluster_with_prefix().await;
+    let masters = masters().await;
+    let sharded = matches!(RedisTarget::parse(&redis_url()), RedisTarget::Cluster(_));
+    let users: Vec<i64> = (300..360).collect();
+    let to: Vec<AppendTo> = users
+        .iter()
+        .map(|&user| AppendTo {
+            user,
+            publish: false,
+        })
+        .collect();
+    // Once first: a node that lacks the scripts is sent them (a second
+    // call), which a long-running gateway does once per node.
+    let tail = entry_tail("b0", 7, 1, "", b"warm-up");
+    cluster
+        .append(&to, "b0", &tail, 100, None)
+        .await
+        .expect("append");
+    let tail = entry_tail("b1", 7, 1, "", b"first");
+    let before = script_calls();
+    let first = cluster
+        .append(&to, "b1", &tail, 100, None)
+        .await
+        .expect("append");
+    let calls = script_calls() - before;
+    assert!(
+        calls >= 1 && calls <= masters,
+        "{calls} script calls for {} receivers on {masters} shard(s)",
+        users.len()
+    );
+    let first: Vec<u64> = first.into_iter().map(seq).collect();
+
+    // Two receivers' counters go back (their slots lost data): in a call
+    // shared with the others, each slot's epoch mark is judged on its own.
+    for &user in &users[..2] {
+        roll_back(&cluster, &format!("{prefix}{{u:{user}}}:n"), 5).await;
+    }
+    // A single Redis has one mark for all: every counter jumps there.
+    let marked_back: Vec<u16> = users[..2]
+        .iter()
+        .map(|&u| if sharded { slot::of_user(u) } else { 0 })
+        .collect();
+    let tail = entry_tail("b2", 7, 1, "", b"second");
+    let second = cluster
+        .append(&to, "b2", &tail, 100, None)
+        .await
+        .expect("append");
+    for (k, (&user, appended)) in users.iter().zip(second).enumerate() {
+        let s = seq(appended);
+        let own_mark = if sharded { slot::of_user(user) } else { 0 };
+        if marked_back.contains(&own_mark) {
+            assert!(s > first[k], "user {user}: {s} jumped above {}", first[k]);
+        } else {
+            assert_eq!(s, first[k] + 1, "user {user}: no jump without a rollback");
+        }
+        assert_eq!(texts_after(&cluster, user, 0).await.len(), 3, "user {user}");
+    }
+
+    // Chats of forty conversations (all sixteen history partitions) sent at
+    // once: far fewer numbering calls than partitions.
+    let before = script_calls();
+    let numbered = futures::future::join_all((0..40).map(|g| {
+        let cluster = cluster.clone();
+        async move {
+            let conv = Conversation::Group(10_000 + g);
+            cluster
+                .number(number_job(&conv, &format!("g{g}"), 0, "hi"))
+                .await
+        }
+    }))
+    .await;
+    assert!(numbered.iter().all(|n| n.is_ok()), "{numbered:?}");
+    let calls = script_calls() - before;
+    assert!(
+        calls <= 2 * masters,
+        "{calls} numbering calls for 40 chats on {masters} shard(s)"
+    );
+}

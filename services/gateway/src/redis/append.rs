@@ -1,11 +1,14 @@
 //! The appender: records messages in inboxes, many receivers per call.
 //!
 //! A node's concurrent chats form batches (one batch on its way at a time
-//! while the next grows). A batch becomes one script call per hash slot
-//! (everything in one call on a single Redis). On a cluster the calls of one
-//! shard go in one pipeline with one `WAIT 1` at its end, and what they
-//! recorded is published (SPUBLISH) only after a replica confirmed it: a
-//! failover cannot take back what a receiver has seen.
+//! while the next grows). On a single Redis a batch is one DELIVER call
+//! (`deliver.rs`). On a cluster it is one APPEND call per shard, whatever
+//! slots its receivers live in (the keys go in ARGV: `counter.lua`'s
+//! `item_keys`), followed by one `WAIT 1`, and what it recorded is
+//! published (SPUBLISH) only after a replica confirmed it: a failover
+//! cannot take back what a receiver has seen. A shard's call that fails (a
+//! slot on its way to another node) wrote nothing; its slots are then
+//! retried one call each, routed by redis-rs, which follows redirects.
 
 use std::{collections::HashMap, fmt::Write as _, sync::Arc, time::Duration};
 
@@ -35,7 +38,9 @@ pub enum Appended {
 /// batches what its sessions send at the same moment: one script call costs
 /// Redis far more than the few commands in it).
 /// KEYS: per receiver, counter, inbox, dedup key; then the slot's epoch mark
-/// (`counter.lua`). ARGV[1]: inbox limit,
+/// (`counter.lua`); or no KEYS and, first in ARGV, their count and per
+/// receiver its three keys and its slot's mark (one call for a shard's
+/// slots). ARGV[1]: inbox limit,
 /// ARGV[2]: its budget in bytes (measured once the inbox holds a backlog);
 /// then per receiver, channel ('' = do not publish), dedup TTL in seconds
 /// ('0' = no dedup key; '-TTL': a retry, which also looks for the message
@@ -196,6 +201,7 @@ impl Redis {
 
     /// Adds one APPEND invocation for the receivers of `group` (one slot).
     fn append_invocation(&self, pipe: &mut redis::Pipeline, work: &Work<'_>, group: &[usize]) {
+        crate::metrics::script_call("append");
         // The jobs this group needs the tails of, renumbered from 0.
         let mut tails: Vec<usize> = group.iter().map(|&i| work.receivers[i].0).collect();
         tails.sort_unstable();
@@ -222,6 +228,52 @@ impl Redis {
                 cmd.arg(channel).arg(format!("-{}", job.ttl)).arg(tail);
             } else {
                 cmd.arg(channel).arg(job.ttl).arg(tail);
+            }
+        }
+        for &j in &tails {
+            cmd.arg(&work.batch[j].tail[..]);
+        }
+    }
+
+    /// One APPEND invocation for every receiver of the groups `gs`, which
+    /// all live on one shard: no declared keys, each receiver's keys and
+    /// its slot's epoch mark in ARGV (`counter.lua`'s `item_keys`). One
+    /// script call (and one epoch check) per shard per batch instead of one
+    /// per slot: on a cluster nearly every receiver is a slot of its own.
+    fn shard_append_invocation(
+        &self,
+        pipe: &mut redis::Pipeline,
+        work: &Work<'_>,
+        groups: &[Vec<usize>],
+        gs: &[usize],
+    ) {
+        crate::metrics::script_call("append");
+        let receivers = || gs.iter().flat_map(|&g| groups[g].iter().copied());
+        let count: usize = gs.iter().map(|&g| groups[g].len()).sum();
+        let mut tails: Vec<usize> = receivers().map(|i| work.receivers[i].0).collect();
+        tails.sort_unstable();
+        tails.dedup();
+        let cmd = pipe
+            .cmd("EVALSHA")
+            .arg(self.scripts.append.get_hash())
+            .arg(0)
+            .arg(count * 4);
+        let mut key = String::with_capacity(self.prefix.len() + 64);
+        for i in receivers() {
+            let (j, user, _) = work.receivers[i];
+            self.inbox_keys(cmd, &mut key, user, &work.batch[j]);
+            cmd.arg(self.epoch_mark_key(slot::of_user(user)));
+        }
+        cmd.arg(work.max_inbox).arg(self.budgets.inbox_bytes());
+        for i in receivers() {
+            let (j, _, _) = work.receivers[i];
+            // Published after the WAIT.
+            let tail = tails.binary_search(&j).unwrap_or(0);
+            let job = &work.batch[j];
+            if job.scan {
+                cmd.arg("").arg(format!("-{}", job.ttl)).arg(tail);
+            } else {
+                cmd.arg("").arg(job.ttl).arg(tail);
             }
         }
         for &j in &tails {
@@ -325,20 +377,29 @@ impl Redis {
             self.replicas
                 .has_replica(slot::of_user(work.receivers[groups[g][0]].1))
         });
-        let mut pipe = redis::pipe();
-        for &g in gs {
-            self.append_invocation(&mut pipe, work, &groups[g]);
-        }
-        if wait {
-            pipe.cmd("WAIT").arg(1).arg(ttl_millis(REPLICA_WAIT));
-        }
-        let Ok(values) = self.on_shard(shard, pipe).await else {
+        let values = self
+            .scripts_on_shard(shard, |pipe| {
+                self.shard_append_invocation(pipe, work, groups, gs);
+                if wait {
+                    pipe.cmd("WAIT").arg(1).arg(ttl_millis(REPLICA_WAIT));
+                }
+            })
+            .await;
+        let Ok(values) = values else {
             return gs.iter().map(|_| None).collect();
         };
         let mut values = values.into_iter();
+        // One flat answer for the whole shard, cut back into its groups.
+        let Ok(flat) = parse_appended(values.next()) else {
+            return gs.iter().map(|_| None).collect();
+        };
+        let mut flat = flat.into_iter();
         let mut appended: Vec<Option<Vec<Appended>>> = gs
             .iter()
-            .map(|_| parse_appended(values.next()).ok())
+            .map(|&g| {
+                let part: Vec<Appended> = flat.by_ref().take(groups[g].len()).collect();
+                (part.len() == groups[g].len()).then_some(part)
+            })
             .collect();
         if wait && !replica_confirmed(values.next()) {
             return gs.iter().map(|_| Some(Err(unconfirmed()))).collect();
@@ -454,26 +515,70 @@ impl Redis {
         shard: &str,
         pipe: redis::Pipeline,
     ) -> Result<Vec<Value>, RedisError> {
+        let count = pipe.len();
+        Ok(self.route_to(shard, pipe, 0, count).await?)
+    }
+
+    /// Runs the script calls `build` adds on the master at `shard`; on a
+    /// node that lacks them (it restarted, or was promoted) once more with
+    /// the scripts loaded first in the same pipeline (a NOSCRIPT invocation
+    /// did nothing).
+    pub(super) async fn scripts_on_shard(
+        &self,
+        shard: &str,
+        build: impl Fn(&mut redis::Pipeline),
+    ) -> Result<Vec<Value>, RedisError> {
+        let mut pipe = redis::pipe();
+        build(&mut pipe);
+        let count = pipe.len();
+        match self.route_to(shard, pipe, 0, count).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                let mut pipe = redis::pipe();
+                let loads = self.load_scripts(&mut pipe);
+                build(&mut pipe);
+                Ok(self.route_to(shard, pipe, loads, count).await?)
+            }
+            reply => Ok(reply?),
+        }
+    }
+
+    /// `count` replies, after the first `offset`, of a pipeline run on the
+    /// master at `shard`.
+    async fn route_to(
+        &self,
+        shard: &str,
+        pipe: redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> Result<Vec<Value>, redis::RedisError> {
         let Commands::Cluster(conn) = self.commands.clone() else {
-            return Err(RedisError::new("not a cluster"));
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "not a cluster",
+            )));
         };
-        let (host, port) = shard
+        let Some((host, port)) = shard
             .rsplit_once(':')
             .and_then(|(h, p)| Some((h.to_owned(), p.parse().ok()?)))
-            .ok_or_else(|| RedisError::new(format!("bad shard address {shard}")))?;
-        let count = pipe.len();
+        else {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "bad shard address",
+                shard.to_owned(),
+            )));
+        };
         let reply = conn
             .conn
             .clone()
             .route_pipeline(
                 pipe,
-                0,
+                offset,
                 count,
                 SingleNodeRoutingInfo::ByAddress { host, port },
             )
             .await;
         conn.shared.note(reply.as_ref().map(|_| ()));
-        Ok(reply?)
+        reply
     }
 }
 

@@ -99,6 +99,7 @@ impl Redis {
         batch: &[AppendJob],
         max_inbox: usize,
     ) {
+        crate::metrics::script_call("deliver");
         let keys: usize = batch
             .iter()
             .map(|j| 3 * j.receivers.len() + if j.number.is_some() { 3 } else { 0 })

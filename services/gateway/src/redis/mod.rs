@@ -503,21 +503,29 @@ impl Redis {
             Ok(values) => Ok(values),
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                 let mut pipe = redis::pipe();
-                for script in [
-                    &self.scripts.append,
-                    &self.scripts.read,
-                    &self.scripts.trim,
-                    &self.scripts.number,
-                    &self.scripts.deliver,
-                    &self.scripts.claim_each,
-                ] {
-                    pipe.load_script(script).ignore();
-                }
+                self.load_scripts(&mut pipe);
                 build(&mut pipe);
                 Ok(pipe.query_async(&mut self.commands.clone()).await?)
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Adds a SCRIPT LOAD of every script run by its hash to `pipe`, their
+    /// replies ignored; returns how many commands it added.
+    pub(super) fn load_scripts(&self, pipe: &mut redis::Pipeline) -> usize {
+        let scripts = [
+            &self.scripts.append,
+            &self.scripts.read,
+            &self.scripts.trim,
+            &self.scripts.number,
+            &self.scripts.deliver,
+            &self.scripts.claim_each,
+        ];
+        for script in scripts {
+            pipe.load_script(script).ignore();
+        }
+        scripts.len()
     }
 
     /// Runs `build` once per group of `users` that may share a script call

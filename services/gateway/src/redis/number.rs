@@ -18,7 +18,11 @@
 //! hide. Keeping the key would answer the retry with the retracted number
 //! and no entry, and history would never get the chat.
 
-use std::{collections::BTreeMap, fmt::Write as _};
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt::Write as _,
+    sync::Arc,
+};
 
 use futures::StreamExt as _;
 use redis::Value;
@@ -44,7 +48,9 @@ pub fn partition(conversation: &str) -> u32 {
 }
 
 /// KEYS per chat: counter, dedup key, stream; then the slot's epoch mark
-/// (`counter.lua`). ARGV[1]: the streams' MAXLEN,
+/// (`counter.lua`); or no KEYS and, first in ARGV, their count and per chat
+/// its three keys and its slot's mark (one call for a shard's partitions).
+/// ARGV[1]: the streams' MAXLEN,
 /// ARGV[2]: their budget in bytes (checked at every 64th chat of a conversation);
 /// then per chat: dedup TTL in seconds ('0': none), mid, conv, sender,
 /// micros, traceparent, and the frame's head (the frame up to `"cseq":`).
@@ -167,8 +173,8 @@ impl Redis {
     }
 
     /// One script call for the batch on a single Redis; on a cluster one
-    /// per partition (each in its slot), followed by a `WAIT 1` where the
-    /// slot has a replica, concurrently.
+    /// per shard for all its partitions, followed by a `WAIT 1` where a
+    /// slot has a replica, the shards concurrently.
     async fn number_batch(&self, batch: Vec<NumberJob>) {
         let mut by_partition: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
         for (i, job) in batch.iter().enumerate() {
@@ -182,8 +188,11 @@ impl Redis {
         } else {
             vec![by_partition.into_values().flatten().collect()]
         };
-        let results =
-            futures::future::join_all(groups.iter().map(|g| self.number_group(&batch, g))).await;
+        let results = if self.sharded {
+            self.number_by_shard(&batch, &groups).await
+        } else {
+            futures::future::join_all(groups.iter().map(|g| self.number_group(&batch, g))).await
+        };
         let mut outcome: Vec<Option<Result<u64, String>>> = batch.iter().map(|_| None).collect();
         for (group, result) in groups.iter().zip(results) {
             for (k, &i) in group.iter().enumerate() {
@@ -203,6 +212,123 @@ impl Redis {
         }
     }
 
+    /// A cluster's batch: the partitions of each shard in one script call
+    /// to it (keys in ARGV, `counter.lua`'s `item_keys`) with one `WAIT`,
+    /// the shards concurrently. A shard's call that fails (a slot moved, the
+    /// script not loaded after a failover) wrote nothing; its partitions are
+    /// then numbered one by one, routed by redis-rs.
+    async fn number_by_shard(
+        &self,
+        batch: &[NumberJob],
+        groups: &[Vec<usize>],
+    ) -> Vec<Result<Vec<u64>, RedisError>> {
+        let owners = self.owners();
+        let mut by_shard: HashMap<Arc<str>, Vec<usize>> = HashMap::new();
+        let mut alone = Vec::new();
+        for (g, group) in groups.iter().enumerate() {
+            let stream = self.stream_key(partition(&batch[group[0]].conversation));
+            match owners
+                .get(usize::from(slot::of_key(stream.as_bytes())))
+                .cloned()
+                .flatten()
+            {
+                Some(owner) => by_shard.entry(owner).or_default().push(g),
+                None => alone.push(g),
+            }
+        }
+        let mut results: Vec<Option<Result<Vec<u64>, RedisError>>> =
+            groups.iter().map(|_| None).collect();
+        let shards = futures::future::join_all(
+            by_shard
+                .iter()
+                .map(|(shard, gs)| self.number_on_shard(batch, groups, shard, gs)),
+        )
+        .await;
+        for (gs, numbered) in by_shard.values().zip(shards) {
+            match numbered {
+                Some(seqs) => {
+                    let mut seqs = seqs.into_iter();
+                    for &g in gs {
+                        results[g] = Some(Ok(seqs.by_ref().take(groups[g].len()).collect()));
+                    }
+                }
+                None => alone.extend(gs.iter().copied()),
+            }
+        }
+        let retried = futures::future::join_all(
+            alone
+                .iter()
+                .map(|&g| self.number_group(batch, groups[g].as_slice())),
+        )
+        .await;
+        for (g, result) in alone.into_iter().zip(retried) {
+            results[g] = Some(result);
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(RedisError::new("numbering not attempted"))))
+            .collect()
+    }
+
+    /// The partitions `gs` of one shard in one call; `None` when it failed
+    /// (nothing was written: see `item_keys`) or answered short.
+    async fn number_on_shard(
+        &self,
+        batch: &[NumberJob],
+        groups: &[Vec<usize>],
+        shard: &str,
+        gs: &[usize],
+    ) -> Option<Vec<u64>> {
+        let chats: Vec<usize> = gs.iter().flat_map(|&g| groups[g].iter().copied()).collect();
+        let wait = gs.iter().any(|&g| {
+            let stream = self.stream_key(partition(&batch[groups[g][0]].conversation));
+            self.replicas.has_replica(slot::of_key(stream.as_bytes()))
+        });
+        let replies = self
+            .scripts_on_shard(shard, |pipe| {
+                crate::metrics::script_call("number");
+                let cmd = pipe
+                    .cmd("EVALSHA")
+                    .arg(self.scripts.number.get_hash())
+                    .arg(0)
+                    .arg(chats.len() * 4);
+                let mut key = String::with_capacity(self.prefix.len() + 80);
+                for &i in &chats {
+                    let job = &batch[i];
+                    let stream = self.stream_key(partition(&job.conversation));
+                    key.clear();
+                    let _ = write!(key, "{stream}:c:{}", job.conversation);
+                    cmd.arg(key.as_str());
+                    key.clear();
+                    let _ = write!(key, "{stream}:m:{}", job.mid);
+                    cmd.arg(key.as_str());
+                    let mark = self.epoch_mark_key(slot::of_key(stream.as_bytes()));
+                    cmd.arg(stream).arg(mark);
+                }
+                cmd.arg(STREAM_MAX_LEN).arg(self.budgets.stream_bytes());
+                for &i in &chats {
+                    number_args(cmd, &batch[i]);
+                }
+                if wait {
+                    pipe.cmd("WAIT").arg(1).arg(ttl_millis(REPLICA_WAIT));
+                }
+            })
+            .await;
+        let mut replies = replies.ok()?.into_iter();
+        let seqs: Vec<i64> = redis::from_redis_value(replies.next()?).ok()?;
+        if seqs.len() != chats.len() {
+            return None;
+        }
+        if wait && matches!(replies.next(), Some(Value::Int(0))) {
+            crate::metrics::metrics().unreplicated_appends.inc();
+        }
+        Some(
+            seqs.into_iter()
+                .map(|s| u64::try_from(s).unwrap_or(0))
+                .collect(),
+        )
+    }
+
     async fn number_group(
         &self,
         batch: &[NumberJob],
@@ -212,6 +338,7 @@ impl Redis {
         let wait = self.sharded && self.replicas.has_replica(slot::of_key(first.as_bytes()));
         let replies: Vec<Value> = self
             .run_scripts(|pipe| {
+                crate::metrics::script_call("number");
                 let cmd = pipe
                     .cmd("EVALSHA")
                     .arg(self.scripts.number.get_hash())
@@ -231,14 +358,7 @@ impl Redis {
                 cmd.arg(self.epoch_mark_key(slot::of_key(first.as_bytes())));
                 cmd.arg(STREAM_MAX_LEN).arg(self.budgets.stream_bytes());
                 for &i in group {
-                    let job = &batch[i];
-                    cmd.arg(job.ttl)
-                        .arg(&job.mid)
-                        .arg(&job.conversation)
-                        .arg(job.sender)
-                        .arg(job.micros)
-                        .arg(&job.traceparent)
-                        .arg(&job.head[..]);
+                    number_args(cmd, &batch[i]);
                 }
                 if wait {
                     pipe.cmd("WAIT").arg(1).arg(ttl_millis(REPLICA_WAIT));
@@ -256,6 +376,17 @@ impl Redis {
             .map(|s| u64::try_from(s).unwrap_or(0))
             .collect())
     }
+}
+
+/// A chat's arguments to NUMBER, after the keys and the two limits.
+fn number_args(cmd: &mut redis::Pipeline, job: &NumberJob) {
+    cmd.arg(job.ttl)
+        .arg(&job.mid)
+        .arg(&job.conversation)
+        .arg(job.sender)
+        .arg(job.micros)
+        .arg(&job.traceparent)
+        .arg(&job.head[..]);
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
+local keys, argv, per = item_keys()
 local out = {}
-for i = 0, (#KEYS - 1) / 3 - 1 do
-  local k, a = 3 * i, 2 + 7 * i
-  out[i + 1] = number_chat(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[#KEYS], ARGV[1], ARGV[2],
-    ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7])
+for i = 0, math.floor(#keys / per) - 1 do
+  local k, a = per * i, 2 + 7 * i
+  out[i + 1] = number_chat(keys[k + 1], keys[k + 2], keys[k + 3], mark_of(keys, per, k),
+    argv[1], argv[2], argv[a + 1], argv[a + 2], argv[a + 3], argv[a + 4], argv[a + 5],
+    argv[a + 6], argv[a + 7])
 end
 return out
