@@ -737,9 +737,10 @@ bench_() { # profile (bench or bench-cluster), chat-bench args...
         args+=(--history-redis "$REDIS_URL" --history-metrics "127.0.0.1:${P[5]}"
                --history-grpc "http://127.0.0.1:${P[4]}" --history-token-file "$STATE/internal-token")
     else
-        # No TLS rows on the cluster bench (no nginx); the ceiling is a
-        # single-Redis measurement.
-        args+=(--redis off --scenarios one-to-one,group,idle,logins)
+        # No TLS rows on the cluster bench (no nginx); the ceiling is
+        # SPUBLISH on every master at once.
+        args+=(--redis "redis+cluster://$(printf '127.0.0.1:%s,' "${REDIS_CLUSTER_PORTS[@]}" | sed 's/,$//')"
+               --scenarios one-to-one,group,idle,logins)
     fi
     # shellcheck disable=SC2046
     "$ROOT/target/release/chat-bench" "${args[@]}" "$@"

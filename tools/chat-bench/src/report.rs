@@ -118,17 +118,22 @@ pub(crate) fn markdown(report: &Value, args: &Args) -> String {
         ));
     }
     if let Some(ceiling) = report.get("redis_ceiling") {
-        match (ceiling["skipped"].as_str(), ceiling["cross_node_ratio"].as_f64()) {
+        match (
+            ceiling["skipped"].as_str(),
+            ceiling["cross_node_ratio"].as_f64(),
+        ) {
             (Some(why), _) => {
                 out.push_str(&format!("- raw Redis ceiling not measured: {why}\n"));
             }
             (None, Some(ratio)) => out.push_str(&format!(
-                "- raw Redis publish→subscriber ceiling: {} msg/s; cross-node saturation is {:.0} % of it\n",
+                "- raw Redis {} ceiling: {} msg/s; cross-node saturation is {:.0} % of it\n",
+                ceiling_kind(ceiling),
                 n(&ceiling["messages_per_sec"]),
                 ratio * 100.0
             )),
             (None, None) => out.push_str(&format!(
-                "- raw Redis publish→subscriber ceiling: {} msg/s\n",
+                "- raw Redis {} ceiling: {} msg/s\n",
+                ceiling_kind(ceiling),
                 n(&ceiling["messages_per_sec"]),
             )),
         }
@@ -341,6 +346,16 @@ fn cpu_markdown(cpu: &Value) -> String {
 }
 
 /// One row of what a chat cost in this run, at the offered rate and at
+/// What the ceiling measured: one channel on one Redis, or one sharded
+/// channel on every master of a cluster at once.
+fn ceiling_kind(ceiling: &Value) -> &'static str {
+    if ceiling["sharded"].as_bool() == Some(true) {
+        "SPUBLISH→subscriber (every master at once)"
+    } else {
+        "publish→subscriber"
+    }
+}
+
 /// saturation: throughput, its share of the raw Redis ceiling, latency, CPU
 /// per message of each part of the stack (summed over a group's processes:
 /// every gateway, every Redis of a cluster) and the script calls and WAITs
