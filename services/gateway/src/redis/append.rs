@@ -531,14 +531,26 @@ impl Redis {
         let mut pipe = redis::pipe();
         build(&mut pipe);
         let count = pipe.len();
+        // A routed pipeline answers each command's error as its value.
+        let no_script = |e: &redis::RedisError| {
+            e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+        };
         match self.route_to(shard, pipe, 0, count).await {
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            Err(e) if !no_script(&e) => Err(e.into()),
+            Ok(values)
+                if !values.iter().any(|v| {
+                    matches!(v, Value::ServerError(e)
+                        if e.kind() == Some(redis::ServerErrorKind::NoScript))
+                }) =>
+            {
+                Ok(values)
+            }
+            _ => {
                 let mut pipe = redis::pipe();
                 let loads = self.load_scripts(&mut pipe);
                 build(&mut pipe);
                 Ok(self.route_to(shard, pipe, loads, count).await?)
             }
-            reply => Ok(reply?),
         }
     }
 
