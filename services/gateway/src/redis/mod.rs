@@ -578,14 +578,21 @@ impl Redis {
         }
         let shards =
             futures::future::join_all(by_shard.into_iter().map(|(shard, groups)| async move {
-                let mut pipe = redis::pipe();
-                let mut counts = Vec::with_capacity(groups.len());
-                for group in &groups {
-                    let before = pipe.len();
-                    build(&mut pipe, group);
-                    counts.push(pipe.len() - before);
-                }
-                let values = self.on_shard(&shard, pipe).await;
+                // Commands per group, counted as the pipeline is built
+                // (again, when the scripts had to be loaded first).
+                let counts = std::sync::Mutex::new(Vec::with_capacity(groups.len()));
+                let values = self
+                    .scripts_on_shard(&shard, |pipe| {
+                        let mut counts = counts.lock().unwrap_or_else(|p| p.into_inner());
+                        counts.clear();
+                        for group in &groups {
+                            let before = pipe.len();
+                            build(pipe, group);
+                            counts.push(pipe.len() - before);
+                        }
+                    })
+                    .await;
+                let counts = counts.into_inner().unwrap_or_else(|p| p.into_inner());
                 (groups, counts, values)
             }))
             .await;
