@@ -16,9 +16,7 @@ use futures::StreamExt as _;
 use redis::{Value, cluster_routing::SingleNodeRoutingInfo};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{
-    Commands, REPLICA_WAIT, Redis, RedisError, deliver::Numbering, presence::ttl_millis, slot,
-};
+use super::{Commands, REPLICA_WAIT, Redis, RedisError, presence::ttl_millis, slot};
 
 /// What [`Redis::append`](super::Redis::append) did for one receiver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +51,20 @@ pub(super) const APPEND_SCRIPT: &str = concat!(
     include_str!("scripts/append.lua"),
     include_str!("scripts/append_each.lua")
 );
+
+/// A chat to number in its conversation as it is appended
+/// ([`Redis::number_and_append`](super::Redis::number_and_append)).
+#[derive(Debug, Clone)]
+pub struct Numbering {
+    pub conversation: String,
+    /// Dedup TTL in seconds (0: the chat has no client id).
+    pub ttl: u64,
+    pub sender: i64,
+    pub micros: u64,
+    pub traceparent: String,
+    /// Where the frame's numbered head starts in the entry's tail.
+    pub head_at: usize,
+}
 
 /// One [`Redis::append_each`] call, for the appender.
 pub(super) struct AppendJob {

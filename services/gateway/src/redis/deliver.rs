@@ -35,20 +35,6 @@ pub(super) const DELIVER_SCRIPT: &str = concat!(
     include_str!("scripts/deliver_each.lua")
 );
 
-/// A chat to number in its conversation as it is appended
-/// ([`Redis::number_and_append`](super::Redis::number_and_append)).
-#[derive(Debug, Clone)]
-pub struct Numbering {
-    pub conversation: String,
-    /// Dedup TTL in seconds (0: the chat has no client id).
-    pub ttl: u64,
-    pub sender: i64,
-    pub micros: u64,
-    pub traceparent: String,
-    /// Where the frame's numbered head starts in the entry's tail.
-    pub head_at: usize,
-}
-
 impl Redis {
     /// A single Redis's batch: one call of [`DELIVER_SCRIPT`] numbers and
     /// appends every chat of it.

@@ -13,8 +13,7 @@ use tokio::sync::oneshot;
 
 use super::{
     Redis, RedisError,
-    append::{AppendJob, Appended},
-    deliver::Numbering,
+    append::{AppendJob, Appended, Numbering},
 };
 
 /// One inbox entry, parsed.

@@ -89,8 +89,8 @@ mod throttle;
 mod topology;
 
 pub use append::Appended;
+pub use append::Numbering;
 pub use bus::{BUS_BACKLOG_BYTES, BusBacklog, BusEvent, ChannelMessage};
-pub use deliver::Numbering;
 pub use inbox::{AppendTo, Dedup, InboxEntry, InboxPage, READ_PAGE_BYTES, entry_tail};
 pub use presence::Claim;
 
