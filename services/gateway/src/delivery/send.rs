@@ -49,6 +49,16 @@ pub struct Delivered {
 }
 
 /// A fresh random 128-bit message id.
+/// The dedup TTL in seconds a chat's numbering keeps its mid (0: the chat
+/// has no client id, nothing to deduplicate).
+fn numbering_ttl(node: &Node, message: &Outgoing<'_>) -> u64 {
+    if message.dedup {
+        node.config.dedup_ttl.as_secs().max(1)
+    } else {
+        0
+    }
+}
+
 pub fn new_message_id() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
@@ -137,11 +147,7 @@ async fn number(
         let job = crate::redis::number::NumberJob {
             conversation: conv.clone(),
             mid: message.mid.clone(),
-            ttl: if message.dedup {
-                node.config.dedup_ttl.as_secs().max(1)
-            } else {
-                0
-            },
+            ttl: numbering_ttl(node, message),
             sender: message.sender_id,
             micros,
             traceparent: traceparent.to_owned(),
@@ -265,11 +271,7 @@ async fn record(
             Some(numbered_head) => {
                 let numbering = Numbering {
                     conversation: message.conversation.to_string(),
-                    ttl: if message.dedup {
-                        node.config.dedup_ttl.as_secs().max(1)
-                    } else {
-                        0
-                    },
+                    ttl: numbering_ttl(node, message),
                     sender: message.sender_id,
                     micros,
                     traceparent: traceparent.to_owned(),

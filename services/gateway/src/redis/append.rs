@@ -10,7 +10,7 @@
 //! slot on its way to another node) wrote nothing; its slots are then
 //! retried one call each, routed by redis-rs, which follows redirects.
 
-use std::{collections::HashMap, fmt::Write as _, sync::Arc, time::Duration};
+use std::{fmt::Write as _, time::Duration};
 
 use futures::StreamExt as _;
 use redis::{Value, cluster_routing::SingleNodeRoutingInfo};
@@ -334,16 +334,12 @@ impl Redis {
         work: &Work<'_>,
         groups: &[Vec<usize>],
     ) -> Vec<Result<Vec<Appended>, RedisError>> {
-        let owners = self.owners();
-        let mut by_shard: HashMap<Arc<str>, Vec<usize>> = HashMap::new();
-        let mut alone = Vec::new();
-        for (g, group) in groups.iter().enumerate() {
-            let slot = slot::of_user(work.receivers[group[0]].1);
-            match owners.get(usize::from(slot)).cloned().flatten() {
-                Some(owner) => by_shard.entry(owner).or_default().push(g),
-                None => alone.push(g),
-            }
-        }
+        let (by_shard, mut alone) = slot::by_owner(
+            &self.owners(),
+            groups
+                .iter()
+                .map(|group| slot::of_user(work.receivers[group[0]].1)),
+        );
         let mut results: Vec<Option<Result<Vec<Appended>, RedisError>>> =
             (0..groups.len()).map(|_| None).collect();
         let shards = futures::future::join_all(

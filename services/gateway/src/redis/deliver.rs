@@ -3,14 +3,12 @@
 //! call (the appender's batch, `append.rs`, comes here when there is one
 //! Redis). On a cluster the two are apart: `number.rs`, then `append.rs`.
 
-use std::fmt::Write as _;
-
 use redis::Value;
 
 use super::{
     Redis, RedisError,
     append::{AppendJob, appended},
-    number::{STREAM_MAX_LEN, partition},
+    number::STREAM_MAX_LEN,
 };
 
 /// A single Redis's batch in one call: each chat numbered in its
@@ -97,14 +95,7 @@ impl Redis {
         let mut key = String::with_capacity(self.prefix.len() + 80);
         for job in batch {
             if let Some(number) = &job.number {
-                let stream = self.stream_key(partition(&number.conversation));
-                key.clear();
-                let _ = write!(key, "{stream}:c:{}", number.conversation);
-                cmd.arg(key.as_str());
-                key.clear();
-                let _ = write!(key, "{stream}:m:{}", job.mid);
-                cmd.arg(key.as_str());
-                cmd.arg(stream);
+                self.chat_keys(cmd, &mut key, &number.conversation, &job.mid);
             }
             for (user, _) in &job.receivers {
                 self.inbox_keys(cmd, &mut key, *user, job);

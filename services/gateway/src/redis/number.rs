@@ -18,11 +18,7 @@
 //! hide. Keeping the key would answer the retry with the retracted number
 //! and no entry, and history would never get the chat.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    fmt::Write as _,
-    sync::Arc,
-};
+use std::{collections::BTreeMap, fmt::Write as _};
 
 use futures::StreamExt as _;
 use redis::Value;
@@ -84,6 +80,27 @@ pub struct NumberJob {
 impl Redis {
     pub(super) fn stream_key(&self, partition: u32) -> String {
         format!("{}{{h:{partition}}}", self.prefix)
+    }
+
+    /// A chat's three keys in a numbering: its conversation's counter, its
+    /// dedup key and its partition's stream (one slot); returns that slot.
+    pub(super) fn chat_keys(
+        &self,
+        cmd: &mut redis::Pipeline,
+        key: &mut String,
+        conversation: &str,
+        mid: &str,
+    ) -> u16 {
+        let stream = self.stream_key(partition(conversation));
+        key.clear();
+        let _ = write!(key, "{stream}:c:{conversation}");
+        cmd.arg(key.as_str());
+        key.clear();
+        let _ = write!(key, "{stream}:m:{mid}");
+        cmd.arg(key.as_str());
+        let slot = slot::of_key(stream.as_bytes());
+        cmd.arg(stream);
+        slot
     }
 
     /// Numbers a chat and records it for the history service; concurrent
@@ -222,20 +239,13 @@ impl Redis {
         batch: &[NumberJob],
         groups: &[Vec<usize>],
     ) -> Vec<Result<Vec<u64>, RedisError>> {
-        let owners = self.owners();
-        let mut by_shard: HashMap<Arc<str>, Vec<usize>> = HashMap::new();
-        let mut alone = Vec::new();
-        for (g, group) in groups.iter().enumerate() {
-            let stream = self.stream_key(partition(&batch[group[0]].conversation));
-            match owners
-                .get(usize::from(slot::of_key(stream.as_bytes())))
-                .cloned()
-                .flatten()
-            {
-                Some(owner) => by_shard.entry(owner).or_default().push(g),
-                None => alone.push(g),
-            }
-        }
+        let (by_shard, mut alone) = slot::by_owner(
+            &self.owners(),
+            groups.iter().map(|group| {
+                let stream = self.stream_key(partition(&batch[group[0]].conversation));
+                slot::of_key(stream.as_bytes())
+            }),
+        );
         let mut results: Vec<Option<Result<Vec<u64>, RedisError>>> =
             groups.iter().map(|_| None).collect();
         let shards = futures::future::join_all(
@@ -295,15 +305,8 @@ impl Redis {
                 let mut key = String::with_capacity(self.prefix.len() + 80);
                 for &i in &chats {
                     let job = &batch[i];
-                    let stream = self.stream_key(partition(&job.conversation));
-                    key.clear();
-                    let _ = write!(key, "{stream}:c:{}", job.conversation);
-                    cmd.arg(key.as_str());
-                    key.clear();
-                    let _ = write!(key, "{stream}:m:{}", job.mid);
-                    cmd.arg(key.as_str());
-                    let mark = self.epoch_mark_key(slot::of_key(stream.as_bytes()));
-                    cmd.arg(stream).arg(mark);
+                    let slot = self.chat_keys(cmd, &mut key, &job.conversation, &job.mid);
+                    cmd.arg(self.epoch_mark_key(slot));
                 }
                 cmd.arg(STREAM_MAX_LEN).arg(self.budgets.stream_bytes());
                 for &i in &chats {
@@ -346,14 +349,7 @@ impl Redis {
                 let mut key = String::with_capacity(self.prefix.len() + 80);
                 for &i in group {
                     let job = &batch[i];
-                    let stream = self.stream_key(partition(&job.conversation));
-                    key.clear();
-                    let _ = write!(key, "{stream}:c:{}", job.conversation);
-                    cmd.arg(key.as_str());
-                    key.clear();
-                    let _ = write!(key, "{stream}:m:{}", job.mid);
-                    cmd.arg(key.as_str());
-                    cmd.arg(stream);
+                    self.chat_keys(cmd, &mut key, &job.conversation, &job.mid);
                 }
                 cmd.arg(self.epoch_mark_key(slot::of_key(first.as_bytes())));
                 cmd.arg(STREAM_MAX_LEN).arg(self.budgets.stream_bytes());

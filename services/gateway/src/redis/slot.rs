@@ -187,6 +187,25 @@ pub fn owners(shards: &[Shard]) -> Owners {
     owners
 }
 
+/// The items whose slots are `slots` (in order), by the master owning each
+/// slot, and those whose slot has no master online (to be routed by
+/// redis-rs, which finds one).
+pub fn by_owner(
+    owners: &Owners,
+    slots: impl Iterator<Item = u16>,
+) -> (std::collections::HashMap<Arc<str>, Vec<usize>>, Vec<usize>) {
+    let mut by_shard: std::collections::HashMap<Arc<str>, Vec<usize>> =
+        std::collections::HashMap::new();
+    let mut unowned = Vec::new();
+    for (item, slot) in slots.enumerate() {
+        match owners.get(usize::from(slot)).cloned().flatten() {
+            Some(owner) => by_shard.entry(owner).or_default().push(item),
+            None => unowned.push(item),
+        }
+    }
+    (by_shard, unowned)
+}
+
 /// Reads a `CLUSTER SHARDS` reply (RESP2 arrays or RESP3 maps), in slot
 /// order (Redis lists the shards in no fixed order).
 pub fn shards(reply: &Value) -> Vec<Shard> {

@@ -34,15 +34,31 @@ pub(crate) async fn redis_ceiling(
     });
     let body = "x".repeat(payload);
     let started = Instant::now();
+    publish_until(&client, "PUBLISH", &channel, &body, started, duration).await?;
+    let last = settled(&received).await;
+    reader.abort();
+    Ok(last as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Two publishers pipelining `command` (PUBLISH or SPUBLISH) 100 at a time
+/// to `channel` until `duration` after `started`.
+async fn publish_until(
+    client: &redis::Client,
+    command: &'static str,
+    channel: &str,
+    body: &str,
+    started: Instant,
+    duration: Duration,
+) -> anyhow::Result<()> {
     let mut publishers = Vec::new();
     for _ in 0..2 {
         let mut conn = client.get_multiplexed_async_connection().await?;
-        let (channel, body) = (channel.clone(), body.clone());
+        let (channel, body) = (channel.to_owned(), body.to_owned());
         publishers.push(tokio::spawn(async move {
             while started.elapsed() < duration {
                 let mut pipe = redis::pipe();
                 for _ in 0..100 {
-                    pipe.cmd("PUBLISH").arg(&channel).arg(&body).ignore();
+                    pipe.cmd(command).arg(&channel).arg(&body).ignore();
                 }
                 if pipe.query_async::<()>(&mut conn).await.is_err() {
                     break;
@@ -53,17 +69,20 @@ pub(crate) async fn redis_ceiling(
     for p in publishers {
         let _ = p.await;
     }
-    let mut last = received.load(Ordering::Relaxed);
+    Ok(())
+}
+
+/// The counter once it has stopped moving (the subscriber caught up).
+async fn settled(counter: &AtomicU64) -> u64 {
+    let mut last = counter.load(Ordering::Relaxed);
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let now = received.load(Ordering::Relaxed);
+        let now = counter.load(Ordering::Relaxed);
         if now == last {
-            break;
+            return last;
         }
         last = now;
     }
-    reader.abort();
-    Ok(last as f64 / started.elapsed().as_secs_f64())
 }
 
 /// The same on a Redis Cluster: raw SPUBLISH → one SSUBSCRIBEd subscriber
@@ -161,34 +180,8 @@ async fn shard_ceiling(
         }
     });
     let client = redis::Client::open(format!("redis://{address}"))?;
-    let mut publishers = Vec::new();
-    for _ in 0..2 {
-        let mut conn = client.get_multiplexed_async_connection().await?;
-        let (channel, body) = (channel.to_owned(), body.to_owned());
-        publishers.push(tokio::spawn(async move {
-            while started.elapsed() < duration {
-                let mut pipe = redis::pipe();
-                for _ in 0..100 {
-                    pipe.cmd("SPUBLISH").arg(&channel).arg(&body).ignore();
-                }
-                if pipe.query_async::<()>(&mut conn).await.is_err() {
-                    break;
-                }
-            }
-        }));
-    }
-    for p in publishers {
-        let _ = p.await;
-    }
-    let mut last = bytes.load(Ordering::Relaxed);
-    loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let now = bytes.load(Ordering::Relaxed);
-        if now == last {
-            break;
-        }
-        last = now;
-    }
+    publish_until(&client, "SPUBLISH", channel, body, started, duration).await?;
+    let last = settled(&bytes).await;
     reader.abort();
     Ok(last / push)
 }
