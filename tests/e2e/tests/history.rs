@@ -255,8 +255,20 @@ async fn a_chat_refused_altogether_then_retried_with_its_cmid_is_in_history_once
         "bob sees the number alice was told"
     );
 
-    // History has it once, under the number the retry was given.
-    let back = whole_history_backwards(&mut alice, json!({"toid": b}), 3, 50).await;
+    // History has it once, under the number the retry was given. The
+    // ingest runs behind the chat (it lets a trickle gather for up to
+    // 100 ms): three messages may show while the retraction of the refused
+    // attempt's number and the retry's own entry are still on their way,
+    // so wait until it has caught up (or the deadline), then assert.
+    let deadline = Instant::now() + PATIENCE;
+    let back = loop {
+        let back = whole_history_backwards(&mut alice, json!({"toid": b}), 3, 50).await;
+        if back.get(2).map(|m| &m["cseq"]) == Some(&accepted["cseq"]) || Instant::now() >= deadline
+        {
+            break back;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(texts(&back), ["one", "two", "refused, then retried"]);
     assert_eq!(back[2]["cseq"], accepted["cseq"], "{back:?}");
     assert_eq!(back[2]["mid"], accepted["mid"], "{back:?}");
