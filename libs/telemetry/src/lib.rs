@@ -22,8 +22,9 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::{Resource, runtime, trace::SdkTracerProvider};
 use tracing_subscriber::{
     EnvFilter, Layer as _,
-    filter::{FilterExt as _, filter_fn},
+    filter::FilterExt as _,
     fmt,
+    layer::{Context, Filter},
     prelude::*,
 };
 
@@ -54,6 +55,27 @@ fn otlp_configured() -> bool {
     !disabled && (set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
 }
 
+/// A per-layer filter that lets events through and never spans, and says
+/// so once per callsite (`filter_fn` would be asked at every span).
+struct EventsOnly;
+
+impl<S> Filter<S> for EventsOnly {
+    fn enabled(&self, metadata: &tracing::Metadata<'_>, _: &Context<'_, S>) -> bool {
+        metadata.is_event()
+    }
+
+    fn callsite_enabled(
+        &self,
+        metadata: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        if metadata.is_span() {
+            tracing::subscriber::Interest::never()
+        } else {
+            tracing::subscriber::Interest::always()
+        }
+    }
+}
+
 /// Installs logging and, when configured, trace export for `service`.
 /// Call once, first thing in `main`, inside the Tokio runtime.
 pub fn init(service: &'static str) -> TelemetryGuard {
@@ -61,9 +83,12 @@ pub fn init(service: &'static str) -> TelemetryGuard {
     // The log layer records events only. Spans exist for traces; letting the
     // log layer record them too would format every span's fields on the chat
     // path (it showed in profiles) for log lines that never mention them.
+    // It says so at each callsite (`EventsOnly`), so without trace export
+    // a span costs a cached callsite check: no span is built, stored or
+    // entered on the chat path.
     let logs = fmt::layer()
         .with_target(true)
-        .with_filter(log_filter.and(filter_fn(|metadata| metadata.is_event())));
+        .with_filter(log_filter.and(EventsOnly));
     opentelemetry::global::set_text_map_propagator(
         opentelemetry_sdk::propagation::TraceContextPropagator::new(),
     );
@@ -109,10 +134,15 @@ pub fn init(service: &'static str) -> TelemetryGuard {
                 "info,h2=off,hyper=off,hyper_util=off,tonic=off,tower=off,opentelemetry=off,opentelemetry_sdk=off",
             ))
     });
-    let installed = tracing_subscriber::registry()
-        .with(logs)
-        .with(traces)
-        .try_init();
+    // Without export no trace layer at all: an absent (`None`) layer would
+    // take every span, so spans would be built for nothing.
+    let installed = match traces {
+        Some(traces) => tracing_subscriber::registry()
+            .with(logs)
+            .with(traces)
+            .try_init(),
+        None => tracing_subscriber::registry().with(logs).try_init(),
+    };
     if installed.is_ok() {
         tracing::info!(
             service,
