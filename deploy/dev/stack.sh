@@ -307,6 +307,14 @@ services() {
         # The web client at / (http://127.0.0.1:8080/ through nginx).
         gw="$gw CLUSTERCHAT_GATEWAY_WEB_DIR=$WEB/dist" ;;
     esac
+    # Worker threads: the stack's gateways share one machine with Redis,
+    # MariaDB and the services, so between them they get half its cores
+    # (at least one each): more threads than cores to run them on cost
+    # cross-thread wake-ups, not throughput (GATEWAY_WORKER_THREADS to
+    # choose; a gateway with cores of its own keeps Tokio's one per core).
+    local workers="${GATEWAY_WORKER_THREADS:-$(( $(nproc) / 2 / ${#GATEWAYS[@]} ))}"
+    [ "$workers" -ge 1 ] 2>/dev/null || workers=1
+    gw="$gw TOKIO_WORKER_THREADS=$workers"
     # The bench measures the cluster, not the per-connection rate limit.
     case "$PROFILE" in bench*) gw="$gw CLUSTERCHAT_GATEWAY_RATE_PER_SEC=10000000 CLUSTERCHAT_GATEWAY_RATE_BURST=10000000 CLUSTERCHAT_GATEWAY_OUTBOUND_QUEUE=8192 CLUSTERCHAT_GATEWAY_MAX_INBOX=10000000 CLUSTERCHAT_GATEWAY_LOGINS_PER_ADDRESS=100000000 CLUSTERCHAT_GATEWAY_REGISTERS_PER_ADDRESS=100000000 CLUSTERCHAT_GATEWAY_ANONYMOUS_PER_ADDRESS=100000000" ;; esac
     cat <<EOF
@@ -740,7 +748,7 @@ bench_() { # profile (bench or bench-cluster), chat-bench args...
         # No TLS rows on the cluster bench (no nginx); the ceiling is
         # SPUBLISH on every master at once.
         args+=(--redis "redis+cluster://$(printf '127.0.0.1:%s,' "${REDIS_CLUSTER_PORTS[@]}" | sed 's/,$//')"
-               --scenarios one-to-one,group,idle,logins)
+               --scenarios closed-loop,one-to-one,group,idle,logins)
     fi
     # shellcheck disable=SC2046
     "$ROOT/target/release/chat-bench" "${args[@]}" "$@"

@@ -10,6 +10,9 @@
 //! 2. `group`: group chat fan-out across nodes;
 //! 3. `idle`: idle connections on one node: resident memory per connection;
 //! 4. `logins`: logins per second;
+//! 8. `closed-loop`: one pair across nodes, the sender waiting for the
+//!    receiver before each next chat: a quiet conversation's latency and
+//!    rate (what the classic C++ server is compared with);
 //! 5. `online` (opt-in, runs first): logged-in users and undelivered inbox
 //!    entries: what each costs the gateways' resident memory and Redis's
 //!    `used_memory`.
@@ -57,6 +60,7 @@ use procs::Watched;
 use report::markdown;
 use scenarios::{
     ceiling::{cluster_ceiling, redis_ceiling},
+    closed_loop::closed_loop,
     group::group_fanout,
     idle::idle_memory,
     logins::logins,
@@ -107,7 +111,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "one-to-one,group,idle,logins,tls,history,history-table"
+        default_value = "closed-loop,one-to-one,group,idle,logins,tls,history,history-table"
     )]
     scenarios: Vec<Scenario>,
     /// A name for this run, put in the output (e.g. "3 shards, 2 gateways").
@@ -200,6 +204,7 @@ enum Scenario {
     Online,
     History,
     HistoryTable,
+    ClosedLoop,
 }
 
 #[tokio::main]
@@ -263,6 +268,19 @@ async fn main() -> anyhow::Result<()> {
 
     // 6, 7: the history service, when it can be reached.
     let mut history_report = serde_json::Map::new();
+    // 8. one pair, closed loop: before the loaded runs (nothing else in
+    // flight, no backlog in the history service).
+    if runs(Scenario::ClosedLoop) {
+        eprintln!("one pair, closed loop, for {} s ...", args.duration);
+        let mut result = closed_loop(&args, &prefix).await?;
+        if let Some(spent) = result.as_object_mut().and_then(|r| r.remove("cpu"))
+            && !spent.is_null()
+        {
+            cpu.insert("closed_loop".into(), spent);
+        }
+        report.insert("closed_loop".into(), result);
+    }
+
     let history = if runs(Scenario::History) || runs(Scenario::HistoryTable) {
         match connect_history(&args).await {
             Ok(history) => Some(Arc::new(history)),

@@ -27,6 +27,10 @@ pub(crate) fn markdown(report: &Value, args: &Args) -> String {
     );
     for (label, result) in [
         (
+            "one pair cross-node, closed loop (sender waits for the receiver)".to_owned(),
+            &report["closed_loop"],
+        ),
+        (
             format!("one-to-one cross-node, offered {}/s", args.rate),
             &report["one_to_one_fixed_rate"]["result"],
         ),
@@ -296,11 +300,12 @@ fn cpu_markdown(cpu: &Value) -> String {
             .map_or_else(|| "-".to_owned(), |f| format!("{f:.digits$}"))
     };
     let mut out = format!(
-        "\nCPU (clock ticks: {}/s, {}):\n\n| process | CPU µs per msg, offered rate | cores busy | CPU µs per msg, saturation | cores busy | CPU ms per login | RSS MiB |\n|---|---|---|---|---|---|---|\n",
+        "\nCPU (clock ticks: {}/s, {}):\n\n| process | CPU µs per msg, closed loop | CPU µs per msg, offered rate | cores busy | CPU µs per msg, saturation | cores busy | CPU ms per login | RSS MiB |\n|---|---|---|---|---|---|---|---|\n",
         cpu["clock_ticks_per_sec"]["value"],
         cpu["clock_ticks_per_sec"]["source"].as_str().unwrap_or("?"),
     );
-    let (fixed, saturated, logins) = (
+    let (closed, fixed, saturated, logins) = (
+        &cpu["closed_loop"],
         &cpu["one_to_one_fixed_rate"],
         &cpu["one_to_one_saturation"],
         &cpu["logins"],
@@ -309,7 +314,7 @@ fn cpu_markdown(cpu: &Value) -> String {
     if let Some(watched) = cpu["watched"].as_object() {
         names.extend(watched.keys().map(|k| (k.clone(), "processes")));
     }
-    for run in [fixed, saturated, logins] {
+    for run in [closed, fixed, saturated, logins] {
         if let Some(groups) = run["groups"].as_object() {
             for (name, g) in groups {
                 let entry = (name.clone(), "groups");
@@ -330,7 +335,8 @@ fn cpu_markdown(cpu: &Value) -> String {
             name.clone()
         };
         out.push_str(&format!(
-            "| {label} | {} | {} | {} | {} | {} | {} |\n",
+            "| {label} | {} | {} | {} | {} | {} | {} | {} |\n",
+            micros_per_message(&row(closed)["cpu_seconds_per_unit"]),
             micros_per_message(&row(fixed)["cpu_seconds_per_unit"]),
             f(&row(fixed)["cores_busy"], 2),
             micros_per_message(&row(saturated)["cpu_seconds_per_unit"]),
@@ -345,7 +351,6 @@ fn cpu_markdown(cpu: &Value) -> String {
     out
 }
 
-/// One row of what a chat cost in this run, at the offered rate and at
 /// What the ceiling measured: one channel on one Redis, or one sharded
 /// channel on every master of a cluster at once.
 fn ceiling_kind(ceiling: &Value) -> &'static str {
@@ -356,6 +361,7 @@ fn ceiling_kind(ceiling: &Value) -> &'static str {
     }
 }
 
+/// One row of what a chat cost in this run, at the offered rate and at
 /// saturation: throughput, its share of the raw Redis ceiling, latency, CPU
 /// per message of each part of the stack (summed over a group's processes:
 /// every gateway, every Redis of a cluster) and the script calls and WAITs

@@ -3,6 +3,7 @@
 //! carries its send time, and waiting for delivery to finish.
 
 pub(crate) mod ceiling;
+pub(crate) mod closed_loop;
 pub(crate) mod group;
 pub(crate) mod history_comparison;
 pub(crate) mod idle;

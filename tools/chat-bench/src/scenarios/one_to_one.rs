@@ -56,8 +56,15 @@ async fn one_to_one(
             let mut seq = 0u64;
             match rate {
                 Some(rate) => {
+                    // Senders take turns: sender i starts i/pairs of a period
+                    // late, so the offered load is a steady stream of one chat
+                    // every 1/rate s, not every sender's chat at once each
+                    // period (a burst of `pairs` chats measures how a burst
+                    // drains, not latency at the offered rate).
                     let every = Duration::from_secs_f64(pairs as f64 / rate as f64);
-                    let mut ticker = tokio::time::interval(every);
+                    let offset = every.mul_f64(i as f64 / pairs as f64);
+                    let mut ticker =
+                        tokio::time::interval_at(tokio::time::Instant::now() + offset, every);
                     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
                     while started.elapsed() < duration {
                         ticker.tick().await;
