@@ -312,7 +312,8 @@ services() {
     # (at least one each): more threads than cores to run them on cost
     # cross-thread wake-ups, not throughput (GATEWAY_WORKER_THREADS to
     # choose; a gateway with cores of its own keeps Tokio's one per core).
-    local workers="${GATEWAY_WORKER_THREADS:-$(( $(nproc) / 2 / ${#GATEWAYS[@]} ))}"
+    local workers="${GATEWAY_WORKER_THREADS:-}"
+    [ -n "$workers" ] || workers=$(( $(nproc) / 2 / (${#GATEWAYS[@]} > 0 ? ${#GATEWAYS[@]} : 1) ))
     [ "$workers" -ge 1 ] 2>/dev/null || workers=1
     gw="$gw TOKIO_WORKER_THREADS=$workers"
     # The bench measures the cluster, not the per-connection rate limit.
