@@ -349,7 +349,12 @@ async fn main() -> anyhow::Result<()> {
     // 2. group fan-out across nodes.
     if runs(Scenario::Group) {
         eprintln!("group fan-out with {} members ...", args.group_members);
-        let group = group_fanout(&args, &prefix).await?;
+        let mut group = group_fanout(&args, &prefix).await?;
+        if let Some(spent) = group.as_object_mut().and_then(|g| g.remove("cpu"))
+            && !spent.is_null()
+        {
+            cpu.insert("group_fanout".into(), spent);
+        }
         report.insert("group_fanout".into(), group);
     }
 

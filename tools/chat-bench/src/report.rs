@@ -104,6 +104,9 @@ pub(crate) fn markdown(report: &Value, args: &Args) -> String {
             n(&idle["bytes_per_connection"])
         ));
     }
+    if let Some(line) = group_cost(report) {
+        out.push_str(&line);
+    }
     if let Some(logins) = report.get("logins") {
         out.push_str(&format!(
             "- logins: {} per second ({} clients)\n",
@@ -349,6 +352,30 @@ fn cpu_markdown(cpu: &Value) -> String {
     }
     out.push_str(&redis_calls_markdown(fixed, saturated));
     out
+}
+
+/// What one group message cost Redis and the gateways (all its
+/// deliveries), and Redis's share as a multiple of a one-to-one message's
+/// at the offered rate (issue 21: a 1,000-member message ≤ 20×).
+fn group_cost(report: &Value) -> Option<String> {
+    let group = &report["cpu"]["group_fanout"]["groups"];
+    let redis = group["redis"]["cpu_seconds_per_unit"].as_f64()?;
+    let gateways = group["gateway"]["cpu_seconds_per_unit"].as_f64();
+    let one = report["cpu"]["one_to_one_fixed_rate"]["groups"]["redis"]["cpu_seconds_per_unit"]
+        .as_f64()
+        .map(|per_100k| per_100k / 1e5);
+    Some(format!(
+        "- group fan-out, {} members: Redis {:.0} µs and the gateways {} µs of CPU per group message{}\n",
+        report["group_fanout"]["members"],
+        redis * 1e6,
+        gateways.map_or_else(|| "-".to_owned(), |g| format!("{:.0}", g * 1e6)),
+        one.filter(|&o| o > 0.0)
+            .map(|o| format!(
+                " (Redis: {:.0}× a one-to-one message at the offered rate)",
+                redis / o
+            ))
+            .unwrap_or_default()
+    ))
 }
 
 /// What the ceiling measured: one channel on one Redis, or one sharded

@@ -9,7 +9,7 @@ use std::{
 use serde_json::{Value, json};
 
 use super::{PASSWORD, Target, chat_frame, drain, spawn_receiver};
-use crate::{Args, client::Client, stats::tally};
+use crate::{Args, client::Client, procs, stats::tally};
 
 pub(crate) async fn group_fanout(args: &Args, prefix: &str) -> anyhow::Result<Value> {
     let members = args.group_members.max(2);
@@ -41,6 +41,7 @@ pub(crate) async fn group_fanout(args: &Args, prefix: &str) -> anyhow::Result<Va
     let every = Duration::from_secs_f64(1.0 / rate as f64);
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let before = procs::snapshot(&args.pids);
     let started = Instant::now();
     let mut seq = 0u64;
     while started.elapsed() < Duration::from_secs(args.duration) {
@@ -59,6 +60,14 @@ pub(crate) async fn group_fanout(args: &Args, prefix: &str) -> anyhow::Result<Va
         seq += 1;
     }
     drain(&received, seq * receivers).await;
+    // What one group message cost each process (all its deliveries).
+    let cpu = if args.pids.is_empty() {
+        Value::Null
+    } else {
+        procs::spent(&args.pids, &before, seq, 1.0, "group message")
+    };
     let mut result = tally(3, &samples, seq, receivers, started, Instant::now());
-    Ok(json!({"members": members, "messages_per_sec_offered": rate, "result": result.json()}))
+    Ok(
+        json!({"members": members, "messages_per_sec_offered": rate, "result": result.json(), "cpu": cpu}),
+    )
 }
