@@ -266,21 +266,19 @@ async fn main() -> anyhow::Result<()> {
         report.insert("online".into(), online(&args, &prefix).await?);
     }
 
-    // 6, 7: the history service, when it can be reached.
-    let mut history_report = serde_json::Map::new();
     // 8. one pair, closed loop: before the loaded runs (nothing else in
     // flight, no backlog in the history service).
     if runs(Scenario::ClosedLoop) {
         eprintln!("one pair, closed loop, for {} s ...", args.duration);
-        let mut result = closed_loop(&args, &prefix).await?;
-        if let Some(spent) = result.as_object_mut().and_then(|r| r.remove("cpu"))
-            && !spent.is_null()
-        {
-            cpu.insert("closed_loop".into(), spent);
-        }
-        report.insert("closed_loop".into(), result);
+        let result = closed_loop(&args, &prefix).await?;
+        report.insert(
+            "closed_loop".into(),
+            take_cpu(result, &mut cpu, "closed_loop"),
+        );
     }
 
+    // 6, 7: the history service, when it can be reached.
+    let mut history_report = serde_json::Map::new();
     let history = if runs(Scenario::History) || runs(Scenario::HistoryTable) {
         match connect_history(&args).await {
             Ok(history) => Some(Arc::new(history)),
@@ -349,13 +347,11 @@ async fn main() -> anyhow::Result<()> {
     // 2. group fan-out across nodes.
     if runs(Scenario::Group) {
         eprintln!("group fan-out with {} members ...", args.group_members);
-        let mut group = group_fanout(&args, &prefix).await?;
-        if let Some(spent) = group.as_object_mut().and_then(|g| g.remove("cpu"))
-            && !spent.is_null()
-        {
-            cpu.insert("group_fanout".into(), spent);
-        }
-        report.insert("group_fanout".into(), group);
+        let group = group_fanout(&args, &prefix).await?;
+        report.insert(
+            "group_fanout".into(),
+            take_cpu(group, &mut cpu, "group_fanout"),
+        );
     }
 
     // 3. idle connections on node 1.
@@ -496,4 +492,15 @@ async fn connect_history(args: &Args) -> anyhow::Result<History> {
         args.history_token_file.as_deref(),
     )
     .await
+}
+
+/// A scenario's result without its `cpu` (what the watched processes spent
+/// in it), which goes to the report's CPU section under `name`.
+fn take_cpu(mut result: Value, cpu: &mut serde_json::Map<String, Value>, name: &str) -> Value {
+    if let Some(spent) = result.as_object_mut().and_then(|r| r.remove("cpu"))
+        && !spent.is_null()
+    {
+        cpu.insert(name.into(), spent);
+    }
+    result
 }
