@@ -172,6 +172,13 @@ wait_for() { # description, seconds, command...
     done
 }
 
+# Redis answers PONG only once it has loaded its data: while it reads a large
+# append-only file it answers every command, PING too, with a LOADING error
+# (redis-cli still exits 0), and a stack called up would refuse logins.
+redis_ready() { # port
+    [ "$(redis-cli -p "$1" ping 2>/dev/null)" = PONG ]
+}
+
 stop_pidfile() { # name, pidfile
     local name="$1" pidfile="$2"
     pid_alive "$pidfile" || { rm -f "$pidfile"; return 0; }
@@ -231,7 +238,7 @@ start_redis() {
         --appendonly yes --appendfsync everysec --auto-aof-rewrite-min-size 1gb --maxmemory-policy noeviction \
         --daemonize no --logfile "$LOGS/redis.log" </dev/null >/dev/null 2>&1 &
     echo $! >"$pidfile"
-    wait_for "redis" 30 redis-cli -p "$REDIS_PORT" ping
+    wait_for "redis" 120 redis_ready "$REDIS_PORT"
     log "redis up on 127.0.0.1:$REDIS_PORT"
 }
 
@@ -259,7 +266,7 @@ start_redis_cluster() {
         log "redis cluster already running on 127.0.0.1:${REDIS_CLUSTER_PORTS[*]}"; return
     fi
     for port in "${REDIS_CLUSTER_PORTS[@]}"; do
-        wait_for "redis $port" 30 redis-cli -p "$port" ping
+        wait_for "redis $port" 120 redis_ready "$port"
     done
     if redis-cli -p "${REDIS_CLUSTER_PORTS[0]}" cluster info | grep -q '^cluster_slots_assigned:0'; then
         log "creating the redis cluster (3 masters, 3 replicas) in .stack/$PROFILE/redis-cluster"
