@@ -38,6 +38,7 @@ pub struct GatewayMetrics {
     /// Chats delivered without a conversation number (Redis could not
     /// number them): they carry no `cseq` and are missing from history.
     pub unnumbered: Counter,
+    pub group_log_gaps: Counter,
     /// Script calls that record chats (`append`, `number`, `deliver`): per
     /// message, what Redis charges most for (one call per shard per batch
     /// on a cluster, one per batch on a single Redis).
@@ -61,6 +62,7 @@ pub fn metrics() -> &'static GatewayMetrics {
             unreplicated_appends: Counter::default(),
             duplicates_skipped: Counter::default(),
             unnumbered: Counter::default(),
+            group_log_gaps: Counter::default(),
             script_calls: Family::default(),
         };
         register(
@@ -122,6 +124,11 @@ pub fn metrics() -> &'static GatewayMetrics {
             "gateway_unnumbered_chats",
             "Chats delivered without a conversation number (missing from history)",
             m.unnumbered.clone(),
+        );
+        register(
+            "gateway_group_log_gaps",
+            "Group log reads that found the log starting after a member's cursor (older than the log keeps, or a new counter epoch)",
+            m.group_log_gaps.clone(),
         );
         register(
             "gateway_duplicates_skipped",

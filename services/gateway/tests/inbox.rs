@@ -553,6 +553,7 @@ fn number_job(conv: &Conversation, mid: &str, ttl: u64, text: &str) -> NumberJob
         micros: 42,
         traceparent: String::new(),
         head: conversation::numbered_head(frame.as_bytes(), conv).expect("an object"),
+        log: 0,
         reply: tokio::sync::oneshot::channel().0,
     }
 }

@@ -83,9 +83,14 @@ pub fn check(frame: &[u8]) {
             assert_eq!(Some(group), object.get("groupid").and_then(Value::as_i64));
             check_chat(&object, body, cmid);
         }
-        Request::Ack { up_to } => {
+        Request::Ack { up_to, group } => {
             assert_eq!(msgid, classic::ACK_MSG);
             assert_eq!(Some(up_to), object.get("ack").and_then(Value::as_u64));
+            let conv = object.get("conv").and_then(Value::as_str);
+            let named = conv
+                .and_then(|c| c.strip_prefix("g:"))
+                .and_then(|g| g.parse::<i64>().ok());
+            assert_eq!(group, named);
         }
         Request::Logout { .. } | Request::AddFriend { .. } | Request::AddGroup { .. } => {}
         Request::Ping => {

@@ -11,7 +11,7 @@ use crate::{
         failover::now_micros,
         registry::{Delivery, Handoff},
     },
-    redis::{BusEvent, ChannelMessage, InboxEntry},
+    redis::{BusEvent, ChannelMessage, InboxEntry, Topic},
 };
 
 /// Hands what the subscriber received to the sessions, until the
@@ -26,8 +26,18 @@ pub async fn dispatch(node: &Node, mut events: mpsc::Receiver<BusEvent>) {
                 backlog.taken(&event);
                 on_event(node, event);
             }
-            users = backlog.overflowed() => {
-                for user in users {
+            topics = backlog.overflowed() => {
+                for topic in topics {
+                    let user = match topic {
+                        Topic::User(user) => user,
+                        Topic::Group(group) => {
+                            // Its members here read the group's log.
+                            for member in node.groups.members(group) {
+                                node.registry.sync_offline(member);
+                            }
+                            continue;
+                        }
+                    };
                     // What was left out may have been a chat (in the
                     // inbox) or an offline nudge (in the offline store):
                     // the session reads both. A user who left has the
@@ -52,6 +62,10 @@ fn on_event(node: &Node, event: BusEvent) {
             Some(ChannelMessage::Entry(entry)) => hand_entry(node, user, entry),
             None => tracing::warn!(user, "dropping a malformed bus message"),
         },
+        BusEvent::ForGroup { group, entry } => match InboxEntry::parse(entry) {
+            Some(entry) => hand_group_entry(node, group, &entry),
+            None => tracing::warn!(group, "dropping a malformed group log entry"),
+        },
         BusEvent::Control(payload) => {
             if let Some(group) = std::str::from_utf8(&payload)
                 .ok()
@@ -63,14 +77,22 @@ fn on_event(node: &Node, event: BusEvent) {
         }
         // Whatever was published while a subscription was away is in
         // the inbox (or, if Redis was down, the offline store).
-        BusEvent::Resync(users) => {
+        BusEvent::Resync(topics) => {
             // Leases that ran down while Redis was away hold these
             // sessions' writes until the next refresh: now, not later.
             node.lease.refresh_now();
             // Other nodes may have stored chats offline meanwhile.
             node.offline.outage_seen();
-            for user in users {
-                node.registry.sync_offline(user);
+            for topic in topics {
+                match topic {
+                    Topic::User(user) => node.registry.sync_offline(user),
+                    // A sync reads the user's group logs too.
+                    Topic::Group(group) => {
+                        for member in node.groups.members(group) {
+                            node.registry.sync_offline(member);
+                        }
+                    }
+                }
             }
         }
     }
@@ -84,6 +106,38 @@ fn hand_live(node: &Node, user: i64, except: &str, frame: &[u8]) {
         .and_then(|rest| rest.strip_prefix('/'))
         .and_then(|conn| conn.parse().ok());
     node.registry.hand_live(user, except, frame);
+}
+
+/// A chat from a group's log, to the sessions here of the group's members
+/// (the sender's own too: their cursor moves past it, nothing is written).
+fn hand_group_entry(node: &Node, group: i64, entry: &InboxEntry) {
+    let members = node.groups.members(group);
+    if members.is_empty() {
+        return;
+    }
+    let span = tracing::info_span!("chat.deliver", otel.kind = "consumer", group, members = members.len());
+    telemetry::propagation::set_parent_from_traceparent(&span, &entry.traceparent);
+    let _entered = span.enter();
+    let mut queued = false;
+    for member in members {
+        let handoff = node.registry.hand_off(member, || {
+            Delivery::from_log(
+                group,
+                entry.seq,
+                entry.sender_id,
+                entry.mid.clone(),
+                entry.frame.clone(),
+            )
+        });
+        queued |= handoff == Handoff::Queued;
+    }
+    if queued {
+        let waited = now_micros().saturating_sub(entry.sent_micros);
+        metrics()
+            .delivery_latency
+            .get_or_create(&label("path", "group"))
+            .observe(waited as f64 / 1e6);
+    }
 }
 
 /// A chat from the user's inbox, to the user's session here.

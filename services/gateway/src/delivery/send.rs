@@ -83,7 +83,7 @@ pub async fn deliver(node: &Node, receivers: &[i64], message: &Outgoing<'_>) -> 
     // on a cluster first, in its conversation's slot.
     let (numbered, head) = match head {
         Some(head) if !node.redis.numbers_as_it_appends() => (
-            number(node, message, &head, micros, &traceparent)
+            number(node, message, &head, micros, &traceparent, 0)
                 .instrument(span.clone())
                 .await,
             None,
@@ -126,11 +126,88 @@ pub async fn deliver(node: &Node, receivers: &[i64], message: &Outgoing<'_>) -> 
     Delivered { results, cseq }
 }
 
+/// A group chat: numbered and written once, to the group's log
+/// (`redis/group_log.rs`), and published once to the nodes holding its
+/// members, whatever their number. Redis that cannot take it (down, a
+/// failover that did not come), or a member this node owes chats it stored
+/// offline during an outage (they go first, as [`deliver`] does), makes it
+/// go the way of a one-to-one chat: an inbox per member, or the offline
+/// service.
+pub async fn to_group(
+    node: &Node,
+    group: i64,
+    receivers: &[i64],
+    message: &Outgoing<'_>,
+) -> Delivered {
+    let span = tracing::info_span!(
+        "redis.group_log",
+        otel.kind = "producer",
+        db.system = "redis",
+        group,
+        members = receivers.len(),
+    );
+    let head = conversation::numbered_head(message.frame, &message.conversation);
+    node.offline.refresh_owed().await;
+    let owed = receivers.iter().any(|&r| node.offline.owes(r));
+    let Some(head) = head.filter(|_| !owed) else {
+        return deliver(node, receivers, message).await;
+    };
+    let micros = now_micros();
+    let traceparent = telemetry::propagation::traceparent(&span);
+    // Always by message id: a numbering retried after a lost reply finds
+    // the first one's number and writes no second log entry.
+    let message = &Outgoing {
+        dedup: true,
+        mid: message.mid.clone(),
+        ..*message
+    };
+    let Some((cseq, frame)) = number(
+        node,
+        message,
+        &head,
+        micros,
+        &traceparent,
+        crate::redis::group_log::GROUP_LOG_MAX_LEN,
+    )
+    .instrument(span.clone())
+    .await
+    else {
+        return deliver(node, receivers, message).await;
+    };
+    let mut entry = format!("{cseq} ").into_bytes();
+    entry.extend(entry_tail(
+        &message.mid,
+        message.sender_id,
+        micros,
+        &traceparent,
+        &frame,
+    ));
+    if let Err(e) = node
+        .redis
+        .publish_group(group, &entry)
+        .instrument(span)
+        .await
+    {
+        // It is in the log: members' sessions read it at their next sync
+        // (the group's next chat, a resubscribe, a login).
+        tracing::warn!(error = %e, group, "cannot publish a group chat; members read it from the log later");
+    }
+    metrics()
+        .deliveries
+        .get_or_create(&label("route", "group"))
+        .inc();
+    Delivered {
+        results: receivers.iter().map(|_| Ok(())).collect(),
+        cseq: Some(cseq),
+    }
+}
+
 /// How long a numbering that failed once waits before its second attempt.
 const RECONNECT_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Numbers the chat in its conversation and records it for the history
-/// service (the frame gets `conv` and `cseq`). On a cluster a failing
+/// service (the frame gets `conv` and `cseq`), and, when `log` is not 0, in
+/// its conversation's log capped at `log` entries. On a cluster a failing
 /// shard is waited for as an append is; `None` when it cannot be done
 /// (Redis down: the chat still goes out, without a number).
 async fn number(
@@ -139,6 +216,7 @@ async fn number(
     head: &[u8],
     micros: u64,
     traceparent: &str,
+    log: u64,
 ) -> Option<(u64, Vec<u8>)> {
     let conv = message.conversation.to_string();
     let mut failing_since: Option<std::time::Instant> = None;
@@ -152,6 +230,7 @@ async fn number(
             micros,
             traceparent: traceparent.to_owned(),
             head: head.to_vec(),
+            log,
             reply: tokio::sync::oneshot::channel().0,
         };
         match node.redis.number(job).await {
@@ -363,7 +442,7 @@ async fn record(
                 mid: message.mid.clone(),
                 ..*message
             };
-            number(node, message, &numbered_head, micros, traceparent)
+            number(node, message, &numbered_head, micros, traceparent, 0)
                 .instrument(span.clone())
                 .await
         } else {

@@ -11,6 +11,12 @@
 //! its stores instead ("sync"), so the order is the inbox's order and nothing
 //! is skipped or written twice by one session.
 //!
+//! Group chats come from the groups' logs instead (`redis/group_log.rs`):
+//! per group the writer keeps the highest `cseq` it wrote, writes a live
+//! entry that is the next one, and reads the log from there otherwise.
+//! What was delivered raises the user's cursor in that group (the same
+//! confirmation as an inbox entry: the peer's TCP, or the client's ack).
+//!
 //! Inbox entries are trimmed only after the client's TCP acknowledged every
 //! byte of them (classic clients and those that use the additions; a
 //! transport that cannot tell, WebSocket, counts the write) or after the
@@ -19,7 +25,12 @@
 //! the writer holds is the only copy of a message: a writer that dies,
 //! blocks or is aborted loses nothing.
 
-use std::{collections::VecDeque, io, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeSet, HashMap, VecDeque},
+    io,
+    sync::Arc,
+    time::Duration,
+};
 
 use tokio::{
     sync::{mpsc, oneshot},
@@ -71,6 +82,8 @@ pub enum WriterCommand {
     Detach(oneshot::Sender<()>),
     /// The client acknowledged its deliveries up to this sequence.
     ClientAck(u64),
+    /// The client acknowledged a group's log entries up to this `cseq`.
+    ClientAckGroup(i64, u64),
     /// The client uses the additions: frames may share a write.
     AllowBatching,
     /// Send a transport-level heartbeat.
@@ -116,6 +129,15 @@ pub struct DeliveryState {
     /// The presence lease lapsed (a freeze, a partition): the next sync
     /// reads the offline store first.
     pub lapsed: bool,
+    /// The next sync reads the inbox (else only the groups' logs behind).
+    pub inbox_behind: bool,
+    /// Per group, the highest log entry (`cseq`) written to this
+    /// connection; a group missing here starts from the user's cursor.
+    pub groups: HashMap<i64, u64>,
+    /// Groups whose log must be read before their live entries are written.
+    pub groups_behind: BTreeSet<i64>,
+    /// Classic clients: group log entries written since the last mark.
+    pub groups_unmarked: Vec<(i64, u64)>,
 }
 
 /// Written to a classic client, not yet acknowledged by its TCP: once
@@ -125,6 +147,8 @@ pub struct Unconfirmed {
     bytes: u64,
     inbox: u64,
     offline: Option<u64>,
+    /// Group log entries (group, cseq) covered too.
+    groups: Vec<(i64, u64)>,
 }
 
 /// Unconfirmed writes kept apart at most; past this, new ones join the
@@ -145,6 +169,9 @@ const OFFLINE_PAUSE: Duration = Duration::from_secs(1);
 
 /// Inbox entries read per step of a sync.
 const INBOX_PAGE: usize = 200;
+
+/// Group log entries read per step of a sync.
+const LOG_PAGE: usize = 200;
 
 enum Step {
     /// Caught up: live deliveries may flow.
@@ -171,6 +198,10 @@ impl DeliveryState {
             // the user a sender's node may have moved the inbox to the
             // offline store: read that first, as a login does.
             self.offline_after.get_or_insert(0);
+            self.behind_all();
+        }
+        if let Some(&group) = self.groups_behind.first() {
+            return self.group_step(sink, group).await;
         }
         let paused = self
             .offline_paused_until
@@ -230,7 +261,12 @@ impl DeliveryState {
             if prepared.inbox_full {
                 self.offline_paused_until = Some(Instant::now() + OFFLINE_PAUSE);
             }
+            // What it moved to the inbox is read from there.
+            self.inbox_behind = true;
             return Step::More;
+        }
+        if !self.inbox_behind && self.offline_after.is_none() {
+            return Step::Done;
         }
         let page = match node
             .redis
@@ -266,6 +302,7 @@ impl DeliveryState {
             // read: what is not in the inbox was delivered or moved to the
             // offline store before this session claimed the user.
             self.cursor = self.cursor.max(page.last_seq);
+            self.inbox_behind = false;
         }
         if !self.kind.acknowledges() {
             self.written(sink, self.cursor, None);
@@ -280,22 +317,102 @@ impl DeliveryState {
         }
     }
 
+    /// One step of a sync for a group: a page of its log after what this
+    /// connection has (the user's cursor, the first time).
+    async fn group_step<W: FrameSink>(&mut self, sink: &mut W, group: i64) -> Step {
+        let node = self.node.clone();
+        let cursor = match self.groups.get(&group) {
+            Some(&cursor) => cursor,
+            None => match node.redis.group_cursors(self.user, &[group]).await {
+                Ok(cursors) => cursors.first().copied().flatten().unwrap_or(0),
+                Err(e) => {
+                    tracing::warn!(user = self.user, group, error = %e, "cannot read a group cursor; retrying");
+                    return Step::Retry(Duration::from_millis(500));
+                }
+            },
+        };
+        let page = match node.redis.read_group_log(group, cursor, LOG_PAGE).await {
+            Ok(page) => page,
+            Err(e) => {
+                tracing::warn!(user = self.user, group, error = %e, "group log read failed; retrying");
+                return Step::Retry(Duration::from_millis(500));
+            }
+        };
+        if let Some(first) = page.entries.first()
+            && cursor > 0
+            && first.seq > cursor + 1
+        {
+            // Older than the log keeps, or numbers Redis skipped (a new
+            // epoch): history has whatever there was.
+            metrics().group_log_gaps.inc();
+            tracing::info!(user = self.user, group, from = cursor, to = first.seq, "group log entries older than the log keeps; history has them");
+        }
+        let mut last = cursor;
+        for entry in page.entries {
+            if entry.seq <= last {
+                continue;
+            }
+            last = entry.seq;
+            if entry.sender_id == self.user || !self.recent.first_time(&entry.mid) {
+                continue;
+            }
+            let frame = delivery_frame(self.kind, entry.frame, &entry.mid, 0);
+            if sink.send(frame).await.is_err() {
+                return Step::Broken;
+            }
+        }
+        if sink.flush().await.is_err() {
+            return Step::Broken;
+        }
+        self.groups.insert(group, last);
+        if last > cursor {
+            self.group_written(group, last);
+            if !self.kind.acknowledges() {
+                self.written(sink, self.cursor, None);
+            }
+        }
+        if page.complete {
+            self.groups_behind.remove(&group);
+        }
+        Step::More
+    }
+
+    /// Group log entries up to `cseq` were written: a client that
+    /// acknowledges confirms them itself; for the others they are
+    /// confirmed as the inbox's are (the peer's TCP).
+    fn group_written(&mut self, group: i64, cseq: u64) {
+        if !self.kind.acknowledges() {
+            self.groups_unmarked.push((group, cseq));
+        }
+    }
+
+    /// Everything must be read again: the inbox, and every group's log.
+    fn behind_all(&mut self) {
+        self.needs_sync = true;
+        self.inbox_behind = true;
+        self.groups_behind
+            .extend(self.node.groups.of_user(self.user));
+    }
+
     /// Classic clients: inbox entries up to `inbox` and offline-store
     /// messages up to `offline` were written (and flushed); they count as
     /// delivered once the peer acknowledged every byte written so far.
     fn written<W: FrameSink>(&mut self, sink: &W, inbox: u64, offline: Option<u64>) {
         let bytes = sink.written();
         let full = self.unconfirmed.len() >= UNCONFIRMED_MARKS;
+        let groups = std::mem::take(&mut self.groups_unmarked);
         match self.unconfirmed.back_mut() {
             Some(last) if last.bytes == bytes || full => {
                 last.bytes = bytes;
                 last.inbox = last.inbox.max(inbox);
                 last.offline = last.offline.max(offline);
+                last.groups.extend(groups);
             }
             _ => self.unconfirmed.push_back(Unconfirmed {
                 bytes,
                 inbox,
                 offline,
+                groups,
             }),
         }
     }
@@ -315,6 +432,9 @@ impl DeliveryState {
             }
             inbox = inbox.max(mark.inbox);
             offline = offline.max(mark.offline);
+            for &(group, cseq) in &mark.groups {
+                self.node.trimmer.note_group_delivered(self.user, group, cseq);
+            }
             self.unconfirmed.pop_front();
         }
         self.node.trimmer.note_delivered(self.user, inbox);
@@ -326,6 +446,9 @@ impl DeliveryState {
     /// The session ends: what the peer acknowledges within a moment counts
     /// as delivered; the rest waits in the stores for the next login.
     async fn confirm_at_end<W: FrameSink>(&mut self, sink: &mut W) {
+        if !self.groups_unmarked.is_empty() && sink.flush().await.is_ok() {
+            self.written(sink, self.cursor, None);
+        }
         let until = Instant::now() + CONFIRM_AT_END;
         loop {
             self.confirm(sink).await;
@@ -374,22 +497,68 @@ impl DeliveryState {
         }
     }
 
+    /// The client acknowledged a group's log entries up to `cseq`.
+    fn client_acknowledged_group(&mut self, group: i64, cseq: u64) {
+        if let Some(&written) = self.groups.get(&group) {
+            self.node
+                .trimmer
+                .note_group_delivered(self.user, group, cseq.min(written));
+        }
+    }
+
+    /// A live entry of a group's log: written if it is the next one after
+    /// what this connection has, else the writer reads the log.
+    async fn live_group<W: FrameSink>(&mut self, delivery: Delivery, sink: &mut W) -> bool {
+        let group = delivery.group;
+        let Some(&written) = self.groups.get(&group) else {
+            self.groups_behind.insert(group);
+            self.needs_sync = true;
+            return true;
+        };
+        if delivery.seq <= written {
+            return true;
+        }
+        if !self.node.lease.holds(self.user, self.claimed_at) {
+            self.lapsed = true;
+            self.behind_all();
+            return true;
+        }
+        if delivery.seq != written + 1 {
+            self.groups_behind.insert(group);
+            self.needs_sync = true;
+            return true;
+        }
+        if delivery.sender != self.user && self.recent.first_time(&delivery.mid) {
+            let frame = delivery_frame(self.kind, delivery.frame, &delivery.mid, 0);
+            if sink.send(frame).await.is_err() {
+                return false;
+            }
+        }
+        self.groups.insert(group, delivery.seq);
+        self.group_written(group, delivery.seq);
+        true
+    }
+
     /// A live delivery: written if it is the next one and the lease holds,
     /// else the writer syncs. Returns false when the socket failed.
     async fn live<W: FrameSink>(&mut self, delivery: Delivery, sink: &mut W) -> bool {
         if delivery.is_live() {
             return sink.send(delivery.frame.clone()).await.is_ok();
         }
+        if delivery.group != 0 {
+            return self.live_group(delivery, sink).await;
+        }
         if delivery.seq <= self.cursor {
             return true;
         }
         if !self.node.lease.holds(self.user, self.claimed_at) {
             self.lapsed = true;
-            self.needs_sync = true;
+            self.behind_all();
             return true;
         }
         if delivery.seq != self.cursor + 1 {
             self.needs_sync = true;
+            self.inbox_behind = true;
             return true;
         }
         if self.recent.first_time(&delivery.mid) {
@@ -414,7 +583,7 @@ pub async fn run_writer<W: FrameSink>(mut sink: W, mut commands: mpsc::Receiver<
     loop {
         if let Some(st) = state.as_mut().filter(|_| !broken) {
             if st.sync.take() {
-                st.needs_sync = true;
+                st.behind_all();
                 // Asked for now (Redis is back, a gap): try at once, not
                 // after the backoff of failures before.
                 retry_at = None;
@@ -467,7 +636,9 @@ pub async fn run_writer<W: FrameSink>(mut sink: W, mut commands: mpsc::Receiver<
         match event {
             Event::Wake => {
                 if let Some(st) = state.as_mut().filter(|_| !broken) {
-                    if !st.kind.acknowledges() && st.cursor > marked {
+                    if !st.kind.acknowledges()
+                        && (st.cursor > marked || !st.groups_unmarked.is_empty())
+                    {
                         if sink.flush().await.is_err() {
                             broken = true;
                             continue;
@@ -491,6 +662,10 @@ pub async fn run_writer<W: FrameSink>(mut sink: W, mut commands: mpsc::Receiver<
             }
             Event::Command(Some(WriterCommand::Attach(mut st))) => {
                 marked = st.cursor;
+                // The groups' logs are read from the user's cursors first.
+                let groups = st.node.groups.of_user(st.user);
+                st.needs_sync |= !groups.is_empty();
+                st.groups_behind.extend(groups);
                 if let Some((inbox, offline)) = st.login_written.take() {
                     st.written(&sink, inbox, offline);
                 }
@@ -505,6 +680,11 @@ pub async fn run_writer<W: FrameSink>(mut sink: W, mut commands: mpsc::Receiver<
             Event::Command(Some(WriterCommand::ClientAck(up_to))) => {
                 if let Some(st) = state.as_mut().filter(|st| st.kind.acknowledges()) {
                     st.client_acknowledged(up_to).await;
+                }
+            }
+            Event::Command(Some(WriterCommand::ClientAckGroup(group, up_to))) => {
+                if let Some(st) = state.as_mut().filter(|st| st.kind.acknowledges()) {
+                    st.client_acknowledged_group(group, up_to);
                 }
             }
             Event::Command(Some(WriterCommand::AllowBatching)) => sink.allow_batching(),
@@ -534,7 +714,9 @@ pub async fn run_writer<W: FrameSink>(mut sink: W, mut commands: mpsc::Receiver<
             if sink.flush().await.is_err() {
                 broken = true;
             } else if let Some(st) = state.as_mut() {
-                if !st.kind.acknowledges() && st.cursor > marked {
+                if !st.kind.acknowledges()
+                    && (st.cursor > marked || !st.groups_unmarked.is_empty())
+                {
                     st.written(&sink, st.cursor, None);
                     marked = st.cursor;
                 }

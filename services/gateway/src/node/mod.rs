@@ -3,6 +3,8 @@
 //!
 //! - [`registry`]: this node's sessions, by user;
 //! - [`directory`]: who exists and who is in which group (caches);
+//! - [`groups`]: the groups of the users held here, whose logs' channels
+//!   this node subscribes to;
 //! - [`admission`]: connections with nobody logged in, unfinished requests;
 //! - [`lease`]: this node's presence claims, and whether a session may
 //!   still be written to;
@@ -22,6 +24,7 @@
 pub mod admission;
 pub mod directory;
 pub mod failover;
+pub mod groups;
 pub mod lease;
 pub mod offline;
 pub mod registry;
@@ -35,7 +38,8 @@ use tokio_util::task::TaskTracker;
 use crate::{config::Config, redis::Redis, upstream::Upstreams};
 
 use self::{
-    admission::Admission, directory::Directory, failover::Failover, lease::Lease,
+    admission::Admission, directory::Directory, failover::Failover, groups::LocalGroups,
+    lease::Lease,
     offline::OfflineStore, registry::Registry, trimmer::Trimmer,
 };
 
@@ -48,6 +52,7 @@ pub struct Node {
     pub tasks: TaskTracker,
     pub registry: Registry,
     pub directory: Directory,
+    pub groups: LocalGroups,
     pub admission: Arc<Admission>,
     pub lease: Lease,
     pub trimmer: Trimmer,
@@ -61,6 +66,7 @@ impl Node {
         Self {
             registry: Registry::default(),
             directory: Directory::new(upstreams.users.clone(), config.group_cache_ttl),
+            groups: LocalGroups::default(),
             admission: Arc::new(Admission::new(
                 config.limits.partial_budget_bytes,
                 config.limits.outbound_node_bytes,

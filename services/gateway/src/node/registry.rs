@@ -19,11 +19,18 @@ use crate::{
 };
 use tokio_util::sync::CancellationToken;
 
-/// A message on its way to a local session's writer: one inbox entry.
+/// A message on its way to a local session's writer: one inbox entry, or
+/// one entry of a group's log.
 #[derive(Debug)]
 pub struct Delivery {
-    /// The receiver's inbox sequence number.
+    /// The receiver's inbox sequence number; for a group log entry, its
+    /// `cseq` in the group.
     pub seq: u64,
+    /// The group whose log this entry is from (0: an inbox entry).
+    pub group: i64,
+    /// Who sent it (group log entries: a member's own are not written
+    /// back to them).
+    pub sender: i64,
     /// The server message id.
     pub mid: String,
     pub frame: Vec<u8>,
@@ -36,9 +43,20 @@ impl Delivery {
     pub fn new(seq: u64, mid: String, frame: Vec<u8>) -> Self {
         Self {
             seq,
+            group: 0,
+            sender: 0,
             mid,
             frame,
             charge: None,
+        }
+    }
+
+    /// An entry of a group's log.
+    pub fn from_log(group: i64, cseq: u64, sender: i64, mid: String, frame: Vec<u8>) -> Self {
+        Self {
+            group,
+            sender,
+            ..Self::new(cseq, mid, frame)
         }
     }
 

@@ -1,5 +1,6 @@
-//! Trimming delivered inbox entries from Redis, in batches: a busy receiver
-//! costs Redis one trim per batch, not one per message.
+//! Trimming delivered inbox entries from Redis, and raising members'
+//! cursors in group logs, in batches: a busy receiver costs Redis one trim
+//! per batch, not one per message.
 
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 
@@ -14,6 +15,9 @@ pub struct Trimmer {
     redis: Redis,
     /// Per user, the highest inbox sequence delivered and not yet trimmed.
     marks: Mutex<HashMap<i64, u64>>,
+    /// Per (user, group), the highest group log entry delivered and not
+    /// yet written to the user's cursor.
+    cursors: Mutex<HashMap<(i64, i64), u64>>,
     waiting: Notify,
 }
 
@@ -22,6 +26,7 @@ impl Trimmer {
         Self {
             redis,
             marks: Mutex::default(),
+            cursors: Mutex::default(),
             waiting: Notify::new(),
         }
     }
@@ -36,6 +41,19 @@ impl Trimmer {
         let mark = marks.entry(user).or_insert(0);
         *mark = (*mark).max(seq);
         drop(marks);
+        self.waiting.notify_one();
+    }
+
+    /// Notes that the group's log entries up to `cseq` were delivered to
+    /// the user; their cursor is raised with the next batch.
+    pub fn note_group_delivered(&self, user: i64, group: i64, cseq: u64) {
+        if cseq == 0 {
+            return;
+        }
+        let mut cursors = self.cursors.lock().unwrap_or_else(|p| p.into_inner());
+        let mark = cursors.entry((user, group)).or_insert(0);
+        *mark = (*mark).max(cseq);
+        drop(cursors);
         self.waiting.notify_one();
     }
 
@@ -56,6 +74,20 @@ impl Trimmer {
     /// Trims what is waiting now; on failure keeps it for the next try (an
     /// untrimmed entry is at worst delivered again, never lost).
     pub async fn flush(&self) -> Result<(), ()> {
+        let cursors: Vec<(i64, i64, u64)> =
+            std::mem::take(&mut *self.cursors.lock().unwrap_or_else(|p| p.into_inner()))
+                .into_iter()
+                .map(|((user, group), cseq)| (user, group, cseq))
+                .collect();
+        if let Err(e) = self.redis.raise_group_cursors(&cursors).await {
+            tracing::warn!(error = %e, cursors = cursors.len(), "cannot raise group cursors; will retry");
+            let mut marks = self.cursors.lock().unwrap_or_else(|p| p.into_inner());
+            for (user, group, cseq) in cursors {
+                let mark = marks.entry((user, group)).or_insert(0);
+                *mark = (*mark).max(cseq);
+            }
+            return Err(());
+        }
         let batch: Vec<(i64, u64)> =
             std::mem::take(&mut *self.marks.lock().unwrap_or_else(|p| p.into_inner()))
                 .into_iter()

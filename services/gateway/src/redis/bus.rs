@@ -24,12 +24,14 @@ use super::{Grouped, Redis, RedisError, inbox::InboxEntry};
 pub enum BusEvent {
     /// An inbox entry published for a user this node subscribed to.
     ForUser { user: i64, entry: Vec<u8> },
+    /// A group log entry published for a group this node subscribed to.
+    ForGroup { group: i64, entry: Vec<u8> },
     /// A cache invalidation from some node (maybe this one).
     Control(Vec<u8>),
     /// These users' subscriptions were restored (a connection dropped, a
     /// shard failed over, a slot moved): whatever was published meanwhile
-    /// must be read from their stores.
-    Resync(Vec<i64>),
+    /// must be read from their stores (a group's: from its log).
+    Resync(Vec<Topic>),
 }
 
 /// What [`Redis`](super::Redis) asks of the subscriber.
@@ -38,12 +40,22 @@ pub(super) enum SubCommand {
     Unsubscribe(String),
 }
 
-/// The user whose channel this is (`{prefix}{u:ID}`), given `{prefix}{u:`.
-pub(super) fn user_of_channel(user_prefix: &str, channel: &str) -> Option<i64> {
-    channel
-        .strip_prefix(user_prefix)
-        .and_then(|rest| rest.strip_suffix('}'))
-        .and_then(|id| id.parse().ok())
+/// Whose a channel is: a user's, or a group's log's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Topic {
+    User(i64),
+    Group(i64),
+}
+
+/// The topic of a channel: `{prefix}{u:ID}` (given `{prefix}{u:`) or
+/// `{prefix}{h:N}:l:g:GID` (given `{prefix}{h:`).
+pub(super) fn topic_of_channel(prefix: &str, channel: &str) -> Option<Topic> {
+    let rest = channel.strip_prefix(prefix)?;
+    if let Some(user) = rest.strip_prefix("{u:") {
+        return user.strip_suffix('}')?.parse().ok().map(Topic::User);
+    }
+    let (_, group) = rest.strip_prefix("{h:")?.split_once("}:l:g:")?;
+    group.parse().ok().map(Topic::Group)
 }
 
 /// What waits between the subscriber and the node, bounded in bytes: past
@@ -54,7 +66,7 @@ pub(super) fn user_of_channel(user_prefix: &str, channel: &str) -> Option<i64> {
 pub struct BusBacklog {
     bytes: AtomicUsize,
     max: usize,
-    overflowed: Mutex<HashSet<i64>>,
+    overflowed: Mutex<HashSet<Topic>>,
     notify: tokio::sync::Notify,
 }
 
@@ -71,31 +83,36 @@ impl BusBacklog {
         })
     }
 
-    /// Queues a user's entry unless the backlog is full (in bytes or count).
+    /// Queues a user's or a group's entry unless the backlog is full (in
+    /// bytes or count).
     pub(super) fn offer(
         &self,
         events: &mpsc::Sender<BusEvent>,
-        user: i64,
+        topic: Topic,
         entry: Vec<u8>,
     ) -> Result<(), ()> {
         let len = entry.len();
         if self.bytes.fetch_add(len, Ordering::AcqRel) + len > self.max {
             self.bytes.fetch_sub(len, Ordering::AcqRel);
-            self.overflow(user);
+            self.overflow(topic);
             return Ok(());
         }
-        match events.try_send(BusEvent::ForUser { user, entry }) {
+        let event = match topic {
+            Topic::User(user) => BusEvent::ForUser { user, entry },
+            Topic::Group(group) => BusEvent::ForGroup { group, entry },
+        };
+        match events.try_send(event) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.bytes.fetch_sub(len, Ordering::AcqRel);
-                self.overflow(user);
+                self.overflow(topic);
                 Ok(())
             }
             Err(mpsc::error::TrySendError::Closed(_)) => Err(()),
         }
     }
 
-    fn overflow(&self, user: i64) {
+    fn overflow(&self, topic: Topic) {
         crate::metrics::metrics()
             .overflowed
             .get_or_create(&crate::metrics::label("queue", "bus"))
@@ -103,21 +120,21 @@ impl BusBacklog {
         self.overflowed
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(user);
+            .insert(topic);
         self.notify.notify_one();
     }
 
     /// The node took an entry off the queue.
     pub fn taken(&self, event: &BusEvent) {
-        if let BusEvent::ForUser { entry, .. } = event {
+        if let BusEvent::ForUser { entry, .. } | BusEvent::ForGroup { entry, .. } = event {
             self.bytes.fetch_sub(entry.len(), Ordering::AcqRel);
         }
     }
 
-    /// Waits until some user's entry was left out, then says whose.
-    pub async fn overflowed(&self) -> Vec<i64> {
+    /// Waits until some entry was left out, then says whose.
+    pub async fn overflowed(&self) -> Vec<Topic> {
         loop {
-            let users: Vec<i64> = self
+            let users: Vec<Topic> = self
                 .overflowed
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())

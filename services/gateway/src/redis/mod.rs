@@ -23,6 +23,9 @@
 //!   classic session alone, or any number of device sessions.
 //! - **History** `{prefix}{h:N}`: streams of numbered chats for the history
 //!   service (`number.rs`).
+//! - **Group logs** `{prefix}{h:N}:l:g:GID`: a group's chats, once each, and
+//!   the channel of the same name; members' cursors `{prefix}{u:ID}:gc`
+//!   (`group_log.rs`).
 //! - **Throttles** `{prefix}t:NAME`: fixed-window counters shared by the nodes.
 //! - **Control** `{prefix}ctl`: cache invalidations between nodes.
 //!
@@ -56,6 +59,7 @@
 //! - `bus.rs`: what users' channels carry, publishing, (un)subscribing;
 //! - `subscriber.rs`: the subscriber connections (`resp.rs`: their RESP);
 //! - `number.rs`: conversation sequence numbers and the history streams;
+//! - `group_log.rs`: group logs, their channels and members' cursors;
 //! - `throttle.rs`: the throttles;
 //! - `topology.rs`: the slot map and the replicas (cluster only);
 //! - `slot.rs`: hash slots, grouping by slot, parsing `CLUSTER SHARDS`;
@@ -79,6 +83,7 @@ use tokio::sync::{mpsc, watch};
 mod append;
 mod bus;
 mod deliver;
+pub mod group_log;
 mod inbox;
 pub mod number;
 mod presence;
@@ -90,7 +95,7 @@ mod topology;
 
 pub use append::Appended;
 pub use append::Numbering;
-pub use bus::{BUS_BACKLOG_BYTES, BusBacklog, BusEvent, ChannelMessage};
+pub use bus::{BUS_BACKLOG_BYTES, BusBacklog, BusEvent, ChannelMessage, Topic};
 pub use inbox::{AppendTo, Dedup, InboxEntry, InboxPage, READ_PAGE_BYTES, entry_tail};
 pub use presence::Claim;
 
@@ -339,6 +344,7 @@ struct Scripts {
     number: Script,
     deliver: Script,
     claim_each: Script,
+    cursor: Script,
 }
 
 impl Redis {
@@ -442,6 +448,7 @@ impl Redis {
                 number: Script::new(number::NUMBER_SCRIPT),
                 deliver: Script::new(deliver::DELIVER_SCRIPT),
                 claim_each: Script::new(presence::CLAIM_EACH_SCRIPT),
+                cursor: Script::new(group_log::CURSOR_SCRIPT),
             }),
             appender,
             numberer,
@@ -521,6 +528,7 @@ impl Redis {
             &self.scripts.number,
             &self.scripts.deliver,
             &self.scripts.claim_each,
+            &self.scripts.cursor,
         ];
         for script in scripts {
             pipe.load_script(script).ignore();

@@ -49,7 +49,8 @@ pub fn partition(conversation: &str) -> u32 {
 /// ARGV[1]: the streams' MAXLEN,
 /// ARGV[2]: their budget in bytes (checked at every 64th chat of a conversation);
 /// then per chat: dedup TTL in seconds ('0': none), mid, conv, sender,
-/// micros, traceparent, and the frame's head (the frame up to `"cseq":`).
+/// micros, traceparent, the frame's head (the frame up to `"cseq":`), and
+/// the MAXLEN of the conversation's log ('0': none; `group_log.rs`).
 /// Returns the sequence number of each chat (a retry: the first one's).
 pub(super) const NUMBER_SCRIPT: &str = concat!(
     include_str!("scripts/counter.lua"),
@@ -74,6 +75,9 @@ pub struct NumberJob {
     pub traceparent: String,
     /// The frame up to its `"cseq":` ([`crate::protocol::conversation::numbered_head`]).
     pub head: Vec<u8>,
+    /// Also append it to the conversation's log, capped at this many
+    /// entries (0: no log; `group_log.rs`).
+    pub log: u64,
     pub reply: oneshot::Sender<Result<u64, String>>,
 }
 
@@ -382,7 +386,8 @@ fn number_args(cmd: &mut redis::Pipeline, job: &NumberJob) {
         .arg(job.sender)
         .arg(job.micros)
         .arg(&job.traceparent)
-        .arg(&job.head[..]);
+        .arg(&job.head[..])
+        .arg(job.log);
 }
 
 #[cfg(test)]

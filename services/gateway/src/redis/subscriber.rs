@@ -36,7 +36,7 @@ use tokio::{
 
 use super::{
     BusBacklog, BusEvent, RedisError,
-    bus::{SubCommand, user_of_channel},
+    bus::{SubCommand, Topic, topic_of_channel},
     resp::{self, Frame},
     slot::{self, Shard},
 };
@@ -88,7 +88,8 @@ enum Report {
 struct Sink {
     events: mpsc::Sender<BusEvent>,
     backlog: Arc<BusBacklog>,
-    user_prefix: Arc<str>,
+    /// `{prefix}`: channels are `{prefix}{u:ID}` and `{prefix}{h:N}:l:g:GID`.
+    prefix: Arc<str>,
     control: Arc<str>,
 }
 
@@ -106,8 +107,9 @@ struct Coordinator {
     owners: slot::Owners,
     shards: HashMap<Arc<str>, mpsc::UnboundedSender<ShardCmd>>,
     reports: mpsc::UnboundedSender<Report>,
-    /// Users whose subscription was restored, to read their stores.
-    restored: Vec<i64>,
+    /// Users and groups whose subscription was restored, to read their
+    /// stores.
+    restored: Vec<Topic>,
 }
 
 pub(super) async fn run(mut this: Subscriber) {
@@ -117,7 +119,7 @@ pub(super) async fn run(mut this: Subscriber) {
         sink: Sink {
             events: this.events.clone(),
             backlog: this.backlog.clone(),
-            user_prefix: format!("{}{{u:", this.prefix).into(),
+            prefix: this.prefix.as_str().into(),
             control: control.clone().into(),
         },
         auth: this.auth.clone(),
@@ -156,7 +158,7 @@ pub(super) async fn run(mut this: Subscriber) {
         );
         if !c.restored.is_empty() {
             let users = std::mem::take(&mut c.restored);
-            tracing::info!(users = users.len(), "redis subscriptions restored");
+            tracing::info!(channels = users.len(), "redis subscriptions restored");
             if this.events.send(BusEvent::Resync(users)).await.is_err() {
                 return;
             }
@@ -254,9 +256,9 @@ impl Coordinator {
                         }
                         self.pending.remove(&channel);
                         if resubscribed
-                            && let Some(user) = user_of_channel(&self.sink.user_prefix, &channel)
+                            && let Some(topic) = topic_of_channel(&self.sink.prefix, &channel)
                         {
-                            self.restored.push(user);
+                            self.restored.push(topic);
                         }
                         if let Some(reply) = reply {
                             let _ = reply.send(Ok(()));
@@ -545,9 +547,9 @@ fn on_frame(
                     let Some(Frame::Bulk(Some(payload))) = items.next() else {
                         return Ok(());
                     };
-                    if let Some(user) = user_of_channel(&sink.user_prefix, &channel) {
+                    if let Some(topic) = topic_of_channel(&sink.prefix, &channel) {
                         sink.backlog
-                            .offer(&sink.events, user, payload)
+                            .offer(&sink.events, topic, payload)
                             .map_err(|()| stopped())?;
                     } else if channel == *sink.control {
                         match sink.events.try_send(BusEvent::Control(payload)) {

@@ -93,7 +93,12 @@ impl Session {
             },
             conversation,
         };
-        let delivered = send::deliver(&self.node, receivers, &message).await;
+        let delivered = match conversation {
+            Conversation::Group(group) => {
+                send::to_group(&self.node, group, receivers, &message).await
+            }
+            Conversation::Direct(..) => send::deliver(&self.node, receivers, &message).await,
+        };
         let accepted = delivered.results.iter().any(Result::is_ok);
         if let Some(cseq) = delivered.cseq
             && accepted

@@ -215,6 +215,10 @@ impl Session {
                     login_written: None,
                     unconfirmed: std::collections::VecDeque::new(),
                     lapsed: false,
+                    inbox_behind: ack.pending.needs_sync,
+                    groups: std::collections::HashMap::new(),
+                    groups_behind: std::collections::BTreeSet::new(),
+                    groups_unmarked: Vec::new(),
                 }));
                 Ok(ack)
             }
@@ -232,6 +236,15 @@ impl Session {
         seq: Option<i64>,
     ) -> Result<LoginAck, Failure> {
         let (friends, groups) = self.roster(user.id).await?;
+        // Group chats come from the groups' logs: this node takes what is
+        // published there from now on, and the writer reads the logs from
+        // the user's cursors before anything live.
+        let ids: Vec<i64> = groups.iter().map(|g| g.id).collect();
+        self.node
+            .groups
+            .join(&self.node.redis, user.id, &ids)
+            .await
+            .map_err(redis_unavailable)?;
         let offline: Vec<String> = pending
             .frames
             .iter()
@@ -314,6 +327,7 @@ impl Session {
         // The node stays subscribed while another of the user's devices is here.
         node.registry.remove(active.id, self.connection, || {
             node.redis.unsubscribe_user(active.id);
+            node.groups.forget_user(&node.redis, active.id);
         });
         metrics().online_users.dec();
         active.kick.cancel();

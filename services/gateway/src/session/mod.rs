@@ -413,8 +413,18 @@ impl Session {
             Request::GroupChat {
                 group, body, cmid, ..
             } => self.group_chat((user, &name), group, body, cmid).await,
-            Request::Ack { up_to } => {
+            Request::Ack { up_to, group: None } => {
                 let _ = self.writer.send(WriterCommand::ClientAck(up_to)).await;
+                Ok(Map::new())
+            }
+            Request::Ack {
+                up_to,
+                group: Some(group),
+            } => {
+                let _ = self
+                    .writer
+                    .send(WriterCommand::ClientAckGroup(group, up_to))
+                    .await;
                 Ok(Map::new())
             }
             Request::AddFriend { friend, .. } => self.add_friend(user, friend).await,

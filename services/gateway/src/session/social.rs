@@ -49,6 +49,7 @@ impl Session {
             .into_inner()
             .group_id;
         self.invalidate_group(group).await;
+        self.follow_group(user, group, 0).await;
         let mut results = Map::new();
         results.insert("groupid".into(), group.into());
         Ok(results)
@@ -70,7 +71,28 @@ impl Session {
             .await
             .map_err(|s| failure_from_status(&s, "the user service"))?;
         self.invalidate_group(group).await;
+        // A new member gets the group's chats from now on, not older ones.
+        let newest = self.node.redis.newest_in(&format!("g:{group}")).await;
+        match newest {
+            Ok(newest) => self.follow_group(user, group, newest).await,
+            Err(e) => {
+                tracing::warn!(error = %e, group, user, "cannot read the group's newest chat; the member's cursor starts at the log's oldest")
+            }
+        }
         Ok(Map::new())
+    }
+
+    /// The user is in the group from its chat `cseq` on: their cursor, and
+    /// this node's subscription to the group's log. Best effort: without
+    /// it the user gets the group's chats at their next login.
+    async fn follow_group(&self, user: i64, group: i64, cseq: u64) {
+        let node = &self.node;
+        if let Err(e) = node.redis.set_group_cursor(user, group, cseq).await {
+            tracing::warn!(error = %e, group, user, "cannot set a new member's cursor");
+        }
+        if let Err(e) = node.groups.join(&node.redis, user, &[group]).await {
+            tracing::warn!(error = %e, group, user, "cannot subscribe to a group's log; the member gets its chats at the next login");
+        }
     }
 
     /// Forgets a group's members here and on every other node.

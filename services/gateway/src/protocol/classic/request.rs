@@ -52,8 +52,11 @@ pub enum Request {
         body: Map<String, Value>,
         cmid: Option<String>,
     },
+    /// `{"msgid":12,"ack":RSEQ}`; with `"conv":"g:GID"`, the group log
+    /// entries of that group up to `ack` (their `cseq`).
     Ack {
         up_to: u64,
+        group: Option<i64>,
     },
     Ping,
     History {
@@ -209,6 +212,19 @@ fn parse_request(mut object: Map<String, Value>) -> Result<Request, Failure> {
         }
         ACK_MSG => Request::Ack {
             up_to: non_negative(required_int(&object, "ack")?, "ack")?,
+            group: match object.get("conv") {
+                None => None,
+                Some(conv) => Some(
+                    conv.as_str()
+                        .and_then(|c| c.strip_prefix("g:"))
+                        .and_then(|g| g.parse().ok())
+                        .ok_or_else(|| {
+                            Failure::bad_request(
+                                "conv must be a group's conversation, \"g:GID\"".to_owned(),
+                            )
+                        })?,
+                ),
+            },
         },
         PING_MSG => Request::Ping,
         HISTORY_MSG => {
@@ -373,7 +389,19 @@ mod tests {
         );
         assert_eq!(
             parse(br#"{"msgid":12,"ack":5}"#).request,
-            Ok(Request::Ack { up_to: 5 })
+            Ok(Request::Ack {
+                up_to: 5,
+                group: None
+            })
+        );
+        assert_eq!(
+            parse(br#"{"msgid":12,"ack":5,"conv":"g:7"}"#).request,
+            Ok(Request::Ack {
+                up_to: 5,
+                group: Some(7)
+            })
+        );
+        assert!(parse(br#"{"msgid":12,"ack":5,"conv":"d:1:2"}"#).request.is_err()
         );
         assert_eq!(parse(br#"{"msgid":13}"#).request, Ok(Request::Ping));
         let p = parse(br#"{"msgid":6,"toid":2,"msg":"m","cmid":"a b"}"#);

@@ -2,9 +2,11 @@
 -- stream (prefixed, after counter.lua, to the scripts that number). KEYS of
 -- the chat: the conversation's counter, the dedup key, the stream; `mark`
 -- is the slot's epoch mark. `ttl`: dedup TTL in seconds ('0': none).
--- `head`: the frame up to its "cseq":. Returns the chat's number (a retry:
--- the first one's).
-local function number_chat(counter, dedup, stream, mark, maxlen, maxbytes, ttl, mid, conv, from, at, tp, head)
+-- `head`: the frame up to its "cseq":. `log`: '0', or the MAXLEN of the
+-- conversation's log (`STREAM:l:CONV`, a group's one copy of each chat that
+-- members read by cursor) that the chat is appended to as well, with its
+-- number as id. Returns the chat's number (a retry: the first one's).
+local function number_chat(counter, dedup, stream, mark, maxlen, maxbytes, ttl, mid, conv, from, at, tp, head, log)
   local prev = false
   if ttl ~= '0' then prev = redis.call('GET', dedup) end
   if prev then return tonumber(prev) end
@@ -14,6 +16,10 @@ local function number_chat(counter, dedup, stream, mark, maxlen, maxbytes, ttl, 
   redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*',
     'op', 'm', 'mid', mid, 'conv', conv, 'seq', s,
     'from', from, 'at', at, 'tp', tp, 'frame', head .. s .. '}')
+  if log and log ~= '0' then
+    redis.call('XADD', stream .. ':l:' .. conv, 'MAXLEN', '~', log, s .. '-0',
+      'e', s .. ' ' .. mid .. ' ' .. from .. ' ' .. at .. ' ' .. tp .. '\n' .. head .. s .. '}')
+  end
   -- Bytes too: now and then (every 64th chat of a conversation), a stream
   -- over its budget loses its oldest entries (the history service has read
   -- them, unless it is down).
