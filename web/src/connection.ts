@@ -6,6 +6,7 @@
 // (the `loggedIn` handler is told `resumed`).
 
 import {
+  type Chat,
   type JsonObject,
   type LoginAck,
   type ServerFailure,
@@ -106,6 +107,10 @@ export class Connection {
   /** The newest inbox entry received, and the newest acknowledged. */
   private rseqSeen = 0;
   private rseqAcked = 0;
+  /** Group chats come from the groups' logs, acknowledged per group by
+   *  their number in it (`cseq`). */
+  private groupSeen = new Map<string, number>();
+  private groupAcked = new Map<string, number>();
   private attempt = 0;
   private everLoggedIn = false;
   private stopped = false;
@@ -232,10 +237,20 @@ export class Connection {
     this.handlers.frame(frame);
     // Acknowledged only once handled: what the server drops from the inbox
     // is what this page has.
-    if (frame.kind === 'chat' && frame.chat.rseq !== null) {
-      this.rseqSeen = Math.max(this.rseqSeen, frame.chat.rseq);
-      this.armAck();
+    if (frame.kind === 'chat') this.seen(frame.chat);
+  }
+
+  /** A chat this page has: to acknowledge (an inbox entry by `rseq`, a
+   *  group log entry by its group and `cseq`). */
+  private seen(chat: Chat): void {
+    if (chat.rseq !== null) {
+      this.rseqSeen = Math.max(this.rseqSeen, chat.rseq);
+    } else if (chat.conv.startsWith('g:') && chat.cseq !== null && chat.mid !== '') {
+      this.groupSeen.set(chat.conv, Math.max(this.groupSeen.get(chat.conv) ?? 0, chat.cseq));
+    } else {
+      return;
     }
+    this.armAck();
   }
 
   private loginAnswered(ack: LoginAck | null, failure: ServerFailure | null): void {
@@ -273,9 +288,7 @@ export class Connection {
       this.first = null;
     }
     this.handlers.loggedIn(ack, resumed);
-    for (const chat of ack.offline) {
-      if (chat.rseq !== null) this.rseqSeen = Math.max(this.rseqSeen, chat.rseq);
-    }
+    for (const chat of ack.offline) this.seen(chat);
     this.armAck();
   }
 
@@ -299,13 +312,22 @@ export class Connection {
     }, this.timings.pingEveryMs);
   }
 
-  /** Inbox entries are acknowledged together, a moment after they came. */
+  /** Group log entries not acknowledged yet, per group. */
+  private groupsBehind(): [string, number][] {
+    return [...this.groupSeen].filter(([conv, cseq]) => cseq > (this.groupAcked.get(conv) ?? 0));
+  }
+
+  /** Inbox and group log entries are acknowledged together, a moment after
+   *  they came. */
   private armAck(): void {
-    if (this.ackTimer || this.rseqSeen <= this.rseqAcked) return;
+    if (this.ackTimer || (this.rseqSeen <= this.rseqAcked && this.groupsBehind().length === 0)) return;
     this.ackTimer = setTimeout(() => {
       this.ackTimer = null;
       if (this.rseqSeen > this.rseqAcked && this.write(encode.ack(this.rseqSeen))) {
         this.rseqAcked = this.rseqSeen;
+      }
+      for (const [conv, cseq] of this.groupsBehind()) {
+        if (this.write(encode.groupAck(conv, cseq))) this.groupAcked.set(conv, cseq);
       }
     }, this.timings.ackEveryMs);
   }

@@ -426,6 +426,8 @@ export const encode = {
     return to === null ? null : { msgid: MSG.CHAT, id: me, toid: to, msg, cmid };
   },
   ack: (rseq: number): JsonObject => ({ msgid: MSG.ACK, ack: rseq }),
+  /** A group's log entries up to `cseq` (`conv` is "g:GID"). */
+  groupAck: (conv: string, cseq: number): JsonObject => ({ msgid: MSG.ACK, ack: cseq, conv }),
   ping: (): JsonObject => ({ msgid: MSG.PING }),
   addFriend: (me: number, friend: number): JsonObject => ({ msgid: MSG.ADD_FRIEND, id: me, friendid: friend }),
   createGroup: (me: number, name: string, description: string): JsonObject => ({

@@ -94,6 +94,12 @@ test('logs in, acknowledges inbox entries, answers requests by seq, resumes with
   await sleep(20);
   assert.deepEqual(last().sent.filter((f) => f['msgid'] === 12).pop(), { msgid: 12, ack: 5 });
 
+  // Group chats come from the group's log: acknowledged per group by cseq.
+  last().push({ msgid: 10, id: 2, name: 'bob', groupid: 7, msg: 'g1', conv: 'g:7', cseq: 8, mid: 'c' });
+  last().push({ msgid: 10, id: 2, name: 'bob', groupid: 7, msg: 'g2', conv: 'g:7', cseq: 9, mid: 'd' });
+  await sleep(20);
+  assert.deepEqual(last().sent.filter((f) => f['msgid'] === 12).pop(), { msgid: 12, ack: 9, conv: 'g:7' });
+
   const answered = connection.request({ msgid: 17 });
   const request = last().sent[last().sent.length - 1]!;
   last().push({ msgid: 11, errno: 0, seq: request['seq'], conversations: [] });

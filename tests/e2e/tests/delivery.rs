@@ -616,7 +616,11 @@ async fn a_member_with_a_full_inbox_still_gets_the_group_and_a_retry_duplicates_
     assert_eq!(retry["cseq"], numbers[3], "{retry}");
 
     let expected: Vec<String> = (0..5).map(|n| format!("group {n}")).collect();
-    for (who, client) in [("bob", &mut bob), ("carol", &mut carol), ("dave", &mut dave)] {
+    for (who, client) in [
+        ("bob", &mut bob),
+        ("carol", &mut carol),
+        ("dave", &mut dave),
+    ] {
         let got = texts(&client.chats_until_quiet(Duration::from_secs(2)).await);
         assert_eq!(got, expected, "{who}: each once, in order");
     }

@@ -26,7 +26,9 @@ async fn join(client: &mut Client, id: i64, group: i64) {
 
 async fn send_all(client: &mut Client, from: i64, group: i64, texts: &[&str]) {
     for (n, text) in texts.iter().enumerate() {
-        let reply = client.call(group_chat(from, group, text), 100 + n as i64).await;
+        let reply = client
+            .call(group_chat(from, group, text), 100 + n as i64)
+            .await;
         assert_eq!(reply["errno"], 0, "{reply}");
         assert!(reply.get("failed").is_none(), "{reply}");
     }
@@ -66,7 +68,10 @@ async fn members_on_other_nodes_and_members_away_get_each_group_chat_once_in_ord
     drop(carol);
     tokio::time::sleep(Duration::from_millis(300)).await;
     send_all(&mut alice, a, g, &["three", "four"]).await;
-    assert_eq!(texts(&bob.chats_until_quiet(QUIET).await), ["three", "four"]);
+    assert_eq!(
+        texts(&bob.chats_until_quiet(QUIET).await),
+        ["three", "four"]
+    );
 
     let mut carol = Client::connect(stack.gateways[0].tcp).await;
     carol.login_ok(c, "pc").await;

@@ -4,11 +4,12 @@
 //! The client uses the delivery additions: it logs in with `acks` (and
 //! `since`, when it resumes), drops a chat it has already shown (by `rseq`,
 //! or by `mid` for one without a sequence), acknowledges what it has shown
-//! (at most every 100 ms), and pings every 4 s so the server knows it is alive.
+//! (at most every 100 ms; a group chat by its group and `cseq`), and pings
+//! every 4 s so the server knows it is alive.
 //! Either transport can run over TLS (`tls.rs`).
 
 use std::{
-    collections::{HashSet, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -64,6 +65,9 @@ pub struct Deliveries {
     shown: AtomicU64,
     /// Ids of recently shown chats that carried no sequence.
     recent: Mutex<(HashSet<String>, VecDeque<String>)>,
+    /// Per group ("g:GID"), the highest `cseq` of its log's entries shown
+    /// (group chats are acknowledged per group).
+    groups: Mutex<HashMap<String, u64>>,
 }
 
 impl Deliveries {
@@ -75,6 +79,13 @@ impl Deliveries {
         let Some(mid) = message["mid"].as_str() else {
             return true;
         };
+        if let (Some(conv), Some(cseq)) = (message["conv"].as_str(), message["cseq"].as_u64())
+            && conv.starts_with("g:")
+        {
+            let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+            let shown = groups.entry(conv.to_owned()).or_default();
+            *shown = (*shown).max(cseq);
+        }
         let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         let (set, order) = &mut *recent;
         if !set.insert(mid.to_owned()) {
@@ -91,6 +102,21 @@ impl Deliveries {
 
     pub fn shown(&self) -> u64 {
         self.shown.load(Ordering::Acquire)
+    }
+
+    /// Group acknowledgements for what was shown since `acked` (which it
+    /// brings up to date).
+    pub fn group_acks(&self, acked: &mut HashMap<String, u64>) -> Vec<Value> {
+        let groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+        let mut acks = Vec::new();
+        for (conv, &cseq) in groups.iter() {
+            let done = acked.entry(conv.clone()).or_default();
+            if cseq > *done {
+                *done = cseq;
+                acks.push(json!({"msgid": 12, "ack": cseq, "conv": conv}));
+            }
+        }
+        acks
     }
 
     /// The login request: with `acks`, and `since` once something was shown.
@@ -164,9 +190,15 @@ impl Connection {
         let shown = deliveries.clone();
         tokio::spawn(async move {
             let mut acked = 0;
+            let mut groups_acked = HashMap::new();
             let mut tick = tokio::time::interval(Duration::from_millis(100));
             for n in 0u64.. {
                 tick.tick().await;
+                for ack in shown.group_acks(&mut groups_acked) {
+                    if beat.send(ack.to_string()).is_err() {
+                        return;
+                    }
+                }
                 let now = shown.shown();
                 if now > acked {
                     acked = now;
@@ -202,6 +234,9 @@ impl Connection {
         let shown = self.deliveries.shown();
         if shown > 0 {
             self.send(&json!({"msgid": 12, "ack": shown}))?;
+        }
+        for ack in self.deliveries.group_acks(&mut HashMap::new()) {
+            self.send(&ack)?;
         }
         self.call(json!({"msgid": 13}), seq, |_| {}).await?;
         Ok(())

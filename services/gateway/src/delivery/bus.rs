@@ -115,7 +115,12 @@ fn hand_group_entry(node: &Node, group: i64, entry: &InboxEntry) {
     if members.is_empty() {
         return;
     }
-    let span = tracing::info_span!("chat.deliver", otel.kind = "consumer", group, members = members.len());
+    let span = tracing::info_span!(
+        "chat.deliver",
+        otel.kind = "consumer",
+        group,
+        members = members.len()
+    );
     telemetry::propagation::set_parent_from_traceparent(&span, &entry.traceparent);
     let _entered = span.enter();
     let mut queued = false;

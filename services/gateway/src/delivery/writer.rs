@@ -345,7 +345,13 @@ impl DeliveryState {
             // Older than the log keeps, or numbers Redis skipped (a new
             // epoch): history has whatever there was.
             metrics().group_log_gaps.inc();
-            tracing::info!(user = self.user, group, from = cursor, to = first.seq, "group log entries older than the log keeps; history has them");
+            tracing::info!(
+                user = self.user,
+                group,
+                from = cursor,
+                to = first.seq,
+                "group log entries older than the log keeps; history has them"
+            );
         }
         let mut last = cursor;
         for entry in page.entries {
@@ -433,7 +439,9 @@ impl DeliveryState {
             inbox = inbox.max(mark.inbox);
             offline = offline.max(mark.offline);
             for &(group, cseq) in &mark.groups {
-                self.node.trimmer.note_group_delivered(self.user, group, cseq);
+                self.node
+                    .trimmer
+                    .note_group_delivered(self.user, group, cseq);
             }
             self.unconfirmed.pop_front();
         }
@@ -714,8 +722,7 @@ pub async fn run_writer<W: FrameSink>(mut sink: W, mut commands: mpsc::Receiver<
             if sink.flush().await.is_err() {
                 broken = true;
             } else if let Some(st) = state.as_mut() {
-                if !st.kind.acknowledges()
-                    && (st.cursor > marked || !st.groups_unmarked.is_empty())
+                if !st.kind.acknowledges() && (st.cursor > marked || !st.groups_unmarked.is_empty())
                 {
                     st.written(&sink, st.cursor, None);
                     marked = st.cursor;

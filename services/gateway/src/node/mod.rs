@@ -39,8 +39,7 @@ use crate::{config::Config, redis::Redis, upstream::Upstreams};
 
 use self::{
     admission::Admission, directory::Directory, failover::Failover, groups::LocalGroups,
-    lease::Lease,
-    offline::OfflineStore, registry::Registry, trimmer::Trimmer,
+    lease::Lease, offline::OfflineStore, registry::Registry, trimmer::Trimmer,
 };
 
 pub struct Node {

@@ -106,7 +106,12 @@ impl Redis {
 
     /// Sets the user's cursor in a group (they joined it: nothing older is
     /// theirs).
-    pub async fn set_group_cursor(&self, user: i64, group: i64, cseq: u64) -> Result<(), RedisError> {
+    pub async fn set_group_cursor(
+        &self,
+        user: i64,
+        group: i64,
+        cseq: u64,
+    ) -> Result<(), RedisError> {
         let _: i64 = redis::cmd("HSET")
             .arg(self.group_cursor_key(user))
             .arg(group)

@@ -401,7 +401,10 @@ mod tests {
                 group: Some(7)
             })
         );
-        assert!(parse(br#"{"msgid":12,"ack":5,"conv":"d:1:2"}"#).request.is_err()
+        assert!(
+            parse(br#"{"msgid":12,"ack":5,"conv":"d:1:2"}"#)
+                .request
+                .is_err()
         );
         assert_eq!(parse(br#"{"msgid":13}"#).request, Ok(Request::Ping));
         let p = parse(br#"{"msgid":6,"toid":2,"msg":"m","cmid":"a b"}"#);
