@@ -27,6 +27,9 @@ pub const GROUP_LOG_MAX_LEN: u64 = 10_000;
 /// field to its value unless it is already there; returns how many it raised.
 pub(super) const CURSOR_SCRIPT: &str = include_str!("scripts/cursor.lua");
 
+/// XRANGE's reply: (id, [(field, value)]) per entry.
+type StreamEntries = Vec<(String, Vec<(String, Vec<u8>)>)>;
+
 /// What [`Redis::read_group_log`] found.
 #[derive(Debug, Default)]
 pub struct LogPage {
@@ -67,7 +70,7 @@ impl Redis {
         after: u64,
         count: usize,
     ) -> Result<LogPage, RedisError> {
-        let reply: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XRANGE")
+        let reply: StreamEntries = redis::cmd("XRANGE")
             .arg(self.group_log_key(group))
             .arg(format!("({after}-0"))
             .arg("+")
