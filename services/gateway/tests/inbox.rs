@@ -888,3 +888,82 @@ async fn a_batch_costs_one_script_call_per_shard_and_keeps_each_slots_epoch() {
         "{calls} numbering calls for 40 chats on {masters} shard(s)"
     );
 }
+
+#[tokio::test]
+async fn a_group_chat_is_logged_once_and_members_cursors_only_rise() {
+    let cluster = cluster().await;
+    let group = 41;
+    let conv = Conversation::Group(group);
+    let job = |mid: &str, text: &str| NumberJob {
+        log: 100,
+        ..number_job(&conv, mid, 60, text)
+    };
+    let first = cluster.number(job("g1", "one")).await.expect("number");
+    let second = cluster.number(job("g2", "two")).await.expect("number");
+    // A retry (a reply lost): the first number, no second log entry.
+    let again = cluster.number(job("g2", "two")).await.expect("number");
+    assert_eq!(again, second);
+    // Numbered without a log: history only.
+    let direct = cluster
+        .number(number_job(&conv, "g3", 60, "three"))
+        .await
+        .expect("number");
+
+    let page = cluster.read_group_log(group, 0, 10).await.expect("read");
+    assert!(page.complete);
+    let logged: Vec<(u64, &str, i64)> = page
+        .entries
+        .iter()
+        .map(|e| (e.seq, e.mid.as_str(), e.sender_id))
+        .collect();
+    assert_eq!(logged, [(first, "g1", 1), (second, "g2", 1)]);
+    let frame = String::from_utf8(page.entries[1].frame.clone()).expect("utf-8");
+    assert!(
+        frame.contains(r#""msg":"two""#) && frame.contains(&format!(r#""cseq":{second}"#)),
+        "the numbered frame: {frame}"
+    );
+    let after = cluster
+        .read_group_log(group, first, 10)
+        .await
+        .expect("read");
+    assert_eq!(after.entries.len(), 1, "after a cursor, only what follows");
+    let short = cluster.read_group_log(group, 0, 1).await.expect("read");
+    assert!(!short.complete, "a full page may have more after it");
+    assert!(direct > second);
+
+    // Cursors: absent until set; raised in batches; never lowered.
+    let user = 9_001;
+    assert_eq!(
+        cluster
+            .group_cursors(user, &[group, 42])
+            .await
+            .expect("cursors"),
+        [None, None]
+    );
+    cluster
+        .set_group_cursor(user, group, first)
+        .await
+        .expect("set");
+    cluster
+        .raise_group_cursors(&[(user, group, second), (user, 42, 5), (9_002, group, 3)])
+        .await
+        .expect("raise");
+    cluster
+        .raise_group_cursors(&[(user, group, first)])
+        .await
+        .expect("raise");
+    assert_eq!(
+        cluster
+            .group_cursors(user, &[group, 42])
+            .await
+            .expect("cursors"),
+        [Some(second), Some(5)]
+    );
+    assert_eq!(
+        cluster
+            .group_cursors(9_002, &[group])
+            .await
+            .expect("cursors"),
+        [Some(3)]
+    );
+}

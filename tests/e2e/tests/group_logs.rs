@@ -159,3 +159,58 @@ async fn a_device_gets_group_chats_until_it_acknowledges_them() {
         .await;
     assert_ne!(reply["errno"], 0, "{reply}");
 }
+
+#[tokio::test]
+async fn a_member_behind_what_the_log_keeps_gets_the_rest_from_history() {
+    let mut stack = Stack::builder()
+        .gateways(1)
+        .with_private_redis()
+        .start()
+        .await;
+    let mut alice = Client::connect(stack.gateways[0].tcp).await;
+    let mut bob = Client::connect(stack.gateways[0].tcp).await;
+    let a = alice.register("alice", "pa").await;
+    let b = bob.register("bob", "pb").await;
+    alice.login_ok(a, "pa").await;
+    bob.login_ok(b, "pb").await;
+    let g = new_group(&mut alice, "long").await;
+    join(&mut bob, b, g).await;
+    send_all(&mut alice, a, g, &["first"]).await;
+    assert_eq!(texts(&bob.chats_until_quiet(QUIET).await), ["first"]);
+    bob.send(&json!({"msgid": 3, "id": b})).await;
+    drop(bob);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let away = ["a1", "a2", "a3", "a4", "a5"];
+    send_all(&mut alice, a, g, &away).await;
+    // History has every one of them ...
+    let deadline = tokio::time::Instant::now() + e2e::PATIENCE;
+    loop {
+        let page = alice
+            .call(json!({"msgid": 16, "groupid": g, "limit": 10}), 200)
+            .await;
+        if page["messages"].as_array().is_some_and(|m| m.len() == 6) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "history: {page}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // ... and the log only the last two (as if 10,000 had come since).
+    let trimmed = stack
+        .redis_command(&[
+            "EVAL",
+            "local n = 0 for _, k in ipairs(redis.call('KEYS', ARGV[1])) do \
+             n = n + redis.call('XTRIM', k, 'MAXLEN', '2') end return n",
+            "0",
+            &format!("*:l:g:{g}"),
+        ])
+        .await;
+    assert_eq!(trimmed, ":4", "the log lost its four oldest");
+
+    let mut bob = Client::connect(stack.gateways[0].tcp).await;
+    bob.login_ok(b, "pb").await;
+    assert_eq!(
+        texts(&bob.chats_until_quiet(QUIET).await),
+        away,
+        "what the log no longer had came from history, then the log's, in order"
+    );
+}

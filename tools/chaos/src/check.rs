@@ -4,12 +4,16 @@
 //! - **lost**: a chat the server accepted (errno 0) that its receiver never
 //!   showed. For clients that acknowledge, "showed" follows the README's
 //!   rule: a chat whose `rseq` is not above every `rseq` shown before is a
-//!   repeat and dropped (a chat without `rseq` is shown). A lost chat that
-//!   was received but dropped by that rule says so.
+//!   repeat and dropped, and so is a group chat (no `rseq`, a `mid`, `conv`
+//!   "g:GID") whose `cseq` is not above every one shown in that group (any
+//!   other chat without `rseq` is shown). A lost chat that was received but
+//!   dropped by that rule says so.
 //! - **twice**: a chat shown more than once by a client that acknowledges.
-//! - **out of order**: per (sender, receiver), the first showing of each
-//!   chat in the order the sender's chats were accepted (a sender has one
-//!   chat in flight at a time, so that is its sending order).
+//! - **out of order**: per (sender, receiver) and conversation (one-to-one,
+//!   or the pair's group), the first showing of each chat in the order the
+//!   sender's chats were accepted (a sender has one chat in flight at a
+//!   time, so that is its sending order). Order across the two
+//!   conversations is not promised: they take different paths.
 //! - **classic_dups** (not a failure): a classic receiver got a chat again.
 //! - **classic_window** (not a failure, bounded): a chat a vanished classic
 //!   client's TCP had acknowledged before it vanished but the client never
@@ -47,6 +51,9 @@ pub struct ClientInfo {
     pub user: i64,
     /// Senders: the receiver's user id.
     pub to: i64,
+    /// Senders: the group they share with their receiver (0: none).
+    #[serde(default)]
+    pub group: i64,
     pub gateways: Vec<String>,
 }
 
@@ -68,6 +75,9 @@ struct Accepted {
     sender: String,
     receiver: String,
     t: u64,
+    /// "d" (one-to-one) or "g" (the pair's group): order is kept per
+    /// conversation, and `index` counts within it.
+    conv: String,
     index: usize,
 }
 
@@ -143,16 +153,21 @@ impl History {
                 continue;
             };
             let mut seen = HashSet::new();
+            let mut per_conv: HashMap<String, usize> = HashMap::new();
             for e in self.events.get(&c.name).into_iter().flatten() {
                 if e["ev"] == "accepted" {
                     let cmid = e["cmid"].as_str().unwrap_or("").to_owned();
                     if seen.insert(cmid.clone()) {
+                        let conv = e["conv"].as_str().unwrap_or("d").to_owned();
+                        let index = per_conv.entry(conv.clone()).or_default();
+                        *index += 1;
                         out.push(Accepted {
                             cmid,
                             sender: c.name.clone(),
                             receiver: receiver.clone(),
                             t: e["t"].as_u64().unwrap_or(0),
-                            index: seen.len(),
+                            conv,
+                            index: *index,
                         });
                     }
                 }
@@ -300,6 +315,9 @@ pub fn check(dir: &Path, could_not_run: Option<&str>) -> anyhow::Result<Outcome>
         .filter(|c| c.kind != Kind::Sender)
     {
         let mut max_rseq = 0u64;
+        // Group log entries: a device drops one whose number in its group
+        // it has seen (as it drops an inbox entry by `rseq`).
+        let mut max_cseq: HashMap<String, u64> = HashMap::new();
         let mut this_window = 0usize;
         let mut finished = false;
         for e in history.events.get(&c.name).into_iter().flatten() {
@@ -315,6 +333,17 @@ pub fn check(dir: &Path, could_not_run: Option<&str>) -> anyhow::Result<Outcome>
                             continue;
                         }
                         max_rseq = rseq;
+                    } else if c.kind.acks()
+                        && let (Some(conv), Some(cseq)) = (e["conv"].as_str(), e["cseq"].as_u64())
+                        && conv.starts_with("g:")
+                        && e["mid"].is_string()
+                    {
+                        let max = max_cseq.entry(conv.to_owned()).or_default();
+                        if cseq <= *max {
+                            dropped.insert((c.name.clone(), cmid), cseq);
+                            continue;
+                        }
+                        *max = cseq;
                     }
                     shown.entry(c.name.clone()).or_default().push(Shown {
                         cmid,
@@ -382,7 +411,7 @@ pub fn check(dir: &Path, could_not_run: Option<&str>) -> anyhow::Result<Outcome>
         }
         lost_chats.push((a, dropped.get(&key).copied()));
     }
-    lost_chats.sort_by_key(|(a, _)| (a.sender.clone(), a.index));
+    lost_chats.sort_by_key(|(a, _)| (a.sender.clone(), a.conv.clone(), a.index));
     // Where the server still holds chats at the end (dumped by the run).
     let held_in = |file: &str| -> HashSet<String> {
         std::fs::read_to_string(dir.join(file))
@@ -414,6 +443,7 @@ pub fn check(dir: &Path, could_not_run: Option<&str>) -> anyhow::Result<Outcome>
         let mut j = i;
         while j + 1 < lost_chats.len()
             && lost_chats[j + 1].0.sender == first.sender
+            && lost_chats[j + 1].0.conv == first.conv
             && lost_chats[j + 1].0.index == lost_chats[j].0.index + 1
             && lost_chats[j + 1].1.is_some() == first_dropped.is_some()
         {
@@ -508,8 +538,9 @@ pub fn check(dir: &Path, could_not_run: Option<&str>) -> anyhow::Result<Outcome>
     let mut late: Vec<Late> = Vec::new();
     for (receiver, list) in &shown {
         let mut first_seen = HashSet::new();
-        // sender -> (highest acceptance index shown so far, its cmid, time)
-        let mut highest: HashMap<String, (usize, String, u64)> = HashMap::new();
+        // (sender, conversation) -> (highest acceptance index shown so
+        // far, its cmid, time)
+        let mut highest: HashMap<(String, String), (usize, String, u64)> = HashMap::new();
         for s in list {
             if !first_seen.insert(s.cmid.clone()) {
                 continue;
@@ -517,7 +548,8 @@ pub fn check(dir: &Path, could_not_run: Option<&str>) -> anyhow::Result<Outcome>
             let Some(a) = accepted_set.get(&(receiver.clone(), s.cmid.clone())) else {
                 continue;
             };
-            match highest.get(&a.sender) {
+            let key = (a.sender.clone(), a.conv.clone());
+            match highest.get(&key) {
                 Some((index, after, at)) if *index > a.index => late.push(Late {
                     receiver: receiver.clone(),
                     a,
@@ -527,12 +559,19 @@ pub fn check(dir: &Path, could_not_run: Option<&str>) -> anyhow::Result<Outcome>
                     after_at: *at,
                 }),
                 _ => {
-                    highest.insert(a.sender.clone(), (a.index, s.cmid.clone(), s.t));
+                    highest.insert(key, (a.index, s.cmid.clone(), s.t));
                 }
             }
         }
     }
-    late.sort_by_key(|l| (l.receiver.clone(), l.a.sender.clone(), l.a.index));
+    late.sort_by_key(|l| {
+        (
+            l.receiver.clone(),
+            l.a.sender.clone(),
+            l.a.conv.clone(),
+            l.a.index,
+        )
+    });
     let out_of_order_count = late.len();
     let mut out_of_order = Vec::new();
     let mut i = 0;
@@ -542,6 +581,7 @@ pub fn check(dir: &Path, could_not_run: Option<&str>) -> anyhow::Result<Outcome>
         while j + 1 < late.len()
             && late[j + 1].receiver == first.receiver
             && late[j + 1].a.sender == first.a.sender
+            && late[j + 1].a.conv == first.a.conv
             && late[j + 1].a.index == late[j].a.index + 1
             && late[j + 1].after == first.after
         {
@@ -656,6 +696,7 @@ mod tests {
             kind,
             user,
             to,
+            group: 0,
             gateways: Vec::new(),
         };
         let manifest = Manifest {
@@ -780,6 +821,50 @@ mod tests {
             outcome.summary
         );
         assert!(!outcome.pass);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn group_chats_are_dropped_by_their_number_and_ordered_within_their_conversation() {
+        let group = |cmid: &str| serde_json::json!({"ev": "accepted", "cmid": cmid, "conv": "g"});
+        let recv_group = |cmid: &str, cseq: u64| {
+            serde_json::json!({"ev": "recv", "cmid": cmid, "rseq": null, "mid": cmid,
+                "conv": "g:9", "cseq": cseq, "via": "live"})
+        };
+        let events = [
+            ("s1", accepted("s1-1")),
+            ("s1", group("s1-2")),
+            ("s1", accepted("s1-3")),
+            ("s1", group("s1-4")),
+            // The group's chats come before the direct one sent earlier:
+            // another conversation, no order between them.
+            ("r1", recv_group("s1-2", 1)),
+            ("r1", recv_group("s1-4", 2)),
+            ("r1", recv("s1-1", Some(1))),
+            ("r1", recv("s1-3", Some(2))),
+            // Handed again after a reconnect: dropped by its number.
+            ("r1", recv_group("s1-4", 2)),
+            ("r1", done()),
+            ("r2", done()),
+        ];
+        let dir = run_dir("groups", &events);
+        let outcome = check(&dir, None).expect("check");
+        assert!(outcome.pass, "{}", outcome.summary);
+        let _ = std::fs::remove_dir_all(dir);
+        // Within the group, order is checked.
+        let events = [
+            ("s1", group("s1-1")),
+            ("s1", group("s1-2")),
+            ("r1", recv_group("s1-2", 2)),
+            ("r1", recv_group("s1-1", 1)),
+            ("r1", done()),
+            ("r2", done()),
+        ];
+        let dir = run_dir("groups-late", &events);
+        let outcome = check(&dir, None).expect("check");
+        // s1-1 came after s1-2 had raised the group's number: dropped
+        // (a device would), so lost, not shown late.
+        assert!(outcome.summary.contains("lost=1 "), "{}", outcome.summary);
         let _ = std::fs::remove_dir_all(dir);
     }
 }

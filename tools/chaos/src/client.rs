@@ -11,9 +11,13 @@
 //! (msgid 6) with a `cmid`, one at a time: a chat is retried with the same
 //! `cmid` until the server says it is accepted (errno 0), so acceptance
 //! order is sending order and a retry after an unclear reply is recorded
-//! once. Receivers are of four kinds (see [`Kind`]).
+//! once. Every third chat of a sender goes to a group of two, the sender
+//! and its receiver (msgid 9; group chats are written once, to the group's
+//! log, and reach the receiver by its cursor there: a second path, checked
+//! the same way). Receivers are of four kinds (see [`Kind`]).
 
 use std::{
+    collections::HashMap,
     io::Write as _,
     net::{IpAddr, SocketAddr},
     path::PathBuf,
@@ -103,6 +107,9 @@ pub struct ClientArgs {
     /// Senders: the receiver's user id.
     #[arg(long, default_value_t = 0)]
     pub to: i64,
+    /// Senders: the group they share with their receiver (0: none).
+    #[arg(long, default_value_t = 0)]
+    pub group: i64,
     /// Senders: chats per second.
     #[arg(long, default_value_t = 10.0)]
     pub rate: f64,
@@ -190,6 +197,8 @@ fn chat_fields(frame: &Value, via: &str) -> Option<Value> {
         "cmid": cmid,
         "rseq": frame.get("rseq"),
         "mid": frame.get("mid"),
+        "conv": frame.get("conv"),
+        "cseq": frame.get("cseq"),
         "via": via,
     }))
 }
@@ -205,6 +214,10 @@ struct Client {
     /// resumes from) and the highest acknowledged.
     max_rseq: u64,
     acked: u64,
+    /// The same per group ("g:GID"): the highest `cseq` of its log's
+    /// entries seen, and acknowledged.
+    max_cseq: HashMap<String, u64>,
+    acked_cseq: HashMap<String, u64>,
     /// Commands seen while busy with something else.
     stop: bool,
     exit: bool,
@@ -228,6 +241,8 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
         seq: 0,
         max_rseq: 0,
         acked: 0,
+        max_cseq: HashMap::new(),
+        acked_cseq: HashMap::new(),
         stop: false,
         exit: false,
         final_requested: false,
@@ -379,6 +394,12 @@ impl Client {
         if let Some(fields) = chat_fields(frame, via) {
             if let Some(rseq) = frame["rseq"].as_u64() {
                 self.max_rseq = self.max_rseq.max(rseq);
+            } else if let (Some(conv), Some(cseq)) =
+                (frame["conv"].as_str(), frame["cseq"].as_u64())
+                && conv.starts_with("g:")
+            {
+                let max = self.max_cseq.entry(conv.to_owned()).or_default();
+                *max = (*max).max(cseq);
             }
             self.events.log("recv", fields);
         }
@@ -389,6 +410,16 @@ impl Client {
             conn.send(&json!({"msgid": 12, "ack": self.max_rseq}))
                 .await?;
             self.acked = self.max_rseq;
+        }
+        if self.kind().acks() {
+            for (conv, &cseq) in &self.max_cseq {
+                let acked = self.acked_cseq.entry(conv.clone()).or_default();
+                if cseq > *acked {
+                    conn.send(&json!({"msgid": 12, "ack": cseq, "conv": conv}))
+                        .await?;
+                    *acked = cseq;
+                }
+            }
         }
         Ok(())
     }
@@ -578,7 +609,8 @@ impl Client {
             }
             n += 1;
             let cmid = format!("{}-{n}", self.args.name);
-            self.resolve(&cmid, &mut conn).await;
+            let group = (self.args.group != 0 && n % 3 == 0).then_some(self.args.group);
+            self.resolve(&cmid, group, &mut conn).await;
             next += period;
             // Behind (an outage): carry on at the rate, do not burst.
             if next + Duration::from_secs(1) < Instant::now() {
@@ -593,10 +625,10 @@ impl Client {
         }
     }
 
-    /// Sends chat `cmid` until the server accepts it (retrying the same
-    /// `cmid` after a refusal or an unclear end), or until the grace after
-    /// `stop` runs out (`unresolved`).
-    async fn resolve(&mut self, cmid: &str, conn: &mut Option<Conn>) {
+    /// Sends chat `cmid` (to the receiver, or to `group`) until the server
+    /// accepts it (retrying the same `cmid` after a refusal or an unclear
+    /// end), or until the grace after `stop` runs out (`unresolved`).
+    async fn resolve(&mut self, cmid: &str, group: Option<i64>, conn: &mut Option<Conn>) {
         let mut attempt = 0u32;
         let mut deadline: Option<Instant> = None;
         loop {
@@ -618,17 +650,24 @@ impl Client {
             attempt += 1;
             self.seq += 1;
             let seq = self.seq;
-            let request = json!({
-                "msgid": 6, "id": self.args.user, "name": self.args.name, "toid": self.args.to,
-                "msg": format!("chaos {cmid}"), "time": "chaos", "cmid": cmid, "seq": seq,
-            });
+            let request = match group {
+                None => json!({
+                    "msgid": 6, "id": self.args.user, "name": self.args.name, "toid": self.args.to,
+                    "msg": format!("chaos {cmid}"), "time": "chaos", "cmid": cmid, "seq": seq,
+                }),
+                Some(group) => json!({
+                    "msgid": 10, "id": self.args.user, "name": self.args.name, "groupid": group,
+                    "msg": format!("chaos {cmid}"), "time": "chaos", "cmid": cmid, "seq": seq,
+                }),
+            };
+            let conv = if group.is_some() { "g" } else { "d" };
             self.events.log(
                 "send",
                 json!({"cmid": cmid, "to": self.args.to, "attempt": attempt}),
             );
             match self.reply(&mut current, &request, seq).await {
                 Ok(reply) if reply["errno"] == 0 => {
-                    self.events.log("accepted", json!({"cmid": cmid, "to": self.args.to, "mid": reply["mid"], "cseq": reply["cseq"]}));
+                    self.events.log("accepted", json!({"cmid": cmid, "to": self.args.to, "conv": conv, "mid": reply["mid"], "cseq": reply["cseq"]}));
                     *conn = Some(current);
                     return;
                 }
@@ -684,8 +723,9 @@ impl Client {
 
 // ---------------------------------------------------------------- setup and probes
 
-/// Registers `count` users through the gateway at `gateway`; prints their
-/// ids as a JSON array.
+/// Registers `count` users through the gateway at `gateway`, and a group
+/// for each pair (users 2i and 2i+1: the first creates it, the second
+/// joins); prints `{"ids": [...], "groups": [...]}`.
 pub async fn register(
     gateway: IpAddr,
     prefix: &str,
@@ -714,8 +754,59 @@ pub async fn register(
             }
         }
     }
-    status(&serde_json::to_string(&ids)?);
+    let addr = SocketAddr::new(gateway, GATEWAY_TCP_PORT);
+    let mut groups = Vec::with_capacity(count / 2);
+    for pair in ids.chunks_exact(2) {
+        let created = as_user(
+            addr,
+            pair[0],
+            password,
+            json!({"msgid": 8, "groupname": "chaos", "groupdesc": ""}),
+        )
+        .await?;
+        let group = created["groupid"]
+            .as_i64()
+            .with_context(|| format!("create group failed: {created}"))?;
+        as_user(
+            addr,
+            pair[1],
+            password,
+            json!({"msgid": 9, "groupid": group}),
+        )
+        .await?;
+        groups.push(group);
+    }
+    status(&serde_json::to_string(
+        &json!({"ids": ids, "groups": groups}),
+    )?);
     Ok(())
+}
+
+/// Logs in as `user` on a connection of its own, makes one request (its
+/// `id` set to the user) and returns the reply, which must say errno 0.
+async fn as_user(
+    addr: SocketAddr,
+    user: i64,
+    password: &str,
+    mut request: Value,
+) -> anyhow::Result<Value> {
+    let mut conn = Conn::tcp(addr).await?;
+    conn.send(&json!({"msgid": 1, "id": user, "password": password, "seq": 1}))
+        .await?;
+    request["id"] = user.into();
+    request["seq"] = 2.into();
+    let mut sent = false;
+    loop {
+        let frame = conn.recv_within(REPLY_TIMEOUT).await?.context("no reply")?;
+        if frame["seq"] == 1 && !sent {
+            anyhow::ensure!(frame["errno"] == 0, "login failed: {frame}");
+            conn.send(&request).await?;
+            sent = true;
+        } else if frame["seq"] == 2 {
+            anyhow::ensure!(frame["errno"] == 0, "{request} failed: {frame}");
+            return Ok(frame);
+        }
+    }
 }
 
 /// Exits 0 when `addr` accepts a connection (and, with `path`, answers an

@@ -338,8 +338,15 @@ async fn body(args: &RunArgs, seed: u64, dir: &Path) -> anyhow::Result<()> {
         "registering users failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let ids: Vec<i64> = serde_json::from_slice(&out.stdout).context("register's output")?;
+    #[derive(serde::Deserialize)]
+    struct Registered {
+        ids: Vec<i64>,
+        groups: Vec<i64>,
+    }
+    let Registered { ids, groups } =
+        serde_json::from_slice(&out.stdout).context("register's output")?;
     anyhow::ensure!(ids.len() == 2 * pairs, "registered {} users", ids.len());
+    anyhow::ensure!(groups.len() == pairs, "created {} groups", groups.len());
 
     let mut infos = Vec::new();
     for i in 0..pairs {
@@ -362,6 +369,7 @@ async fn body(args: &RunArgs, seed: u64, dir: &Path) -> anyhow::Result<()> {
             kind,
             user: ids[2 * i + 1],
             to: 0,
+            group: 0,
             gateways: order(receiver_gw),
         });
         infos.push(ClientInfo {
@@ -369,6 +377,7 @@ async fn body(args: &RunArgs, seed: u64, dir: &Path) -> anyhow::Result<()> {
             kind: Kind::Sender,
             user: ids[2 * i],
             to: ids[2 * i + 1],
+            group: groups[i],
             gateways: order(sender_gw),
         });
     }
@@ -546,6 +555,8 @@ fn spawn_client(
             PASSWORD,
             "--to",
             &info.to.to_string(),
+            "--group",
+            &info.group.to_string(),
             "--rate",
             &rate.to_string(),
         ])

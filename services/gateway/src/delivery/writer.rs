@@ -37,6 +37,8 @@ use tokio::{
     time::Instant,
 };
 
+use clusterchat_proto::history::v1 as history_pb;
+
 use crate::{
     delivery::{
         recent::RecentMids,
@@ -321,16 +323,28 @@ impl DeliveryState {
     /// connection has (the user's cursor, the first time).
     async fn group_step<W: FrameSink>(&mut self, sink: &mut W, group: i64) -> Step {
         let node = self.node.clone();
-        let cursor = match self.groups.get(&group) {
-            Some(&cursor) => cursor,
-            None => match node.redis.group_cursors(self.user, &[group]).await {
-                Ok(cursors) => cursors.first().copied().flatten().unwrap_or(0),
+        if !self.groups.contains_key(&group) {
+            // The user's cursors, for every group about to be read at once
+            // (a login reads them all).
+            let unknown: Vec<i64> = self
+                .groups_behind
+                .iter()
+                .copied()
+                .filter(|g| !self.groups.contains_key(g))
+                .collect();
+            match node.redis.group_cursors(self.user, &unknown).await {
+                Ok(cursors) => {
+                    for (g, cursor) in unknown.into_iter().zip(cursors) {
+                        self.groups.insert(g, cursor.unwrap_or(0));
+                    }
+                }
                 Err(e) => {
-                    tracing::warn!(user = self.user, group, error = %e, "cannot read a group cursor; retrying");
+                    tracing::warn!(user = self.user, error = %e, "cannot read group cursors; retrying");
                     return Step::Retry(Duration::from_millis(500));
                 }
-            },
-        };
+            }
+        }
+        let cursor = self.groups.get(&group).copied().unwrap_or(0);
         let page = match node.redis.read_group_log(group, cursor, LOG_PAGE).await {
             Ok(page) => page,
             Err(e) => {
@@ -344,14 +358,11 @@ impl DeliveryState {
         {
             // Older than the log keeps, or numbers Redis skipped (a new
             // epoch): history has whatever there was.
-            metrics().group_log_gaps.inc();
-            tracing::info!(
-                user = self.user,
-                group,
-                from = cursor,
-                to = first.seq,
-                "group log entries older than the log keeps; history has them"
-            );
+            match self.from_history(sink, group, cursor, first.seq).await {
+                Ok(0) => {}
+                Ok(_) => return Step::More,
+                Err(step) => return step,
+            }
         }
         let mut last = cursor;
         for entry in page.entries {
@@ -381,6 +392,79 @@ impl DeliveryState {
             self.groups_behind.remove(&group);
         }
         Step::More
+    }
+
+    /// The group's chats after `cursor` and before `until` that its log no
+    /// longer has, from the history service (a page; it checks that the
+    /// user may read them). Returns how many it wrote (0: history has none
+    /// there either: numbers Redis skipped).
+    async fn from_history<W: FrameSink>(
+        &mut self,
+        sink: &mut W,
+        group: i64,
+        cursor: u64,
+        until: u64,
+    ) -> Result<usize, Step> {
+        metrics().group_log_gaps.inc();
+        let page = self
+            .node
+            .upstreams
+            .history
+            .clone()
+            .get_history(history_pb::GetHistoryRequest {
+                user_id: self.user,
+                conversation: format!("g:{group}"),
+                before_seq: until,
+                after_seq: cursor,
+                limit: LOG_PAGE as u32,
+            })
+            .await;
+        let messages = match page {
+            Ok(page) => page.into_inner().messages,
+            Err(status) => {
+                tracing::warn!(user = self.user, group, code = ?status.code(), "group chats older than the log keeps: history cannot be read; retrying");
+                return Err(Step::Retry(Duration::from_millis(500)));
+            }
+        };
+        tracing::info!(
+            user = self.user,
+            group,
+            from = cursor,
+            to = until,
+            found = messages.len(),
+            "group chats older than the group's log keeps, from history"
+        );
+        let mut last = cursor;
+        for message in &messages {
+            if message.seq <= last || message.seq >= until {
+                continue;
+            }
+            last = message.seq;
+            if message.sender_id == self.user || !self.recent.first_time(&message.mid) {
+                continue;
+            }
+            let frame = delivery_frame(
+                self.kind,
+                message.frame.clone().into_bytes(),
+                &message.mid,
+                0,
+            );
+            if sink.send(frame).await.is_err() {
+                return Err(Step::Broken);
+            }
+        }
+        if last == cursor {
+            return Ok(0);
+        }
+        if sink.flush().await.is_err() {
+            return Err(Step::Broken);
+        }
+        self.groups.insert(group, last);
+        self.group_written(group, last);
+        if !self.kind.acknowledges() {
+            self.written(sink, self.cursor, None);
+        }
+        Ok(messages.len())
     }
 
     /// Group log entries up to `cseq` were written: a client that
