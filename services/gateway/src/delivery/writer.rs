@@ -414,16 +414,34 @@ impl DeliveryState {
             .get_history(history_pb::GetHistoryRequest {
                 user_id: self.user,
                 conversation: format!("g:{group}"),
-                before_seq: until,
+                // A page goes one way: from the cursor on (what reaches
+                // `until` is left to the log).
+                before_seq: 0,
                 after_seq: cursor,
                 limit: LOG_PAGE as u32,
             })
             .await;
         let messages = match page {
             Ok(page) => page.into_inner().messages,
-            Err(status) => {
+            Err(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unavailable
+                        | tonic::Code::DeadlineExceeded
+                        | tonic::Code::ResourceExhausted
+                        | tonic::Code::Aborted
+                        | tonic::Code::Internal
+                        | tonic::Code::Unknown
+                ) =>
+            {
                 tracing::warn!(user = self.user, group, code = ?status.code(), "group chats older than the log keeps: history cannot be read; retrying");
                 return Err(Step::Retry(Duration::from_millis(500)));
+            }
+            // Not theirs to read (they left the group) or not a question
+            // history answers: go on with what the log has.
+            Err(status) => {
+                tracing::warn!(user = self.user, group, code = ?status.code(), error = status.message(), "group chats older than the log keeps: history refused; going on with the log");
+                return Ok(0);
             }
         };
         tracing::info!(
