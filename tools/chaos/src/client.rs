@@ -756,12 +756,12 @@ pub async fn register(
     }
     let addr = SocketAddr::new(gateway, GATEWAY_TCP_PORT);
     let mut groups = Vec::with_capacity(count / 2);
-    for pair in ids.chunks_exact(2) {
+    for (n, pair) in ids.chunks_exact(2).enumerate() {
         let created = as_user(
             addr,
             pair[0],
             password,
-            json!({"msgid": 8, "groupname": "chaos", "groupdesc": ""}),
+            json!({"msgid": 8, "groupname": format!("{prefix}-g{n}"), "groupdesc": ""}),
         )
         .await?;
         let group = created["groupid"]

@@ -128,11 +128,10 @@ pub async fn deliver(node: &Node, receivers: &[i64], message: &Outgoing<'_>) -> 
 
 /// A group chat: numbered and written once, to the group's log
 /// (`redis/group_log.rs`), and published once to the nodes holding its
-/// members, whatever their number. Redis that cannot take it (down, a
-/// failover that did not come), or a member this node owes chats it stored
-/// offline during an outage (they go first, as [`deliver`] does), makes it
-/// go the way of a one-to-one chat: an inbox per member, or the offline
-/// service.
+/// members, whatever their number. When Redis cannot take it (down, a
+/// failover that did not come) it is refused for every member ("try
+/// again"): a group's chats have one path, so a member gets them in order
+/// (the offline service would be a second one, read in another order).
 pub async fn to_group(
     node: &Node,
     group: i64,
@@ -146,11 +145,15 @@ pub async fn to_group(
         group,
         members = receivers.len(),
     );
-    let head = conversation::numbered_head(message.frame, &message.conversation);
-    node.offline.refresh_owed().await;
-    let owed = receivers.iter().any(|&r| node.offline.owes(r));
-    let Some(head) = head.filter(|_| !owed) else {
-        return deliver(node, receivers, message).await;
+    let refused = |why: &str| Delivered {
+        results: receivers
+            .iter()
+            .map(|_| Err(Failure::new(errno::UNAVAILABLE, why.to_owned())))
+            .collect(),
+        cseq: None,
+    };
+    let Some(head) = conversation::numbered_head(message.frame, &message.conversation) else {
+        return refused("a group chat must be a JSON object");
     };
     let micros = now_micros();
     let traceparent = telemetry::propagation::traceparent(&span);
@@ -172,7 +175,7 @@ pub async fn to_group(
     .instrument(span.clone())
     .await
     else {
-        return deliver(node, receivers, message).await;
+        return refused("the group chat could not be recorded (Redis is unavailable); try again");
     };
     let mut entry = format!("{cseq} ").into_bytes();
     entry.extend(entry_tail(
