@@ -784,6 +784,7 @@ pub async fn run_writer<W: FrameSink>(mut sink: W, mut commands: mpsc::Receiver<
             Event::Command(Some(WriterCommand::Detach(done))) => {
                 if let Some(mut st) = state.take() {
                     st.confirm_at_end(&mut sink).await;
+                    st.node.trimmer.session_ended(st.user);
                 }
                 let _ = done.send(());
             }
@@ -806,6 +807,7 @@ pub async fn run_writer<W: FrameSink>(mut sink: W, mut commands: mpsc::Receiver<
             Event::Delivery(None) => {
                 if let Some(mut st) = state.take() {
                     st.confirm_at_end(&mut sink).await;
+                    st.node.trimmer.session_ended(st.user);
                 }
             }
             Event::Delivery(Some(delivery)) => {
