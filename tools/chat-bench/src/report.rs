@@ -358,23 +358,41 @@ fn cpu_markdown(cpu: &Value) -> String {
 /// deliveries), and Redis's share as a multiple of a one-to-one message's
 /// at the offered rate (issue 21: a 1,000-member message ≤ 20×).
 fn group_cost(report: &Value) -> Option<String> {
-    let group = &report["cpu"]["group_fanout"]["groups"];
-    let redis = group["redis"]["cpu_seconds_per_unit"].as_f64()?;
-    let gateways = group["gateway"]["cpu_seconds_per_unit"].as_f64();
+    let spent = &report["cpu"]["group_fanout"];
+    let group = &spent["groups"];
+    let units = spent["units"].as_f64().filter(|&u| u > 0.0)?;
+    let wall = spent["wall_seconds"].as_f64().unwrap_or(0.0);
+    let idle = &report["group_fanout"]["idle_cpu"]["groups"];
+    // Per group message: all it cost, and what it added to what the
+    // members cost while the group was quiet (the idle window's rate).
+    let per_message = |part: &str| -> Option<(f64, Option<f64>)> {
+        let cpu = group[part]["cpu_seconds"].as_f64()?;
+        let net = idle[part]["cores_busy"]
+            .as_f64()
+            .map(|busy| ((cpu - busy * wall) / units).max(0.0));
+        Some((cpu / units, net))
+    };
+    let (redis, redis_net) = per_message("redis")?;
+    let gateways = per_message("gateway");
     let one = report["cpu"]["one_to_one_fixed_rate"]["groups"]["redis"]["cpu_seconds_per_unit"]
         .as_f64()
-        .map(|per_100k| per_100k / 1e5);
+        .map(|per_100k| per_100k / 1e5)
+        .filter(|&o| o > 0.0);
+    let us = |v: f64| format!("{:.0}", v * 1e6);
+    let net = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), us);
     Some(format!(
-        "- group fan-out, {} members: Redis {:.0} µs and the gateways {} µs of CPU per group message{}\n",
+        "- group fan-out, {} members: Redis {} µs and the gateways {} µs of CPU per group message; above what the members cost while the group is quiet: Redis {} µs, the gateways {} µs{}\n",
         report["group_fanout"]["members"],
-        redis * 1e6,
-        gateways.map_or_else(|| "-".to_owned(), |g| format!("{:.0}", g * 1e6)),
-        one.filter(|&o| o > 0.0)
-            .map(|o| format!(
-                " (Redis: {:.0}× a one-to-one message at the offered rate)",
-                redis / o
-            ))
-            .unwrap_or_default()
+        us(redis),
+        gateways.map_or_else(|| "-".to_owned(), |g| us(g.0)),
+        net(redis_net),
+        net(gateways.and_then(|g| g.1)),
+        one.map(|o| format!(
+            " (Redis: {:.0}× a one-to-one message at the offered rate; {} above quiet)",
+            redis / o,
+            redis_net.map_or_else(|| "-".to_owned(), |n| format!("{:.1}×", n / o))
+        ))
+        .unwrap_or_default()
     ))
 }
 

@@ -11,6 +11,9 @@ use serde_json::{Value, json};
 use super::{PASSWORD, Target, chat_frame, drain, spawn_receiver};
 use crate::{Args, client::Client, procs, stats::tally};
 
+/// How long the members' idle cost is measured before the group speaks.
+const IDLE_WINDOW: Duration = Duration::from_secs(5);
+
 pub(crate) async fn group_fanout(args: &Args, prefix: &str) -> anyhow::Result<Value> {
     let members = args.group_members.max(2);
     let mut creator = Client::connect(args.nodes[0]).await?;
@@ -39,6 +42,16 @@ pub(crate) async fn group_fanout(args: &Args, prefix: &str) -> anyhow::Result<Va
     let rate = (args.rate / receivers).max(1);
     let pad = "x".repeat(args.size.saturating_sub(40));
     let every = Duration::from_secs_f64(1.0 / rate as f64);
+    // What the members cost while nothing is said (presence upkeep,
+    // Redis's cron over their connections): subtracted below, so the line
+    // says what a group message adds.
+    let idle = if args.pids.is_empty() {
+        Value::Null
+    } else {
+        let before = procs::snapshot(&args.pids);
+        tokio::time::sleep(IDLE_WINDOW).await;
+        procs::spent(&args.pids, &before, 1, 1.0, "idle window")
+    };
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let before = procs::snapshot(&args.pids);
@@ -68,6 +81,6 @@ pub(crate) async fn group_fanout(args: &Args, prefix: &str) -> anyhow::Result<Va
     };
     let mut result = tally(3, &samples, seq, receivers, started, Instant::now());
     Ok(
-        json!({"members": members, "messages_per_sec_offered": rate, "result": result.json(), "cpu": cpu}),
+        json!({"members": members, "messages_per_sec_offered": rate, "result": result.json(), "cpu": cpu, "idle_cpu": idle}),
     )
 }
