@@ -609,7 +609,7 @@ impl Client {
             }
             n += 1;
             let cmid = format!("{}-{n}", self.args.name);
-            let group = (self.args.group != 0 && n % 3 == 0).then_some(self.args.group);
+            let group = (self.args.group != 0 && n.is_multiple_of(3)).then_some(self.args.group);
             self.resolve(&cmid, group, &mut conn).await;
             next += period;
             // Behind (an outage): carry on at the rate, do not burst.

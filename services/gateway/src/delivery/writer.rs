@@ -358,7 +358,7 @@ impl DeliveryState {
         {
             // Older than the log keeps, or numbers Redis skipped (a new
             // epoch): history has whatever there was.
-            match self.from_history(sink, group, cursor, first.seq).await {
+            match self.read_history_gap(sink, group, cursor, first.seq).await {
                 Ok(0) => {}
                 Ok(_) => return Step::More,
                 Err(step) => return step,
@@ -398,7 +398,7 @@ impl DeliveryState {
     /// longer has, from the history service (a page; it checks that the
     /// user may read them). Returns how many it wrote (0: history has none
     /// there either: numbers Redis skipped).
-    async fn from_history<W: FrameSink>(
+    async fn read_history_gap<W: FrameSink>(
         &mut self,
         sink: &mut W,
         group: i64,
