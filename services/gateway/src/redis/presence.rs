@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use redis::Script;
 
-use super::{Grouped, Redis, RedisError};
+use super::{Grouped, Redis, RedisError, slot};
 
 /// Presence is a hash per user: one field per session that holds the user
 /// (`node/connection`), valued `KIND:EXPIRY_MS` (KIND `c` a classic
@@ -27,7 +27,9 @@ const CLAIM_SCRIPT: &str = concat!(
 
 /// The same for many sessions in one call (a node's refresh): KEYS: their
 /// presence hashes; ARGV: TTL in ms, the most sessions, then owner and kind
-/// per key. Returns CLAIM's answer per key.
+/// per key. Or no KEYS and, first in ARGV, their count and the keys (users
+/// of many slots of one shard: Redis 7 lets a script without flags touch
+/// any key its node serves). Returns CLAIM's answer per key.
 pub(super) const CLAIM_EACH_SCRIPT: &str = concat!(
     include_str!("scripts/claim.lua"),
     include_str!("scripts/claim_each.lua")
@@ -93,9 +95,29 @@ impl Redis {
         claims: &[(i64, String, bool)],
         (ttl, max_devices): (Duration, u32),
     ) -> Vec<Option<Claim>> {
+        let mut held = vec![None; claims.len()];
+        // On a cluster every user is a slot of their own: one call per
+        // shard (per 256 sessions), keys in ARGV, instead of one per user.
+        let rest: Vec<usize> = if self.sharded {
+            self.refresh_by_shard(claims, (ttl, max_devices), &mut held)
+                .await
+        } else {
+            (0..claims.len()).collect()
+        };
+        if rest.is_empty() {
+            return held;
+        }
         // One call per slot group (on a single Redis: per 256 sessions), not
         // one per session: a script call costs Redis far more than the few
-        // commands of a claim.
+        // commands of a claim. On a cluster, what a shard's call could not
+        // do (a slot moved, the shard failing over), slot by slot.
+        let left: Vec<(i64, String, bool)>;
+        let claims = if rest.len() == claims.len() {
+            claims
+        } else {
+            left = rest.iter().map(|&i| claims[i].clone()).collect();
+            &left[..]
+        };
         let replies: Vec<Grouped<Vec<i64>>> = self
             .run_grouped_each(claims.iter().map(|c| c.0), |pipe, group| {
                 for chunk in group.chunks(CLAIMS_PER_CALL) {
@@ -114,13 +136,12 @@ impl Redis {
                 }
             })
             .await;
-        let mut held = vec![None; claims.len()];
         for (group, replies) in replies {
             match replies {
                 Ok(replies) => {
                     let replies = replies.into_iter().flatten();
                     for (i, reply) in group.into_iter().zip(replies) {
-                        held[i] = Some(Claim::from_reply(reply));
+                        held[rest[i]] = Some(Claim::from_reply(reply));
                     }
                 }
                 Err(e) => {
@@ -129,6 +150,67 @@ impl Redis {
             }
         }
         held
+    }
+
+    /// A cluster's refresh: the claims of each shard's users in calls of
+    /// up to 256, keys in ARGV, the shards concurrently. Fills `held`;
+    /// returns the claims it could not do (their slot has no known owner,
+    /// or their shard's call failed: nothing was written by it).
+    async fn refresh_by_shard(
+        &self,
+        claims: &[(i64, String, bool)],
+        (ttl, max_devices): (Duration, u32),
+        held: &mut [Option<Claim>],
+    ) -> Vec<usize> {
+        let (by_shard, mut rest) =
+            slot::by_owner(&self.owners(), claims.iter().map(|c| slot::of_user(c.0)));
+        let shards = futures::future::join_all(by_shard.iter().map(|(shard, items)| async move {
+            let replies = self
+                .scripts_on_shard(shard, |pipe| {
+                    for chunk in items.chunks(CLAIMS_PER_CALL) {
+                        let cmd = pipe
+                            .cmd("EVALSHA")
+                            .arg(self.scripts.claim_each.get_hash())
+                            .arg(0)
+                            .arg(chunk.len());
+                        for &i in chunk {
+                            cmd.arg(self.presence_key(claims[i].0));
+                        }
+                        cmd.arg(ttl_millis(ttl)).arg(max_devices);
+                        for &i in chunk {
+                            let (_, owner, device) = &claims[i];
+                            cmd.arg(owner).arg(presence_kind(*device));
+                        }
+                    }
+                })
+                .await;
+            (items, replies)
+        }))
+        .await;
+        for (items, replies) in shards {
+            let answers: Option<Vec<i64>> = replies.ok().and_then(|values| {
+                let calls = items.chunks(CLAIMS_PER_CALL).count();
+                (values.len() == calls).then_some(())?;
+                let mut answers = Vec::with_capacity(items.len());
+                for (value, chunk) in values.into_iter().zip(items.chunks(CLAIMS_PER_CALL)) {
+                    let call: Vec<i64> = redis::from_redis_value(value).ok()?;
+                    (call.len() == chunk.len()).then_some(())?;
+                    answers.extend(call);
+                }
+                Some(answers)
+            });
+            match answers {
+                Some(answers) => {
+                    for (&i, reply) in items.iter().zip(answers) {
+                        held[i] = Some(Claim::from_reply(reply));
+                    }
+                }
+                None => rest.extend(items.iter().copied()),
+            }
+        }
+        // In claim order: all of them is then 0..n.
+        rest.sort_unstable();
+        rest
     }
 
     /// Whether each user is online anywhere in the cluster.
