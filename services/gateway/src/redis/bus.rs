@@ -299,6 +299,18 @@ mod tests {
     use super::*;
     use crate::redis::entry_tail;
 
+    #[test]
+    fn a_channel_names_a_user_or_a_group_or_nothing() {
+        let topic = |channel: &str| topic_of_channel("cc:", channel);
+        assert_eq!(topic("cc:{u:42}"), Some(Topic::User(42)));
+        assert_eq!(topic("cc:{h:7}:l:g:9"), Some(Topic::Group(9)));
+        assert_eq!(topic("cc:ctl"), None, "the control channel");
+        assert_eq!(topic("cc:{h:7}"), None, "a history stream is no channel");
+        assert_eq!(topic("cc:{h:7}:l:d:1:2"), None, "only groups have logs");
+        assert_eq!(topic("other:{u:42}"), None, "another prefix");
+        assert_eq!(topic("cc:{u:x}"), None);
+    }
+
     /// What the node did with a channel's bytes before [`ChannelMessage`].
     fn as_the_node_did(entry: Vec<u8>) -> Option<ChannelMessage> {
         if entry == OFFLINE_NUDGE {
