@@ -111,28 +111,11 @@ impl Redis {
         // one per session: a script call costs Redis far more than the few
         // commands of a claim. On a cluster, what a shard's call could not
         // do (a slot moved, the shard failing over), slot by slot.
-        let left: Vec<(i64, String, bool)>;
-        let claims = if rest.len() == claims.len() {
-            claims
-        } else {
-            left = rest.iter().map(|&i| claims[i].clone()).collect();
-            &left[..]
-        };
         let replies: Vec<Grouped<Vec<i64>>> = self
-            .run_grouped_each(claims.iter().map(|c| c.0), |pipe, group| {
+            .run_grouped_each(rest.iter().map(|&i| claims[i].0), |pipe, group| {
                 for chunk in group.chunks(CLAIMS_PER_CALL) {
-                    let cmd = pipe
-                        .cmd("EVALSHA")
-                        .arg(self.scripts.claim_each.get_hash())
-                        .arg(chunk.len());
-                    for &i in chunk {
-                        cmd.arg(self.presence_key(claims[i].0));
-                    }
-                    cmd.arg(ttl_millis(ttl)).arg(max_devices);
-                    for &i in chunk {
-                        let (_, owner, device) = &claims[i];
-                        cmd.arg(owner).arg(presence_kind(*device));
-                    }
+                    let chunk: Vec<usize> = chunk.iter().map(|&k| rest[k]).collect();
+                    self.claim_each_call(pipe, claims, &chunk, (ttl, max_devices), false);
                 }
             })
             .await;
@@ -152,6 +135,31 @@ impl Redis {
         held
     }
 
+    /// One CLAIM_EACH call for `claims[chunk]`: keys declared (one slot),
+    /// or in ARGV (`in_argv`: many slots of one shard).
+    fn claim_each_call(
+        &self,
+        pipe: &mut redis::Pipeline,
+        claims: &[(i64, String, bool)],
+        chunk: &[usize],
+        (ttl, max_devices): (Duration, u32),
+        in_argv: bool,
+    ) {
+        let cmd = pipe.cmd("EVALSHA").arg(self.scripts.claim_each.get_hash());
+        if in_argv {
+            cmd.arg(0);
+        }
+        cmd.arg(chunk.len());
+        for &i in chunk {
+            cmd.arg(self.presence_key(claims[i].0));
+        }
+        cmd.arg(ttl_millis(ttl)).arg(max_devices);
+        for &i in chunk {
+            let (_, owner, device) = &claims[i];
+            cmd.arg(owner).arg(presence_kind(*device));
+        }
+    }
+
     /// A cluster's refresh: the claims of each shard's users in calls of
     /// up to 256, keys in ARGV, the shards concurrently. Fills `held`;
     /// returns the claims it could not do (their slot has no known owner,
@@ -168,19 +176,7 @@ impl Redis {
             let replies = self
                 .scripts_on_shard(shard, |pipe| {
                     for chunk in items.chunks(CLAIMS_PER_CALL) {
-                        let cmd = pipe
-                            .cmd("EVALSHA")
-                            .arg(self.scripts.claim_each.get_hash())
-                            .arg(0)
-                            .arg(chunk.len());
-                        for &i in chunk {
-                            cmd.arg(self.presence_key(claims[i].0));
-                        }
-                        cmd.arg(ttl_millis(ttl)).arg(max_devices);
-                        for &i in chunk {
-                            let (_, owner, device) = &claims[i];
-                            cmd.arg(owner).arg(presence_kind(*device));
-                        }
+                        self.claim_each_call(pipe, claims, chunk, (ttl, max_devices), true);
                     }
                 })
                 .await;
@@ -208,8 +204,6 @@ impl Redis {
                 None => rest.extend(items.iter().copied()),
             }
         }
-        // In claim order: all of them is then 0..n.
-        rest.sort_unstable();
         rest
     }
 
