@@ -11,7 +11,8 @@
 //! fresh key prefix exactly as gateways do, starts the service, waits until
 //! every message is stored (the ingest rate), then times GetHistory of 50
 //! messages at random places (p50/p99/max). The database is used as given:
-//! run it on a fresh one.
+//! run it on a fresh one. `CLUSTERCHAT_HISTORY_LANES` sets the ingest's
+//! lanes (default 2).
 
 use std::time::{Duration, Instant};
 
@@ -51,8 +52,17 @@ fn partition(conv: &str) -> u32 {
 
 const SEQ: u64 = 1_795_600_000_000_000;
 
+/// The conversation of index `i`: users `i + 1` and a partner spread by a
+/// multiplicative hash. (Pairs like `2i+1, 2i+2` fall in a quarter of the
+/// partitions: FNV-1a's low bits follow the low bits of each byte.)
+fn parties(i: u64) -> (u64, u64) {
+    let a = i + 1;
+    (a, a + 1 + i.wrapping_mul(2_654_435_761) % 99_991)
+}
+
 fn conv_of(i: u64) -> String {
-    format!("d:{}:{}", 2 * i + 1, 2 * i + 2)
+    let (a, b) = parties(i);
+    format!("d:{a}:{b}")
 }
 
 #[tokio::main]
@@ -85,10 +95,10 @@ async fn main() -> anyhow::Result<()> {
                 let conv = conv_of(c);
                 let seq = SEQ + round;
                 let mid = format!("{c}-{round}");
-                let from = 2 * c + 1 + round % 2;
+                let (a, b) = parties(c);
+                let (from, to) = if round % 2 == 0 { (a, b) } else { (b, a) };
                 let frame = format!(
-                    r#"{{"msgid":6,"id":{from},"name":"u{from}","toid":{},"msg":"{text}","time":"2026-11-25 10:00:00","conv":"{conv}","cseq":{seq},"mid":"{mid}"}}"#,
-                    2 * c + 2 - round % 2
+                    r#"{{"msgid":6,"id":{from},"name":"u{from}","toid":{to},"msg":"{text}","time":"2026-11-25 10:00:00","conv":"{conv}","cseq":{seq},"mid":"{mid}"}}"#
                 );
                 pipe.cmd("XADD")
                     .arg(partition_key(&prefix, partition(&conv)))
@@ -126,10 +136,16 @@ async fn main() -> anyhow::Result<()> {
     let mut config = Config::for_tests(database_url, redis_url, &prefix, "http://127.0.0.1:1");
     config.mysql.max_connections = 16;
     config.metrics_listen = None;
+    // The ingest's lanes (CLUSTERCHAT_HISTORY_LANES, as the service reads it).
+    if let Ok(lanes) = std::env::var("CLUSTERCHAT_HISTORY_LANES") {
+        config.ingest.lanes = lanes.parse()?;
+    }
+    println!("ingest lanes: {}", config.ingest.lanes);
     let app = Application::build(config).await?;
     let addr = app.local_addr();
     let shutdown = Shutdown::new();
     let started = Instant::now();
+    let cpu_before = own_cpu_seconds();
     let running = tokio::spawn(app.run_until_stopped(shutdown.clone()));
     let channel = Channel::from_shared(format!("http://{addr}"))?
         .connect()
@@ -151,9 +167,11 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let took = started.elapsed().as_secs_f64();
+    let cpu = own_cpu_seconds() - cpu_before;
     println!(
-        "ingested {written} messages in {took:.1} s: {:.0} messages/s",
-        written as f64 / took
+        "ingested {written} messages in {took:.1} s: {:.0} messages/s; the service's CPU {:.1} us per message",
+        written as f64 / took,
+        cpu * 1e6 / written as f64
     );
 
     for line in telemetry::metrics::encode().lines() {
@@ -185,7 +203,7 @@ async fn main() -> anyhow::Result<()> {
             let started = Instant::now();
             let page = client
                 .get_history(pb::GetHistoryRequest {
-                    user_id: 2 * c as i64 + 1,
+                    user_id: parties(c).0 as i64,
                     conversation: conv_of(c),
                     before_seq: before,
                     after_seq: 0,
@@ -210,4 +228,19 @@ async fn main() -> anyhow::Result<()> {
     shutdown.trigger();
     running.await??;
     Ok(())
+}
+
+/// CPU (user + system) this process has used, from /proc (0 elsewhere).
+fn own_cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces): utime, stime
+    // are the 14th and 15th of the line.
+    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11..13).map_or(0.0, |f| {
+        f.iter().filter_map(|v| v.parse::<f64>().ok()).sum()
+    });
+    ticks / 100.0
 }

@@ -60,11 +60,18 @@ pub struct IngestSettings {
     /// gathers into batches (each batch is one read per partition group,
     /// one transaction and its commit: at 5,000 chats/s, batches of a few
     /// dozen cost MariaDB three times as much per chat as batches of
-    /// hundreds). Bounds how far history lags behind a quiet stream.
+    /// hundreds). Each lane pauses `linger` times the lanes, so at a steady
+    /// rate batches are as large as with one lane; history lags a quiet
+    /// stream by up to that (400 ms by default).
     pub linger: Duration,
     /// `CLUSTERCHAT_HISTORY_CLAIM_IDLE_MS` (default 60 s): entries another
     /// consumer has held unacknowledged this long are taken over.
     pub claim_idle: Duration,
+    /// `CLUSTERCHAT_HISTORY_LANES` (default 4, 1 to 16): the partitions are
+    /// dealt to this many lanes (partition N to lane N mod LANES), each
+    /// reading, storing and acknowledging its own, with a transaction of
+    /// its own in flight. A conversation is in one partition, so one lane.
+    pub lanes: u32,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -96,6 +103,17 @@ impl Config {
             Secret::new("redis://127.0.0.1:6479"),
         )?;
         let batch: usize = var_or("CLUSTERCHAT_HISTORY_BATCH", 1000)?;
+        let lanes: u32 = var_or("CLUSTERCHAT_HISTORY_LANES", 4)?;
+        if !(1..=crate::domain::HISTORY_PARTITIONS).contains(&lanes) {
+            return Err(ConfigError::Invalid {
+                name: "CLUSTERCHAT_HISTORY_LANES".into(),
+                value: lanes.to_string(),
+                reason: format!(
+                    "from 1 to {} (the partitions are dealt to the lanes)",
+                    crate::domain::HISTORY_PARTITIONS
+                ),
+            });
+        }
         if batch == 0 {
             return Err(ConfigError::Invalid {
                 name: "CLUSTERCHAT_HISTORY_BATCH".into(),
@@ -124,6 +142,7 @@ impl Config {
                     "CLUSTERCHAT_HISTORY_CLAIM_IDLE_MS",
                     Duration::from_secs(60),
                 )?,
+                lanes,
             },
             user_service: var_or(
                 "CLUSTERCHAT_HISTORY_USER_SERVICE",
@@ -172,6 +191,7 @@ impl Config {
                 poll_idle: Duration::from_millis(20),
                 linger: Duration::from_millis(20),
                 claim_idle: Duration::from_secs(60),
+                lanes: 2,
             },
             user_service: user_service.to_owned(),
             membership_ttl: Duration::from_millis(200),

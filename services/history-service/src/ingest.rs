@@ -16,12 +16,22 @@
 //! gateways keep appending (bounded by `MAXLEN ~`), and the ingest catches
 //! up when both are back. It never fails the process.
 //!
+//! The partitions are dealt to lanes ([`IngestSettings::lanes`]): each
+//! lane does all of the above for its own partitions, with its own Redis
+//! connection and its own transaction in flight, so MariaDB works on as
+//! many batches at once. A conversation lives in one partition, so its
+//! messages and retractions stay in one lane, in stream order.
+//!
 //! Traces: each batch is a `history.ingest` span linked to the messages'
 //! own traces (their `tp`, up to [`MAX_LINKS`]), and a message whose trace
 //! is sampled gets a `history.store` span inside its own trace.
 
 use std::{
     collections::BTreeSet,
+    sync::{
+        Arc,
+        atomic::{AtomicI64, AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -51,9 +61,48 @@ const GAUGES_EVERY: Duration = Duration::from_secs(5);
 /// How often entries held by other consumers are looked for.
 const CLAIM_EVERY: Duration = Duration::from_secs(30);
 
+#[derive(Clone)]
 pub struct Ingest {
     settings: IngestSettings,
     store: HistoryStore,
+    /// This lane (0 until [`Ingest::run`] deals the lanes).
+    lane: u32,
+    gauges: Arc<Gauges>,
+}
+
+/// What the lanes report together: pending and backlog summed over every
+/// partition, lag the largest of any lane.
+struct Gauges {
+    pending: [AtomicU64; HISTORY_PARTITIONS as usize],
+    backlog: [AtomicU64; HISTORY_PARTITIONS as usize],
+    lag_ms: [AtomicI64; HISTORY_PARTITIONS as usize],
+}
+
+impl Gauges {
+    fn new() -> Self {
+        Self {
+            pending: std::array::from_fn(|_| AtomicU64::new(0)),
+            backlog: std::array::from_fn(|_| AtomicU64::new(0)),
+            lag_ms: std::array::from_fn(|_| AtomicI64::new(0)),
+        }
+    }
+
+    fn set_state(&self, partition: u32, state: &GroupState) {
+        self.pending[partition as usize].store(state.pending, Ordering::Relaxed);
+        self.backlog[partition as usize].store(state.backlog, Ordering::Relaxed);
+        let sum = |values: &[AtomicU64]| {
+            let total: u64 = values.iter().map(|v| v.load(Ordering::Relaxed)).sum();
+            i64::try_from(total).unwrap_or(i64::MAX)
+        };
+        metrics().pending.set(sum(&self.pending));
+        metrics().backlog.set(sum(&self.backlog));
+    }
+
+    fn set_lag(&self, lane: u32, lag_ms: i64) {
+        self.lag_ms[lane as usize].store(lag_ms, Ordering::Relaxed);
+        let most = self.lag_ms.iter().map(|l| l.load(Ordering::Relaxed)).max();
+        metrics().lag_ms.set(most.unwrap_or(0));
+    }
 }
 
 /// What ended a round of work early.
@@ -72,11 +121,35 @@ impl From<redis::RedisError> for Stop {
 
 impl Ingest {
     pub fn new(settings: IngestSettings, store: HistoryStore) -> Self {
-        Self { settings, store }
+        Self {
+            settings,
+            store,
+            lane: 0,
+            gauges: Arc::new(Gauges::new()),
+        }
     }
 
-    /// Consumes the streams until `shutdown`.
+    /// Consumes the streams until `shutdown`, a task per lane.
     pub async fn run(self, shutdown: Shutdown) {
+        let lanes = self.settings.lanes.clamp(1, HISTORY_PARTITIONS);
+        let tasks: Vec<_> = (0..lanes)
+            .map(|lane| {
+                let ingest = Ingest {
+                    lane,
+                    ..self.clone()
+                };
+                tokio::spawn(ingest.run_lane(shutdown.clone()))
+            })
+            .collect();
+        for task in tasks {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "a history ingest lane ended abnormally");
+            }
+        }
+        tracing::info!("history ingest stopped");
+    }
+
+    async fn run_lane(self, shutdown: Shutdown) {
         let mut redis = Outage::new("redis");
         loop {
             match self.connected(&shutdown, &mut redis).await {
@@ -93,20 +166,21 @@ impl Ingest {
                 }
             }
         }
-        tracing::info!("history ingest stopped");
     }
 
     async fn connected(&self, shutdown: &Shutdown, outage: &mut Outage) -> Stop {
         let s = &self.settings;
-        let streams = match Streams::connect(&s.redis, &s.prefix, &s.consumer).await {
-            Ok(streams) => streams,
-            Err(e) => return Stop::Redis(e),
-        };
+        let lanes = s.lanes.clamp(1, HISTORY_PARTITIONS);
+        let streams =
+            match Streams::connect_lane(&s.redis, &s.prefix, &s.consumer, self.lane, lanes).await {
+                Ok(streams) => streams,
+                Err(e) => return Stop::Redis(e),
+            };
         if let Err(e) = streams.create_groups().await {
             return Stop::Redis(e);
         }
         outage.recovered();
-        tracing::info!(consumer = %s.consumer, prefix = %s.prefix, "history ingest reading the streams");
+        tracing::info!(consumer = %s.consumer, prefix = %s.prefix, lane = self.lane, lanes, "history ingest reading the streams");
         let mut poll = Poll::new();
         match self.consume(&streams, &mut poll, shutdown).await {
             Ok(never) => match never {},
@@ -147,15 +221,22 @@ impl Ingest {
             let entries = poll.read_round(streams, batch).await?;
             let read = entries.len();
             if read == 0 {
-                metrics().lag_ms.set(0);
+                self.gauges.set_lag(self.lane, 0);
             } else {
                 self.process(streams, entries, poll, shutdown).await?;
             }
-            poll.trim_if_due(streams).await?;
-            // Let a trickle gather into a batch; nothing at all: idle.
+            poll.trim_if_due(streams, &self.gauges).await?;
+            // Let a trickle gather into a batch; nothing at all: idle. A
+            // lane lingers `linger` times the lanes: at a steady rate the
+            // lanes together commit as often as one lane would, with
+            // batches as large (MariaDB's cost per chat grows as batches
+            // shrink); a backlog is read without pause, by every lane at
+            // once.
             let pause = match read {
                 0 => self.settings.poll_idle,
-                n if n < batch / 4 => self.settings.linger,
+                n if n < batch / 4 => {
+                    self.settings.linger * self.settings.lanes.clamp(1, HISTORY_PARTITIONS)
+                }
                 _ => Duration::ZERO,
             };
             if !pause.is_zero() && sleep_or_shutdown(pause, shutdown).await {
@@ -297,7 +378,7 @@ impl Ingest {
         m.retracted.inc_by(outcome.retracted);
         if let Some(oldest) = oldest {
             let lag_us = now_us.saturating_sub(oldest).max(0);
-            m.lag_ms.set(lag_us / 1000);
+            self.gauges.set_lag(self.lane, lag_us / 1000);
             m.lag.observe(lag_us as f64 / 1e6);
         }
         tracing::debug!(
@@ -368,7 +449,6 @@ struct Poll {
     hot: [bool; HISTORY_PARTITIONS as usize],
     /// Partitions acknowledged since their last trim.
     dirty: BTreeSet<u32>,
-    states: [GroupState; HISTORY_PARTITIONS as usize],
     last_trim: Instant,
     /// `None`: not yet (due at once).
     last_gauges: Option<Instant>,
@@ -381,7 +461,6 @@ impl Poll {
         Self {
             hot: [false; HISTORY_PARTITIONS as usize],
             dirty: BTreeSet::new(),
-            states: [GroupState::default(); HISTORY_PARTITIONS as usize],
             last_trim: now,
             last_gauges: None,
             // Claim once right after start (after our own pending entries).
@@ -392,22 +471,19 @@ impl Poll {
     /// Reads every partition at once: busy partitions share the batch,
     /// quiet ones are asked for a little.
     async fn read_round(&mut self, streams: &Streams, batch: usize) -> Result<Vec<RawEntry>, Stop> {
-        let hot = self.hot.iter().filter(|h| **h).count();
-        let counts: Vec<usize> = self
-            .hot
-            .iter()
-            .map(|&h| {
-                if h {
-                    (batch / hot.max(1)).max(COLD_PARTITION_COUNT.min(batch))
-                } else {
-                    COLD_PARTITION_COUNT.min(batch)
-                }
-            })
-            .collect();
+        let hot = streams
+            .partitions()
+            .filter(|&p| self.hot[p as usize])
+            .count();
         // Partitions asked for as many entries share a command (on one
         // Redis: usually one or two commands a round instead of 16).
         let mut by_count: std::collections::BTreeMap<usize, Vec<u32>> = Default::default();
-        for (partition, &count) in streams.partitions().zip(&counts) {
+        for partition in streams.partitions() {
+            let count = if self.hot[partition as usize] {
+                (batch / hot.max(1)).max(COLD_PARTITION_COUNT.min(batch))
+            } else {
+                COLD_PARTITION_COUNT.min(batch)
+            };
             by_count.entry(count).or_default().push(partition);
         }
         let reads = by_count
@@ -424,7 +500,7 @@ impl Poll {
         Ok(entries)
     }
 
-    async fn trim_if_due(&mut self, streams: &Streams) -> Result<(), Stop> {
+    async fn trim_if_due(&mut self, streams: &Streams, shared: &Gauges) -> Result<(), Stop> {
         let gauges = self
             .last_gauges
             .is_none_or(|at| at.elapsed() >= GAUGES_EVERY);
@@ -437,18 +513,14 @@ impl Poll {
             self.dirty.iter().copied().collect()
         };
         for partition in partitions {
-            self.states[partition as usize] = streams.trim(partition).await?;
+            let state = streams.trim(partition).await?;
+            shared.set_state(partition, &state);
         }
         self.dirty.clear();
         self.last_trim = Instant::now();
         if gauges {
             self.last_gauges = Some(Instant::now());
         }
-        let sum = |f: fn(&GroupState) -> u64| {
-            i64::try_from(self.states.iter().map(f).sum::<u64>()).unwrap_or(i64::MAX)
-        };
-        metrics().pending.set(sum(|s| s.pending));
-        metrics().backlog.set(sum(|s| s.backlog));
         Ok(())
     }
 }
@@ -541,6 +613,28 @@ fn now_unix_us() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lanes_report_pending_and_backlog_summed_and_the_largest_lag() {
+        let gauges = Gauges::new();
+        let state = |pending, backlog| GroupState { pending, backlog };
+        // Lane 0 of 2 has partition 0, lane 1 partition 1.
+        gauges.set_state(0, &state(3, 10));
+        gauges.set_state(1, &state(4, 20));
+        assert_eq!(metrics().pending.get(), 7);
+        assert_eq!(metrics().backlog.get(), 30);
+        gauges.set_state(0, &state(0, 0));
+        assert_eq!(
+            metrics().backlog.get(),
+            20,
+            "a lane's new state replaces its old one"
+        );
+        gauges.set_lag(0, 250);
+        gauges.set_lag(1, 40);
+        assert_eq!(metrics().lag_ms.get(), 250);
+        gauges.set_lag(0, 0);
+        assert_eq!(metrics().lag_ms.get(), 40, "the largest lag of any lane");
+    }
 
     #[test]
     fn sampled_is_the_low_bit_of_the_flags() {

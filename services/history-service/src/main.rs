@@ -1,6 +1,11 @@
 use history_service::{Application, Config};
 use shutdown::Shutdown;
 
+// The ingest allocates per stream entry and per row: mimalloc, as the
+// gateway.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let telemetry = telemetry::init("history-service");

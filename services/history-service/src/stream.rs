@@ -159,12 +159,15 @@ impl redis::aio::ConnectionLike for Connection {
     }
 }
 
-/// The history streams of one key prefix, read as one consumer.
+/// The history streams of one key prefix, read as one consumer: all of
+/// them, or a lane's ([`Streams::lane`]).
 #[derive(Clone)]
 pub struct Streams {
     connection: Connection,
     keys: Vec<String>,
     consumer: String,
+    /// The partitions these streams read (all, or a lane's).
+    owned: Vec<u32>,
 }
 
 impl Streams {
@@ -173,17 +176,35 @@ impl Streams {
         prefix: &str,
         consumer: &str,
     ) -> redis::RedisResult<Self> {
+        Self::connect_lane(target, prefix, consumer, 0, 1).await
+    }
+
+    /// Lane `lane` of `lanes`: partitions `lane`, `lane + lanes`, ... on a
+    /// connection of their own (one lane's reads and acknowledgements do
+    /// not queue behind another's), as the same consumer (pending entries
+    /// are per stream, so lanes never share one).
+    pub async fn connect_lane(
+        target: &RedisTarget,
+        prefix: &str,
+        consumer: &str,
+        lane: u32,
+        lanes: u32,
+    ) -> redis::RedisResult<Self> {
         Ok(Self {
             connection: Connection::open(target).await?,
             keys: (0..HISTORY_PARTITIONS)
                 .map(|n| partition_key(prefix, n))
                 .collect(),
             consumer: consumer.to_owned(),
+            owned: (0..HISTORY_PARTITIONS)
+                .filter(|p| p % lanes.max(1) == lane)
+                .collect(),
         })
     }
 
-    pub fn partitions(&self) -> std::ops::Range<u32> {
-        0..HISTORY_PARTITIONS
+    /// The partitions these streams read, in order.
+    pub fn partitions(&self) -> impl Iterator<Item = u32> + '_ {
+        self.owned.iter().copied()
     }
 
     fn key(&self, partition: u32) -> &str {

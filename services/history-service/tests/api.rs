@@ -1088,6 +1088,41 @@ async fn the_service_catches_up_on_what_was_written_while_it_was_stopped() {
 }
 
 #[tokio::test]
+async fn every_partition_is_read_by_one_lane_whatever_their_number() {
+    // One conversation in each of the 16 partitions.
+    let mut convs: Vec<(String, i64)> = Vec::new();
+    for (a, b) in (1..200).flat_map(|a| (a + 1..a + 200).map(move |b| (a, b))) {
+        let conv = format!("d:{a}:{b}");
+        if !convs.iter().any(|(c, _)| partition(c) == partition(&conv)) {
+            convs.push((conv, a));
+        }
+    }
+    assert_eq!(convs.len(), 16, "a conversation in every partition");
+    for lanes in [1, 3, 16] {
+        let mut stack = Stack::new().await;
+        let mut config = stack.config();
+        config.ingest.lanes = lanes;
+        stack.start_with(config).await;
+        let chats: Vec<Chat> = convs
+            .iter()
+            .map(|(conv, from)| Chat::new(conv, SEQ + 1, *from, &format!("{lanes} lanes")))
+            .collect();
+        for chat in &chats {
+            stack.append(std::slice::from_ref(chat)).await;
+        }
+        for ((conv, from), chat) in convs.iter().zip(&chats) {
+            stack.wait_for(*from, conv, &chat.mid).await;
+            assert_eq!(
+                texts(&stack.newest(*from, conv).await),
+                [format!("{lanes} lanes")],
+                "{conv}, {lanes} lanes"
+            );
+        }
+        stack.stop().await;
+    }
+}
+
+#[tokio::test]
 async fn entries_read_but_never_acknowledged_are_read_again_at_start() {
     let mut stack = Stack::new().await;
     let conv = "d:81:82";
