@@ -56,6 +56,11 @@ bench *args:
 bench-cluster *args:
     @deploy/dev/stack.sh bench-cluster "$@"
 
+# what a Redis command costs inside a Lua script against the same sent plainly, on a private redis-server (issue 21's design input; `just bench-redis-calls [REQUESTS]`)
+[positional-arguments]
+bench-redis-calls *args:
+    @bench/redis-calls.sh "$@"
+
 # Jepsen-style chaos run, as root: the stack in network namespaces, random faults and partitions while clients chat, then the checker (`just chaos [SECONDS] [single|cluster|all] [--seed N]`; 120 s on single Redis by default)
 [positional-arguments]
 chaos *args:
