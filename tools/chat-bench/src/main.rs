@@ -329,7 +329,7 @@ async fn main() -> anyhow::Result<()> {
             .history_conversations
             .clamp(1, args.history_rows.max(1));
         let mut table = history
-            .fill_table(args.history_rows, conversations, args.size)
+            .fill_table(args.history_rows, conversations, args.size, &args.pids)
             .await?;
         table["table_rows"] = json!(history.stored_rows().await.ok());
         eprintln!("GetHistory of 50, {} calls ...", args.history_calls);

@@ -248,8 +248,18 @@ fn history_markdown(history: &Value) -> String {
     let capacity = |label: String, d: &Value, out: &mut String| {
         let rate = d["stored_per_sec"].as_f64();
         let trimmed = d["trimmed_unread"].as_u64().unwrap_or(0);
+        let cost = &d["cpu_us_per_stored"];
+        let cost = if cost["history-service"].is_number() || cost["mariadb"].is_number() {
+            format!(
+                "; per message stored: history service {} µs, MariaDB {} µs",
+                f(&cost["history-service"], 1),
+                f(&cost["mariadb"], 1)
+            )
+        } else {
+            String::new()
+        };
         out.push_str(&format!(
-            "| ingest capacity: {label} | {} msg/s ({} stored in {} s{}) | ≥ 20,000 msg/s | {} |\n",
+            "| ingest capacity: {label} | {} msg/s ({} stored in {} s{cost}{}) | ≥ 20,000 msg/s | {} |\n",
             f(&d["stored_per_sec"], 0),
             d["stored"],
             f(&d["seconds"], 1),

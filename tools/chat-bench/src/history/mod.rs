@@ -342,15 +342,28 @@ pub struct Paused {
 impl Paused {
     /// SIGCONT, then waits until what was added meanwhile is acknowledged:
     /// how many entries, how long, how many stored per second.
-    pub async fn resume_and_drain(mut self, history: &History) -> anyhow::Result<Value> {
+    ///
+    /// With `watched` processes (`--pids`), also what each part spent per
+    /// message stored while it drained (nothing else runs then): the
+    /// history service's and MariaDB's cost per message, which the chat
+    /// rows cannot give (most of a saturation run's backlog is stored
+    /// after it).
+    pub async fn resume_and_drain(
+        mut self,
+        history: &History,
+        watched: &[crate::procs::Watched],
+    ) -> anyhow::Result<Value> {
         let streams = history.streams().await?;
         let backlog = streams.added.saturating_sub(self.baseline.added);
+        let before = crate::procs::snapshot(watched);
         if let Some(pid) = self.pid.take() {
             signal(pid, "CONT")?;
         }
         let took = history.caught_up(Duration::from_secs(1200)).await?;
         let after = history.scrape().await?;
         let stored = after.stored.saturating_sub(self.baseline.stored);
+        let cpu = crate::procs::spent(watched, &before, stored, 1e6, "stored message");
+        let us_per_stored = |group: &str| cpu["groups"][group]["cpu_seconds_per_unit"].clone();
         let acknowledged = after
             .acknowledged
             .saturating_sub(self.baseline.acknowledged);
@@ -365,6 +378,10 @@ impl Paused {
             "stored": stored,
             "seconds": seconds,
             "stored_per_sec": stored as f64 / seconds,
+            "cpu_us_per_stored": {
+                "history-service": us_per_stored("history-service"),
+                "mariadb": us_per_stored("mariadb"),
+            },
         }))
     }
 }

@@ -30,6 +30,7 @@ impl History {
         rows: u64,
         conversations: u64,
         size: usize,
+        watched: &[crate::procs::Watched],
     ) -> anyhow::Result<Value> {
         let paused = self.pause().await?;
         let per_conversation = rows.div_ceil(conversations);
@@ -82,7 +83,7 @@ impl History {
         let written = rows;
         let wrote_in = started.elapsed().as_secs_f64();
         eprintln!("  wrote {written} entries in {wrote_in:.1} s; draining ...");
-        let drain = paused.resume_and_drain(self).await?;
+        let drain = paused.resume_and_drain(self, watched).await?;
         Ok(json!({
             "rows": written,
             "conversations": conversations,

@@ -243,7 +243,7 @@ pub(crate) async fn one_to_one_rows(
             .await?;
         let saturated_stopped = pairs.run(args, HISTORY_STOPPED_RUN + 1, None).await?;
         eprintln!("history service let go on (SIGCONT); draining what piled up ...");
-        let drain = paused.resume_and_drain(history).await?;
+        let drain = paused.resume_and_drain(history, watched).await?;
 
         eprintln!("history service running:");
         let sampler = history.sample().await?;
