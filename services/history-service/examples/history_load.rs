@@ -12,7 +12,7 @@
 //! every message is stored (the ingest rate), then times GetHistory of 50
 //! messages at random places (p50/p99/max). The database is used as given:
 //! run it on a fresh one. `CLUSTERCHAT_HISTORY_LANES` sets the ingest's
-//! lanes (default 2).
+//! lanes (default 1).
 
 use std::time::{Duration, Instant};
 

@@ -219,9 +219,24 @@ fn history_markdown(history: &Value) -> String {
             verdict(d.map(|d| d <= 10.0)),
         ));
     }
+    let half = &history["during_half_saturation"];
+    if !half.is_null() {
+        let lag = half["max_lag_ms"].as_f64();
+        out.push_str(&format!(
+            "| ingest at half of saturation ({}/s offered): max lag | {} ms (service's gauge: {} ms) | ≤ 1 s | {} |\n",
+            half["offered_per_sec"],
+            f(&half["max_lag_ms"], 0),
+            f(&half["max_service_lag_gauge_ms"], 0),
+            verdict(lag.map(|l| l <= 1000.0)),
+        ));
+    }
     for (label, key) in [
         ("during the saturation run", "during_saturation"),
         ("during the offered-rate run", "during_fixed_rate"),
+        (
+            "during the run at half of saturation",
+            "during_half_saturation",
+        ),
     ] {
         let r = &history[key];
         if r.is_null() {

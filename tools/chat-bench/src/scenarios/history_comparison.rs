@@ -9,6 +9,8 @@ use crate::{Args, stats::RunResult};
 
 /// Run ids of scenario 1 with the history service stopped.
 pub(crate) const HISTORY_STOPPED_RUN: u32 = 6;
+/// Run id of the run at half of the saturation just measured.
+pub(crate) const HALF_SATURATION_RUN: u32 = 8;
 
 /// One round of the `history` comparison (see
 /// [`one_to_one_rows`](super::one_to_one::one_to_one_rows)).
@@ -22,6 +24,9 @@ pub(crate) struct HistoryRound {
     pub(crate) saturated: RunResult,
     pub(crate) cpu_saturated: Value,
     pub(crate) during_saturation: Value,
+    /// The history service's lag during a run at half of `saturated`'s
+    /// rate (issue 21: lag ≤ 1 s there).
+    pub(crate) during_half_saturation: Value,
 }
 
 /// The median of each side over the rounds, and every round in the JSON.
@@ -100,6 +105,10 @@ pub(crate) fn history_comparison(args: &Args, mut rounds: Vec<HistoryRound>) -> 
         rounds[fixed_at].during_fixed.clone(),
     );
     out.insert(
+        "during_half_saturation".into(),
+        rounds[saturated_at].during_half_saturation.clone(),
+    );
+    out.insert(
         "drain_after_stopped_runs".into(),
         rounds[saturated_stopped_at].drain.clone(),
     );
@@ -114,6 +123,7 @@ pub(crate) fn history_comparison(args: &Args, mut rounds: Vec<HistoryRound>) -> 
                 "saturation_running": r.saturated.json(),
                 "during_fixed_rate": r.during_fixed,
                 "during_saturation": r.during_saturation,
+                "during_half_saturation": r.during_half_saturation,
             })
         })
         .collect();

@@ -18,7 +18,9 @@ use tokio_rustls::TlsConnector;
 
 use super::{
     OneToOneRows, Target, chat_frame, drain,
-    history_comparison::{HISTORY_STOPPED_RUN, HistoryRound, history_comparison},
+    history_comparison::{
+        HALF_SATURATION_RUN, HISTORY_STOPPED_RUN, HistoryRound, history_comparison,
+    },
     logged_in_clients, spawn_receiver,
 };
 use crate::{
@@ -250,6 +252,13 @@ pub(crate) async fn one_to_one_rows(
         let (saturated, cpu_saturated) = pairs.measured(args, run + 1, None, watched).await?;
         eprintln!("waiting for the history service to catch up ...");
         let during_saturation = sampler.finish(saturated.delivered).await?;
+
+        // Half of that saturation, offered steadily: how far history lags.
+        let half = (saturated.delivered as f64 / saturated.seconds / 2.0).max(1.0) as u64;
+        let sampler = history.sample().await?;
+        let at_half = pairs.run(args, HALF_SATURATION_RUN, Some(half)).await?;
+        let mut during_half_saturation = sampler.finish(at_half.delivered).await?;
+        during_half_saturation["offered_per_sec"] = half.into();
         rounds.push(HistoryRound {
             fixed,
             cpu_fixed,
@@ -260,6 +269,7 @@ pub(crate) async fn one_to_one_rows(
             saturated,
             cpu_saturated,
             during_saturation,
+            during_half_saturation,
         });
     }
     Ok(history_comparison(args, rounds))
