@@ -129,10 +129,14 @@ impl Ingest {
         }
     }
 
+    /// The lanes the partitions are dealt to (the setting, within 1..=16).
+    fn lanes(&self) -> u32 {
+        self.settings.lanes.clamp(1, HISTORY_PARTITIONS)
+    }
+
     /// Consumes the streams until `shutdown`, a task per lane.
     pub async fn run(self, shutdown: Shutdown) {
-        let lanes = self.settings.lanes.clamp(1, HISTORY_PARTITIONS);
-        let tasks: Vec<_> = (0..lanes)
+        let tasks: Vec<_> = (0..self.lanes())
             .map(|lane| {
                 let ingest = Ingest {
                     lane,
@@ -170,7 +174,7 @@ impl Ingest {
 
     async fn connected(&self, shutdown: &Shutdown, outage: &mut Outage) -> Stop {
         let s = &self.settings;
-        let lanes = s.lanes.clamp(1, HISTORY_PARTITIONS);
+        let lanes = self.lanes();
         let streams =
             match Streams::connect_lane(&s.redis, &s.prefix, &s.consumer, self.lane, lanes).await {
                 Ok(streams) => streams,
@@ -234,9 +238,7 @@ impl Ingest {
             // once.
             let pause = match read {
                 0 => self.settings.poll_idle,
-                n if n < batch / 4 => {
-                    self.settings.linger * self.settings.lanes.clamp(1, HISTORY_PARTITIONS)
-                }
+                n if n < batch / 4 => self.settings.linger * self.lanes(),
                 _ => Duration::ZERO,
             };
             if !pause.is_zero() && sleep_or_shutdown(pause, shutdown).await {
