@@ -51,20 +51,23 @@ text="$(head -c 100 /dev/zero | tr '\0' x)"
 tail="m0123456789abcdef 42 1796581378000000 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01
 {\"msgid\":5,\"id\":42,\"name\":\"alice\",\"to\":43,\"msg\":\"$text\",\"time\":\"2026-12-06 18:00:00\"}"
 
-# run NAME OPS_PER_REQUEST redis-benchmark-args...: one row.
+# run NAME MESSAGES_PER_REQUEST redis-benchmark-args...: one row, per
+# message (the requests divided among the messages: the same number of
+# messages in every row).
 run() {
     local name="$1" per="$2"; shift 2
     cli config resetstat >/dev/null
     local before after inside
+    local reqs=$((requests / per))
     before="$(cpu_us)"
-    redis-benchmark -p "$port" -n "$requests" -c 20 -P 16 -r 100000 -q "$@" >/dev/null
+    redis-benchmark -p "$port" -n "$reqs" -c 20 -P 16 -r 100000 -q "$@" >/dev/null
     after="$(cpu_us)"
     # A script's own count holds what ran inside it: only it, then.
     inside="$(cli info commandstats | awk -F'[=,]' '
         /^cmdstat_evalsha:/ {e = $4} /^cmdstat_/ && !/config/ {s += $4}
         END {print (e != "" ? e : s)}')"
-    awk -v n="$name" -v c="$((after - before))" -v i="$inside" -v r="$requests" -v p="$per" \
-        'BEGIN { printf "| %s | %.2f | %.2f |\n", n, c / (r / p), i / (r / p) }'
+    awk -v n="$name" -v c="$((after - before))" -v i="$inside" -v r="$((reqs * per))" \
+        'BEGIN { printf "| %s | %.2f | %.2f |\n", n, c / r, i / r }'
 }
 
 load() { cli script load "$1"; }
@@ -77,6 +80,23 @@ empty="$(load 'return 1')"
 lua3="$(load "$incr_rpush_spublish")"
 lua2="$(load "$xadd_spublish")"
 append="$(load "$(cat "$scripts/counter.lua" "$scripts/append.lua" "$scripts/append_each.lua")")"
+deliver="$(load "$(cat "$scripts/counter.lua" "$scripts/number.lua" "$scripts/append.lua" "$scripts/deliver_each.lua")")"
+
+# DELIVER's arguments for a batch of $1 chats to one receiver each, laid
+# out as redis/deliver.rs lays them (no client ids: no dedup keys used).
+deliver_args() {
+    local batch="$1" i keys=() argv=(100000 1000000000 200000 67108864)
+    local head="{\"msgid\":5,\"id\":42,\"name\":\"alice\",\"toid\":43,\"msg\":\"$text\",\"time\":\"2026-12-06 18:00:00\",\"conv\":\"d:42:43\",\"cseq\":"
+    for i in $(seq "$batch"); do
+        keys+=("{h:1}:c:d:42:__rand_int__" "{h:1}:m:$i" "{h:1}" "{u:__rand_int__}:n" "{u:__rand_int__}:in" "{u:__rand_int__}:m:$i")
+        argv+=(1 0 0 "m0123456789abcd$i" "d:42:43" 42 1796581378000000
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+            "m0123456789abcd$i 42 1796581378000000 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01
+" "$head" "{u:__rand_int__}")
+    done
+    keys+=("{h:0}:e")
+    printf '%s\0' "${#keys[@]}" "${keys[@]}" "${argv[@]}"
+}
 
 echo "Redis $(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/'), $requests requests per row, 20 clients, 16 pipelined"
 echo
@@ -92,3 +112,8 @@ run "XADD to one stream + SPUBLISH, in one script" 1 evalsha "$lua2" 2 '{h:1}' '
 run "APPEND as the gateways run it, one receiver per call (epoch check: TIME, LASTSAVE, INFO, GET; INCR, RPUSH, SPUBLISH)" 1 \
     evalsha "$append" 4 '{u:__rand_int__}:n' '{u:__rand_int__}:in' '{u:__rand_int__}:m' '{u:0}:e' \
     100000 1000000000 '{u:__rand_int__}' 0 0 "$tail"
+for batch in 1 12; do
+    mapfile -d '' args < <(deliver_args "$batch")
+    run "DELIVER as the gateways run it on one Redis, $batch chat(s) per call (number, history entry, inbox, publish)" "$batch" \
+        evalsha "$deliver" "${args[@]}"
+done

@@ -53,12 +53,28 @@ async fn raw<T: redis::FromRedisValue>(command: redis::Cmd) -> T {
 }
 
 /// A stream's entries as field maps.
+/// A history stream's entries, each by field name. A chat is written as
+/// one field, `m` = "CONV SEQ MID FROM AT TP\nFRAME": it comes back here
+/// as the fields the history service reads from it (`op` = "m", ...).
 async fn stream_entries(key: &str) -> Vec<std::collections::HashMap<String, String>> {
     let reply: Vec<(String, Vec<(String, String)>)> =
         raw(redis::cmd("XRANGE").arg(key).arg("-").arg("+").clone()).await;
     reply
         .into_iter()
-        .map(|(_, fields)| fields.into_iter().collect())
+        .map(|(_, fields)| match fields.as_slice() {
+            [(name, packed)] if name == "m" => {
+                let (header, frame) = packed.split_once('\n').expect("a newline before the frame");
+                let parts: Vec<&str> = header.splitn(6, ' ').collect();
+                assert_eq!(parts.len(), 6, "conv seq mid from at tp: {header:?}");
+                ["conv", "seq", "mid", "from", "at", "tp"]
+                    .into_iter()
+                    .zip(parts)
+                    .chain([("op", "m"), ("frame", frame)])
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect()
+            }
+            _ => fields.into_iter().collect(),
+        })
         .collect()
 }
 

@@ -106,22 +106,12 @@ async fn main() -> anyhow::Result<()> {
                     .arg("~")
                     .arg(10_000_000)
                     .arg("*")
-                    .arg("op")
+                    // One field, as the gateways write a chat.
                     .arg("m")
-                    .arg("mid")
-                    .arg(&mid)
-                    .arg("conv")
-                    .arg(&conv)
-                    .arg("seq")
-                    .arg(seq)
-                    .arg("from")
-                    .arg(from)
-                    .arg("at")
-                    .arg(at + (round * conversations + c) as i64)
-                    .arg("tp")
-                    .arg("")
-                    .arg("frame")
-                    .arg(frame)
+                    .arg(format!(
+                        "{conv} {seq} {mid} {from} {} \n{frame}",
+                        at + (round * conversations + c) as i64
+                    ))
                     .ignore();
                 written += 1;
             }

@@ -261,56 +261,101 @@ pub struct Retraction {
 }
 
 impl Entry {
-    /// An entry from its fields (`op`, `mid`, `conv`, `seq`, and for a
-    /// message `from`, `at`, `tp`, `frame`). The error says what is wrong.
+    /// An entry from its fields. A chat is one field, `m` =
+    /// `CONV SEQ MID FROM AT TP\nFRAME` (TP may be empty), as the gateways
+    /// write it; a retraction (and a chat written before that form) has
+    /// the fields `op`, `mid`, `conv`, `seq`, and for a chat `from`, `at`,
+    /// `tp`, `frame`. The error says what is wrong.
     pub fn parse<'a>(field: impl Fn(&str) -> Option<&'a str>) -> Result<Self, String> {
+        if let Some(packed) = field("m") {
+            return Self::parse_packed(packed);
+        }
         let required = |name: &str| field(name).ok_or_else(|| format!("no {name} field"));
-        let mid = required("mid")?;
+        let (conversation, seq, mid) =
+            Self::numbered(required("conv")?, required("seq")?, required("mid")?)?;
+        match required("op")? {
+            "x" => Ok(Self::Retract(Retraction {
+                conversation,
+                seq,
+                mid,
+            })),
+            "m" => Self::message(
+                (conversation, seq, mid),
+                required("from")?,
+                required("at")?,
+                field("tp").unwrap_or_default(),
+                required("frame")?,
+            ),
+            other => Err(format!("unknown op {other:?}")),
+        }
+    }
+
+    /// A chat in its one field: `CONV SEQ MID FROM AT TP\nFRAME`.
+    fn parse_packed(packed: &str) -> Result<Self, String> {
+        let (header, frame) = packed
+            .split_once('\n')
+            .ok_or("m has no newline before the frame")?;
+        let mut parts = header.splitn(6, ' ');
+        let mut next = |name: &str| {
+            parts
+                .next()
+                .ok_or_else(|| format!("m has no {name}"))
+        };
+        let conv = next("conv")?;
+        let seq = next("seq")?;
+        let mid = next("mid")?;
+        let from = next("from")?;
+        let at = next("at")?;
+        let tp = next("tp").unwrap_or_default();
+        Self::message(Self::numbered(conv, seq, mid)?, from, at, tp, frame)
+    }
+
+    /// The conversation, number and message id every entry has.
+    fn numbered(conv: &str, seq: &str, mid: &str) -> Result<(Conversation, u64, String), String> {
         if mid.is_empty() || mid.len() > MAX_MID_BYTES {
             return Err(format!(
                 "mid must have 1 to {MAX_MID_BYTES} bytes, not {}",
                 mid.len()
             ));
         }
-        let conversation = Conversation::parse(required("conv")?).map_err(|e| e.to_string())?;
-        let seq: u64 = required("seq")?
+        let conversation = Conversation::parse(conv).map_err(|e| e.to_string())?;
+        let seq: u64 = seq
             .parse()
             .ok()
             .filter(|&seq| seq > 0)
             .ok_or("seq is not a positive integer")?;
-        match required("op")? {
-            "x" => Ok(Self::Retract(Retraction {
-                conversation,
-                seq,
-                mid: mid.to_owned(),
-            })),
-            "m" => {
-                let sender_id: i64 = required("from")?
-                    .parse()
-                    .ok()
-                    .filter(|&id| id > 0)
-                    .ok_or("from is not a positive user id")?;
-                let sent_at_us: i64 = required("at")?
-                    .parse()
-                    .ok()
-                    .filter(|&at| at > 0)
-                    .ok_or("at is not a positive number of microseconds")?;
-                let frame = required("frame")?;
-                if frame.is_empty() {
-                    return Err("frame is empty".into());
-                }
-                Ok(Self::Message(NewMessage {
-                    conversation,
-                    seq,
-                    mid: mid.to_owned(),
-                    sender_id,
-                    sent_at_us,
-                    traceparent: field("tp").unwrap_or_default().to_owned(),
-                    frame: frame.to_owned(),
-                }))
-            }
-            other => Err(format!("unknown op {other:?}")),
+        Ok((conversation, seq, mid.to_owned()))
+    }
+
+    fn message(
+        (conversation, seq, mid): (Conversation, u64, String),
+        from: &str,
+        at: &str,
+        traceparent: &str,
+        frame: &str,
+    ) -> Result<Self, String> {
+        let sender_id: i64 = from
+            .parse()
+            .ok()
+            .filter(|&id| id > 0)
+            .ok_or("from is not a positive user id")?;
+        let sent_at_us: i64 = at
+            .parse()
+            .ok()
+            .filter(|&at| at > 0)
+            .ok_or("at is not a positive number of microseconds")?;
+        if frame.is_empty() {
+            return Err("frame is empty".into());
         }
+        Ok(Self::Message(NewMessage {
+            conversation,
+            seq,
+            mid,
+            sender_id,
+            sent_at_us,
+            traceparent: traceparent.to_owned(),
+            frame: frame.to_owned(),
+        }))
     }
 }
 
@@ -412,7 +457,42 @@ mod tests {
     }
 
     #[test]
-    fn stream_entries_parse_as_the_gateways_write_them() {
+    fn a_chat_parses_from_its_one_field_as_from_the_older_fields() {
+        let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let packed = format!("d:3:17 1795600000000042 m-1 3 1795600000000001 {tp}\n{{\"msgid\":6,\"msg\":\"a b\"}}");
+        let one = Entry::parse(fields(&[("m", packed.as_str())])).expect("one field");
+        let older = Entry::parse(fields(&[
+            ("op", "m"),
+            ("mid", "m-1"),
+            ("conv", "d:3:17"),
+            ("seq", "1795600000000042"),
+            ("from", "3"),
+            ("at", "1795600000000001"),
+            ("tp", tp),
+            ("frame", r#"{"msgid":6,"msg":"a b"}"#),
+        ]))
+        .expect("older fields");
+        assert_eq!(one, older);
+        // No traceparent: the header ends with a space.
+        let untraced = Entry::parse(fields(&[("m", "g:7 5 m-2 3 10 \n{}")])).expect("no tp");
+        let Entry::Message(m) = untraced else {
+            panic!("not a message: {untraced:?}")
+        };
+        assert_eq!((m.seq, m.traceparent.as_str(), m.frame.as_str()), (5, "", "{}"));
+    }
+
+    #[test]
+    fn a_malformed_chat_field_says_what_is_wrong() {
+        let parse = |m: &str| Entry::parse(fields(&[("m", m)])).expect_err(m);
+        assert!(parse("g:7 5 m-2 3 10").contains("newline"));
+        assert!(parse("g:7 5 m-2\n{}").contains("no from"));
+        assert!(parse("g:7 0 m-2 3 10 \n{}").contains("seq"));
+        assert!(parse("d:9:3 5 m-2 3 10 \n{}").contains("ascending"));
+        assert!(parse("g:7 5 m-2 3 10 \n").contains("frame is empty"));
+    }
+
+    #[test]
+    fn stream_entries_parse_as_the_gateways_wrote_them_before() {
         let message = Entry::parse(fields(&[
             ("op", "m"),
             ("mid", "m-1"),

@@ -9,8 +9,8 @@
 //! slot's master (and follows MOVED/ASK and failovers). On one Redis the
 //! read of new entries names every partition in one command.
 //!
-//! Entry fields are the contract's (`op`, `mid`, `conv`, `seq`, `from`,
-//! `at`, `tp`, `frame`); they are turned into domain values in
+//! Entry fields are the contract's (a chat: one field `m`; a retraction:
+//! `op`, `mid`, `conv`, `seq`); they are turned into domain values in
 //! [`crate::domain::Entry::parse`], not here.
 
 use std::time::Duration;

@@ -2,8 +2,11 @@
 //! Redis (one server or a Redis Cluster: whichever backend `just test` is
 //! running), with a real user service for group memberships. Entries are
 //! written to the streams exactly as a gateway writes them (the contract:
-//! `XADD {PREFIX}{h:N} MAXLEN ~ 200000 * op m mid .. conv .. seq .. from ..
-//! at .. tp .. frame ..`). Every test has its own databases and key prefix.
+//! `XADD {PREFIX}{h:N} MAXLEN ~ 200000 * m "CONV SEQ MID FROM AT TP\nFRAME"`,
+//! a retraction `* op x mid .. conv .. seq ..`; chats in the older fields,
+//! `op m mid .. conv .. seq .. from .. at .. tp .. frame ..`, are read too:
+//! `grpcurl.rs` and `redis_outage.rs` write those). Every test has its own
+//! databases and key prefix.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -134,22 +137,16 @@ impl Chat {
             .arg("~")
             .arg(200_000)
             .arg("*")
-            .arg("op")
             .arg("m")
-            .arg("mid")
-            .arg(&self.mid)
-            .arg("conv")
-            .arg(&self.conv)
-            .arg("seq")
-            .arg(self.seq)
-            .arg("from")
-            .arg(self.from)
-            .arg("at")
-            .arg(self.at_us)
-            .arg("tp")
-            .arg("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
-            .arg("frame")
-            .arg(self.frame())
+            .arg(format!(
+                "{} {} {} {} {} 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\n{}",
+                self.conv,
+                self.seq,
+                self.mid,
+                self.from,
+                self.at_us,
+                self.frame()
+            ))
             .clone()
     }
 }

@@ -58,22 +58,9 @@ impl History {
                 .arg("~")
                 .arg(STREAM_MAX_LEN)
                 .arg("*")
-                .arg("op")
+                // One field, as the gateways write a chat.
                 .arg("m")
-                .arg("mid")
-                .arg(&mid)
-                .arg("conv")
-                .arg(&conv)
-                .arg("seq")
-                .arg(seq)
-                .arg("from")
-                .arg(from)
-                .arg("at")
-                .arg(at + i)
-                .arg("tp")
-                .arg("")
-                .arg("frame")
-                .arg(frame)
+                .arg(format!("{conv} {seq} {mid} {from} {} \n{frame}", at + i))
                 .ignore();
             if (i + 1) % 2000 == 0 || i + 1 == rows {
                 let () = pipe.query_async(&mut redis).await?;

@@ -3,17 +3,21 @@
 -- key; `mark` is the slot's epoch mark. `ttl`: dedup TTL in seconds ('0':
 -- no dedup key; '-TTL': a retry, which also looks for the message id among
 -- the inbox's newest entries). `channel`: where to publish ('' = do not).
--- `tail`: the entry after its sequence ("mid sender micros tp\nframe").
+-- `tail`: the entry after its sequence ("mid sender micros tp\nframe"), or
+-- when `frame` is given, the part of it before `frame` (one concatenation
+-- builds the entry, not two).
 -- Returns seq, subscribers; subscribers -1: inbox full, -2: duplicate,
 -- -3: not published, -4: inbox over its bytes.
-local function append_one(counter, inbox, dedup, mark, max, maxbytes, channel, ttl, tail)
+local function append_one(counter, inbox, dedup, mark, max, maxbytes, channel, ttl, tail, frame)
   local scan = string.sub(ttl, 1, 1) == '-'
   if scan then ttl = string.sub(ttl, 2) end
   local prev = false
   if ttl ~= '0' then prev = redis.call('GET', dedup) end
   if scan and not prev then
     -- A retry whose first attempt may have landed without a dedup key.
-    local mid = string.match(tail, '^(%S+) ')
+    local whole = tail
+    if frame then whole = tail .. frame end
+    local mid = string.match(whole, '^(%S+) ')
     for _, e in ipairs(redis.call('LRANGE', inbox, -64, -1)) do
       local s, m = string.match(e, '^(%d+) (%S+) ')
       if m == mid then prev = s end
@@ -22,7 +26,8 @@ local function append_one(counter, inbox, dedup, mark, max, maxbytes, channel, t
   if prev then return tonumber(prev), -2 end
   local seq = next_number(counter, mark)
   local s = string.format('%d', seq)
-  local entry = s .. ' ' .. tail
+  local entry
+  if frame then entry = s .. ' ' .. tail .. frame else entry = s .. ' ' .. tail end
   local len = redis.call('RPUSH', inbox, entry)
   -- Over the limit: take it back, and the number (numbers jump only
   -- between epochs). Bytes are measured only for a backlog (an inbox

@@ -6,17 +6,16 @@ while a < #ARGV do
   local frame = ARGV[a + 10]
   local cseq = 0
   if nttl ~= '-' then
-    cseq = number_chat(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[#KEYS], ARGV[3], ARGV[4],
+    cseq, frame = number_chat(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[#KEYS], ARGV[3], ARGV[4],
       nttl, ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7], ARGV[a + 8], frame)
-    frame = frame .. string.format('%d', cseq) .. '}'
     k = k + 3
   end
   out[#out + 1] = cseq
-  local tail = ARGV[a + 9] .. frame
+  local head = ARGV[a + 9]
   a = a + 10
   for r = 1, receivers do
     local seq, subscribers = append_one(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[#KEYS],
-      max, maxbytes, ARGV[a + r], attl, tail)
+      max, maxbytes, ARGV[a + r], attl, head, frame)
     out[#out + 1] = seq
     out[#out + 1] = subscribers
     k = k + 3
