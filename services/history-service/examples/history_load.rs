@@ -12,7 +12,8 @@
 //! every message is stored (the ingest rate), then times GetHistory of 50
 //! messages at random places (p50/p99/max). The database is used as given:
 //! run it on a fresh one. `CLUSTERCHAT_HISTORY_LANES` sets the ingest's
-//! lanes (default 1).
+//! lanes (default 1). `HISTORY_LOAD_DB_PID`: the database server's pid, to
+//! report its CPU per stored message over the ingest as well.
 
 use std::time::{Duration, Instant};
 
@@ -136,6 +137,8 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = Shutdown::new();
     let started = Instant::now();
     let cpu_before = own_cpu_seconds();
+    let db_pid = std::env::var("HISTORY_LOAD_DB_PID").ok();
+    let db_before = db_pid.as_deref().map(cpu_seconds_of);
     let running = tokio::spawn(app.run_until_stopped(shutdown.clone()));
     let channel = Channel::from_shared(format!("http://{addr}"))?
         .connect()
@@ -163,6 +166,12 @@ async fn main() -> anyhow::Result<()> {
         written as f64 / took,
         cpu * 1e6 / written as f64
     );
+    if let (Some(pid), Some(before)) = (db_pid.as_deref(), db_before) {
+        println!(
+            "the database server's CPU over the ingest: {:.1} us per message",
+            (cpu_seconds_of(pid) - before) * 1e6 / written as f64
+        );
+    }
 
     for line in telemetry::metrics::encode().lines() {
         if line.starts_with("clusterchat_history_ingest_batch")
@@ -222,7 +231,12 @@ async fn main() -> anyhow::Result<()> {
 
 /// CPU (user + system) this process has used, from /proc (0 elsewhere).
 fn own_cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+    cpu_seconds_of("self")
+}
+
+/// CPU (user + system) process `pid` ("self": this one) has used.
+fn cpu_seconds_of(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0.0;
     };
     // Fields after the command name (which may hold spaces): utime, stime

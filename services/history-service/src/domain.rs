@@ -296,11 +296,7 @@ impl Entry {
             .split_once('\n')
             .ok_or("m has no newline before the frame")?;
         let mut parts = header.splitn(6, ' ');
-        let mut next = |name: &str| {
-            parts
-                .next()
-                .ok_or_else(|| format!("m has no {name}"))
-        };
+        let mut next = |name: &str| parts.next().ok_or_else(|| format!("m has no {name}"));
         let conv = next("conv")?;
         let seq = next("seq")?;
         let mid = next("mid")?;
@@ -459,7 +455,9 @@ mod tests {
     #[test]
     fn a_chat_parses_from_its_one_field_as_from_the_older_fields() {
         let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
-        let packed = format!("d:3:17 1795600000000042 m-1 3 1795600000000001 {tp}\n{{\"msgid\":6,\"msg\":\"a b\"}}");
+        let packed = format!(
+            "d:3:17 1795600000000042 m-1 3 1795600000000001 {tp}\n{{\"msgid\":6,\"msg\":\"a b\"}}"
+        );
         let one = Entry::parse(fields(&[("m", packed.as_str())])).expect("one field");
         let older = Entry::parse(fields(&[
             ("op", "m"),
@@ -478,7 +476,10 @@ mod tests {
         let Entry::Message(m) = untraced else {
             panic!("not a message: {untraced:?}")
         };
-        assert_eq!((m.seq, m.traceparent.as_str(), m.frame.as_str()), (5, "", "{}"));
+        assert_eq!(
+            (m.seq, m.traceparent.as_str(), m.frame.as_str()),
+            (5, "", "{}")
+        );
     }
 
     #[test]

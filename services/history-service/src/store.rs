@@ -7,9 +7,13 @@
 //! forced (`FORCE INDEX (PRIMARY)`), so a page costs the rows it returns
 //! whatever the table's size. A group member's visible range starts at the
 //! first message sent at or after their join time, found once per request
-//! on `(conv, sent_at_us)`.
+//! from the group's time marks (`history_group_marks`: per 10 s of sending
+//! time, the lowest seq stored) and then the primary key from there.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    sync::{Arc, Mutex},
+};
 
 use sqlx::{MySql, MySqlConnection, MySqlPool, QueryBuilder, Row as _, mysql::MySqlRow};
 
@@ -29,10 +33,23 @@ const ROWS_PER_INSERT: usize = 500;
 const BYTES_PER_INSERT: usize = 2 * 1024 * 1024;
 /// Ids per `IN (...)` list.
 const IDS_PER_LOOKUP: usize = 500;
+/// Microseconds of sending time per group time mark (`history_group_marks`):
+/// a join-time lookup reads at most one such bucket of the group's messages.
+const MARK_BUCKET_US: i64 = 10_000_000;
+
+/// 1:1 conversations whose parties this process has stored, at most this
+/// many: past it the set starts again (such a conversation then costs its
+/// two participant rows once more, INSERT IGNORE).
+const KNOWN_PARTIES: usize = 100_000;
 
 #[derive(Clone)]
 pub struct HistoryStore {
     pool: MySqlPool,
+    /// 1:1 conversations whose `history_participants` rows a committed
+    /// batch wrote (rows never deleted): later batches skip them. Over many
+    /// conversations those were two rows per chat, a third of MariaDB's
+    /// work per stored message.
+    parties_known: Arc<Mutex<HashSet<Conversation>>>,
 }
 
 /// What one ingest transaction did.
@@ -55,7 +72,10 @@ struct Candidate {
 
 impl HistoryStore {
     pub fn new(pool: MySqlPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            parties_known: Arc::default(),
+        }
     }
 
     /// Stores a batch of stream entries in one transaction: messages (each
@@ -131,6 +151,14 @@ impl HistoryStore {
             }
         }
 
+        raise_group_marks(
+            &mut tx,
+            messages
+                .iter()
+                .map(|m| (m.conversation, m.sent_at_us, m.seq)),
+        )
+        .await?;
+
         let mut heads: BTreeMap<Conversation, (u64, i64)> = BTreeMap::new();
         for m in &messages {
             let head = heads.entry(m.conversation).or_insert((0, i64::MIN));
@@ -153,9 +181,17 @@ impl HistoryStore {
             upsert.build().execute(&mut *tx).await?;
         }
 
-        let parties: Vec<(UserId, Conversation)> = heads
+        let new_parties: Vec<Conversation> = {
+            let known = self.parties_known.lock().unwrap_or_else(|p| p.into_inner());
+            heads
+                .iter()
+                .map(|(conv, _)| *conv)
+                .filter(|conv| conv.parties().is_some() && !known.contains(conv))
+                .collect()
+        };
+        let parties: Vec<(UserId, Conversation)> = new_parties
             .iter()
-            .filter_map(|(conv, _)| conv.parties().map(|p| (conv, p)))
+            .filter_map(|conv| conv.parties().map(|p| (conv, p)))
             .flat_map(|(conv, parties)| parties.map(|user| (user, *conv)))
             .collect();
         for chunk in parties.chunks(ROWS_PER_INSERT) {
@@ -169,6 +205,11 @@ impl HistoryStore {
         }
 
         tx.commit().await?;
+        let mut known = self.parties_known.lock().unwrap_or_else(|p| p.into_inner());
+        if known.len() + new_parties.len() > KNOWN_PARTIES {
+            known.clear();
+        }
+        known.extend(new_parties);
         Ok(outcome)
     }
 
@@ -395,6 +436,16 @@ impl HistoryStore {
         .bind(chunk)
         .execute(&self.pool)
         .await?;
+        // Time marks of buckets wholly before the cutoff (their messages
+        // are gone or going; a lookup past them starts at seq 0, as when
+        // none is left).
+        sqlx::query(
+            "DELETE FROM history_group_marks WHERE bucket < ? ORDER BY conv, bucket LIMIT ?",
+        )
+        .bind(cutoff_us.div_euclid(MARK_BUCKET_US))
+        .bind(chunk)
+        .execute(&self.pool)
+        .await?;
         Ok(messages)
     }
 }
@@ -540,6 +591,10 @@ async fn retract(
         .execute(&mut *conn)
         .await?
         .rows_affected();
+        // Its batch marked it when it came; again, should a mark have gone.
+        if let Ok(conversation) = Conversation::parse(&row.get::<String, _>(2)) {
+            raise_group_marks(conn, std::iter::once((conversation, row.get(4), seq))).await?;
+        }
         sqlx::query("DELETE FROM history_renumbered WHERE mid = ? AND seq = ?")
             .bind(mid)
             .bind(seq)
@@ -602,16 +657,65 @@ async fn visible_from(
 ) -> Result<Option<u64>, sqlx::Error> {
     match visibility {
         Visibility::All => Ok(Some(0)),
-        Visibility::SentFrom { joined_at_us } => Ok(sqlx::query(
-            "SELECT seq FROM history_messages FORCE INDEX (ix_history_messages_conv_time) \
-             WHERE conv = ? AND sent_at_us >= ? ORDER BY sent_at_us, seq LIMIT 1",
-        )
-        .bind(conversation.to_string())
-        .bind(joined_at_us)
-        .fetch_optional(&mut *conn)
-        .await?
-        .map(|row| row.get(0))),
+        Visibility::SentFrom { joined_at_us } => {
+            let name = conversation.to_string();
+            // The lowest seq of the latest bucket at or before the join
+            // (none: everything was sent after it). Every message sent at or
+            // after the join has a seq at least that (but for clocks more
+            // than a bucket apart between gateways).
+            let start: u64 = sqlx::query(
+                "SELECT first_seq FROM history_group_marks \
+                 WHERE conv = ? AND bucket <= ? ORDER BY bucket DESC LIMIT 1",
+            )
+            .bind(&name)
+            .bind(joined_at_us.div_euclid(MARK_BUCKET_US))
+            .fetch_optional(&mut *conn)
+            .await?
+            .map_or(0, |row| row.get(0));
+            Ok(sqlx::query(
+                "SELECT seq FROM history_messages FORCE INDEX (PRIMARY) \
+                 WHERE conv = ? AND seq >= ? AND sent_at_us >= ? ORDER BY seq LIMIT 1",
+            )
+            .bind(&name)
+            .bind(start)
+            .bind(joined_at_us)
+            .fetch_optional(&mut *conn)
+            .await?
+            .map(|row| row.get(0)))
+        }
     }
+}
+
+/// Lowers each group's time mark to the lowest seq among `messages`
+/// (conversation, sent at, seq) sent in its bucket. 1:1 conversations have
+/// no marks (everything in them is visible to both parties).
+async fn raise_group_marks(
+    conn: &mut MySqlConnection,
+    messages: impl Iterator<Item = (Conversation, i64, u64)>,
+) -> Result<(), sqlx::Error> {
+    let mut marks: BTreeMap<(Conversation, i64), u64> = BTreeMap::new();
+    for (conversation, sent_at_us, seq) in messages {
+        if let Conversation::Group(_) = conversation {
+            let first = marks
+                .entry((conversation, sent_at_us.div_euclid(MARK_BUCKET_US)))
+                .or_insert(seq);
+            *first = (*first).min(seq);
+        }
+    }
+    let marks: Vec<_> = marks.into_iter().collect();
+    for chunk in marks.chunks(ROWS_PER_INSERT) {
+        let mut upsert = QueryBuilder::<MySql>::new(
+            "INSERT INTO history_group_marks (conv, bucket, first_seq) ",
+        );
+        upsert.push_values(chunk, |mut row, ((conv, bucket), seq)| {
+            row.push_bind(conv.to_string())
+                .push_bind(*bucket)
+                .push_bind(*seq);
+        });
+        upsert.push(" ON DUPLICATE KEY UPDATE first_seq = LEAST(first_seq, VALUES(first_seq))");
+        upsert.build().execute(&mut *conn).await?;
+    }
+    Ok(())
 }
 
 async fn read_page(

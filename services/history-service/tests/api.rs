@@ -981,6 +981,60 @@ async fn group_members_see_history_from_their_join_time() {
 }
 
 #[tokio::test]
+async fn a_late_joiner_sees_from_their_join_time_over_many_seconds_of_history() {
+    // The join-time lookup goes through the group's time marks (10 s of
+    // sending time each): messages over two minutes, some buckets empty.
+    // The first message after the join (1 µs after it, in the join's
+    // bucket) is stored a batch after the one that follows it (2 µs): its
+    // lower number must lower the bucket's mark, or bob would not see it.
+    let mut stack = Stack::started().await;
+    let alice = stack.users.register("alice").await;
+    let bob = stack.users.register("bob").await;
+    let group = stack.users.create_group(alice, "a minute of history").await;
+    let conv = format!("g:{group}");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    stack.users.join(bob, group).await;
+    let joined = stack.users.joined_at_us(bob, group).await;
+    // Sent at, in µs after the join; all before it are in earlier buckets.
+    let offsets: [i64; 8] = [
+        -61_000_000,
+        -35_000_000,
+        -25_000_000,
+        -11_000_000,
+        1,
+        2,
+        31_000_000,
+        64_000_000,
+    ];
+    let chats: Vec<Chat> = offsets
+        .iter()
+        .enumerate()
+        .map(|(i, at)| Chat::new(&conv, SEQ + i as u64, alice, &format!("{i}")).at(joined + at))
+        .collect();
+    let (late, rest): (Vec<Chat>, Vec<Chat>) =
+        chats.into_iter().partition(|c| c.at_us == joined + 1);
+    stack.append(&rest).await;
+    stack
+        .wait_for(alice, &conv, &rest.last().expect("some").mid)
+        .await;
+    stack.append(&late).await;
+    stack.wait_for(alice, &conv, &late[0].mid).await;
+
+    // Alice created the group 50 ms before bob joined: the same four.
+    assert_eq!(
+        texts(&stack.newest(alice, &conv).await),
+        ["4", "5", "6", "7"]
+    );
+    assert_eq!(texts(&stack.newest(bob, &conv).await), ["4", "5", "6", "7"]);
+    let back = stack
+        .history(bob, &conv, SEQ + 6, 0, 10)
+        .await
+        .expect("back");
+    assert_eq!(texts(&back.messages), ["4", "5"]);
+    assert!(!back.more, "nothing before his join time is his");
+}
+
+#[tokio::test]
 async fn non_parties_are_denied_and_bad_requests_say_why() {
     let mut stack = Stack::started().await;
     let chat = Chat::new("d:61:62", SEQ, 61, "private");
