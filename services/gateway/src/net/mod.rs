@@ -111,7 +111,9 @@ pub(crate) async fn client_address(
 /// probes only an idle connection; one with data the peer never
 /// acknowledges would be retransmitted for about 15 minutes
 /// (`tcp_retries2`), so `TCP_USER_TIMEOUT` gives up on it after the same
-/// twice `idle`.
+/// twice `idle`. Linux counts a zero window as well: a client that stops
+/// reading while it is sent more than its buffers hold is disconnected after
+/// twice `idle` (what it was not sent waits in its inbox for its next login).
 fn set_keepalive(stream: &TcpStream, idle: std::time::Duration) {
     let keepalive = socket2::TcpKeepalive::new()
         .with_time(idle)
