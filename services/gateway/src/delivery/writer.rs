@@ -168,6 +168,8 @@ const CONFIRM_AT_END: Duration = Duration::from_millis(200);
 /// How long the offline store waits when the inbox was too full to take
 /// its messages.
 const OFFLINE_PAUSE: Duration = Duration::from_secs(1);
+/// How often a writer whose presence lease is not confirmed looks again.
+const LEASE_LOOK_EVERY: Duration = Duration::from_millis(100);
 
 /// Inbox entries read per step of a sync.
 const INBOX_PAGE: usize = 200;
@@ -180,8 +182,16 @@ enum Step {
     Done,
     /// Wrote a page; more to read.
     More,
-    /// Could not read or may not write now; try again after this long.
+    /// Could not read, or paused; try again after this long, or longer
+    /// after failures before (doubling up to 5 s: a dependency that fails
+    /// is not asked ever faster).
     Retry(Duration),
+    /// May not write yet (the presence lease is not confirmed): look again
+    /// after this long, however often it was so before. Looking costs
+    /// nothing (the lease is this node's own state), and a backoff grown
+    /// while Redis was slow to confirm it would leave the session silent
+    /// for seconds after it is confirmed again.
+    Wait(Duration),
     /// The socket failed.
     Broken,
 }
@@ -193,7 +203,7 @@ impl DeliveryState {
         let node = self.node.clone();
         if !node.lease.holds(self.user, self.claimed_at) {
             self.lapsed = true;
-            return Step::Retry(Duration::from_millis(100));
+            return Step::Wait(LEASE_LOOK_EVERY);
         }
         if std::mem::take(&mut self.lapsed) {
             // The claim may have expired meanwhile, and with nobody holding
@@ -711,6 +721,7 @@ pub async fn run_writer<W: FrameSink>(mut sink: W, mut commands: mpsc::Receiver<
                         retry_delay = Duration::from_millis(100);
                     }
                     Step::More => retry_at = None,
+                    Step::Wait(after) => retry_at = Some(Instant::now() + after),
                     Step::Retry(after) => {
                         retry_delay = after.max(retry_delay * 2).min(Duration::from_secs(5));
                         retry_at = Some(Instant::now() + retry_delay);
