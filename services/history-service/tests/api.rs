@@ -615,6 +615,40 @@ async fn redelivered_entries_and_repeated_mids_are_stored_once() {
     );
 }
 
+/// Whatever a chat holds (quotes, backslashes, control characters, text
+/// outside the BMP) is stored and read back byte for byte.
+#[tokio::test]
+async fn any_text_and_mid_is_stored_byte_for_byte() {
+    let mut stack = Stack::started().await;
+    let conv = "d:23:24";
+    let texts_sent = [
+        "it's a quote: ' and two: ''",
+        "backslashes \\ \\' \\\" and a \"double\"",
+        "'); DROP TABLE history_messages; --",
+        "群聊消息 😀 𝄞 ñ",
+        "control \u{1} \u{1a} \u{0} tab\tnew\nline",
+        "",
+    ];
+    let chats: Vec<Chat> = texts_sent
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            let seq = SEQ + i as u64;
+            Chat::new(conv, seq, 23, text).mid(&format!("o'brien\\{i}\"x"))
+        })
+        .collect();
+    stack.append(&chats).await;
+    let last = chats.last().expect("chats").mid.clone();
+    stack.wait_for(23, conv, &last).await;
+
+    let messages = stack.newest(24, conv).await;
+    assert_eq!(texts(&messages), texts_sent);
+    for (stored, sent) in messages.iter().zip(&chats) {
+        assert_eq!(stored.mid, sent.mid);
+        assert_eq!(stored.frame, sent.frame());
+    }
+}
+
 #[tokio::test]
 async fn a_retraction_deletes_its_message_and_wins_when_it_comes_first() {
     let mut stack = Stack::new().await;
