@@ -309,6 +309,40 @@ async fn failed_logins_lock_the_account_for_a_while_whatever_the_address() {
     assert_eq!(owner.login(victim, "right").await["errno"], 0);
 }
 
+/// Keepalive for stacks whose receivers stop reading for as long as a test
+/// sends (10-20 s, and more on a loaded machine). With the default (6 s)
+/// the node's kernel ends a connection whose window stays shut for 12 s
+/// (`TCP_USER_TIMEOUT` covers zero-window probes too): what was not sent
+/// would wait for the next login, but these tests are about the same
+/// session catching up.
+const SLOW_READERS_KEEPALIVE_MS: &str = "120000";
+
+/// Reads chats until `count` have come; each text's first 4 characters.
+/// A stall is no progress for a minute, not one quiet period: while the
+/// client did not read, the node's kernel probed its shut window less and
+/// less often (the persist timer doubles), so once it reads the next bytes
+/// may wait for the next probe (seen with `ss -tino` on a loaded machine:
+/// 3.2 s, then 6.4 s, the gateway's writer waiting in its write).
+async fn read_chats(client: &mut Client, count: usize, who: &str) -> Vec<String> {
+    const STALLED: Duration = Duration::from_secs(60);
+    let mut got = Vec::new();
+    let mut progress = Instant::now();
+    while got.len() < count {
+        let chats = client.chats_until_quiet(Duration::from_secs(2)).await;
+        if chats.is_empty() {
+            assert!(
+                progress.elapsed() < STALLED,
+                "{who} stalled after {} messages",
+                got.len()
+            );
+            continue;
+        }
+        progress = Instant::now();
+        got.extend(texts(&chats).into_iter().map(|t| t[..4].to_owned()));
+    }
+    got
+}
+
 #[tokio::test]
 async fn a_receiver_that_does_not_read_costs_bounded_memory_and_loses_nothing() {
     let stack = Stack::builder()
@@ -318,13 +352,10 @@ async fn a_receiver_that_does_not_read_costs_bounded_memory_and_loses_nothing() 
         // Redis, past the inbox's default 16 MiB budget (its own test is
         // a_receiver_that_never_acknowledges_is_bounded_by_bytes_...).
         .gateway_env("CLUSTERCHAT_GATEWAY_MAX_INBOX_BYTES", "134217728")
-        // Bob does not read for as long as Alice takes to send (10-20 s on
-        // a loaded machine). With the default keepalive (6 s), the node's
-        // kernel would end his connection after 12 s of a zero window
-        // (TCP_USER_TIMEOUT covers zero-window probes too): his messages
-        // would wait for his next login, but this test is about the same
-        // session catching up.
-        .gateway_env("CLUSTERCHAT_GATEWAY_TCP_KEEPALIVE_MS", "120000")
+        .gateway_env(
+            "CLUSTERCHAT_GATEWAY_TCP_KEEPALIVE_MS",
+            SLOW_READERS_KEEPALIVE_MS,
+        )
         .start()
         .await;
     let gateway = &stack.gateways[0];
@@ -381,31 +412,9 @@ async fn a_receiver_that_does_not_read_costs_bounded_memory_and_loses_nothing() 
         "the byte bound left deliveries in the inbox"
     );
 
-    // Bob reads again: every message, in order, once. The node's kernel
-    // held its socket at a zero window while Bob did not read, probing it
-    // less and less often (the persist timer doubles, to seconds after ten
-    // of them); once Bob reads, the next bytes may wait for the next probe
-    // (seen with `ss -tino` on a loaded machine: persist at 3.2 s, then
-    // 6.4 s, the gateway's writer waiting in its write). Loopback's 64 KB
-    // segments make that likelier than a real network's. So a stall is
-    // nothing at all for a minute, not one quiet period.
-    const STALLED: Duration = Duration::from_secs(60);
+    // Bob reads again: every message, in order, once.
     let mut bob = bob;
-    let mut got = Vec::new();
-    let mut progress = Instant::now();
-    while got.len() < COUNT {
-        let chats = bob.chats_until_quiet(Duration::from_secs(2)).await;
-        if chats.is_empty() {
-            assert!(
-                progress.elapsed() < STALLED,
-                "stalled after {} messages",
-                got.len()
-            );
-            continue;
-        }
-        progress = Instant::now();
-        got.extend(texts(&chats).into_iter().map(|t| t[..4].to_owned()));
-    }
+    let got = read_chats(&mut bob, COUNT, "bob").await;
     let expected: Vec<String> = (0..COUNT).map(|i| format!("{i:04}")).collect();
     assert_eq!(got, expected);
 }
@@ -735,6 +744,10 @@ async fn slow_receivers_together_stay_within_the_nodes_queue_budget_and_lose_not
     let stack = Stack::builder()
         .gateways(1)
         .gateway_env("CLUSTERCHAT_GATEWAY_OUTBOUND_NODE_BYTES", "1048576")
+        .gateway_env(
+            "CLUSTERCHAT_GATEWAY_TCP_KEEPALIVE_MS",
+            SLOW_READERS_KEEPALIVE_MS,
+        )
         .start()
         .await;
     let gateway = &stack.gateways[0];
@@ -775,16 +788,7 @@ async fn slow_receivers_together_stay_within_the_nodes_queue_budget_and_lose_not
     );
     let expected: Vec<String> = (0..COUNT).map(|i| format!("{i:04}")).collect();
     for (mut r, id) in receivers {
-        let mut got = Vec::new();
-        while got.len() < COUNT {
-            let chats = r.chats_until_quiet(Duration::from_secs(2)).await;
-            assert!(
-                !chats.is_empty(),
-                "user {id} stalled after {} messages",
-                got.len()
-            );
-            got.extend(texts(&chats).into_iter().map(|t| t[..4].to_owned()));
-        }
+        let got = read_chats(&mut r, COUNT, &format!("user {id}")).await;
         assert_eq!(got, expected, "user {id}: every message once, in order");
     }
 }
