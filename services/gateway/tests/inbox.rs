@@ -712,18 +712,11 @@ async fn a_retracted_chat_retried_with_its_client_id_is_numbered_and_recorded_af
     assert_eq!(entries[5]["seq"], plain.to_string());
 }
 
+/// On a single Redis in one script call; on a cluster in the appender's
+/// batch, numbered first in the conversation's shard.
 #[tokio::test]
-async fn a_single_redis_numbers_a_chat_in_the_call_that_appends_it() {
+async fn a_chat_is_numbered_in_the_batch_that_appends_it() {
     let (cluster, prefix) = cluster_with_prefix().await;
-    if !cluster.numbers_as_it_appends() {
-        // A cluster numbers apart (the counter is in another slot); the
-        // two-step path is what the other tests here cover there.
-        assert!(matches!(
-            RedisTarget::parse(&redis_url()),
-            RedisTarget::Cluster(_)
-        ));
-        return;
-    }
     let conv = Conversation::direct(11, 12);
     let frame = r#"{"id":11,"msg":"hi","msgid":6,"toid":12}"#;
     let head = conversation::numbered_head(frame.as_bytes(), &conv).expect("an object");

@@ -78,29 +78,11 @@ pub async fn deliver(node: &Node, receivers: &[i64], message: &Outgoing<'_>) -> 
     );
     let micros = now_micros();
     let traceparent = telemetry::propagation::traceparent(&span);
+    // Numbered in the appender's batch that appends it: on a single Redis
+    // in the same script call; on a cluster just before, in its
+    // conversation's slot (`redis/append.rs`).
     let head = conversation::numbered_head(message.frame, &message.conversation);
-    // On a single Redis the chat is numbered in the call that appends it;
-    // on a cluster first, in its conversation's slot.
-    let (numbered, head) = match head {
-        Some(head) if !node.redis.numbers_as_it_appends() => (
-            number(node, message, &head, micros, &traceparent, 0)
-                .instrument(span.clone())
-                .await,
-            None,
-        ),
-        head => (None, head),
-    };
-    let frame = numbered
-        .as_ref()
-        .map_or(message.frame, |(_, frame)| frame.as_slice());
-    let message = &Outgoing {
-        sender_id: message.sender_id,
-        frame,
-        mid: message.mid.clone(),
-        dedup: message.dedup,
-        conversation: message.conversation,
-    };
-    let (results, merged) = record(
+    let (results, cseq) = record(
         node,
         receivers,
         message,
@@ -113,7 +95,6 @@ pub async fn deliver(node: &Node, receivers: &[i64], message: &Outgoing<'_>) -> 
         },
     )
     .await;
-    let cseq = numbered.as_ref().map(|(cseq, _)| *cseq).or(merged);
     if let Some(cseq) = cseq
         && results.iter().all(Result::is_err)
     {
@@ -335,6 +316,9 @@ async fn record(
     let mut appended: Vec<Option<Appended>> = vec![None; targets.len()];
     let mut failing_since: Option<std::time::Instant> = None;
     let mut merged_attempts = 0;
+    // On a cluster the numbering (the conversation's shard) can fail while
+    // the inboxes' shards answer.
+    let mut numbering_failed = false;
     loop {
         let pending: Vec<usize> = (0..targets.len())
             .filter(|&i| appended[i].is_none() && !held[i])
@@ -382,6 +366,7 @@ async fn record(
                     // The call failed: the next attempt numbers it again.
                     None => head = Some(numbered_head),
                 }
+                numbering_failed = numbered.is_none();
                 merged_attempts += 1;
                 results
             }
@@ -413,13 +398,33 @@ async fn record(
         tracing::debug!(error = %e, "append failed");
         // The failed attempt may have landed (a reply that timed out).
         dedup = Dedup::Retry(node.config.dedup_ttl);
-        let possible = node.redis.failover_possible(&failed);
+        let conversation = message.conversation.to_string();
+        let possible = node.redis.failover_possible(&failed)
+            || (numbering_failed && node.redis.number_failover_possible(&conversation));
         match node
             .failover
             .after_failure(possible, &mut failing_since)
             .await
         {
             Verdict::Retry => {}
+            // A cluster whose conversation shard cannot number it: the
+            // chat goes on without a number, to the inboxes (as a chat
+            // numbered apart did before the appender numbered it).
+            Verdict::Hopeless | Verdict::WaitedOut
+                if numbering_failed && node.redis.is_cluster() && merged_attempts > 1 =>
+            {
+                if head.take().is_some() {
+                    tracing::warn!(
+                        conversation,
+                        "cannot number a chat; it goes out without a conversation number"
+                    );
+                    metrics().unnumbered.inc();
+                    tail.truncate(frame_at);
+                    tail.extend_from_slice(message.frame);
+                }
+                numbering_failed = false;
+                failing_since = None;
+            }
             // The first command after Redis restarted fails on the old
             // connection; the next one reconnects (for a chat numbered as
             // it is appended, as a numbering on its own is retried).

@@ -2,7 +2,9 @@
 //!
 //! A node's concurrent chats form batches (one batch on its way at a time
 //! while the next grows). On a single Redis a batch is one DELIVER call
-//! (`deliver.rs`). On a cluster it is one APPEND call per shard, whatever
+//! (`deliver.rs`). On a cluster its chats are numbered first (one call and
+//! one `WAIT` per shard of their conversations, `number_first`), then it is
+//! one APPEND call per shard, whatever
 //! slots its receivers live in (the keys go in ARGV: `counter.lua`'s
 //! `item_keys`), followed by one `WAIT 1`, and what it recorded is
 //! published (SPUBLISH) only after a replica confirmed it: a failover
@@ -16,7 +18,7 @@ use futures::StreamExt as _;
 use redis::{Value, cluster_routing::SingleNodeRoutingInfo};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Commands, REPLICA_WAIT, Redis, RedisError, presence::ttl_millis, slot};
+use super::{Commands, REPLICA_WAIT, Redis, RedisError, Via, presence::ttl_millis, slot};
 
 /// What [`Redis::append`](super::Redis::append) did for one receiver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,6 +146,11 @@ impl Redis {
         if !self.sharded {
             return self.deliver_batch(batch).await;
         }
+        let (batch, numbers): (Vec<AppendJob>, Vec<Option<u64>>) =
+            self.number_first(batch).await.into_iter().unzip();
+        if batch.is_empty() {
+            return;
+        }
         let max_inbox = batch.iter().map(|j| j.max_inbox).max().unwrap_or(1);
         // Every receiver of the batch, as (job, user, channel).
         let receivers: Vec<Receiver<'_>> = batch
@@ -175,14 +182,72 @@ impl Redis {
             }
         }
         let mut outcome = outcome.into_iter();
-        for job in batch {
+        for (job, cseq) in batch.into_iter().zip(numbers) {
             let results: Vec<Result<Appended, String>> = outcome
                 .by_ref()
                 .take(job.receivers.len())
                 .map(|o| o.unwrap_or_else(|| Err("append lost in a batch".to_owned())))
                 .collect();
-            let _ = job.reply.send((None, results));
+            let _ = job.reply.send((cseq, results));
         }
+    }
+
+    /// On a cluster, the chats of a batch that are numbered as they are
+    /// appended (`AppendJob::number`) are numbered first, in their
+    /// conversations' shards (one call and one `WAIT` per shard, as the
+    /// numberer's), and their entries completed with the number; then the
+    /// batch is appended. One batcher instead of two: a batch holds every
+    /// chat the node has on its way, so a shard's call carries twice as
+    /// many (its cost is mostly per call). Returns the jobs to append with
+    /// their numbers, having answered those whose numbering failed
+    /// (nothing was appended for them; the caller numbers them again).
+    async fn number_first(&self, batch: Vec<AppendJob>) -> Vec<(AppendJob, Option<u64>)> {
+        let numbering: Vec<usize> = (0..batch.len())
+            .filter(|&j| batch[j].number.is_some())
+            .collect();
+        if numbering.is_empty() {
+            return batch.into_iter().map(|job| (job, None)).collect();
+        }
+        let chats: Vec<super::number::NumberJob> = numbering
+            .iter()
+            .filter_map(|&j| {
+                let job = &batch[j];
+                let number = job.number.as_ref()?;
+                Some(super::number::NumberJob {
+                    conversation: number.conversation.clone(),
+                    mid: job.mid.clone(),
+                    ttl: number.ttl,
+                    sender: number.sender,
+                    micros: number.micros,
+                    traceparent: number.traceparent.clone(),
+                    head: job.tail[job.frame_at..].to_vec(),
+                    log: 0,
+                    reply: oneshot::channel().0,
+                })
+            })
+            .collect();
+        let mut numbers: Vec<Option<Result<u64, String>>> = batch.iter().map(|_| None).collect();
+        for (&j, number) in numbering.iter().zip(self.number_all(&chats).await) {
+            numbers[j] = Some(number);
+        }
+        let mut out = Vec::with_capacity(batch.len());
+        for (mut job, number) in batch.into_iter().zip(numbers) {
+            match number {
+                None => out.push((job, None)),
+                Some(Ok(cseq)) => {
+                    // The frame's head, completed as `conversation::complete` does.
+                    job.tail.extend_from_slice(cseq.to_string().as_bytes());
+                    job.tail.push(b'}');
+                    job.number = None;
+                    out.push((job, Some(cseq)));
+                }
+                Some(Err(e)) => {
+                    let failed = job.receivers.iter().map(|_| Err(e.clone())).collect();
+                    let _ = job.reply.send((None, failed));
+                }
+            }
+        }
+        out
     }
 
     /// A receiver's three keys in an append: counter, inbox, dedup key.
@@ -306,7 +371,7 @@ impl Redis {
                 .replicas
                 .has_replica(slot::of_user(work.receivers[group[0]].1));
         let replies: Vec<Value> = self
-            .run_scripts(|pipe| {
+            .run_scripts_via(Via::Appender, |pipe| {
                 self.append_invocation(pipe, work, group);
                 if wait {
                     pipe.cmd("WAIT").arg(1).arg(ttl_millis(REPLICA_WAIT));
@@ -386,7 +451,7 @@ impl Redis {
                 .has_replica(slot::of_user(work.receivers[groups[g][0]].1))
         });
         let values = self
-            .scripts_on_shard(shard, |pipe| {
+            .scripts_on_shard(Via::Appender, shard, |pipe| {
                 self.shard_append_invocation(pipe, work, groups, gs);
                 if wait {
                     pipe.cmd("WAIT").arg(1).arg(ttl_millis(REPLICA_WAIT));
@@ -524,7 +589,7 @@ impl Redis {
         pipe: redis::Pipeline,
     ) -> Result<Vec<Value>, RedisError> {
         let count = pipe.len();
-        Ok(self.route_to(shard, pipe, 0, count).await?)
+        Ok(self.route_to(Via::Shared, shard, pipe, 0, count).await?)
     }
 
     /// Runs the script calls `build` adds on the master at `shard`; on a
@@ -533,6 +598,7 @@ impl Redis {
     /// did nothing).
     pub(super) async fn scripts_on_shard(
         &self,
+        via: Via,
         shard: &str,
         build: impl Fn(&mut redis::Pipeline),
     ) -> Result<Vec<Value>, RedisError> {
@@ -543,7 +609,7 @@ impl Redis {
         let no_script = |e: &redis::RedisError| {
             e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
         };
-        match self.route_to(shard, pipe, 0, count).await {
+        match self.route_to(via, shard, pipe, 0, count).await {
             Err(e) if !no_script(&e) => Err(e.into()),
             Ok(values)
                 if !values.iter().any(|v| {
@@ -557,7 +623,7 @@ impl Redis {
                 let mut pipe = redis::pipe();
                 let loads = self.load_scripts(&mut pipe);
                 build(&mut pipe);
-                Ok(self.route_to(shard, pipe, loads, count).await?)
+                Ok(self.route_to(via, shard, pipe, loads, count).await?)
             }
         }
     }
@@ -566,12 +632,13 @@ impl Redis {
     /// master at `shard`.
     async fn route_to(
         &self,
+        via: Via,
         shard: &str,
         pipe: redis::Pipeline,
         offset: usize,
         count: usize,
     ) -> Result<Vec<Value>, redis::RedisError> {
-        let Commands::Cluster(conn) = self.commands.clone() else {
+        let Commands::Cluster(conn) = self.connection(via) else {
             return Err(redis::RedisError::from((
                 redis::ErrorKind::Client,
                 "not a cluster",

@@ -1,7 +1,9 @@
 //! DELIVER: on a single Redis, a batch of chats numbered in their
 //! conversations and appended to their receivers' inboxes in one script
 //! call (the appender's batch, `append.rs`, comes here when there is one
-//! Redis). On a cluster the two are apart: `number.rs`, then `append.rs`.
+//! Redis). On a cluster the two are apart, in the same batch: the
+//! appender numbers its chats first (`append.rs`, `number_first`, with
+//! `number.rs`'s calls), then appends them.
 
 use redis::Value;
 
@@ -16,7 +18,8 @@ use super::{
 /// and appended to its receivers' inboxes (as [`APPEND_SCRIPT`](super::append::APPEND_SCRIPT) does) with
 /// the frame that carries its number. Half the script calls of numbering
 /// and appending apart, and one round trip instead of two; a cluster cannot
-/// (a conversation's counter and its receivers' inboxes are in other slots).
+/// (a conversation's counter and its receivers' inboxes are in other slots,
+/// often on other shards).
 /// KEYS: per chat, when it is numbered, its counter, dedup key and stream;
 /// then per receiver counter, inbox, dedup key; last the epoch mark.
 /// ARGV[1..4]: inbox limit, inbox bytes, the streams' MAXLEN and bytes;

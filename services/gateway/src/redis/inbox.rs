@@ -158,21 +158,22 @@ impl Redis {
             .1
     }
 
-    /// Whether [`Self::number_and_append`] may be used: on a single Redis
-    /// (on a cluster the conversation's counter is in another slot than the
-    /// inboxes; number first, [`Self::number`], then append).
-    pub fn numbers_as_it_appends(&self) -> bool {
-        !self.sharded
+    /// A Redis Cluster (else a single Redis).
+    pub fn is_cluster(&self) -> bool {
+        self.sharded
     }
 
-    /// [`Self::number`] and [`Self::append_each`] in one script call: the
+    /// [`Self::number`] and [`Self::append_each`] in one batch (on a single
+    /// Redis in one script call; on a cluster the appender numbers its
+    /// batch's chats first, `append.rs`'s `number_first`): the
     /// chat gets its number in `numbering.conversation` and each receiver's
     /// entry the frame completed with it. `tail` is
     /// [`entry_tail`] of the frame's numbered head
     /// ([`crate::protocol::conversation::numbered_head`]), which starts at
-    /// `numbering.head_at`. Returns the number (`None`: the call failed, and every
-    /// result with it) and a result per receiver. Single Redis only
-    /// ([`Self::numbers_as_it_appends`]).
+    /// `numbering.head_at`. Returns the number (`None`: the numbering
+    /// failed, and every result with it) and a result per receiver (on a
+    /// cluster, appends may fail after the numbering did not: the caller
+    /// then appends the numbered frame again).
     pub async fn number_and_append(
         &self,
         receivers: &[AppendTo],
@@ -182,7 +183,6 @@ impl Redis {
         max_inbox: usize,
         dedup: Dedup,
     ) -> (Option<u64>, Vec<Result<Appended, RedisError>>) {
-        debug_assert!(!self.sharded, "a cluster numbers apart");
         self.append_job(receivers, mid, tail, Some(numbering), max_inbox, dedup)
             .await
     }

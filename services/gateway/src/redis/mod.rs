@@ -120,6 +120,15 @@ impl From<redis::RedisError> for RedisError {
 pub struct Redis {
     prefix: Arc<str>,
     commands: Commands,
+    /// Cluster only: the numberer's and the appender's own connections
+    /// (each a multiplexed connection per shard), for their pipelines that
+    /// end in `WAIT`. Redis holds a client's later commands while its
+    /// `WAIT` waits for a replica, so on the shared connection every
+    /// publish, trim, presence refresh and the other stage's script call
+    /// queued behind it. (A `WAIT` covers the writes of its own
+    /// connection: it travels in the pipeline with them.) On a single
+    /// Redis, clones of `commands`.
+    waiting: Arc<Waiting>,
     /// A Redis Cluster (else a single Redis): see the module's docs.
     sharded: bool,
     /// Cluster only: which slots have a replica to wait for.
@@ -178,6 +187,20 @@ struct ClusterCommands {
     shared: Arc<ClusterShared>,
 }
 
+/// See [`Redis::waiting`].
+struct Waiting {
+    number: Commands,
+    append: Commands,
+}
+
+/// Which connection a shard's pipeline travels on.
+#[derive(Clone, Copy)]
+pub(super) enum Via {
+    Shared,
+    Numberer,
+    Appender,
+}
+
 struct ClusterShared {
     client: redis::cluster::ClusterClient,
     current: std::sync::RwLock<redis::cluster_async::ClusterConnection>,
@@ -189,6 +212,20 @@ struct ClusterShared {
 /// How long a cluster connection may find no connection before it is
 /// made again.
 const CLUSTER_REBUILD_AFTER: Duration = Duration::from_secs(2);
+
+impl ClusterCommands {
+    /// A cluster connection of its own (its own connection to each node).
+    async fn connect(client: &redis::cluster::ClusterClient) -> Result<Commands, RedisError> {
+        let conn = client.get_async_connection().await?;
+        let shared = Arc::new(ClusterShared {
+            client: client.clone(),
+            current: std::sync::RwLock::new(conn.clone()),
+            lost_since: std::sync::Mutex::new(None),
+            rebuilding: AtomicBool::new(false),
+        });
+        Ok(Commands::Cluster(Self { conn, shared }))
+    }
+}
 
 impl ClusterShared {
     fn note(self: &Arc<Self>, result: Result<(), &redis::RedisError>) {
@@ -369,7 +406,7 @@ impl Redis {
         let auth = settings
             .password()
             .map(|p| (settings.username().map(str::to_owned), p.to_owned()));
-        let (commands, topology, sharded) = match target {
+        let (commands, waiting, topology, sharded) = match target {
             RedisTarget::Single(url) => {
                 let redis::ConnectionAddr::Tcp(host, port) = info.addr() else {
                     return Err(RedisError::new(format!(
@@ -387,7 +424,12 @@ impl Redis {
                     .set_connection_timeout(Some(Duration::from_secs(2)))
                     .set_response_timeout(Some(Duration::from_secs(2)))
                     .set_number_of_retries(0);
-                let commands = ConnectionManager::new_with_config(client, config).await?;
+                let commands =
+                    Commands::Single(ConnectionManager::new_with_config(client, config).await?);
+                let waiting = Waiting {
+                    number: commands.clone(),
+                    append: commands.clone(),
+                };
                 // One shard that owns every slot.
                 let everything = slot::Shard {
                     master: Some(format!("{host}:{port}")),
@@ -395,7 +437,7 @@ impl Redis {
                     replicated: false,
                 };
                 let topology = watch::channel(Arc::new(vec![everything])).0;
-                (Commands::Single(commands), topology, false)
+                (commands, waiting, topology, false)
             }
             RedisTarget::Cluster(nodes) => {
                 let client = redis::cluster::ClusterClientBuilder::new(nodes)
@@ -403,19 +445,13 @@ impl Redis {
                     .response_timeout(Duration::from_secs(2))
                     .retries(3)
                     .build()?;
-                let conn = client.get_async_connection().await?;
-                let shared = Arc::new(ClusterShared {
-                    client,
-                    current: std::sync::RwLock::new(conn.clone()),
-                    lost_since: std::sync::Mutex::new(None),
-                    rebuilding: AtomicBool::new(false),
-                });
+                let commands = ClusterCommands::connect(&client).await?;
+                let waiting = Waiting {
+                    number: ClusterCommands::connect(&client).await?,
+                    append: ClusterCommands::connect(&client).await?,
+                };
                 let topology = watch::channel(Arc::new(Vec::new())).0;
-                (
-                    Commands::Cluster(ClusterCommands { conn, shared }),
-                    topology,
-                    true,
-                )
+                (commands, waiting, topology, true)
             }
         };
         let refresh = Arc::new(tokio::sync::Notify::new());
@@ -435,6 +471,7 @@ impl Redis {
         let cluster = Self {
             prefix: prefix.into(),
             commands,
+            waiting: Arc::new(waiting),
             sharded,
             replicas: Arc::new(slot::ReplicaMap::new()),
             topology: Arc::new(topology),
@@ -504,17 +541,35 @@ impl Redis {
         &self,
         build: impl Fn(&mut redis::Pipeline),
     ) -> Result<Vec<T>, RedisError> {
+        self.run_scripts_via(Via::Shared, build).await
+    }
+
+    /// [`Self::run_scripts`] on the connection `via` names.
+    async fn run_scripts_via<T: redis::FromRedisValue>(
+        &self,
+        via: Via,
+        build: impl Fn(&mut redis::Pipeline),
+    ) -> Result<Vec<T>, RedisError> {
         let mut pipe = redis::pipe();
         build(&mut pipe);
-        match pipe.query_async(&mut self.commands.clone()).await {
+        match pipe.query_async(&mut self.connection(via)).await {
             Ok(values) => Ok(values),
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                 let mut pipe = redis::pipe();
                 self.load_scripts(&mut pipe);
                 build(&mut pipe);
-                Ok(pipe.query_async(&mut self.commands.clone()).await?)
+                Ok(pipe.query_async(&mut self.connection(via)).await?)
             }
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The connection `via` names (a clone: cheap).
+    fn connection(&self, via: Via) -> Commands {
+        match via {
+            Via::Shared => self.commands.clone(),
+            Via::Numberer => self.waiting.number.clone(),
+            Via::Appender => self.waiting.append.clone(),
         }
     }
 
@@ -590,7 +645,7 @@ impl Redis {
                 // (again, when the scripts had to be loaded first).
                 let counts = std::sync::Mutex::new(Vec::with_capacity(groups.len()));
                 let values = self
-                    .scripts_on_shard(&shard, |pipe| {
+                    .scripts_on_shard(Via::Shared, &shard, |pipe| {
                         let mut counts = counts.lock().unwrap_or_else(|p| p.into_inner());
                         counts.clear();
                         for group in &groups {

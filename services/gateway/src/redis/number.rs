@@ -197,6 +197,16 @@ impl Redis {
     /// per shard for all its partitions, followed by a `WAIT 1` where a
     /// slot has a replica, the shards concurrently.
     async fn number_batch(&self, batch: Vec<NumberJob>) {
+        let outcome = self.number_all(&batch).await;
+        for (job, outcome) in batch.into_iter().zip(outcome) {
+            let _ = job.reply.send(outcome);
+        }
+    }
+
+    /// Numbers every chat of `batch` (its replies unused): one result per
+    /// chat, in order. The numberer's batches, and on a cluster the
+    /// appender's chats that are numbered as they are appended.
+    pub(super) async fn number_all(&self, batch: &[NumberJob]) -> Vec<Result<u64, String>> {
         let mut by_partition: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
         for (i, job) in batch.iter().enumerate() {
             by_partition
@@ -210,9 +220,9 @@ impl Redis {
             vec![by_partition.into_values().flatten().collect()]
         };
         let results = if self.sharded {
-            self.number_by_shard(&batch, &groups).await
+            self.number_by_shard(batch, &groups).await
         } else {
-            futures::future::join_all(groups.iter().map(|g| self.number_group(&batch, g))).await
+            futures::future::join_all(groups.iter().map(|g| self.number_group(batch, g))).await
         };
         let mut outcome: Vec<Option<Result<u64, String>>> = batch.iter().map(|_| None).collect();
         for (group, result) in groups.iter().zip(results) {
@@ -226,11 +236,10 @@ impl Redis {
                 });
             }
         }
-        for (job, outcome) in batch.into_iter().zip(outcome) {
-            let _ = job
-                .reply
-                .send(outcome.unwrap_or_else(|| Err("numbering lost in a batch".to_owned())));
-        }
+        outcome
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| Err("numbering lost in a batch".to_owned())))
+            .collect()
     }
 
     /// A cluster's batch: the partitions of each shard in one script call
@@ -299,7 +308,7 @@ impl Redis {
             self.replicas.has_replica(slot::of_key(stream.as_bytes()))
         });
         let replies = self
-            .scripts_on_shard(shard, |pipe| {
+            .scripts_on_shard(super::Via::Numberer, shard, |pipe| {
                 crate::metrics::script_call("number");
                 let cmd = pipe
                     .cmd("EVALSHA")
@@ -344,7 +353,7 @@ impl Redis {
         let first = self.stream_key(partition(&batch[group[0]].conversation));
         let wait = self.sharded && self.replicas.has_replica(slot::of_key(first.as_bytes()));
         let replies: Vec<Value> = self
-            .run_scripts(|pipe| {
+            .run_scripts_via(super::Via::Numberer, |pipe| {
                 crate::metrics::script_call("number");
                 let cmd = pipe
                     .cmd("EVALSHA")

@@ -174,7 +174,7 @@ impl Redis {
             slot::by_owner(&self.owners(), claims.iter().map(|c| slot::of_user(c.0)));
         let shards = futures::future::join_all(by_shard.iter().map(|(shard, items)| async move {
             let replies = self
-                .scripts_on_shard(shard, |pipe| {
+                .scripts_on_shard(super::Via::Shared, shard, |pipe| {
                     for chunk in items.chunks(CLAIMS_PER_CALL) {
                         self.claim_each_call(pipe, claims, chunk, (ttl, max_devices), true);
                     }
