@@ -23,7 +23,7 @@ pub(crate) fn markdown(report: &Value, args: &Args) -> String {
         out.push_str(&format!("**{}**\n\n", args.label));
     }
     out.push_str(
-        "| scenario | delivered/s | p50 ms | p90 ms | p99 ms | max ms | sent | not delivered within 180 s |\n|---|---|---|---|---|---|---|---|\n",
+        "| scenario | delivered/s | p50 ms | p90 ms | p99 ms | max ms | sent | not delivered within 600 s |\n|---|---|---|---|---|---|---|---|\n",
     );
     for (label, result) in [
         (
