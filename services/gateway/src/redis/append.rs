@@ -136,7 +136,14 @@ impl Redis {
                     }
                     running.push(self.append_batch(batch));
                 }
-                Some(()) = running.next(), if !running.is_empty() => {}
+                Some(()) = running.next(), if !running.is_empty() => {
+                    // The sessions this batch just answered go first: a
+                    // sender whose next chat is already read joins the
+                    // next batch instead of the one after it. Without
+                    // this, at saturation each sender was in every other
+                    // batch, and batches held half the chats on their way.
+                    tokio::task::yield_now().await;
+                }
             }
         }
         while running.next().await.is_some() {}
