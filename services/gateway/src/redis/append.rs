@@ -203,9 +203,9 @@ impl Redis {
     /// appended (`AppendJob::number`) are numbered first, in their
     /// conversations' shards (one call and one `WAIT` per shard, as the
     /// numberer's), and their entries completed with the number; then the
-    /// batch is appended. One batcher instead of two: a batch holds every
-    /// chat the node has on its way, so a shard's call carries twice as
-    /// many (its cost is mostly per call). Returns the jobs to append with
+    /// batch is appended. One batcher instead of two: a batch can hold every
+    /// chat the node has on its way (a call's cost is mostly per call).
+    /// Returns the jobs to append with
     /// their numbers, having answered those whose numbering failed
     /// (nothing was appended for them; the caller numbers them again).
     async fn number_first(&self, batch: Vec<AppendJob>) -> Vec<(AppendJob, Option<u64>)> {
@@ -242,9 +242,10 @@ impl Redis {
             match number {
                 None => out.push((job, None)),
                 Some(Ok(cseq)) => {
-                    // The frame's head, completed as `conversation::complete` does.
-                    job.tail.extend_from_slice(cseq.to_string().as_bytes());
-                    job.tail.push(b'}');
+                    let frame =
+                        crate::protocol::conversation::complete(&job.tail[job.frame_at..], cseq);
+                    job.tail.truncate(job.frame_at);
+                    job.tail.extend_from_slice(&frame);
                     job.number = None;
                     out.push((job, Some(cseq)));
                 }
