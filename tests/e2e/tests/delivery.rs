@@ -221,6 +221,78 @@ async fn redis_killed_while_the_receiver_stays_online_he_gets_everything_live_in
     bob.expect_silence(Duration::from_secs(1)).await;
 }
 
+/// Bursts (many chats in one write, recorded together) around a Redis
+/// outage: one written just before Redis dies, one during the outage, one
+/// as it comes back. A burst whose shared attempt fails goes one by one
+/// (the offline store meanwhile); the receiver, online throughout, gets
+/// every accepted chat once, in the order sent.
+#[tokio::test]
+async fn bursts_sent_as_redis_dies_and_comes_back_arrive_once_in_order() {
+    let mut stack = Stack::builder()
+        .gateways(2)
+        .with_private_redis()
+        .start()
+        .await;
+    let (mut alice, a, mut bob, b) = stack.alice_and_bob(0, 1).await;
+    alice.send(&chat(a, b, "warm-up")).await;
+    assert_eq!(bob.recv().await["msg"], "warm-up");
+
+    let burst = |prefix: &str, first_seq: i64| {
+        let texts = numbered(prefix, 30);
+        let mut bytes = Vec::new();
+        for (i, text) in texts.iter().enumerate() {
+            let mut request = chat(a, b, text);
+            request["seq"] = (first_seq + i as i64).into();
+            bytes.extend(request.to_string().into_bytes());
+            bytes.push(0);
+        }
+        (texts, bytes)
+    };
+    let mut accepted = Vec::new();
+    let answered = |replies: Vec<Value>, texts: Vec<String>, accepted: &mut Vec<String>| {
+        for (reply, text) in replies.iter().zip(texts) {
+            if reply["errno"] == 0 {
+                accepted.push(text);
+            } else {
+                assert_eq!(reply["errno"], 8, "refused clearly or accepted: {reply}");
+            }
+        }
+    };
+    async fn replies(client: &mut Client, n: usize) -> Vec<Value> {
+        let mut replies = Vec::new();
+        while replies.len() < n {
+            replies.push(client.recv().await);
+        }
+        replies
+    }
+
+    // Written, then Redis killed while it is being recorded.
+    let (texts, bytes) = burst("as redis dies", 0);
+    alice.send_raw(&bytes).await;
+    stack.kill_redis().await;
+    let got = replies(&mut alice, 30).await;
+    answered(got, texts, &mut accepted);
+    // During the outage.
+    let (texts, bytes) = burst("during the outage", 100);
+    alice.send_raw(&bytes).await;
+    let got = replies(&mut alice, 30).await;
+    answered(got, texts, &mut accepted);
+    // Written as Redis starts again.
+    let (texts, bytes) = burst("as redis comes back", 200);
+    tokio::join!(stack.start_redis(), alice.send_raw(&bytes));
+    let got = replies(&mut alice, 30).await;
+    answered(got, texts, &mut accepted);
+    assert!(
+        accepted.len() >= 60,
+        "the offline service takes what Redis cannot: {} of 90 accepted",
+        accepted.len()
+    );
+
+    // Same connection, no new login: every accepted chat, in order.
+    assert_eq!(texts_of_next(&mut bob, accepted.len()).await, accepted);
+    bob.expect_silence(Duration::from_secs(1)).await;
+}
+
 #[tokio::test]
 async fn redis_killed_while_a_device_stays_online_it_gets_every_chat_once_in_the_order_sent() {
     let mut stack = Stack::builder()

@@ -23,7 +23,7 @@ use crate::{
         classic::{Failure, errno},
         conversation::{self, Conversation},
     },
-    redis::{AppendTo, Appended, Dedup, Numbering, entry_tail},
+    redis::{AppendTo, Appended, Dedup, Numbering, UnitChat, entry_tail},
 };
 
 /// A chat on its way: the frame receivers see and the message's identity.
@@ -69,6 +69,20 @@ pub fn new_message_id() -> String {
 /// it with the offline service instead. One result per receiver, in
 /// order: a failure means that receiver will not get this message.
 pub async fn deliver(node: &Node, receivers: &[i64], message: &Outgoing<'_>) -> Delivered {
+    deliver_attempted(node, receivers, message, false, None).await
+}
+
+/// [`deliver`]; `attempted`: an earlier attempt may have recorded it
+/// (its outcome is unknown), so the first append looks for it by message
+/// id, as a retry does. `numbered`: the earlier attempt numbered it and
+/// `message.frame` carries that number (it is appended as it is).
+async fn deliver_attempted(
+    node: &Node,
+    receivers: &[i64],
+    message: &Outgoing<'_>,
+    attempted: bool,
+    numbered: Option<u64>,
+) -> Delivered {
     let started = std::time::Instant::now();
     let span = tracing::info_span!(
         "redis.append",
@@ -81,7 +95,10 @@ pub async fn deliver(node: &Node, receivers: &[i64], message: &Outgoing<'_>) -> 
     // Numbered in the appender's batch that appends it: on a single Redis
     // in the same script call; on a cluster just before, in its
     // conversation's slot (`redis/append.rs`).
-    let head = conversation::numbered_head(message.frame, &message.conversation);
+    let head = match numbered {
+        Some(_) => None,
+        None => conversation::numbered_head(message.frame, &message.conversation),
+    };
     let (results, cseq) = record(
         node,
         receivers,
@@ -93,8 +110,10 @@ pub async fn deliver(node: &Node, receivers: &[i64], message: &Outgoing<'_>) -> 
             span: &span,
             started,
         },
+        attempted,
     )
     .await;
+    let cseq = cseq.or(numbered);
     if let Some(cseq) = cseq
         && results.iter().all(Result::is_err)
     {
@@ -105,6 +124,144 @@ pub async fn deliver(node: &Node, receivers: &[i64], message: &Outgoing<'_>) -> 
             .await;
     }
     Delivered { results, cseq }
+}
+
+/// A session's burst: consecutive one-to-one chats of one sender to one
+/// receiver, already read from the connection. Their first attempt is one
+/// unit of the appender (`redis::Redis::number_and_append_unit`): the
+/// chats share its batch's calls instead of each waiting for the one
+/// before, and are recorded or fail together, in order. From the first
+/// chat that was not recorded on, the rest go one by one as [`deliver`]
+/// sends a chat (waiting out a failover, the offline store), each looked
+/// for by message id first, so the receiver still gets them once and in
+/// order. A receiver owed chats stored offline takes the one-by-one path
+/// from the start. One [`Delivered`] per chat, in order; `spans`: each
+/// chat's request span.
+pub async fn deliver_unit(
+    node: &Node,
+    to: i64,
+    messages: &[Outgoing<'_>],
+    spans: &[tracing::Span],
+) -> Vec<Delivered> {
+    let mut out = Vec::with_capacity(messages.len());
+    node.offline.refresh_owed().await;
+    let heads: Option<Vec<Vec<u8>>> = messages
+        .iter()
+        .map(|m| conversation::numbered_head(m.frame, &m.conversation))
+        .collect();
+    let heads = match heads {
+        Some(heads) if messages.len() > 1 && !node.offline.owes(to) => heads,
+        _ => {
+            for (message, span) in messages.iter().zip(spans) {
+                out.push(deliver(node, &[to], message).instrument(span.clone()).await);
+            }
+            return out;
+        }
+    };
+    let started = std::time::Instant::now();
+    let micros = now_micros();
+    // One append span per chat, each in its request's trace.
+    let appends: Vec<tracing::Span> = spans
+        .iter()
+        .map(|parent| {
+            tracing::info_span!(
+                parent: parent,
+                "redis.append",
+                otel.kind = "producer",
+                db.system = "redis",
+                messaging.batch.message_count = 1,
+            )
+        })
+        .collect();
+    let traceparents: Vec<String> = appends
+        .iter()
+        .map(telemetry::propagation::traceparent)
+        .collect();
+    let tails: Vec<Vec<u8>> = messages
+        .iter()
+        .zip(&heads)
+        .zip(&traceparents)
+        .map(|((m, head), tp)| entry_tail(&m.mid, m.sender_id, micros, tp, head))
+        .collect();
+    let chats = messages
+        .iter()
+        .zip(&heads)
+        .zip(&tails)
+        .zip(&traceparents)
+        .map(|(((m, head), tail), tp)| UnitChat {
+            mid: &m.mid,
+            tail,
+            numbering: Numbering {
+                conversation: m.conversation.to_string(),
+                ttl: numbering_ttl(node, m),
+                sender: m.sender_id,
+                micros,
+                traceparent: tp.clone(),
+                head_at: tail.len() - head.len(),
+            },
+            dedup: if m.dedup {
+                Dedup::Key(node.config.dedup_ttl)
+            } else {
+                Dedup::None
+            },
+        })
+        .collect();
+    let target = AppendTo {
+        user: to,
+        // As `record`: a classic session here holds the user alone.
+        publish: !node.registry.holds_alone(to),
+    };
+    let first = node
+        .redis
+        .number_and_append_unit(target, chats, node.config.limits.max_inbox)
+        .instrument(appends.first().cloned().unwrap_or_else(tracing::Span::none))
+        .await;
+    let mut one_by_one = false;
+    for (((message, head), span), (cseq, result)) in
+        messages.iter().zip(&heads).zip(spans).zip(first)
+    {
+        match (cseq, result) {
+            (Some(cseq), Ok(appended)) if !one_by_one => {
+                let frame = conversation::complete(head, cseq);
+                let numbered = Outgoing {
+                    frame: &frame,
+                    mid: message.mid.clone(),
+                    ..*message
+                };
+                let result = outcome(node, to, appended, &numbered, started);
+                if result.is_err() {
+                    // Refused (the inbox is full): not in history either.
+                    node.redis
+                        .retract(&message.conversation.to_string(), &message.mid, cseq)
+                        .await;
+                }
+                out.push(Delivered {
+                    results: vec![result],
+                    cseq: Some(cseq),
+                });
+            }
+            (cseq, result) => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "a burst's append failed; the rest go one by one");
+                }
+                one_by_one = true;
+                // Numbered already (a cluster numbers before it appends):
+                // appended with that number, not numbered again.
+                let frame = cseq.map(|n| conversation::complete(head, n));
+                let message = Outgoing {
+                    frame: frame.as_deref().unwrap_or(message.frame),
+                    mid: message.mid.clone(),
+                    ..*message
+                };
+                out.push(
+                    deliver_attempted(node, &[to], &message, true, cseq)
+                        .instrument(span.clone())
+                        .await,
+                );
+            }
+        }
+    }
+    out
 }
 
 /// A group chat: numbered and written once, to the group's log
@@ -259,6 +416,7 @@ async fn record(
     message: &Outgoing<'_>,
     mut head: Option<Vec<u8>>,
     stamp: Stamp<'_>,
+    attempted: bool,
 ) -> (Vec<Result<(), Failure>>, Option<u64>) {
     let Stamp {
         micros,
@@ -286,7 +444,9 @@ async fn record(
             publish: !node.registry.holds_alone(user),
         })
         .collect();
-    let mut dedup = if message.dedup {
+    let mut dedup = if attempted {
+        Dedup::Retry(node.config.dedup_ttl)
+    } else if message.dedup {
         Dedup::Key(node.config.dedup_ttl)
     } else {
         Dedup::None
@@ -480,12 +640,6 @@ async fn record(
         store_all_offline(node, &unrecorded, message).await
     }
     .into_iter();
-    let count = |route: &'static str| {
-        metrics()
-            .deliveries
-            .get_or_create(&label("route", route))
-            .inc();
-    };
     let results = targets
         .iter()
         .zip(appended)
@@ -496,59 +650,77 @@ async fn record(
                     "could not record the message; try again".to_owned(),
                 ))
             }),
-            Some(appended) => match appended {
-                Appended::Recorded {
-                    seq,
-                    subscribers: None,
-                } => {
-                    let handoff = node.registry.hand_off(to.user, || {
-                        Delivery::new(seq, message.mid.clone(), message.frame.to_vec())
-                    });
-                    if handoff == Handoff::Absent {
-                        // Left this node meanwhile: maybe logged in elsewhere
-                        // (told to read its stores: it may have read its
-                        // inbox before this landed), maybe gone.
-                        node.offline.move_inbox_later(to.user);
-                        node.offline.nudge_later(to.user);
-                    }
-                    count("local");
-                    metrics()
-                        .delivery_latency
-                        .get_or_create(&label("path", "local"))
-                        .observe(started.elapsed().as_secs_f64());
-                    Ok(())
-                }
-                Appended::Recorded {
-                    subscribers: Some(0),
-                    ..
-                } => {
-                    count("offline");
-                    node.offline.move_inbox_later(to.user);
-                    Ok(())
-                }
-                Appended::Recorded { .. } => {
-                    count("remote");
-                    Ok(())
-                }
-                Appended::Duplicate { .. } => Ok(()),
-                Appended::InboxFull => Err(Failure::new(
-                    errno::BACKLOG_FULL,
-                    format!(
-                        "user {} has {} undelivered messages; this one was not accepted",
-                        to.user, node.config.limits.max_inbox
-                    ),
-                )),
-                Appended::InboxBytesFull => Err(Failure::new(
-                    errno::BACKLOG_FULL,
-                    format!(
-                        "user {}'s undelivered messages take {} bytes; this one was not accepted",
-                        to.user, node.config.limits.max_inbox_bytes
-                    ),
-                )),
-            },
+            Some(appended) => outcome(node, to.user, appended, message, started),
         })
         .collect();
     (results, cseq)
+}
+
+/// What a receiver's recorded (or refused) append means for the sender:
+/// handed over here, published, or refused with a reason.
+fn outcome(
+    node: &Node,
+    to: i64,
+    appended: Appended,
+    message: &Outgoing<'_>,
+    started: std::time::Instant,
+) -> Result<(), Failure> {
+    let count = |route: &'static str| {
+        metrics()
+            .deliveries
+            .get_or_create(&label("route", route))
+            .inc();
+    };
+    match appended {
+        Appended::Recorded {
+            seq,
+            subscribers: None,
+        } => {
+            let handoff = node.registry.hand_off(to, || {
+                Delivery::new(seq, message.mid.clone(), message.frame.to_vec())
+            });
+            if handoff == Handoff::Absent {
+                // Left this node meanwhile: maybe logged in elsewhere
+                // (told to read its stores: it may have read its
+                // inbox before this landed), maybe gone.
+                node.offline.move_inbox_later(to);
+                node.offline.nudge_later(to);
+            }
+            count("local");
+            metrics()
+                .delivery_latency
+                .get_or_create(&label("path", "local"))
+                .observe(started.elapsed().as_secs_f64());
+            Ok(())
+        }
+        Appended::Recorded {
+            subscribers: Some(0),
+            ..
+        } => {
+            count("offline");
+            node.offline.move_inbox_later(to);
+            Ok(())
+        }
+        Appended::Recorded { .. } => {
+            count("remote");
+            Ok(())
+        }
+        Appended::Duplicate { .. } => Ok(()),
+        Appended::InboxFull => Err(Failure::new(
+            errno::BACKLOG_FULL,
+            format!(
+                "user {} has {} undelivered messages; this one was not accepted",
+                to, node.config.limits.max_inbox
+            ),
+        )),
+        Appended::InboxBytesFull => Err(Failure::new(
+            errno::BACKLOG_FULL,
+            format!(
+                "user {}'s undelivered messages take {} bytes; this one was not accepted",
+                to, node.config.limits.max_inbox_bytes
+            ),
+        )),
+    }
 }
 
 /// Redis is down: each receiver's copy goes to the offline service, a few

@@ -70,6 +70,10 @@ impl Drop for TcpSource {
 }
 
 impl FrameSource for TcpSource {
+    fn try_next_frame(&mut self) -> Option<Frame> {
+        self.ready.pop_front()
+    }
+
     async fn next_frame(&mut self) -> Option<Frame> {
         loop {
             if let Some(frame) = self.ready.pop_front() {

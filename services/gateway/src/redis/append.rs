@@ -110,7 +110,11 @@ pub(super) fn appended(seq: i64, subscribers: i64) -> Appended {
 impl Redis {
     /// Forms batches of append jobs (whatever waits while earlier batches
     /// are on their way) and runs each as one script call.
-    pub(super) async fn run_appender(self, mut jobs: mpsc::UnboundedReceiver<AppendJob>) {
+    /// A unit (a session's burst of chats to one receiver, see
+    /// [`Redis::number_and_append_unit`](super::Redis::number_and_append_unit))
+    /// arrives as one message and stays in one batch, so its chats share
+    /// every call and succeed or fail together, in order.
+    pub(super) async fn run_appender(self, mut jobs: mpsc::UnboundedReceiver<Vec<AppendJob>>) {
         /// Receivers in one script call: Redis runs nothing else meanwhile.
         const MAX_BATCH: usize = 256;
         /// Batches on their way at once. One: while it is on its way, the
@@ -122,14 +126,13 @@ impl Redis {
         loop {
             tokio::select! {
                 job = jobs.recv(), if running.len() < IN_FLIGHT => {
-                    let Some(first) = job else { break };
-                    let mut receivers = first.receivers.len();
-                    let mut batch = vec![first];
+                    let Some(mut batch) = job else { break };
+                    let mut receivers: usize = batch.iter().map(|j| j.receivers.len()).sum();
                     while receivers < MAX_BATCH {
                         match jobs.try_recv() {
-                            Ok(job) => {
-                                receivers += job.receivers.len();
-                                batch.push(job);
+                            Ok(unit) => {
+                                receivers += unit.iter().map(|j| j.receivers.len()).sum::<usize>();
+                                batch.extend(unit);
                             }
                             Err(_) => break,
                         }

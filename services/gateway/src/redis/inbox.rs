@@ -196,6 +196,63 @@ impl Redis {
         max_inbox: usize,
         dedup: Dedup,
     ) -> (Option<u64>, Vec<Result<Appended, RedisError>>) {
+        let (job, reply) = self.job(receivers, mid, tail, number, max_inbox, dedup);
+        if self.appender.send(vec![job]).is_err() {
+            return stopped(receivers.len());
+        }
+        settled(reply, receivers.len()).await
+    }
+
+    /// A unit of chats to one receiver (a session's burst), each numbered
+    /// as it is appended ([`Self::number_and_append`]), in one batch of the
+    /// appender: they share its calls, and on a single Redis, or the
+    /// receiver's shard and the conversation's, they are recorded or fail
+    /// together, in order. One result per chat, in order.
+    pub async fn number_and_append_unit(
+        &self,
+        to: AppendTo,
+        chats: Vec<UnitChat<'_>>,
+        max_inbox: usize,
+    ) -> Vec<(Option<u64>, Result<Appended, RedisError>)> {
+        let receivers = [to];
+        let (jobs, replies): (Vec<AppendJob>, Vec<_>) = chats
+            .into_iter()
+            .map(|chat| {
+                self.job(
+                    &receivers,
+                    chat.mid,
+                    chat.tail,
+                    Some(chat.numbering),
+                    max_inbox,
+                    chat.dedup,
+                )
+            })
+            .unzip();
+        let sent = self.appender.send(jobs).is_ok();
+        let mut out = Vec::with_capacity(replies.len());
+        for reply in replies {
+            let (cseq, mut results) = if sent {
+                settled(reply, 1).await
+            } else {
+                stopped(1)
+            };
+            let result = results
+                .pop()
+                .unwrap_or_else(|| Err(RedisError::new("redis answered fewer appends than asked")));
+            out.push((cseq, result));
+        }
+        out
+    }
+
+    fn job(
+        &self,
+        receivers: &[AppendTo],
+        mid: &str,
+        tail: &[u8],
+        number: Option<Numbering>,
+        max_inbox: usize,
+        dedup: Dedup,
+    ) -> (AppendJob, oneshot::Receiver<super::append::JobReply>) {
         let (reply, appended) = oneshot::channel();
         let job = AppendJob {
             receivers: receivers
@@ -223,27 +280,7 @@ impl Redis {
             number,
             reply,
         };
-        let stopped = || {
-            (
-                None,
-                (0..receivers.len())
-                    .map(|_| Err(RedisError::new("the appender has stopped")))
-                    .collect(),
-            )
-        };
-        if self.appender.send(job).is_err() {
-            return stopped();
-        }
-        match appended.await {
-            Ok((cseq, results)) => (
-                cseq,
-                results
-                    .into_iter()
-                    .map(|r| r.map_err(RedisError::new))
-                    .collect(),
-            ),
-            Err(_) => stopped(),
-        }
+        (job, appended)
     }
 
     /// Up to `count` inbox entries with a sequence above `after`, with the
@@ -340,6 +377,42 @@ impl Redis {
         for (_, up_to) in marks {
             cmd.arg(*up_to);
         }
+    }
+}
+
+/// One chat of [`Redis::number_and_append_unit`]: as
+/// [`Redis::number_and_append`]'s arguments.
+pub struct UnitChat<'a> {
+    pub mid: &'a str,
+    pub tail: &'a [u8],
+    pub numbering: Numbering,
+    pub dedup: Dedup,
+}
+
+/// Every receiver's result when the appender is gone.
+fn stopped(receivers: usize) -> (Option<u64>, Vec<Result<Appended, RedisError>>) {
+    (
+        None,
+        (0..receivers)
+            .map(|_| Err(RedisError::new("the appender has stopped")))
+            .collect(),
+    )
+}
+
+/// A job's reply, its errors as [`RedisError`]s.
+async fn settled(
+    reply: oneshot::Receiver<super::append::JobReply>,
+    receivers: usize,
+) -> (Option<u64>, Vec<Result<Appended, RedisError>>) {
+    match reply.await {
+        Ok((cseq, results)) => (
+            cseq,
+            results
+                .into_iter()
+                .map(|r| r.map_err(RedisError::new))
+                .collect(),
+        ),
+        Err(_) => stopped(receivers),
     }
 }
 

@@ -96,7 +96,7 @@ mod topology;
 pub use append::Appended;
 pub use append::Numbering;
 pub use bus::{BUS_BACKLOG_BYTES, BusBacklog, BusEvent, ChannelMessage, Topic};
-pub use inbox::{AppendTo, Dedup, InboxEntry, InboxPage, READ_PAGE_BYTES, entry_tail};
+pub use inbox::{AppendTo, Dedup, InboxEntry, InboxPage, READ_PAGE_BYTES, UnitChat, entry_tail};
 pub use presence::Claim;
 
 #[derive(Debug, thiserror::Error)]
@@ -141,7 +141,8 @@ pub struct Redis {
     subscriber: mpsc::UnboundedSender<SubCommand>,
     subscriber_up: Arc<AtomicBool>,
     scripts: Arc<Scripts>,
-    appender: mpsc::UnboundedSender<AppendJob>,
+    /// Units of append jobs: a unit is never split between batches.
+    appender: mpsc::UnboundedSender<Vec<AppendJob>>,
     numberer: mpsc::UnboundedSender<number::NumberJob>,
     /// What the subscriber holds for the node.
     pub backlog: Arc<BusBacklog>,

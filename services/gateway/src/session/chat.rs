@@ -99,6 +99,72 @@ impl Session {
             }
             Conversation::Direct(..) => send::deliver(&self.node, receivers, &message).await,
         };
+        self.chat_reply(sender.0, receivers, &frame, &message, delivered)
+    }
+
+    /// A burst of one-to-one chats to one receiver, already read (see
+    /// `send::deliver_unit`): one result per chat, in order, each as
+    /// [`Self::one_chat`]'s. `spans`: each chat's request span.
+    pub(super) async fn one_chats(
+        &self,
+        sender: (i64, &str),
+        to: i64,
+        chats: Vec<(Map<String, Value>, Option<String>)>,
+        spans: &[tracing::Span],
+    ) -> Vec<Result<Map<String, Value>, Failure>> {
+        if !self.node.registry.contains(to) {
+            match self.node.directory.user_exists(to).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    let missing =
+                        Failure::new(errno::NOT_FOUND, format!("user {to} does not exist"));
+                    return chats.iter().map(|_| Err(missing.clone())).collect();
+                }
+                Err(failure) => return chats.iter().map(|_| Err(failure.clone())).collect(),
+            }
+        }
+        let conversation = Conversation::direct(sender.0, to);
+        let (bodies, cmids): (Vec<_>, Vec<_>) = chats.into_iter().unzip();
+        let frames: Vec<Vec<u8>> = bodies
+            .into_iter()
+            .map(|body| classic::forward_chat(body, sender.0, sender.1, classic_now))
+            .collect();
+        let messages: Vec<Outgoing<'_>> = cmids
+            .into_iter()
+            .zip(&frames)
+            .map(|(cmid, frame)| Outgoing {
+                sender_id: sender.0,
+                frame,
+                dedup: cmid.is_some(),
+                mid: match cmid {
+                    Some(cmid) => format!("{}-{cmid}", sender.0),
+                    None => new_message_id(),
+                },
+                conversation,
+            })
+            .collect();
+        let delivered = send::deliver_unit(&self.node, to, &messages, spans).await;
+        messages
+            .iter()
+            .zip(&frames)
+            .zip(delivered)
+            .map(|((message, frame), delivered)| {
+                self.chat_reply(sender.0, &[to], frame, message, delivered)
+            })
+            .collect()
+    }
+
+    /// The reply to a chat `delivered` says was recorded (or not), and the
+    /// sender's other devices' copy.
+    fn chat_reply(
+        &self,
+        sender: i64,
+        receivers: &[i64],
+        frame: &[u8],
+        message: &Outgoing<'_>,
+        delivered: send::Delivered,
+    ) -> Result<Map<String, Value>, Failure> {
+        let conversation = message.conversation;
         let accepted = delivered.results.iter().any(Result::is_ok);
         if let Some(cseq) = delivered.cseq
             && accepted
@@ -106,12 +172,12 @@ impl Session {
                 a.kind.acknowledges() && a.peers.load(std::sync::atomic::Ordering::Relaxed)
             })
         {
-            let head = conversation::numbered_head(&frame, &conversation).unwrap_or_default();
+            let head = conversation::numbered_head(frame, &conversation).unwrap_or_default();
             let numbered = conversation::complete(&head, cseq);
             let carbon = classic::with_delivery_fields(&numbered, &message.mid, 0);
             let node = self.node.clone();
             let me = node.session_address(self.connection);
-            let sender_id = sender.0;
+            let sender_id = sender;
             tokio::spawn(async move {
                 node.redis.publish_live(&[sender_id], &me, &carbon).await;
             });

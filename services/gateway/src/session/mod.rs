@@ -55,9 +55,18 @@ pub use chat::classic_now;
 
 use self::{chat::partial_failure, rate::RateLimiter};
 
+/// Chats of a burst recorded together at most (`handle_frames`).
+const MAX_BURST: usize = 32;
+
 /// The receiving half of a transport: complete frames, `None` at the end.
 pub trait FrameSource: Send {
     fn next_frame(&mut self) -> impl Future<Output = Option<Frame>> + Send;
+
+    /// A frame already read and split (the rest of a burst the client
+    /// wrote at once), without waiting; `None` when none is.
+    fn try_next_frame(&mut self) -> Option<Frame> {
+        None
+    }
 
     /// After `next_frame` gave `None`: why the source ended, when the client
     /// should be told (a budget it went past).
@@ -140,6 +149,9 @@ pub async fn run<R: FrameSource, W: FrameSink>(
     let login_deadline = node.config.login_deadline;
     // Since when the connection has had nobody logged in.
     let mut anonymous_since = Some(Instant::now());
+    // A frame read while collecting a burst that did not join it: the next
+    // to handle.
+    let mut stash: Option<Frame> = None;
     loop {
         anonymous_since = match (&session.active, anonymous_since) {
             (Some(_), _) => None,
@@ -179,6 +191,10 @@ pub async fn run<R: FrameSource, W: FrameSink>(
                 None => std::future::pending().await,
             }
         };
+        if let Some(frame) = stash.take() {
+            Box::pin(session.handle_frames(frame, &mut source, &mut stash)).await;
+            continue;
+        }
         tokio::select! {
             frame = source.next_frame() => match frame {
                 Some(frame) => {
@@ -186,7 +202,7 @@ pub async fn run<R: FrameSource, W: FrameSink>(
                     // Boxed: the request path (login's gRPC calls ...) is a
                     // large future; inline it would make every idle
                     // connection's task that large.
-                    Box::pin(session.handle_frame(frame)).await;
+                    Box::pin(session.handle_frames(frame, &mut source, &mut stash)).await;
                 }
                 None => {
                     if let Some(failure) = source.ended_because() {
@@ -262,26 +278,133 @@ impl Session {
         }
     }
 
-    async fn handle_frame(&mut self, frame: Frame) {
+    /// Handles `frame`, and with it the frames already read behind it
+    /// when they make a burst: one-to-one chats to the same receiver,
+    /// each with a token free. A burst's chats are recorded together
+    /// (`send::deliver_unit`), and answered in order. The first frame
+    /// read that does not join goes to `stash`, to be handled next.
+    async fn handle_frames<R: FrameSource>(
+        &mut self,
+        frame: Frame,
+        source: &mut R,
+        stash: &mut Option<Frame>,
+    ) {
+        let Some((request, seq)) = self.accept(frame).await else {
+            return;
+        };
+        let to = match &request {
+            Request::OneChat { to, .. } if self.authorize(&request).is_ok() => *to,
+            _ => return self.handle_request(request, seq).await,
+        };
+        let mut burst = vec![(request, seq)];
+        while burst.len() < MAX_BURST {
+            let Some(frame) = source.try_next_frame() else {
+                break;
+            };
+            match self.joins_burst(frame, to).await {
+                Ok(joined) => burst.push(joined),
+                Err(frame) => {
+                    *stash = Some(frame);
+                    break;
+                }
+            }
+        }
+        if burst.len() == 1 {
+            let (request, seq) = burst.remove(0);
+            return self.handle_request(request, seq).await;
+        }
+        self.serve_burst(to, burst).await;
+    }
+
+    /// `frame`, when it joins a burst of chats to `to`: a one-to-one chat
+    /// to them this connection may send, with a token free now (one that
+    /// must wait is handled on its own, after the burst). Else the frame,
+    /// untouched.
+    async fn joins_burst(
+        &mut self,
+        frame: Frame,
+        to: i64,
+    ) -> Result<(Request, Option<i64>), Frame> {
+        let Frame::Value(bytes) = &frame else {
+            return Err(frame);
+        };
+        let parsed = classic::parse(bytes);
+        let request = match parsed.request {
+            Ok(request @ Request::OneChat { to: receiver, .. })
+                if receiver == to && self.authorize(&request).is_ok() =>
+            {
+                request
+            }
+            _ => return Err(frame),
+        };
+        if !self.limiter.try_take() {
+            return Err(frame);
+        }
+        if parsed.seq.is_some() {
+            self.mark_uses_additions().await;
+        }
+        metrics()
+            .requests
+            .get_or_create(&label("kind", request_kind(&request)))
+            .inc();
+        Ok((request, parsed.seq))
+    }
+
+    /// A burst of one-to-one chats to `to`, each checked by `authorize`.
+    async fn serve_burst(&mut self, to: i64, burst: Vec<(Request, Option<i64>)>) {
+        let Some(active) = &self.active else {
+            return;
+        };
+        let (user, name) = (active.id, active.name.clone());
+        let spans: Vec<tracing::Span> = burst
+            .iter()
+            .map(|_| {
+                tracing::info_span!(
+                    "chat.request",
+                    otel.name = "chat",
+                    otel.kind = "server",
+                    user,
+                    connection = self.connection,
+                )
+            })
+            .collect();
+        let mut seqs = Vec::with_capacity(burst.len());
+        let mut chats = Vec::with_capacity(burst.len());
+        for (request, seq) in burst {
+            if let Request::OneChat { body, cmid, .. } = request {
+                chats.push((body, cmid));
+                seqs.push(seq);
+            }
+        }
+        let results = self.one_chats((user, &name), to, chats, &spans).await;
+        for ((result, seq), span) in results.into_iter().zip(seqs).zip(spans) {
+            self.answer(result, seq).instrument(span).await;
+        }
+    }
+
+    /// What every frame goes through before its request is served: its
+    /// size and shape, the connection's pace, parsing. Answers a frame that
+    /// fails them; else returns its request and `seq`.
+    async fn accept(&mut self, frame: Frame) -> Option<(Request, Option<i64>)> {
         let bytes = match frame {
             Frame::Value(bytes) => bytes,
-            Frame::Heartbeat => return,
+            Frame::Heartbeat => return None,
             Frame::Invalid(FrameError::TooLarge { max }) => {
                 let failure = Failure::new(
                     errno::TOO_LARGE,
                     format!("request larger than {max} bytes; it was discarded"),
                 );
-                return self
-                    .send_failure(&failure, classic::reply_error(&failure, None))
+                self.send_failure(&failure, classic::reply_error(&failure, None))
                     .await;
+                return None;
             }
             Frame::Invalid(FrameError::NotAnObject) => {
                 let failure = Failure::bad_request(
                     "expected a JSON object; the bytes before the next request were skipped",
                 );
-                return self
-                    .send_failure(&failure, classic::reply_error(&failure, None))
+                self.send_failure(&failure, classic::reply_error(&failure, None))
                     .await;
+                return None;
             }
         };
         // Paced, not refused: while we wait, this connection is not read and
@@ -304,11 +427,19 @@ impl Session {
                     Some(classic::REG_MSG) => classic::register_failed(&failure, seq),
                     _ => classic::reply_error(&failure, seq),
                 };
-                return self.send_failure(&failure, reply).await;
+                self.send_failure(&failure, reply).await;
+                return None;
             }
         };
+        metrics()
+            .requests
+            .get_or_create(&label("kind", request_kind(&request)))
+            .inc();
+        Some((request, seq))
+    }
+
+    async fn handle_request(&mut self, request: Request, seq: Option<i64>) {
         let kind = request_kind(&request);
-        metrics().requests.get_or_create(&label("kind", kind)).inc();
         if matches!(request, Request::Ack { .. } | Request::Ping) {
             return self.dispatch(request, seq).await;
         }
@@ -341,21 +472,26 @@ impl Session {
                     Ok(user) => self.serve(user, other).await,
                     Err(failure) => Err(failure),
                 };
-                match (result, seq) {
-                    (Ok(results), Some(seq)) => self.send(classic::reply_ok(seq, results)).await,
-                    (Ok(results), None) => {
-                        // Without seq there is no reply to carry the members
-                        // a group chat did not reach: say it as an error.
-                        if let Some(failure) = partial_failure(&results) {
-                            self.send_failure(&failure, classic::reply_error(&failure, None))
-                                .await;
-                        }
-                    }
-                    (Err(failure), seq) => {
-                        self.send_failure(&failure, classic::reply_error(&failure, seq))
-                            .await
-                    }
+                self.answer(result, seq).await;
+            }
+        }
+    }
+
+    /// Answers a served request: its results (with `seq`), or its failure.
+    async fn answer(&self, result: Result<Map<String, Value>, Failure>, seq: Option<i64>) {
+        match (result, seq) {
+            (Ok(results), Some(seq)) => self.send(classic::reply_ok(seq, results)).await,
+            (Ok(results), None) => {
+                // Without seq there is no reply to carry the members
+                // a group chat did not reach: say it as an error.
+                if let Some(failure) = partial_failure(&results) {
+                    self.send_failure(&failure, classic::reply_error(&failure, None))
+                        .await;
                 }
+            }
+            (Err(failure), seq) => {
+                self.send_failure(&failure, classic::reply_error(&failure, seq))
+                    .await
             }
         }
     }

@@ -27,16 +27,31 @@ impl RateLimiter {
     /// Takes `n` tokens, possibly ones that refill only in the future: the
     /// returned time is how long the caller must wait before running.
     pub(super) fn take(&mut self, n: u32) -> Duration {
-        let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.per_sec)
-            .min(self.burst);
-        self.last = now;
+        self.refill();
         self.tokens -= f64::from(n);
         if self.tokens >= 0.0 {
             Duration::ZERO
         } else {
             Duration::from_secs_f64(-self.tokens / self.per_sec)
         }
+    }
+
+    /// Takes one token if one is free now; else takes nothing.
+    pub(super) fn try_take(&mut self) -> bool {
+        self.refill();
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn refill(&mut self) {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.per_sec)
+            .min(self.burst);
+        self.last = now;
     }
 }
 
@@ -62,5 +77,18 @@ mod tests {
             Duration::from_secs(2),
             "free, but queued behind"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn try_take_takes_only_a_free_token() {
+        let mut limiter = RateLimiter::new(10, 2);
+        assert!(limiter.try_take());
+        assert!(limiter.try_take());
+        assert!(!limiter.try_take(), "none free");
+        // Nothing was taken by the refusal: one refill frees one.
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert!(limiter.try_take());
+        assert!(!limiter.try_take());
+        assert_eq!(limiter.take(1), Duration::from_millis(100));
     }
 }
