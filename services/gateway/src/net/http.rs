@@ -19,7 +19,9 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use futures::{SinkExt as _, StreamExt as _, stream::SplitSink, stream::SplitStream};
+use futures::{
+    FutureExt as _, SinkExt as _, StreamExt as _, stream::SplitSink, stream::SplitStream,
+};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
     io::AsyncWriteExt as _,
@@ -45,16 +47,39 @@ use super::{Accepted, Refusal, accept, client_address, node_full, web};
 struct WsSource {
     stream: SplitStream<WebSocket>,
     max: usize,
+    /// The stream ended while `try_next_frame` looked ahead.
+    ended: bool,
+}
+
+impl WsSource {
+    fn frame(&mut self, message: Option<Result<Message, axum::Error>>) -> Option<Frame> {
+        match message {
+            Some(Ok(Message::Text(text))) => Some(ws::text_frame(text.as_str(), self.max)),
+            Some(Ok(Message::Binary(_))) => Some(ws::binary_frame()),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => Some(Frame::Heartbeat),
+            Some(Ok(Message::Close(_)) | Err(_)) | None => {
+                self.ended = true;
+                None
+            }
+        }
+    }
 }
 
 impl FrameSource for WsSource {
     async fn next_frame(&mut self) -> Option<Frame> {
-        match self.stream.next().await? {
-            Ok(Message::Text(text)) => Some(ws::text_frame(text.as_str(), self.max)),
-            Ok(Message::Binary(_)) => Some(ws::binary_frame()),
-            Ok(Message::Close(_)) | Err(_) => None,
-            Ok(Message::Ping(_) | Message::Pong(_)) => Some(Frame::Heartbeat),
+        if self.ended {
+            return None;
         }
+        let message = self.stream.next().await;
+        self.frame(message)
+    }
+
+    fn try_next_frame(&mut self) -> Option<Frame> {
+        if self.ended {
+            return None;
+        }
+        let message = self.stream.next().now_or_never()?;
+        self.frame(message)
     }
 }
 
@@ -256,7 +281,11 @@ async fn websocket(
                     open.inc();
                     session::run(
                         node,
-                        WsSource { stream, max },
+                        WsSource {
+                            stream,
+                            max,
+                            ended: false,
+                        },
                         WsSink(sink),
                         Transport::WebSocket,
                         client,
