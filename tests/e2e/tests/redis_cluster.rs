@@ -4,7 +4,8 @@
 //! `redis-cli --cluster reshard`. Every accepted message reaches its
 //! receiver once and in order, and the chat goes on over the same
 //! connections (the gateways find the new owners and subscribe again by
-//! themselves).
+//! themselves). Every fifth turn a side sends a burst of four chats in one
+//! write, which the gateway records together.
 //!
 //! Each test makes a cluster of its own (three masters, a replica each)
 //! whatever the backend of the run, so `just test` runs this binary once,
@@ -144,6 +145,46 @@ impl Talker {
         }
     }
 
+    /// Sends `texts` in one write (a burst, recorded together by the
+    /// gateway) and waits for each answer, in order, taking what arrives
+    /// meanwhile.
+    async fn say_burst(&mut self, texts: Vec<String>) {
+        let first = self.seq + 1;
+        let mut bytes = Vec::new();
+        for text in &texts {
+            self.seq += 1;
+            let mut request = chat(self.me, self.peer, text);
+            request["seq"] = self.seq.into();
+            bytes.extend(request.to_string().into_bytes());
+            bytes.push(0);
+        }
+        self.client.send_raw(&bytes).await;
+        let deadline = Instant::now() + PATIENCE;
+        let mut texts = texts.into_iter();
+        let mut awaited = first;
+        while awaited <= self.seq {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            let Some(frame) = self.next_frame(wait).await else {
+                panic!(
+                    "{}: no answer to seq {awaited} within {PATIENCE:?}",
+                    self.label
+                );
+            };
+            if frame["msgid"] != 11 {
+                self.take(frame).await;
+                continue;
+            }
+            assert_eq!(frame["seq"], awaited, "{}: answers in order", self.label);
+            let text = texts.next().expect("a text per seq");
+            if frame["errno"] == 0 {
+                self.accepted.push(text);
+            } else {
+                self.refused.push((text, frame));
+            }
+            awaited += 1;
+        }
+    }
+
     /// Takes what arrives for `period`.
     async fn listen(&mut self, period: Duration) {
         let deadline = Instant::now() + period;
@@ -179,7 +220,14 @@ impl Talker {
 async fn talk(mut talker: Talker, mut stop: watch::Receiver<bool>) -> Talker {
     let mut n = 0;
     while !*stop.borrow_and_update() {
-        talker.say(format!("{} {n}", talker.label)).await;
+        if n % 5 == 4 {
+            // Now and then a burst: its chats are recorded together, and
+            // one by one from the first that was not.
+            let texts = (0..4).map(|k| format!("{} {n}.{k}", talker.label));
+            talker.say_burst(texts.collect()).await;
+        } else {
+            talker.say(format!("{} {n}", talker.label)).await;
+        }
         n += 1;
         talker.listen(PAUSE).await;
     }
