@@ -17,6 +17,15 @@ use tokio::{
 /// How long a test waits for one expected message before failing.
 pub const RECV_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// The sum of the values of a Prometheus text exposition's samples named
+/// `name` (a prefix) whose line contains `labels` ("" for all).
+pub fn metric_value(text: &str, name: &str, labels: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// A minimal HTTP/1.1 GET: (status, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     tokio::time::timeout(Duration::from_secs(5), http_get_inner(addr, path))

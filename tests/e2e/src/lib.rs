@@ -25,7 +25,7 @@ pub mod redis;
 mod stack;
 
 pub use client::{
-    Client, RECV_TIMEOUT, WsClient, chat, group_chat, http_get, joined_at_least_once,
+    Client, RECV_TIMEOUT, WsClient, chat, group_chat, http_get, joined_at_least_once, metric_value,
     offline_messages, parse_list, texts,
 };
 pub use nginx::{Nginx, NginxTls};

@@ -311,14 +311,6 @@ async fn classic_acks_are_byte_exact() {
     );
 }
 
-/// The sum of a `/metrics` sample's values whose line has `labels`.
-fn metric(text: &str, name: &str, labels: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && l.contains(labels))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// A client that writes many chats at once (a bridge, an outbox flushed
 /// after a reconnect) has them recorded together: they share script calls,
 /// and each is still answered, in order, and reaches its receiver once, in
@@ -336,7 +328,8 @@ async fn a_burst_of_chats_is_recorded_together_in_order() {
         assert_eq!(status, 200);
         body
     };
-    let calls = |text: &str| metric(text, "clusterchat_gateway_redis_script_calls_total", "");
+    let calls =
+        |text: &str| e2e::metric_value(text, "clusterchat_gateway_redis_script_calls_total", "");
     let before = calls(&scrape(stack.gateways[0].admin).await);
 
     // 40 chats to bob in one write, with a chat to carol and a ping among

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use e2e::{
-    Client, PATIENCE, Stack, assert_eventually, chat, http_get, otlp::CollectedSpan,
+    Client, PATIENCE, Stack, assert_eventually, chat, http_get, metric_value, otlp::CollectedSpan,
     otlp::OtlpCollector,
 };
 use tokio::time::Instant;
@@ -202,13 +202,6 @@ async fn login_is_one_trace_through_the_user_service_and_sql() {
     .await;
     assert_eq!(root.trace_id, server.trace_id);
     assert_no_text(&collector.spans(), "a password nobody may see");
-}
-
-fn metric_value(text: &str, name: &str, labels: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && l.contains(labels))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 #[tokio::test]
