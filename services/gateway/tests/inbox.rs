@@ -52,28 +52,40 @@ async fn raw<T: redis::FromRedisValue>(command: redis::Cmd) -> T {
     }
 }
 
-/// A stream's entries as field maps.
-/// A history stream's entries, each by field name. A chat is written as
-/// one field, `m` = "CONV SEQ MID FROM AT TP\nFRAME": it comes back here
-/// as the fields the history service reads from it (`op` = "m", ...).
+/// A history stream's chats, each by field name. A chat is written as
+/// one field, `m` = "CONV SEQ MID FROM AT TP\nFRAME", and a call's chats
+/// for one stream share an entry (the field once per chat): each comes
+/// back here as the fields the history service reads from it (`op` =
+/// "m", ...), in order. Entries of other forms come back as they are.
 async fn stream_entries(key: &str) -> Vec<std::collections::HashMap<String, String>> {
+    stream_chats(key).await.into_iter().flatten().collect()
+}
+
+/// The same, grouped by stream entry.
+async fn stream_chats(key: &str) -> Vec<Vec<std::collections::HashMap<String, String>>> {
     let reply: Vec<(String, Vec<(String, String)>)> =
         raw(redis::cmd("XRANGE").arg(key).arg("-").arg("+").clone()).await;
     reply
         .into_iter()
-        .map(|(_, fields)| match fields.as_slice() {
-            [(name, packed)] if name == "m" => {
-                let (header, frame) = packed.split_once('\n').expect("a newline before the frame");
-                let parts: Vec<&str> = header.splitn(6, ' ').collect();
-                assert_eq!(parts.len(), 6, "conv seq mid from at tp: {header:?}");
-                ["conv", "seq", "mid", "from", "at", "tp"]
-                    .into_iter()
-                    .zip(parts)
-                    .chain([("op", "m"), ("frame", frame)])
-                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                    .collect()
+        .map(|(_, fields)| {
+            if !fields.iter().all(|(name, _)| name == "m") {
+                return vec![fields.into_iter().collect()];
             }
-            _ => fields.into_iter().collect(),
+            fields
+                .iter()
+                .map(|(_, packed)| {
+                    let (header, frame) =
+                        packed.split_once('\n').expect("a newline before the frame");
+                    let parts: Vec<&str> = header.splitn(6, ' ').collect();
+                    assert_eq!(parts.len(), 6, "conv seq mid from at tp: {header:?}");
+                    ["conv", "seq", "mid", "from", "at", "tp"]
+                        .into_iter()
+                        .zip(parts)
+                        .chain([("op", "m"), ("frame", frame)])
+                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                        .collect()
+                })
+                .collect()
         })
         .collect()
 }
@@ -786,6 +798,79 @@ async fn a_chat_is_numbered_in_the_batch_that_appends_it() {
     ));
     assert_eq!(stream_entries(&key).await.len(), 2);
     assert_eq!(texts_after(&cluster, 12, 0).await.len(), 3);
+}
+
+/// A burst (one unit of the appender) to one receiver goes as one run:
+/// one numbering per chat, one push for the run, one history entry. Past
+/// the inbox's limit the rest of the run is refused, the numbering keeps
+/// no gap, and the run's chats are in history in order.
+#[tokio::test]
+async fn a_burst_is_one_run_refused_from_where_the_inbox_is_full() {
+    let (cluster, prefix) = cluster_with_prefix().await;
+    let conv = Conversation::direct(21, 22);
+    let frames: Vec<String> = (0..6)
+        .map(|i| format!(r#"{{"id":21,"msg":"b{i}","msgid":6,"toid":22}}"#))
+        .collect();
+    let heads: Vec<Vec<u8>> = frames
+        .iter()
+        .map(|f| conversation::numbered_head(f.as_bytes(), &conv).expect("an object"))
+        .collect();
+    let mids: Vec<String> = (0..6).map(|i| format!("b{i}")).collect();
+    let tails: Vec<Vec<u8>> = (0..6)
+        .map(|i| entry_tail(&mids[i], 21, 42, "", &heads[i]))
+        .collect();
+    let chats: Vec<gateway::redis::UnitChat<'_>> = (0..6)
+        .map(|i| gateway::redis::UnitChat {
+            mid: &mids[i],
+            tail: &tails[i],
+            numbering: gateway::redis::Numbering {
+                conversation: conv.to_string(),
+                ttl: 0,
+                sender: 21,
+                micros: 42,
+                traceparent: String::new(),
+                head_at: tails[i].len() - heads[i].len(),
+            },
+            dedup: Dedup::None,
+        })
+        .collect();
+    let to = AppendTo {
+        user: 22,
+        publish: false,
+    };
+    // Room for four.
+    let results = cluster.number_and_append_unit(to, chats, 4).await;
+    let cseqs: Vec<u64> = results.iter().map(|(c, _)| c.expect("numbered")).collect();
+    assert!(cseqs.windows(2).all(|w| w[1] == w[0] + 1), "{cseqs:?}");
+    let outcomes: Vec<Appended> = results
+        .into_iter()
+        .map(|(_, r)| r.expect("answered"))
+        .collect();
+    let seqs: Vec<u64> = outcomes[..4].iter().map(|a| seq(*a)).collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+    assert_eq!(outcomes[4..], [Appended::InboxFull, Appended::InboxFull]);
+    let texts = texts_after(&cluster, 22, 0).await;
+    let expected: Vec<String> = (0..4)
+        .map(|i| {
+            String::from_utf8(conversation::complete(&heads[i], cseqs[i])).expect("utf8")
+        })
+        .collect();
+    assert_eq!(texts, expected);
+    // The refused ones took no number: the next is the one after the run's.
+    cluster
+        .trim_delivered(&[(22, seqs[3])])
+        .await
+        .expect("trim");
+    assert_eq!(
+        seq(append(&cluster, 22, "after", "after", 4).await),
+        seqs[3] + 1
+    );
+    // History: the six numbered chats, in one entry, in order.
+    let key = format!("{prefix}{{h:{}}}", partition(&conv.to_string()));
+    let entries = stream_chats(&key).await;
+    assert_eq!(entries.len(), 1, "one entry for the run");
+    let in_history: Vec<&str> = entries[0].iter().map(|c| c["mid"].as_str()).collect();
+    assert_eq!(in_history, mids.iter().map(String::as_str).collect::<Vec<_>>());
 }
 
 /// Script calls that recorded chats in this process so far.

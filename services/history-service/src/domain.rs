@@ -266,6 +266,28 @@ impl Entry {
     /// write it; a retraction (and a chat written before that form) has
     /// the fields `op`, `mid`, `conv`, `seq`, and for a chat `from`, `at`,
     /// `tp`, `frame`. The error says what is wrong.
+    /// Every chat of a stream entry given as its fields in order: gateways
+    /// put a call's chats for one stream in one entry, the field `m` once
+    /// per chat; an entry without `m` is one entry of the older forms
+    /// ([`Entry::parse`]).
+    pub fn parse_all(fields: &[(String, String)]) -> Vec<Result<Self, String>> {
+        let packed: Vec<Result<Self, String>> = fields
+            .iter()
+            .filter(|(name, _)| name == "m")
+            .map(|(_, value)| Self::parse_packed(value))
+            .collect();
+        if !packed.is_empty() {
+            return packed;
+        }
+        let field = |name: &str| {
+            fields
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+        };
+        vec![Self::parse(field)]
+    }
+
     pub fn parse<'a>(field: impl Fn(&str) -> Option<&'a str>) -> Result<Self, String> {
         if let Some(packed) = field("m") {
             return Self::parse_packed(packed);
@@ -480,6 +502,39 @@ mod tests {
             (m.seq, m.traceparent.as_str(), m.frame.as_str()),
             (5, "", "{}")
         );
+    }
+
+    #[test]
+    fn an_entry_with_several_chats_gives_each_in_order() {
+        let owned = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let all = Entry::parse_all(&owned(&[
+            ("m", "g:7 5 m-5 3 10 \n{}"),
+            ("m", "g:7 6 m-6 3 11 \n"),
+            ("m", "d:3:17 2 m-7 3 12 \n{}"),
+        ]));
+        let seqs: Vec<Result<u64, bool>> = all
+            .iter()
+            .map(|e| match e {
+                Ok(Entry::Message(m)) => Ok(m.seq),
+                Ok(Entry::Retract(_)) => Err(false),
+                Err(_) => Err(true),
+            })
+            .collect();
+        // The malformed one (an empty frame) is reported alone.
+        assert_eq!(seqs, vec![Ok(5), Err(true), Ok(2)]);
+        // An entry of the older fields is one entry.
+        let older = Entry::parse_all(&owned(&[
+            ("op", "x"),
+            ("mid", "m-1"),
+            ("conv", "g:7"),
+            ("seq", "4"),
+        ]));
+        assert!(matches!(older.as_slice(), [Ok(Entry::Retract(_))]));
     }
 
     #[test]

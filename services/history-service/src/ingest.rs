@@ -295,21 +295,26 @@ impl Ingest {
     ) -> Result<(), Stop> {
         let mut entries = Vec::with_capacity(raw.len());
         for entry in &raw {
-            if entry.fields.is_none() {
-                // Pending, but trimmed from the stream meanwhile: gone.
+            // None: pending, but trimmed from the stream meanwhile: gone.
+            let Some(fields) = &entry.fields else {
                 continue;
-            }
-            match Entry::parse(|name| entry.field(name)) {
-                Ok(parsed) => entries.push(parsed),
-                Err(reason) => {
-                    metrics().malformed.inc();
-                    tracing::warn!(partition = entry.partition, id = %entry.id, reason, "skipping a malformed history entry");
+            };
+            for parsed in Entry::parse_all(fields) {
+                match parsed {
+                    Ok(parsed) => entries.push(parsed),
+                    Err(reason) => {
+                        metrics().malformed.inc();
+                        tracing::warn!(partition = entry.partition, id = %entry.id, reason, "skipping a malformed history entry");
+                    }
                 }
             }
         }
-        if !entries.is_empty() {
-            self.store_batch(&entries, shutdown).await?;
+        // A stream entry may hold many chats (a gateway's call's chats for
+        // one partition): one transaction stores at most a batch of them.
+        for chunk in entries.chunks(self.settings.batch.max(1)) {
+            self.store_batch(chunk, shutdown).await?;
         }
+        metrics().entries.inc_by(raw.len() as u64);
         let mut by_partition: Vec<Vec<String>> = vec![Vec::new(); HISTORY_PARTITIONS as usize];
         for entry in raw {
             by_partition[entry.partition as usize].push(entry.id);

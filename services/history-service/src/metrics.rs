@@ -17,7 +17,11 @@ pub struct Metrics {
     pub malformed: Counter,
     /// Entries the database refused one by one (acknowledged and skipped).
     pub dropped: Counter,
-    /// Entries per batch.
+    /// Stream entries acknowledged (read and done with, for any reason): an
+    /// entry holds one chat or several (a gateway's call's chats for one
+    /// partition), so this is what the streams' `entries-added` compares to.
+    pub entries: Counter,
+    /// Chats per batch (one transaction).
     pub batch_size: Histogram,
     /// Time to store a batch (one transaction).
     pub batch_duration: Histogram,
@@ -46,6 +50,7 @@ pub fn metrics() -> &'static Metrics {
             retracted: Counter::default(),
             malformed: Counter::default(),
             dropped: Counter::default(),
+            entries: Counter::default(),
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
             batch_duration: latency_histogram(),
             lag_ms: Gauge::default(),
@@ -81,8 +86,13 @@ pub fn metrics() -> &'static Metrics {
             m.dropped.clone(),
         );
         register(
+            "history_stream_entries",
+            "Stream entries acknowledged, for any reason (an entry holds one chat or several)",
+            m.entries.clone(),
+        );
+        register(
             "history_ingest_batch_size",
-            "Stream entries per ingest batch (one transaction)",
+            "Chats per ingest batch (one transaction)",
             m.batch_size.clone(),
         );
         register(

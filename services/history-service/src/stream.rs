@@ -9,9 +9,11 @@
 //! slot's master (and follows MOVED/ASK and failovers). On one Redis the
 //! read of new entries names every partition in one command.
 //!
-//! Entry fields are the contract's (a chat: one field `m`; a retraction:
-//! `op`, `mid`, `conv`, `seq`); they are turned into domain values in
-//! [`crate::domain::Entry::parse`], not here.
+//! Entry fields are the contract's (a chat: the field `m`, and an entry
+//! holds several chats when a gateway's call had several for the
+//! partition: `m` once per chat; a retraction: `op`, `mid`, `conv`,
+//! `seq`); they are turned into domain values in
+//! [`crate::domain::Entry::parse_all`], not here.
 
 use std::time::Duration;
 

@@ -157,6 +157,35 @@ pub(crate) fn markdown(report: &Value, args: &Args) -> String {
     }) {
         out.push_str(&cpu_markdown(cpu));
     }
+    if let Some(group) = report.get("group_fanout") {
+        out.push_str(&group_calls_markdown(group));
+    }
+    out
+}
+
+/// Redis calls per group message by command, beside what the members cost
+/// Redis per second while the group was quiet (presence upkeep).
+fn group_calls_markdown(group: &Value) -> String {
+    let Some(per_message) = group["redis_calls"].as_array() else {
+        return String::new();
+    };
+    let quiet = group["idle_redis_calls_per_sec"].as_array();
+    let mut out = format!(
+        "\nRedis calls per group message ({} members, {} messages/s; commands inside scripts count too), and per second while the group was quiet:\n\n| command | per group message | µs per call | per second, quiet |\n|---|---|---|---|\n",
+        group["members"], group["messages_per_sec_offered"]
+    );
+    for row in per_message {
+        let name = row["command"].as_str().unwrap_or("?");
+        let idle = quiet
+            .and_then(|rows| rows.iter().find(|r| r["command"] == name))
+            .and_then(|r| r["per_message"].as_f64())
+            .map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"));
+        out.push_str(&format!(
+            "| {name} | {:.1} | {:.2} | {idle} |\n",
+            row["per_message"].as_f64().unwrap_or(0.0),
+            row["usec_per_call"].as_f64().unwrap_or(0.0),
+        ));
+    }
     out
 }
 

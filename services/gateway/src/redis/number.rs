@@ -29,8 +29,10 @@ use super::{REPLICA_WAIT, Redis, RedisError, presence::ttl_millis, slot};
 /// How many history streams there are (the history service reads as many).
 pub const HISTORY_PARTITIONS: u32 = 16;
 
-/// Entries a stream keeps at most (approximately) while nobody consumes it:
-/// what bounds Redis's memory while the history service is down.
+/// Entries a stream keeps at most (approximately) while nobody consumes it.
+/// An entry holds one chat or several (a call's chats for the stream, up to
+/// 64 and 16 KiB: `scripts/number.lua`), so what bounds Redis's memory
+/// while the history service is down is the bytes cap as well.
 pub const STREAM_MAX_LEN: u64 = 200_000;
 
 /// A conversation's partition: FNV-1a (32 bits) of its id.

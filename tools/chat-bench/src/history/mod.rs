@@ -78,8 +78,8 @@ struct Streams {
 struct Scrape {
     /// Messages stored for the first time.
     stored: u64,
-    /// Entries acknowledged for any reason (stored, duplicate, retracted,
-    /// malformed, dropped).
+    /// Stream entries acknowledged for any reason (stored, duplicate,
+    /// retracted, malformed, dropped).
     acknowledged: u64,
     /// The service's `history_ingest_lag_ms` gauge.
     lag_ms: f64,
@@ -243,13 +243,21 @@ impl History {
         let count =
             |name: &str| value(&format!("clusterchat_history_{name}_total")).unwrap_or(0.0) as u64;
         let stored = count("ingested_messages");
+        // Stream entries (an entry holds one chat or several); a service
+        // without that counter had one chat per entry.
+        let acknowledged = value("clusterchat_history_stream_entries_total").map_or_else(
+            || {
+                stored
+                    + count("duplicate_messages")
+                    + count("retracted_messages")
+                    + count("malformed_entries")
+                    + count("dropped_entries")
+            },
+            |entries| entries as u64,
+        );
         Ok(Scrape {
             stored,
-            acknowledged: stored
-                + count("duplicate_messages")
-                + count("retracted_messages")
-                + count("malformed_entries")
-                + count("dropped_entries"),
+            acknowledged,
             lag_ms: value("clusterchat_history_ingest_lag_ms").unwrap_or(f64::NAN),
         })
     }

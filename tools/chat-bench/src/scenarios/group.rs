@@ -9,7 +9,7 @@ use std::{
 use serde_json::{Value, json};
 
 use super::{PASSWORD, Target, chat_frame, drain, spawn_receiver};
-use crate::{Args, client::Client, procs, stats::tally};
+use crate::{Args, client::Client, procs, redis_calls, stats::tally};
 
 /// How long the members' idle cost is measured before the group speaks.
 const IDLE_WINDOW: Duration = Duration::from_secs(5);
@@ -45,6 +45,8 @@ pub(crate) async fn group_fanout(args: &Args, prefix: &str) -> anyhow::Result<Va
     // What the members cost while nothing is said (presence upkeep,
     // Redis's cron over their connections): subtracted below, so the line
     // says what a group message adds.
+    // Redis calls are counted per second of the idle window.
+    let idle_calls = redis_calls::snapshot(&args.redis_info).await;
     let idle = if args.pids.is_empty() {
         Value::Null
     } else {
@@ -52,6 +54,11 @@ pub(crate) async fn group_fanout(args: &Args, prefix: &str) -> anyhow::Result<Va
         tokio::time::sleep(IDLE_WINDOW).await;
         procs::spent(&args.pids, &before, 1, 1.0, "idle window")
     };
+    let idle_calls = match (idle_calls, redis_calls::snapshot(&args.redis_info).await) {
+        (Some(before), Some(now)) => redis_calls::per_unit(&before, &now, IDLE_WINDOW.as_secs()),
+        _ => Value::Null,
+    };
+    let calls = redis_calls::snapshot(&args.redis_info).await;
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let before = procs::snapshot(&args.pids);
@@ -80,7 +87,18 @@ pub(crate) async fn group_fanout(args: &Args, prefix: &str) -> anyhow::Result<Va
         procs::spent(&args.pids, &before, seq, 1.0, "group message")
     };
     let mut result = tally(3, &samples, seq, receivers, started, Instant::now());
-    Ok(
-        json!({"members": members, "messages_per_sec_offered": rate, "result": result.json(), "cpu": cpu, "idle_cpu": idle}),
-    )
+    // Per group message (the idle window's per second, for comparison).
+    let redis_calls = match (calls, redis_calls::snapshot(&args.redis_info).await) {
+        (Some(before), Some(now)) => redis_calls::per_unit(&before, &now, seq),
+        _ => Value::Null,
+    };
+    Ok(json!({
+        "members": members,
+        "messages_per_sec_offered": rate,
+        "result": result.json(),
+        "cpu": cpu,
+        "idle_cpu": idle,
+        "redis_calls": redis_calls,
+        "idle_redis_calls_per_sec": idle_calls,
+    }))
 }

@@ -6,4 +6,5 @@ for i = 0, math.floor(#keys / per) - 1 do
     argv[1], argv[2], argv[a + 1], argv[a + 2], argv[a + 3], argv[a + 4], argv[a + 5],
     argv[a + 6], argv[a + 7], argv[a + 8])
 end
+flush_history()
 return out
