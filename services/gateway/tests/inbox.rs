@@ -851,9 +851,7 @@ async fn a_burst_is_one_run_refused_from_where_the_inbox_is_full() {
     assert_eq!(outcomes[4..], [Appended::InboxFull, Appended::InboxFull]);
     let texts = texts_after(&cluster, 22, 0).await;
     let expected: Vec<String> = (0..4)
-        .map(|i| {
-            String::from_utf8(conversation::complete(&heads[i], cseqs[i])).expect("utf8")
-        })
+        .map(|i| String::from_utf8(conversation::complete(&heads[i], cseqs[i])).expect("utf8"))
         .collect();
     assert_eq!(texts, expected);
     // The refused ones took no number: the next is the one after the run's.
@@ -870,7 +868,10 @@ async fn a_burst_is_one_run_refused_from_where_the_inbox_is_full() {
     let entries = stream_chats(&key).await;
     assert_eq!(entries.len(), 1, "one entry for the run");
     let in_history: Vec<&str> = entries[0].iter().map(|c| c["mid"].as_str()).collect();
-    assert_eq!(in_history, mids.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(
+        in_history,
+        mids.iter().map(String::as_str).collect::<Vec<_>>()
+    );
 }
 
 /// Script calls that recorded chats in this process so far.
