@@ -86,6 +86,11 @@ pub enum WriterCommand {
     ClientAck(u64),
     /// The client acknowledged a group's log entries up to this `cseq`.
     ClientAckGroup(i64, u64),
+    /// The user joined (or created) a group through this session and their
+    /// cursor there is this `cseq`: the group's next chat is written live
+    /// instead of being read back from the log (a join's first message
+    /// made every new member read their cursor and the log).
+    FollowGroup(i64, u64),
     /// The client uses the additions: frames may share a write.
     AllowBatching,
     /// Send a transport-level heartbeat.
@@ -498,6 +503,14 @@ impl DeliveryState {
     /// Group log entries up to `cseq` were written: a client that
     /// acknowledges confirms them itself; for the others they are
     /// confirmed as the inbox's are (the peer's TCP).
+    /// The user's cursor in `group` is `cseq` (set by their join): what
+    /// this connection has of it, unless it has more already (a sync or a
+    /// live entry came first).
+    fn follow_group(&mut self, group: i64, cseq: u64) {
+        let written = self.groups.entry(group).or_insert(cseq);
+        *written = (*written).max(cseq);
+    }
+
     fn group_written(&mut self, group: i64, cseq: u64) {
         if !self.kind.acknowledges() {
             self.groups_unmarked.push((group, cseq));
@@ -807,6 +820,11 @@ pub async fn run_writer<W: FrameSink>(mut sink: W, mut commands: mpsc::Receiver<
             Event::Command(Some(WriterCommand::ClientAckGroup(group, up_to))) => {
                 if let Some(st) = state.as_mut().filter(|st| st.kind.acknowledges()) {
                     st.client_acknowledged_group(group, up_to);
+                }
+            }
+            Event::Command(Some(WriterCommand::FollowGroup(group, cseq))) => {
+                if let Some(st) = state.as_mut() {
+                    st.follow_group(group, cseq);
                 }
             }
             Event::Command(Some(WriterCommand::AllowBatching)) => sink.allow_batching(),

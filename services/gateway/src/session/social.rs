@@ -6,7 +6,9 @@ use clusterchat_proto::user::v1 as user_pb;
 use serde_json::Map;
 
 use super::Session;
-use crate::{protocol::classic::Failure, upstream::failure_from_status};
+use crate::{
+    delivery::writer::WriterCommand, protocol::classic::Failure, upstream::failure_from_status,
+};
 
 impl Session {
     pub(super) async fn add_friend(
@@ -87,11 +89,24 @@ impl Session {
     /// it the user gets the group's chats at their next login.
     async fn follow_group(&self, user: i64, group: i64, cseq: u64) {
         let node = &self.node;
-        if let Err(e) = node.redis.set_group_cursor(user, group, cseq).await {
-            tracing::warn!(error = %e, group, user, "cannot set a new member's cursor");
-        }
+        let cursor_set = match node.redis.set_group_cursor(user, group, cseq).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, group, user, "cannot set a new member's cursor");
+                false
+            }
+        };
         if let Err(e) = node.groups.join(&node.redis, user, &[group]).await {
             tracing::warn!(error = %e, group, user, "cannot subscribe to a group's log; the member gets its chats at the next login");
+        }
+        // This session's writer starts at the cursor (others read it the
+        // first time the group speaks). A chat published before the
+        // subscription was confirmed is a gap the next one finds.
+        if cursor_set {
+            let _ = self
+                .writer
+                .send(WriterCommand::FollowGroup(group, cseq))
+                .await;
         }
     }
 

@@ -36,6 +36,26 @@ pub(crate) async fn group_fanout(args: &Args, prefix: &str) -> anyhow::Result<Va
             .send(&json!({"msgid": 9, "id": id, "groupid": group, "seq": 2}))
             .await?;
         member.recv().await?;
+        if i == 1 {
+            // The group says one thing once it has a member, before the
+            // others join, as a group that has spoken: a group's first
+            // chat is numbered from its epoch's floor (not 1), a gap that
+            // every member's writer would read the log for once. The first
+            // member reads it here, before it is measured.
+            creator
+                .send(&serde_json::from_str(&chat_frame(
+                    creator_id,
+                    Target::Group(group),
+                    9,
+                    0,
+                    0,
+                    "before the members",
+                ))?)
+                .await?;
+            tokio::time::timeout(Duration::from_secs(10), member.recv())
+                .await
+                .map_err(|_| anyhow::anyhow!("the group's first chat did not arrive"))??;
+        }
         spawn_receiver(member, false, samples.clone(), received.clone());
     }
     let receivers = (members - 1) as u64;
