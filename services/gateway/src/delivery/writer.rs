@@ -500,9 +500,6 @@ impl DeliveryState {
         Ok(messages.len())
     }
 
-    /// Group log entries up to `cseq` were written: a client that
-    /// acknowledges confirms them itself; for the others they are
-    /// confirmed as the inbox's are (the peer's TCP).
     /// The user's cursor in `group` is `cseq` (set by their join): what
     /// this connection has of it, unless it has more already (a sync or a
     /// live entry came first).
@@ -511,6 +508,9 @@ impl DeliveryState {
         *written = (*written).max(cseq);
     }
 
+    /// Group log entries up to `cseq` were written: a client that
+    /// acknowledges confirms them itself; for the others they are
+    /// confirmed as the inbox's are (the peer's TCP).
     fn group_written(&mut self, group: i64, cseq: u64) {
         if !self.kind.acknowledges() {
             self.groups_unmarked.push((group, cseq));
