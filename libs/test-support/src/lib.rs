@@ -69,6 +69,30 @@ pub fn run_grpcurl(args: &[&str]) -> String {
     stdout
 }
 
+/// Asserts that `grpcurl list`'s output names `own` and, besides it, only
+/// health and reflection: a port's reflection describes what that port
+/// serves, not every contract of the project.
+pub fn assert_lists_only(list: &str, own: &str) {
+    let listed: Vec<&str> = list
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert!(listed.contains(&own), "{own} is not listed: {listed:?}");
+    assert!(
+        listed.contains(&"grpc.health.v1.Health"),
+        "health is not listed: {listed:?}"
+    );
+    for name in &listed {
+        assert!(
+            *name == own
+                || *name == "grpc.health.v1.Health"
+                || name.starts_with("grpc.reflection."),
+            "{name} is listed on {own}'s port: {listed:?}"
+        );
+    }
+}
+
 /// Polls `$cond` until it holds, failing the test after `$timeout`.
 #[macro_export]
 macro_rules! assert_eventually {

@@ -87,10 +87,7 @@ async fn grpcurl_lists_reads_history_conversations_and_marks_read_through_reflec
         tokio::task::spawn_blocking(move || run_grpcurl(&["-plaintext", &list_addr, "list"]))
             .await
             .expect("grpcurl");
-    assert!(
-        list.contains("clusterchat.history.v1.HistoryService"),
-        "{list}"
-    );
+    test_support::assert_lists_only(&list, "clusterchat.history.v1.HistoryService");
     let conversations = tokio::task::spawn_blocking(call("ListConversations", r#"{"user_id":17}"#))
         .await
         .expect("grpcurl");

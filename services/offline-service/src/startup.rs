@@ -35,7 +35,7 @@ impl Application {
         let store = OfflineStore::new(pool, config.limits);
         let server = GrpcServer {
             service_names: vec![SERVICE_NAME],
-            file_descriptor_sets: vec![clusterchat_proto::FILE_DESCRIPTOR_SET],
+            file_descriptor_sets: vec![clusterchat_proto::offline::v1::FILE_DESCRIPTOR_SET],
             request_timeout: config.request_timeout,
             internal_token: config.internal_token,
         }

@@ -43,10 +43,7 @@ async fn grpcurl_lists_stores_and_fetches_through_reflection() {
     .await
     .expect("grpcurl task");
 
-    assert!(
-        list.contains("clusterchat.offline.v1.OfflineService"),
-        "{list}"
-    );
+    test_support::assert_lists_only(&list, "clusterchat.offline.v1.OfflineService");
     assert!(stored.contains("\"position\": \"1\""), "{stored}");
     assert!(fetched.contains("hi 🙂"), "{fetched}");
     shutdown.trigger();

@@ -42,7 +42,7 @@ impl Application {
 
         let server = GrpcServer {
             service_names: vec![SERVICE_NAME],
-            file_descriptor_sets: vec![clusterchat_proto::FILE_DESCRIPTOR_SET],
+            file_descriptor_sets: vec![clusterchat_proto::user::v1::FILE_DESCRIPTOR_SET],
             request_timeout: config.request_timeout,
             internal_token: config.internal_token,
         }

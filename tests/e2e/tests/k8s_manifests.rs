@@ -367,3 +367,48 @@ fn settings_read_by(service: &str) -> Vec<String> {
     assert!(names.len() > 3, "{}: found only {names:?}", path.display());
     names
 }
+
+/// The image bakes the web client in (a node stage builds web/dist), and
+/// every rendering of the manifests points the gateway at that path: on
+/// Kubernetes the product has its page at `/` (the images themselves cannot
+/// be built on these machines; this keeps the two files in step).
+#[test]
+fn the_gateway_image_carries_the_web_client_and_every_overlay_serves_it() {
+    let dockerfile = std::fs::read_to_string(root().join("deploy/docker/Dockerfile")).unwrap();
+    let lines: Vec<&str> = dockerfile.lines().map(str::trim).collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("FROM node:") && l.ends_with(" AS web")),
+        "no web stage in the Dockerfile"
+    );
+    assert!(
+        lines.contains(&"RUN npm ci --no-audit --no-fund"),
+        "the web stage does not install from the lock file"
+    );
+    let copied = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("COPY --from=web /web/dist "))
+        .expect("the runtime stage does not copy web/dist");
+    let env = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("ENV CLUSTERCHAT_GATEWAY_WEB_DIR="))
+        .expect("the image does not point the gateway at the web client");
+    assert_eq!(copied, env);
+
+    for dir in kustomizations() {
+        let file = render(&dir, "web");
+        let docs = documents(&file);
+        let set: Vec<&str> = of_kind(&docs, "ConfigMap")
+            .into_iter()
+            .filter_map(|m| m["data"]["CLUSTERCHAT_GATEWAY_WEB_DIR"].as_str())
+            .collect();
+        assert_eq!(
+            set,
+            vec![env],
+            "{}: the gateway's web directory",
+            dir.display()
+        );
+        std::fs::remove_file(&file).ok();
+    }
+}
