@@ -28,8 +28,8 @@ import { h } from './ui/dom';
 import { Sidebar } from './ui/sidebar';
 import { Toast } from './ui/toast';
 
-const ROSTER_EVERY_MS = 15_000;
-/** Extra roster refreshes (a stranger wrote) at most this often. */
+/** Extra roster refreshes (a stranger wrote, someone new came online) at
+ *  most this often. Presence itself is pushed (msgid 22): nothing polls. */
 const ROSTER_SOON_MS = 3_000;
 const DELIVERED_EVERY_MS = 1_000;
 const TYPING_EVERY_MS = 2_000;
@@ -146,6 +146,9 @@ export class ChatSession {
       case 'delivered':
         store.applyDelivered(frame.conv, frame.id, frame.upto);
         break;
+      case 'presence':
+        if (!store.applyPresence(frame.id, frame.online)) this.refreshRosterSoon();
+        break;
       case 'typing':
         store.setTyping(frame.conv, frame.id, frame.name, now);
         // Hidden again on time, unless another event comes first.
@@ -238,7 +241,7 @@ export class ChatSession {
       this.lastRosterError = '';
       this.scheduleRender();
     } catch (error) {
-      // Polled: say a failure once, not every 15 s.
+      // Asked again at every reconnect: say a failure once.
       if (error instanceof ServerError && error.message !== this.lastRosterError) {
         this.lastRosterError = error.message;
         this.toast.show(error.message);
@@ -543,7 +546,6 @@ export class ChatSession {
     });
     this.root.replaceChildren(this.shell);
     this.timers.push(
-      setInterval(() => void this.refreshRoster(), ROSTER_EVERY_MS),
       // Day labels ("Today") and list times age.
       setInterval(() => this.scheduleRender(), 60_000),
     );

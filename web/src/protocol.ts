@@ -28,6 +28,7 @@ export const MSG = {
   TYPING: 19,
   DELIVERED: 20,
   ROSTER: 21,
+  PRESENCE: 22,
 } as const;
 
 /** The errno of a login ack refused for a wrong id or password. */
@@ -121,6 +122,7 @@ export type ServerFrame =
   | { kind: 'read'; conv: string; reader: number; upto: number }
   | { kind: 'typing'; conv: string; id: number; name: string }
   | { kind: 'delivered'; conv: string; id: number; upto: number }
+  | { kind: 'presence'; id: number; online: boolean }
   | { kind: 'unknown'; body: JsonObject };
 
 // ---- conversations ---------------------------------------------------------
@@ -398,6 +400,12 @@ export function decodeFrame(raw: string): ServerFrame | null {
       const upto = int(object, 'upto');
       if (conv === null || id === null || upto === null) break;
       return { kind: 'delivered', conv, id, upto };
+    }
+    case MSG.PRESENCE: {
+      const id = int(object, 'id');
+      const online = object['online'];
+      if (id === null || typeof online !== 'boolean') break;
+      return { kind: 'presence', id, online };
     }
     default:
       break;

@@ -163,6 +163,25 @@ export class Store {
     }
   }
 
+  /** A friend's or fellow member's presence changed (msgid 22). False when
+   *  nobody here shows them: the roster should be asked for (a new friend,
+   *  a new member). */
+  applyPresence(id: number, online: boolean): boolean {
+    let known = false;
+    for (const c of this.conversations.values()) {
+      if (c.kind === 'direct' && c.peer === id && c.inRoster) {
+        c.online = online;
+        known = true;
+      }
+      const member = c.members.get(id);
+      if (member) {
+        member.online = online;
+        known = true;
+      }
+    }
+    return known;
+  }
+
   /** The conversation list (msgid 17): read marks, unread counts, the last
    *  message of each, and the order. */
   applyConversationList(entries: ConversationEntry[]): void {

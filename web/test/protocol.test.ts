@@ -87,7 +87,7 @@ test('chats: conv follows from the addresses when a frame has none', () => {
   assert.equal(decodeChat({ msgid: 6, id: '5', toid: 2, msg: 'x' }), null);
 });
 
-test('live events: read, typing, delivered; unsolicited errors', () => {
+test('live events: read, typing, delivered, presence; unsolicited errors', () => {
   assert.deepEqual(decodeFrame('{"msgid":18,"conv":"d:1:2","id":2,"upto":9}'), {
     kind: 'read',
     conv: 'd:1:2',
@@ -106,6 +106,13 @@ test('live events: read, typing, delivered; unsolicited errors', () => {
     id: 2,
     upto: 9,
   });
+  assert.deepEqual(decodeFrame('{"id":2,"msgid":22,"online":false}'), {
+    kind: 'presence',
+    id: 2,
+    online: false,
+  });
+  // A presence without its state is not guessed at.
+  assert.equal(decodeFrame('{"id":2,"msgid":22}')?.kind, 'unknown');
   const error = decodeFrame('{"errmsg":"user 9 does not exist","errno":5,"msgid":11}');
   assert.ok(error && error.kind === 'reply');
   assert.equal(error.seq, null);

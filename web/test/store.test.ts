@@ -174,6 +174,19 @@ test('the roster names conversations; a stranger is named by their messages', ()
   assert.equal(store.conversations.has('d:2:3'), false);
 });
 
+test('presence pushed for a friend and a fellow member; an unknown one asks for the roster', () => {
+  const store = new Store(ME, 'alice');
+  store.applyRoster(
+    [{ id: BOB, name: 'bob', online: false }],
+    [{ id: 7, name: 'team', description: '', members: [{ id: 3, name: 'carol', online: true, creator: false }] }],
+  );
+  assert.equal(store.applyPresence(BOB, true), true);
+  assert.equal(store.conversations.get(DM)?.online, true);
+  assert.equal(store.applyPresence(3, false), true);
+  assert.equal(store.conversations.get('g:7')?.members.get(3)?.online, false);
+  assert.equal(store.applyPresence(9, true), false, 'nobody here shows user 9');
+});
+
 test('conversations are ordered by last activity, then by name', () => {
   const store = new Store(ME, 'alice');
   store.applyRoster(

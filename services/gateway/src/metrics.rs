@@ -43,6 +43,8 @@ pub struct GatewayMetrics {
     /// message, what Redis charges most for (one call per shard per batch
     /// on a cluster, one per batch on a single Redis).
     pub script_calls: Family<Labels, Counter>,
+    /// Presence changes published to watchers (one per watcher told).
+    pub presence_announced: Counter,
 }
 
 pub fn metrics() -> &'static GatewayMetrics {
@@ -64,11 +66,17 @@ pub fn metrics() -> &'static GatewayMetrics {
             unnumbered: Counter::default(),
             group_log_gaps: Counter::default(),
             script_calls: Family::default(),
+            presence_announced: Counter::default(),
         };
         register(
             "gateway_connections",
             "Open client connections by transport",
             m.connections.clone(),
+        );
+        register(
+            "gateway_presence_announced",
+            "Presence changes published to watchers, one per watcher told",
+            m.presence_announced.clone(),
         );
         register(
             "gateway_online_users",

@@ -1026,3 +1026,48 @@ async fn a_phone_the_dark_theme_and_the_keyboard() {
     dark.screenshot("conversation").await;
     tokio::join!(phone.quit(), dark.quit());
 }
+
+/// Presence is pushed to the page: a friend logging in on a terminal shows
+/// online in the sidebar and the conversation's header, and offline when
+/// they leave, with no roster polling in the page (it asks for the roster
+/// at login and reconnect only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_friend_coming_and_going_shows_in_the_page_as_it_happens() {
+    let stack = Stack::builder().gateways(2).with_nginx().start().await;
+    let url = page_url(&stack);
+    let a = register_on_terminal(&stack, "alice", "alice-pw").await;
+    let b = register_on_terminal(&stack, "bob", "bob-pw").await;
+    befriend_on_terminal(&stack, a, "alice-pw", b).await;
+    let ab = direct_conv(a, b);
+
+    let alice = Browser::start(&stack, "alice").await;
+    alice.open(&url).await;
+    alice.login(a, "alice-pw").await;
+    alice.wait_conversation(&ab).await;
+    let shows = |online: bool| {
+        format!(
+            "const c = conv(arguments[0]); return !!c && q('presence', c).getAttribute('data-online') === '{online}';"
+        )
+    };
+    alice
+        .wait("bob shown offline", &shows(false), vec![json!(ab)])
+        .await;
+    alice.open_conversation(&ab).await;
+
+    // Bob logs in on the other node.
+    let mut bob = Client::connect(stack.gateways[1].tcp).await;
+    assert_eq!(bob.login_acking(b, "bob-pw", None).await["errno"], 0);
+    alice
+        .wait("bob shown online", &shows(true), vec![json!(ab)])
+        .await;
+    alice.wait_text("conversation-subtitle", "online").await;
+    alice.screenshot("presence-online").await;
+
+    // And leaves.
+    bob.send(&json!({"msgid": 3, "id": b})).await;
+    alice
+        .wait("bob shown offline again", &shows(false), vec![json!(ab)])
+        .await;
+    alice.wait_text("conversation-subtitle", "offline").await;
+    alice.quit().await;
+}

@@ -230,6 +230,14 @@ pub fn typing(event: &Value, names: &Names) -> String {
     }
 }
 
+/// A presence change (msgid 22): `bob (2) is online` / `is offline`.
+pub fn presence(event: &Value, names: &Names) -> Option<String> {
+    let id = event["id"].as_i64()?;
+    let online = event["online"].as_bool()?;
+    let state = if online { "online" } else { "offline" };
+    Some(format!("{} is {state}", names.user(id)))
+}
+
 /// A chat the user sent from another device (its `id` is the user):
 /// `2025-01-01 10:00:05 you (other device) → bob (2): hi`.
 pub fn own_chat_from_other_device(frame: &Value, names: &Names) -> String {

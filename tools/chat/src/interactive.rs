@@ -408,6 +408,13 @@ pub async fn run(endpoint: Endpoint) -> anyhow::Result<()> {
                             print(dim(display::typing(&message, &me.names)));
                         }
                     }
+                    (None, Some(22)) => {
+                        if let Some(me) = session.as_ref()
+                            && let Some(line) = display::presence(&message, &me.names)
+                        {
+                            print(dim(line));
+                        }
+                    }
                     (None, Some(11)) => print(format!("error: {}", message["errmsg"].as_str().unwrap_or("?"))),
                     (None, Some(15)) => {
                         if let Some(me) = session.as_mut() {

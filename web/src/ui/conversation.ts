@@ -73,7 +73,7 @@ export class ConversationView {
     );
     this.headAvatar = h('span', { class: 'avatar-slot' });
     this.title = h('h2', { class: 'chat-title', 'data-testid': 'conversation-title', id: 'chat-title' });
-    this.subtitle = h('p', { class: 'chat-subtitle' });
+    this.subtitle = h('p', { class: 'chat-subtitle', 'data-testid': 'conversation-subtitle' });
     this.topNote = h('div', { class: 'top-note', 'aria-hidden': 'true' });
     this.messagesEl = h('div', {
       class: 'messages',

@@ -2,6 +2,8 @@
 //! and the control channel), handed to the sessions here. A user who has
 //! left has the message in their inbox; it is moved to the offline store.
 
+use std::sync::Arc;
+
 use tokio::sync::mpsc;
 
 use crate::{
@@ -17,7 +19,7 @@ use crate::{
 /// Hands what the subscriber received to the sessions, until the
 /// subscriber stops; a session whose entry did not fit the subscriber's
 /// backlog reads its stores instead.
-pub async fn dispatch(node: &Node, mut events: mpsc::Receiver<BusEvent>) {
+pub async fn dispatch(node: &Arc<Node>, mut events: mpsc::Receiver<BusEvent>) {
     let backlog = node.redis.backlog.clone();
     loop {
         tokio::select! {
@@ -53,7 +55,7 @@ pub async fn dispatch(node: &Node, mut events: mpsc::Receiver<BusEvent>) {
     }
 }
 
-fn on_event(node: &Node, event: BusEvent) {
+fn on_event(node: &Arc<Node>, event: BusEvent) {
     match event {
         BusEvent::ForUser { user, entry } => match ChannelMessage::parse(entry) {
             Some(ChannelMessage::SyncOffline) => node.registry.sync_offline(user),
@@ -66,6 +68,9 @@ fn on_event(node: &Node, event: BusEvent) {
             Some(entry) => hand_group_entry(node, group, &entry),
             None => tracing::warn!(group, "dropping a malformed group log entry"),
         },
+        BusEvent::PresenceExpired(user) => {
+            tokio::spawn(crate::node::presence::expired(node.clone(), user));
+        }
         BusEvent::Control(payload) => {
             if let Some(group) = std::str::from_utf8(&payload)
                 .ok()

@@ -9,6 +9,8 @@
 //! - [`lease`]: this node's presence claims, and whether a session may
 //!   still be written to;
 //! - [`trimmer`]: delivered inbox entries trimmed from Redis in batches;
+//! - [`presence`]: telling friends and fellow group members when a user
+//!   comes online or goes offline;
 //! - [`offline`]: the offline service (storing, moving inboxes there,
 //!   nudging other nodes);
 //! - [`failover`]: waiting for a Redis Cluster shard that fails over.
@@ -27,6 +29,7 @@ pub mod failover;
 pub mod groups;
 pub mod lease;
 pub mod offline;
+pub mod presence;
 pub mod registry;
 pub mod trimmer;
 

@@ -32,6 +32,9 @@ pub enum BusEvent {
     /// shard failed over, a slot moved): whatever was published meanwhile
     /// must be read from their stores (a group's: from its log).
     Resync(Vec<Topic>),
+    /// A user's presence key expired: no session refreshed it (their node
+    /// died, froze or lost Redis), so they are offline. Every node hears it.
+    PresenceExpired(i64),
 }
 
 /// What [`Redis`](super::Redis) asks of the subscriber.
@@ -56,6 +59,29 @@ pub(super) fn topic_of_channel(prefix: &str, channel: &str) -> Option<Topic> {
     }
     let (_, group) = rest.strip_prefix("{h:")?.split_once("}:l:g:")?;
     group.parse().ok().map(Topic::Group)
+}
+
+/// The keyspace notifications of presence keys (database 0): each
+/// subscriber connection listens to this pattern, for presence that ran
+/// out. Redis publishes there with `notify-keyspace-events` holding `K`
+/// and `x` (the subscriber turns them on where Redis lets it); only the
+/// connections with this pattern get anything, and only for presence keys.
+pub(super) fn presence_events_pattern(prefix: &str) -> String {
+    format!("{KEYSPACE}{prefix}{{u:*}}:p")
+}
+
+const KEYSPACE: &str = "__keyspace@0__:";
+
+/// The user whose presence key `channel` (of [`presence_events_pattern`])
+/// is about: `__keyspace@0__:{prefix}{u:ID}:p`.
+pub(super) fn user_of_presence_channel(prefix: &str, channel: &str) -> Option<i64> {
+    channel
+        .strip_prefix(KEYSPACE)?
+        .strip_prefix(prefix)?
+        .strip_prefix("{u:")?
+        .strip_suffix("}:p")?
+        .parse()
+        .ok()
 }
 
 /// What waits between the subscriber and the node, bounded in bytes: past

@@ -67,17 +67,18 @@ impl Redis {
     /// Releases the claim if `owner` still holds it. Retried a few times
     /// (it is idempotent): a command right after Redis restarted can fail
     /// while the connection is re-established, and an unreleased claim
-    /// locks the user out until it expires.
-    pub async fn release_presence(&self, user: i64, owner: &str) -> Result<(), RedisError> {
+    /// locks the user out until it expires. Returns how many sessions still
+    /// hold the user (0: they are offline now).
+    pub async fn release_presence(&self, user: i64, owner: &str) -> Result<u32, RedisError> {
         let mut attempt = 0;
         loop {
-            let released: Result<i64, _> = Script::new(RELEASE_SCRIPT)
+            let released: Result<u32, _> = Script::new(RELEASE_SCRIPT)
                 .key(self.presence_key(user))
                 .arg(owner)
                 .invoke_async(&mut self.commands.clone())
                 .await;
             match released {
-                Ok(_) => return Ok(()),
+                Ok(live) => return Ok(live),
                 Err(e) if attempt >= 3 => return Err(e.into()),
                 Err(_) => {
                     attempt += 1;
@@ -85,6 +86,20 @@ impl Redis {
                 }
             }
         }
+    }
+
+    /// Marks that `user`'s presence ran out, for a few seconds: true for
+    /// the one node that marked it first (which tells their watchers).
+    pub async fn mark_presence_gone(&self, user: i64) -> Result<bool, RedisError> {
+        let marked: Option<String> = redis::cmd("SET")
+            .arg(self.user_key(user, "gone"))
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(10_000)
+            .query_async(&mut self.commands.clone())
+            .await?;
+        Ok(marked.is_some())
     }
 
     /// Extends each claim (re-creating it after a Redis restart). For each,

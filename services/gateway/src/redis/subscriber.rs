@@ -36,7 +36,7 @@ use tokio::{
 
 use super::{
     BusBacklog, BusEvent, RedisError,
-    bus::{SubCommand, Topic, topic_of_channel},
+    bus::{SubCommand, Topic, presence_events_pattern, topic_of_channel, user_of_presence_channel},
     resp::{self, Frame},
     slot::{self, Shard},
 };
@@ -105,6 +105,8 @@ struct Coordinator {
     in_flight: HashSet<String>,
     /// Slot → the address of its master.
     owners: slot::Owners,
+    /// How many masters `owners` names.
+    masters: usize,
     shards: HashMap<Arc<str>, mpsc::UnboundedSender<ShardCmd>>,
     reports: mpsc::UnboundedSender<Report>,
     /// Users and groups whose subscription was restored, to read their
@@ -129,10 +131,16 @@ pub(super) async fn run(mut this: Subscriber) {
         pending: HashSet::from([control]),
         in_flight: HashSet::new(),
         owners: slot::owners(&this.topology.borrow_and_update()),
+        masters: 0,
         shards: HashMap::new(),
         reports: reports_tx,
         restored: Vec::new(),
     };
+    c.masters = {
+        let masters: HashSet<&Arc<str>> = c.owners.iter().flatten().collect();
+        masters.len()
+    };
+    c.connect_every_master();
     let mut retry = tokio::time::interval(Duration::from_millis(250));
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -323,6 +331,7 @@ impl Coordinator {
     /// The slot map changed: channels whose slot has a new owner move.
     fn on_topology(&mut self, shards: &[Shard]) {
         self.owners = slot::owners(shards);
+        self.masters = shards.iter().filter(|s| s.master.is_some()).count();
         let moved: Vec<String> = self
             .placed
             .iter()
@@ -341,9 +350,22 @@ impl Coordinator {
         // Connections to nodes that are no longer masters of anything.
         let masters: HashSet<&str> = shards.iter().filter_map(|s| s.master.as_deref()).collect();
         self.shards.retain(|addr, _| masters.contains(&**addr));
+        self.connect_every_master();
+    }
+
+    /// A connection to every master, whether or not a channel of this node
+    /// lives there: each hears its own keys expire (presence that ran out).
+    fn connect_every_master(&mut self) {
+        let masters: HashSet<Arc<str>> = self.owners.iter().flatten().cloned().collect();
+        for master in masters {
+            self.shard(&master);
+        }
     }
 
     fn retry_pending(&mut self) {
+        if self.shards.len() < self.masters {
+            self.connect_every_master();
+        }
         let channels: Vec<String> = self
             .pending
             .iter()
@@ -359,6 +381,8 @@ impl Coordinator {
 
 /// What a shard's connection waits an answer for, in order.
 enum Waiting {
+    /// The keyspace notifications of presence keys.
+    KeyEvents,
     Subscribe(String, Option<Reply>),
     Unsubscribe(String),
     Ping,
@@ -423,7 +447,59 @@ async fn connect(addr: &str, auth: &Auth) -> Result<TcpStream, RedisError> {
             return Err(RedisError::new(format!("AUTH refused: {e}")));
         }
     }
+    if let Err(why) = enable_expired_events(&mut stream).await {
+        tracing::warn!(shard = %addr, error = %why, "Redis does not tell expired keys (set notify-keyspace-events to include K and x): a user whose node dies is shown online to their friends until they reload");
+    }
     Ok(stream)
+}
+
+/// Makes Redis publish keyspace events of expired keys (what
+/// [`presence_events_pattern`] listens to) if it does not yet:
+/// `notify-keyspace-events` gets `K` and `x` added to what it has. A Redis
+/// that refuses CONFIG (a managed service) must be set so by its operator.
+async fn enable_expired_events(stream: &mut TcpStream) -> Result<(), RedisError> {
+    let mut buf = Vec::new();
+    let mut ask = async |command: &[&[u8]]| -> Result<Frame, RedisError> {
+        stream
+            .write_all(&resp::command(command))
+            .await
+            .map_err(|e| RedisError::new(e.to_string()))?;
+        let frame = tokio::time::timeout(SUBSCRIBER_PING, read_frame(stream, &mut buf))
+            .await
+            .map_err(|_| RedisError::new("CONFIG timed out"))??;
+        match frame {
+            Frame::Error(e) => Err(RedisError::new(e)),
+            frame => Ok(frame),
+        }
+    };
+    let current = match ask(&[b"CONFIG", b"GET", b"notify-keyspace-events"]).await? {
+        Frame::Array(Some(items)) => items.get(1).and_then(Frame::text).unwrap_or("").to_owned(),
+        _ => String::new(),
+    };
+    let wanted = with_expired_events(&current);
+    if wanted != current {
+        ask(&[
+            b"CONFIG",
+            b"SET",
+            b"notify-keyspace-events",
+            wanted.as_bytes(),
+        ])
+        .await?;
+    }
+    Ok(())
+}
+
+/// `flags` with `K` (keyspace notifications) and `x` (expired) added where
+/// missing (`A` already includes `x`).
+fn with_expired_events(flags: &str) -> String {
+    let mut wanted = flags.to_owned();
+    if !wanted.contains('K') {
+        wanted.push('K');
+    }
+    if !wanted.contains('x') && !wanted.contains('A') {
+        wanted.push('x');
+    }
+    wanted
 }
 
 async fn read_frame(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Frame, RedisError> {
@@ -459,57 +535,64 @@ async fn serve_shard(
     let mut ping = tokio::time::interval(SUBSCRIBER_PING);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ping_sent: Option<Instant> = None;
+    let pattern = presence_events_pattern(&sink.prefix);
+    let mut first = Some(resp::command(&[b"PSUBSCRIBE", pattern.as_bytes()]));
+    waiting.push_back(Waiting::KeyEvents);
     loop {
-        let out = tokio::select! {
-            command = commands.recv() => {
-                let Some(command) = command else {
-                    return RedisError::new("no longer needed");
-                };
-                match command {
-                    ShardCmd::Subscribe(channel, reply) => {
-                        let out = resp::command(&[b"SSUBSCRIBE", channel.as_bytes()]);
-                        waiting.push_back(Waiting::Subscribe(channel, reply));
-                        out
-                    }
-                    ShardCmd::Unsubscribe(channel) => {
-                        let out = resp::command(&[b"SUNSUBSCRIBE", channel.as_bytes()]);
-                        waiting.push_back(Waiting::Unsubscribe(channel));
-                        out
-                    }
-                }
-            }
-            read = reader.read_buf(&mut buf) => {
-                match read {
-                    Ok(0) => return RedisError::new("connection closed"),
-                    Err(e) => return RedisError::new(e.to_string()),
-                    Ok(_) => {}
-                }
-                let mut at = 0;
-                loop {
-                    match resp::parse(&buf[at..]) {
-                        Ok(Some((frame, used))) => {
-                            at += used;
-                            if let Err(why) = on_frame(addr, frame, waiting, reports, sink, &mut ping_sent) {
-                                return why;
-                            }
+        let out = if let Some(first) = first.take() {
+            first
+        } else {
+            tokio::select! {
+                command = commands.recv() => {
+                    let Some(command) = command else {
+                        return RedisError::new("no longer needed");
+                    };
+                    match command {
+                        ShardCmd::Subscribe(channel, reply) => {
+                            let out = resp::command(&[b"SSUBSCRIBE", channel.as_bytes()]);
+                            waiting.push_back(Waiting::Subscribe(channel, reply));
+                            out
                         }
-                        Ok(None) => break,
-                        Err(resp::Malformed) => return RedisError::new("malformed reply"),
+                        ShardCmd::Unsubscribe(channel) => {
+                            let out = resp::command(&[b"SUNSUBSCRIBE", channel.as_bytes()]);
+                            waiting.push_back(Waiting::Unsubscribe(channel));
+                            out
+                        }
                     }
                 }
-                buf.drain(..at);
-                continue;
-            }
-            _ = ping.tick() => {
-                if ping_sent.is_some_and(|sent| sent.elapsed() >= SUBSCRIBER_PING * 2) {
-                    return RedisError::new("does not answer PING");
-                }
-                if ping_sent.is_some() {
+                read = reader.read_buf(&mut buf) => {
+                    match read {
+                        Ok(0) => return RedisError::new("connection closed"),
+                        Err(e) => return RedisError::new(e.to_string()),
+                        Ok(_) => {}
+                    }
+                    let mut at = 0;
+                    loop {
+                        match resp::parse(&buf[at..]) {
+                            Ok(Some((frame, used))) => {
+                                at += used;
+                                if let Err(why) = on_frame(addr, frame, waiting, reports, sink, &mut ping_sent) {
+                                    return why;
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(resp::Malformed) => return RedisError::new("malformed reply"),
+                        }
+                    }
+                    buf.drain(..at);
                     continue;
                 }
-                ping_sent = Some(Instant::now());
-                waiting.push_back(Waiting::Ping);
-                resp::command(&[b"PING"])
+                _ = ping.tick() => {
+                    if ping_sent.is_some_and(|sent| sent.elapsed() >= SUBSCRIBER_PING * 2) {
+                        return RedisError::new("does not answer PING");
+                    }
+                    if ping_sent.is_some() {
+                        continue;
+                    }
+                    ping_sent = Some(Instant::now());
+                    waiting.push_back(Waiting::Ping);
+                    resp::command(&[b"PING"])
+                }
             }
         };
         match tokio::time::timeout(SUBSCRIBER_PING * 2, writer.write_all(&out)).await {
@@ -558,6 +641,28 @@ fn on_frame(
                         }
                     }
                 }
+                // A presence key's event: `channel` is the pattern.
+                "pmessage" => {
+                    let key_channel = items.next();
+                    let event = items.next();
+                    let user = key_channel
+                        .as_ref()
+                        .and_then(Frame::text)
+                        .and_then(|c| user_of_presence_channel(&sink.prefix, c));
+                    if let (Some(user), Some("expired")) =
+                        (user, event.as_ref().and_then(Frame::text))
+                    {
+                        match sink.events.try_send(BusEvent::PresenceExpired(user)) {
+                            Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
+                            Err(mpsc::error::TrySendError::Closed(_)) => return Err(stopped()),
+                        }
+                    }
+                }
+                "psubscribe" => {
+                    if matches!(waiting.front(), Some(Waiting::KeyEvents)) {
+                        waiting.pop_front();
+                    }
+                }
                 "ssubscribe" => {
                     if matches!(waiting.front(), Some(Waiting::Subscribe(c, _)) if *c == channel)
                         && let Some(Waiting::Subscribe(channel, reply)) = waiting.pop_front()
@@ -595,6 +700,9 @@ fn on_frame(
                 });
             }
             Some(Waiting::Ping) => *ping_sent = None,
+            Some(Waiting::KeyEvents) => {
+                tracing::warn!(shard = %addr, error = e, "cannot listen for expired presence; a user whose node dies is shown online until their watchers reload")
+            }
             Some(Waiting::Unsubscribe(_)) | None => {}
         },
         _ => {}

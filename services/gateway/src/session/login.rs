@@ -197,6 +197,12 @@ impl Session {
         };
         match prepared.await {
             Ok(mut ack) => {
+                let online = std::mem::take(&mut ack.watchers_online);
+                // The user's first session: their watchers see them come
+                // online before anything they send.
+                if others == 0 {
+                    crate::node::presence::announce_to(&node, user.id, &online, true).await;
+                }
                 ack.deliveries = Some(Box::new(DeliveryState {
                     node: node.clone(),
                     user: user.id,
@@ -236,6 +242,7 @@ impl Session {
         seq: Option<i64>,
     ) -> Result<LoginAck, Failure> {
         let (friends, groups) = self.roster(user.id).await?;
+        let watchers_online = super::presence::watchers_online(user.id, &friends, &groups);
         // Group chats come from the groups' logs: this node takes what is
         // published there from now on, and the writer reads the logs from
         // the user's cursors before anything live.
@@ -275,6 +282,7 @@ impl Session {
             user_id: user.id,
             pending,
             deliveries: None,
+            watchers_online,
         })
     }
 
@@ -337,12 +345,22 @@ impl Session {
             // the user locked: stop waiting after a moment.
             let _ = tokio::time::timeout(Duration::from_secs(2), stopped).await;
         }
-        if let Err(e) = node
+        match node
             .redis
             .release_presence(active.id, &node.session_address(self.connection))
             .await
         {
-            tracing::warn!(error = %e, user = active.id, "cannot release presence; it expires by itself");
+            // The user's last session anywhere: their watchers see them go
+            // (who they are now, from the user service: friends and groups
+            // may have changed since the login, on any node).
+            Ok(0) => {
+                node.tasks
+                    .spawn(crate::node::presence::gone(node.clone(), active.id));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, user = active.id, "cannot release presence; it expires by itself");
+            }
         }
         tracing::info!(
             user = active.id,
@@ -360,4 +378,6 @@ struct LoginAck {
     pending: Pending,
     /// The session's delivery state, handed to the writer once the ack is written.
     deliveries: Option<Box<DeliveryState>>,
+    /// Who sees the user's presence and is online now.
+    watchers_online: Vec<i64>,
 }

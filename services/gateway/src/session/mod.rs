@@ -22,6 +22,7 @@
 mod chat;
 pub mod conversations;
 mod login;
+mod presence;
 mod rate;
 mod roster;
 mod social;
@@ -563,11 +564,21 @@ impl Session {
                     .await;
                 Ok(Map::new())
             }
-            Request::AddFriend { friend, .. } => self.add_friend(user, friend).await,
+            Request::AddFriend { friend, .. } => {
+                let added = self.add_friend(user, friend).await?;
+                self.watched_by(user, &[friend]).await;
+                Ok(added)
+            }
             Request::CreateGroup {
                 name, description, ..
             } => self.create_group(user, name, description).await,
-            Request::AddGroup { group, .. } => self.join_group(user, group).await,
+            Request::AddGroup { group, .. } => {
+                let joined = self.join_group(user, group).await?;
+                if let Ok(members) = self.node.directory.group_members(group).await {
+                    self.watched_by(user, &members).await;
+                }
+                Ok(joined)
+            }
             Request::History {
                 target,
                 before,

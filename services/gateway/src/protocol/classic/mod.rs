@@ -27,8 +27,9 @@ mod roster;
 
 pub use super::conversation::Conversation;
 pub use reply::{
-    delivery_receipt, forward_chat, login_failed, login_ok, login_ok_with, pong, read_receipt,
-    register_failed, register_ok, reply_error, reply_ok, roster_page, typing, with_delivery_fields,
+    delivery_receipt, forward_chat, login_failed, login_ok, login_ok_with, pong, presence,
+    read_receipt, register_failed, register_ok, reply_error, reply_ok, roster_page, typing,
+    with_delivery_fields,
 };
 pub use request::{Parsed, Request, Target, parse};
 pub use roster::{
@@ -68,6 +69,9 @@ pub const TYPING_MSG: i64 = 19;
 pub const DELIVERED_MSG: i64 = 20;
 /// The user's friends and groups with presence, as plain objects (msgid 11).
 pub const ROSTER_MSG: i64 = 21;
+/// Server only: a friend's or fellow group member's presence changed
+/// (`id`, `online`), pushed to sessions that use the additions.
+pub const PRESENCE_MSG: i64 = 22;
 
 /// At most this many messages or conversations per page.
 pub const MAX_PAGE: u32 = 200;

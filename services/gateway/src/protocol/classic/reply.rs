@@ -6,8 +6,8 @@ use serde_json::{Map, Value, json};
 
 use super::roster::{FriendEntry, GroupEntry, friend_json, group_json};
 use super::{
-    Conversation, DELIVERED_MSG, Failure, LOGIN_MSG_ACK, PONG_MSG, READ_MSG, REG_MSG_ACK,
-    REPLY_MSG, ROSTER_PAGE_MSG, TYPING_MSG,
+    Conversation, DELIVERED_MSG, Failure, LOGIN_MSG_ACK, PONG_MSG, PRESENCE_MSG, READ_MSG,
+    REG_MSG_ACK, REPLY_MSG, ROSTER_PAGE_MSG, TYPING_MSG,
 };
 
 fn encode(value: Map<String, Value>) -> Vec<u8> {
@@ -172,6 +172,15 @@ pub fn typing(conversation: &Conversation, id: i64, name: &str) -> Vec<u8> {
         event.insert("groupid".into(), (*group).into());
     }
     encode(event)
+}
+
+/// `{"msgid":22,"id":..,"online":..}`: a friend or fellow group member came
+/// online (their first session) or went offline (their last one ended, or
+/// its lease ran out).
+pub fn presence(id: i64, online: bool) -> Vec<u8> {
+    encode(object(
+        json!({"id": id, "msgid": PRESENCE_MSG, "online": online}),
+    ))
 }
 
 /// `{"msgid":14}` (with `seq` when the ping had one).

@@ -1,0 +1,190 @@
+//! Live presence (msgid 22): a friend's or fellow group member's first login
+//! and last logout are pushed to the clients that show them, across nodes,
+//! in order with the chats; a node that dies is told by its users' presence
+//! running out. Classic clients never see the frame.
+
+use std::time::Duration;
+
+use e2e::{Client, Stack, chat};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+const PATIENCE: Duration = Duration::from_secs(15);
+
+/// The next frame `want` accepts (acknowledging chats on the way); the
+/// others are kept in `skipped`.
+async fn next_where(
+    client: &mut Client,
+    skipped: &mut Vec<Value>,
+    want: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = client
+            .try_recv_line(left)
+            .await
+            .unwrap_or_else(|| panic!("the awaited frame in time; got {skipped:?}"));
+        let value: Value = serde_json::from_str(&line).expect("json");
+        if let Some(rseq) = value["rseq"].as_u64() {
+            client.send(&json!({"msgid": 12, "ack": rseq})).await;
+        }
+        if want(&value) {
+            return value;
+        }
+        skipped.push(value);
+    }
+}
+
+fn is_presence(v: &Value) -> bool {
+    v["msgid"] == 22
+}
+
+fn presence(id: i64, online: bool) -> Value {
+    json!({"msgid": 22, "id": id, "online": online})
+}
+
+#[tokio::test]
+async fn a_friends_login_and_logout_are_pushed_before_their_chats_and_never_to_classic_clients() {
+    let stack = Stack::builder().gateways(2).start().await;
+    let mut alice = Client::connect(stack.gateways[0].tcp).await;
+    let mut bob = Client::connect(stack.gateways[1].tcp).await;
+    let mut carol = Client::connect(stack.gateways[1].tcp).await;
+    let a = alice.register("alice", "pa").await;
+    let b = bob.register("bob", "pb").await;
+    let c = carol.register("carol", "pc").await;
+    assert_eq!(bob.login_acking(b, "pb", None).await["errno"], 0);
+    // carol is a classic client (no additions): she gets no msgid 22.
+    carol.login_ok(c, "pc").await;
+    let mut skipped = Vec::new();
+
+    // alice logs in, then befriends bob and carol: bob hears she is online
+    // (a new watcher is told at once).
+    assert_eq!(alice.login_acking(a, "pa", None).await["errno"], 0);
+    for (seq, friend) in [(1, b), (2, c)] {
+        let added = alice
+            .call(json!({"msgid": 7, "id": a, "friendid": friend}), seq)
+            .await;
+        assert_eq!(added["errno"], 0, "{added}");
+    }
+    let online = next_where(&mut bob, &mut skipped, is_presence).await;
+    assert_eq!(online, presence(a, true));
+
+    // Logging out: bob sees her go.
+    alice.send(&json!({"msgid": 3, "id": a})).await;
+    let offline = next_where(&mut bob, &mut skipped, is_presence).await;
+    assert_eq!(offline, presence(a, false));
+
+    // Back on another connection: "online" comes before her first chat.
+    let mut alice = Client::connect(stack.gateways[0].tcp).await;
+    assert_eq!(alice.login_acking(a, "pa", None).await["errno"], 0);
+    alice.send(&chat(a, b, "back")).await;
+    let first = next_where(&mut bob, &mut skipped, |v| {
+        is_presence(v) || v["msgid"] == 6
+    })
+    .await;
+    assert_eq!(first, presence(a, true), "presence first, then the chat");
+    let chat = next_where(&mut bob, &mut skipped, |v| v["msgid"] == 6).await;
+    assert_eq!(chat["msg"], "back");
+
+    // A second device of alice is not news; its logout is not either, the
+    // first device still holds her.
+    let mut phone = Client::connect(stack.gateways[1].tcp).await;
+    assert_eq!(phone.login_acking(a, "pa", None).await["errno"], 0);
+    phone.send(&json!({"msgid": 3, "id": a})).await;
+    let quiet = bob.frames_until_quiet(Duration::from_secs(1)).await;
+    assert!(!quiet.iter().any(is_presence), "{quiet:?}");
+
+    // The classic friend got chats' worth of nothing: no msgid 22 at all.
+    let classic = carol.frames_until_quiet(Duration::from_millis(500)).await;
+    assert!(!classic.iter().any(is_presence), "{classic:?}");
+    assert!(skipped.iter().all(|v| !is_presence(v)), "{skipped:?}");
+}
+
+#[tokio::test]
+async fn group_members_see_each_other_come_and_go() {
+    let stack = Stack::builder().gateways(2).start().await;
+    let mut alice = Client::connect(stack.gateways[0].tcp).await;
+    let mut dave = Client::connect(stack.gateways[1].tcp).await;
+    let a = alice.register("alice", "pa").await;
+    let d = dave.register("dave", "pd").await;
+    assert_eq!(dave.login_acking(d, "pd", None).await["errno"], 0);
+    let group = dave
+        .call(
+            json!({"msgid": 8, "id": d, "groupname": "g", "groupdesc": ""}),
+            1,
+        )
+        .await["groupid"]
+        .as_i64()
+        .expect("groupid");
+    assert_eq!(alice.login_acking(a, "pa", None).await["errno"], 0);
+    let joined = alice
+        .call(json!({"msgid": 9, "id": a, "groupid": group}), 2)
+        .await;
+    assert_eq!(joined["errno"], 0, "{joined}");
+    let mut skipped = Vec::new();
+    // Joining tells the members who is new (and online).
+    assert_eq!(
+        next_where(&mut dave, &mut skipped, is_presence).await,
+        presence(a, true)
+    );
+    // Not friends, one group: dave sees alice leave and come back.
+    drop(alice);
+    assert_eq!(
+        next_where(&mut dave, &mut skipped, is_presence).await,
+        presence(a, false)
+    );
+    let mut alice = Client::connect(stack.gateways[1].tcp).await;
+    assert_eq!(alice.login_acking(a, "pa", None).await["errno"], 0);
+    assert_eq!(
+        next_where(&mut dave, &mut skipped, is_presence).await,
+        presence(a, true)
+    );
+    // And alice, logged in, is told about dave leaving.
+    dave.send(&json!({"msgid": 3, "id": d})).await;
+    assert_eq!(
+        next_where(&mut alice, &mut skipped, is_presence).await,
+        presence(d, false)
+    );
+}
+
+#[tokio::test]
+async fn a_user_whose_node_is_killed_is_shown_offline_once_their_presence_runs_out() {
+    // A short presence TTL, so the test waits seconds, not ten.
+    let mut stack = Stack::builder()
+        .gateways(2)
+        .gateway_env("CLUSTERCHAT_GATEWAY_PRESENCE_TTL_MS", "2000")
+        .start()
+        .await;
+    let mut alice = Client::connect(stack.gateways[0].tcp).await;
+    let mut bob = Client::connect(stack.gateways[1].tcp).await;
+    let a = alice.register("alice", "pa").await;
+    let b = bob.register("bob", "pb").await;
+    assert_eq!(bob.login_acking(b, "pb", None).await["errno"], 0);
+    assert_eq!(alice.login_acking(a, "pa", None).await["errno"], 0);
+    let added = alice
+        .call(json!({"msgid": 7, "id": a, "friendid": b}), 1)
+        .await;
+    assert_eq!(added["errno"], 0, "{added}");
+    let mut skipped = Vec::new();
+    assert_eq!(
+        next_where(&mut bob, &mut skipped, is_presence).await,
+        presence(a, true)
+    );
+
+    // alice's node dies without a word; her presence key expires and one
+    // node tells bob, once.
+    let killed = Instant::now();
+    stack.kill_gateway(0).await;
+    assert_eq!(
+        next_where(&mut bob, &mut skipped, is_presence).await,
+        presence(a, false)
+    );
+    let took = killed.elapsed();
+    let after = bob.frames_until_quiet(Duration::from_secs(2)).await;
+    assert!(
+        !after.iter().any(is_presence),
+        "told more than once: {after:?}"
+    );
+    eprintln!("offline {took:?} after the kill (presence TTL 2 s)");
+}
