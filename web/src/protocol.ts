@@ -421,6 +421,7 @@ export const encode = {
     id,
     password,
     acks: true,
+    presence: true,
     ...(since > 0 ? { since } : {}),
   }),
   register: (name: string, password: string): JsonObject => ({ msgid: MSG.REGISTER, name, password }),

@@ -126,8 +126,8 @@ test('requests', () => {
   assert.deepEqual(encode.chat(2, 'd:1:2', 'hi', 'c1'), { msgid: 6, id: 2, toid: 1, msg: 'hi', cmid: 'c1' });
   assert.deepEqual(encode.chat(1, 'g:7', 'hi', 'c1'), { msgid: 10, id: 1, groupid: 7, msg: 'hi', cmid: 'c1' });
   assert.equal(encode.chat(3, 'd:1:2', 'hi', 'c1'), null);
-  assert.deepEqual(encode.login(1, 'pw', 0), { msgid: 1, id: 1, password: 'pw', acks: true });
-  assert.deepEqual(encode.login(1, 'pw', 42), { msgid: 1, id: 1, password: 'pw', acks: true, since: 42 });
+  assert.deepEqual(encode.login(1, 'pw', 0), { msgid: 1, id: 1, password: 'pw', acks: true, presence: true });
+  assert.deepEqual(encode.login(1, 'pw', 42), { msgid: 1, id: 1, password: 'pw', acks: true, presence: true, since: 42 });
   assert.deepEqual(encode.history('g:7', { after: 10, limit: 200 }), { msgid: 16, conv: 'g:7', after: 10, limit: 200 });
   assert.deepEqual(encode.history('g:7', {}), { msgid: 16, conv: 'g:7' });
 });

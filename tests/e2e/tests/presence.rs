@@ -1,7 +1,8 @@
 //! Live presence (msgid 22): a friend's or fellow group member's first login
 //! and last logout are pushed to the clients that show them, across nodes,
 //! in order with the chats; a node that dies is told by its users' presence
-//! running out. Classic clients never see the frame.
+//! running out. Only sessions that asked at login (`"presence":true`) get
+//! the frame; classic clients never do.
 
 use std::time::Duration;
 
@@ -36,6 +37,15 @@ async fn next_where(
     }
 }
 
+/// Logs in as a device that wants presence pushed (`"presence":true`).
+async fn login_watching(client: &mut Client, id: i64, password: &str) {
+    client
+        .send(&json!({"msgid": 1, "id": id, "password": password, "acks": true, "presence": true}))
+        .await;
+    let ack = client.recv().await;
+    assert_eq!(ack["errno"], 0, "{ack}");
+}
+
 fn is_presence(v: &Value) -> bool {
     v["msgid"] == 22
 }
@@ -45,7 +55,7 @@ fn presence(id: i64, online: bool) -> Value {
 }
 
 #[tokio::test]
-async fn a_friends_login_and_logout_are_pushed_before_their_chats_and_never_to_classic_clients() {
+async fn a_friends_login_and_logout_are_pushed_before_their_chats_only_to_clients_that_ask() {
     let stack = Stack::builder().gateways(2).start().await;
     let mut alice = Client::connect(stack.gateways[0].tcp).await;
     let mut bob = Client::connect(stack.gateways[1].tcp).await;
@@ -53,15 +63,19 @@ async fn a_friends_login_and_logout_are_pushed_before_their_chats_and_never_to_c
     let a = alice.register("alice", "pa").await;
     let b = bob.register("bob", "pb").await;
     let c = carol.register("carol", "pc").await;
-    assert_eq!(bob.login_acking(b, "pb", None).await["errno"], 0);
-    // carol is a classic client (no additions): she gets no msgid 22.
+    let mut erin = Client::connect(stack.gateways[1].tcp).await;
+    let e = erin.register("erin", "pe").await;
+    login_watching(&mut bob, b, "pb").await;
+    // carol is a classic client (no additions), erin a device that did not
+    // ask for presence: neither gets msgid 22.
     carol.login_ok(c, "pc").await;
+    assert_eq!(erin.login_acking(e, "pe", None).await["errno"], 0);
     let mut skipped = Vec::new();
 
     // alice logs in, then befriends bob and carol: bob hears she is online
     // (a new watcher is told at once).
-    assert_eq!(alice.login_acking(a, "pa", None).await["errno"], 0);
-    for (seq, friend) in [(1, b), (2, c)] {
+    login_watching(&mut alice, a, "pa").await;
+    for (seq, friend) in [(1, b), (2, c), (3, e)] {
         let added = alice
             .call(json!({"msgid": 7, "id": a, "friendid": friend}), seq)
             .await;
@@ -77,7 +91,7 @@ async fn a_friends_login_and_logout_are_pushed_before_their_chats_and_never_to_c
 
     // Back on another connection: "online" comes before her first chat.
     let mut alice = Client::connect(stack.gateways[0].tcp).await;
-    assert_eq!(alice.login_acking(a, "pa", None).await["errno"], 0);
+    login_watching(&mut alice, a, "pa").await;
     alice.send(&chat(a, b, "back")).await;
     let first = next_where(&mut bob, &mut skipped, |v| {
         is_presence(v) || v["msgid"] == 6
@@ -90,7 +104,7 @@ async fn a_friends_login_and_logout_are_pushed_before_their_chats_and_never_to_c
     // A second device of alice is not news; its logout is not either, the
     // first device still holds her.
     let mut phone = Client::connect(stack.gateways[1].tcp).await;
-    assert_eq!(phone.login_acking(a, "pa", None).await["errno"], 0);
+    login_watching(&mut phone, a, "pa").await;
     phone.send(&json!({"msgid": 3, "id": a})).await;
     let quiet = bob.frames_until_quiet(Duration::from_secs(1)).await;
     assert!(!quiet.iter().any(is_presence), "{quiet:?}");
@@ -98,6 +112,8 @@ async fn a_friends_login_and_logout_are_pushed_before_their_chats_and_never_to_c
     // The classic friend got chats' worth of nothing: no msgid 22 at all.
     let classic = carol.frames_until_quiet(Duration::from_millis(500)).await;
     assert!(!classic.iter().any(is_presence), "{classic:?}");
+    let unasked = erin.frames_until_quiet(Duration::from_millis(500)).await;
+    assert!(!unasked.iter().any(is_presence), "{unasked:?}");
     assert!(skipped.iter().all(|v| !is_presence(v)), "{skipped:?}");
 }
 
@@ -108,7 +124,7 @@ async fn group_members_see_each_other_come_and_go() {
     let mut dave = Client::connect(stack.gateways[1].tcp).await;
     let a = alice.register("alice", "pa").await;
     let d = dave.register("dave", "pd").await;
-    assert_eq!(dave.login_acking(d, "pd", None).await["errno"], 0);
+    login_watching(&mut dave, d, "pd").await;
     let group = dave
         .call(
             json!({"msgid": 8, "id": d, "groupname": "g", "groupdesc": ""}),
@@ -117,7 +133,7 @@ async fn group_members_see_each_other_come_and_go() {
         .await["groupid"]
         .as_i64()
         .expect("groupid");
-    assert_eq!(alice.login_acking(a, "pa", None).await["errno"], 0);
+    login_watching(&mut alice, a, "pa").await;
     let joined = alice
         .call(json!({"msgid": 9, "id": a, "groupid": group}), 2)
         .await;
@@ -135,7 +151,7 @@ async fn group_members_see_each_other_come_and_go() {
         presence(a, false)
     );
     let mut alice = Client::connect(stack.gateways[1].tcp).await;
-    assert_eq!(alice.login_acking(a, "pa", None).await["errno"], 0);
+    login_watching(&mut alice, a, "pa").await;
     assert_eq!(
         next_where(&mut dave, &mut skipped, is_presence).await,
         presence(a, true)
@@ -160,8 +176,8 @@ async fn a_user_whose_node_is_killed_is_shown_offline_once_their_presence_runs_o
     let mut bob = Client::connect(stack.gateways[1].tcp).await;
     let a = alice.register("alice", "pa").await;
     let b = bob.register("bob", "pb").await;
-    assert_eq!(bob.login_acking(b, "pb", None).await["errno"], 0);
-    assert_eq!(alice.login_acking(a, "pa", None).await["errno"], 0);
+    login_watching(&mut bob, b, "pb").await;
+    login_watching(&mut alice, a, "pa").await;
     let added = alice
         .call(json!({"msgid": 7, "id": a, "friendid": b}), 1)
         .await;

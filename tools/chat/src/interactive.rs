@@ -171,6 +171,7 @@ pub async fn run(endpoint: Endpoint) -> anyhow::Result<()> {
                     State::LoginPassword(id) => {
                         let s = next_seq();
                         let mut request = conn.deliveries.login_request(id, &line);
+                        request["presence"] = true.into();
                         request["seq"] = s.into();
                         conn.send(&request)?;
                         pending.insert(s, Pending::Login { id, password: line });
@@ -232,6 +233,7 @@ pub async fn run(endpoint: Endpoint) -> anyhow::Result<()> {
                     if let Some(me) = &session {
                         seq += 1;
                         let mut request = conn.deliveries.login_request(me.id, &me.password);
+                        request["presence"] = true.into();
                         request["seq"] = seq.into();
                         conn.send(&request)?;
                         pending.insert(seq, Pending::Relogin { attempt: 1 });
@@ -272,6 +274,7 @@ pub async fn run(endpoint: Endpoint) -> anyhow::Result<()> {
                             tokio::time::sleep(Duration::from_millis(500)).await;
                             seq += 1;
                             let mut request = conn.deliveries.login_request(me.id, &me.password);
+                        request["presence"] = true.into();
                             request["seq"] = seq.into();
                             conn.send(&request)?;
                             pending.insert(seq, Pending::Relogin { attempt: attempt + 1 });

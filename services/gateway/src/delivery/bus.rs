@@ -61,6 +61,7 @@ fn on_event(node: &Arc<Node>, event: BusEvent) {
             Some(ChannelMessage::SyncOffline) => node.registry.sync_offline(user),
             Some(ChannelMessage::PeersJoined) => node.registry.device_joined(user),
             Some(ChannelMessage::Live { except, frame }) => hand_live(node, user, &except, &frame),
+            Some(ChannelMessage::Presence(frame)) => node.registry.hand_presence(user, &frame),
             Some(ChannelMessage::Entry(entry)) => hand_entry(node, user, entry),
             None => tracing::warn!(user, "dropping a malformed bus message"),
         },

@@ -45,9 +45,8 @@ pub async fn announce_to(node: &Node, user: i64, watchers: &[i64], online: bool)
     if watchers.is_empty() {
         return;
     }
-    // No session is excepted: "-" names none.
     node.redis
-        .publish_live(watchers, "-", &classic::presence(user, online))
+        .publish_presence(watchers, &classic::presence(user, online))
         .await;
     metrics().presence_announced.inc_by(watchers.len() as u64);
 }

@@ -193,6 +193,8 @@ pub struct LocalSession {
     /// Other sessions of the user exist (here or elsewhere), as last seen:
     /// the chats it sends go to them too.
     pub peers: Arc<AtomicBool>,
+    /// The client asked for presence changes (msgid 22) at login.
+    pub presence: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -360,6 +362,29 @@ impl Registry {
         }
     }
 
+    /// Queues a presence change for the user's sessions that asked for
+    /// them; a full queue drops it (the next roster has the state).
+    pub fn hand_presence(&self, user: i64, frame: &[u8]) {
+        let targets: Vec<_> = match self.lock().get(&user) {
+            Some(here) => here
+                .iter()
+                .filter(|s| s.presence)
+                .map(|s| (s.deliveries.clone(), s.queued.clone()))
+                .collect(),
+            None => return,
+        };
+        for (tx, queued) in targets {
+            let mut delivery = Delivery::live(frame.to_vec());
+            delivery.charge = queued.charge(delivery.frame.len()).ok();
+            if delivery.charge.is_none() || tx.try_send(delivery).is_err() {
+                metrics()
+                    .overflowed
+                    .get_or_create(&label("queue", "live"))
+                    .inc();
+            }
+        }
+    }
+
     /// Asks every session to read its offline store and inbox (after the
     /// subscriber reconnected: Redis may have been down, and messages
     /// stored offline meanwhile).
@@ -445,6 +470,7 @@ mod tests {
             queued: QueuedBytes::new(1 << 20, unbounded()),
             sync: sync.clone(),
             kick: CancellationToken::new(),
+            presence: false,
             kind: ClientKind::Classic,
             peers: Arc::default(),
         };
@@ -496,6 +522,7 @@ mod tests {
             queued: queued.clone(),
             sync: sync.clone(),
             kick: CancellationToken::new(),
+            presence: false,
             kind: ClientKind::Classic,
             peers: Arc::default(),
         };
@@ -526,6 +553,7 @@ mod tests {
                 queued: QueuedBytes::new(1 << 20, unbounded()),
                 sync: Arc::new(SyncSignal::default()),
                 kick: CancellationToken::new(),
+                presence: false,
                 kind: if device {
                     ClientKind::Device
                 } else {

@@ -186,6 +186,14 @@ fn live_entry(except: &str, frame: &[u8]) -> Vec<u8> {
     entry
 }
 
+/// Published on a user's channel, never recorded: a presence change
+/// (msgid 22) for the user's sessions that asked for them at login.
+fn presence_entry(frame: &[u8]) -> Vec<u8> {
+    let mut entry = b"0 presence\n".to_vec();
+    entry.extend_from_slice(frame);
+    entry
+}
+
 /// Published on a user's channel when one of their devices logs in: the
 /// sessions of the user elsewhere start sending their own chats to their
 /// other devices.
@@ -214,6 +222,8 @@ pub enum ChannelMessage {
     /// A [`live_entry`]: a frame for the user's sessions except `except`
     /// (`node/connection`).
     Live { except: String, frame: Vec<u8> },
+    /// A [`presence_entry`]: a friend's or fellow member's presence changed.
+    Presence(Vec<u8>),
 }
 
 impl ChannelMessage {
@@ -226,6 +236,10 @@ impl ChannelMessage {
             Some(Self::SyncOffline)
         } else if bytes == DEVICE_JOINED {
             Some(Self::PeersJoined)
+        } else if bytes.starts_with(b"0 presence\n") {
+            let mut frame = bytes;
+            frame.drain(..b"0 presence\n".len());
+            Some(Self::Presence(frame))
         } else if bytes.starts_with(b"0 live ") {
             let (except, header) = parse_live(&bytes)
                 .map(|(except, frame)| (except.to_owned(), bytes.len() - frame.len()))?;
@@ -290,6 +304,11 @@ impl Redis {
     /// never recorded anywhere): a failure is logged.
     pub async fn publish_live(&self, users: &[i64], except: &str, frame: &[u8]) {
         self.publish_raw(users, &live_entry(except, frame)).await;
+    }
+
+    /// Publishes a presence change to each user's channel, best effort.
+    pub async fn publish_presence(&self, users: &[i64], frame: &[u8]) {
+        self.publish_raw(users, &presence_entry(frame)).await;
     }
 
     /// Publishes `entry` as it is to each user's channel, best effort.

@@ -64,8 +64,8 @@ impl Session {
         &mut self,
         id: i64,
         password: String,
-        acks: bool,
-        since: u64,
+        // Acknowledges, resumes after, wants presence pushed.
+        (acks, since, presence): (bool, u64, bool),
         seq: Option<i64>,
     ) {
         if let Some(active) = &self.active {
@@ -84,7 +84,10 @@ impl Session {
             self.mark_uses_additions().await;
             self.heartbeats = true;
         }
-        match self.try_login(id, password, acks, since, seq).await {
+        match self
+            .try_login(id, password, (acks, since, presence), seq)
+            .await
+        {
             Ok(ack) => self.finish_login(ack).await,
             Err(failure) => {
                 self.send_failure(&failure, classic::login_failed(&failure, seq))
@@ -97,8 +100,7 @@ impl Session {
         &mut self,
         id: i64,
         password: String,
-        acks: bool,
-        since: u64,
+        (acks, since, presence): (bool, u64, bool),
         seq: Option<i64>,
     ) -> Result<LoginAck, Failure> {
         let node = self.node.clone();
@@ -165,6 +167,7 @@ impl Session {
             kick: kick.clone(),
             kind,
             peers: peers.clone(),
+            presence: presence && kind.uses_additions(),
         };
         if !node.registry.insert(user.id, local) {
             let _ = node.redis.release_presence(user.id, &me).await;

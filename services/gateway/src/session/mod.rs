@@ -462,7 +462,8 @@ impl Session {
                 password,
                 acks,
                 since,
-            } => self.login(id, password, acks, since, seq).await,
+                presence,
+            } => self.login(id, password, (acks, since, presence), seq).await,
             Request::Register { name, password } => self.register(name, password, seq).await,
             Request::Ping => {
                 self.mark_uses_additions().await;

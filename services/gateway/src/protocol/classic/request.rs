@@ -19,6 +19,8 @@ pub enum Request {
         acks: bool,
         /// Resume after this receiver sequence (what the client has).
         since: u64,
+        /// Push friends' and fellow members' presence changes (msgid 22).
+        presence: bool,
     },
     Logout {
         id: Option<i64>,
@@ -152,16 +154,13 @@ fn parse_request(mut object: Map<String, Value>) -> Result<Request, Failure> {
     let request = match msgid {
         LOGIN_MSG => {
             let since = optional_int(&object, "since")?;
-            let acks = match object.get("acks") {
-                None | Some(Value::Null) => false,
-                Some(Value::Bool(b)) => *b,
-                Some(_) => return Err(Failure::bad_request("acks must be true or false")),
-            };
+            let acks = optional_bool(&object, "acks")?;
             Request::Login {
                 id: required_int(&object, "id")?,
                 password: required_str(&object, "password")?,
                 acks: acks || since.is_some(),
                 since: non_negative(since.unwrap_or(0), "since")?,
+                presence: optional_bool(&object, "presence")?,
             }
         }
         LOGINOUT_MSG => Request::Logout {
@@ -326,6 +325,17 @@ fn required_int(object: &Map<String, Value>, field: &str) -> Result<i64, Failure
     optional_int(object, field)?.ok_or_else(|| Failure::bad_request(format!("{field} is missing")))
 }
 
+/// A flag: absent or null is false.
+fn optional_bool(object: &Map<String, Value>, field: &str) -> Result<bool, Failure> {
+    match object.get(field) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(Failure::bad_request(format!(
+            "{field} must be true or false"
+        ))),
+    }
+}
+
 fn optional_int(object: &Map<String, Value>, field: &str) -> Result<Option<i64>, Failure> {
     match object.get(field) {
         None | Some(Value::Null) => Ok(None),
@@ -371,6 +381,7 @@ mod tests {
                 password: "x".into(),
                 acks: false,
                 since: 0,
+                presence: false,
             })
         );
         let p = parse(br#"{"msgid":1,"id":3,"password":"x","since":17}"#);
