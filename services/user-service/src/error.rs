@@ -12,6 +12,9 @@ pub enum UserError {
     FailedPrecondition(String),
     #[error("id or password is invalid")]
     BadCredentials,
+    /// A session token that is unknown, ended or expired.
+    #[error("the session has ended or expired; log in with your password")]
+    SessionEnded,
     /// A bound was reached (a full group, too many groups); says which.
     #[error("{0}")]
     LimitReached(String),
@@ -42,7 +45,9 @@ impl From<UserError> for tonic::Status {
             UserError::NotFound(m) => Status::not_found(m),
             UserError::AlreadyExists(m) => Status::already_exists(m),
             UserError::FailedPrecondition(m) => Status::failed_precondition(m),
-            UserError::BadCredentials => Status::unauthenticated(error.to_string()),
+            UserError::BadCredentials | UserError::SessionEnded => {
+                Status::unauthenticated(error.to_string())
+            }
             UserError::LimitReached(m) => Status::resource_exhausted(m),
             UserError::Busy => Status::resource_exhausted(error.to_string()),
             UserError::Unavailable(cause) => {

@@ -72,9 +72,94 @@ impl pb::user_service_server::UserService for UserGrpc {
         // as a wrong one.
         let password =
             Password::parse(req.password).map_err(|_| crate::UserError::BadCredentials)?;
+        if req.start_session {
+            let (user, session) = self
+                .users
+                .login_with_session(req.id, password, &req.device)
+                .await?;
+            return Ok(Response::new(pb::LoginResponse {
+                user: Some(user_to_pb(user)),
+                token: session.token,
+                expires_at_ms: session.expires_at_ms,
+            }));
+        }
         let user = self.users.login(req.id, password).await?;
         Ok(Response::new(pb::LoginResponse {
             user: Some(user_to_pb(user)),
+            ..Default::default()
+        }))
+    }
+
+    async fn resume_session(
+        &self,
+        request: Request<pb::ResumeSessionRequest>,
+    ) -> Reply<pb::ResumeSessionResponse> {
+        let (user, expires_at_ms) = self
+            .users
+            .resume_session(&request.into_inner().token)
+            .await?;
+        Ok(Response::new(pb::ResumeSessionResponse {
+            user: Some(user_to_pb(user)),
+            expires_at_ms,
+        }))
+    }
+
+    async fn end_session(
+        &self,
+        request: Request<pb::EndSessionRequest>,
+    ) -> Reply<pb::EndSessionResponse> {
+        let ended = self.users.end_session(&request.into_inner().token).await?;
+        Ok(Response::new(pb::EndSessionResponse { ended }))
+    }
+
+    async fn end_all_sessions(
+        &self,
+        request: Request<pb::EndAllSessionsRequest>,
+    ) -> Reply<pb::EndAllSessionsResponse> {
+        let user = UserId::parse(request.into_inner().user_id, "user_id")?;
+        let ended = self.users.end_all_sessions(user).await?;
+        Ok(Response::new(pb::EndAllSessionsResponse {
+            ended: ended.try_into().unwrap_or(i32::MAX),
+        }))
+    }
+
+    async fn change_password(
+        &self,
+        request: Request<pb::ChangePasswordRequest>,
+    ) -> Reply<pb::ChangePasswordResponse> {
+        let req = request.into_inner();
+        let password =
+            Password::parse(req.password).map_err(|_| crate::UserError::BadCredentials)?;
+        let new_password = Password::parse(req.new_password).map_err(|e| match e {
+            crate::UserError::InvalidArgument(m) => {
+                crate::UserError::InvalidArgument(format!("new {m}"))
+            }
+            other => other,
+        })?;
+        let ended = self
+            .users
+            .change_password(req.id, password, new_password, &req.keep_token)
+            .await?;
+        Ok(Response::new(pb::ChangePasswordResponse {
+            sessions_ended: ended.try_into().unwrap_or(i32::MAX),
+        }))
+    }
+
+    async fn list_sessions(
+        &self,
+        request: Request<pb::ListSessionsRequest>,
+    ) -> Reply<pb::ListSessionsResponse> {
+        let user = UserId::parse(request.into_inner().user_id, "user_id")?;
+        let sessions = self.users.sessions(user).await?;
+        Ok(Response::new(pb::ListSessionsResponse {
+            sessions: sessions
+                .into_iter()
+                .map(|s| pb::Session {
+                    device: s.device,
+                    started_at_ms: s.started_at_ms,
+                    expires_at_ms: s.expires_at_ms,
+                })
+                .collect(),
         }))
     }
 

@@ -15,6 +15,7 @@ pub mod error;
 pub mod grpc;
 pub mod password;
 pub mod service;
+pub mod sessions;
 pub mod startup;
 pub mod store;
 

@@ -8,8 +8,20 @@ use crate::{
     },
     error::UserError,
     password::PasswordHasher,
+    sessions::{self, SESSION_TTL, SessionInfo},
     store::{GroupsPage, UserStore},
 };
+
+/// A session started at login: its token (shown to the client once) and
+/// when it expires unless used.
+pub struct NewSession {
+    pub token: String,
+    pub expires_at_ms: i64,
+}
+
+fn ttl_ms() -> i64 {
+    SESSION_TTL.as_millis() as i64
+}
 
 #[derive(Clone)]
 pub struct Users {
@@ -52,6 +64,80 @@ impl Users {
         } else {
             Err(UserError::BadCredentials)
         }
+    }
+
+    /// A login that also starts a session on `device`.
+    pub async fn login_with_session(
+        &self,
+        id: i64,
+        password: Password,
+        device: &str,
+    ) -> Result<(User, NewSession), UserError> {
+        let user = self.login(id, password).await?;
+        let (token, hash) = sessions::new_token();
+        let now = sessions::now_ms();
+        let expires_at_ms = now + ttl_ms();
+        self.store
+            .insert_session(
+                hash,
+                user.id,
+                &sessions::device_name(device),
+                (now, expires_at_ms),
+            )
+            .await?;
+        Ok((
+            user,
+            NewSession {
+                token,
+                expires_at_ms,
+            },
+        ))
+    }
+
+    /// The user a live session token belongs to; its expiry moves on.
+    pub async fn resume_session(&self, token: &str) -> Result<(User, i64), UserError> {
+        let hash = sessions::parse_token(token)?;
+        let now = sessions::now_ms();
+        let expires_at_ms = now + ttl_ms();
+        let user = self
+            .store
+            .resume_session(hash, now, expires_at_ms)
+            .await?
+            .ok_or(UserError::SessionEnded)?;
+        Ok((user, expires_at_ms))
+    }
+
+    /// Ends one session (a token that is no longer one: nothing to end).
+    pub async fn end_session(&self, token: &str) -> Result<bool, UserError> {
+        match sessions::parse_token(token) {
+            Ok(hash) => self.store.end_session(hash).await,
+            Err(_) => Ok(false),
+        }
+    }
+
+    pub async fn end_all_sessions(&self, user: UserId) -> Result<u64, UserError> {
+        self.store.end_sessions(user, None).await
+    }
+
+    /// Checks the current password, stores the new one's hash and ends
+    /// every session but `keep_token` (if it is one).
+    #[tracing::instrument(skip_all, fields(user_id = id))]
+    pub async fn change_password(
+        &self,
+        id: i64,
+        password: Password,
+        new_password: Password,
+        keep_token: &str,
+    ) -> Result<u64, UserError> {
+        let user = self.login(id, password).await?;
+        let hash = self.hasher.hash(new_password).await?;
+        self.store.set_password(user.id, &hash).await?;
+        let keep = sessions::parse_token(keep_token).ok();
+        self.store.end_sessions(user.id, keep).await
+    }
+
+    pub async fn sessions(&self, user: UserId) -> Result<Vec<SessionInfo>, UserError> {
+        self.store.sessions(user, sessions::now_ms()).await
     }
 
     pub async fn user_by_name(&self, name: UserName) -> Result<User, UserError> {

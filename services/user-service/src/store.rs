@@ -12,6 +12,7 @@ use crate::{
         GroupRole, Membership, User, UserId, UserName,
     },
     error::UserError,
+    sessions::{MAX_SESSIONS, SessionInfo, TokenHash},
 };
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -63,6 +64,135 @@ impl UserStore {
             .fetch_optional(&self.pool)
             .await?;
         Ok(row.map(|r| (user_from_row(&r, 0, 1), r.get::<String, _>(2))))
+    }
+
+    /// Replaces a user's password hash.
+    #[tracing::instrument(name = "sql.set_password", skip_all, fields(otel.kind = "client", db.system = "mysql"))]
+    pub async fn set_password(&self, id: UserId, password_hash: &str) -> Result<(), UserError> {
+        sqlx::query("UPDATE users SET password_hash = ? WHERE id = ?")
+            .bind(password_hash)
+            .bind(id.get())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Records a session; past [`MAX_SESSIONS`] the user's oldest end.
+    #[tracing::instrument(name = "sql.insert_session", skip_all, fields(otel.kind = "client", db.system = "mysql"))]
+    pub async fn insert_session(
+        &self,
+        token: TokenHash,
+        user: UserId,
+        device: &str,
+        (started_at_ms, expires_at_ms): (i64, i64),
+    ) -> Result<(), UserError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO user_sessions (token_hash, user_id, device, started_at_ms, expires_at_ms) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&token.0[..])
+        .bind(user.get())
+        .bind(device)
+        .bind(started_at_ms)
+        .bind(expires_at_ms)
+        .execute(&mut *tx)
+        .await?;
+        // Expired ones go first, then the oldest beyond the bound.
+        sqlx::query("DELETE FROM user_sessions WHERE user_id = ? AND expires_at_ms <= ?")
+            .bind(user.get())
+            .bind(started_at_ms)
+            .execute(&mut *tx)
+            .await?;
+        let extra: Vec<Vec<u8>> = sqlx::query_scalar(
+            "SELECT token_hash FROM user_sessions WHERE user_id = ? ORDER BY started_at_ms DESC LIMIT 1000 OFFSET ?",
+        )
+        .bind(user.get())
+        .bind(MAX_SESSIONS)
+        .fetch_all(&mut *tx)
+        .await?;
+        for hash in extra {
+            sqlx::query("DELETE FROM user_sessions WHERE token_hash = ?")
+                .bind(hash)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The user of a live session, whose expiry moves to `expires_at_ms`;
+    /// `None` when the token is unknown, ended or expired.
+    #[tracing::instrument(name = "sql.resume_session", skip_all, fields(otel.kind = "client", db.system = "mysql"))]
+    pub async fn resume_session(
+        &self,
+        token: TokenHash,
+        now_ms: i64,
+        expires_at_ms: i64,
+    ) -> Result<Option<User>, UserError> {
+        let moved = sqlx::query(
+            "UPDATE user_sessions SET expires_at_ms = ? WHERE token_hash = ? AND expires_at_ms > ?",
+        )
+        .bind(expires_at_ms)
+        .bind(&token.0[..])
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        if moved.rows_affected() == 0 {
+            return Ok(None);
+        }
+        let row = sqlx::query(
+            "SELECT u.id, u.name FROM user_sessions s JOIN users u ON u.id = s.user_id WHERE s.token_hash = ?",
+        )
+        .bind(&token.0[..])
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| user_from_row(&r, 0, 1)))
+    }
+
+    /// Ends one session; true when it existed.
+    #[tracing::instrument(name = "sql.end_session", skip_all, fields(otel.kind = "client", db.system = "mysql"))]
+    pub async fn end_session(&self, token: TokenHash) -> Result<bool, UserError> {
+        let done = sqlx::query("DELETE FROM user_sessions WHERE token_hash = ?")
+            .bind(&token.0[..])
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Ends every session of the user but `keep`; how many ended.
+    #[tracing::instrument(name = "sql.end_sessions", skip_all, fields(otel.kind = "client", db.system = "mysql"))]
+    pub async fn end_sessions(
+        &self,
+        user: UserId,
+        keep: Option<TokenHash>,
+    ) -> Result<u64, UserError> {
+        let keep = keep.map(|k| k.0.to_vec()).unwrap_or_default();
+        let done = sqlx::query("DELETE FROM user_sessions WHERE user_id = ? AND token_hash <> ?")
+            .bind(user.get())
+            .bind(keep)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// A user's live sessions, newest first.
+    #[tracing::instrument(name = "sql.sessions", skip_all, fields(otel.kind = "client", db.system = "mysql"))]
+    pub async fn sessions(&self, user: UserId, now_ms: i64) -> Result<Vec<SessionInfo>, UserError> {
+        let rows = sqlx::query(
+            "SELECT device, started_at_ms, expires_at_ms FROM user_sessions WHERE user_id = ? AND expires_at_ms > ? ORDER BY started_at_ms DESC",
+        )
+        .bind(user.get())
+        .bind(now_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| SessionInfo {
+                device: r.get(0),
+                started_at_ms: r.get(1),
+                expires_at_ms: r.get(2),
+            })
+            .collect())
     }
 
     #[tracing::instrument(name = "sql.user_by_name", skip_all, fields(otel.kind = "client", db.system = "mysql"))]

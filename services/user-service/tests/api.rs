@@ -104,6 +104,7 @@ impl TestApp {
             .login(pb::LoginRequest {
                 id,
                 password: password.into(),
+                ..Default::default()
             })
             .await
             .map(|r| r.into_inner().user.expect("user in login reply"))
@@ -909,6 +910,7 @@ async fn logins_beyond_the_hash_queue_are_refused_at_once() {
                 .login(pb::LoginRequest {
                     id,
                     password: "pw".into(),
+                    ..Default::default()
                 })
                 .await
         })
@@ -1068,4 +1070,167 @@ async fn a_user_in_groups_larger_than_one_reply_pages_through_them_all() {
     let long = list_all_groups(&mut client, subject, 0).await;
     assert_eq!(long.iter().map(|g| g.id).collect::<Vec<_>>(), ids);
     assert!(long.iter().all(|g| g.members.len() as i64 == USERS));
+}
+
+#[tokio::test]
+async fn a_session_token_logs_in_until_it_is_ended_and_a_new_password_ends_the_others() {
+    let mut app = spawn_app().await;
+    let id = app.register("sam", "first-pw").await.expect("register");
+    let start = |device: &str| pb::LoginRequest {
+        id,
+        password: "first-pw".into(),
+        start_session: true,
+        device: device.into(),
+    };
+    let laptop = app
+        .client
+        .login(start("laptop"))
+        .await
+        .expect("login")
+        .into_inner();
+    let phone = app
+        .client
+        .login(start(" phone\n"))
+        .await
+        .expect("login")
+        .into_inner();
+    assert!(laptop.token.starts_with("ccs_"), "{}", laptop.token);
+    assert_ne!(laptop.token, phone.token);
+    assert!(laptop.expires_at_ms > 0);
+    // Only its hash is stored.
+    let pool = sqlx::MySqlPool::connect(&app.database_url)
+        .await
+        .expect("db");
+    let stored: Vec<Vec<u8>> = sqlx::query("SELECT token_hash FROM user_sessions")
+        .fetch_all(&pool)
+        .await
+        .expect("select")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(stored.len(), 2);
+    assert!(
+        stored
+            .iter()
+            .all(|h| h.len() == 32 && !laptop.token.as_bytes().windows(32).any(|w| w == &h[..]))
+    );
+
+    let resume = |token: &str| pb::ResumeSessionRequest {
+        token: token.into(),
+    };
+    let resumed = app
+        .client
+        .resume_session(resume(&laptop.token))
+        .await
+        .expect("resume")
+        .into_inner();
+    assert_eq!(resumed.user.expect("user").id, id);
+    assert!(resumed.expires_at_ms >= laptop.expires_at_ms);
+    let listed = app
+        .client
+        .list_sessions(pb::ListSessionsRequest { user_id: id })
+        .await
+        .expect("list")
+        .into_inner()
+        .sessions;
+    let mut devices: Vec<&str> = listed.iter().map(|s| s.device.as_str()).collect();
+    devices.sort();
+    assert_eq!(devices, ["laptop", "phone"]);
+
+    // A garbled or unknown token is refused with a reason.
+    for bad in [
+        "",
+        "nonsense",
+        "ccs_0000000000000000000000000000000000000000000000000000000000000000",
+    ] {
+        let refused = app.client.resume_session(resume(bad)).await.expect_err(bad);
+        assert_eq!(refused.code(), Code::Unauthenticated);
+        assert!(
+            refused.message().contains("session has ended or expired"),
+            "{}",
+            refused.message()
+        );
+    }
+
+    // A new password ends every session but the one that asked.
+    let wrong = app
+        .client
+        .change_password(pb::ChangePasswordRequest {
+            id,
+            password: "not-it".into(),
+            new_password: "second-pw".into(),
+            keep_token: laptop.token.clone(),
+        })
+        .await
+        .expect_err("the current password is needed");
+    assert_eq!(wrong.code(), Code::Unauthenticated);
+    let changed = app
+        .client
+        .change_password(pb::ChangePasswordRequest {
+            id,
+            password: "first-pw".into(),
+            new_password: "second-pw".into(),
+            keep_token: laptop.token.clone(),
+        })
+        .await
+        .expect("change")
+        .into_inner();
+    assert_eq!(changed.sessions_ended, 1);
+    assert!(
+        app.client
+            .resume_session(resume(&phone.token))
+            .await
+            .is_err()
+    );
+    assert!(
+        app.client
+            .resume_session(resume(&laptop.token))
+            .await
+            .is_ok()
+    );
+    assert!(app.login(id, "first-pw").await.is_err());
+    app.login(id, "second-pw").await.expect("the new password");
+
+    // Logout ends one; log out everywhere ends the rest.
+    let ended = app
+        .client
+        .end_session(pb::EndSessionRequest {
+            token: laptop.token.clone(),
+        })
+        .await
+        .expect("end")
+        .into_inner();
+    assert!(ended.ended);
+    assert!(
+        app.client
+            .resume_session(resume(&laptop.token))
+            .await
+            .is_err()
+    );
+    let again = |d: &str| pb::LoginRequest {
+        password: "second-pw".into(),
+        ..start(d)
+    };
+    let a = app
+        .client
+        .login(again("a"))
+        .await
+        .expect("login")
+        .into_inner();
+    let b = app
+        .client
+        .login(again("b"))
+        .await
+        .expect("login")
+        .into_inner();
+    let all = app
+        .client
+        .end_all_sessions(pb::EndAllSessionsRequest { user_id: id })
+        .await
+        .expect("end all")
+        .into_inner();
+    assert_eq!(all.ended, 2);
+    for token in [&a.token, &b.token] {
+        assert!(app.client.resume_session(resume(token)).await.is_err());
+    }
 }

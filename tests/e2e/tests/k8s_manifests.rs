@@ -374,7 +374,8 @@ fn settings_read_by(service: &str) -> Vec<String> {
 /// be built on these machines; this keeps the two files in step).
 #[test]
 fn the_gateway_image_carries_the_web_client_and_every_overlay_serves_it() {
-    let dockerfile = std::fs::read_to_string(root().join("deploy/docker/Dockerfile")).unwrap();
+    let dockerfile = std::fs::read_to_string(root().join("deploy/docker/Dockerfile"))
+        .expect("read the Dockerfile");
     let lines: Vec<&str> = dockerfile.lines().map(str::trim).collect();
     assert!(
         lines

@@ -55,10 +55,17 @@ pub fn check(frame: &[u8]) {
     );
     let msgid = parsed.msgid.expect("a request without msgid");
     match request {
-        Request::Login { id, password, .. } => {
+        Request::Login { id, credential, .. } => {
             assert_eq!(msgid, classic::LOGIN_MSG);
             assert_eq!(Some(id), object.get("id").and_then(Value::as_i64));
-            assert_eq!(Some(password.as_str()), str_field(&object, "password"));
+            match credential {
+                classic::Credential::Password(password) => {
+                    assert_eq!(Some(password.as_str()), str_field(&object, "password"))
+                }
+                classic::Credential::Token(token) => {
+                    assert_eq!(Some(token.as_str()), str_field(&object, "token"))
+                }
+            }
         }
         Request::Register { name, password } => {
             assert_eq!(msgid, classic::REG_MSG);
@@ -128,6 +135,8 @@ pub fn check(frame: &[u8]) {
             assert_eq!(Some(up_to), object.get("upto").and_then(Value::as_u64));
         }
         Request::Roster => assert_eq!(msgid, classic::ROSTER_MSG),
+        Request::LogoutEverywhere => assert_eq!(msgid, classic::LOGOUT_ALL_MSG),
+        Request::ChangePassword { .. } => assert_eq!(msgid, classic::PASSWORD_MSG),
     }
 }
 

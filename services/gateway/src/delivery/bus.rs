@@ -62,6 +62,9 @@ fn on_event(node: &Arc<Node>, event: BusEvent) {
             Some(ChannelMessage::PeersJoined) => node.registry.device_joined(user),
             Some(ChannelMessage::Live { except, frame }) => hand_live(node, user, &except, &frame),
             Some(ChannelMessage::Presence(frame)) => node.registry.hand_presence(user, &frame),
+            Some(ChannelMessage::SignOut { except }) => node
+                .registry
+                .sign_out(user, local_connection(node, &except)),
             Some(ChannelMessage::Entry(entry)) => hand_entry(node, user, entry),
             None => tracing::warn!(user, "dropping a malformed bus message"),
         },
@@ -107,11 +110,16 @@ fn on_event(node: &Arc<Node>, event: BusEvent) {
 /// A live event for every session of the user here but the one that sent
 /// it (`except`, a session address).
 fn hand_live(node: &Node, user: i64, except: &str, frame: &[u8]) {
-    let except = except
+    node.registry
+        .hand_live(user, local_connection(node, except), frame);
+}
+
+/// The connection here that a session address (`node/connection`) names.
+fn local_connection(node: &Node, address: &str) -> Option<u64> {
+    address
         .strip_prefix(node.config.node_id.as_str())
         .and_then(|rest| rest.strip_prefix('/'))
-        .and_then(|conn| conn.parse().ok());
-    node.registry.hand_live(user, except, frame);
+        .and_then(|conn| conn.parse().ok())
 }
 
 /// A chat from a group's log, to the sessions here of the group's members

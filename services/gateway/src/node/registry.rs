@@ -195,6 +195,9 @@ pub struct LocalSession {
     pub peers: Arc<AtomicBool>,
     /// The client asked for presence changes (msgid 22) at login.
     pub presence: bool,
+    /// Set before `kick` when the user signed out everywhere or changed
+    /// their password: the session says so to its client as it ends.
+    pub signed_out: Arc<AtomicBool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -362,6 +365,17 @@ impl Registry {
         }
     }
 
+    /// Ends the user's sessions here but `except`, saying they were signed
+    /// out.
+    pub fn sign_out(&self, user: i64, except: Option<u64>) {
+        if let Some(here) = self.lock().get(&user) {
+            for session in here.iter().filter(|s| Some(s.connection) != except) {
+                session.signed_out.store(true, Ordering::Release);
+                session.kick.cancel();
+            }
+        }
+    }
+
     /// Queues a presence change for the user's sessions that asked for
     /// them; a full queue drops it (the next roster has the state).
     pub fn hand_presence(&self, user: i64, frame: &[u8]) {
@@ -471,6 +485,7 @@ mod tests {
             sync: sync.clone(),
             kick: CancellationToken::new(),
             presence: false,
+            signed_out: Arc::default(),
             kind: ClientKind::Classic,
             peers: Arc::default(),
         };
@@ -523,6 +538,7 @@ mod tests {
             sync: sync.clone(),
             kick: CancellationToken::new(),
             presence: false,
+            signed_out: Arc::default(),
             kind: ClientKind::Classic,
             peers: Arc::default(),
         };
@@ -554,6 +570,7 @@ mod tests {
                 sync: Arc::new(SyncSignal::default()),
                 kick: CancellationToken::new(),
                 presence: false,
+                signed_out: Arc::default(),
                 kind: if device {
                     ClientKind::Device
                 } else {

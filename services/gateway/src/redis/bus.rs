@@ -194,6 +194,13 @@ fn presence_entry(frame: &[u8]) -> Vec<u8> {
     entry
 }
 
+/// Published on a user's channel, never recorded: end the user's sessions
+/// but `except` (`node/connection`, or `-` for none): they logged out
+/// everywhere, or changed their password.
+fn signout_entry(except: &str) -> Vec<u8> {
+    format!("0 signout {except}\n").into_bytes()
+}
+
 /// Published on a user's channel when one of their devices logs in: the
 /// sessions of the user elsewhere start sending their own chats to their
 /// other devices.
@@ -224,6 +231,8 @@ pub enum ChannelMessage {
     Live { except: String, frame: Vec<u8> },
     /// A [`presence_entry`]: a friend's or fellow member's presence changed.
     Presence(Vec<u8>),
+    /// A [`signout_entry`]: end the user's sessions but `except`.
+    SignOut { except: String },
 }
 
 impl ChannelMessage {
@@ -236,6 +245,11 @@ impl ChannelMessage {
             Some(Self::SyncOffline)
         } else if bytes == DEVICE_JOINED {
             Some(Self::PeersJoined)
+        } else if let Some(rest) = bytes.strip_prefix(b"0 signout ") {
+            let except = std::str::from_utf8(rest.strip_suffix(b"\n")?).ok()?;
+            Some(Self::SignOut {
+                except: except.to_owned(),
+            })
         } else if bytes.starts_with(b"0 presence\n") {
             let mut frame = bytes;
             frame.drain(..b"0 presence\n".len());
@@ -304,6 +318,12 @@ impl Redis {
     /// never recorded anywhere): a failure is logged.
     pub async fn publish_live(&self, users: &[i64], except: &str, frame: &[u8]) {
         self.publish_raw(users, &live_entry(except, frame)).await;
+    }
+
+    /// Ends the user's sessions on every node but `except` (a session
+    /// address, or `-`).
+    pub async fn publish_signout(&self, user: i64, except: &str) {
+        self.publish_raw(&[user], &signout_entry(except)).await;
     }
 
     /// Publishes a presence change to each user's channel, best effort.

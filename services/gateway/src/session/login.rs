@@ -24,7 +24,7 @@ use crate::{
     },
     metrics::{label, metrics},
     node::registry::{LocalSession, QueuedBytes, SyncSignal},
-    protocol::classic::{self, Failure, errno},
+    protocol::classic::{self, Credential, Failure, LoginOptions, errno},
     redis::Claim,
     upstream::{self, failure_from_status},
 };
@@ -63,9 +63,8 @@ impl Session {
     pub(super) async fn login(
         &mut self,
         id: i64,
-        password: String,
-        // Acknowledges, resumes after, wants presence pushed.
-        (acks, since, presence): (bool, u64, bool),
+        credential: Credential,
+        options: LoginOptions,
         seq: Option<i64>,
     ) {
         if let Some(active) = &self.active {
@@ -80,14 +79,11 @@ impl Session {
                 .send_failure(&failure, classic::login_failed(&failure, seq))
                 .await;
         }
-        if acks {
+        if options.acks {
             self.mark_uses_additions().await;
             self.heartbeats = true;
         }
-        match self
-            .try_login(id, password, (acks, since, presence), seq)
-            .await
-        {
+        match self.try_login(id, credential, options, seq).await {
             Ok(ack) => self.finish_login(ack).await,
             Err(failure) => {
                 self.send_failure(&failure, classic::login_failed(&failure, seq))
@@ -99,29 +95,66 @@ impl Session {
     async fn try_login(
         &mut self,
         id: i64,
-        password: String,
-        (acks, since, presence): (bool, u64, bool),
+        credential: Credential,
+        options: LoginOptions,
         seq: Option<i64>,
     ) -> Result<LoginAck, Failure> {
+        let LoginOptions {
+            acks,
+            since,
+            presence,
+            remember,
+        } = options;
         let node = self.node.clone();
         let kind = self.kind.at_login(acks);
         self.throttle_address("login", node.config.limits.logins_per_address)
             .await?;
         self.throttle_account(id).await?;
-        let user = match node
-            .upstreams
-            .users
-            .clone()
-            .login(user_pb::LoginRequest { id, password })
-            .await
-        {
-            Ok(reply) => reply.into_inner().user.unwrap_or_default(),
+        let mut users = node.upstreams.users.clone();
+        // The user, and the session token this connection holds (given
+        // now, or the one it logged in with).
+        let answer = match credential {
+            Credential::Password(password) => users
+                .login(user_pb::LoginRequest {
+                    id,
+                    password,
+                    start_session: remember.is_some() && acks,
+                    device: remember.unwrap_or_default(),
+                })
+                .await
+                .map(|reply| {
+                    let reply = reply.into_inner();
+                    let token = (!reply.token.is_empty()).then_some(reply.token);
+                    (reply.user.unwrap_or_default(), token)
+                }),
+            Credential::Token(token) => users
+                .resume_session(user_pb::ResumeSessionRequest {
+                    token: token.clone(),
+                })
+                .await
+                .map(|reply| (reply.into_inner().user.unwrap_or_default(), Some(token))),
+        };
+        let (user, token) = match answer {
+            // A token is its user's alone.
+            Ok((user, Some(_))) if user.id != id => {
+                self.count_failed_login(id).await;
+                return Err(Failure::new(
+                    errno::BAD_REQUEST,
+                    format!("this session token is not user {id}'s; log in with your password"),
+                ));
+            }
+            Ok(found) => found,
             Err(status)
                 if status.code() == tonic::Code::Unauthenticated
                     && !upstream::is_credential_refusal(&status) =>
             {
                 self.count_failed_login(id).await;
-                return Err(Failure::new(errno::BAD_REQUEST, classic::CLASSIC_BAD_LOGIN));
+                let words = if status.message().contains("session") {
+                    status.message().to_owned()
+                } else {
+                    classic::CLASSIC_BAD_LOGIN.to_owned()
+                };
+                return Err(Failure::new(errno::BAD_REQUEST, words));
             }
             Err(status) => return Err(failure_from_status(&status, "the user service")),
         };
@@ -154,6 +187,7 @@ impl Session {
         };
         let peers = Arc::new(std::sync::atomic::AtomicBool::new(others > 0));
         let kick = CancellationToken::new();
+        let signed_out = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (deliveries, queue) = mpsc::channel(node.config.limits.outbound_queue.max(1));
         let sync = Arc::new(SyncSignal::default());
         let local = LocalSession {
@@ -168,6 +202,7 @@ impl Session {
             kind,
             peers: peers.clone(),
             presence: presence && kind.uses_additions(),
+            signed_out: signed_out.clone(),
         };
         if !node.registry.insert(user.id, local) {
             let _ = node.redis.release_presence(user.id, &me).await;
@@ -181,6 +216,8 @@ impl Session {
             kick,
             kind,
             peers,
+            token: token.clone(),
+            signed_out: signed_out.clone(),
             typing_sent: std::collections::HashMap::new(),
         });
         // From here on, failures must undo the login: end_active does.
@@ -196,7 +233,7 @@ impl Session {
             }
             node.offline.owe_what_sender_left(user.id).await;
             let pending = sync::at_login(&node, user.id, kind, since).await?;
-            self.login_ack(&user, pending, seq).await
+            self.login_ack(&user, pending, seq, token.as_deref()).await
         };
         match prepared.await {
             Ok(mut ack) => {
@@ -243,6 +280,7 @@ impl Session {
         user: &user_pb::User,
         pending: Pending,
         seq: Option<i64>,
+        token: Option<&str>,
     ) -> Result<LoginAck, Failure> {
         let (friends, groups) = self.roster(user.id).await?;
         let watchers_online = super::presence::watchers_online(user.id, &friends, &groups);
@@ -272,8 +310,15 @@ impl Session {
         let mut pages = roster_pages(friends, groups, budget).into_iter();
         let (friends, groups) = pages.next().unwrap_or_default();
         let more = pages.len() > 0;
+        let mut extra = serde_json::Map::new();
+        if more {
+            extra.insert("roster_more".into(), true.into());
+        }
+        if let Some(token) = token {
+            extra.insert("token".into(), token.into());
+        }
         let frame =
-            classic::login_ok_with(user.id, &user.name, friends, groups, &offline, seq, more);
+            classic::login_ok_with(user.id, &user.name, friends, groups, &offline, seq, extra);
         let last = pages.len();
         let roster_pages = pages
             .enumerate()

@@ -1,7 +1,8 @@
 //! One client connection, whatever its transport: the request loop (read,
 //! pace, authorize, dispatch), with a room per request kind beside it:
-//! `login` (register, login, logout), `chat`, `social` (friends and
-//! groups), `roster`, `conversations` (history, read marks, typing,
+//! `login` (register, login, logout), `account` (session tokens, logging
+//! out everywhere, a new password), `chat`, `social` (friends and
+//! groups), `roster`, `presence`, `conversations` (history, read marks, typing,
 //! receipts); `throttle` and `rate` pace them. The writer task
 //! (`delivery::writer`) owns the socket's sending half.
 //!
@@ -19,6 +20,7 @@
 //! silent for the idle timeout (they are pinged, or ping, more often than
 //! that); classic TCP relies on TCP keepalive.
 
+mod account;
 mod chat;
 pub mod conversations;
 mod login;
@@ -92,6 +94,12 @@ struct ActiveUser {
     kind: ClientKind,
     /// Other sessions of the user exist: a chat sent here goes to them too.
     peers: Arc<std::sync::atomic::AtomicBool>,
+    /// The session token this connection logged in with or was given
+    /// (`"remember":true`): logging out ends it.
+    token: Option<String>,
+    /// Set when the session is ended by the user from elsewhere (log out
+    /// everywhere, a new password): its client is told as it closes.
+    signed_out: Arc<std::sync::atomic::AtomicBool>,
     /// Conversations this session last said "typing" in, and when.
     typing_sent: std::collections::HashMap<crate::protocol::conversation::Conversation, Instant>,
 }
@@ -186,6 +194,7 @@ pub async fn run<R: FrameSource, W: FrameSink>(
         }
         let login_due = anonymous_since.map(|since| since + login_deadline);
         let kicked = session.active.as_ref().map(|a| a.kick.clone());
+        let signed_out = session.active.as_ref().map(|a| a.signed_out.clone());
         let kicked = async {
             match kicked {
                 Some(token) => token.cancelled().await,
@@ -228,7 +237,17 @@ pub async fn run<R: FrameSource, W: FrameSink>(
                 session.send_failure(&failure, classic::reply_error(&failure, None)).await;
                 break;
             }
-            _ = kicked => break,
+            _ = kicked => {
+                // Ended by the user from elsewhere: say so before closing.
+                if signed_out.is_some_and(|s| s.load(std::sync::atomic::Ordering::Acquire))
+                    && session.kind.uses_additions()
+                {
+                    session
+                        .send(classic::signed_out("you were logged out everywhere: log in again"))
+                        .await;
+                }
+                break;
+            }
             _ = node.shutdown.requested() => break,
         }
     }
@@ -459,11 +478,9 @@ impl Session {
         match request {
             Request::Login {
                 id,
-                password,
-                acks,
-                since,
-                presence,
-            } => self.login(id, password, (acks, since, presence), seq).await,
+                credential,
+                options,
+            } => self.login(id, credential, options, seq).await,
             Request::Register { name, password } => self.register(name, password, seq).await,
             Request::Ping => {
                 self.mark_uses_additions().await;
@@ -519,6 +536,8 @@ impl Session {
             | Request::MarkRead { .. }
             | Request::Typing { .. }
             | Request::Delivered { .. }
+            | Request::LogoutEverywhere
+            | Request::ChangePassword { .. }
             | Request::Roster => None,
         };
         match claimed {
@@ -542,9 +561,15 @@ impl Session {
     ) -> Result<Map<String, Value>, Failure> {
         match request {
             Request::Logout { .. } => {
+                self.end_token().await;
                 self.end_active().await;
                 Ok(Map::new())
             }
+            Request::LogoutEverywhere => self.logout_everywhere(user).await,
+            Request::ChangePassword {
+                password,
+                new_password,
+            } => self.change_password(user, password, new_password).await,
             Request::OneChat { to, body, cmid, .. } => {
                 self.one_chat((user, &name), to, body, cmid).await
             }
@@ -644,5 +669,7 @@ fn request_kind(request: &Request) -> &'static str {
         Request::Typing { .. } => "typing",
         Request::Delivered { .. } => "delivered",
         Request::Roster => "roster",
+        Request::LogoutEverywhere => "logout_everywhere",
+        Request::ChangePassword { .. } => "change_password",
     }
 }

@@ -28,10 +28,10 @@ mod roster;
 pub use super::conversation::Conversation;
 pub use reply::{
     delivery_receipt, forward_chat, login_failed, login_ok, login_ok_with, pong, presence,
-    read_receipt, register_failed, register_ok, reply_error, reply_ok, roster_page, typing,
-    with_delivery_fields,
+    read_receipt, register_failed, register_ok, reply_error, reply_ok, roster_page, signed_out,
+    typing, with_delivery_fields,
 };
-pub use request::{Parsed, Request, Target, parse};
+pub use request::{Credential, LoginOptions, Parsed, Request, Target, parse};
 pub use roster::{
     FriendEntry, GroupEntry, GroupMemberEntry, friend_json, group_json, roster_results,
 };
@@ -72,6 +72,12 @@ pub const ROSTER_MSG: i64 = 21;
 /// Server only: a friend's or fellow group member's presence changed
 /// (`id`, `online`), pushed to sessions that use the additions.
 pub const PRESENCE_MSG: i64 = 22;
+/// Client: "log me out everywhere" (every session, every token); server:
+/// `{"msgid":23,"reason":..}` to each session so ended, before it closes.
+pub const LOGOUT_ALL_MSG: i64 = 23;
+/// Client: a new password (`password`, `new_password`); the user's other
+/// sessions end (each told with msgid 23).
+pub const PASSWORD_MSG: i64 = 24;
 
 /// At most this many messages or conversations per page.
 pub const MAX_PAGE: u32 = 200;

@@ -6,8 +6,8 @@ use serde_json::{Map, Value, json};
 
 use super::roster::{FriendEntry, GroupEntry, friend_json, group_json};
 use super::{
-    Conversation, DELIVERED_MSG, Failure, LOGIN_MSG_ACK, PONG_MSG, PRESENCE_MSG, READ_MSG,
-    REG_MSG_ACK, REPLY_MSG, ROSTER_PAGE_MSG, TYPING_MSG,
+    Conversation, DELIVERED_MSG, Failure, LOGIN_MSG_ACK, LOGOUT_ALL_MSG, PONG_MSG, PRESENCE_MSG,
+    READ_MSG, REG_MSG_ACK, REPLY_MSG, ROSTER_PAGE_MSG, TYPING_MSG,
 };
 
 fn encode(value: Map<String, Value>) -> Vec<u8> {
@@ -78,12 +78,13 @@ pub fn login_ok(
 ) -> Vec<u8> {
     let friends = friends.iter().map(friend_json).collect();
     let groups = groups.iter().map(group_json).collect();
-    login_ok_with(id, name, friends, groups, offline, seq, false)
+    login_ok_with(id, name, friends, groups, offline, seq, Map::new())
 }
 
-/// The login ack with friends and groups already encoded. `more`: the rest
-/// of them follow in roster pages (msgid 15), for a client that uses the
-/// additions; the ack then says `"roster_more":true`.
+/// The login ack with friends and groups already encoded, plus `extra`
+/// fields for a client that uses the additions (`"roster_more":true`: the
+/// rest of them follow in roster pages, msgid 15; `token`: a session
+/// token).
 pub fn login_ok_with(
     id: i64,
     name: &str,
@@ -91,15 +92,13 @@ pub fn login_ok_with(
     groups: Vec<String>,
     offline: &[String],
     seq: Option<i64>,
-    more: bool,
+    extra: Map<String, Value>,
 ) -> Vec<u8> {
     let mut reply = object(json!({"errno": 0, "id": id, "msgid": LOGIN_MSG_ACK, "name": name}));
     insert_strings(&mut reply, "friends", friends);
     insert_strings(&mut reply, "groups", groups);
     insert_strings(&mut reply, "offlinemsg", offline.to_vec());
-    if more {
-        reply.insert("roster_more".into(), true.into());
-    }
+    reply.extend(extra);
     encode(with_seq(reply, seq))
 }
 
@@ -181,6 +180,12 @@ pub fn presence(id: i64, online: bool) -> Vec<u8> {
     encode(object(
         json!({"id": id, "msgid": PRESENCE_MSG, "online": online}),
     ))
+}
+
+/// `{"msgid":23,"reason":..}`: this session was ended from elsewhere (log
+/// out everywhere, a new password); the connection closes after it.
+pub fn signed_out(reason: &str) -> Vec<u8> {
+    encode(object(json!({"msgid": LOGOUT_ALL_MSG, "reason": reason})))
 }
 
 /// `{"msgid":14}` (with `seq` when the ping had one).

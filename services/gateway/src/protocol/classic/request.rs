@@ -6,24 +6,48 @@ use serde_json::{Map, Value};
 use super::{
     ACK_MSG, ADD_FRIEND_MSG, ADD_GROUP_MSG, CONVERSATIONS_MSG, CREATE_GROUP_MSG, Conversation,
     DELIVERED_MSG, Failure, GROUP_CHAT_MSG, HISTORY_MSG, LOGIN_MSG, LOGIN_MSG_ACK, LOGINOUT_MSG,
-    MAX_PAGE, ONE_CHAT_MSG, PING_MSG, PONG_MSG, READ_MSG, REG_MSG, REG_MSG_ACK, REPLY_MSG,
-    ROSTER_MSG, TYPING_MSG,
+    LOGOUT_ALL_MSG, MAX_PAGE, ONE_CHAT_MSG, PASSWORD_MSG, PING_MSG, PONG_MSG, READ_MSG, REG_MSG,
+    REG_MSG_ACK, REPLY_MSG, ROSTER_MSG, TYPING_MSG,
 };
+
+/// What a login proves who it is with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    Password(String),
+    /// A session token a login with `"remember":true` was given.
+    Token(String),
+}
+
+/// How a session that logs in wants to be served (all additions).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoginOptions {
+    /// The client acknowledges deliveries (`acks` or `since` given).
+    pub acks: bool,
+    /// Resume after this receiver sequence (what the client has).
+    pub since: u64,
+    /// Push friends' and fellow members' presence changes (msgid 22).
+    pub presence: bool,
+    /// `"remember":true` with a password: start a session token for the
+    /// device named here (`device`, may be empty).
+    pub remember: Option<String>,
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Request {
     Login {
         id: i64,
-        password: String,
-        /// The client acknowledges deliveries (`acks` or `since` given).
-        acks: bool,
-        /// Resume after this receiver sequence (what the client has).
-        since: u64,
-        /// Push friends' and fellow members' presence changes (msgid 22).
-        presence: bool,
+        credential: Credential,
+        options: LoginOptions,
     },
     Logout {
         id: Option<i64>,
+    },
+    /// Ends every session of the user, on every node, and their tokens.
+    LogoutEverywhere,
+    /// A new password (the current one given); the user's other sessions end.
+    ChangePassword {
+        password: String,
+        new_password: String,
     },
     Register {
         name: String,
@@ -155,14 +179,32 @@ fn parse_request(mut object: Map<String, Value>) -> Result<Request, Failure> {
         LOGIN_MSG => {
             let since = optional_int(&object, "since")?;
             let acks = optional_bool(&object, "acks")?;
+            let credential = match optional_str(&object, "token")? {
+                Some(token) => Credential::Token(token),
+                None => Credential::Password(required_str(&object, "password")?),
+            };
+            let remember = match (&credential, optional_bool(&object, "remember")?) {
+                (Credential::Password(_), true) => {
+                    Some(optional_str(&object, "device")?.unwrap_or_default())
+                }
+                _ => None,
+            };
             Request::Login {
                 id: required_int(&object, "id")?,
-                password: required_str(&object, "password")?,
-                acks: acks || since.is_some(),
-                since: non_negative(since.unwrap_or(0), "since")?,
-                presence: optional_bool(&object, "presence")?,
+                credential,
+                options: LoginOptions {
+                    acks: acks || since.is_some(),
+                    since: non_negative(since.unwrap_or(0), "since")?,
+                    presence: optional_bool(&object, "presence")?,
+                    remember,
+                },
             }
         }
+        LOGOUT_ALL_MSG => Request::LogoutEverywhere,
+        PASSWORD_MSG => Request::ChangePassword {
+            password: required_str(&object, "password")?,
+            new_password: required_str(&object, "new_password")?,
+        },
         LOGINOUT_MSG => Request::Logout {
             id: optional_int(&object, "id")?,
         },
@@ -378,18 +420,19 @@ mod tests {
             p.request,
             Ok(Request::Login {
                 id: 3,
-                password: "x".into(),
-                acks: false,
-                since: 0,
-                presence: false,
+                credential: Credential::Password("x".into()),
+                options: LoginOptions::default(),
             })
         );
         let p = parse(br#"{"msgid":1,"id":3,"password":"x","since":17}"#);
         assert!(matches!(
             p.request,
             Ok(Request::Login {
-                acks: true,
-                since: 17,
+                options: LoginOptions {
+                    acks: true,
+                    since: 17,
+                    ..
+                },
                 ..
             })
         ));
