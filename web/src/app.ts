@@ -12,6 +12,7 @@ import { Connection, type ConnectionState, ConnectionLost, ServerError } from '.
 import {
   type JsonObject,
   type LoginAck,
+  type Secret,
   type ServerFrame,
   decodeChatReply,
   decodeConversations,
@@ -21,6 +22,7 @@ import {
   encode,
   groupConv,
 } from './protocol';
+import { forget, save, savedSessionEnded } from './saved';
 import { type Message, Store, TYPING_SHOWN_MS } from './store';
 import { formatServerTime } from './time';
 import { ConversationView } from './ui/conversation';
@@ -84,7 +86,7 @@ export class ChatSession {
 
   constructor(
     url: string,
-    credentials: { id: number; password: string },
+    credentials: { id: number; secret: Secret },
     private readonly root: HTMLElement,
     private readonly onEnd: (end: SessionEnd) => void,
   ) {
@@ -92,7 +94,11 @@ export class ChatSession {
       state: (state) => this.connectionState(state),
       loggedIn: (ack, resumed) => this.loggedIn(ack, resumed),
       frame: (frame) => this.frame(frame),
-      fatal: (error) => this.end(`You were logged out: ${error.message}`),
+      fatal: (error) => {
+        // Its token no longer signs anyone in: not on a reload either.
+        forget();
+        this.end(`You were logged out: ${error.message}`);
+      },
       problem: (message) => this.toast.show(message),
     });
   }
@@ -106,6 +112,7 @@ export class ChatSession {
   // ---- connection events -----------------------------------------------------
 
   private loggedIn(ack: LoginAck, resumed: boolean): void {
+    if (ack.token) save({ id: ack.id, token: ack.token });
     if (!this.store) this.mount(ack);
     const store = this.store!;
     store.myName = ack.name;
@@ -146,6 +153,10 @@ export class ChatSession {
       case 'delivered':
         store.applyDelivered(frame.conv, frame.id, frame.upto);
         break;
+      case 'signed-out':
+        forget();
+        this.end(`You were logged out: ${frame.reason}`);
+        return;
       case 'presence':
         if (!store.applyPresence(frame.id, frame.online)) this.refreshRosterSoon();
         break;
@@ -517,7 +528,11 @@ export class ChatSession {
     this.store = store;
     this.sidebar = new Sidebar(store, {
       open: (conv) => this.open(conv),
-      logout: () => this.end(null, true),
+      logout: () => {
+        forget();
+        this.end(null, true);
+      },
+      logoutEverywhere: () => void this.logoutEverywhere(),
       addFriend: (id) => this.addFriend(id),
       createGroup: (name, description) => this.createGroup(name, description),
       joinGroup: (id) => this.joinGroup(id),
@@ -551,6 +566,22 @@ export class ChatSession {
     );
     document.addEventListener('visibilitychange', this.onVisibility);
     window.addEventListener('online', this.onOnline);
+    window.addEventListener('storage', this.onStorage);
+  }
+
+  /** Another tab logged out (its token is ended): this one follows. */
+  private readonly onStorage = (event: StorageEvent) => {
+    if (this.store && savedSessionEnded(event, this.store.me)) this.end('You logged out in another tab.', true);
+  };
+
+  /** Ends every session of this user, on every device; the server's msgid
+   *  23 then ends this one too. */
+  private async logoutEverywhere(): Promise<void> {
+    try {
+      await this.connection.request(encode.logoutEverywhere());
+    } catch (error) {
+      this.toast.show(messageOf(error));
+    }
   }
 
   private readonly onVisibility = () => this.scheduleRender();
@@ -565,6 +596,7 @@ export class ChatSession {
     if (this.deliveredTimer) clearTimeout(this.deliveredTimer);
     document.removeEventListener('visibilitychange', this.onVisibility);
     window.removeEventListener('online', this.onOnline);
+    window.removeEventListener('storage', this.onStorage);
     document.title = 'clusterchat';
     this.onEnd({ message });
   }

@@ -9,6 +9,7 @@ import {
   type Chat,
   type JsonObject,
   type LoginAck,
+  type Secret,
   type ServerFailure,
   type ServerFrame,
   ERRNO_BAD_LOGIN,
@@ -123,7 +124,7 @@ export class Connection {
 
   constructor(
     private readonly url: string,
-    private readonly credentials: { id: number; password: string },
+    private credentials: { id: number; secret: Secret },
     private readonly handlers: ConnectionHandlers,
     private readonly timings: Timings = DEFAULT_TIMINGS,
   ) {}
@@ -196,7 +197,7 @@ export class Connection {
       opened = true;
       if (this.loginTimer) clearTimeout(this.loginTimer);
       this.loginSeq = this.nextSeq++;
-      this.write({ ...encode.login(this.credentials.id, this.credentials.password, this.rseqSeen), seq: this.loginSeq });
+      this.write({ ...encode.login(this.credentials.id, this.credentials.secret, this.rseqSeen), seq: this.loginSeq });
       this.loginTimer = setTimeout(() => this.drop(), this.timings.loginTimeoutMs);
     };
     socket.onmessage = (event: MessageEvent) => {
@@ -277,6 +278,9 @@ export class Connection {
       }
       return;
     }
+    // Given a token: logging in again uses it, and the password is not
+    // kept.
+    if (ack.token) this.credentials = { id: this.credentials.id, secret: { token: ack.token } };
     const resumed = this.everLoggedIn;
     this.everLoggedIn = true;
     this.attempt = 0;

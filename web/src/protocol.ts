@@ -29,6 +29,8 @@ export const MSG = {
   DELIVERED: 20,
   ROSTER: 21,
   PRESENCE: 22,
+  LOGOUT_EVERYWHERE: 23,
+  PASSWORD: 24,
 } as const;
 
 /** The errno of a login ack refused for a wrong id or password. */
@@ -74,6 +76,10 @@ export interface Chat {
   rseq: number | null;
 }
 
+/** What a login proves who it is with: a password (and, with `remember`,
+ *  the device name a session token is asked for) or that token. */
+export type Secret = { password: string; remember: string | null } | { token: string };
+
 export interface LoginAck {
   id: number;
   name: string;
@@ -81,6 +87,9 @@ export interface LoginAck {
   groups: Group[];
   offline: Chat[];
   rosterMore: boolean;
+  /** The session token this login holds (asked for with `remember`, or
+   *  the one it logged in with). */
+  token: string | null;
 }
 
 export interface RosterPage {
@@ -123,6 +132,7 @@ export type ServerFrame =
   | { kind: 'typing'; conv: string; id: number; name: string }
   | { kind: 'delivered'; conv: string; id: number; upto: number }
   | { kind: 'presence'; id: number; online: boolean }
+  | { kind: 'signed-out'; reason: string }
   | { kind: 'unknown'; body: JsonObject };
 
 // ---- conversations ---------------------------------------------------------
@@ -286,6 +296,7 @@ export function decodeLoginAck(object: JsonObject): LoginAck | null {
     groups: decodeAll(list(object, 'groups'), decodeGroup),
     offline: decodeAll(list(object, 'offlinemsg'), decodeChat),
     rosterMore: object['roster_more'] === true,
+    token: text(object, 'token'),
   };
 }
 
@@ -401,6 +412,8 @@ export function decodeFrame(raw: string): ServerFrame | null {
       if (conv === null || id === null || upto === null) break;
       return { kind: 'delivered', conv, id, upto };
     }
+    case MSG.LOGOUT_EVERYWHERE:
+      return { kind: 'signed-out', reason: text(object, 'reason') ?? 'you were logged out' };
     case MSG.PRESENCE: {
       const id = int(object, 'id');
       const online = object['online'];
@@ -416,13 +429,23 @@ export function decodeFrame(raw: string): ServerFrame | null {
 // ---- encoding (the connection adds `seq` to requests that want an answer) ----
 
 export const encode = {
-  login: (id: number, password: string, since: number): JsonObject => ({
+  /** With a password (`remember`: ask for a session token for `device`)
+   *  or with the token a login was given. */
+  login: (id: number, secret: Secret, since: number): JsonObject => ({
     msgid: MSG.LOGIN,
     id,
-    password,
+    ...('token' in secret
+      ? { token: secret.token }
+      : { password: secret.password, ...(secret.remember ? { remember: true, device: secret.remember } : {}) }),
     acks: true,
     presence: true,
     ...(since > 0 ? { since } : {}),
+  }),
+  logoutEverywhere: (): JsonObject => ({ msgid: MSG.LOGOUT_EVERYWHERE }),
+  changePassword: (password: string, newPassword: string): JsonObject => ({
+    msgid: MSG.PASSWORD,
+    password,
+    new_password: newPassword,
   }),
   register: (name: string, password: string): JsonObject => ({ msgid: MSG.REGISTER, name, password }),
   logout: (me: number): JsonObject => ({ msgid: MSG.LOGOUT, id: me }),

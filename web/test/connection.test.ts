@@ -74,7 +74,7 @@ function recorder() {
 test('logs in, acknowledges inbox entries, answers requests by seq, resumes with since', async () => {
   FakeSocket.all = [];
   const { log, handlers } = recorder();
-  const connection = new Connection('ws://x/ws', { id: 1, password: 'pw' }, handlers, FAST);
+  const connection = new Connection('ws://x/ws', { id: 1, secret: { password: 'pw', remember: null } }, handlers, FAST);
   const started = connection.start();
   last().open();
   const login = last().sent[0]!;
@@ -134,7 +134,7 @@ test('logs in, acknowledges inbox entries, answers requests by seq, resumes with
 test('a refused first login rejects with the server’s words; no retry', async () => {
   FakeSocket.all = [];
   const { handlers } = recorder();
-  const connection = new Connection('ws://x/ws', { id: 1, password: 'bad' }, handlers, FAST);
+  const connection = new Connection('ws://x/ws', { id: 1, secret: { password: 'bad', remember: null } }, handlers, FAST);
   const started = connection.start();
   last().open();
   last().push({ msgid: 2, errno: 1, errmsg: 'id or password is invalid!', seq: last().sent[0]!['seq'] });
@@ -146,7 +146,7 @@ test('a refused first login rejects with the server’s words; no retry', async 
 test('no server: "cannot reach the server"', async () => {
   FakeSocket.all = [];
   const { handlers } = recorder();
-  const connection = new Connection('ws://x/ws', { id: 1, password: 'pw' }, handlers, FAST);
+  const connection = new Connection('ws://x/ws', { id: 1, secret: { password: 'pw', remember: null } }, handlers, FAST);
   const started = connection.start();
   last().drop();
   await assert.rejects(started, (e: unknown) => e instanceof Error && e.message === UNREACHABLE);
@@ -155,7 +155,7 @@ test('no server: "cannot reach the server"', async () => {
 test('a busy server at re-login: keep trying, and say why', async () => {
   FakeSocket.all = [];
   const { log, handlers } = recorder();
-  const connection = new Connection('ws://x/ws', { id: 1, password: 'pw' }, handlers, FAST);
+  const connection = new Connection('ws://x/ws', { id: 1, secret: { password: 'pw', remember: null } }, handlers, FAST);
   const started = connection.start();
   last().open();
   last().push({ msgid: 2, errno: 0, seq: last().sent[0]!['seq'], id: 1, name: 'alice' });
@@ -180,12 +180,12 @@ test('backoff grows from 0.5 s to 5 s, with jitter', () => {
 test('a socket that never opens is given up, and tried again', async () => {
   FakeSocket.all = [];
   const { handlers } = recorder();
-  const connection = new Connection('ws://x/ws', { id: 1, password: 'pw' }, handlers, { ...FAST, openTimeoutMs: 20 });
+  const connection = new Connection('ws://x/ws', { id: 1, secret: { password: 'pw', remember: null } }, handlers, { ...FAST, openTimeoutMs: 20 });
   const started = connection.start();
   await assert.rejects(started, (e: unknown) => e instanceof Error && e.message === UNREACHABLE);
   // After a first login, the same is a reconnect.
   FakeSocket.all = [];
-  const again = new Connection('ws://x/ws', { id: 1, password: 'pw' }, handlers, { ...FAST, openTimeoutMs: 20 });
+  const again = new Connection('ws://x/ws', { id: 1, secret: { password: 'pw', remember: null } }, handlers, { ...FAST, openTimeoutMs: 20 });
   const ok = again.start();
   last().open();
   last().push({ msgid: 2, errno: 0, seq: last().sent[0]!['seq'], id: 1, name: 'alice' });
@@ -202,7 +202,7 @@ test('a socket that never opens is given up, and tried again', async () => {
 test('pings keep the connection; a server that stops answering is left', async () => {
   FakeSocket.all = [];
   const { log, handlers } = recorder();
-  const connection = new Connection('ws://x/ws', { id: 1, password: 'pw' }, handlers, {
+  const connection = new Connection('ws://x/ws', { id: 1, secret: { password: 'pw', remember: null } }, handlers, {
     ...FAST,
     pingEveryMs: 10,
     pongWaitMs: 30,
@@ -223,5 +223,31 @@ test('pings keep the connection; a server that stops answering is left', async (
   // Then it falls silent.
   await sleep(80);
   assert.equal(log.states.includes('reconnecting'), true);
+  connection.stop(false, 1);
+});
+
+test('a login given a session token logs in again with it, not the password', async () => {
+  FakeSocket.all = [];
+  const { handlers } = recorder();
+  const connection = new Connection(
+    'ws://x/ws',
+    { id: 1, secret: { password: 'pw', remember: 'web: Chrome on Linux' } },
+    handlers,
+    FAST,
+  );
+  const started = connection.start();
+  last().open();
+  const login = last().sent[0]!;
+  assert.equal(login['password'], 'pw');
+  assert.equal(login['remember'], true);
+  assert.equal(login['device'], 'web: Chrome on Linux');
+  last().push({ msgid: 2, errno: 0, seq: login['seq'], id: 1, name: 'alice', token: 'ccs_t' });
+  assert.equal((await started).token, 'ccs_t');
+  last().drop();
+  await sleep(40);
+  last().open();
+  const relogin = last().sent[0]!;
+  assert.equal(relogin['token'], 'ccs_t');
+  assert.equal(relogin['password'], undefined, 'the password is not kept');
   connection.stop(false, 1);
 });

@@ -126,8 +126,26 @@ test('requests', () => {
   assert.deepEqual(encode.chat(2, 'd:1:2', 'hi', 'c1'), { msgid: 6, id: 2, toid: 1, msg: 'hi', cmid: 'c1' });
   assert.deepEqual(encode.chat(1, 'g:7', 'hi', 'c1'), { msgid: 10, id: 1, groupid: 7, msg: 'hi', cmid: 'c1' });
   assert.equal(encode.chat(3, 'd:1:2', 'hi', 'c1'), null);
-  assert.deepEqual(encode.login(1, 'pw', 0), { msgid: 1, id: 1, password: 'pw', acks: true, presence: true });
-  assert.deepEqual(encode.login(1, 'pw', 42), { msgid: 1, id: 1, password: 'pw', acks: true, presence: true, since: 42 });
+  const pw = { password: 'pw', remember: null };
+  assert.deepEqual(encode.login(1, pw, 0), { msgid: 1, id: 1, password: 'pw', acks: true, presence: true });
+  assert.deepEqual(encode.login(1, pw, 42), { msgid: 1, id: 1, password: 'pw', acks: true, presence: true, since: 42 });
+  // Staying signed in: a token is asked for, then logged in with.
+  assert.deepEqual(encode.login(1, { password: 'pw', remember: 'web: Chrome on Linux' }, 0), {
+    msgid: 1,
+    id: 1,
+    password: 'pw',
+    remember: true,
+    device: 'web: Chrome on Linux',
+    acks: true,
+    presence: true,
+  });
+  assert.deepEqual(encode.login(1, { token: 'ccs_ab' }, 7), { msgid: 1, id: 1, token: 'ccs_ab', acks: true, presence: true, since: 7 });
+  assert.deepEqual(encode.logoutEverywhere(), { msgid: 23 });
+  assert.deepEqual(encode.changePassword('a', 'b'), { msgid: 24, password: 'a', new_password: 'b' });
+  assert.deepEqual(decodeFrame('{"msgid":23,"reason":"you were logged out everywhere"}'), {
+    kind: 'signed-out',
+    reason: 'you were logged out everywhere',
+  });
   assert.deepEqual(encode.history('g:7', { after: 10, limit: 200 }), { msgid: 16, conv: 'g:7', after: 10, limit: 200 });
   assert.deepEqual(encode.history('g:7', {}), { msgid: 16, conv: 'g:7' });
 });

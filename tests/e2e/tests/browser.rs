@@ -849,13 +849,16 @@ async fn a_phone_the_dark_theme_and_the_keyboard() {
     dark.login(b, "bob-pw").await;
 
     // The login form with the keyboard alone: the page puts the focus in
-    // the id; type it, Tab to the password, Tab to "Log in", Enter.
+    // the id; type it, Tab to the password, Tab past "Keep me signed in"
+    // to "Log in", Enter.
     phone.wait_shown("login-id").await;
     phone.wait_focused("login-id").await;
     phone.press(&a.to_string()).await;
     phone.press(TAB).await;
     phone.wait_focused("login-password").await;
     phone.press("alice-pw").await;
+    phone.press(TAB).await;
+    phone.wait_focused("login-remember").await;
     phone.press(TAB).await;
     phone.wait_focused("login-submit").await;
     phone.press(ENTER).await;
@@ -1069,5 +1072,72 @@ async fn a_friend_coming_and_going_shows_in_the_page_as_it_happens() {
         .wait("bob shown offline again", &shows(false), vec![json!(ab)])
         .await;
     alice.wait_text("conversation-subtitle", "offline").await;
+    alice.quit().await;
+}
+
+/// Staying signed in: a reload logs the page in again with its saved
+/// session token (not the password, which the page does not keep); "log
+/// out everywhere" ends it and a terminal session of the same user on the
+/// other node, each told; after that a reload asks for the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_stays_signed_in_until_logging_out_everywhere() {
+    let stack = Stack::builder().gateways(2).with_nginx().start().await;
+    let url = page_url(&stack);
+    let a = register_on_terminal(&stack, "alice", "alice-pw").await;
+
+    let alice = Browser::start(&stack, "alice").await;
+    alice.open(&url).await;
+    alice.login(a, "alice-pw").await;
+    let stored = alice
+        .js(
+            "return localStorage.getItem('clusterchat.session.v1');",
+            vec![],
+        )
+        .await;
+    let stored = stored.as_str().expect("a saved session").to_owned();
+    assert!(stored.contains("ccs_"), "{stored}");
+    assert!(!stored.contains("alice-pw"), "the password is not stored");
+
+    // A reload: signed in again, no login form.
+    alice.open(&url).await;
+    alice
+        .wait(
+            "signed in again after the reload",
+            "const me = q('me'); const state = q('connection-state'); \
+             return shown(me) && me.dataset.id === String(arguments[0]) \
+                 && state && state.dataset.state === 'connected';",
+            vec![json!(a)],
+        )
+        .await;
+    alice.screenshot("signed-in-after-reload").await;
+
+    // A terminal session of alice on the other node.
+    let mut terminal = Client::connect(stack.gateways[1].tcp).await;
+    let ack = terminal.login_acking(a, "alice-pw", None).await;
+    assert_eq!(ack["errno"], 0, "{ack}");
+
+    alice.click("logout-everywhere").await;
+    alice.wait_text("login-error", "logged out").await;
+    let deadline = tokio::time::Instant::now() + BROWSER_PATIENCE;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let line = terminal
+            .try_recv_line(left)
+            .await
+            .expect("the terminal is told before it is closed");
+        let frame: Value = serde_json::from_str(&line).expect("json");
+        if frame["msgid"] == 23 {
+            break;
+        }
+    }
+    let cleared = alice
+        .js(
+            "return localStorage.getItem('clusterchat.session.v1');",
+            vec![],
+        )
+        .await;
+    assert!(cleared.is_null(), "the saved session is gone: {cleared}");
+    alice.open(&url).await;
+    alice.wait_shown("login-password").await;
     alice.quit().await;
 }

@@ -4,7 +4,8 @@
 import { h, setText } from './dom';
 
 export interface LoginActions {
-  login(id: number, password: string): Promise<void>;
+  /** `remember`: stay signed in on this device (a session token). */
+  login(id: number, password: string, remember: boolean): Promise<void>;
   register(name: string, password: string): Promise<number>;
 }
 
@@ -25,6 +26,13 @@ export function loginScreen(actions: LoginActions): HTMLElement {
     autocomplete: 'current-password',
     required: true,
   });
+  const loginRemember = h('input', {
+    id: 'login-remember',
+    'data-testid': 'login-remember',
+    name: 'remember',
+    type: 'checkbox',
+    checked: true,
+  });
   const loginSubmit = h('button', { type: 'submit', class: 'primary', 'data-testid': 'login-submit' }, 'Log in');
   const loginError = h('p', { class: 'error', role: 'alert', 'data-testid': 'login-error', hidden: true });
 
@@ -36,6 +44,7 @@ export function loginScreen(actions: LoginActions): HTMLElement {
     loginId,
     h('label', { for: 'login-password' }, 'Password'),
     loginPassword,
+    h('label', { class: 'check', for: 'login-remember' }, loginRemember, ' Keep me signed in on this device'),
     loginError,
     loginSubmit,
   );
@@ -56,7 +65,7 @@ export function loginScreen(actions: LoginActions): HTMLElement {
     hide(loginError);
     busy(loginSubmit, true, 'Logging in…');
     actions
-      .login(id, loginPassword.value)
+      .login(id, loginPassword.value, loginRemember.checked)
       .catch((error: unknown) => {
         show(loginError, messageOf(error));
         loginPassword.select();

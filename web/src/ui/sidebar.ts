@@ -11,6 +11,7 @@ import { messageOf } from './login';
 export interface SidebarActions {
   open(conv: string): void;
   logout(): void;
+  logoutEverywhere(): void;
   addFriend(id: number): Promise<string>;
   createGroup(name: string, description: string): Promise<{ text: string; id: number }>;
   joinGroup(id: number): Promise<string>;
@@ -71,6 +72,17 @@ export class Sidebar {
       { type: 'button', class: 'quiet', 'data-testid': 'logout', onclick: () => this.actions.logout() },
       'Log out',
     );
+    const logoutEverywhere = h(
+      'button',
+      {
+        type: 'button',
+        class: 'quiet',
+        'data-testid': 'logout-everywhere',
+        title: 'Ends your sessions on every device and browser',
+        onclick: () => this.actions.logoutEverywhere(),
+      },
+      'Log out everywhere',
+    );
 
     this.actionError = h('p', { class: 'error', role: 'alert', 'data-testid': 'action-error', hidden: true });
     this.actionResult = h('p', { class: 'result', role: 'status', 'data-testid': 'action-result', hidden: true });
@@ -90,7 +102,7 @@ export class Sidebar {
         { class: 'me-bar' },
         this.meAvatar,
         h('div', { class: 'me-text' }, this.meName, this.stateEl),
-        logout,
+        h('div', { class: 'me-actions' }, logout, logoutEverywhere),
       ),
       this.actionsPanel(),
       h('nav', { class: 'conv-nav', 'aria-label': 'Conversations' }, this.list, this.empty),
