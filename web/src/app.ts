@@ -22,6 +22,7 @@ import {
   encode,
   groupConv,
 } from './protocol';
+import { type NotificationApi, Notifier, shouldNotify } from './notify';
 import { forget, save, savedSessionEnded } from './saved';
 import { type Message, Store, TYPING_SHOWN_MS } from './store';
 import { formatServerTime } from './time';
@@ -83,6 +84,10 @@ export class ChatSession {
   private lastRosterError = '';
   private rosterAskedAt = 0;
   private deliveredTimer: ReturnType<typeof setTimeout> | null = null;
+  private readonly notifier = new Notifier(
+    () => (window as unknown as { Notification?: NotificationApi }).Notification,
+    (conv) => this.open(conv),
+  );
 
   constructor(
     url: string,
@@ -137,6 +142,7 @@ export class ChatSession {
       case 'chat': {
         const added = store.addChats([frame.chat], now);
         this.received(added);
+        this.notify(added);
         // Someone not in my roster wrote: they may have just added me as a
         // friend (friendship goes both ways); the roster says, with presence.
         if (added.some((m) => !m.mine && store.conversations.get(m.conv)?.inRoster === false)) {
@@ -173,6 +179,16 @@ export class ChatSession {
         return;
     }
     this.scheduleRender();
+  }
+
+  /** Live messages where the user is not looking: a notification each,
+   *  if they allowed them. */
+  private notify(added: Message[]): void {
+    const visible = document.visibilityState === 'visible';
+    for (const m of added) {
+      if (!shouldNotify(m, this.selected, visible)) continue;
+      this.notifier.show(m, this.store?.conversations.get(m.conv)?.name ?? m.fromName);
+    }
   }
 
   /** New messages from any source: those from others are "delivered" here. */
@@ -533,6 +549,11 @@ export class ChatSession {
         this.end(null, true);
       },
       logoutEverywhere: () => void this.logoutEverywhere(),
+      notifications: () => this.notifier.permission,
+      enableNotifications: async () => {
+        await this.notifier.ask();
+        this.scheduleRender();
+      },
       addFriend: (id) => this.addFriend(id),
       createGroup: (name, description) => this.createGroup(name, description),
       joinGroup: (id) => this.joinGroup(id),

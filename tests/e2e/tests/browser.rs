@@ -1141,3 +1141,79 @@ async fn a_reload_stays_signed_in_until_logging_out_everywhere() {
     alice.wait_shown("login-password").await;
     alice.quit().await;
 }
+
+/// Notifications (the browser's `Notification`, stubbed here to record
+/// them as granted): a message in a conversation that is not open makes
+/// one, titled and tagged by its conversation; the user's own from another
+/// device does not, nor one in the conversation on screen; clicking one
+/// opens its conversation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_where_the_user_is_not_looking_notifies_and_the_click_opens_it() {
+    let stack = Stack::builder().gateways(2).with_nginx().start().await;
+    let url = page_url(&stack);
+    let a = register_on_terminal(&stack, "alice", "alice-pw").await;
+    let b = register_on_terminal(&stack, "bob", "bob-pw").await;
+    befriend_on_terminal(&stack, a, "alice-pw", b).await;
+    let ab = direct_conv(a, b);
+
+    let alice = Browser::start(&stack, "alice").await;
+    alice.open(&url).await;
+    alice.login(a, "alice-pw").await;
+    alice.wait_conversation(&ab).await;
+    alice
+        .js(
+            "window.__shown = []; \
+             window.Notification = class { \
+               static get permission() { return 'granted'; } \
+               static requestPermission() { return Promise.resolve('granted'); } \
+               constructor(title, options) { this.title = title; this.options = options || {}; \
+                 this.onclick = null; window.__shown.push(this); } \
+               close() { this.closed = true; } };",
+            vec![],
+        )
+        .await;
+    let shown = |n: usize| format!("return window.__shown.length === {n};");
+
+    let mut bob = Client::connect(stack.gateways[1].tcp).await;
+    assert_eq!(bob.login_acking(b, "bob-pw", None).await["errno"], 0);
+    let mut alice_phone = Client::connect(stack.gateways[0].tcp).await;
+    assert_eq!(
+        alice_phone.login_acking(a, "alice-pw", None).await["errno"],
+        0
+    );
+
+    // Nothing open: bob's message notifies.
+    assert_eq!(bob.call(chat(b, a, "ping from bob"), 1).await["errno"], 0);
+    alice.wait("one notification", &shown(1), vec![]).await;
+    let first = alice
+        .js(
+            "const n = window.__shown[0]; return [n.title, n.options.body, n.options.tag];",
+            vec![],
+        )
+        .await;
+    assert_eq!(first, json!(["bob", "ping from bob", ab]));
+
+    // Her own message, from her phone: no notification.
+    assert_eq!(
+        alice_phone.call(chat(a, b, "from my phone"), 1).await["errno"],
+        0
+    );
+    alice.wait_conversation(&ab).await;
+    alice
+        .wait(
+            "her own message in the list",
+            "const c = conv(arguments[0]); return !!c && txt(q('last-message', c)).includes('from my phone');",
+            vec![json!(ab)],
+        )
+        .await;
+    assert_eq!(alice.js("return window.__shown.length;", vec![]).await, 1);
+
+    // The click opens the conversation; a message there, on screen, does
+    // not notify.
+    alice.js("window.__shown[0].onclick();", vec![]).await;
+    alice.wait_text("conversation-title", "bob").await;
+    assert_eq!(bob.call(chat(b, a, "on screen"), 2).await["errno"], 0);
+    alice.wait_message("on screen", false).await;
+    assert_eq!(alice.js("return window.__shown.length;", vec![]).await, 1);
+    alice.quit().await;
+}

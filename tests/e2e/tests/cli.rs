@@ -320,3 +320,66 @@ async fn interactive_client_reconnects_when_its_node_goes_away() {
     cli.expect("message to user").await;
     assert_eq!(bob.recv().await["msg"], "I am back");
 }
+
+/// The terminal shows a friend coming and going (msgid 22), changes the
+/// password (its other session is told and ends), and is itself told when
+/// it is logged out from elsewhere (msgid 23).
+#[tokio::test]
+async fn interactive_presence_a_new_password_and_logging_out_everywhere() {
+    let stack = Stack::builder().gateways(2).start().await;
+    let mut bob = Client::connect(stack.gateways[1].tcp).await;
+    let bob_id = bob.register("bob", "pb").await;
+    let alice_id = bob.register("alice", "pa").await;
+    bob.login_acking(bob_id, "pb", None).await;
+    assert_eq!(
+        bob.call(serde_json::json!({"msgid": 7, "friendid": alice_id}), 1)
+            .await["errno"],
+        0
+    );
+    bob.send(&serde_json::json!({"msgid": 3})).await;
+
+    let mut cli = Interactive::start(&stack.gateways[0].tcp.to_string()).await;
+    cli.log_in(alice_id, "pa").await;
+    let mut bob = Client::connect(stack.gateways[1].tcp).await;
+    assert_eq!(bob.login_acking(bob_id, "pb", None).await["errno"], 0);
+    let online = cli.expect("is online").await;
+    assert!(
+        online.contains(&format!("bob ({bob_id}) is online")),
+        "{online}"
+    );
+    bob.send(&serde_json::json!({"msgid": 3})).await;
+    cli.expect(&format!("bob ({bob_id}) is offline")).await;
+
+    // A second session of alice (a device, on the other node) ends when
+    // the terminal changes the password.
+    let mut phone = Client::connect(stack.gateways[1].tcp).await;
+    assert_eq!(phone.login_acking(alice_id, "pa", None).await["errno"], 0);
+    cli.type_line("password:pa:new-pa").await;
+    cli.expect("password changed").await;
+    let mut told = false;
+    for _ in 0..20 {
+        match phone.try_recv_line(PATIENCE).await {
+            Some(line) if line.contains("\"msgid\":23") => {
+                told = true;
+                break;
+            }
+            Some(_) => {}
+            None => break,
+        }
+    }
+    assert!(told, "the other session was told");
+
+    // Logged out everywhere from a device: the terminal says so and is
+    // back at the menu.
+    let mut tablet = Client::connect(stack.gateways[1].tcp).await;
+    assert_eq!(
+        tablet.login_acking(alice_id, "new-pa", None).await["errno"],
+        0
+    );
+    assert_eq!(
+        tablet.call(serde_json::json!({"msgid": 23}), 1).await["errno"],
+        0
+    );
+    let ended = cli.expect("1. login").await;
+    assert!(ended.contains("logged out everywhere"), "{ended}");
+}

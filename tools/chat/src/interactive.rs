@@ -47,6 +47,8 @@ const HELP: &str = "commands:
   more                          earlier messages of the last history
   conversations (or list)       your conversations, newest first, with unread counts
   read:friendid (read:g:id)     mark a conversation read
+  password:current:new          change your password (your other sessions end)
+  logouteverywhere              end every session of yours, on every device
   loginout                      log out (back to the menu)
   quit                          leave";
 
@@ -87,6 +89,9 @@ enum Pending {
     },
     Register,
     Command(String),
+    /// `password:`: the new password, kept for logging in again once the
+    /// server took it.
+    NewPassword(String),
     /// A history page; `earlier` for one asked with `more`.
     History {
         conv: Conv,
@@ -291,6 +296,16 @@ pub async fn run(endpoint: Endpoint) -> anyhow::Result<()> {
                             print(format!("register failed: {}\n{MENU}", message["errmsg"].as_str().unwrap_or("name taken or invalid")));
                         }
                     }
+                    (Some(Pending::NewPassword(new)), _) => {
+                        if message["errno"] == 0 {
+                            if let Some(me) = session.as_mut() {
+                                me.password = new;
+                            }
+                            print("password changed; your other sessions were ended".into());
+                        } else {
+                            print(format!("change password: error: {}", message["errmsg"].as_str().unwrap_or("failed")));
+                        }
+                    }
                     (Some(Pending::Command(what)), _) => {
                         if message["errno"] == 0 {
                             match message["groupid"].as_i64() {
@@ -411,6 +426,13 @@ pub async fn run(endpoint: Endpoint) -> anyhow::Result<()> {
                             print(dim(display::typing(&message, &me.names)));
                         }
                     }
+                    // Ended from elsewhere (logged out everywhere, a new
+                    // password): the server closes the connection next.
+                    (None, Some(23)) => {
+                        print(format!("{}\n{MENU}", message["reason"].as_str().unwrap_or("you were logged out")));
+                        session = None;
+                        state = State::Menu;
+                    }
                     (None, Some(22)) => {
                         if let Some(me) = session.as_ref()
                             && let Some(line) = display::presence(&message, &me.names)
@@ -491,6 +513,16 @@ fn command(line: &str, me: &Session) -> anyhow::Result<Option<(Value, Pending)>>
                 format!("create group {name:?}"),
             )
         }
+        "password" => {
+            let (current, new) = rest
+                .split_once(':')
+                .ok_or_else(|| anyhow::anyhow!("usage: password:current:new"))?;
+            Some((
+                json!({"msgid": 24, "password": current, "new_password": new}),
+                Pending::NewPassword(new.to_owned()),
+            ))
+        }
+        "logouteverywhere" => described(json!({"msgid": 23}), "log out everywhere".into()),
         "addgroup" => {
             let group = number(rest, "groupid")?;
             described(

@@ -12,6 +12,9 @@ export interface SidebarActions {
   open(conv: string): void;
   logout(): void;
   logoutEverywhere(): void;
+  /** Whether notifications may be shown ("default": not asked yet). */
+  notifications(): NotificationPermission | 'unsupported';
+  enableNotifications(): Promise<void>;
   addFriend(id: number): Promise<string>;
   createGroup(name: string, description: string): Promise<{ text: string; id: number }>;
   joinGroup(id: number): Promise<string>;
@@ -38,6 +41,7 @@ interface Item {
 
 export class Sidebar {
   readonly element: HTMLElement;
+  private readonly notifyButton: HTMLButtonElement;
   private readonly stateEl: HTMLElement;
   private readonly meName: HTMLElement;
   private readonly meAvatar: HTMLElement;
@@ -72,6 +76,18 @@ export class Sidebar {
       { type: 'button', class: 'quiet', 'data-testid': 'logout', onclick: () => this.actions.logout() },
       'Log out',
     );
+    this.notifyButton = h(
+      'button',
+      {
+        type: 'button',
+        class: 'quiet',
+        'data-testid': 'enable-notifications',
+        title: 'Tell me about messages in conversations I am not looking at',
+        hidden: true,
+        onclick: () => void this.actions.enableNotifications(),
+      },
+      'Turn on notifications',
+    );
     const logoutEverywhere = h(
       'button',
       {
@@ -102,7 +118,7 @@ export class Sidebar {
         { class: 'me-bar' },
         this.meAvatar,
         h('div', { class: 'me-text' }, this.meName, this.stateEl),
-        h('div', { class: 'me-actions' }, logout, logoutEverywhere),
+        h('div', { class: 'me-actions' }, logout, logoutEverywhere, this.notifyButton),
       ),
       this.actionsPanel(),
       h('nav', { class: 'conv-nav', 'aria-label': 'Conversations' }, this.list, this.empty),
@@ -240,6 +256,8 @@ export class Sidebar {
 
   render(selected: string | null, now: number, hideUnreadOf: string | null): void {
     setText(this.meName.firstChild as HTMLElement, this.store.myName);
+    // Offered until the user answered the browser's question.
+    this.notifyButton.hidden = this.actions.notifications() !== 'default';
     const conversations = this.store.sortedConversations();
     const nodes: Node[] = [];
     const seen = new Set<string>();
