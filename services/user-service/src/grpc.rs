@@ -226,6 +226,32 @@ impl pb::user_service_server::UserService for UserGrpc {
         }))
     }
 
+    async fn remove_friend(
+        &self,
+        request: Request<pb::RemoveFriendRequest>,
+    ) -> Reply<pb::RemoveFriendResponse> {
+        let req = request.into_inner();
+        let user = UserId::parse(req.user_id, "user_id")?;
+        let friend = UserId::parse(req.friend_id, "friend_id")?;
+        let removed = self.users.remove_friend(user, friend).await?;
+        Ok(Response::new(pb::RemoveFriendResponse { removed }))
+    }
+
+    async fn rename_group(
+        &self,
+        request: Request<pb::RenameGroupRequest>,
+    ) -> Reply<pb::RenameGroupResponse> {
+        let req = request.into_inner();
+        let group = GroupId::parse(req.group_id)?;
+        let user = UserId::parse(req.user_id, "user_id")?;
+        let name = GroupName::parse(&req.name)?;
+        let description = GroupDescription::parse(&req.description)?;
+        self.users
+            .rename_group(group, user, name, description)
+            .await?;
+        Ok(Response::new(pb::RenameGroupResponse {}))
+    }
+
     async fn join_group(
         &self,
         request: Request<pb::JoinGroupRequest>,

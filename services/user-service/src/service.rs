@@ -140,6 +140,31 @@ impl Users {
         self.store.sessions(user, sessions::now_ms()).await
     }
 
+    #[tracing::instrument(skip(self))]
+    pub async fn remove_friend(&self, user: UserId, friend: UserId) -> Result<bool, UserError> {
+        self.require_user(user).await?;
+        self.store.remove_friendship(user, friend).await
+    }
+
+    /// Only the group's creator may rename it.
+    #[tracing::instrument(skip(self, name, description))]
+    pub async fn rename_group(
+        &self,
+        group: GroupId,
+        user: UserId,
+        name: GroupName,
+        description: GroupDescription,
+    ) -> Result<(), UserError> {
+        self.require_group(group).await?;
+        match self.store.member_role(group, user).await? {
+            Some(GroupRole::Creator) => self.store.rename_group(group, &name, &description).await,
+            _ => Err(UserError::FailedPrecondition(format!(
+                "only the creator of group {} may rename it",
+                group.get()
+            ))),
+        }
+    }
+
     pub async fn user_by_name(&self, name: UserName) -> Result<User, UserError> {
         self.store
             .user_by_name(&name)

@@ -247,6 +247,48 @@ impl UserStore {
         Ok(created > 0)
     }
 
+    /// Ends a friendship both ways; true when there was one.
+    #[tracing::instrument(name = "sql.remove_friendship", skip_all, fields(otel.kind = "client", db.system = "mysql"))]
+    pub async fn remove_friendship(&self, user: UserId, friend: UserId) -> Result<bool, UserError> {
+        let done = sqlx::query(
+            "DELETE FROM friendships WHERE (user_id = ? AND friend_id = ?) OR (user_id = ? AND friend_id = ?)",
+        )
+        .bind(user.get())
+        .bind(friend.get())
+        .bind(friend.get())
+        .bind(user.get())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// A group's new name and description (its name is unique, as at
+    /// creation).
+    #[tracing::instrument(name = "sql.rename_group", skip_all, fields(otel.kind = "client", db.system = "mysql"))]
+    pub async fn rename_group(
+        &self,
+        group: GroupId,
+        name: &GroupName,
+        description: &GroupDescription,
+    ) -> Result<(), UserError> {
+        let result = sqlx::query(
+            "UPDATE chat_groups SET name = ?, name_key = ?, description = ? WHERE id = ?",
+        )
+        .bind(name.as_str())
+        .bind(name.key())
+        .bind(description.as_str())
+        .bind(group.get())
+        .execute(&self.pool)
+        .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if mysql_pool::is_unique_violation(&e) => Err(UserError::AlreadyExists(
+                format!("a group is already named {:?}", name.as_str()),
+            )),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     #[tracing::instrument(name = "sql.friends", skip_all, fields(otel.kind = "client", db.system = "mysql"))]
     pub async fn friends(&self, user: UserId) -> Result<Vec<User>, UserError> {
         let rows = sqlx::query(

@@ -256,6 +256,19 @@ async fn interactive_session_like_a_person() {
     cli.type_line("creategroup:terminal people:we type").await;
     let created = cli.expect("group id").await;
     assert!(created.contains("ok, group id"), "{created}");
+    let group: i64 = created
+        .rsplit("group id ")
+        .next()
+        .and_then(|rest| rest.trim().parse().ok())
+        .expect("the new group's id");
+    cli.type_line(&format!("members:{group}")).await;
+    let members = cli.expect("creator").await;
+    assert!(members.contains("alice ("), "{members}");
+    cli.type_line(&format!("renamegroup:{group}:typists")).await;
+    let renamed = cli.expect("rename group").await;
+    assert!(renamed.contains("ok"), "{renamed}");
+    cli.type_line(&format!("members:{group}")).await;
+    assert!(cli.expect("typists").await.contains("typists"));
 
     cli.type_line("chat:999999:nobody").await;
     let refused = cli.expect("error").await;
@@ -268,6 +281,10 @@ async fn interactive_session_like_a_person() {
         incoming.contains(&format!("[{bob_id}]bob said: hello alice")),
         "{incoming}"
     );
+
+    cli.type_line(&format!("removefriend:{bob_id}")).await;
+    let removed = cli.expect("remove friend").await;
+    assert!(removed.contains(": ok"), "{removed}");
 
     cli.type_line("loginout").await;
     cli.expect("logged out").await;

@@ -40,6 +40,10 @@ const HELP: &str = "commands:
   addfriend:friendid            make friends
   creategroup:groupname:desc    create a group (prints its id)
   addgroup:groupid              join a group
+  removefriend:friendid         end a friendship
+  leavegroup:groupid            leave a group
+  members:groupid               a group's members, their roles and who is online
+  renamegroup:groupid:name[:desc]  rename a group you created
   groupchat:groupid:message     send a message to a group
   history:friendid[:count]      the last messages with a user (marks them read)
   history:g:groupid[:count]     the last messages of a group
@@ -92,6 +96,8 @@ enum Pending {
     /// `password:`: the new password, kept for logging in again once the
     /// server took it.
     NewPassword(String),
+    /// `members:`: print the group's members.
+    Members,
     /// A history page; `earlier` for one asked with `more`.
     History {
         conv: Conv,
@@ -294,6 +300,23 @@ pub async fn run(endpoint: Endpoint) -> anyhow::Result<()> {
                             print(format!("registered: your user id is {}\n{MENU}", message["id"]));
                         } else {
                             print(format!("register failed: {}\n{MENU}", message["errmsg"].as_str().unwrap_or("name taken or invalid")));
+                        }
+                    }
+                    (Some(Pending::Members), _) => {
+                        if message["errno"] == 0 {
+                            let mut out = format!("group {} ({}):", message["groupid"], message["groupname"].as_str().unwrap_or(""));
+                            for m in message["members"].as_array().into_iter().flatten() {
+                                out.push_str(&format!(
+                                    "\n  {} ({}) {}{}",
+                                    m["name"].as_str().unwrap_or("?"),
+                                    m["id"],
+                                    if m["online"] == true { "online" } else { "offline" },
+                                    if m["role"] == "creator" { ", creator" } else { "" },
+                                ));
+                            }
+                            print(out);
+                        } else {
+                            print(format!("members: error: {}", message["errmsg"].as_str().unwrap_or("failed")));
                         }
                     }
                     (Some(Pending::NewPassword(new)), _) => {
@@ -523,6 +546,39 @@ fn command(line: &str, me: &Session) -> anyhow::Result<Option<(Value, Pending)>>
             ))
         }
         "logouteverywhere" => described(json!({"msgid": 23}), "log out everywhere".into()),
+        "removefriend" => {
+            let friend = number(rest, "friendid")?;
+            described(
+                json!({"msgid": 25, "friendid": friend}),
+                format!("remove friend {}", me.names.user(friend)),
+            )
+        }
+        "leavegroup" => {
+            let group = number(rest, "groupid")?;
+            described(
+                json!({"msgid": 26, "groupid": group}),
+                format!("leave group {group}"),
+            )
+        }
+        "members" => {
+            let group = number(rest, "groupid")?;
+            Some((json!({"msgid": 27, "groupid": group}), Pending::Members))
+        }
+        "renamegroup" => {
+            let (group, name) = rest
+                .split_once(':')
+                .ok_or_else(|| anyhow::anyhow!("usage: renamegroup:groupid:name[:desc]"))?;
+            let group = number(group, "groupid")?;
+            let mut request = json!({"msgid": 28, "groupid": group});
+            match name.split_once(':') {
+                Some((name, desc)) => {
+                    request["groupname"] = name.into();
+                    request["groupdesc"] = desc.into();
+                }
+                None => request["groupname"] = name.into(),
+            }
+            described(request, format!("rename group {group}"))
+        }
         "addgroup" => {
             let group = number(rest, "groupid")?;
             described(

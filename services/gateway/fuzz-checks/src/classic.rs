@@ -137,6 +137,23 @@ pub fn check(frame: &[u8]) {
         Request::Roster => assert_eq!(msgid, classic::ROSTER_MSG),
         Request::LogoutEverywhere => assert_eq!(msgid, classic::LOGOUT_ALL_MSG),
         Request::ChangePassword { .. } => assert_eq!(msgid, classic::PASSWORD_MSG),
+        Request::RemoveFriend { friend } => {
+            assert_eq!(msgid, classic::REMOVE_FRIEND_MSG);
+            assert_eq!(Some(friend), object.get("friendid").and_then(Value::as_i64));
+        }
+        Request::LeaveGroup { group } => {
+            assert_eq!(msgid, classic::LEAVE_GROUP_MSG);
+            assert_eq!(Some(group), object.get("groupid").and_then(Value::as_i64));
+        }
+        Request::GroupMembers { group } => {
+            assert_eq!(msgid, classic::GROUP_MEMBERS_MSG);
+            assert_eq!(Some(group), object.get("groupid").and_then(Value::as_i64));
+        }
+        Request::RenameGroup { group, name, .. } => {
+            assert_eq!(msgid, classic::RENAME_GROUP_MSG);
+            assert_eq!(Some(group), object.get("groupid").and_then(Value::as_i64));
+            assert_eq!(Some(name.as_str()), str_field(&object, "groupname"));
+        }
     }
 }
 

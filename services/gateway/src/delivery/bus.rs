@@ -76,12 +76,18 @@ fn on_event(node: &Arc<Node>, event: BusEvent) {
             tokio::spawn(crate::node::presence::expired(node.clone(), user));
         }
         BusEvent::Control(payload) => {
-            if let Some(group) = std::str::from_utf8(&payload)
-                .ok()
-                .and_then(|s| s.strip_prefix("g:"))
-                .and_then(|g| g.parse().ok())
-            {
+            let text = std::str::from_utf8(&payload).unwrap_or("");
+            if let Some(group) = text.strip_prefix("g:").and_then(|g| g.parse().ok()) {
                 node.directory.forget_group(group);
+            } else if let Some((group, user)) = text
+                .strip_prefix("left:")
+                .and_then(|rest| rest.split_once(':'))
+                .and_then(|(g, u)| Some((g.parse().ok()?, u.parse().ok()?)))
+            {
+                // A member left: no session of theirs here gets the
+                // group's chats any more.
+                node.directory.forget_group(group);
+                node.groups.leave(&node.redis, user, group);
             }
         }
         // Whatever was published while a subscription was away is in

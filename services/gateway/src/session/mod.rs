@@ -538,6 +538,10 @@ impl Session {
             | Request::Delivered { .. }
             | Request::LogoutEverywhere
             | Request::ChangePassword { .. }
+            | Request::RemoveFriend { .. }
+            | Request::LeaveGroup { .. }
+            | Request::GroupMembers { .. }
+            | Request::RenameGroup { .. }
             | Request::Roster => None,
         };
         match claimed {
@@ -566,6 +570,14 @@ impl Session {
                 Ok(Map::new())
             }
             Request::LogoutEverywhere => self.logout_everywhere(user).await,
+            Request::RemoveFriend { friend } => self.remove_friend(user, friend).await,
+            Request::LeaveGroup { group } => self.leave_group(user, group).await,
+            Request::GroupMembers { group } => self.group_members(user, group).await,
+            Request::RenameGroup {
+                group,
+                name,
+                description,
+            } => self.rename_group(user, group, name, description).await,
             Request::ChangePassword {
                 password,
                 new_password,
@@ -670,6 +682,10 @@ fn request_kind(request: &Request) -> &'static str {
         Request::Delivered { .. } => "delivered",
         Request::Roster => "roster",
         Request::LogoutEverywhere => "logout_everywhere",
+        Request::RemoveFriend { .. } => "remove_friend",
+        Request::LeaveGroup { .. } => "leave_group",
+        Request::GroupMembers { .. } => "group_members",
+        Request::RenameGroup { .. } => "rename_group",
         Request::ChangePassword { .. } => "change_password",
     }
 }

@@ -1,6 +1,8 @@
-//! Friends and groups: adding a friend (msgid 6), creating (7) and joining
-//! (8) a group, through the user service. A group change is told to every
-//! node, whose caches of its members forget it.
+//! Friends and groups: adding (msgid 7) and removing (25) a friend,
+//! creating (8), joining (9), leaving (26) and renaming (28) a group, its
+//! members with roles (27), through the user service. A group change is
+//! told to every node, whose caches of its members forget it; a member who
+//! left is dropped from every node's followers of the group's log.
 
 use clusterchat_proto::user::v1 as user_pb;
 use serde_json::Map;
@@ -108,6 +110,138 @@ impl Session {
                 .send(WriterCommand::FollowGroup(group, cseq))
                 .await;
         }
+    }
+
+    pub(super) async fn remove_friend(
+        &self,
+        user: i64,
+        friend: i64,
+    ) -> Result<Map<String, serde_json::Value>, Failure> {
+        let removed = self
+            .node
+            .upstreams
+            .users
+            .clone()
+            .remove_friend(user_pb::RemoveFriendRequest {
+                user_id: user,
+                friend_id: friend,
+            })
+            .await
+            .map_err(|s| failure_from_status(&s, "the user service"))?
+            .into_inner()
+            .removed;
+        if !removed {
+            return Err(Failure::new(
+                crate::protocol::classic::errno::NOT_FOUND,
+                format!("user {friend} is not your friend"),
+            ));
+        }
+        Ok(Map::new())
+    }
+
+    pub(super) async fn leave_group(
+        &self,
+        user: i64,
+        group: i64,
+    ) -> Result<Map<String, serde_json::Value>, Failure> {
+        let left = self
+            .node
+            .upstreams
+            .users
+            .clone()
+            .leave_group(user_pb::LeaveGroupRequest {
+                user_id: user,
+                group_id: group,
+            })
+            .await
+            .map_err(|s| failure_from_status(&s, "the user service"))?
+            .into_inner()
+            .left;
+        if !left {
+            return Err(Failure::new(
+                crate::protocol::classic::errno::NOT_FOUND,
+                format!("you are not in group {group}"),
+            ));
+        }
+        // Every node stops handing the user this group's chats.
+        self.node.groups.leave(&self.node.redis, user, group);
+        self.node.directory.forget_group(group);
+        if let Err(e) = self
+            .node
+            .redis
+            .publish_control(format!("left:{group}:{user}").as_bytes())
+            .await
+        {
+            tracing::warn!(error = %e, group, user, "cannot tell other nodes a member left; their sessions of the user get the group's chats until the next login");
+        }
+        Ok(Map::new())
+    }
+
+    /// The members (id, name, presence, creator) of a group the user is in.
+    pub(super) async fn group_members(
+        &self,
+        user: i64,
+        group: i64,
+    ) -> Result<Map<String, serde_json::Value>, Failure> {
+        let (_, groups) = self.roster(user).await?;
+        let Some(found) = groups.into_iter().find(|g| g.id == group) else {
+            return Err(Failure::new(
+                crate::protocol::classic::errno::FORBIDDEN,
+                format!("you are not in group {group}"),
+            ));
+        };
+        let members: Vec<serde_json::Value> = found
+            .members
+            .iter()
+            .map(|m| {
+                serde_json::json!({
+                    "id": m.id,
+                    "name": m.name,
+                    "online": m.online,
+                    "role": if m.creator { "creator" } else { "member" },
+                })
+            })
+            .collect();
+        let mut results = Map::new();
+        results.insert("groupid".into(), group.into());
+        results.insert("groupname".into(), found.name.into());
+        results.insert("groupdesc".into(), found.description.into());
+        results.insert("members".into(), members.into());
+        Ok(results)
+    }
+
+    pub(super) async fn rename_group(
+        &self,
+        user: i64,
+        group: i64,
+        name: String,
+        description: Option<String>,
+    ) -> Result<Map<String, serde_json::Value>, Failure> {
+        let description = match description {
+            Some(description) => description,
+            None => {
+                let (_, groups) = self.roster(user).await?;
+                groups
+                    .into_iter()
+                    .find(|g| g.id == group)
+                    .map(|g| g.description)
+                    .unwrap_or_default()
+            }
+        };
+        self.node
+            .upstreams
+            .users
+            .clone()
+            .rename_group(user_pb::RenameGroupRequest {
+                group_id: group,
+                user_id: user,
+                name,
+                description,
+            })
+            .await
+            .map_err(|s| failure_from_status(&s, "the user service"))?;
+        self.invalidate_group(group).await;
+        Ok(Map::new())
     }
 
     /// Forgets a group's members here and on every other node.

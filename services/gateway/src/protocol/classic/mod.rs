@@ -78,6 +78,15 @@ pub const LOGOUT_ALL_MSG: i64 = 23;
 /// Client: a new password (`password`, `new_password`); the user's other
 /// sessions end (each told with msgid 23).
 pub const PASSWORD_MSG: i64 = 24;
+/// Client: end a friendship (`friendid`), both ways.
+pub const REMOVE_FRIEND_MSG: i64 = 25;
+/// Client: leave a group (`groupid`); its creator may not.
+pub const LEAVE_GROUP_MSG: i64 = 26;
+/// Client: a group's members with roles and presence (`groupid`).
+pub const GROUP_MEMBERS_MSG: i64 = 27;
+/// Client: rename a group (`groupid`, `groupname`, optional `groupdesc`);
+/// its creator alone.
+pub const RENAME_GROUP_MSG: i64 = 28;
 
 /// At most this many messages or conversations per page.
 pub const MAX_PAGE: u32 = 200;

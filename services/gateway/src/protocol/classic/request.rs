@@ -5,9 +5,10 @@ use serde_json::{Map, Value};
 
 use super::{
     ACK_MSG, ADD_FRIEND_MSG, ADD_GROUP_MSG, CONVERSATIONS_MSG, CREATE_GROUP_MSG, Conversation,
-    DELIVERED_MSG, Failure, GROUP_CHAT_MSG, HISTORY_MSG, LOGIN_MSG, LOGIN_MSG_ACK, LOGINOUT_MSG,
-    LOGOUT_ALL_MSG, MAX_PAGE, ONE_CHAT_MSG, PASSWORD_MSG, PING_MSG, PONG_MSG, READ_MSG, REG_MSG,
-    REG_MSG_ACK, REPLY_MSG, ROSTER_MSG, TYPING_MSG,
+    DELIVERED_MSG, Failure, GROUP_CHAT_MSG, GROUP_MEMBERS_MSG, HISTORY_MSG, LEAVE_GROUP_MSG,
+    LOGIN_MSG, LOGIN_MSG_ACK, LOGINOUT_MSG, LOGOUT_ALL_MSG, MAX_PAGE, ONE_CHAT_MSG, PASSWORD_MSG,
+    PING_MSG, PONG_MSG, READ_MSG, REG_MSG, REG_MSG_ACK, REMOVE_FRIEND_MSG, RENAME_GROUP_MSG,
+    REPLY_MSG, ROSTER_MSG, TYPING_MSG,
 };
 
 /// What a login proves who it is with.
@@ -106,6 +107,25 @@ pub enum Request {
         up_to: u64,
     },
     Roster,
+    /// Ends a friendship (both ways).
+    RemoveFriend {
+        friend: i64,
+    },
+    /// Leaves a group (its creator may not).
+    LeaveGroup {
+        group: i64,
+    },
+    /// A group's members with their roles and presence (members only).
+    GroupMembers {
+        group: i64,
+    },
+    /// A group's new name (and description, kept when absent); its
+    /// creator's alone.
+    RenameGroup {
+        group: i64,
+        name: String,
+        description: Option<String>,
+    },
 }
 
 /// Which conversation a request is about: `toid`, `groupid` or `conv`.
@@ -296,6 +316,20 @@ fn parse_request(mut object: Map<String, Value>) -> Result<Request, Failure> {
             up_to: non_negative(required_int(&object, "upto")?, "upto")?,
         },
         ROSTER_MSG => Request::Roster,
+        REMOVE_FRIEND_MSG => Request::RemoveFriend {
+            friend: required_int(&object, "friendid")?,
+        },
+        LEAVE_GROUP_MSG => Request::LeaveGroup {
+            group: required_int(&object, "groupid")?,
+        },
+        GROUP_MEMBERS_MSG => Request::GroupMembers {
+            group: required_int(&object, "groupid")?,
+        },
+        RENAME_GROUP_MSG => Request::RenameGroup {
+            group: required_int(&object, "groupid")?,
+            name: required_str(&object, "groupname")?,
+            description: optional_str(&object, "groupdesc")?,
+        },
         LOGIN_MSG_ACK | REG_MSG_ACK | REPLY_MSG | PONG_MSG => {
             return Err(Failure::bad_request(format!(
                 "msgid {msgid} is sent by the server, not to it"
