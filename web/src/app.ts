@@ -440,6 +440,43 @@ export class ChatSession {
 
   // ---- roster actions ------------------------------------------------------------
 
+  /** A change to friends or groups from the conversation's details: says
+   *  what happened, or why not. */
+  private async manage(work: () => Promise<string>): Promise<void> {
+    try {
+      this.toast.show(await work());
+    } catch (error) {
+      this.toast.show(messageOf(error));
+    }
+    this.scheduleRender();
+  }
+
+  private async removeFriend(conv: string): Promise<string> {
+    const c = this.store?.conversations.get(conv);
+    if (!c || c.peer === null) throw new Error('Not a one-to-one conversation.');
+    await this.request(encode.removeFriend(c.peer));
+    c.inRoster = false;
+    c.online = false;
+    return `${c.name} is no longer a friend.`;
+  }
+
+  private async leaveGroup(conv: string): Promise<string> {
+    const c = this.store?.conversations.get(conv);
+    if (!c || c.groupId === null) throw new Error('Not a group.');
+    await this.request(encode.leaveGroup(c.groupId));
+    c.inRoster = false;
+    c.members = new Map();
+    return `You left ${c.name}.`;
+  }
+
+  private async renameGroup(conv: string, name: string): Promise<string> {
+    const c = this.store?.conversations.get(conv);
+    if (!c || c.groupId === null) throw new Error('Not a group.');
+    await this.request(encode.renameGroup(c.groupId, name));
+    await this.refreshRoster();
+    return `The group is now ${name}.`;
+  }
+
   private async addFriend(id: number): Promise<string> {
     const store = this.store!;
     if (id === store.me) throw new Error('That is your own id.');
@@ -565,6 +602,9 @@ export class ChatSession {
       loadOlder: (conv) => void this.loadHistory(conv, 'older'),
       retry: (conv, mid) => this.retry(conv, mid),
       back: () => this.open(null),
+      removeFriend: (conv) => void this.manage(() => this.removeFriend(conv)),
+      leaveGroup: (conv) => void this.manage(() => this.leaveGroup(conv)),
+      renameGroup: (conv, name) => void this.manage(() => this.renameGroup(conv, name)),
     });
     const banner = h('div', { class: 'conn-banner', 'aria-hidden': 'true' }, 'reconnecting…');
     this.shell = h(

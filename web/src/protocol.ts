@@ -31,6 +31,10 @@ export const MSG = {
   PRESENCE: 22,
   LOGOUT_EVERYWHERE: 23,
   PASSWORD: 24,
+  REMOVE_FRIEND: 25,
+  LEAVE_GROUP: 26,
+  GROUP_MEMBERS: 27,
+  RENAME_GROUP: 28,
 } as const;
 
 /** The errno of a login ack refused for a wrong id or password. */
@@ -469,6 +473,9 @@ export const encode = {
     groupdesc: description,
   }),
   joinGroup: (me: number, group: number): JsonObject => ({ msgid: MSG.JOIN_GROUP, id: me, groupid: group }),
+  removeFriend: (friend: number): JsonObject => ({ msgid: MSG.REMOVE_FRIEND, friendid: friend }),
+  leaveGroup: (group: number): JsonObject => ({ msgid: MSG.LEAVE_GROUP, groupid: group }),
+  renameGroup: (group: number, name: string): JsonObject => ({ msgid: MSG.RENAME_GROUP, groupid: group, groupname: name }),
   history: (conv: string, page: { before?: number; after?: number; limit?: number }): JsonObject => ({
     msgid: MSG.HISTORY,
     conv,

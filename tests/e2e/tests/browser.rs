@@ -1217,3 +1217,98 @@ async fn a_message_where_the_user_is_not_looking_notifies_and_the_click_opens_it
     assert_eq!(alice.js("return window.__shown.length;", vec![]).await, 1);
     alice.quit().await;
 }
+
+/// Managing friends and groups from a conversation's details: a group's
+/// members with the creator marked and who is online, renaming it (its
+/// creator), leaving it (a member), removing a friend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn details_rename_a_group_leave_one_and_remove_a_friend() {
+    let stack = Stack::builder().gateways(2).with_nginx().start().await;
+    let url = page_url(&stack);
+    let a = register_on_terminal(&stack, "alice", "alice-pw").await;
+    let b = register_on_terminal(&stack, "bob", "bob-pw").await;
+    befriend_on_terminal(&stack, a, "alice-pw", b).await;
+    // Bob, on a terminal: creates one group, alice will create another.
+    let mut bob = Client::connect(stack.gateways[1].tcp).await;
+    assert_eq!(bob.login_acking(b, "bob-pw", None).await["errno"], 0);
+    let bobs = bob
+        .call(json!({"msgid": 8, "groupname": "bobs", "groupdesc": ""}), 1)
+        .await["groupid"]
+        .as_i64()
+        .expect("groupid");
+    let mut alice_term = Client::connect(stack.gateways[0].tcp).await;
+    assert_eq!(
+        alice_term.login_acking(a, "alice-pw", None).await["errno"],
+        0
+    );
+    assert_eq!(
+        alice_term
+            .call(json!({"msgid": 9, "groupid": bobs}), 1)
+            .await["errno"],
+        0
+    );
+    let hers = alice_term
+        .call(
+            json!({"msgid": 8, "groupname": "alices", "groupdesc": ""}),
+            2,
+        )
+        .await["groupid"]
+        .as_i64()
+        .expect("groupid");
+    assert_eq!(
+        bob.call(json!({"msgid": 9, "groupid": hers}), 2).await["errno"],
+        0
+    );
+    drop(alice_term);
+
+    let alice = Browser::start(&stack, "alice").await;
+    alice.open(&url).await;
+    alice.login(a, "alice-pw").await;
+
+    // Her group: members, she is the creator; she renames it.
+    let her_conv = format!("g:{hers}");
+    alice.wait_conversation(&her_conv).await;
+    alice.open_conversation(&her_conv).await;
+    alice.click("conversation-details").await;
+    alice
+        .wait(
+            "the members, the creator marked, bob online",
+            "const ul = q('members'); if (!ul) return false; \
+             const me = ul.querySelector(`li[data-id='${arguments[0]}']`); \
+             const bob = ul.querySelector(`li[data-id='${arguments[1]}']`); \
+             return !!me && me.dataset.role === 'creator' && !!bob && bob.dataset.role === 'member' \
+                 && bob.dataset.online === 'true';",
+            vec![json!(a), json!(b)],
+        )
+        .await;
+    alice.screenshot("group-details").await;
+    alice.fill("rename-input", "alice and friends").await;
+    alice.click("rename-submit").await;
+    alice
+        .wait_text("conversation-title", "alice and friends")
+        .await;
+
+    // Bob's group: she is a member, and leaves it.
+    let bobs_conv = format!("g:{bobs}");
+    alice.open_conversation(&bobs_conv).await;
+    alice.click("conversation-details").await;
+    alice.wait_shown("leave-group").await;
+    alice.click("leave-group").await;
+    alice.wait_text("details", "not in this group").await;
+    let sent = bob.call(group_chat(b, bobs, "after she left"), 3).await;
+    assert_eq!(sent["errno"], 0, "{sent}");
+
+    // Bob, no longer a friend.
+    let ab = direct_conv(a, b);
+    alice.open_conversation(&ab).await;
+    alice.click("conversation-details").await;
+    alice.click("remove-friend").await;
+    alice.wait_text("details", "Not a friend").await;
+    alice.wait_text("conversation-subtitle", "id").await;
+    let shown = alice.js("return txt(q('messages'));", vec![]).await;
+    assert!(
+        !shown.as_str().unwrap_or("").contains("after she left"),
+        "{shown}"
+    );
+    alice.quit().await;
+}

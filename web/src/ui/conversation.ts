@@ -15,6 +15,9 @@ export interface ConversationActions {
   loadOlder(conv: string): void;
   retry(conv: string, mid: string): void;
   back(): void;
+  removeFriend(conv: string): void;
+  leaveGroup(conv: string): void;
+  renameGroup(conv: string, name: string): void;
 }
 
 const TICK_LABEL: Record<TickState, string> = {
@@ -52,6 +55,8 @@ export class ConversationView {
   private readonly typingEl: HTMLElement;
   private readonly composer: HTMLTextAreaElement;
   private readonly jump: HTMLButtonElement;
+  private readonly details: HTMLElement;
+  private readonly detailsButton: HTMLButtonElement;
   private nodes = new Map<string, MessageNode>();
   private days = new Map<string, HTMLElement>();
   private loadingOlder = false;
@@ -121,6 +126,22 @@ export class ConversationView {
       this.submit();
     });
 
+    this.details = h('div', { class: 'chat-details', 'data-testid': 'details', hidden: true });
+    this.detailsButton = h(
+      'button',
+      {
+        type: 'button',
+        class: 'quiet',
+        'data-testid': 'conversation-details',
+        'aria-expanded': 'false',
+        onclick: () => {
+          this.details.hidden = !this.details.hidden;
+          setAttr(this.detailsButton, 'aria-expanded', String(!this.details.hidden));
+          this.render(Date.now());
+        },
+      },
+      'Details',
+    );
     this.panel = h(
       'div',
       { class: 'chat-panel', hidden: true },
@@ -130,7 +151,9 @@ export class ConversationView {
         back,
         this.headAvatar,
         h('div', { class: 'chat-head-text' }, this.title, this.subtitle),
+        this.detailsButton,
       ),
+      this.details,
       h('div', { class: 'messages-wrap' }, this.messagesEl, this.jump),
       this.typingEl,
       form,
@@ -152,6 +175,8 @@ export class ConversationView {
     this.loadingOlder = false;
     this.historyTrouble = false;
     this.messagesEl.replaceChildren();
+    this.details.hidden = true;
+    setAttr(this.detailsButton, 'aria-expanded', 'false');
     this.placeholder.hidden = conv !== null;
     this.panel.hidden = conv === null;
     if (conv === null) return;
@@ -257,6 +282,75 @@ export class ConversationView {
     }
     setText(this.subtitle, subtitle);
     this.subtitle.classList.toggle('online', c.kind === 'direct' && c.online);
+    if (!this.details.hidden) this.renderDetails(c);
+  }
+
+  /** What can be done with the conversation: remove the friend; a group's
+   *  members (roles, presence), leaving it, renaming it (its creator). */
+  private renderDetails(c: Conversation): void {
+    const conv = c.conv;
+    const parts: Node[] = [];
+    if (c.kind === 'direct') {
+      if (c.inRoster) {
+        parts.push(
+          h(
+            'button',
+            { type: 'button', class: 'quiet danger', 'data-testid': 'remove-friend', onclick: () => this.actions.removeFriend(conv) },
+            'Remove friend',
+          ),
+        );
+      } else {
+        parts.push(h('p', {}, 'Not a friend of yours.'));
+      }
+    } else if (c.inRoster) {
+      const members = [...c.members.values()].sort(
+        (a, b) => Number(b.creator) - Number(a.creator) || a.name.localeCompare(b.name),
+      );
+      parts.push(
+        h(
+          'ul',
+          { class: 'members', 'data-testid': 'members', 'aria-label': 'Members' },
+          ...members.map((m) =>
+            h(
+              'li',
+              { 'data-id': String(m.id), 'data-online': String(m.online), 'data-role': m.creator ? 'creator' : 'member' },
+              h('span', { class: 'dot', 'data-online': String(m.online), title: m.online ? 'online' : 'offline' }),
+              `${m.name} (${m.id})${m.creator ? ' · creator' : ''}`,
+            ),
+          ),
+        ),
+      );
+      if (c.members.get(this.store.me)?.creator) {
+        const input = h('input', { 'data-testid': 'rename-input', 'aria-label': 'New group name', value: c.name, maxlength: 64 });
+        const form = h(
+          'form',
+          { class: 'rename' },
+          input,
+          h('button', { type: 'submit', class: 'quiet', 'data-testid': 'rename-submit' }, 'Rename'),
+        );
+        form.addEventListener('submit', (event) => {
+          event.preventDefault();
+          const name = input.value.trim();
+          if (name) this.actions.renameGroup(conv, name);
+        });
+        parts.push(form);
+      } else {
+        parts.push(
+          h(
+            'button',
+            { type: 'button', class: 'quiet danger', 'data-testid': 'leave-group', onclick: () => this.actions.leaveGroup(conv) },
+            'Leave group',
+          ),
+        );
+      }
+    } else {
+      parts.push(h('p', {}, 'You are not in this group.'));
+    }
+    // Rebuilt only when what it shows changed (a typed name survives).
+    const key = JSON.stringify([conv, c.kind, c.inRoster, [...c.members.values()]]);
+    if (this.details.dataset['key'] === key) return;
+    this.details.dataset['key'] = key;
+    this.details.replaceChildren(...parts);
   }
 
   private dayNode(day: string, at: number, now: number): HTMLElement {
