@@ -265,6 +265,7 @@ export class ChatSession {
       const body = await this.connection.request(encode.roster());
       const roster = decodeRoster(body);
       this.store?.applyRoster(roster.friends, roster.groups);
+      if (this.store && roster.blocked) this.store.blocked = new Set(roster.blocked);
       this.lastRosterError = '';
       this.scheduleRender();
     } catch (error) {
@@ -460,6 +461,15 @@ export class ChatSession {
     return `${c.name} is no longer a friend.`;
   }
 
+  private async block(conv: string, on: boolean): Promise<string> {
+    const c = this.store?.conversations.get(conv);
+    if (!c || c.peer === null) throw new Error('Not a one-to-one conversation.');
+    await this.request(encode.block(c.peer, on));
+    if (on) this.store?.blocked.add(c.peer);
+    else this.store?.blocked.delete(c.peer);
+    return on ? `${c.name} can no longer write to you.` : `${c.name} can write to you again.`;
+  }
+
   private async leaveGroup(conv: string): Promise<string> {
     const c = this.store?.conversations.get(conv);
     if (!c || c.groupId === null) throw new Error('Not a group.');
@@ -605,6 +615,7 @@ export class ChatSession {
       removeFriend: (conv) => void this.manage(() => this.removeFriend(conv)),
       leaveGroup: (conv) => void this.manage(() => this.leaveGroup(conv)),
       renameGroup: (conv, name) => void this.manage(() => this.renameGroup(conv, name)),
+      block: (conv, on) => void this.manage(() => this.block(conv, on)),
     });
     const banner = h('div', { class: 'conn-banner', 'aria-hidden': 'true' }, 'reconnecting…');
     this.shell = h(

@@ -35,6 +35,8 @@ export const MSG = {
   LEAVE_GROUP: 26,
   GROUP_MEMBERS: 27,
   RENAME_GROUP: 28,
+  BLOCK: 29,
+  UNBLOCK: 30,
 } as const;
 
 /** The errno of a login ack refused for a wrong id or password. */
@@ -100,6 +102,8 @@ export interface RosterPage {
   friends: Friend[];
   groups: Group[];
   more: boolean;
+  /** Whom the user blocks (msgid 21 only; null in a page). */
+  blocked: number[] | null;
 }
 
 export interface ConversationEntry {
@@ -310,6 +314,9 @@ export function decodeRoster(object: JsonObject): RosterPage {
     friends: decodeAll(list(object, 'friends'), decodeFriend),
     groups: decodeAll(list(object, 'groups'), decodeGroup),
     more: object['more'] === true,
+    blocked: Array.isArray(object['blocked'])
+      ? list(object, 'blocked').filter((id): id is number => typeof id === 'number' && Number.isSafeInteger(id))
+      : null,
   };
 }
 
@@ -476,6 +483,7 @@ export const encode = {
   removeFriend: (friend: number): JsonObject => ({ msgid: MSG.REMOVE_FRIEND, friendid: friend }),
   leaveGroup: (group: number): JsonObject => ({ msgid: MSG.LEAVE_GROUP, groupid: group }),
   renameGroup: (group: number, name: string): JsonObject => ({ msgid: MSG.RENAME_GROUP, groupid: group, groupname: name }),
+  block: (user: number, on: boolean): JsonObject => ({ msgid: on ? MSG.BLOCK : MSG.UNBLOCK, userid: user }),
   history: (conv: string, page: { before?: number; after?: number; limit?: number }): JsonObject => ({
     msgid: MSG.HISTORY,
     conv,

@@ -141,6 +141,9 @@ export class Store {
     return created;
   }
 
+  /** Whom the user blocks (from msgid 21). */
+  blocked = new Set<number>();
+
   /** Friends and groups (login ack, roster pages, msgid 21). */
   applyRoster(friends: Friend[], groups: Group[]): void {
     for (const friend of friends) {

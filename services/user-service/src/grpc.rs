@@ -237,6 +237,31 @@ impl pb::user_service_server::UserService for UserGrpc {
         Ok(Response::new(pb::RemoveFriendResponse { removed }))
     }
 
+    async fn block(&self, request: Request<pb::BlockRequest>) -> Reply<pb::BlockResponse> {
+        let req = request.into_inner();
+        let user = UserId::parse(req.user_id, "user_id")?;
+        let other = UserId::parse(req.blocked_id, "blocked_id")?;
+        let changed = self.users.set_block(user, other, true).await?;
+        Ok(Response::new(pb::BlockResponse { changed }))
+    }
+
+    async fn unblock(&self, request: Request<pb::BlockRequest>) -> Reply<pb::BlockResponse> {
+        let req = request.into_inner();
+        let user = UserId::parse(req.user_id, "user_id")?;
+        let other = UserId::parse(req.blocked_id, "blocked_id")?;
+        let changed = self.users.set_block(user, other, false).await?;
+        Ok(Response::new(pb::BlockResponse { changed }))
+    }
+
+    async fn list_blocked(
+        &self,
+        request: Request<pb::ListBlockedRequest>,
+    ) -> Reply<pb::ListBlockedResponse> {
+        let user = UserId::parse(request.into_inner().user_id, "user_id")?;
+        let blocked_ids = self.users.blocked(user).await?;
+        Ok(Response::new(pb::ListBlockedResponse { blocked_ids }))
+    }
+
     async fn rename_group(
         &self,
         request: Request<pb::RenameGroupRequest>,

@@ -146,6 +146,28 @@ impl Users {
         self.store.remove_friendship(user, friend).await
     }
 
+    /// `user` blocks or unblocks `other` (both must exist; not oneself).
+    #[tracing::instrument(skip(self))]
+    pub async fn set_block(
+        &self,
+        user: UserId,
+        other: UserId,
+        on: bool,
+    ) -> Result<bool, UserError> {
+        if user == other {
+            return Err(UserError::InvalidArgument(
+                "a user cannot block themselves".into(),
+            ));
+        }
+        self.require_user(user).await?;
+        self.require_user(other).await?;
+        self.store.set_block(user, other, on).await
+    }
+
+    pub async fn blocked(&self, user: UserId) -> Result<Vec<i64>, UserError> {
+        self.store.blocked(user).await
+    }
+
     /// Only the group's creator may rename it.
     #[tracing::instrument(skip(self, name, description))]
     pub async fn rename_group(

@@ -247,6 +247,38 @@ impl UserStore {
         Ok(created > 0)
     }
 
+    /// `user` blocks (`on`) or unblocks `other`; true when it changed.
+    #[tracing::instrument(name = "sql.set_block", skip_all, fields(otel.kind = "client", db.system = "mysql"))]
+    pub async fn set_block(
+        &self,
+        user: UserId,
+        other: UserId,
+        on: bool,
+    ) -> Result<bool, UserError> {
+        let query = if on {
+            "INSERT IGNORE INTO blocks (user_id, blocked_id) VALUES (?, ?)"
+        } else {
+            "DELETE FROM blocks WHERE user_id = ? AND blocked_id = ?"
+        };
+        let done = sqlx::query(query)
+            .bind(user.get())
+            .bind(other.get())
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Whom `user` blocks, in id order.
+    #[tracing::instrument(name = "sql.blocked", skip_all, fields(otel.kind = "client", db.system = "mysql"))]
+    pub async fn blocked(&self, user: UserId) -> Result<Vec<i64>, UserError> {
+        Ok(sqlx::query_scalar(
+            "SELECT blocked_id FROM blocks WHERE user_id = ? ORDER BY blocked_id",
+        )
+        .bind(user.get())
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// Ends a friendship both ways; true when there was one.
     #[tracing::instrument(name = "sql.remove_friendship", skip_all, fields(otel.kind = "client", db.system = "mysql"))]
     pub async fn remove_friendship(&self, user: UserId, friend: UserId) -> Result<bool, UserError> {

@@ -1220,7 +1220,7 @@ async fn a_message_where_the_user_is_not_looking_notifies_and_the_click_opens_it
 
 /// Managing friends and groups from a conversation's details: a group's
 /// members with the creator marked and who is online, renaming it (its
-/// creator), leaving it (a member), removing a friend.
+/// creator), leaving it (a member), removing a friend, blocking him.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn details_rename_a_group_leave_one_and_remove_a_friend() {
     let stack = Stack::builder().gateways(2).with_nginx().start().await;
@@ -1310,5 +1310,14 @@ async fn details_rename_a_group_leave_one_and_remove_a_friend() {
         !shown.as_str().unwrap_or("").contains("after she left"),
         "{shown}"
     );
+
+    // And blocked: his messages are refused, with the reason.
+    alice.click("block").await;
+    alice.wait_shown("unblock").await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let refused = bob.call(chat(b, a, "hello?"), 4).await;
+    assert_eq!(refused["errno"], 4, "{refused}");
+    alice.click("unblock").await;
+    alice.wait_shown("block").await;
     alice.quit().await;
 }

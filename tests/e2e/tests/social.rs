@@ -145,3 +145,53 @@ async fn members_with_roles_a_rename_by_the_creator_and_leaving_on_every_node() 
     let refused = alice.call(group_chat(a, g, "still here?"), 7).await;
     assert_ne!(refused["errno"], 0, "a chat to a group she left: {refused}");
 }
+
+#[tokio::test]
+async fn a_blocked_user_is_refused_with_a_reason_on_every_node_until_unblocked() {
+    let stack = Stack::builder().gateways(2).start().await;
+    let mut setup = Client::connect(stack.gateways[0].tcp).await;
+    let a = setup.register("alice", "pa").await;
+    let m = setup.register("mallory", "pm").await;
+    let mut alice = device(&stack, 0, a, "pa").await;
+    // Mallory writes from both nodes.
+    let mut mallory = device(&stack, 0, m, "pm").await;
+    let mut mallory2 = device(&stack, 1, m, "pm").await;
+    let first = mallory.call(e2e::chat(m, a, "hello alice"), 1).await;
+    assert_eq!(first["errno"], 0, "{first}");
+
+    let blocked = alice.call(json!({"msgid": 29, "userid": m}), 1).await;
+    assert_eq!(blocked["errno"], 0, "{blocked}");
+    let roster = alice.call(json!({"msgid": 21}), 2).await;
+    assert_eq!(roster["blocked"], json!([m]), "{roster}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for (seq, client) in [(2, &mut mallory), (3, &mut mallory2)] {
+        let refused = client.call(e2e::chat(m, a, "let me in"), seq).await;
+        assert_eq!(refused["errno"], 4, "{refused}");
+        assert_eq!(
+            refused["errmsg"],
+            format!("user {a} does not accept your messages"),
+            "{refused}"
+        );
+    }
+    // Typing is not passed on either; nothing of mallory's arrives.
+    mallory.send(&json!({"msgid": 19, "toid": a})).await;
+    let frames = alice.frames_until_quiet(Duration::from_millis(800)).await;
+    assert!(
+        !frames.iter().any(|f| f["id"] == m
+            && (f["msgid"] == 6 || f["msgid"] == 19)
+            && f["msg"] != "hello alice"),
+        "{frames:?}"
+    );
+    // Alice can still write to mallory; self-blocks and unknown users are
+    // refused with a reason.
+    assert_eq!(alice.call(e2e::chat(a, m, "stop"), 3).await["errno"], 0);
+    let own = alice.call(json!({"msgid": 29, "userid": a}), 4).await;
+    assert_eq!(own["errno"], 1, "{own}");
+    let unknown = alice.call(json!({"msgid": 29, "userid": 999_999}), 5).await;
+    assert_eq!(unknown["errno"], 5, "{unknown}");
+
+    let unblocked = alice.call(json!({"msgid": 30, "userid": m}), 6).await;
+    assert_eq!(unblocked["errno"], 0, "{unblocked}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(mallory2.call(e2e::chat(m, a, "sorry"), 4).await["errno"], 0);
+}

@@ -41,6 +41,7 @@ const HELP: &str = "commands:
   creategroup:groupname:desc    create a group (prints its id)
   addgroup:groupid              join a group
   removefriend:friendid         end a friendship
+  block:userid (unblock:userid) refuse (accept again) a user's messages
   leavegroup:groupid            leave a group
   members:groupid               a group's members, their roles and who is online
   renamegroup:groupid:name[:desc]  rename a group you created
@@ -546,6 +547,13 @@ fn command(line: &str, me: &Session) -> anyhow::Result<Option<(Value, Pending)>>
             ))
         }
         "logouteverywhere" => described(json!({"msgid": 23}), "log out everywhere".into()),
+        "block" | "unblock" => {
+            let other = number(rest, "userid")?;
+            described(
+                json!({"msgid": if verb == "block" { 29 } else { 30 }, "userid": other}),
+                format!("{verb} {}", me.names.user(other)),
+            )
+        }
         "removefriend" => {
             let friend = number(rest, "friendid")?;
             described(

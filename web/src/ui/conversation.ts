@@ -18,6 +18,7 @@ export interface ConversationActions {
   removeFriend(conv: string): void;
   leaveGroup(conv: string): void;
   renameGroup(conv: string, name: string): void;
+  block(conv: string, on: boolean): void;
 }
 
 const TICK_LABEL: Record<TickState, string> = {
@@ -302,6 +303,19 @@ export class ConversationView {
       } else {
         parts.push(h('p', {}, 'Not a friend of yours.'));
       }
+      const blocked = c.peer !== null && this.store.blocked.has(c.peer);
+      parts.push(
+        h(
+          'button',
+          {
+            type: 'button',
+            class: blocked ? 'quiet' : 'quiet danger',
+            'data-testid': blocked ? 'unblock' : 'block',
+            onclick: () => this.actions.block(conv, !blocked),
+          },
+          blocked ? 'Unblock' : 'Block',
+        ),
+      );
     } else if (c.inRoster) {
       const members = [...c.members.values()].sort(
         (a, b) => Number(b.creator) - Number(a.creator) || a.name.localeCompare(b.name),
@@ -347,7 +361,7 @@ export class ConversationView {
       parts.push(h('p', {}, 'You are not in this group.'));
     }
     // Rebuilt only when what it shows changed (a typed name survives).
-    const key = JSON.stringify([conv, c.kind, c.inRoster, [...c.members.values()]]);
+    const key = JSON.stringify([conv, c.kind, c.inRoster, [...c.members.values()], c.peer !== null && this.store.blocked.has(c.peer)]);
     if (this.details.dataset['key'] === key) return;
     this.details.dataset['key'] = key;
     this.details.replaceChildren(...parts);

@@ -137,6 +137,17 @@ pub fn check(frame: &[u8]) {
         Request::Roster => assert_eq!(msgid, classic::ROSTER_MSG),
         Request::LogoutEverywhere => assert_eq!(msgid, classic::LOGOUT_ALL_MSG),
         Request::ChangePassword { .. } => assert_eq!(msgid, classic::PASSWORD_MSG),
+        Request::Block { user, on } => {
+            assert_eq!(
+                msgid,
+                if on {
+                    classic::BLOCK_MSG
+                } else {
+                    classic::UNBLOCK_MSG
+                }
+            );
+            assert_eq!(Some(user), object.get("userid").and_then(Value::as_i64));
+        }
         Request::RemoveFriend { friend } => {
             assert_eq!(msgid, classic::REMOVE_FRIEND_MSG);
             assert_eq!(Some(friend), object.get("friendid").and_then(Value::as_i64));

@@ -79,6 +79,8 @@ fn on_event(node: &Arc<Node>, event: BusEvent) {
             let text = std::str::from_utf8(&payload).unwrap_or("");
             if let Some(group) = text.strip_prefix("g:").and_then(|g| g.parse().ok()) {
                 node.directory.forget_group(group);
+            } else if let Some(user) = text.strip_prefix("b:").and_then(|u| u.parse().ok()) {
+                node.directory.forget_blocks(user);
             } else if let Some((group, user)) = text
                 .strip_prefix("left:")
                 .and_then(|rest| rest.split_once(':'))

@@ -1,7 +1,8 @@
-//! Who exists and who is in which group, as this node knows it: caches
-//! filled on first use and at login. Users are never deleted, so a user
-//! known to exist is known for good; a group's members are kept for the
-//! cache TTL and forgotten at once when a node says the group changed.
+//! Who exists, who is in which group and whom each user blocks, as this
+//! node knows it: caches filled on first use and at login. Users are never
+//! deleted, so a user known to exist is known for good; a group's members
+//! and a user's blocks are kept for the cache TTL and forgotten at once
+//! when a node says they changed.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -20,6 +21,8 @@ use crate::{
 pub struct Directory {
     users: UserServiceClient<Traced>,
     groups: GroupCache,
+    /// Per user, whom they block (the same cache, keyed by the user).
+    blocks: GroupCache,
     known_users: Mutex<HashSet<i64>>,
 }
 
@@ -28,6 +31,7 @@ impl Directory {
         Self {
             users,
             groups: GroupCache::new(group_ttl),
+            blocks: GroupCache::new(group_ttl),
             known_users: Mutex::default(),
         }
     }
@@ -84,6 +88,28 @@ impl Directory {
         self.remember_users(members.iter().copied());
         self.groups.put(group, members.clone());
         Ok(members)
+    }
+
+    /// Whether `user` blocks `sender`: from the cache, else one look-up.
+    pub async fn blocks(&self, user: i64, sender: i64) -> Result<bool, Failure> {
+        if let Some(blocked) = self.blocks.get(user) {
+            return Ok(blocked.contains(&sender));
+        }
+        let reply = self
+            .users
+            .clone()
+            .list_blocked(user_pb::ListBlockedRequest { user_id: user })
+            .await
+            .map_err(|s| failure_from_status(&s, "the user service"))?;
+        let blocked: Arc<[i64]> = reply.into_inner().blocked_ids.into();
+        let blocks = blocked.contains(&sender);
+        self.blocks.put(user, blocked);
+        Ok(blocks)
+    }
+
+    /// Forgets whom `user` blocks here (they blocked or unblocked someone).
+    pub fn forget_blocks(&self, user: i64) {
+        self.blocks.forget(user);
     }
 
     pub fn cache_group(&self, group: i64, members: Vec<i64>) {

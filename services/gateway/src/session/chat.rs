@@ -28,6 +28,7 @@ impl Session {
                 format!("user {to} does not exist"),
             ));
         }
+        self.not_blocked(sender.0, to).await?;
         self.chat(
             sender,
             &[to],
@@ -36,6 +37,17 @@ impl Session {
             Conversation::direct(sender.0, to),
         )
         .await
+    }
+
+    /// A one-to-one chat's receiver has not blocked its sender.
+    async fn not_blocked(&self, sender: i64, to: i64) -> Result<(), Failure> {
+        if self.node.directory.blocks(to, sender).await? {
+            return Err(Failure::new(
+                errno::FORBIDDEN,
+                format!("user {to} does not accept your messages"),
+            ));
+        }
+        Ok(())
     }
 
     pub(super) async fn group_chat(
@@ -122,6 +134,9 @@ impl Session {
                 }
                 Err(failure) => return chats.iter().map(|_| Err(failure.clone())).collect(),
             }
+        }
+        if let Err(refused) = self.not_blocked(sender.0, to).await {
+            return chats.iter().map(|_| Err(refused.clone())).collect();
         }
         let conversation = Conversation::direct(sender.0, to);
         let (bodies, cmids): (Vec<_>, Vec<_>) = chats.into_iter().unzip();

@@ -220,7 +220,16 @@ pub async fn typing(
 ) -> Result<Map<String, Value>, Failure> {
     let conversation = conversation_of(user, target)?;
     let to: Vec<i64> = match conversation {
-        Conversation::Direct(..) => conversation.peer_of(user).into_iter().collect(),
+        Conversation::Direct(..) => {
+            let peer = conversation.peer_of(user);
+            // Someone who blocked the typist is not told either.
+            if let Some(peer) = peer
+                && node.directory.blocks(peer, user).await?
+            {
+                return Ok(Map::new());
+            }
+            peer.into_iter().collect()
+        }
         Conversation::Group(group) => {
             let members = node.directory.group_members(group).await?;
             if !members.contains(&user) {

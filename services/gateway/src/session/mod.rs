@@ -539,6 +539,7 @@ impl Session {
             | Request::LogoutEverywhere
             | Request::ChangePassword { .. }
             | Request::RemoveFriend { .. }
+            | Request::Block { .. }
             | Request::LeaveGroup { .. }
             | Request::GroupMembers { .. }
             | Request::RenameGroup { .. }
@@ -571,6 +572,7 @@ impl Session {
             }
             Request::LogoutEverywhere => self.logout_everywhere(user).await,
             Request::RemoveFriend { friend } => self.remove_friend(user, friend).await,
+            Request::Block { user: other, on } => self.block(user, other, on).await,
             Request::LeaveGroup { group } => self.leave_group(user, group).await,
             Request::GroupMembers { group } => self.group_members(user, group).await,
             Request::RenameGroup {
@@ -648,7 +650,9 @@ impl Session {
             }
             Request::Roster => {
                 let (friends, groups) = self.roster(user).await?;
-                Ok(classic::roster_results(&friends, &groups))
+                let mut results = classic::roster_results(&friends, &groups);
+                results.insert("blocked".into(), self.blocked(user).await?.into());
+                Ok(results)
             }
             Request::Login { .. } | Request::Register { .. } | Request::Ping => Ok(Map::new()),
         }
@@ -683,6 +687,8 @@ fn request_kind(request: &Request) -> &'static str {
         Request::Roster => "roster",
         Request::LogoutEverywhere => "logout_everywhere",
         Request::RemoveFriend { .. } => "remove_friend",
+        Request::Block { on: true, .. } => "block",
+        Request::Block { on: false, .. } => "unblock",
         Request::LeaveGroup { .. } => "leave_group",
         Request::GroupMembers { .. } => "group_members",
         Request::RenameGroup { .. } => "rename_group",

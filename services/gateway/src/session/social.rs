@@ -139,6 +139,50 @@ impl Session {
         Ok(Map::new())
     }
 
+    /// Blocks or unblocks `other`; every node forgets whom `user` blocks.
+    pub(super) async fn block(
+        &self,
+        user: i64,
+        other: i64,
+        on: bool,
+    ) -> Result<Map<String, serde_json::Value>, Failure> {
+        let request = user_pb::BlockRequest {
+            user_id: user,
+            blocked_id: other,
+        };
+        let mut users = self.node.upstreams.users.clone();
+        let reply = if on {
+            users.block(request).await
+        } else {
+            users.unblock(request).await
+        };
+        reply.map_err(|s| failure_from_status(&s, "the user service"))?;
+        self.node.directory.forget_blocks(user);
+        if let Err(e) = self
+            .node
+            .redis
+            .publish_control(format!("b:{user}").as_bytes())
+            .await
+        {
+            tracing::warn!(error = %e, user, "cannot tell other nodes of a block; they see it within the cache TTL");
+        }
+        Ok(Map::new())
+    }
+
+    /// Whom `user` blocks.
+    pub(super) async fn blocked(&self, user: i64) -> Result<Vec<i64>, Failure> {
+        Ok(self
+            .node
+            .upstreams
+            .users
+            .clone()
+            .list_blocked(user_pb::ListBlockedRequest { user_id: user })
+            .await
+            .map_err(|s| failure_from_status(&s, "the user service"))?
+            .into_inner()
+            .blocked_ids)
+    }
+
     pub(super) async fn leave_group(
         &self,
         user: i64,

@@ -87,6 +87,11 @@ pub const GROUP_MEMBERS_MSG: i64 = 27;
 /// Client: rename a group (`groupid`, `groupname`, optional `groupdesc`);
 /// its creator alone.
 pub const RENAME_GROUP_MSG: i64 = 28;
+/// Client: block a user (`userid`): their one-to-one chats to you are
+/// refused (errno 4, "user ID does not accept your messages").
+pub const BLOCK_MSG: i64 = 29;
+/// Client: unblock a user (`userid`).
+pub const UNBLOCK_MSG: i64 = 30;
 
 /// At most this many messages or conversations per page.
 pub const MAX_PAGE: u32 = 200;

@@ -4,11 +4,11 @@
 use serde_json::{Map, Value};
 
 use super::{
-    ACK_MSG, ADD_FRIEND_MSG, ADD_GROUP_MSG, CONVERSATIONS_MSG, CREATE_GROUP_MSG, Conversation,
-    DELIVERED_MSG, Failure, GROUP_CHAT_MSG, GROUP_MEMBERS_MSG, HISTORY_MSG, LEAVE_GROUP_MSG,
-    LOGIN_MSG, LOGIN_MSG_ACK, LOGINOUT_MSG, LOGOUT_ALL_MSG, MAX_PAGE, ONE_CHAT_MSG, PASSWORD_MSG,
-    PING_MSG, PONG_MSG, READ_MSG, REG_MSG, REG_MSG_ACK, REMOVE_FRIEND_MSG, RENAME_GROUP_MSG,
-    REPLY_MSG, ROSTER_MSG, TYPING_MSG,
+    ACK_MSG, ADD_FRIEND_MSG, ADD_GROUP_MSG, BLOCK_MSG, CONVERSATIONS_MSG, CREATE_GROUP_MSG,
+    Conversation, DELIVERED_MSG, Failure, GROUP_CHAT_MSG, GROUP_MEMBERS_MSG, HISTORY_MSG,
+    LEAVE_GROUP_MSG, LOGIN_MSG, LOGIN_MSG_ACK, LOGINOUT_MSG, LOGOUT_ALL_MSG, MAX_PAGE,
+    ONE_CHAT_MSG, PASSWORD_MSG, PING_MSG, PONG_MSG, READ_MSG, REG_MSG, REG_MSG_ACK,
+    REMOVE_FRIEND_MSG, RENAME_GROUP_MSG, REPLY_MSG, ROSTER_MSG, TYPING_MSG, UNBLOCK_MSG,
 };
 
 /// What a login proves who it is with.
@@ -118,6 +118,11 @@ pub enum Request {
     /// A group's members with their roles and presence (members only).
     GroupMembers {
         group: i64,
+    },
+    /// Blocks (`on`) or unblocks a user: their one-to-one chats are refused.
+    Block {
+        user: i64,
+        on: bool,
     },
     /// A group's new name (and description, kept when absent); its
     /// creator's alone.
@@ -316,6 +321,10 @@ fn parse_request(mut object: Map<String, Value>) -> Result<Request, Failure> {
             up_to: non_negative(required_int(&object, "upto")?, "upto")?,
         },
         ROSTER_MSG => Request::Roster,
+        BLOCK_MSG | UNBLOCK_MSG => Request::Block {
+            user: required_int(&object, "userid")?,
+            on: msgid == BLOCK_MSG,
+        },
         REMOVE_FRIEND_MSG => Request::RemoveFriend {
             friend: required_int(&object, "friendid")?,
         },
