@@ -144,6 +144,10 @@ struct Args {
     /// Members of the fan-out group.
     #[arg(long, default_value_t = 20)]
     group_members: usize,
+    /// Online friends of the user whose login and logout the `presence`
+    /// scenario times.
+    #[arg(long, default_value_t = 1000)]
+    presence_watchers: usize,
     /// Idle connections opened on the first node.
     #[arg(long, default_value_t = 10_000)]
     idle: usize,
@@ -205,6 +209,7 @@ enum Scenario {
     History,
     HistoryTable,
     ClosedLoop,
+    Presence,
 }
 
 #[tokio::main]
@@ -351,6 +356,18 @@ async fn main() -> anyhow::Result<()> {
         report.insert(
             "group_fanout".into(),
             take_cpu(group, &mut cpu, "group_fanout"),
+        );
+    }
+
+    // A presence change told to many watchers.
+    if runs(Scenario::Presence) {
+        eprintln!(
+            "presence: a user with {} online friends logs in and out ...",
+            args.presence_watchers
+        );
+        report.insert(
+            "presence".into(),
+            scenarios::presence::presence_fanout(&args, &prefix).await?,
         );
     }
 

@@ -107,6 +107,39 @@ pub(crate) fn markdown(report: &Value, args: &Args) -> String {
     if let Some(line) = group_cost(report) {
         out.push_str(&line);
     }
+    if let Some(p) = report.get("presence") {
+        let ms = |group: &str| {
+            p["cpu_per_change"]["groups"][group]["cpu_seconds_per_unit"]
+                .as_f64()
+                .map_or("-".to_owned(), |s| format!("{:.1}", s * 1000.0))
+        };
+        let calls: Vec<String> = p["redis_calls_per_change"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["per_message"].as_f64().unwrap_or(0.0) >= 1.0)
+            .map(|r| {
+                format!(
+                    "{} {}",
+                    n(&r["per_message"]),
+                    r["command"].as_str().unwrap_or("?")
+                )
+            })
+            .collect();
+        out.push_str(&format!(
+            "- presence: a user with {} online friends logs in: all told within {} ms (p50 {} ms; the login ack took {} ms); logs out: all told within {} ms (p50 {} ms). Per change: Redis calls {}; CPU ms: gateways {}, Redis {}, user service {}\n",
+            p["watchers"],
+            n(&p["online"]["last_ms"]),
+            n(&p["online"]["p50_ms"]),
+            n(&p["login_ack_ms"]),
+            n(&p["offline"]["last_ms"]),
+            n(&p["offline"]["p50_ms"]),
+            if calls.is_empty() { "-".to_owned() } else { calls.join(", ") },
+            ms("gateway"),
+            ms("redis"),
+            ms("user-service"),
+        ));
+    }
     if let Some(logins) = report.get("logins") {
         out.push_str(&format!(
             "- logins: {} per second ({} clients)\n",

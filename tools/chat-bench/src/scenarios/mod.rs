@@ -10,6 +10,7 @@ pub(crate) mod idle;
 pub(crate) mod logins;
 pub(crate) mod one_to_one;
 pub(crate) mod online;
+pub(crate) mod presence;
 
 use std::{
     net::SocketAddr,
