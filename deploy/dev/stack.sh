@@ -118,6 +118,9 @@ install() {
     # The README's by-hand examples use nc.
     command -v nc >/dev/null || missing+=(netcat-openbsd)
     command -v openssl >/dev/null || missing+=(openssl)
+    # promtool checks the Prometheus config and alert rules
+    # (deploy/observability); Debian ships it with Prometheus.
+    command -v promtool >/dev/null || missing+=(prometheus)
     # The web client is built with node and npm (web/: npm ci, npm run build).
     command -v node >/dev/null || missing+=(nodejs)
     command -v npm >/dev/null || missing+=(npm)

@@ -45,6 +45,9 @@ pub struct GatewayMetrics {
     pub script_calls: Family<Labels, Counter>,
     /// Presence changes published to watchers (one per watcher told).
     pub presence_announced: Counter,
+    /// 1 while `/healthz` is green (subscribed to Redis, not draining), as
+    /// of the last scrape; what the alert rules watch.
+    pub healthy: Gauge,
 }
 
 pub fn metrics() -> &'static GatewayMetrics {
@@ -67,11 +70,17 @@ pub fn metrics() -> &'static GatewayMetrics {
             group_log_gaps: Counter::default(),
             script_calls: Family::default(),
             presence_announced: Counter::default(),
+            healthy: Gauge::default(),
         };
         register(
             "gateway_connections",
             "Open client connections by transport",
             m.connections.clone(),
+        );
+        register(
+            "gateway_healthy",
+            "1 while /healthz is green (subscribed to Redis, not draining)",
+            m.healthy.clone(),
         );
         register(
             "gateway_presence_announced",

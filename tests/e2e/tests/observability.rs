@@ -226,6 +226,12 @@ async fn metrics_counters_move() {
     );
 
     let after = scrape(stack.gateways[0].admin).await;
+    // What the GatewayUnhealthy alert watches: green now.
+    assert_eq!(
+        metric_value(&after, "clusterchat_gateway_healthy", ""),
+        1.0,
+        "{after}"
+    );
     let delta = |name: &str, labels: &str| {
         metric_value(&after, name, labels) - metric_value(&before, name, labels)
     };
@@ -314,4 +320,30 @@ async fn with_no_collector_running_everything_works_and_logs_stay_quiet() {
         noisy.is_empty(),
         "export failures must not fill the logs: {noisy:#?}"
     );
+}
+
+/// The Prometheus config (with its alert rules) is valid, and each alert
+/// fires on what should fire it and not before (`promtool test rules`
+/// with deploy/observability/alerts_test.yml): Debian's promtool, which
+/// `just test` installs.
+#[test]
+fn the_prometheus_config_and_alert_rules_pass_promtool() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/observability");
+    let promtool = std::env::var("PROMTOOL").unwrap_or_else(|_| "promtool".into());
+    for args in [
+        ["check", "config", "prometheus.yml"],
+        ["test", "rules", "alerts_test.yml"],
+    ] {
+        let out = std::process::Command::new(&promtool)
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("run promtool (Debian's prometheus package; `just test` installs it)");
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }

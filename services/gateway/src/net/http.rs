@@ -142,16 +142,24 @@ async fn web_file(State(state): State<HttpState>, uri: axum::http::Uri) -> Respo
 pub fn admin_router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
-        .route(
-            "/metrics",
-            get(|| async {
-                (
-                    [("content-type", telemetry::metrics::CONTENT_TYPE)],
-                    telemetry::metrics::encode(),
-                )
-            }),
-        )
+        .route("/metrics", get(metrics_text))
         .with_state(HttpState { node, web: None })
+}
+
+/// The metrics, with `gateway_healthy` as `/healthz` would answer now.
+async fn metrics_text(State(state): State<HttpState>) -> Response {
+    let healthy = is_healthy(&state.node);
+    crate::metrics::metrics().healthy.set(i64::from(healthy));
+    (
+        [("content-type", telemetry::metrics::CONTENT_TYPE)],
+        telemetry::metrics::encode(),
+    )
+        .into_response()
+}
+
+/// Green: subscribed to Redis and not draining.
+fn is_healthy(node: &Node) -> bool {
+    node.redis.is_subscribed() && !node.shutdown.is_requested()
 }
 
 /// Accepts WebSocket clients until shutdown. Each connection takes a permit
@@ -308,7 +316,7 @@ async fn healthz(State(state): State<HttpState>) -> Response {
         "draining": node.shutdown.is_requested(),
     })
     .to_string();
-    let status = if node.redis.is_subscribed() && !node.shutdown.is_requested() {
+    let status = if is_healthy(node) {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
