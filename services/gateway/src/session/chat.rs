@@ -41,7 +41,7 @@ impl Session {
 
     /// A one-to-one chat's receiver has not blocked its sender.
     async fn not_blocked(&self, sender: i64, to: i64) -> Result<(), Failure> {
-        if self.node.directory.blocks(to, sender).await? {
+        if self.node.directory.blocks(to, sender).await {
             return Err(Failure::new(
                 errno::FORBIDDEN,
                 format!("user {to} does not accept your messages"),

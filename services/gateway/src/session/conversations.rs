@@ -224,7 +224,7 @@ pub async fn typing(
             let peer = conversation.peer_of(user);
             // Someone who blocked the typist is not told either.
             if let Some(peer) = peer
-                && node.directory.blocks(peer, user).await?
+                && node.directory.blocks(peer, user).await
             {
                 return Ok(Map::new());
             }
