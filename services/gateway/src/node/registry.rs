@@ -345,10 +345,18 @@ impl Registry {
     /// A full queue drops it: live frames are never the only copy of
     /// anything (a receipt or a chat is in history, typing is ephemeral).
     pub fn hand_live(&self, user: i64, except: Option<u64>, frame: &[u8]) {
+        self.hand_frame(user, frame, |s| {
+            s.kind.uses_additions() && Some(s.connection) != except
+        });
+    }
+
+    /// Queues `frame` for the user's sessions here that `wanted` picks; a
+    /// full queue drops it (counted).
+    fn hand_frame(&self, user: i64, frame: &[u8], wanted: impl Fn(&LocalSession) -> bool) {
         let targets: Vec<_> = match self.lock().get(&user) {
             Some(here) => here
                 .iter()
-                .filter(|s| s.kind.uses_additions() && Some(s.connection) != except)
+                .filter(|s| wanted(s))
                 .map(|s| (s.deliveries.clone(), s.queued.clone()))
                 .collect(),
             None => return,
@@ -379,24 +387,7 @@ impl Registry {
     /// Queues a presence change for the user's sessions that asked for
     /// them; a full queue drops it (the next roster has the state).
     pub fn hand_presence(&self, user: i64, frame: &[u8]) {
-        let targets: Vec<_> = match self.lock().get(&user) {
-            Some(here) => here
-                .iter()
-                .filter(|s| s.presence)
-                .map(|s| (s.deliveries.clone(), s.queued.clone()))
-                .collect(),
-            None => return,
-        };
-        for (tx, queued) in targets {
-            let mut delivery = Delivery::live(frame.to_vec());
-            delivery.charge = queued.charge(delivery.frame.len()).ok();
-            if delivery.charge.is_none() || tx.try_send(delivery).is_err() {
-                metrics()
-                    .overflowed
-                    .get_or_create(&label("queue", "live"))
-                    .inc();
-            }
-        }
+        self.hand_frame(user, frame, |s| s.presence);
     }
 
     /// Asks every session to read its offline store and inbox (after the

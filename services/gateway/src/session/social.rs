@@ -263,14 +263,13 @@ impl Session {
     ) -> Result<Map<String, serde_json::Value>, Failure> {
         let description = match description {
             Some(description) => description,
-            None => {
-                let (_, groups) = self.roster(user).await?;
-                groups
-                    .into_iter()
-                    .find(|g| g.id == group)
-                    .map(|g| g.description)
-                    .unwrap_or_default()
-            }
+            None => crate::upstream::all_user_groups(&mut self.node.upstreams.users.clone(), user)
+                .await
+                .map_err(|s| failure_from_status(&s, "the user service"))?
+                .into_iter()
+                .find(|g| g.id == group)
+                .map(|g| g.description)
+                .unwrap_or_default(),
         };
         self.node
             .upstreams
