@@ -107,6 +107,8 @@ as_root() {
 install() {
     local missing=()
     command -v mariadbd >/dev/null || [ -x /usr/sbin/mariadbd ] || missing+=(mariadb-server mariadb-client)
+    # The history service's search index is MariaDB's Mroonga engine.
+    ls /usr/lib/mysql/plugin/ha_mroonga.so >/dev/null 2>&1 || missing+=(mariadb-plugin-mroonga)
     command -v redis-server >/dev/null || missing+=(redis-server)
     # redis-cli: health checks, `redis-cli --cluster create`, the tests' reshards.
     command -v redis-cli >/dev/null || missing+=(redis-tools)
@@ -695,6 +697,8 @@ chaos_() { # [seconds] [backend] [chaos run args...]
     # Only what the run needs: MariaDB, Redis (server and cli) and iproute2.
     local missing=()
     command -v mariadbd >/dev/null || [ -x /usr/sbin/mariadbd ] || missing+=(mariadb-server mariadb-client)
+    # The history service's search index is MariaDB's Mroonga engine.
+    ls /usr/lib/mysql/plugin/ha_mroonga.so >/dev/null 2>&1 || missing+=(mariadb-plugin-mroonga)
     command -v redis-server >/dev/null || missing+=(redis-server)
     command -v redis-cli >/dev/null || missing+=(redis-tools)
     command -v ip >/dev/null || missing+=(iproute2)

@@ -199,11 +199,16 @@ pub struct StoredMessage {
 impl StoredMessage {
     /// The frame's `msg` field; empty when the frame has none.
     pub fn text(&self) -> String {
-        serde_json::from_str::<serde_json::Value>(&self.frame)
-            .ok()
-            .and_then(|frame| frame.get("msg")?.as_str().map(str::to_owned))
-            .unwrap_or_default()
+        frame_text(&self.frame)
     }
+}
+
+/// A chat frame's `msg` field; empty when it has none (or is not JSON).
+pub fn frame_text(frame: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(frame)
+        .ok()
+        .and_then(|frame| frame.get("msg")?.as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 /// One page of a conversation, ascending.

@@ -5,6 +5,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     domain::{Conversation, Page, StoredMessage, UserId, list_size},
+    search::{SearchQuery, page_bounds},
     service::History,
 };
 
@@ -76,6 +77,45 @@ impl pb::history_service_server::HistoryService for HistoryGrpc {
                     peer_read_seq: c.peer_read_seq,
                 })
                 .collect(),
+        }))
+    }
+
+    // Never the query text in a span: it is what people wrote.
+    #[tracing::instrument(skip_all, fields(user_id = request.get_ref().user_id, conversation = %request.get_ref().conversation))]
+    async fn search_messages(
+        &self,
+        request: Request<pb::SearchMessagesRequest>,
+    ) -> Reply<pb::SearchMessagesResponse> {
+        let req = request.into_inner();
+        let user = UserId::parse(req.user_id, "user_id")?;
+        let query = SearchQuery::parse(&req.query)?;
+        let conversation = match req.conversation.as_str() {
+            "" => None,
+            raw => Some(Conversation::parse(raw)?),
+        };
+        let (limit, offset) = page_bounds(req.limit, req.offset)?;
+        let page = self
+            .history
+            .search(user, &query, conversation, limit, offset)
+            .await?;
+        Ok(Response::new(pb::SearchMessagesResponse {
+            hits: page
+                .hits
+                .into_iter()
+                .map(|hit| {
+                    let message = message_to_pb(hit.message);
+                    pb::SearchHit {
+                        highlights: query
+                            .highlights(&message.text)
+                            .into_iter()
+                            .map(|(start, end)| pb::Highlight { start, end })
+                            .collect(),
+                        message: Some(message),
+                        score: hit.score,
+                    }
+                })
+                .collect(),
+            more: page.more,
         }))
     }
 

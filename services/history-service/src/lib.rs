@@ -9,6 +9,8 @@
 //!   Redis Cluster);
 //! - [`ingest`]: the consumer loop, stream → batch → transaction → ack → trim;
 //! - [`store`]: the only module with SQL;
+//! - [`search`]: what a search query means and where a hit matched (the
+//!   index itself is MariaDB's Mroonga engine, read by [`store`]);
 //! - [`service`]: who may see what (parties, group members from their join
 //!   time, via [`members`]);
 //! - [`grpc`]: translation between protobuf and the domain;
@@ -23,6 +25,7 @@ pub mod ingest;
 pub mod members;
 pub mod metrics;
 pub mod retention;
+pub mod search;
 pub mod service;
 pub mod startup;
 pub mod store;

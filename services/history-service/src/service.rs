@@ -5,6 +5,7 @@ use crate::{
     domain::{Conversation, ConversationSummary, HistoryPage, Page, ReadState, UserId, Visibility},
     error::HistoryError,
     members::Memberships,
+    search::{SearchPage, SearchQuery, SearchScope},
     store::HistoryStore,
 };
 
@@ -64,6 +65,42 @@ impl History {
         let groups = self.members.of(user).await?;
         let groups: Vec<(i64, i64)> = groups.iter().map(|(&g, &joined)| (g, joined)).collect();
         self.store.conversations(user, &groups, limit).await
+    }
+
+    /// Messages holding every word of `query` in what `user` may read:
+    /// `conversation` alone (if they may read it), else every 1:1
+    /// conversation they are a party to and every group from its join.
+    pub async fn search(
+        &self,
+        user: UserId,
+        query: &SearchQuery,
+        conversation: Option<Conversation>,
+        limit: u32,
+        offset: u32,
+    ) -> Result<SearchPage, HistoryError> {
+        let conversations = match conversation {
+            Some(conversation) => vec![(conversation, self.visibility(user, conversation).await?)],
+            None => {
+                let groups = self.members.of(user).await?;
+                let mut all: Vec<(Conversation, Visibility)> = self
+                    .store
+                    .direct_conversations(user)
+                    .await?
+                    .into_iter()
+                    .map(|c| (c, Visibility::All))
+                    .collect();
+                all.extend(groups.iter().map(|(&group, &joined_at_us)| {
+                    (
+                        Conversation::Group(group),
+                        Visibility::SentFrom { joined_at_us },
+                    )
+                }));
+                all
+            }
+        };
+        self.store
+            .search(&SearchScope { conversations }, query, limit, offset)
+            .await
     }
 
     pub async fn mark_read(

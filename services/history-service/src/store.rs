@@ -21,8 +21,10 @@ use crate::{
     domain::{
         Conversation, ConversationSummary, Entry, HistoryPage, MAX_PAGE_BYTES, MAX_UNREAD,
         NewMessage, Page, PageAt, ReadState, Retraction, StoredMessage, UserId, Visibility,
+        frame_text,
     },
     error::HistoryError,
+    search::{SearchHit, SearchPage, SearchQuery, SearchScope},
 };
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -150,6 +152,8 @@ impl HistoryStore {
                 hold_renumbered(&mut tx, chunk).await?;
             }
         }
+
+        index_text(&mut tx, &messages).await?;
 
         raise_group_marks(
             &mut tx,
@@ -403,6 +407,136 @@ impl HistoryStore {
         Ok(ReadState { read_seq, unread })
     }
 
+    /// The 1:1 conversations `user` is a party to (their groups come from
+    /// the user service).
+    #[tracing::instrument(name = "sql.direct_conversations", skip_all, fields(otel.kind = "client", db.system = "mysql"))]
+    pub async fn direct_conversations(
+        &self,
+        user: UserId,
+    ) -> Result<Vec<Conversation>, HistoryError> {
+        let rows = sqlx::query("SELECT conv FROM history_participants WHERE user_id = ?")
+            .bind(user.get())
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .filter_map(|row| Conversation::parse(row.get::<&str, _>(0)).ok())
+            .collect())
+    }
+
+    /// A page of the messages of `scope` that hold every word of `query`,
+    /// best first (Mroonga's score), then the newest. The index answers
+    /// the words; the scope is a condition on its rows (Mroonga 7 does not
+    /// push it into the index: a word in a tenth of a million messages
+    /// costs about 0.3 s whatever the scope, see the README's search
+    /// measurements). Hits are read back from `history_messages`, so what
+    /// was retracted or deleted is never shown.
+    #[tracing::instrument(name = "sql.search", skip_all, fields(otel.kind = "client", db.system = "mysql", conversations = scope.conversations.len()))]
+    pub async fn search(
+        &self,
+        scope: &SearchScope,
+        query: &SearchQuery,
+        limit: u32,
+        offset: u32,
+    ) -> Result<SearchPage, HistoryError> {
+        if scope.conversations.is_empty() {
+            return Ok(SearchPage {
+                hits: Vec::new(),
+                more: false,
+            });
+        }
+        let expression = query.expression();
+        let mut conn = self.pool.acquire().await?;
+        let mut select = QueryBuilder::<MySql>::new("SELECT conv, seq, MATCH(body) AGAINST(");
+        select
+            .push_bind(&expression)
+            .push(" IN BOOLEAN MODE) AS score FROM history_search WHERE MATCH(body) AGAINST(")
+            .push_bind(&expression)
+            .push(" IN BOOLEAN MODE) AND (");
+        let everything: Vec<String> = scope
+            .conversations
+            .iter()
+            .filter(|(_, v)| *v == Visibility::All)
+            .map(|(c, _)| c.to_string())
+            .collect();
+        let mut any = select.separated(" OR ");
+        if !everything.is_empty() {
+            any.push("conv IN (");
+            for (i, name) in everything.iter().enumerate() {
+                if i > 0 {
+                    any.push_unseparated(", ");
+                }
+                any.push_bind_unseparated(name.as_str());
+            }
+            any.push_unseparated(")");
+        }
+        for (conversation, visibility) in &scope.conversations {
+            if let Visibility::SentFrom { joined_at_us } = visibility {
+                any.push("(conv = ")
+                    .push_bind_unseparated(conversation.to_string())
+                    .push_unseparated(" AND sent_at_us >= ")
+                    .push_bind_unseparated(*joined_at_us)
+                    .push_unseparated(")");
+            }
+        }
+        select
+            .push(") ORDER BY score DESC, sent_at_us DESC, conv, seq LIMIT ")
+            .push_bind(limit + 1)
+            .push(" OFFSET ")
+            .push_bind(offset);
+        let mut found: Vec<(Conversation, u64, f64)> = select
+            .build()
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .filter_map(|row| {
+                let conversation = Conversation::parse(row.get::<&str, _>(0)).ok()?;
+                Some((conversation, row.get::<u64, _>(1), row.get::<f64, _>(2)))
+            })
+            .collect();
+        let more = found.len() > limit as usize;
+        found.truncate(limit as usize);
+        if found.is_empty() {
+            return Ok(SearchPage {
+                hits: Vec::new(),
+                more,
+            });
+        }
+
+        let mut read = QueryBuilder::<MySql>::new(
+            "SELECT seq, mid, sender_id, sent_at_us, frame, conv FROM history_messages WHERE ",
+        );
+        let mut any = read.separated(" OR ");
+        for (conversation, seq, _) in &found {
+            any.push("(conv = ")
+                .push_bind_unseparated(conversation.to_string())
+                .push_unseparated(" AND seq = ")
+                .push_bind_unseparated(*seq)
+                .push_unseparated(")");
+        }
+        let mut stored: HashMap<(Conversation, u64), StoredMessage> = HashMap::new();
+        for row in read.build().fetch_all(&mut *conn).await? {
+            let Ok(conversation) = Conversation::parse(row.get::<&str, _>(5)) else {
+                continue;
+            };
+            let message = message_from_row(conversation, &row);
+            stored.insert((conversation, message.seq), message);
+        }
+        let mut bytes = 0;
+        let mut hits = Vec::with_capacity(found.len());
+        for (conversation, seq, score) in found {
+            let Some(message) = stored.remove(&(conversation, seq)) else {
+                continue;
+            };
+            bytes += message.frame.len();
+            if bytes > MAX_PAGE_BYTES && !hits.is_empty() {
+                return Ok(SearchPage { hits, more: true });
+            }
+            hits.push(SearchHit { message, score });
+        }
+        Ok(SearchPage { hits, more })
+    }
+
     /// Deletes up to `chunk` messages sent before `cutoff_us`, oldest first.
     #[tracing::instrument(name = "sql.retention", skip_all, fields(otel.kind = "client", db.system = "mysql"))]
     pub async fn delete_sent_before(&self, cutoff_us: i64, chunk: u32) -> Result<u64, sqlx::Error> {
@@ -414,6 +548,11 @@ impl HistoryStore {
         .execute(&self.pool)
         .await?
         .rows_affected();
+        sqlx::query("DELETE FROM history_search WHERE sent_at_us < ? LIMIT ?")
+            .bind(cutoff_us)
+            .bind(chunk)
+            .execute(&self.pool)
+            .await?;
         // Retractions older than any message kept can no longer matter
         // (their message, if it ever comes back, is past retention too).
         sqlx::query(
@@ -463,6 +602,37 @@ fn insert_chunks<'a>(messages: &'a [&'a NewMessage]) -> Vec<&'a [&'a NewMessage]
         chunks.push(&messages[start..]);
     }
     chunks
+}
+
+/// Adds the text of `messages` to the search index (`history_search`;
+/// messages without text are not indexed). INSERT IGNORE: a batch again,
+/// or a number already indexed, changes nothing.
+async fn index_text(
+    conn: &mut MySqlConnection,
+    messages: &[&NewMessage],
+) -> Result<(), sqlx::Error> {
+    let texts: Vec<(&NewMessage, String)> = messages
+        .iter()
+        .map(|m| (*m, frame_text(&m.frame)))
+        .filter(|(_, text)| !text.is_empty())
+        .collect();
+    let refs: Vec<&NewMessage> = texts.iter().map(|(m, _)| *m).collect();
+    let mut at = 0;
+    for chunk in insert_chunks(&refs) {
+        let rows = &texts[at..at + chunk.len()];
+        at += chunk.len();
+        let mut insert = QueryBuilder::<MySql>::new(
+            "INSERT IGNORE INTO history_search (conv, seq, sent_at_us, body) ",
+        );
+        insert.push_values(rows, |mut row, (m, text)| {
+            row.push_bind(m.conversation.to_string())
+                .push_bind(m.seq)
+                .push_bind(m.sent_at_us)
+                .push_bind(text.as_str());
+        });
+        insert.build().execute(&mut *conn).await?;
+    }
+    Ok(())
 }
 
 /// The retracted numbers, `(mid, seq)`, among the mids of `messages`
@@ -522,6 +692,18 @@ async fn retract(
                 .push_unseparated(")");
         }
         deleted += delete.build().execute(&mut *conn).await?.rows_affected();
+        // Its text leaves the index (a search would drop it anyway: hits
+        // are read back from history_messages).
+        let mut delete = QueryBuilder::<MySql>::new("DELETE FROM history_search WHERE ");
+        let mut any = delete.separated(" OR ");
+        for r in chunk {
+            any.push("(conv = ")
+                .push_bind_unseparated(r.conversation.to_string())
+                .push_unseparated(" AND seq = ")
+                .push_bind_unseparated(r.seq)
+                .push_unseparated(")");
+        }
+        delete.build().execute(&mut *conn).await?;
         let mut delete = QueryBuilder::<MySql>::new("DELETE FROM history_renumbered WHERE ");
         let mut any = delete.separated(" OR ");
         for r in chunk {
@@ -572,6 +754,15 @@ async fn retract(
     let mut promoted = 0;
     for (mid, row) in held.iter().filter(|(mid, _)| !still_stored.contains(*mid)) {
         let seq: u64 = row.get(1);
+        sqlx::query(
+            "INSERT IGNORE INTO history_search (conv, seq, sent_at_us, body) VALUES (?, ?, ?, ?)",
+        )
+        .bind(row.get::<String, _>(2))
+        .bind(seq)
+        .bind(row.get::<i64, _>(4))
+        .bind(frame_text(&row.get::<String, _>(5)))
+        .execute(&mut *conn)
+        .await?;
         promoted += sqlx::query(
             "INSERT IGNORE INTO history_messages (conv, seq, mid, sender_id, sent_at_us, frame) \
              VALUES (?, ?, ?, ?, ?, ?)",

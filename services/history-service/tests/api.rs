@@ -376,6 +376,26 @@ impl Stack {
             .map(tonic::Response::into_inner)
     }
 
+    async fn search(
+        &mut self,
+        user_id: i64,
+        query: &str,
+        conversation: &str,
+        limit: u32,
+        offset: u32,
+    ) -> Result<pb::SearchMessagesResponse, Status> {
+        self.client()
+            .search_messages(pb::SearchMessagesRequest {
+                user_id,
+                query: query.into(),
+                conversation: conversation.into(),
+                limit,
+                offset,
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
     async fn newest(&mut self, user_id: i64, conversation: &str) -> Vec<pb::HistoryMessage> {
         self.history(user_id, conversation, 0, 0, 200)
             .await
@@ -475,6 +495,159 @@ fn seqs(messages: &[pb::HistoryMessage]) -> Vec<u64> {
 
 fn texts(messages: &[pb::HistoryMessage]) -> Vec<&str> {
     messages.iter().map(|m| m.text.as_str()).collect()
+}
+
+fn hit_texts(found: &pb::SearchMessagesResponse) -> Vec<&str> {
+    found
+        .hits
+        .iter()
+        .map(|h| h.message.as_ref().map_or("", |m| m.text.as_str()))
+        .collect()
+}
+
+fn sorted(mut texts: Vec<&str>) -> Vec<&str> {
+    texts.sort_unstable();
+    texts
+}
+
+#[tokio::test]
+async fn search_finds_chinese_and_prefixes_where_the_user_may_read_ranked_paged_and_highlighted() {
+    let mut stack = Stack::started().await;
+    let alice = stack.users.register("alice").await;
+    let bob = stack.users.register("bob").await;
+    let carol = stack.users.register("carol").await;
+    let group = stack.users.create_group(alice, "park club").await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    stack.users.join(bob, group).await;
+    let joined = stack.users.joined_at_us(bob, group).await;
+    let (lo, hi) = (alice.min(bob), alice.max(bob));
+    let ab = format!("d:{lo}:{hi}");
+    let ac = format!("d:{}:{}", alice.min(carol), alice.max(carol));
+    let g = format!("g:{group}");
+
+    let direct = [
+        Chat::new(&ab, SEQ + 1, alice, "今天天气很好，我们去公园吧"),
+        Chat::new(&ab, SEQ + 2, bob, "Meeting tomorrow at the PARK"),
+        Chat::new(&ab, SEQ + 3, alice, "lunch?"),
+        Chat::new(&ab, SEQ + 4, bob, "公园，公园，还是公园"),
+        Chat::new(&ab, SEQ + 5, alice, "retracted 公园"),
+    ];
+    let grouped = [
+        Chat::new(&g, SEQ + 1, alice, "公园 before bob joined").at(joined - 20_000),
+        Chat::new(&g, SEQ + 2, alice, "公园 after bob joined").at(joined + 1),
+    ];
+    let carols = [Chat::new(&ac, SEQ + 1, carol, "公园 with carol only")];
+    stack.append(&direct).await;
+    stack.append(&grouped).await;
+    stack.append(&carols).await;
+    stack.wait_for(alice, &ab, &direct[4].mid).await;
+    stack.wait_for(alice, &g, &grouped[1].mid).await;
+    stack.wait_for(alice, &ac, &carols[0].mid).await;
+    stack.retract(&ab, SEQ + 5, &direct[4].mid).await;
+    assert_eventually!(
+        stack.newest(alice, &ab).await.len() == 4,
+        PATIENCE,
+        "the retraction was not processed"
+    );
+
+    // Chinese without spaces is found by a run of its characters; bob sees
+    // his 1:1 conversation and the group from his join, not carol's nor
+    // what was retracted; the message saying it three times comes first.
+    let found = stack.search(bob, "公园", "", 0, 0).await.expect("search");
+    assert_eq!(
+        sorted(hit_texts(&found)),
+        sorted(vec![
+            "今天天气很好，我们去公园吧",
+            "公园，公园，还是公园",
+            "公园 after bob joined",
+        ]),
+    );
+    assert_eq!(hit_texts(&found)[0], "公园，公园，还是公园");
+    assert!(!found.more);
+    let hit = found
+        .hits
+        .iter()
+        .find(|h| {
+            h.message
+                .as_ref()
+                .is_some_and(|m| m.seq == SEQ + 1 && m.conversation == ab)
+        })
+        .expect("the first message");
+    let marks: Vec<(u32, u32)> = hit.highlights.iter().map(|h| (h.start, h.end)).collect();
+    assert_eq!(marks, [(10, 12)], "公园 in 今天天气很好，我们去公园吧");
+    let message = hit.message.as_ref().expect("message");
+    assert_eq!(
+        (message.sender_id, message.mid.as_str()),
+        (alice, direct[0].mid.as_str())
+    );
+    assert!(message.frame.contains("今天天气很好"), "{}", message.frame);
+
+    // Alice sees all four of hers (she joined the group first).
+    let all = stack.search(alice, "公园", "", 0, 0).await.expect("search");
+    assert_eq!(all.hits.len(), 5, "{:?}", hit_texts(&all));
+
+    // Every word is required; a Latin word finds the words it begins, in
+    // any case, highlighted where it is.
+    let both = stack
+        .search(bob, "天气 公园", "", 0, 0)
+        .await
+        .expect("search");
+    assert_eq!(hit_texts(&both), ["今天天气很好，我们去公园吧"]);
+    let prefix = stack
+        .search(bob, "meet park", "", 0, 0)
+        .await
+        .expect("search");
+    assert_eq!(hit_texts(&prefix), ["Meeting tomorrow at the PARK"]);
+    let marks: Vec<(u32, u32)> = prefix.hits[0]
+        .highlights
+        .iter()
+        .map(|h| (h.start, h.end))
+        .collect();
+    assert_eq!(marks, [(0, 4), (24, 28)]);
+    // Operators are text: a quote or a minus finds nothing, fails nothing.
+    let odd = stack
+        .search(bob, "\"-公园 +(", "", 0, 0)
+        .await
+        .expect("search");
+    assert!(odd.hits.is_empty());
+
+    // Pages: one at a time, each hit once.
+    let mut seen = Vec::new();
+    for offset in 0..3 {
+        let page = stack
+            .search(bob, "公园", "", 1, offset)
+            .await
+            .expect("page");
+        assert_eq!(page.hits.len(), 1);
+        assert_eq!(page.more, offset < 2, "page {offset}");
+        seen.push(hit_texts(&page)[0].to_owned());
+    }
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(seen.len(), 3);
+
+    // One conversation only; one he may not read is refused.
+    let in_group = stack.search(bob, "公园", &g, 0, 0).await.expect("search");
+    assert_eq!(hit_texts(&in_group), ["公园 after bob joined"]);
+    let denied = stack
+        .search(bob, "公园", &ac, 0, 0)
+        .await
+        .expect_err("not his");
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    // Carol finds only her own.
+    let carols = stack.search(carol, "公园", "", 0, 0).await.expect("search");
+    assert_eq!(hit_texts(&carols), ["公园 with carol only"]);
+
+    // Bad queries say why.
+    let empty = stack.search(bob, "  ", "", 0, 0).await.expect_err("empty");
+    assert_eq!(empty.code(), Code::InvalidArgument);
+    assert!(empty.message().contains("empty"), "{}", empty.message());
+    let long = stack
+        .search(bob, &"公".repeat(300), "", 0, 0)
+        .await
+        .expect_err("long");
+    assert_eq!(long.code(), Code::InvalidArgument);
+    assert!(long.message().contains("at most 200"), "{}", long.message());
 }
 
 #[tokio::test]
