@@ -339,3 +339,29 @@ impl WsClient {
         }
     }
 }
+
+/// Frames until one satisfying `want` arrives (the others are collected in
+/// `skipped`), acknowledging chats with an `rseq` as it goes; panics with
+/// what came instead after [`test_support::PATIENCE`].
+pub async fn next_where(
+    client: &mut Client,
+    skipped: &mut Vec<Value>,
+    want: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + test_support::PATIENCE;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let line = client
+            .try_recv_line(left)
+            .await
+            .unwrap_or_else(|| panic!("the awaited frame in time; got {skipped:?}"));
+        let value: Value = serde_json::from_str(&line).expect("json");
+        if let Some(rseq) = value["rseq"].as_u64() {
+            client.send(&json!({"msgid": 12, "ack": rseq})).await;
+        }
+        if want(&value) {
+            return value;
+        }
+        skipped.push(value);
+    }
+}

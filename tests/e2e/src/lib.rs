@@ -26,7 +26,7 @@ mod stack;
 
 pub use client::{
     Client, RECV_TIMEOUT, WsClient, chat, group_chat, http_get, joined_at_least_once, metric_value,
-    offline_messages, parse_list, texts,
+    next_where, offline_messages, parse_list, texts,
 };
 pub use nginx::{Nginx, NginxTls};
 pub(crate) use process::{addr, wait_for_port};

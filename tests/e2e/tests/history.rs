@@ -6,7 +6,7 @@
 
 use std::{collections::BTreeSet, time::Duration};
 
-use e2e::{Client, PATIENCE, Stack, chat, group_chat};
+use e2e::{Client, PATIENCE, Stack, chat, group_chat, next_where, texts};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -21,31 +21,6 @@ async fn device(stack: &Stack, node: usize, id: i64, password: &str) -> Client {
 async fn registered(stack: &Stack, name: &str) -> i64 {
     let mut client = Client::connect(stack.gateways[0].tcp).await;
     client.register(name, "pw").await
-}
-
-/// Frames until one with `msgid` satisfying `want` arrives (others are
-/// collected in `skipped`); acknowledges chats with an `rseq` as it goes.
-async fn next_where(
-    client: &mut Client,
-    skipped: &mut Vec<Value>,
-    want: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = client
-            .try_recv_line(left)
-            .await
-            .expect("the awaited frame in time");
-        let value: Value = serde_json::from_str(&line).expect("json");
-        if let Some(rseq) = value["rseq"].as_u64() {
-            client.send(&json!({"msgid": 12, "ack": rseq})).await;
-        }
-        if want(&value) {
-            return value;
-        }
-        skipped.push(value);
-    }
 }
 
 async fn history_page(client: &mut Client, seq: i64, request: Value) -> Value {
@@ -100,13 +75,6 @@ fn cseqs(messages: &[Value]) -> Vec<u64> {
     messages
         .iter()
         .map(|m| m["cseq"].as_u64().expect("cseq"))
-        .collect()
-}
-
-fn texts(messages: &[Value]) -> Vec<String> {
-    messages
-        .iter()
-        .map(|m| m["msg"].as_str().expect("msg").to_owned())
         .collect()
 }
 
@@ -679,4 +647,106 @@ async fn the_http_port_serves_the_web_client_next_to_the_websocket() {
     ws.send(&json!({"msgid": 13, "seq": 1})).await;
     assert_eq!(ws.recv().await, json!({"msgid": 14, "seq": 1}));
     std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+/// The texts of a search reply's hits, sorted.
+fn hit_texts(reply: &Value) -> Vec<String> {
+    let mut texts = texts(reply["hits"].as_array().map_or(&[][..], Vec::as_slice));
+    texts.sort_unstable();
+    texts
+}
+
+#[tokio::test]
+async fn search_finds_chinese_across_nodes_from_a_members_join_and_never_anothers_chats() {
+    let stack = Stack::builder().gateways(2).start().await;
+    let a = registered(&stack, "alice").await;
+    let b = registered(&stack, "bob").await;
+    let c = registered(&stack, "carol").await;
+    let mut alice = device(&stack, 0, a, "pw").await;
+    let mut bob = device(&stack, 1, b, "pw").await;
+    let g = alice
+        .call(json!({"msgid": 8, "groupname": "trip", "groupdesc": ""}), 1)
+        .await["groupid"]
+        .as_i64()
+        .expect("groupid");
+    let sent = alice
+        .call(group_chat(a, g, "北京 before bob joined"), 2)
+        .await;
+    assert_eq!(sent["errno"], 0, "{sent}");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(
+        bob.call(json!({"msgid": 9, "groupid": g}), 1).await["errno"],
+        0
+    );
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    for (seq, (from, to, text)) in [
+        (3, (a, b, "明天去北京开会")),
+        (4, (a, c, "北京 is for carol only")),
+        (5, (a, 0, "北京 after bob joined")),
+    ] {
+        let request = if to == 0 {
+            group_chat(from, g, text)
+        } else {
+            chat(from, to, text)
+        };
+        assert_eq!(alice.call(request, seq).await["errno"], 0, "{text}");
+    }
+    assert_eq!(bob.call(chat(b, a, "好的，北京见"), 2).await["errno"], 0);
+
+    // History is stored a moment after the chats are accepted.
+    let want = ["北京 after bob joined", "好的，北京见", "明天去北京开会"];
+    let deadline = Instant::now() + PATIENCE;
+    let found = loop {
+        let found = bob.call(json!({"msgid": 31, "q": "北京"}), 10).await;
+        assert_eq!(found["errno"], 0, "{found}");
+        if hit_texts(&found) == want || Instant::now() > deadline {
+            break found;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(hit_texts(&found), want, "{found}");
+    assert_eq!(found["more"], false);
+    let hit = found["hits"]
+        .as_array()
+        .expect("hits")
+        .iter()
+        .find(|h| h["msg"] == "明天去北京开会")
+        .expect("the chat");
+    assert_eq!(hit["marks"], json!([[3, 5]]), "{hit}");
+    assert_eq!(hit["id"], a, "{hit}");
+    assert!(hit["mid"].is_string() && hit["cseq"].is_u64(), "{hit}");
+    assert_eq!(hit["conv"], format!("d:{}:{}", a.min(b), a.max(b)));
+
+    // In one conversation; a page of one says more follow.
+    let in_group = bob
+        .call(json!({"msgid": 31, "q": "北京", "groupid": g}), 11)
+        .await;
+    assert_eq!(
+        hit_texts(&in_group),
+        ["北京 after bob joined"],
+        "{in_group}"
+    );
+    let first = bob
+        .call(json!({"msgid": 31, "q": "北京", "limit": 1}), 12)
+        .await;
+    assert_eq!(
+        (first["hits"].as_array().map(Vec::len), &first["more"]),
+        (Some(1), &json!(true))
+    );
+
+    // Not his conversation, and a request without words: refused, saying why.
+    let theirs = format!("d:{}:{}", a.min(c), a.max(c));
+    let refused = bob
+        .call(json!({"msgid": 31, "q": "北京", "conv": theirs}), 13)
+        .await;
+    assert_eq!(refused["errno"], 4, "{refused}");
+    let empty = bob.call(json!({"msgid": 31, "q": " "}), 14).await;
+    assert_eq!(empty["errno"], 1, "{empty}");
+    assert!(
+        empty["errmsg"]
+            .as_str()
+            .unwrap_or("")
+            .contains("q is empty"),
+        "{empty}"
+    );
 }

@@ -6,36 +6,9 @@
 
 use std::time::Duration;
 
-use e2e::{Client, Stack, chat};
+use e2e::{Client, Stack, chat, next_where};
 use serde_json::{Value, json};
 use tokio::time::Instant;
-
-const PATIENCE: Duration = Duration::from_secs(15);
-
-/// The next frame `want` accepts (acknowledging chats on the way); the
-/// others are kept in `skipped`.
-async fn next_where(
-    client: &mut Client,
-    skipped: &mut Vec<Value>,
-    want: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = client
-            .try_recv_line(left)
-            .await
-            .unwrap_or_else(|| panic!("the awaited frame in time; got {skipped:?}"));
-        let value: Value = serde_json::from_str(&line).expect("json");
-        if let Some(rseq) = value["rseq"].as_u64() {
-            client.send(&json!({"msgid": 12, "ack": rseq})).await;
-        }
-        if want(&value) {
-            return value;
-        }
-        skipped.push(value);
-    }
-}
 
 /// Logs in as a device that wants presence pushed (`"presence":true`).
 async fn login_watching(client: &mut Client, id: i64, password: &str) {

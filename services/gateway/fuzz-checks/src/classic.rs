@@ -116,6 +116,21 @@ pub fn check(frame: &[u8]) {
             assert!(before == 0 || after == 0, "before and after both accepted");
             assert!((1..=classic::MAX_PAGE).contains(&limit));
         }
+        Request::Search {
+            query,
+            target,
+            limit,
+            offset,
+        } => {
+            assert_eq!(msgid, classic::SEARCH_MSG);
+            assert_eq!(Some(query.as_str()), str_field(&object, "q"));
+            assert!(!query.trim().is_empty(), "a search without words accepted");
+            if let Some(target) = target {
+                check_target(&object, target);
+            }
+            assert!((1..=classic::MAX_SEARCH_PAGE).contains(&limit));
+            assert!(offset <= classic::MAX_SEARCH_OFFSET);
+        }
         Request::Conversations { limit } => {
             assert_eq!(msgid, classic::CONVERSATIONS_MSG);
             assert!((1..=classic::MAX_PAGE).contains(&limit));

@@ -97,6 +97,53 @@ pub async fn history(
     Ok(reply)
 }
 
+/// msgid 31: messages holding every word of `query`, best first, each as
+/// history shows it with `marks`: where the words are in its `msg`,
+/// `[start, end)` in Unicode code points.
+pub async fn search(
+    node: &Node,
+    user: i64,
+    query: &str,
+    target: Option<Target>,
+    limit: u32,
+    offset: u32,
+) -> Result<Map<String, Value>, Failure> {
+    let conversation = target.map(|t| conversation_of(user, t)).transpose()?;
+    let found = node
+        .upstreams
+        .history
+        .clone()
+        .search_messages(history_pb::SearchMessagesRequest {
+            user_id: user,
+            query: query.to_owned(),
+            conversation: conversation.map(|c| c.to_string()).unwrap_or_default(),
+            limit,
+            offset,
+        })
+        .await
+        .map_err(|s| history_failure(&s))?
+        .into_inner();
+    let hits: Vec<Value> = found
+        .hits
+        .iter()
+        .filter_map(|hit| {
+            let message = hit.message.as_ref()?;
+            let mut shown = message_json(message);
+            let marks: Vec<Value> = hit
+                .highlights
+                .iter()
+                .map(|h| serde_json::json!([h.start, h.end]))
+                .collect();
+            shown["marks"] = marks.into();
+            Some(shown)
+        })
+        .collect();
+    let mut reply = Map::new();
+    reply.insert("hits".into(), hits.into());
+    reply.insert("more".into(), found.more.into());
+    Ok(reply)
+}
+
 /// msgid 17: the user's conversations, the latest first.
 pub async fn list(node: &Node, user: i64, limit: u32) -> Result<Map<String, Value>, Failure> {
     let list = node

@@ -543,6 +543,7 @@ impl Session {
             | Request::LeaveGroup { .. }
             | Request::GroupMembers { .. }
             | Request::RenameGroup { .. }
+            | Request::Search { .. }
             | Request::Roster => None,
         };
         match claimed {
@@ -626,6 +627,12 @@ impl Session {
                 limit,
             } => conversations::history(&self.node, user, target, before, after, limit).await,
             Request::Conversations { limit } => conversations::list(&self.node, user, limit).await,
+            Request::Search {
+                query,
+                target,
+                limit,
+                offset,
+            } => conversations::search(&self.node, user, &query, target, limit, offset).await,
             Request::MarkRead { target, up_to } => {
                 let me = self.node.session_address(self.connection);
                 conversations::mark_read(&self.node, user, &me, target, up_to).await
@@ -692,6 +699,7 @@ fn request_kind(request: &Request) -> &'static str {
         Request::LeaveGroup { .. } => "leave_group",
         Request::GroupMembers { .. } => "group_members",
         Request::RenameGroup { .. } => "rename_group",
+        Request::Search { .. } => "search",
         Request::ChangePassword { .. } => "change_password",
     }
 }

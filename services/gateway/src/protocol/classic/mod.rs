@@ -92,6 +92,12 @@ pub const RENAME_GROUP_MSG: i64 = 28;
 pub const BLOCK_MSG: i64 = 29;
 /// Client: unblock a user (`userid`).
 pub const UNBLOCK_MSG: i64 = 30;
+/// Client: search your history (`q`; optional `toid`, `groupid` or `conv`,
+/// `limit`, `offset`): hits best first with `marks` (msgid 11).
+pub const SEARCH_MSG: i64 = 31;
+/// Search hits per page, at most, and how deep paging goes.
+pub const MAX_SEARCH_PAGE: u32 = 100;
+pub const MAX_SEARCH_OFFSET: u32 = 1000;
 
 /// At most this many messages or conversations per page.
 pub const MAX_PAGE: u32 = 200;

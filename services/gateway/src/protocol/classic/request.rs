@@ -7,8 +7,9 @@ use super::{
     ACK_MSG, ADD_FRIEND_MSG, ADD_GROUP_MSG, BLOCK_MSG, CONVERSATIONS_MSG, CREATE_GROUP_MSG,
     Conversation, DELIVERED_MSG, Failure, GROUP_CHAT_MSG, GROUP_MEMBERS_MSG, HISTORY_MSG,
     LEAVE_GROUP_MSG, LOGIN_MSG, LOGIN_MSG_ACK, LOGINOUT_MSG, LOGOUT_ALL_MSG, MAX_PAGE,
-    ONE_CHAT_MSG, PASSWORD_MSG, PING_MSG, PONG_MSG, READ_MSG, REG_MSG, REG_MSG_ACK,
-    REMOVE_FRIEND_MSG, RENAME_GROUP_MSG, REPLY_MSG, ROSTER_MSG, TYPING_MSG, UNBLOCK_MSG,
+    MAX_SEARCH_OFFSET, MAX_SEARCH_PAGE, ONE_CHAT_MSG, PASSWORD_MSG, PING_MSG, PONG_MSG, READ_MSG,
+    REG_MSG, REG_MSG_ACK, REMOVE_FRIEND_MSG, RENAME_GROUP_MSG, REPLY_MSG, ROSTER_MSG, SEARCH_MSG,
+    TYPING_MSG, UNBLOCK_MSG,
 };
 
 /// What a login proves who it is with.
@@ -130,6 +131,14 @@ pub enum Request {
         group: i64,
         name: String,
         description: Option<String>,
+    },
+    /// Messages holding every word of `query`, in one conversation or all
+    /// the user may read.
+    Search {
+        query: String,
+        target: Option<Target>,
+        limit: u32,
+        offset: u32,
     },
 }
 
@@ -339,6 +348,36 @@ fn parse_request(mut object: Map<String, Value>) -> Result<Request, Failure> {
             name: required_str(&object, "groupname")?,
             description: optional_str(&object, "groupdesc")?,
         },
+        SEARCH_MSG => {
+            let query = required_str(&object, "q")?;
+            if query.trim().is_empty() {
+                return Err(Failure::bad_request("q is empty: give a word to look for"));
+            }
+            let scoped = ["toid", "groupid", "conv"]
+                .iter()
+                .any(|f| !matches!(object.get(*f), None | Some(Value::Null)));
+            let limit = match optional_int(&object, "limit")? {
+                None | Some(0) => 20,
+                Some(n) if (1..=i64::from(MAX_SEARCH_PAGE)).contains(&n) => n as u32,
+                Some(_) => {
+                    return Err(Failure::bad_request(format!(
+                        "limit must be between 1 and {MAX_SEARCH_PAGE}"
+                    )));
+                }
+            };
+            let offset = non_negative(optional_int(&object, "offset")?.unwrap_or(0), "offset")?;
+            if offset > u64::from(MAX_SEARCH_OFFSET) {
+                return Err(Failure::bad_request(format!(
+                    "offset must be at most {MAX_SEARCH_OFFSET}"
+                )));
+            }
+            Request::Search {
+                query,
+                target: if scoped { Some(target(&object)?) } else { None },
+                limit,
+                offset: offset as u32,
+            }
+        }
         LOGIN_MSG_ACK | REG_MSG_ACK | REPLY_MSG | PONG_MSG => {
             return Err(Failure::bad_request(format!(
                 "msgid {msgid} is sent by the server, not to it"
@@ -454,6 +493,45 @@ fn require_msg(object: &Map<String, Value>) -> Result<(), Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_search_needs_words_and_keeps_its_page_in_bounds() {
+        assert_eq!(
+            parse(r#"{"msgid":31,"q":"天气 park"}"#.as_bytes()).request,
+            Ok(Request::Search {
+                query: "天气 park".into(),
+                target: None,
+                limit: 20,
+                offset: 0,
+            })
+        );
+        assert_eq!(
+            parse(br#"{"msgid":31,"q":"x","groupid":7,"limit":5,"offset":10}"#).request,
+            Ok(Request::Search {
+                query: "x".into(),
+                target: Some(Target::Group(7)),
+                limit: 5,
+                offset: 10,
+            })
+        );
+        for (frame, why) in [
+            (&br#"{"msgid":31}"#[..], "q is missing"),
+            (
+                br#"{"msgid":31,"q":"  "}"#,
+                "q is empty: give a word to look for",
+            ),
+            (
+                br#"{"msgid":31,"q":"x","limit":101}"#,
+                "limit must be between 1 and 100",
+            ),
+            (
+                br#"{"msgid":31,"q":"x","offset":1001}"#,
+                "offset must be at most 1000",
+            ),
+        ] {
+            assert_eq!(parse(frame).request, Err(Failure::bad_request(why)));
+        }
+    }
 
     #[test]
     fn requests_parse_with_clear_errors() {
