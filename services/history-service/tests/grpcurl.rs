@@ -12,7 +12,7 @@ use shutdown::Shutdown;
 use test_support::{PATIENCE, fresh_database_url, run_grpcurl, unique_name};
 
 #[tokio::test]
-async fn grpcurl_lists_reads_history_conversations_and_marks_read_through_reflection() {
+async fn grpcurl_lists_reads_history_conversations_marks_read_and_searches_through_reflection() {
     let users = user_service::Application::build(user_service::Config::for_tests(
         &fresh_database_url("history_users"),
     ))
@@ -106,5 +106,12 @@ async fn grpcurl_lists_reads_history_conversations_and_marks_read_through_reflec
         marked.contains("\"readSeq\": \"1795600000000000\""),
         "{marked}"
     );
+    let found =
+        tokio::task::spawn_blocking(call("SearchMessages", r#"{"user_id":17,"query":"HI"}"#))
+            .await
+            .expect("grpcurl");
+    assert!(found.contains("\"text\": \"hi 🙂\""), "{found}");
+    // [0, 2): proto3 JSON leaves the 0 out.
+    assert!(found.contains("\"end\": 2"), "{found}");
     shutdown.trigger();
 }

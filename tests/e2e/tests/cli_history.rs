@@ -328,7 +328,7 @@ async fn next_of(client: &mut Client, msgid: i64) -> Value {
 }
 
 #[tokio::test]
-async fn interactive_history_unread_receipts_typing_and_other_devices() {
+async fn interactive_history_unread_receipts_typing_search_and_other_devices() {
     let stack = Stack::builder().gateways(2).start().await;
     let node1 = stack.gateways[0].tcp.to_string();
     let node2 = stack.gateways[1].tcp.to_string();
@@ -409,6 +409,15 @@ async fn interactive_history_unread_receipts_typing_and_other_devices() {
     assert_eq!(reply["errno"], 0, "{reply}");
     cli.expect(&format!("bob ({bob_id}) read up to #{newest}"))
         .await;
+
+    // Search: every word, any case, the words in brackets.
+    cli.type_line("search:SECOND from").await;
+    let found = cli.expect("[second]").await;
+    assert!(found.contains("search \"SECOND from\": 1 hit"), "{found}");
+    assert!(
+        found.contains(&format!("bob ({bob_id})  bob: [second]: [from] bob")),
+        "{found}"
+    );
 
     // A conversation she is not in: the server's reason.
     cli.type_line("history:g:999999").await;

@@ -118,6 +118,56 @@ pub fn history_page(reply: &Value, me: i64, names: &Names, earlier: bool) -> Str
     out
 }
 
+/// A page of search hits (msgid 11 with `hits`), best first: where each
+/// was said, when, by whom, the words in [brackets].
+pub fn search_hits(reply: &Value, query: &str, offset: u32, me: i64, names: &Names) -> String {
+    let hits = reply["hits"].as_array().map_or(&[][..], Vec::as_slice);
+    let mut out = match (hits.len(), offset) {
+        (0, 0) => format!("search {query:?}: nothing found"),
+        (0, _) => format!("search {query:?}: no more hits"),
+        (n, 0) => format!("search {query:?}: {n} hit{}", if n == 1 { "" } else { "s" }),
+        (n, _) => format!("search {query:?}: {n} more"),
+    };
+    if reply["more"] == true {
+        out.push_str(" (type more for the next ones)");
+    }
+    for hit in hits {
+        let conv = hit["conv"]
+            .as_str()
+            .and_then(|c| c.parse::<Conv>().ok())
+            .map_or_else(|| text(hit, "conv"), |c| names.conv(&c, me));
+        let msg = text(hit, "msg");
+        let marks: Vec<(usize, usize)> = hit["marks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| Some((m[0].as_u64()? as usize, m[1].as_u64()? as usize)))
+            .collect();
+        out.push_str(&format!(
+            "\n  {}  {conv}  {}: {}",
+            text(hit, "time"),
+            sender(hit, me),
+            clip(&marked(&msg, &marks), 200)
+        ));
+    }
+    out
+}
+
+/// `text` with each `[start, end)` (code points) in brackets.
+fn marked(text: &str, marks: &[(usize, usize)]) -> String {
+    let mut out = String::with_capacity(text.len() + 2 * marks.len());
+    for (i, c) in text.chars().enumerate() {
+        if marks.iter().any(|&(start, _)| start == i) {
+            out.push('[');
+        }
+        out.push(c);
+        if marks.iter().any(|&(_, end)| end == i + 1) {
+            out.push(']');
+        }
+    }
+    out
+}
+
 /// The highest and the lowest `cseq` of a history reply's messages.
 pub fn cseq_range(reply: &Value) -> Option<(u64, u64)> {
     let seqs = reply["messages"]
@@ -258,6 +308,26 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn search_hits_bracket_the_words_where_they_were_said() {
+        let reply = json!({"errno": 0, "more": true, "hits": [
+            {"conv": "d:1:2", "id": 2, "name": "bob", "time": "2026-12-07 10:00:00",
+             "msg": "明天去北京开会", "marks": [[3, 5]]},
+        ]});
+        let mut names = Names::default();
+        names.learn(&json!({"id": 2, "name": "bob"}));
+        assert_eq!(
+            search_hits(&reply, "北京", 0, 1, &names),
+            "search \"北京\": 1 hit (type more for the next ones)\n  2026-12-07 10:00:00  bob (2)  bob: 明天去[北京]开会"
+        );
+        assert_eq!(marked("abcabc", &[(0, 1), (3, 6)]), "[a]bc[abc]");
+        let none = json!({"errno": 0, "more": false, "hits": []});
+        assert_eq!(
+            search_hits(&none, "x", 0, 1, &names),
+            "search \"x\": nothing found"
+        );
+    }
 
     fn names() -> Names {
         let mut names = Names::default();

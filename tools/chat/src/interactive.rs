@@ -49,7 +49,8 @@ const HELP: &str = "commands:
   history:friendid[:count]      the last messages with a user (marks them read)
   history:g:groupid[:count]     the last messages of a group
   history                       the last messages of the conversation you are in
-  more                          earlier messages of the last history
+  more                          earlier messages of the last history (or the next hits of a search)
+  search:words                  find messages with every word (Chinese without spaces too)
   conversations (or list)       your conversations, newest first, with unread counts
   read:friendid (read:g:id)     mark a conversation read
   password:current:new          change your password (your other sessions end)
@@ -99,6 +100,11 @@ enum Pending {
     NewPassword(String),
     /// `members:`: print the group's members.
     Members,
+    /// A page of search hits for `query` from `offset`.
+    Search {
+        query: String,
+        offset: u32,
+    },
     /// A history page; `earlier` for one asked with `more`.
     History {
         conv: Conv,
@@ -129,6 +135,9 @@ struct Session {
     /// Where `more` continues: the conversation of the last history page
     /// and its oldest `cseq`, while there are earlier messages.
     earlier: Option<(Conv, u64)>,
+    /// Where `more` continues a search instead (the last thing listed was
+    /// a page of hits and more follow): the query and the next offset.
+    next_hits: Option<(String, u32)>,
 }
 
 pub async fn run(endpoint: Endpoint) -> anyhow::Result<()> {
@@ -320,6 +329,20 @@ pub async fn run(endpoint: Endpoint) -> anyhow::Result<()> {
                             print(format!("members: error: {}", message["errmsg"].as_str().unwrap_or("failed")));
                         }
                     }
+                    (Some(Pending::Search { query, offset }), _) => {
+                        let Some(me) = session.as_mut() else { continue };
+                        if message["errno"] != 0 {
+                            print(format!("search: error: {}", reason(&message)));
+                            continue;
+                        }
+                        if let Some(hits) = message["hits"].as_array() {
+                            hits.iter().for_each(|f| me.names.learn(f));
+                        }
+                        print(display::search_hits(&message, &query, offset, me.id, &me.names));
+                        let shown = message["hits"].as_array().map_or(0, Vec::len) as u32;
+                        me.next_hits = (message["more"] == true).then(|| (query, offset + shown));
+                        me.earlier = None;
+                    }
                     (Some(Pending::NewPassword(new)), _) => {
                         if message["errno"] == 0 {
                             if let Some(me) = session.as_mut() {
@@ -351,6 +374,7 @@ pub async fn run(endpoint: Endpoint) -> anyhow::Result<()> {
                         }
                         print(display::history_page(&message, me.id, &me.names, earlier));
                         let range = display::cseq_range(&message);
+                        me.next_hits = None;
                         me.earlier = match range {
                             Some((oldest, _)) if message["more"] == true => Some((conv, oldest)),
                             _ => None,
@@ -623,6 +647,25 @@ fn command(line: &str, me: &Session) -> anyhow::Result<Option<(Value, Pending)>>
                 },
             ))
         }
+        "search" => {
+            if rest.trim().is_empty() {
+                anyhow::bail!("usage: search:words");
+            }
+            Some((
+                search_request(rest, 0),
+                Pending::Search {
+                    query: rest.to_owned(),
+                    offset: 0,
+                },
+            ))
+        }
+        "more" if rest.is_empty() && me.next_hits.is_some() => {
+            let (query, offset) = me.next_hits.clone().expect("checked");
+            Some((
+                search_request(&query, offset),
+                Pending::Search { query, offset },
+            ))
+        }
         "more" if rest.is_empty() => {
             let (conv, oldest) = me
                 .earlier
@@ -670,6 +713,14 @@ fn conversation_arg(arg: &str, me: i64) -> anyhow::Result<(Conv, Option<u32>)> {
         .transpose()?
         .filter(|c| *c > 0);
     Ok((conv, count))
+}
+
+/// Search hits per page.
+const SEARCH_PAGE: u32 = 10;
+
+/// A search request (msgid 31): a page of hits from `offset`.
+fn search_request(query: &str, offset: u32) -> Value {
+    json!({"msgid": 31, "q": query, "limit": SEARCH_PAGE, "offset": offset})
 }
 
 /// A history request (msgid 16): the newest `limit` messages, or the
@@ -768,6 +819,7 @@ fn show_login(
         names,
         current: None,
         earlier: None,
+        next_hits: None,
     }
 }
 
@@ -828,6 +880,7 @@ mod tests {
             names: Names::default(),
             current: None,
             earlier: None,
+            next_hits: None,
         }
     }
 
@@ -863,6 +916,22 @@ mod tests {
         for bad in ["", "x", "2:x", "g:", "g:x", "2:3:4", "g:5:6:7", "2:-1"] {
             assert!(conversation_arg(bad, 1).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn search_and_more_hits() {
+        let mut me = alice();
+        let (request, reply_to) = parsed("search:北京 meet", &me);
+        assert_eq!(
+            request,
+            json!({"msgid": 31, "q": "北京 meet", "limit": 10, "offset": 0})
+        );
+        assert!(matches!(reply_to, Pending::Search { offset: 0, .. }));
+        assert!(command("search:", &me).is_err());
+        me.next_hits = Some(("北京".into(), 10));
+        let (request, _) = parsed("more", &me);
+        assert_eq!(request["offset"], 10);
+        assert_eq!(request["q"], "北京");
     }
 
     #[test]
