@@ -132,6 +132,8 @@ install() {
         [ -x /usr/bin/chromium ] || missing+=(chromium)
         command -v chromedriver >/dev/null || missing+=(chromium-driver)
         ls /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf >/dev/null 2>&1 || missing+=(fonts-dejavu-core)
+        # Chinese in the screenshots (search, the seed's users), not boxes.
+        ls /usr/share/fonts/truetype/wqy/wqy-microhei.ttc >/dev/null 2>&1 || missing+=(fonts-wqy-microhei)
     fi
     if [ ${#missing[@]} -gt 0 ]; then
         command -v apt-get >/dev/null || die "missing ${missing[*]} and no apt-get to install them"

@@ -18,6 +18,7 @@ import {
   decodeConversations,
   decodeHistory,
   decodeRoster,
+  decodeSearch,
   directConv,
   encode,
   groupConv,
@@ -37,6 +38,10 @@ const ROSTER_SOON_MS = 3_000;
 const DELIVERED_EVERY_MS = 1_000;
 const TYPING_EVERY_MS = 2_000;
 const PAGE = 50;
+/** Search hits per page. */
+const SEARCH_PAGE = 20;
+/** Pages of history a search hit may page back through to show its message. */
+const REVEAL_PAGES = 20;
 const CATCH_UP_PAGE = 200;
 /** A catch-up looks for gaps among this many of a conversation's newest numbers. */
 const GAP_WINDOW = 1_000;
@@ -290,6 +295,31 @@ export class ChatSession {
   private loadLatestIfNeeded(conv: string): void {
     const c = this.store?.conversations.get(conv);
     if (c && !c.historyLoaded) void this.loadHistory(conv, 'latest');
+  }
+
+  /** Opens `conv` at the message numbered `cseq` (a search hit): pages
+   *  back through its history until that message is loaded, at most
+   *  REVEAL_PAGES pages, then scrolls to it. */
+  private async reveal(conv: string, cseq: number | null): Promise<void> {
+    const store = this.store;
+    if (!store || !store.conversation(conv)) return;
+    this.open(conv);
+    if (cseq === null) return;
+    for (let pages = 0, waits = 0; pages < REVEAL_PAGES && waits < 100; ) {
+      const c = store.conversations.get(conv);
+      if (!c || this.selected !== conv || c.byCseq.has(cseq)) break;
+      if (c.historyLoaded && !c.hasOlder) break;
+      if (this.loadingHistory.has(conv) || this.connection.state !== 'connected') {
+        waits++;
+        await new Promise((resolve) => setTimeout(resolve, 100));
+        continue;
+      }
+      pages++;
+      await this.loadHistory(conv, c.historyLoaded ? 'older' : 'latest');
+    }
+    if (this.selected !== conv) return;
+    this.render();
+    this.view?.reveal(cseq);
   }
 
   private async loadHistory(conv: string, direction: 'latest' | 'older'): Promise<void> {
@@ -604,6 +634,8 @@ export class ChatSession {
       addFriend: (id) => this.addFriend(id),
       createGroup: (name, description) => this.createGroup(name, description),
       joinGroup: (id) => this.joinGroup(id),
+      search: async (query, offset) => decodeSearch(await this.request(encode.search(query, offset, SEARCH_PAGE))),
+      reveal: (conv, cseq) => void this.reveal(conv, cseq),
     });
     this.sidebar.setConnectionState(this.connection.state);
     this.view = new ConversationView(store, {

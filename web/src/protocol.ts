@@ -37,6 +37,7 @@ export const MSG = {
   RENAME_GROUP: 28,
   BLOCK: 29,
   UNBLOCK: 30,
+  SEARCH: 31,
 } as const;
 
 /** The errno of a login ack refused for a wrong id or password. */
@@ -119,6 +120,18 @@ export interface ConversationEntry {
 export interface HistoryPage {
   conv: string;
   messages: Chat[];
+  more: boolean;
+}
+
+/** A message a search found, and where its words are in its text:
+ *  `[start, end)` in Unicode code points. */
+export interface SearchHit {
+  chat: Chat;
+  marks: [number, number][];
+}
+
+export interface SearchPage {
+  hits: SearchHit[];
   more: boolean;
 }
 
@@ -328,6 +341,44 @@ export function decodeHistory(object: JsonObject): HistoryPage {
   };
 }
 
+/** The body of a msgid 31 SEARCH reply. */
+export function decodeSearch(object: JsonObject): SearchPage {
+  const hits: SearchHit[] = [];
+  for (const value of list(object, 'hits')) {
+    const chat = decodeChat(value);
+    if (!chat || !isObject(value)) continue;
+    const marks: [number, number][] = [];
+    for (const mark of list(value, 'marks')) {
+      if (!Array.isArray(mark) || mark.length !== 2) continue;
+      const [start, end] = mark as unknown[];
+      if (Number.isSafeInteger(start) && Number.isSafeInteger(end) && (start as number) < (end as number)) {
+        marks.push([start as number, end as number]);
+      }
+    }
+    hits.push({ chat, marks });
+  }
+  return { hits, more: object['more'] === true };
+}
+
+/** `text` cut at `marks` (code points, as the server counts them): the
+ *  pieces in order, each marked or not. Marks out of order, overlapping or
+ *  past the end are clipped, never thrown on. */
+export function markedPieces(text: string, marks: [number, number][]): { text: string; marked: boolean }[] {
+  const points = Array.from(text);
+  const pieces: { text: string; marked: boolean }[] = [];
+  let at = 0;
+  for (const [start, end] of [...marks].sort((a, b) => a[0] - b[0])) {
+    const from = Math.max(start, at);
+    const to = Math.min(end, points.length);
+    if (from >= to) continue;
+    if (from > at) pieces.push({ text: points.slice(at, from).join(''), marked: false });
+    pieces.push({ text: points.slice(from, to).join(''), marked: true });
+    at = to;
+  }
+  if (at < points.length) pieces.push({ text: points.slice(at).join(''), marked: false });
+  return pieces;
+}
+
 export function decodeConversations(object: JsonObject): ConversationEntry[] {
   const entries: ConversationEntry[] = [];
   for (const value of list(object, 'conversations')) {
@@ -496,4 +547,10 @@ export const encode = {
   typing: (conv: string): JsonObject => ({ msgid: MSG.TYPING, conv }),
   delivered: (conv: string, upto: number): JsonObject => ({ msgid: MSG.DELIVERED, conv, upto }),
   roster: (): JsonObject => ({ msgid: MSG.ROSTER }),
+  search: (q: string, offset: number, limit: number): JsonObject => ({
+    msgid: MSG.SEARCH,
+    q,
+    limit,
+    ...(offset > 0 ? { offset } : {}),
+  }),
 };

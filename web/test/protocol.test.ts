@@ -1,7 +1,17 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { decodeChat, decodeFrame, decodeRoster, directConv, encode, parseConv, peerOf } from '../src/protocol';
+import {
+  decodeChat,
+  decodeFrame,
+  decodeRoster,
+  decodeSearch,
+  directConv,
+  encode,
+  markedPieces,
+  parseConv,
+  peerOf,
+} from '../src/protocol';
 
 test('conversation ids: d:LOW:HIGH and g:GROUP', () => {
   assert.equal(directConv(9, 3), 'd:3:9');
@@ -148,4 +158,41 @@ test('requests', () => {
   });
   assert.deepEqual(encode.history('g:7', { after: 10, limit: 200 }), { msgid: 16, conv: 'g:7', after: 10, limit: 200 });
   assert.deepEqual(encode.history('g:7', {}), { msgid: 16, conv: 'g:7' });
+});
+
+test('a search reply: hits as chats with their marks; odd marks dropped', () => {
+  const page = decodeSearch({
+    more: true,
+    hits: [
+      { msgid: 6, id: 2, name: 'bob', toid: 1, msg: '明天去北京开会', conv: 'd:1:2', cseq: 9, mid: 'm9', marks: [[3, 5], [5, 4], 'x', [1]] },
+      { msgid: 99 },
+    ],
+  });
+  assert.equal(page.more, true);
+  assert.equal(page.hits.length, 1);
+  assert.equal(page.hits[0]?.chat.text, '明天去北京开会');
+  assert.deepEqual(page.hits[0]?.marks, [[3, 5]]);
+  assert.deepEqual(encode.search('北京', 0, 20), { msgid: 31, q: '北京', limit: 20 });
+  assert.deepEqual(encode.search('北京', 20, 20), { msgid: 31, q: '北京', limit: 20, offset: 20 });
+});
+
+test('marked pieces count code points and never throw on odd marks', () => {
+  assert.deepEqual(markedPieces('明天去北京开会', [[3, 5]]), [
+    { text: '明天去', marked: false },
+    { text: '北京', marked: true },
+    { text: '开会', marked: false },
+  ]);
+  // An emoji is one code point (two UTF-16 units).
+  assert.deepEqual(markedPieces('🙂 hi', [[2, 4]]), [
+    { text: '🙂 ', marked: false },
+    { text: 'hi', marked: true },
+  ]);
+  // Overlapping, unordered and past the end: clipped.
+  assert.deepEqual(markedPieces('abcdef', [[4, 99], [0, 2], [1, 3]]), [
+    { text: 'ab', marked: true },
+    { text: 'c', marked: true },
+    { text: 'd', marked: false },
+    { text: 'ef', marked: true },
+  ]);
+  assert.deepEqual(markedPieces('', [[0, 1]]), []);
 });

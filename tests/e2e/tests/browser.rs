@@ -4,8 +4,9 @@
 //! elements: register, log in, befriend, chat one-to-one and in a group
 //! with a user on a terminal (raw TCP), unread badges, read ticks, typing
 //! and a second device, a gateway killed under the page, history scrolled
-//! back through 300 messages, the server's errors on the screen, and a
-//! phone-sized screen, the dark theme and the keyboard alone.
+//! back through 300 messages, the server's errors on the screen, a
+//! phone-sized screen, the dark theme and the keyboard alone, presence,
+//! staying signed in, notifications, a conversation's details, and search.
 //!
 //! Screenshots of the main screens are saved under
 //! target/browser-screenshots/<backend>/ (and of any screen a wait gave
@@ -1321,5 +1322,103 @@ async fn details_rename_a_group_leave_one_and_remove_a_friend() {
     assert_eq!(refused["errno"], 4, "{refused}");
     alice.click("unblock").await;
     alice.wait_shown("block").await;
+    alice.quit().await;
+}
+
+/// Search: a word of a message that is not on screen (older than the page
+/// a conversation opens with) is found from the sidebar, marked in the
+/// hit; the hit opens the conversation at that message; a search that
+/// finds nothing says so, and the list comes back.
+#[tokio::test]
+async fn search_finds_an_old_message_and_opens_the_conversation_there() {
+    const COUNT: usize = 60;
+    let stack = Stack::builder().gateways(2).with_nginx().start().await;
+    let url = page_url(&stack);
+    let a = register_on_terminal(&stack, "alice", "alice-pw").await;
+    let b = register_on_terminal(&stack, "bob", "bob-pw").await;
+    befriend_on_terminal(&stack, a, "alice-pw", b).await;
+
+    // Alice's terminal takes and acknowledges them all, so the page finds
+    // nothing waiting: the first message is only in history, a page back.
+    let mut alice_term = Client::connect(stack.gateways[0].tcp).await;
+    assert_eq!(
+        alice_term.login_acking(a, "alice-pw", None).await["errno"],
+        0
+    );
+    let mut bob_term = Client::connect(stack.gateways[1].tcp).await;
+    bob_term.login_ok(b, "bob-pw").await;
+    for i in 0..COUNT {
+        let text = if i == 0 {
+            "我们明天去北京开会吧".to_owned()
+        } else {
+            format!("filler {i}")
+        };
+        let reply = bob_term.call(chat(b, a, &text), i as i64 + 1).await;
+        assert_eq!(reply["errno"], 0, "{reply}");
+    }
+    let (mut got, mut max_rseq) = (0, 0);
+    while got < COUNT {
+        let frame = alice_term.recv().await;
+        if let Some(rseq) = frame["rseq"].as_u64() {
+            max_rseq = max_rseq.max(rseq);
+            got += 1;
+        }
+    }
+    alice_term
+        .send(&json!({"msgid": 12, "ack": max_rseq}))
+        .await;
+    // Searchable once the history service stored it (it trails the chat).
+    let deadline = tokio::time::Instant::now() + BROWSER_PATIENCE;
+    loop {
+        let found = bob_term.call(json!({"msgid": 31, "q": "北京"}), 100).await;
+        if found["hits"].as_array().is_some_and(|h| h.len() == 1) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never searchable: {found}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(alice_term);
+
+    let alice = Browser::start(&stack, "alice").await;
+    alice.open(&url).await;
+    alice.login(a, "alice-pw").await;
+    alice.fill("search-input", "北京").await;
+    alice.click("search-submit").await;
+    alice
+        .wait(
+            "one hit, 北京 marked, in the conversation with bob",
+            "const hits = document.querySelectorAll(\"[data-testid='search-hit']\"); \
+             if (hits.length !== 1) return false; const h = hits[0]; \
+             const mark = h.querySelector('mark'); \
+             return h.dataset.conv === arguments[0] && !!mark && mark.textContent === '北京' \
+                 && txt(h).includes('bob') && txt(h).includes('我们明天去');",
+            vec![json!(direct_conv(a, b))],
+        )
+        .await;
+    alice.wait_text("search-status", "1 message").await;
+    alice.screenshot("search").await;
+
+    alice.click("search-hit").await;
+    alice.wait_text("conversation-title", "bob").await;
+    alice
+        .wait(
+            "the found message on screen, marked",
+            "const m = document.querySelector('.msg.found'); \
+             if (!m) return false; const r = m.getBoundingClientRect(); \
+             const box = q('messages').getBoundingClientRect(); \
+             return txt(m).includes('北京开会') && r.bottom > box.top && r.top < box.bottom;",
+            vec![],
+        )
+        .await;
+    alice.screenshot("search-opened").await;
+
+    alice.fill("search-input", "不存在的词").await;
+    alice.click("search-submit").await;
+    alice.wait_text("search-status", "Nothing found").await;
+    alice.click("search-clear").await;
+    alice.wait_shown("conversation-list").await;
     alice.quit().await;
 }

@@ -192,6 +192,19 @@ export class ConversationView {
     this.composer.focus();
   }
 
+  /** Scrolls to the message numbered `cseq` and marks it (a search hit
+   *  opened); false when it is not on screen. */
+  reveal(cseq: number): boolean {
+    const c = this.conv ? this.store.conversations.get(this.conv) : undefined;
+    const m = c?.byCseq.get(cseq);
+    const node = m ? this.nodes.get(m.mid) : undefined;
+    if (!node) return false;
+    for (const other of this.messagesEl.querySelectorAll('.found')) other.classList.remove('found');
+    node.el.classList.add('found');
+    node.el.scrollIntoView({ block: 'center' });
+    return true;
+  }
+
   /** An older page is being fetched (or finished). */
   setLoadingOlder(on: boolean): void {
     this.loadingOlder = on;

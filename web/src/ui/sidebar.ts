@@ -7,8 +7,9 @@ import type { Conversation, Store } from '../store';
 import { shortStamp } from '../time';
 import { avatar, h, reconcile, setAttr, setText } from './dom';
 import { messageOf } from './login';
+import { type SearchActions, SearchPanel } from './search';
 
-export interface SidebarActions {
+export interface SidebarActions extends Omit<SearchActions, 'title'> {
   open(conv: string): void;
   logout(): void;
   logoutEverywhere(): void;
@@ -50,6 +51,8 @@ export class Sidebar {
   private readonly actionError: HTMLElement;
   private readonly actionResult: HTMLElement;
   private readonly items = new Map<string, Item>();
+  private readonly search: SearchPanel;
+  private readonly nav: HTMLElement;
   /** The conversation open at the last render. */
   private lastSelected: string | null = null;
 
@@ -110,6 +113,18 @@ export class Sidebar {
       'No conversations yet. Add a friend by their id, or create or join a group.',
     );
 
+    this.search = new SearchPanel(
+      {
+        search: (query, offset) => this.actions.search(query, offset),
+        reveal: (conv, cseq) => this.actions.reveal(conv, cseq),
+        title: (conv) => this.store.conversations.get(conv)?.name ?? conv,
+      },
+      (active) => {
+        this.nav.hidden = active;
+      },
+    );
+    this.nav = h('nav', { class: 'conv-nav', 'aria-label': 'Conversations' }, this.list, this.empty);
+
     this.element = h(
       'aside',
       { class: 'sidebar', 'aria-label': 'Conversations and account' },
@@ -121,7 +136,9 @@ export class Sidebar {
         h('div', { class: 'me-actions' }, logout, logoutEverywhere, this.notifyButton),
       ),
       this.actionsPanel(),
-      h('nav', { class: 'conv-nav', 'aria-label': 'Conversations' }, this.list, this.empty),
+      this.search.form,
+      this.search.results,
+      this.nav,
     );
   }
 
