@@ -30,6 +30,12 @@ pub struct Config {
     pub request_timeout: Duration,
     /// `CLUSTERCHAT_HISTORY_STARTUP_PATIENCE_MS`: how long start-up waits for the database.
     pub startup_patience: Duration,
+    /// `CLUSTERCHAT_HISTORY_SEARCH` (`on`, the default, or `off`): whether
+    /// stored text is indexed for SearchMessages. Off saves the index's
+    /// share of the ingest (see the README's search measurements); searches
+    /// are then refused with FAILED_PRECONDITION, and what is stored while
+    /// off is not found once it is on again.
+    pub search: bool,
     /// `CLUSTERCHAT_INTERNAL_TOKEN` (required): callers must send it as
     /// `authorization: Bearer <token>`; health and reflection stay open. The
     /// service sends it to the user service too.
@@ -177,6 +183,17 @@ impl Config {
                 "CLUSTERCHAT_HISTORY_STARTUP_PATIENCE_MS",
                 Duration::from_secs(60),
             )?,
+            search: match var_or("CLUSTERCHAT_HISTORY_SEARCH", "on".to_owned())?.as_str() {
+                "on" | "true" | "1" => true,
+                "off" | "false" | "0" => false,
+                other => {
+                    return Err(ConfigError::Invalid {
+                        name: "CLUSTERCHAT_HISTORY_SEARCH".into(),
+                        value: other.to_owned(),
+                        reason: "on or off".into(),
+                    });
+                }
+            },
             internal_token: internal_token()?,
         })
     }
@@ -211,6 +228,7 @@ impl Config {
             },
             request_timeout: Duration::from_secs(10),
             startup_patience: Duration::from_secs(30),
+            search: true,
             internal_token: Secret::new(TEST_INTERNAL_TOKEN),
         }
     }

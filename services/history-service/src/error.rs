@@ -10,6 +10,8 @@ pub enum HistoryError {
     Unavailable(#[source] sqlx::Error),
     #[error("the user service is unavailable, so group membership is unknown; try again later")]
     MembershipUnknown(#[source] tonic::Status),
+    #[error("search is turned off on this history service (CLUSTERCHAT_HISTORY_SEARCH=off)")]
+    SearchOff,
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -30,6 +32,7 @@ impl From<HistoryError> for tonic::Status {
         match &error {
             HistoryError::InvalidArgument(m) => Status::invalid_argument(m),
             HistoryError::PermissionDenied(m) => Status::permission_denied(m),
+            HistoryError::SearchOff => Status::failed_precondition(error.to_string()),
             HistoryError::Unavailable(cause) => {
                 tracing::warn!(error = %cause, "database unavailable");
                 Status::unavailable(error.to_string())

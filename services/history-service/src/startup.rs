@@ -45,7 +45,7 @@ impl Application {
     pub async fn build(config: Config) -> Result<Self, StartupError> {
         let pool = mysql_pool::connect_lazy(&config.mysql)?;
         mysql_pool::prepare(&config.mysql, &pool, &MIGRATOR, config.startup_patience).await?;
-        let store = HistoryStore::new(pool);
+        let store = HistoryStore::new(pool, config.search);
         let members = Memberships::new(
             &config.user_service,
             &config.internal_token,

@@ -52,6 +52,8 @@ pub struct HistoryStore {
     /// conversations those were two rows per chat, a third of MariaDB's
     /// work per stored message.
     parties_known: Arc<Mutex<HashSet<Conversation>>>,
+    /// Text is indexed for search (`CLUSTERCHAT_HISTORY_SEARCH`).
+    search: bool,
 }
 
 /// What one ingest transaction did.
@@ -73,10 +75,11 @@ struct Candidate {
 }
 
 impl HistoryStore {
-    pub fn new(pool: MySqlPool) -> Self {
+    pub fn new(pool: MySqlPool, search: bool) -> Self {
         Self {
             pool,
             parties_known: Arc::default(),
+            search,
         }
     }
 
@@ -153,7 +156,9 @@ impl HistoryStore {
             }
         }
 
-        index_text(&mut tx, &messages).await?;
+        if self.search {
+            index_text(&mut tx, &messages).await?;
+        }
 
         raise_group_marks(
             &mut tx,
@@ -439,6 +444,9 @@ impl HistoryStore {
         limit: u32,
         offset: u32,
     ) -> Result<SearchPage, HistoryError> {
+        if !self.search {
+            return Err(HistoryError::SearchOff);
+        }
         if scope.conversations.is_empty() {
             return Ok(SearchPage {
                 hits: Vec::new(),
