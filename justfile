@@ -37,14 +37,13 @@ logs *service:
 test *args:
     @deploy/dev/stack.sh test "$@"
 
-# start the collector, Tempo, Prometheus and Grafana (needs Docker); Grafana on http://127.0.0.1:3000
+# Prometheus (http://127.0.0.1:9090) and the Redis, MariaDB and nginx exporters for `just up`, natively; with Docker also the collector, Tempo and Grafana (http://127.0.0.1:3000)
 observe:
-    docker compose -f deploy/observability/docker-compose.yml up -d
-    @echo "Grafana: http://127.0.0.1:3000  (dashboard 'clusterchat'; traces in Explore → Tempo)"
+    @deploy/dev/stack.sh observe
 
-# stop the observability stack
+# stop what `just observe` started
 observe-down:
-    docker compose -f deploy/observability/docker-compose.yml down
+    @deploy/dev/stack.sh observe-down
 
 # measure throughput, latency, loss, memory per connection and logins/s on a fresh release stack
 [positional-arguments]
@@ -55,6 +54,11 @@ bench *args:
 [positional-arguments]
 bench-cluster *args:
     @deploy/dev/stack.sh bench-cluster "$@"
+
+# what search costs the history service: ingest with and without the index (MariaDB CPU per message) and search latency over 1M messages (`just bench-search [MESSAGES] [CONVERSATIONS]`)
+[positional-arguments]
+bench-search *args:
+    @deploy/dev/stack.sh bench-search "$@"
 
 # what a Redis command costs inside a Lua script against the same sent plainly, on a private redis-server (issue 21's design input; `just bench-redis-calls [REQUESTS]`)
 [positional-arguments]

@@ -14,6 +14,11 @@
 #                               120 s chaos run on each backend, then stop
 #   stack.sh bench [args...]    fresh bench stack (release), chat-bench against it, then stop
 #   stack.sh bench-cluster [args...]  the same on a Redis Cluster (3 + 3) with three gateways
+#   stack.sh bench-search [MESSAGES] [CONVERSATIONS]  history_load with the search index on
+#                               and off (ingest cost), and search latency over 1M messages
+#   stack.sh observe            Prometheus and the Redis, MariaDB, nginx exporters for the dev
+#                               stack (natively); Grafana, Tempo, the collector in Docker if any
+#   stack.sh observe-down       stop them
 #   stack.sh token [profile]    the internal token of a profile (default dev), made if missing
 #   stack.sh chaos [SECONDS] [single|cluster|all] [chaos run args...]
 #                               the chaos run (tools/chaos, as root): the stack in network
@@ -58,14 +63,15 @@ profile() {
     # P: user service, offline service, their /metrics, history service, its
     # /metrics. GATEWAYS: one
     # "tcp http admin" per gateway node (admin: /healthz, /metrics). NGINX:
-    # TCP, WebSocket, TLS TCP, TLS WebSocket (bench: TLS to node 1, node 2).
+    # TCP, WebSocket, TLS TCP, TLS WebSocket, stub_status (bench: TLS to
+    # node 1, node 2).
     # A single Redis on REDIS_PORT and/or a Redis Cluster on
     # REDIS_CLUSTER_PORTS (three masters, then a replica for each); the
     # gateways use the cluster when the profile has one.
     REDIS_PORT=""; REDIS_CLUSTER_PORTS=(); GATEWAYS=(); NGINX=()
     case "$PROFILE" in
         dev)     MYSQL_PORT=3307; REDIS_PORT=6479; P=(50051 50052 9101 9102 50053 9103)
-                 GATEWAYS=("6000 6080 7080" "6002 6082 7082"); NGINX=(8000 8080 8443 8444) ;;
+                 GATEWAYS=("6000 6080 7080" "6002 6082 7082"); NGINX=(8000 8080 8443 8444 8089) ;;
         # Tests start their own services and gateways; the suite runs on
         # each backend in turn.
         test)    MYSQL_PORT=3308; REDIS_PORT=6480; P=(0 0 0 0 0 0)
@@ -79,11 +85,13 @@ profile() {
         # `just chaos`: only a MariaDB (unix socket); tools/chaos starts the
         # rest inside network namespaces.
         chaos)   MYSQL_PORT=3312; P=(0 0 0 0 0 0) ;;
+        # `just bench-search`: a MariaDB and a Redis for history_load.
+        bench-search) MYSQL_PORT=3313; REDIS_PORT=6483; P=(0 0 0 0 0 0) ;;
         cluster) MYSQL_PORT=3310; P=(51051 51052 9121 9122 51053 9123)
                  REDIS_CLUSTER_PORTS=(6491 6492 6493 6494 6495 6496)
                  GATEWAYS=("16000 16080 17080" "16002 16082 17082" "16004 16084 17084")
-                 NGINX=(18000 18080 18443 18444) ;;
-        *) die "no profile '$PROFILE' (dev, cluster, test, bench, bench-cluster, chaos)" ;;
+                 NGINX=(18000 18080 18443 18444 18089) ;;
+        *) die "no profile '$PROFILE' (dev, cluster, test, bench, bench-cluster, chaos, bench-search)" ;;
     esac
     MYSQL_URL="mysql://$DB_USER:$DB_PASSWORD@127.0.0.1:$MYSQL_PORT"
     REDIS_URL="" REDIS_CLUSTER_URL=""
@@ -123,6 +131,11 @@ install() {
     # promtool checks the Prometheus config and alert rules
     # (deploy/observability); Debian ships it with Prometheus.
     command -v promtool >/dev/null || missing+=(prometheus)
+    # `just observe` scrapes Redis, MariaDB and nginx through Debian's
+    # exporters (and e2e::observability checks the dashboard against them).
+    command -v prometheus-redis-exporter >/dev/null || missing+=(prometheus-redis-exporter)
+    command -v prometheus-mysqld-exporter >/dev/null || missing+=(prometheus-mysqld-exporter)
+    command -v prometheus-nginx-exporter >/dev/null || missing+=(prometheus-nginx-exporter)
     # The web client is built with node and npm (web/: npm ci, npm run build).
     command -v node >/dev/null || missing+=(nodejs)
     command -v npm >/dev/null || missing+=(npm)
@@ -393,7 +406,8 @@ start_nginx() {
     sed "s|__STATE__|$dir|g; s|__LOGS__|$LOGS|g; s|__TLS__|$tls|g
          s|__TCP_SERVERS__|$tcp_servers|; s|__WS_SERVERS__|$ws_servers|
          s|__TCP_PORT__|${NGINX[0]}|; s|__WS_PORT__|${NGINX[1]}|
-         s|__TLS_TCP_PORT__|${NGINX[2]:-}|; s|__TLS_WS_PORT__|${NGINX[3]:-}|" "$conf" >"$dir/nginx.conf"
+         s|__TLS_TCP_PORT__|${NGINX[2]:-}|; s|__TLS_WS_PORT__|${NGINX[3]:-}|
+         s|__STATUS_PORT__|${NGINX[4]:-}|" "$conf" >"$dir/nginx.conf"
     setsid /usr/sbin/nginx -p "$dir" -e "$LOGS/nginx.log" -c "$dir/nginx.conf" </dev/null >>"$LOGS/nginx.log" 2>&1 &
     echo $! >"$pidfile"
     wait_for "nginx" 30 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port"
@@ -771,6 +785,91 @@ bench_() { # profile (bench or bench-cluster), chat-bench args...
     "$ROOT/target/release/chat-bench" "${args[@]}" "$@"
 }
 
+# ---------------------------------------------------------------- observe
+# Prometheus (9090) and the exporters of Redis (9121), MariaDB (9104) and
+# nginx (9113) for the dev stack, run natively from Debian's packages; the
+# OTLP collector, Tempo and Grafana (3000) run in Docker when there is one
+# (deploy/observability/docker-compose.yml; Prometheus then runs there,
+# same config). State and logs in .stack/observe/.
+OBSERVE="$ROOT/.stack/observe"
+
+start_observer() { # name port command...
+    local name="$1" port="$2" pidfile="$OBSERVE/pids/$1.pid"
+    shift 2
+    if pid_alive "$pidfile"; then log "$name already running on 127.0.0.1:$port"; return; fi
+    setsid "$@" </dev/null >>"$OBSERVE/logs/$name.log" 2>&1 &
+    echo $! >"$pidfile"
+    wait_for "$name" 30 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port"
+    log "$name up on 127.0.0.1:$port"
+}
+
+has_docker() { command -v docker >/dev/null && docker info >/dev/null 2>&1; }
+
+observe_() {
+    profile dev
+    install
+    mkdir -p "$OBSERVE/logs" "$OBSERVE/pids" "$OBSERVE/prometheus"
+    umask 077
+    printf '[client]\nuser=%s\npassword=%s\nhost=127.0.0.1\nport=%s\n' \
+        "$DB_USER" "$DB_PASSWORD" "$MYSQL_PORT" >"$OBSERVE/my.cnf"
+    umask 022
+    # Inbox lengths: the exporter SCANs for the dev gateways' inbox keys at
+    # each scrape (fine for a dev stack; costly on millions of users).
+    start_observer redis-exporter 9121 prometheus-redis-exporter \
+        -redis.addr "redis://127.0.0.1:$REDIS_PORT" -web.listen-address 127.0.0.1:9121 \
+        -check-keys 'cc:{u:*}:in'
+    start_observer mysqld-exporter 9104 prometheus-mysqld-exporter \
+        --config.my-cnf="$OBSERVE/my.cnf" --web.listen-address=127.0.0.1:9104
+    start_observer nginx-exporter 9113 prometheus-nginx-exporter \
+        -nginx.scrape-uri "http://127.0.0.1:${NGINX[4]}/stub_status" -web.listen-address 127.0.0.1:9113
+    if has_docker; then
+        docker compose -f "$ROOT/deploy/observability/docker-compose.yml" up -d
+        echo "Grafana: http://127.0.0.1:3000  (dashboard 'clusterchat'; traces in Explore → Tempo)"
+    else
+        start_observer prometheus 9090 prometheus \
+            --config.file="$ROOT/deploy/observability/prometheus.yml" \
+            --storage.tsdb.path="$OBSERVE/prometheus" --web.listen-address=127.0.0.1:9090
+        echo "No Docker here: Prometheus and the exporters run natively; Grafana, Tempo and the"
+        echo "OTLP collector need Docker (deploy/observability/docker-compose.yml)."
+    fi
+    echo "Prometheus: http://127.0.0.1:9090  (alerts: /alerts; the dashboard's queries work there too)"
+    echo "stop it with: just observe-down"
+}
+
+observe_down() {
+    local name
+    for name in prometheus nginx-exporter mysqld-exporter redis-exporter; do
+        stop_pidfile "$name" "$OBSERVE/pids/$name.pid"
+    done
+    if has_docker; then docker compose -f "$ROOT/deploy/observability/docker-compose.yml" down; fi
+}
+
+# What search costs the history service: history_load ingests MESSAGES
+# (1M) chats over CONVERSATIONS (20,000) with the search index on, then
+# again into a fresh database with it off, reporting the ingest rate and
+# MariaDB's CPU per stored message for each, and times searches on the
+# indexed table.
+bench_search_() { # [messages] [conversations]
+    profile bench-search
+    install
+    log "building (release): history_load"
+    cargo build --release -p history-service --example history_load
+    down "$PROFILE" >/dev/null 2>&1 || true
+    rm -rf "$STATE"
+    trap 'down "$PROFILE"' EXIT
+    start_mariadb
+    start_redis
+    # A million messages and their index fit in memory, as in production.
+    mariadb_client -e "SET GLOBAL innodb_buffer_pool_size = $((${BENCH_INNODB_BUFFER_POOL_MB:-1024} * 1024 * 1024))"
+    local messages="${1:-1000000}" conversations="${2:-20000}" search
+    for search in on off; do
+        log "history_load: $messages messages over $conversations conversations, search index $search"
+        CLUSTERCHAT_HISTORY_SEARCH="$search" HISTORY_LOAD_DB_PID="$(cat "$PIDS/mariadb.pid")" \
+            "$ROOT/target/release/examples/history_load" "$MYSQL_URL/history_load_$search" \
+            "$REDIS_URL" "$messages" "$conversations"
+    done
+}
+
 cmd="${1:-}"; shift || true
 case "$cmd" in
     install) install browser ;;
@@ -783,5 +882,8 @@ case "$cmd" in
     bench) bench_ bench "$@" ;;
     bench-cluster) bench_ bench-cluster "$@" ;;
     chaos) chaos_ "$@" ;;
+    bench-search) bench_search_ "$@" ;;
+    observe) observe_ ;;
+    observe-down) observe_down ;;
     *) sed -n '2,20p' "$0"; exit 2 ;;
 esac

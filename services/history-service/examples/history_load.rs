@@ -6,14 +6,19 @@
 //!       DATABASE_URL REDIS_URL [MESSAGES] [CONVERSATIONS]
 //!
 //! e.g. `mysql://clusterchat:clusterchat@127.0.0.1:3309/history_load
-//! redis://127.0.0.1:6481 1000000 20000`. It writes MESSAGES entries (100-byte
-//! texts, spread over CONVERSATIONS 1:1 conversations) to the streams of a
-//! fresh key prefix exactly as gateways do, starts the service, waits until
-//! every message is stored (the ingest rate), then times GetHistory of 50
-//! messages at random places (p50/p99/max). The database is used as given:
-//! run it on a fresh one. `CLUSTERCHAT_HISTORY_LANES` sets the ingest's
-//! lanes (default 1). `HISTORY_LOAD_DB_PID`: the database server's pid, to
-//! report its CPU per stored message over the ingest as well.
+//! redis://127.0.0.1:6481 1000000 20000`. It writes MESSAGES entries (chat
+//! texts of 6 to 14 words, Chinese and English, drawn from a vocabulary
+//! where a few words are common and most are rare; spread over
+//! CONVERSATIONS 1:1 conversations) to the streams of a fresh key prefix
+//! exactly as gateways do, starts the service, waits until every message is
+//! stored (the ingest rate), then times GetHistory of 50 messages at random
+//! places and SearchMessages (one word common, medium or rare; an English prefix;
+//! two words), 200 of each, as a party to the conversations (p50/p99/max). The database is used as
+//! given: run it on a fresh one. `CLUSTERCHAT_HISTORY_LANES` sets the
+//! ingest's lanes (default 1), `CLUSTERCHAT_HISTORY_SEARCH=off` ingests
+//! without the search index (and skips the searches). `HISTORY_LOAD_DB_PID`:
+//! the database server's pid, to report its CPU per stored message over the
+//! ingest as well. `just bench-search` runs it on a private MariaDB and Redis.
 
 use std::time::{Duration, Instant};
 
@@ -66,6 +71,54 @@ fn conv_of(i: u64) -> String {
     format!("d:{a}:{b}")
 }
 
+/// Characters the Chinese words are made of (two each).
+const HANZI: &str = "的一是不了人我在有他这中大来上国个到说们为子和你地出道也时年得就那要下以生会自着去之过家学对可她里后小么心多天而能好都然没日于起还发成事只作当想看文无开手十用主行方又如前所本见经头面公同三已老从动两长知民样现分将外但身些与高意进把法此实回二理美点月明其种声全工己话儿者向情部正名定女问力机给等几很业最间新什打便位因重被走电四第门相次东政海口使教西再平真听世气信北少关并内加化由却代军产入先山五太水万市眼体别处总才场师书比住员九笑性通目华报立马命张活难神数件安表原车白应路期叫死常提感金何更反合放做系计或司利受光王果亲界及今京务制解各任至清物台象记边共风战干接它许八特觉望直服毛林题建南度统色字请交爱让认算论百吃义科怎元社术结六功指思非流每青管夫连远资队跟带花快条院变联言权往展该领传近留红治决周保达办运武半候七必城父强步完革深区即求品士转量空甚众技轻程告江语英基派满式李息写呢识极令黄德收脸钱党倒未持取设始版双历越史商千片容研像找友孩站广改议形委早房音火际则首单据导影失拿网香似斯专石若兵弟谁校读志飞观争究包组造落视济喜离虽坏兴";
+const ENGLISH: [&str; 40] = [
+    "meeting", "tomorrow", "lunch", "project", "deadline", "coffee", "weekend", "review",
+    "release", "customer", "design", "budget", "invoice", "holiday", "train", "airport", "report",
+    "server", "database", "network", "kernel", "feature", "ticket", "sprint", "coffee", "dinner",
+    "movie", "birthday", "doctor", "school", "football", "concert", "museum", "garden", "window",
+    "camera", "bicycle", "guitar", "planet", "rocket",
+];
+
+/// A chat's text: 6 to 14 words, mostly Chinese, some English and numbers.
+/// Word `k` of the vocabulary is drawn with probability falling with `k`
+/// (the cube of a uniform number), so low words are common.
+fn text_of(state: &mut u64) -> String {
+    let hanzi: Vec<char> = HANZI.chars().collect();
+    let words = 6 + next(state) % 9;
+    let mut text = String::new();
+    for _ in 0..words {
+        let roll = next(state);
+        if roll % 10 == 0 {
+            let k = skewed(state, ENGLISH.len() as u64);
+            text.push(' ');
+            text.push_str(ENGLISH[k as usize]);
+            text.push(' ');
+        } else if roll % 23 == 0 {
+            text.push_str(&(next(state) % 100_000).to_string());
+        } else {
+            let k = skewed(state, (hanzi.len() * hanzi.len()) as u64) as usize;
+            text.push(hanzi[k / hanzi.len()]);
+            text.push(hanzi[k % hanzi.len()]);
+        }
+    }
+    text.trim().to_owned()
+}
+
+fn next(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+/// A number below `n`, low ones far more often (u³ · n).
+fn skewed(state: &mut u64, n: u64) -> u64 {
+    let u = (next(state) % 1_000_000) as f64 / 1_000_000.0;
+    ((u * u * u) * n as f64) as u64
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     telemetry::init_for_tests();
@@ -77,7 +130,10 @@ async fn main() -> anyhow::Result<()> {
     let conversations: u64 = args.get(4).map_or(Ok(20_000), |s| s.parse())?;
     let per_conversation = messages.div_ceil(conversations);
     let prefix = format!("load{}:", std::process::id());
-    let text = "x".repeat(100);
+    let mut words: u64 = 0x9e37_79b9_7f4a_7c15;
+    let search = std::env::var("CLUSTERCHAT_HISTORY_SEARCH").map_or(true, |v| v != "off");
+    let kinds = search_kinds();
+    let mut holding = vec![0u64; kinds.len()];
 
     // The streams, as gateways write them (MAXLEN high enough to keep all).
     let mut redis = Connection::open(&RedisTarget::parse(redis_url)).await?;
@@ -98,6 +154,12 @@ async fn main() -> anyhow::Result<()> {
                 let mid = format!("{c}-{round}");
                 let (a, b) = parties(c);
                 let (from, to) = if round % 2 == 0 { (a, b) } else { (b, a) };
+                let text = text_of(&mut words);
+                for ((_, query), count) in kinds.iter().zip(holding.iter_mut()) {
+                    if query.split(' ').all(|w| text.contains(w)) {
+                        *count += 1;
+                    }
+                }
                 let frame = format!(
                     r#"{{"msgid":6,"id":{from},"name":"u{from}","toid":{to},"msg":"{text}","time":"2026-11-25 10:00:00","conv":"{conv}","cseq":{seq},"mid":"{mid}"}}"#
                 );
@@ -124,9 +186,25 @@ async fn main() -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
 
-    let mut config = Config::for_tests(database_url, redis_url, &prefix, "http://127.0.0.1:1");
+    // A user service for group memberships (a search over all of a user's
+    // conversations asks it; these users are in no group), its database
+    // next to the history's.
+    let users_url = format!("{}_users", database_url.trim_end_matches('/'));
+    let users =
+        user_service::Application::build(user_service::Config::for_tests(&users_url)).await?;
+    let users_addr = users.local_addr();
+    let users_shutdown = Shutdown::new();
+    tokio::spawn(users.run_until_stopped(users_shutdown.clone()));
+    let mut config = Config::for_tests(
+        database_url,
+        redis_url,
+        &prefix,
+        &format!("http://{users_addr}"),
+    );
     config.mysql.max_connections = 16;
     config.metrics_listen = None;
+    config.search = search;
+    println!("search index: {}", if search { "on" } else { "off" });
     // The ingest's lanes (CLUSTERCHAT_HISTORY_LANES, as the service reads it).
     if let Ok(lanes) = std::env::var("CLUSTERCHAT_HISTORY_LANES") {
         config.ingest.lanes = lanes.parse()?;
@@ -224,8 +302,81 @@ async fn main() -> anyhow::Result<()> {
             latencies.last().expect("some").as_secs_f64() * 1e3,
         );
     }
+    if search {
+        search_latencies(&mut client, conversations, written, &holding).await?;
+    }
     shutdown.trigger();
     running.await??;
+    users_shutdown.trigger();
+    Ok(())
+}
+
+/// Searches timed per kind.
+const SEARCHES: u64 = 200;
+
+/// What the searches look for: one word common, medium or rare in the
+/// vocabulary's draw, an English prefix, two words at once.
+fn search_kinds() -> Vec<(&'static str, String)> {
+    let hanzi: Vec<char> = HANZI.chars().collect();
+    let word = |k: usize| -> String {
+        [hanzi[k / hanzi.len()], hanzi[k % hanzi.len()]]
+            .iter()
+            .collect()
+    };
+    vec![
+        ("common word (vocabulary rank 0)", word(0)),
+        ("medium word (rank 40)", word(40)),
+        ("rare word (rank 5000)", word(5000)),
+        ("English prefix", "meet".to_owned()),
+        (
+            "two words (ranks 3, 200)",
+            format!("{} {}", word(3), word(200)),
+        ),
+    ]
+}
+
+/// SearchMessages as a party to conversations at random, SEARCHES per kind;
+/// `holding[i]`: how many of all messages hold kind i's words.
+async fn search_latencies(
+    client: &mut HistoryServiceClient<
+        tonic::service::interceptor::InterceptedService<Channel, Bearer>,
+    >,
+    conversations: u64,
+    written: u64,
+    holding: &[u64],
+) -> anyhow::Result<()> {
+    let mut state: u64 = 0x1234_5678_9abc_def1;
+    for ((kind, query), holding) in search_kinds().into_iter().zip(holding) {
+        let mut latencies = Vec::new();
+        let mut found = 0usize;
+        for _ in 0..SEARCHES {
+            let c = next(&mut state) % conversations;
+            let started = Instant::now();
+            let page = client
+                .search_messages(pb::SearchMessagesRequest {
+                    user_id: parties(c).0 as i64,
+                    query: query.clone(),
+                    conversation: String::new(),
+                    limit: 20,
+                    offset: 0,
+                })
+                .await?
+                .into_inner();
+            latencies.push(started.elapsed());
+            found += page.hits.len();
+        }
+        latencies.sort();
+        let at =
+            |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+        println!(
+            "SearchMessages {kind} {query:?} (in {holding} of {written} messages), {} calls ({:.1} hits each): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            latencies.len(),
+            found as f64 / latencies.len() as f64,
+            at(0.5).as_secs_f64() * 1e3,
+            at(0.99).as_secs_f64() * 1e3,
+            latencies.last().expect("some").as_secs_f64() * 1e3,
+        );
+    }
     Ok(())
 }
 

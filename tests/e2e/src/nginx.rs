@@ -48,8 +48,7 @@ fn upstream_servers(addrs: &[SocketAddr]) -> String {
 /// ports `ws_upstreams`; pid file and error log in `dir`.
 fn render_conf(
     dir: &Path,
-    tcp: SocketAddr,
-    ws: SocketAddr,
+    (tcp, ws, status): (SocketAddr, SocketAddr, SocketAddr),
     tcp_upstreams: &[SocketAddr],
     ws_upstreams: &[SocketAddr],
     tls: Option<&NginxTls>,
@@ -62,6 +61,7 @@ fn render_conf(
             ("{{WS_UPSTREAMS}}", &upstream_servers(ws_upstreams)),
             ("{{TCP}}", &tcp.to_string()),
             ("{{WS}}", &ws.to_string()),
+            ("{{STATUS}}", &status.to_string()),
             (
                 "{{TLS_SERVERS}}",
                 &tls.map(NginxTls::servers).unwrap_or_default(),
@@ -73,6 +73,8 @@ fn render_conf(
 pub struct Nginx {
     pub tcp: SocketAddr,
     pub ws: SocketAddr,
+    /// `GET /stub_status`: nginx's own counters (its HTTP connections).
+    pub status: SocketAddr,
     /// TLS listeners, for a stack built `with_tls`.
     pub tls: Option<NginxTls>,
     _child: Child,
@@ -85,6 +87,7 @@ impl Nginx {
     pub(crate) async fn start(stack_dir: &Path, gateways: &[Gateway], with_tls: bool) -> Self {
         let tcp = addr(free_port().await);
         let ws = addr(free_port().await);
+        let status = addr(free_port().await);
         let tls = if with_tls {
             Some(NginxTls::make(&stack_dir.join("tls")).await)
         } else {
@@ -94,8 +97,7 @@ impl Nginx {
         std::fs::create_dir_all(&dir).expect("nginx dir");
         let conf = render_conf(
             &dir,
-            tcp,
-            ws,
+            (tcp, ws, status),
             &gateways.iter().map(|g| g.tcp).collect::<Vec<_>>(),
             &gateways.iter().map(|g| g.http).collect::<Vec<_>>(),
             tls.as_ref(),
@@ -122,6 +124,7 @@ impl Nginx {
         Self {
             tcp,
             ws,
+            status,
             tls,
             _child: child,
         }
@@ -198,8 +201,7 @@ mod tests {
         let ws = [addr(41002), addr(41012)];
         render_conf(
             Path::new("/tmp/clusterchat-e2e/stack-x/nginx"),
-            addr(40001),
-            addr(40002),
+            (addr(40001), addr(40002), addr(40005)),
             &tcp[..gateways],
             &ws[..gateways],
             tls,
@@ -225,11 +227,12 @@ mod tests {
                 "    upstream chat_ws {\n        server 127.0.0.1:41002 max_fails=3 fail_timeout=30s;\n        server 127.0.0.1:41012 max_fails=3 fail_timeout=30s;\n    }\n",
                 "    server { listen 127.0.0.1:40001 so_keepalive=6s:2s:3; proxy_pass chat_tcp;",
                 "    server { listen 127.0.0.1:40002 so_keepalive=6s:2s:3; proxy_pass chat_ws;",
+                "server { listen 127.0.0.1:40005; location = /stub_status { stub_status; } }",
             ] {
                 assert!(conf.contains(line), "no {line:?} in\n{conf}");
             }
             assert!(conf.starts_with("load_module "), "{conf}");
-            assert!(conf.ends_with("; }\n}\n"), "{conf}");
+            assert!(conf.ends_with("} } }\n"), "{conf}");
             assert!(!conf.contains("{{"), "{conf}");
             assert_eq!(conf.matches('{').count(), conf.matches('}').count());
         }
