@@ -203,7 +203,12 @@ async fn main() -> anyhow::Result<()> {
     );
     config.mysql.max_connections = 16;
     config.metrics_listen = None;
-    config.search = search;
+    config.search.enabled = search;
+    let index_only = {
+        let mut config = config.clone();
+        config.search.scan_rows = 0;
+        config
+    };
     println!("search index: {}", if search { "on" } else { "off" });
     // The ingest's lanes (CLUSTERCHAT_HISTORY_LANES, as the service reads it).
     if let Ok(lanes) = std::env::var("CLUSTERCHAT_HISTORY_LANES") {
@@ -302,12 +307,52 @@ async fn main() -> anyhow::Result<()> {
             latencies.last().expect("some").as_secs_f64() * 1e3,
         );
     }
+    shutdown_after_searches(
+        search,
+        (&mut client, conversations, written, &holding),
+        shutdown,
+        running,
+    )
+    .await?;
     if search {
-        search_latencies(&mut client, conversations, written, &holding).await?;
+        // The same searches asked of the index alone, as for a user whose
+        // conversations hold more than CLUSTERCHAT_HISTORY_SEARCH_SCAN_ROWS.
+        println!("again, every search answered by the index (SEARCH_SCAN_ROWS=0):");
+        let app = Application::build(index_only).await?;
+        let addr = app.local_addr();
+        let shutdown = Shutdown::new();
+        let running = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+        let channel = Channel::from_shared(format!("http://{addr}"))?
+            .connect()
+            .await?;
+        let mut client = HistoryServiceClient::with_interceptor(channel, Bearer);
+        shutdown_after_searches(
+            true,
+            (&mut client, conversations, written, &holding),
+            shutdown,
+            running,
+        )
+        .await?;
+    }
+    users_shutdown.trigger();
+    Ok(())
+}
+
+type Client =
+    HistoryServiceClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
+
+/// The searches (when `search`), then the service stopped.
+async fn shutdown_after_searches(
+    search: bool,
+    (client, conversations, written, holding): (&mut Client, u64, u64, &[u64]),
+    shutdown: Shutdown,
+    running: tokio::task::JoinHandle<Result<(), grpc_server::ServeError>>,
+) -> anyhow::Result<()> {
+    if search {
+        search_latencies(client, conversations, written, holding).await?;
     }
     shutdown.trigger();
     running.await??;
-    users_shutdown.trigger();
     Ok(())
 }
 
@@ -338,9 +383,7 @@ fn search_kinds() -> Vec<(&'static str, String)> {
 /// SearchMessages as a party to conversations at random, SEARCHES per kind;
 /// `holding[i]`: how many of all messages hold kind i's words.
 async fn search_latencies(
-    client: &mut HistoryServiceClient<
-        tonic::service::interceptor::InterceptedService<Channel, Bearer>,
-    >,
+    client: &mut Client,
     conversations: u64,
     written: u64,
     holding: &[u64],

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, time::Duration};
 use env_config::{ConfigError, Secret, internal_token, millis_or, optional_or, var_or};
 use mysql_pool::MySqlSettings;
 
-use crate::stream::RedisTarget;
+use crate::{search::SearchSettings, stream::RedisTarget};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -35,7 +35,10 @@ pub struct Config {
     /// share of the ingest (see the README's search measurements); searches
     /// are then refused with FAILED_PRECONDITION, and what is stored while
     /// off is not found once it is on again.
-    pub search: bool,
+    /// `CLUSTERCHAT_HISTORY_SEARCH_SCAN_ROWS` (default 20000): a search whose
+    /// conversations hold at most this many messages reads them instead of
+    /// asking the index (0: always the index).
+    pub search: SearchSettings,
     /// `CLUSTERCHAT_INTERNAL_TOKEN` (required): callers must send it as
     /// `authorization: Bearer <token>`; health and reflection stay open. The
     /// service sends it to the user service too.
@@ -183,16 +186,19 @@ impl Config {
                 "CLUSTERCHAT_HISTORY_STARTUP_PATIENCE_MS",
                 Duration::from_secs(60),
             )?,
-            search: match var_or("CLUSTERCHAT_HISTORY_SEARCH", "on".to_owned())?.as_str() {
-                "on" | "true" | "1" => true,
-                "off" | "false" | "0" => false,
-                other => {
-                    return Err(ConfigError::Invalid {
-                        name: "CLUSTERCHAT_HISTORY_SEARCH".into(),
-                        value: other.to_owned(),
-                        reason: "on or off".into(),
-                    });
-                }
+            search: SearchSettings {
+                enabled: match var_or("CLUSTERCHAT_HISTORY_SEARCH", "on".to_owned())?.as_str() {
+                    "on" | "true" | "1" => true,
+                    "off" | "false" | "0" => false,
+                    other => {
+                        return Err(ConfigError::Invalid {
+                            name: "CLUSTERCHAT_HISTORY_SEARCH".into(),
+                            value: other.to_owned(),
+                            reason: "on or off".into(),
+                        });
+                    }
+                },
+                scan_rows: var_or("CLUSTERCHAT_HISTORY_SEARCH_SCAN_ROWS", 20_000)?,
             },
             internal_token: internal_token()?,
         })
@@ -228,7 +234,7 @@ impl Config {
             },
             request_timeout: Duration::from_secs(10),
             startup_patience: Duration::from_secs(30),
-            search: true,
+            search: SearchSettings::default(),
             internal_token: Secret::new(TEST_INTERNAL_TOKEN),
         }
     }

@@ -84,6 +84,41 @@ impl SearchQuery {
         expression
     }
 
+    /// How well `text` matches, as the index scores it: how many times the
+    /// words occur (case folded), 0 when one of them is missing.
+    pub fn score(&self, text: &str) -> f64 {
+        let folded = text.to_lowercase();
+        let mut total = 0;
+        for word in &self.words {
+            let n = folded.matches(word.as_str()).count();
+            if n == 0 {
+                return 0.0;
+            }
+            total += n;
+        }
+        total as f64
+    }
+
+    /// `LIKE` patterns, one per word: `%word%` with `\`, `%` and `_`
+    /// escaped (the column's collation ignores case).
+    pub fn like_patterns(&self) -> Vec<String> {
+        self.words
+            .iter()
+            .map(|word| {
+                let mut pattern = String::with_capacity(word.len() + 2);
+                pattern.push('%');
+                for c in word.chars() {
+                    if matches!(c, '\\' | '%' | '_') {
+                        pattern.push('\\');
+                    }
+                    pattern.push(c);
+                }
+                pattern.push('%');
+                pattern
+            })
+            .collect()
+    }
+
     /// Where the words occur in `text`, ignoring case: `[start, end)` in
     /// code points, sorted, overlaps merged.
     pub fn highlights(&self, text: &str) -> Vec<(u32, u32)> {
@@ -118,6 +153,27 @@ impl SearchQuery {
             }
         }
         merged
+    }
+}
+
+/// How searches are answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SearchSettings {
+    /// Text is indexed and searches answered (`CLUSTERCHAT_HISTORY_SEARCH`).
+    pub enabled: bool,
+    /// A search whose conversations hold at most this many messages reads
+    /// them (a `LIKE` per word over that range of the primary key) instead
+    /// of asking the index, which costs what its words match in the whole
+    /// table (`CLUSTERCHAT_HISTORY_SEARCH_SCAN_ROWS`; 0: always the index).
+    pub scan_rows: u64,
+}
+
+impl Default for SearchSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            scan_rows: 20_000,
+        }
     }
 }
 
@@ -204,6 +260,17 @@ mod tests {
         assert_eq!(q("zzz").highlights("abc"), []);
         // An emoji before the hit counts as one code point.
         assert_eq!(q("hi").highlights("🙂 hi"), [(2, 4)]);
+    }
+
+    #[test]
+    fn scores_count_occurrences_and_patterns_escape_wildcards() {
+        assert_eq!(q("公园").score("公园，公园，还是公园"), 3.0);
+        assert_eq!(q("park meet").score("Meet me at the PARK"), 2.0);
+        assert_eq!(q("park zzz").score("park"), 0.0);
+        assert_eq!(
+            q("50% a_b c\\d 天气").like_patterns(),
+            ["%50\\%%", "%a\\_b%", "%c\\\\d%", "%天气%"]
+        );
     }
 
     #[test]

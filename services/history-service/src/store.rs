@@ -24,7 +24,7 @@ use crate::{
         frame_text,
     },
     error::HistoryError,
-    search::{SearchHit, SearchPage, SearchQuery, SearchScope},
+    search::{SearchHit, SearchPage, SearchQuery, SearchScope, SearchSettings},
 };
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -52,8 +52,8 @@ pub struct HistoryStore {
     /// conversations those were two rows per chat, a third of MariaDB's
     /// work per stored message.
     parties_known: Arc<Mutex<HashSet<Conversation>>>,
-    /// Text is indexed for search (`CLUSTERCHAT_HISTORY_SEARCH`).
-    search: bool,
+    /// Whether text is indexed, and when a search reads instead.
+    search: SearchSettings,
 }
 
 /// What one ingest transaction did.
@@ -75,7 +75,7 @@ struct Candidate {
 }
 
 impl HistoryStore {
-    pub fn new(pool: MySqlPool, search: bool) -> Self {
+    pub fn new(pool: MySqlPool, search: SearchSettings) -> Self {
         Self {
             pool,
             parties_known: Arc::default(),
@@ -156,7 +156,7 @@ impl HistoryStore {
             }
         }
 
-        if self.search {
+        if self.search.enabled {
             index_text(&mut tx, &messages).await?;
         }
 
@@ -430,12 +430,19 @@ impl HistoryStore {
     }
 
     /// A page of the messages of `scope` that hold every word of `query`,
-    /// best first (Mroonga's score), then the newest. The index answers
-    /// the words; the scope is a condition on its rows (Mroonga 7 does not
-    /// push it into the index: a word in a tenth of a million messages
-    /// costs about 0.3 s whatever the scope, see the README's search
-    /// measurements). Hits are read back from `history_messages`, so what
-    /// was retracted or deleted is never shown.
+    /// best first (how often the words occur), then the newest. Two ways,
+    /// by the size of the scope:
+    /// - at most `scan_rows` messages (most users): their rows of
+    ///   `history_search`, ranges of its primary key, with a `LIKE` per
+    ///   word, scored here; it costs what the scope holds, whatever the
+    ///   words;
+    /// - more: the index answers the words and the scope is a condition on
+    ///   its rows (Mroonga 7 does not push it into the index), so it costs
+    ///   what the words match in the whole table (a word in a tenth of a
+    ///   million messages, about half a second: README, "Search").
+    ///
+    /// Hits are read back from `history_messages`, so what was retracted or
+    /// deleted is never shown.
     #[tracing::instrument(name = "sql.search", skip_all, fields(otel.kind = "client", db.system = "mysql", conversations = scope.conversations.len()))]
     pub async fn search(
         &self,
@@ -444,7 +451,7 @@ impl HistoryStore {
         limit: u32,
         offset: u32,
     ) -> Result<SearchPage, HistoryError> {
-        if !self.search {
+        if !self.search.enabled {
             return Err(HistoryError::SearchOff);
         }
         if scope.conversations.is_empty() {
@@ -453,55 +460,14 @@ impl HistoryStore {
                 more: false,
             });
         }
-        let expression = query.expression();
         let mut conn = self.pool.acquire().await?;
-        let mut select = QueryBuilder::<MySql>::new("SELECT conv, seq, MATCH(body) AGAINST(");
-        select
-            .push_bind(&expression)
-            .push(" IN BOOLEAN MODE) AS score FROM history_search WHERE MATCH(body) AGAINST(")
-            .push_bind(&expression)
-            .push(" IN BOOLEAN MODE) AND (");
-        let everything: Vec<String> = scope
-            .conversations
-            .iter()
-            .filter(|(_, v)| *v == Visibility::All)
-            .map(|(c, _)| c.to_string())
-            .collect();
-        let mut any = select.separated(" OR ");
-        if !everything.is_empty() {
-            any.push("conv IN (");
-            for (i, name) in everything.iter().enumerate() {
-                if i > 0 {
-                    any.push_unseparated(", ");
-                }
-                any.push_bind_unseparated(name.as_str());
-            }
-            any.push_unseparated(")");
-        }
-        for (conversation, visibility) in &scope.conversations {
-            if let Visibility::SentFrom { joined_at_us } = visibility {
-                any.push("(conv = ")
-                    .push_bind_unseparated(conversation.to_string())
-                    .push_unseparated(" AND sent_at_us >= ")
-                    .push_bind_unseparated(*joined_at_us)
-                    .push_unseparated(")");
-            }
-        }
-        select
-            .push(") ORDER BY score DESC, sent_at_us DESC, conv, seq LIMIT ")
-            .push_bind(limit + 1)
-            .push(" OFFSET ")
-            .push_bind(offset);
-        let mut found: Vec<(Conversation, u64, f64)> = select
-            .build()
-            .fetch_all(&mut *conn)
-            .await?
-            .iter()
-            .filter_map(|row| {
-                let conversation = Conversation::parse(row.get::<&str, _>(0)).ok()?;
-                Some((conversation, row.get::<u64, _>(1), row.get::<f64, _>(2)))
-            })
-            .collect();
+        let scan = self.search.scan_rows > 0
+            && scope_rows(&mut conn, scope, self.search.scan_rows).await? <= self.search.scan_rows;
+        let mut found = if scan {
+            scan_scope(&mut conn, scope, query, limit, offset).await?
+        } else {
+            ask_index(&mut conn, scope, query, limit, offset).await?
+        };
         let more = found.len() > limit as usize;
         found.truncate(limit as usize);
         if found.is_empty() {
@@ -610,6 +576,135 @@ fn insert_chunks<'a>(messages: &'a [&'a NewMessage]) -> Vec<&'a [&'a NewMessage]
         chunks.push(&messages[start..]);
     }
     chunks
+}
+
+/// `scope` as a condition on `conv` and `sent_at_us`: the conversations
+/// seen whole in one `IN`, a group's from its join time each.
+fn push_scope(query: &mut QueryBuilder<MySql>, scope: &SearchScope) {
+    let everything: Vec<String> = scope
+        .conversations
+        .iter()
+        .filter(|(_, v)| *v == Visibility::All)
+        .map(|(c, _)| c.to_string())
+        .collect();
+    query.push("(");
+    let mut any = query.separated(" OR ");
+    if !everything.is_empty() {
+        any.push("conv IN (");
+        for (i, name) in everything.into_iter().enumerate() {
+            if i > 0 {
+                any.push_unseparated(", ");
+            }
+            any.push_bind_unseparated(name);
+        }
+        any.push_unseparated(")");
+    }
+    for (conversation, visibility) in &scope.conversations {
+        if let Visibility::SentFrom { joined_at_us } = visibility {
+            any.push("(conv = ")
+                .push_bind_unseparated(conversation.to_string())
+                .push_unseparated(" AND sent_at_us >= ")
+                .push_bind_unseparated(*joined_at_us)
+                .push_unseparated(")");
+        }
+    }
+    query.push(")");
+}
+
+/// How many messages `scope` holds, counted up to `cap + 1` (ranges of
+/// `history_messages`' primary key: it stops there).
+async fn scope_rows(
+    conn: &mut MySqlConnection,
+    scope: &SearchScope,
+    cap: u64,
+) -> Result<u64, sqlx::Error> {
+    let mut count =
+        QueryBuilder::<MySql>::new("SELECT COUNT(*) FROM (SELECT 1 FROM history_messages WHERE ");
+    push_scope(&mut count, scope);
+    count.push(" LIMIT ").push_bind(cap + 1).push(") AS scope");
+    let rows: i64 = count.build().fetch_one(&mut *conn).await?.get(0);
+    Ok(rows as u64)
+}
+
+/// The scope's rows of `history_search` holding every word (`LIKE`),
+/// scored and ordered here: up to `limit + 1` from `offset`.
+async fn scan_scope(
+    conn: &mut MySqlConnection,
+    scope: &SearchScope,
+    query: &SearchQuery,
+    limit: u32,
+    offset: u32,
+) -> Result<Vec<(Conversation, u64, f64)>, sqlx::Error> {
+    let mut select =
+        QueryBuilder::<MySql>::new("SELECT conv, seq, sent_at_us, body FROM history_search WHERE ");
+    push_scope(&mut select, scope);
+    for pattern in query.like_patterns() {
+        select.push(" AND body LIKE ").push_bind(pattern);
+    }
+    let mut scored: Vec<(f64, i64, Conversation, u64)> = select
+        .build()
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .filter_map(|row| {
+            let conversation = Conversation::parse(row.get::<&str, _>(0)).ok()?;
+            let score = query.score(row.get::<&str, _>(3));
+            (score > 0.0).then(|| {
+                (
+                    score,
+                    row.get::<i64, _>(2),
+                    conversation,
+                    row.get::<u64, _>(1),
+                )
+            })
+        })
+        .collect();
+    scored.sort_by(|a, b| {
+        b.0.total_cmp(&a.0)
+            .then(b.1.cmp(&a.1))
+            .then(a.2.cmp(&b.2))
+            .then(a.3.cmp(&b.3))
+    });
+    Ok(scored
+        .into_iter()
+        .skip(offset as usize)
+        .take(limit as usize + 1)
+        .map(|(score, _, conversation, seq)| (conversation, seq, score))
+        .collect())
+}
+
+/// The index's answer within `scope`: up to `limit + 1` from `offset`,
+/// best score first, then the newest.
+async fn ask_index(
+    conn: &mut MySqlConnection,
+    scope: &SearchScope,
+    query: &SearchQuery,
+    limit: u32,
+    offset: u32,
+) -> Result<Vec<(Conversation, u64, f64)>, sqlx::Error> {
+    let expression = query.expression();
+    let mut select = QueryBuilder::<MySql>::new("SELECT conv, seq, MATCH(body) AGAINST(");
+    select
+        .push_bind(expression.clone())
+        .push(" IN BOOLEAN MODE) AS score FROM history_search WHERE MATCH(body) AGAINST(")
+        .push_bind(expression)
+        .push(" IN BOOLEAN MODE) AND ");
+    push_scope(&mut select, scope);
+    select
+        .push(" ORDER BY score DESC, sent_at_us DESC, conv, seq LIMIT ")
+        .push_bind(limit + 1)
+        .push(" OFFSET ")
+        .push_bind(offset);
+    Ok(select
+        .build()
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .filter_map(|row| {
+            let conversation = Conversation::parse(row.get::<&str, _>(0)).ok()?;
+            Some((conversation, row.get::<u64, _>(1), row.get::<f64, _>(2)))
+        })
+        .collect())
 }
 
 /// Adds the text of `messages` to the search index (`history_search`;

@@ -510,9 +510,28 @@ fn sorted(mut texts: Vec<&str>) -> Vec<&str> {
     texts
 }
 
+/// Small scopes are read (`LIKE` over the user's conversations).
 #[tokio::test]
-async fn search_finds_chinese_and_prefixes_where_the_user_may_read_ranked_paged_and_highlighted() {
-    let mut stack = Stack::started().await;
+async fn search_by_reading_finds_chinese_and_words_where_the_user_may_read_ranked_paged_and_highlighted()
+ {
+    let mut stack = Stack::new().await;
+    stack.start().await;
+    search_scenario(stack).await;
+}
+
+/// The same through the index (as for users whose conversations hold more
+/// than `SEARCH_SCAN_ROWS` messages).
+#[tokio::test]
+async fn search_by_the_index_finds_chinese_and_prefixes_where_the_user_may_read_ranked_paged_and_highlighted()
+ {
+    let mut stack = Stack::new().await;
+    let mut config = stack.config();
+    config.search.scan_rows = 0;
+    stack.start_with(config).await;
+    search_scenario(stack).await;
+}
+
+async fn search_scenario(mut stack: Stack) {
     let alice = stack.users.register("alice").await;
     let bob = stack.users.register("bob").await;
     let carol = stack.users.register("carol").await;
