@@ -786,8 +786,8 @@ bench_() { # profile (bench or bench-cluster), chat-bench args...
 }
 
 # ---------------------------------------------------------------- observe
-# Prometheus (9090) and the exporters of Redis (9121), MariaDB (9104) and
-# nginx (9113) for the dev stack, run natively from Debian's packages; the
+# Prometheus (9090) and the exporters of Redis (9221), MariaDB (9204) and
+# nginx (9213) for the dev stack, run natively from Debian's packages; the
 # OTLP collector, Tempo and Grafana (3000) run in Docker when there is one
 # (deploy/observability/docker-compose.yml; Prometheus then runs there,
 # same config). State and logs in .stack/observe/.
@@ -797,9 +797,13 @@ start_observer() { # name port command...
     local name="$1" port="$2" pidfile="$OBSERVE/pids/$1.pid"
     shift 2
     if pid_alive "$pidfile"; then log "$name already running on 127.0.0.1:$port"; return; fi
+    if bash -c "exec 3<>/dev/tcp/127.0.0.1/$port" 2>/dev/null; then
+        die "$name: port $port is taken by another process"
+    fi
     setsid "$@" </dev/null >>"$OBSERVE/logs/$name.log" 2>&1 &
     echo $! >"$pidfile"
     wait_for "$name" 30 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port"
+    pid_alive "$pidfile" || die "$name exited (see .stack/observe/logs/$name.log)"
     log "$name up on 127.0.0.1:$port"
 }
 
@@ -815,13 +819,13 @@ observe_() {
     umask 022
     # Inbox lengths: the exporter SCANs for the dev gateways' inbox keys at
     # each scrape (fine for a dev stack; costly on millions of users).
-    start_observer redis-exporter 9121 prometheus-redis-exporter \
-        -redis.addr "redis://127.0.0.1:$REDIS_PORT" -web.listen-address 127.0.0.1:9121 \
+    start_observer redis-exporter 9221 prometheus-redis-exporter \
+        -redis.addr "redis://127.0.0.1:$REDIS_PORT" -web.listen-address 127.0.0.1:9221 \
         -check-keys 'cc:{u:*}:in'
-    start_observer mysqld-exporter 9104 prometheus-mysqld-exporter \
-        --config.my-cnf="$OBSERVE/my.cnf" --web.listen-address=127.0.0.1:9104
-    start_observer nginx-exporter 9113 prometheus-nginx-exporter \
-        -nginx.scrape-uri "http://127.0.0.1:${NGINX[4]}/stub_status" -web.listen-address 127.0.0.1:9113
+    start_observer mysqld-exporter 9204 prometheus-mysqld-exporter \
+        --config.my-cnf="$OBSERVE/my.cnf" --web.listen-address=127.0.0.1:9204
+    start_observer nginx-exporter 9213 prometheus-nginx-exporter \
+        -nginx.scrape-uri "http://127.0.0.1:${NGINX[4]}/stub_status" -web.listen-address 127.0.0.1:9213
     if has_docker; then
         docker compose -f "$ROOT/deploy/observability/docker-compose.yml" up -d
         echo "Grafana: http://127.0.0.1:3000  (dashboard 'clusterchat'; traces in Explore → Tempo)"

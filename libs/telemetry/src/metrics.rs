@@ -58,8 +58,11 @@ fn process_metrics() -> &'static ProcessMetrics {
     })
 }
 
-/// Reads /proc/self (Linux; elsewhere the values stay 0).
+/// Reads /proc/self (Linux; elsewhere the values stay 0). One scrape at a
+/// time: the CPU counter is raised by the difference from what it holds.
 fn refresh_process_metrics() {
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let metrics = process_metrics();
     // utime and stime are the 14th and 15th fields, in clock ticks (100 per
     // second on Linux); the command name before them may hold spaces.

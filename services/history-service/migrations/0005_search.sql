@@ -21,7 +21,7 @@ CREATE TABLE history_search (
     conv       VARCHAR(48) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
     seq        BIGINT UNSIGNED NOT NULL,
     sent_at_us BIGINT          NOT NULL,
-    body       TEXT            NOT NULL,
+    body       MEDIUMTEXT      NOT NULL,
     PRIMARY KEY (conv, seq),
     -- What retention deletes.
     KEY ix_history_search_time (sent_at_us),

@@ -85,12 +85,24 @@ impl SearchQuery {
     }
 
     /// How well `text` matches, as the index scores it: how many times the
-    /// words occur (case folded), 0 when one of them is missing.
+    /// words occur (case folded), 0 when one of them is missing. As the
+    /// index reads them: a word of letters and digits where a word starts
+    /// (`meet` in "meeting", not in "emeet"), any other as written.
     pub fn score(&self, text: &str) -> f64 {
         let folded = text.to_lowercase();
         let mut total = 0;
         for word in &self.words {
-            let n = folded.matches(word.as_str()).count();
+            let prefix = word.chars().all(|c| c.is_ascii_alphanumeric());
+            let n = folded
+                .match_indices(word.as_str())
+                .filter(|(at, _)| {
+                    !prefix
+                        || !folded[..*at]
+                            .chars()
+                            .next_back()
+                            .is_some_and(|c| c.is_ascii_alphanumeric())
+                })
+                .count();
             if n == 0 {
                 return 0.0;
             }
@@ -267,6 +279,10 @@ mod tests {
         assert_eq!(q("公园").score("公园，公园，还是公园"), 3.0);
         assert_eq!(q("park meet").score("Meet me at the PARK"), 2.0);
         assert_eq!(q("park zzz").score("park"), 0.0);
+        // As the index: a Latin word where a word starts.
+        assert_eq!(q("meet").score("meeting, emeet"), 1.0);
+        assert_eq!(q("eet").score("meeting"), 0.0);
+        assert_eq!(q("京").score("北京"), 1.0);
         assert_eq!(
             q("50% a_b c\\d 天气").like_patterns(),
             ["%50\\%%", "%a\\_b%", "%c\\\\d%", "%天气%"]

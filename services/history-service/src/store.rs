@@ -11,7 +11,8 @@
 //! time, the lowest seq stored) and then the primary key from there.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    cmp::Reverse,
+    collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet},
     sync::{Arc, Mutex},
 };
 
@@ -468,7 +469,9 @@ impl HistoryStore {
         } else {
             ask_index(&mut conn, scope, query, limit, offset).await?
         };
-        let more = found.len() > limit as usize;
+        // Past MAX_OFFSET there is no next page to ask for.
+        let more = found.len() > limit as usize
+            && offset as usize + limit as usize <= crate::search::MAX_OFFSET as usize;
         found.truncate(limit as usize);
         if found.is_empty() {
             return Ok(SearchPage {
@@ -635,43 +638,83 @@ async fn scan_scope(
     limit: u32,
     offset: u32,
 ) -> Result<Vec<(Conversation, u64, f64)>, sqlx::Error> {
+    use futures::TryStreamExt as _;
+
     let mut select =
         QueryBuilder::<MySql>::new("SELECT conv, seq, sent_at_us, body FROM history_search WHERE ");
     push_scope(&mut select, scope);
     for pattern in query.like_patterns() {
-        select.push(" AND body LIKE ").push_bind(pattern);
+        select
+            .push(" AND body LIKE ")
+            .push_bind(pattern)
+            .push(" ESCAPE '\\\\'");
     }
-    let mut scored: Vec<(f64, i64, Conversation, u64)> = select
-        .build()
-        .fetch_all(&mut *conn)
-        .await?
-        .iter()
-        .filter_map(|row| {
-            let conversation = Conversation::parse(row.get::<&str, _>(0)).ok()?;
-            let score = query.score(row.get::<&str, _>(3));
-            (score > 0.0).then(|| {
-                (
-                    score,
-                    row.get::<i64, _>(2),
-                    conversation,
-                    row.get::<u64, _>(1),
-                )
-            })
-        })
-        .collect();
-    scored.sort_by(|a, b| {
-        b.0.total_cmp(&a.0)
-            .then(b.1.cmp(&a.1))
-            .then(a.2.cmp(&b.2))
-            .then(a.3.cmp(&b.3))
-    });
-    Ok(scored
+    // Rows stream by; only the best `offset + limit + 1` are kept (a
+    // min-heap by rank), so memory stays a page's whatever the scope.
+    let keep = offset as usize + limit as usize + 1;
+    let mut best: BinaryHeap<Reverse<Ranked>> = BinaryHeap::with_capacity(keep + 1);
+    let built = select.build();
+    let mut rows = built.fetch(&mut *conn);
+    while let Some(row) = rows.try_next().await? {
+        let Ok(conversation) = Conversation::parse(row.get::<&str, _>(0)) else {
+            continue;
+        };
+        let score = query.score(row.get::<&str, _>(3));
+        if score <= 0.0 {
+            continue;
+        }
+        best.push(Reverse(Ranked {
+            score,
+            sent_at_us: row.get(2),
+            conversation,
+            seq: row.get(1),
+        }));
+        if best.len() > keep {
+            best.pop();
+        }
+    }
+    let mut ranked: Vec<Ranked> = best.into_iter().map(|Reverse(r)| r).collect();
+    ranked.sort_by(|a, b| b.cmp(a));
+    Ok(ranked
         .into_iter()
         .skip(offset as usize)
-        .take(limit as usize + 1)
-        .map(|(score, _, conversation, seq)| (conversation, seq, score))
+        .map(|r| (r.conversation, r.seq, r.score))
         .collect())
 }
+
+/// A hit's rank: better is greater (score, then the newer, then the lower
+/// conversation and seq, so the order is total and pages are stable).
+#[derive(Debug, Clone, Copy)]
+struct Ranked {
+    score: f64,
+    sent_at_us: i64,
+    conversation: Conversation,
+    seq: u64,
+}
+
+impl Ord for Ranked {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.score
+            .total_cmp(&other.score)
+            .then(self.sent_at_us.cmp(&other.sent_at_us))
+            .then(other.conversation.cmp(&self.conversation))
+            .then(other.seq.cmp(&self.seq))
+    }
+}
+
+impl PartialOrd for Ranked {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Ranked {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other).is_eq()
+    }
+}
+
+impl Eq for Ranked {}
 
 /// The index's answer within `scope`: up to `limit + 1` from `offset`,
 /// best score first, then the newest.
@@ -795,10 +838,11 @@ async fn retract(
                 .push_unseparated(")");
         }
         deleted += delete.build().execute(&mut *conn).await?.rows_affected();
-        // Its text leaves the index (a search would drop it anyway: hits
-        // are read back from history_messages).
-        let mut delete = QueryBuilder::<MySql>::new("DELETE FROM history_search WHERE ");
-        let mut any = delete.separated(" OR ");
+        // Their text leaves the index, for the numbers now empty (a number
+        // still stored holds another mid, whose text stays findable).
+        let mut stored =
+            QueryBuilder::<MySql>::new("SELECT conv, seq FROM history_messages WHERE ");
+        let mut any = stored.separated(" OR ");
         for r in chunk {
             any.push("(conv = ")
                 .push_bind_unseparated(r.conversation.to_string())
@@ -806,7 +850,29 @@ async fn retract(
                 .push_bind_unseparated(r.seq)
                 .push_unseparated(")");
         }
-        delete.build().execute(&mut *conn).await?;
+        let still: HashSet<(String, u64)> = stored
+            .build()
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .map(|row| (row.get::<String, _>(0), row.get::<u64, _>(1)))
+            .collect();
+        let emptied: Vec<&&Retraction> = chunk
+            .iter()
+            .filter(|r| !still.contains(&(r.conversation.to_string(), r.seq)))
+            .collect();
+        if !emptied.is_empty() {
+            let mut delete = QueryBuilder::<MySql>::new("DELETE FROM history_search WHERE ");
+            let mut any = delete.separated(" OR ");
+            for r in emptied {
+                any.push("(conv = ")
+                    .push_bind_unseparated(r.conversation.to_string())
+                    .push_unseparated(" AND seq = ")
+                    .push_bind_unseparated(r.seq)
+                    .push_unseparated(")");
+            }
+            delete.build().execute(&mut *conn).await?;
+        }
         let mut delete = QueryBuilder::<MySql>::new("DELETE FROM history_renumbered WHERE ");
         let mut any = delete.separated(" OR ");
         for r in chunk {
@@ -857,15 +923,18 @@ async fn retract(
     let mut promoted = 0;
     for (mid, row) in held.iter().filter(|(mid, _)| !still_stored.contains(*mid)) {
         let seq: u64 = row.get(1);
-        sqlx::query(
-            "INSERT IGNORE INTO history_search (conv, seq, sent_at_us, body) VALUES (?, ?, ?, ?)",
-        )
-        .bind(row.get::<String, _>(2))
-        .bind(seq)
-        .bind(row.get::<i64, _>(4))
-        .bind(frame_text(&row.get::<String, _>(5)))
-        .execute(&mut *conn)
-        .await?;
+        let text = frame_text(&row.get::<String, _>(5));
+        if !text.is_empty() {
+            sqlx::query(
+                "INSERT IGNORE INTO history_search (conv, seq, sent_at_us, body) VALUES (?, ?, ?, ?)",
+            )
+            .bind(row.get::<String, _>(2))
+            .bind(seq)
+            .bind(row.get::<i64, _>(4))
+            .bind(text)
+            .execute(&mut *conn)
+            .await?;
+        }
         promoted += sqlx::query(
             "INSERT IGNORE INTO history_messages (conv, seq, mid, sender_id, sent_at_us, frame) \
              VALUES (?, ?, ?, ?, ?, ?)",

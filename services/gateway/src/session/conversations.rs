@@ -134,7 +134,9 @@ pub async fn search(
                 .iter()
                 .map(|h| serde_json::json!([h.start, h.end]))
                 .collect();
-            shown["marks"] = marks.into();
+            if let Some(object) = shown.as_object_mut() {
+                object.insert("marks".into(), marks.into());
+            }
             Some(shown)
         })
         .collect();
