@@ -382,7 +382,8 @@ async fn shipped_nginx_configurations_are_valid() {
             .replace("__TCP_PORT__", "8000")
             .replace("__WS_PORT__", "8080")
             .replace("__TLS_TCP_PORT__", "8443")
-            .replace("__TLS_WS_PORT__", "8444");
+            .replace("__TLS_WS_PORT__", "8444")
+            .replace("__STATUS_PORT__", "8089");
         let path = dir.join(name);
         std::fs::write(&path, conf).expect("write");
         let out = Command::new("/usr/sbin/nginx")
