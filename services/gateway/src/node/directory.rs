@@ -72,6 +72,7 @@ impl Directory {
         if let Some(members) = self.groups.get(group) {
             return Ok(members);
         }
+        let ticket = self.groups.ticket();
         if group <= 0 {
             return Err(Failure::new(
                 errno::NOT_FOUND,
@@ -86,7 +87,7 @@ impl Directory {
             .map_err(|s| failure_from_status(&s, "the user service"))?;
         let members: Arc<[i64]> = reply.into_inner().member_ids.into();
         self.remember_users(members.iter().copied());
-        self.groups.put(group, members.clone());
+        self.groups.put(group, members.clone(), ticket);
         Ok(members)
     }
 
@@ -100,6 +101,7 @@ impl Directory {
         if let Some(blocked) = self.blocks.get(user) {
             return blocked.contains(&sender);
         }
+        let ticket = self.blocks.ticket();
         let blocked: Arc<[i64]> = match self
             .users
             .clone()
@@ -113,7 +115,7 @@ impl Directory {
             }
         };
         let blocks = blocked.contains(&sender);
-        self.blocks.put(user, blocked);
+        self.blocks.put(user, blocked, ticket);
         blocks
     }
 
@@ -122,8 +124,14 @@ impl Directory {
         self.blocks.forget(user);
     }
 
-    pub fn cache_group(&self, group: i64, members: Vec<i64>) {
-        self.groups.put(group, members.into());
+    /// What to give [`Directory::cache_group`]: taken before asking the
+    /// user service, so a list read before a change is not kept after it.
+    pub fn group_ticket(&self) -> u64 {
+        self.groups.ticket()
+    }
+
+    pub fn cache_group(&self, group: i64, members: Vec<i64>, ticket: u64) {
+        self.groups.put(group, members.into(), ticket);
     }
 
     /// Forgets a group's members here (the group changed).
@@ -135,9 +143,21 @@ impl Directory {
 /// When a group's member list was fetched, and the list.
 type CachedMembers = (Instant, Arc<[i64]>);
 
+/// Lists kept for a TTL and forgotten when they change. A list is read
+/// from the user service with a ticket taken first ([`GroupCache::ticket`]):
+/// if anything was forgotten meanwhile, the list may predate that change
+/// (a read that started before a join and ended after it) and is not kept,
+/// so a change is never undone by a read in flight.
 struct GroupCache {
     ttl: Duration,
-    entries: Mutex<HashMap<i64, CachedMembers>>,
+    entries: Mutex<Entries>,
+}
+
+#[derive(Default)]
+struct Entries {
+    lists: HashMap<i64, CachedMembers>,
+    /// Bumped by every forget.
+    forgets: u64,
 }
 
 impl GroupCache {
@@ -151,21 +171,31 @@ impl GroupCache {
     fn get(&self, group: i64) -> Option<Arc<[i64]>> {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         entries
+            .lists
             .get(&group)
             .filter(|(at, _)| at.elapsed() < self.ttl)
             .map(|(_, members)| members.clone())
     }
 
-    fn put(&self, group: i64, members: Arc<[i64]>) {
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries.insert(group, (Instant::now(), members));
-    }
-
-    fn forget(&self, group: i64) {
+    fn ticket(&self) -> u64 {
         self.entries
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&group);
+            .forgets
+    }
+
+    /// Keeps `members` unless something was forgotten since `ticket`.
+    fn put(&self, group: i64, members: Arc<[i64]>, ticket: u64) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.forgets == ticket {
+            entries.lists.insert(group, (Instant::now(), members));
+        }
+    }
+
+    fn forget(&self, group: i64) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.lists.remove(&group);
+        entries.forgets += 1;
     }
 }
 
@@ -176,9 +206,24 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn group_cache_expires() {
         let cache = GroupCache::new(Duration::from_secs(30));
-        cache.put(1, vec![1, 2].into());
+        cache.put(1, vec![1, 2].into(), cache.ticket());
         assert!(cache.get(1).is_some());
         tokio::time::advance(Duration::from_secs(31)).await;
         assert!(cache.get(1).is_none());
+    }
+
+    /// A list read before a change (a join) and put after it is not kept:
+    /// the next read asks again and sees the new member.
+    #[test]
+    fn a_read_in_flight_across_a_change_is_not_kept() {
+        let cache = GroupCache::new(Duration::from_secs(30));
+        let ticket = cache.ticket();
+        // ...the user service answers [1, 2]; meanwhile user 3 joins:
+        cache.forget(7);
+        cache.put(7, vec![1, 2].into(), ticket);
+        assert!(cache.get(7).is_none(), "a stale list was kept");
+        let ticket = cache.ticket();
+        cache.put(7, vec![1, 2, 3].into(), ticket);
+        assert_eq!(cache.get(7).as_deref(), Some(&[1, 2, 3][..]));
     }
 }

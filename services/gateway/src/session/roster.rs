@@ -19,6 +19,7 @@ impl Session {
     ) -> Result<(Vec<classic::FriendEntry>, Vec<classic::GroupEntry>), Failure> {
         let mut for_friends = self.node.upstreams.users.clone();
         let mut for_groups = self.node.upstreams.users.clone();
+        let ticket = self.node.directory.group_ticket();
         let (friends, groups) = tokio::try_join!(
             for_friends.list_friends(user_pb::ListFriendsRequest { user_id }),
             upstream::all_user_groups(&mut for_groups, user_id),
@@ -41,6 +42,7 @@ impl Session {
                     .iter()
                     .filter_map(|m| m.user.as_ref().map(|u| u.id))
                     .collect(),
+                ticket,
             );
         }
         ids.sort_unstable();
