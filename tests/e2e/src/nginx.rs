@@ -48,7 +48,7 @@ fn upstream_servers(addrs: &[SocketAddr]) -> String {
 /// ports `ws_upstreams`; pid file and error log in `dir`.
 fn render_conf(
     dir: &Path,
-    (tcp, ws, status): (SocketAddr, SocketAddr, SocketAddr),
+    (tcp, ws, status): (SocketAddr, SocketAddr, Option<SocketAddr>),
     tcp_upstreams: &[SocketAddr],
     ws_upstreams: &[SocketAddr],
     tls: Option<&NginxTls>,
@@ -61,7 +61,16 @@ fn render_conf(
             ("{{WS_UPSTREAMS}}", &upstream_servers(ws_upstreams)),
             ("{{TCP}}", &tcp.to_string()),
             ("{{WS}}", &ws.to_string()),
-            ("{{STATUS}}", &status.to_string()),
+            (
+                "{{STATUS}}",
+                &status
+                    .map(|s| {
+                        format!(
+                            "http {{ access_log off; server {{ listen {s}; location = /stub_status {{ stub_status; }} }} }}\n"
+                        )
+                    })
+                    .unwrap_or_default(),
+            ),
             (
                 "{{TLS_SERVERS}}",
                 &tls.map(NginxTls::servers).unwrap_or_default(),
@@ -73,8 +82,9 @@ fn render_conf(
 pub struct Nginx {
     pub tcp: SocketAddr,
     pub ws: SocketAddr,
-    /// `GET /stub_status`: nginx's own counters (its HTTP connections).
-    pub status: SocketAddr,
+    /// `GET /stub_status`: nginx's own counters (its HTTP connections), for
+    /// a stack built `with_nginx_status`.
+    pub status: Option<SocketAddr>,
     /// TLS listeners, for a stack built `with_tls`.
     pub tls: Option<NginxTls>,
     _child: Child,
@@ -84,10 +94,19 @@ impl Nginx {
     /// Starts nginx in front of `gateways` on free ports, its files under
     /// `stack_dir` (`nginx/`, and `tls/` when `with_tls`), and waits until
     /// it listens.
-    pub(crate) async fn start(stack_dir: &Path, gateways: &[Gateway], with_tls: bool) -> Self {
+    pub(crate) async fn start(
+        stack_dir: &Path,
+        gateways: &[Gateway],
+        with_tls: bool,
+        with_status: bool,
+    ) -> Self {
         let tcp = addr(free_port().await);
         let ws = addr(free_port().await);
-        let status = addr(free_port().await);
+        let status = if with_status {
+            Some(addr(free_port().await))
+        } else {
+            None
+        };
         let tls = if with_tls {
             Some(NginxTls::make(&stack_dir.join("tls")).await)
         } else {
@@ -201,7 +220,7 @@ mod tests {
         let ws = [addr(41002), addr(41012)];
         render_conf(
             Path::new("/tmp/clusterchat-e2e/stack-x/nginx"),
-            (addr(40001), addr(40002), addr(40005)),
+            (addr(40001), addr(40002), Some(addr(40005))),
             &tcp[..gateways],
             &ws[..gateways],
             tls,

@@ -44,6 +44,7 @@ pub struct StackBuilder {
     gateways: usize,
     nginx: bool,
     tls: bool,
+    nginx_status: bool,
     private_redis: Option<RedisShape>,
     gateway_redis_url: Option<fn(usize, &PrivateRedis) -> String>,
     database_proxy: bool,
@@ -59,6 +60,15 @@ impl StackBuilder {
 
     pub fn with_nginx(mut self) -> Self {
         self.nginx = true;
+        self
+    }
+
+    /// nginx with a `stub_status` listener too ([`Nginx::status`]), for
+    /// the exporter (only when asked: every port picked free is a chance
+    /// of a clash with another test's).
+    pub fn with_nginx_status(mut self) -> Self {
+        self.nginx = true;
+        self.nginx_status = true;
         self
     }
 
@@ -141,7 +151,7 @@ impl StackBuilder {
             .collect();
         stack.start_gateways().await;
         if self.nginx {
-            stack.start_nginx(self.tls).await;
+            stack.start_nginx(self.tls, self.nginx_status).await;
         }
         stack
     }
@@ -424,8 +434,8 @@ impl Stack {
         }
     }
 
-    async fn start_nginx(&mut self, with_tls: bool) {
-        self.nginx = Some(Nginx::start(&self.dir, &self.gateways, with_tls).await);
+    async fn start_nginx(&mut self, with_tls: bool, with_status: bool) {
+        self.nginx = Some(Nginx::start(&self.dir, &self.gateways, with_tls, with_status).await);
     }
 
     pub fn builder() -> StackBuilder {

@@ -403,7 +403,11 @@ fn spawn(program: &str, args: &[String], log: &std::path::Path) -> tokio::proces
 /// fails here, not on an operator's screen.
 #[tokio::test]
 async fn every_dashboard_query_runs_on_prometheus_and_every_metric_it_names_exists() {
-    let stack = Stack::builder().gateways(2).with_nginx().start().await;
+    let stack = Stack::builder()
+        .gateways(2)
+        .with_nginx_status()
+        .start()
+        .await;
     let nginx = stack.nginx.as_ref().expect("nginx");
     let dir = std::env::temp_dir().join(test_support::unique_name("observe"));
     std::fs::create_dir_all(&dir).expect("dir");
@@ -459,7 +463,10 @@ async fn every_dashboard_query_runs_on_prometheus_and_every_metric_it_names_exis
         "prometheus-nginx-exporter",
         &[
             "-nginx.scrape-uri".into(),
-            format!("http://{}/stub_status", nginx.status),
+            format!(
+                "http://{}/stub_status",
+                nginx.status.expect("with_nginx_status")
+            ),
             "-web.listen-address".into(),
             nginx_exporter.to_string(),
         ],
