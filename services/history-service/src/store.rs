@@ -483,14 +483,7 @@ impl HistoryStore {
         let mut read = QueryBuilder::<MySql>::new(
             "SELECT seq, mid, sender_id, sent_at_us, frame, conv FROM history_messages WHERE ",
         );
-        let mut any = read.separated(" OR ");
-        for (conversation, seq, _) in &found {
-            any.push("(conv = ")
-                .push_bind_unseparated(conversation.to_string())
-                .push_unseparated(" AND seq = ")
-                .push_bind_unseparated(*seq)
-                .push_unseparated(")");
-        }
+        push_numbers(&mut read, found.iter().map(|(c, seq, _)| (*c, *seq)));
         let mut stored: HashMap<(Conversation, u64), StoredMessage> = HashMap::new();
         for row in read.build().fetch_all(&mut *conn).await? {
             let Ok(conversation) = Conversation::parse(row.get::<&str, _>(5)) else {
@@ -579,6 +572,21 @@ fn insert_chunks<'a>(messages: &'a [&'a NewMessage]) -> Vec<&'a [&'a NewMessage]
         chunks.push(&messages[start..]);
     }
     chunks
+}
+
+/// `(conv = ? AND seq = ?) OR ...`: primary-key points of `numbers`.
+fn push_numbers(
+    query: &mut QueryBuilder<MySql>,
+    numbers: impl Iterator<Item = (Conversation, u64)>,
+) {
+    let mut any = query.separated(" OR ");
+    for (conversation, seq) in numbers {
+        any.push("(conv = ")
+            .push_bind_unseparated(conversation.to_string())
+            .push_unseparated(" AND seq = ")
+            .push_bind_unseparated(seq)
+            .push_unseparated(")");
+    }
 }
 
 /// `scope` as a condition on `conv` and `sent_at_us`: the conversations
@@ -842,14 +850,7 @@ async fn retract(
         // still stored holds another mid, whose text stays findable).
         let mut stored =
             QueryBuilder::<MySql>::new("SELECT conv, seq FROM history_messages WHERE ");
-        let mut any = stored.separated(" OR ");
-        for r in chunk {
-            any.push("(conv = ")
-                .push_bind_unseparated(r.conversation.to_string())
-                .push_unseparated(" AND seq = ")
-                .push_bind_unseparated(r.seq)
-                .push_unseparated(")");
-        }
+        push_numbers(&mut stored, chunk.iter().map(|r| (r.conversation, r.seq)));
         let still: HashSet<(String, u64)> = stored
             .build()
             .fetch_all(&mut *conn)
@@ -863,14 +864,7 @@ async fn retract(
             .collect();
         if !emptied.is_empty() {
             let mut delete = QueryBuilder::<MySql>::new("DELETE FROM history_search WHERE ");
-            let mut any = delete.separated(" OR ");
-            for r in emptied {
-                any.push("(conv = ")
-                    .push_bind_unseparated(r.conversation.to_string())
-                    .push_unseparated(" AND seq = ")
-                    .push_bind_unseparated(r.seq)
-                    .push_unseparated(")");
-            }
+            push_numbers(&mut delete, emptied.iter().map(|r| (r.conversation, r.seq)));
             delete.build().execute(&mut *conn).await?;
         }
         let mut delete = QueryBuilder::<MySql>::new("DELETE FROM history_renumbered WHERE ");
